@@ -1,0 +1,1 @@
+"""Frozen image encoders: timm models by name, pathology presets, local weights, feature extraction."""

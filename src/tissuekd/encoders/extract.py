@@ -1,0 +1,100 @@
+"""Streamed feature extraction: crops are read in a background thread while the encoder
+runs, and features go to HDF5 batch by batch, so memory does not grow with the slide."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tissuekd.encoders.registry import EncoderSpec
+from tissuekd.io.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+class Encoder:
+    """A frozen model plus its normalisation, run under bf16 autocast (GPU, and CPUs that support it)."""
+
+    def __init__(self, model: torch.nn.Module, spec: EncoderSpec, device: torch.device, bf16: bool = True):
+        self.spec = spec
+        self.device = device
+        self.bf16 = bf16
+        self.model = model.to(device).to(memory_format=torch.channels_last)
+        shape = (1, 3, 1, 1)
+        self.mean = torch.tensor(spec.mean, device=device).view(shape) * 255
+        self.std = torch.tensor(spec.std, device=device).view(shape) * 255
+
+    @torch.inference_mode()
+    def __call__(self, crops: torch.Tensor) -> torch.Tensor:
+        """uint8 (B,3,H,W) -> float32 (B, dim)."""
+        x = crops.to(self.device, non_blocking=True).float()
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model(x)
+        return out.float().cpu()
+
+
+def prefetch(batches: Iterable, depth: int = 4) -> Iterator:
+    """Run a generator in a background thread, `depth` items ahead; re-raise its errors here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work():
+        try:
+            for item in batches:
+                q.put(item)
+        except BaseException as err:  # hand any failure to the consumer
+            q.put(err)
+        q.put(done)
+
+    threading.Thread(target=work, daemon=True).start()
+    while (item := q.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def write_features(
+    out: str | Path,
+    batches: Iterable[tuple[np.ndarray, torch.Tensor]],
+    encoder: Encoder,
+    coords: np.ndarray,
+    cell_ids: np.ndarray,
+    attrs: dict,
+    progress: bool = True,
+) -> None:
+    """Encode every batch and write `features`, `coords`, `cell_id` (the TRIDENT/CLAM layout).
+
+    The file appears under `out` only once every row has been written.
+    """
+    n = len(coords)
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
+        feats = None  # created at the first batch: pooled width is not always model.num_features
+        h5.create_dataset("coords", data=np.asarray(coords, dtype="f4"))
+        h5.create_dataset("cell_id", data=np.asarray(cell_ids, dtype=object), dtype=h5py.string_dtype())
+        written = np.zeros(n, dtype=bool)
+        with tqdm(total=n, desc="features", unit="crop", disable=not progress, mininterval=5) as bar:
+            for idx, crops in prefetch(batches):
+                out = encoder(crops).numpy()
+                if feats is None:
+                    feats = h5.create_dataset("features", (n, out.shape[1]), dtype="f4", chunks=(min(n, 1024), out.shape[1]))
+                feats[idx] = out  # idx is increasing within a batch
+                written[idx] = True
+                bar.update(len(idx))
+        if not written.all():
+            raise RuntimeError(f"{(~written).sum()} of {n} cells got no features")
+        h5.attrs.update({k: v for k, v in attrs.items() if v is not None})

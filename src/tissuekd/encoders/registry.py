@@ -1,0 +1,150 @@
+"""Encoders from timm by name, plus presets for pathology foundation models.
+
+Weights only ever come from a local file named in the config (safetensors, or a
+`torch.load(weights_only=True)` checkpoint); `weights: random` gives seeded random
+weights (the demo). Nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tissuekd.errors import InputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _uni2h_kwargs() -> dict[str, Any]:
+    """UNI2-h as published (MahmoodLab): ViT-giant layout, patch 14, 24 blocks, 1536-d,
+    8 register tokens, SwiGLU MLP, layer scale; ImageNet normalisation, 0.5 um/px."""
+    import timm
+
+    return {
+        "img_size": 224,
+        "patch_size": 14,
+        "depth": 24,
+        "num_heads": 24,
+        "init_values": 1e-5,
+        "embed_dim": 1536,
+        "mlp_ratio": 2.66667 * 2,
+        "num_classes": 0,
+        "no_embed_class": True,
+        "mlp_layer": timm.layers.SwiGLUPacked,
+        "act_layer": torch.nn.SiLU,
+        "reg_tokens": 8,
+        "dynamic_img_size": True,
+    }
+
+
+# name -> (timm architecture, kwargs factory, microns per pixel)
+PRESETS = {
+    "uni2-h": ("vit_giant_patch14_224", _uni2h_kwargs, 0.5),
+}
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    name: str
+    arch: str
+    mpp: float
+    weights: str  # a local file, or "random"
+    seed: int = 0
+    kwargs: dict = field(default_factory=dict)
+    preset: str | None = None
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+    @classmethod
+    def from_config(cls, name: str, entry: dict) -> EncoderSpec:
+        """Build from one `encoders:` entry; unknown presets or timm names fail here, naming the key."""
+        where = f"config encoders.{name}"
+        preset = entry.get("preset")
+        if preset is not None:
+            if preset not in PRESETS:
+                raise InputError(where, f"unknown preset {preset!r} (known: {sorted(PRESETS)})")
+            arch, _, mpp = PRESETS[preset]
+        else:
+            arch, mpp = entry.get("model"), entry.get("mpp")
+            if not arch:
+                raise InputError(where, "needs `model` (a timm name) or `preset`")
+            if not _is_timm_model(arch):
+                raise InputError(where, f"unknown encoder {arch!r}: not a timm model name")
+        weights = entry.get("weights")
+        if not weights:
+            raise InputError(where, "needs `weights`: a local file, or `random` for seeded random weights")
+        return cls(
+            name=name,
+            arch=arch,
+            mpp=float(entry.get("mpp") or mpp or 0.5),
+            weights=str(weights),
+            seed=int(entry.get("seed", 0)),
+            kwargs=dict(entry.get("kwargs") or {}),
+            preset=preset,
+            mean=tuple(entry.get("mean") or IMAGENET_MEAN),
+            std=tuple(entry.get("std") or IMAGENET_STD),
+        )
+
+
+def _is_timm_model(arch: str) -> bool:
+    import timm
+
+    return timm.is_model(arch) or bool(timm.list_models(arch))
+
+
+def create_model(spec: EncoderSpec) -> torch.nn.Module:
+    """The architecture with seeded random weights (no download: pretrained=False)."""
+    import timm
+
+    kwargs = dict(PRESETS[spec.preset][1]() if spec.preset else {})
+    kwargs.update(spec.kwargs)
+    kwargs.setdefault("num_classes", 0)  # pooled features, no classifier head
+    torch.manual_seed(spec.seed)
+    return timm.create_model(spec.arch, pretrained=False, **kwargs)
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, arch: str) -> None:
+    """Load a local state dict strictly; any missing, extra or mis-shaped tensor is an error."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, f"encoder weights file does not exist (needed for {arch})")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise InputError(path, f"cannot read encoder weights: {err}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and set(state) == {key}:
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mis_shaped = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or mis_shaped:
+        raise InputError(
+            path,
+            f"weights do not match architecture {arch}: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(mis_shaped)} with the wrong shape "
+            f"(e.g. {mis_shaped[:3]})",
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def build_encoder(spec: EncoderSpec) -> torch.nn.Module:
+    """A frozen encoder in eval mode, weights loaded as the spec says."""
+    model = create_model(spec)
+    if spec.weights != "random":
+        load_weights(model, spec.weights, spec.arch)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

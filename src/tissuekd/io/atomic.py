@@ -1,0 +1,27 @@
+"""Atomic outputs: a failed or killed job must never leave a file that looks finished."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
+
+    The rename is atomic on POSIX file systems, so readers (and Snakemake) see either
+    nothing or the complete file. The temporary name keeps the suffix so that writers
+    which dispatch on it (pandas, anndata, h5py) behave as for the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

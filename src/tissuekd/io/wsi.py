@@ -1,0 +1,136 @@
+"""One whole-slide-image interface over OpenSlide (SVS, NDPI, MRXS, tiled TIFF) and
+tifffile (OME-TIFF, whose SubIFD pyramids OpenSlide does not see).
+
+Coordinates passed to `read` are in the requested level's own pixels; areas outside the
+image come back as white background, so crops at the slide border need no special case.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tissuekd.errors import InputError
+
+BACKGROUND = 255
+
+
+class Slide:
+    """A pyramidal image: `levels` lists (width, height) per level, `downsamples` each level's factor."""
+
+    path: Path
+    levels: list[tuple[int, int]]
+    downsamples: list[float]
+    mpp: float | None  # microns per level-0 pixel from the file's own metadata, if any
+
+    def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """RGB uint8 array (height, width, 3) of a region; out-of-image pixels are white."""
+        out = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
+        lw, lh = self.levels[level]
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + width, lw), min(y + height, lh)
+        if x1 > x0 and y1 > y0:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = self._read_inside(level, x0, y0, x1 - x0, y1 - y0)
+        return out
+
+    def _read_inside(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.levels[0]
+
+    def best_level(self, downsample: float) -> int:
+        """The coarsest level that is still at least as fine as `downsample` (never upsample)."""
+        fitting = [i for i, d in enumerate(self.downsamples) if d <= downsample * 1.01]
+        return max(fitting, key=lambda i: self.downsamples[i]) if fitting else 0
+
+
+class OpenSlideSlide(Slide):
+    def __init__(self, path: Path):
+        import openslide
+
+        self.path = path
+        try:
+            self._slide = openslide.OpenSlide(str(path))
+        except openslide.OpenSlideError as err:
+            raise InputError(path, f"OpenSlide cannot open this image: {err}") from None
+        self.levels = [tuple(d) for d in self._slide.level_dimensions]
+        self.downsamples = [float(d) for d in self._slide.level_downsamples]
+        mpp = self._slide.properties.get("openslide.mpp-x")
+        self.mpp = float(mpp) if mpp else None
+
+    def _read_inside(self, level, x, y, width, height):
+        ds = self.downsamples[level]
+        region = self._slide.read_region((round(x * ds), round(y * ds)), level, (width, height))
+        rgba = np.asarray(region)
+        # OpenSlide returns premultiplied RGBA with transparent pixels where the slide has no data
+        alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+        rgb = rgba[..., :3].astype(np.float32) + BACKGROUND * (1.0 - alpha)
+        return rgb.clip(0, 255).astype(np.uint8)
+
+    def close(self):
+        self._slide.close()
+
+
+class TiffSlide(Slide):
+    def __init__(self, path: Path):
+        import tifffile
+        import zarr
+
+        self.path = path
+        try:
+            self._tif = tifffile.TiffFile(path)
+            series = self._tif.series[0]
+        except Exception as err:
+            raise InputError(path, f"tifffile cannot open this image: {err}") from None
+        shapes = [lvl.shape for lvl in series.levels]
+        axes = series.axes
+        if axes not in ("YXS", "YX"):
+            raise InputError(path, f"expected an RGB image with axes YXS, found {axes!r}")
+        self._rgb = axes == "YXS"
+        self.levels = [(s[1], s[0]) for s in shapes]
+        self.downsamples = [self.levels[0][0] / w for w, _ in self.levels]
+        self._arrays = [zarr.open(self._tif.aszarr(level=i), mode="r") for i in range(len(shapes))]
+        self.mpp = _ome_mpp(self._tif)
+
+    def _read_inside(self, level, x, y, width, height):
+        region = np.asarray(self._arrays[level][y : y + height, x : x + width])
+        if not self._rgb:
+            region = np.repeat(region[..., None], 3, axis=2)
+        return region.astype(np.uint8, copy=False)
+
+    def close(self):
+        self._tif.close()
+
+
+def _ome_mpp(tif) -> float | None:
+    if not tif.is_ome:
+        return None
+    import re
+
+    found = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata or "")
+    return float(found.group(1)) if found else None
+
+
+def open_slide(path: str | Path, backend: str = "auto") -> Slide:
+    """Open a whole-slide image; `auto` uses tifffile for OME-TIFF and OpenSlide otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "image file does not exist")
+    if backend == "auto":
+        backend = "tifffile" if path.name.lower().endswith((".ome.tif", ".ome.tiff")) else "openslide"
+    if backend == "tifffile":
+        return TiffSlide(path)
+    if backend == "openslide":
+        return OpenSlideSlide(path)
+    raise ValueError(f"unknown WSI backend {backend!r} (use auto, openslide or tifffile)")

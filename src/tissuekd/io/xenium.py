@@ -1,0 +1,143 @@
+"""Xenium output bundles (Xenium Onboard Analysis 1.x-3.x) as published.
+
+A bundle is the `outs/` folder: `experiment.xenium` (JSON, with `pixel_size`),
+`cells.parquet` or only `cells.csv.gz` (centroids in microns), `cell_feature_matrix.h5`
+(10x HDF5, cells as barcodes) and optionally `analysis/clustering/...`. Cell ids were
+integers in early releases and strings later, and may be stored as bytes; they are
+returned as `str` everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from tissuekd.errors import InputError
+
+MATRIX = "cell_feature_matrix.h5"
+CLUSTERS = "analysis/clustering/gene_expression_graphclust/clusters.csv"
+
+
+def _as_str_ids(values) -> pd.Index:
+    ids = [v.decode() if isinstance(v, bytes | bytearray) else str(v) for v in values]
+    return pd.Index(ids, name="cell_id")
+
+
+def read_experiment(bundle: str | Path) -> dict:
+    path = Path(bundle) / "experiment.xenium"
+    if not path.exists():
+        raise InputError(path, "missing experiment.xenium (is this a Xenium output folder?)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(path, f"not valid JSON: {err}") from None
+    size = meta.get("pixel_size")
+    if not isinstance(size, int | float) or size <= 0:
+        raise InputError(path, f"`pixel_size` must be a positive number, found {size!r}")
+    return meta
+
+
+def cells_path(bundle: str | Path) -> Path:
+    """The cell table a bundle has: `cells.parquet`, else `cells.csv.gz` (XOA 1.0-1.3)."""
+    bundle = Path(bundle)
+    for name in ("cells.parquet", "cells.csv.gz"):
+        if (bundle / name).exists():
+            return bundle / name
+    raise InputError(bundle / "cells.parquet", "missing cell table (neither cells.parquet nor cells.csv.gz)")
+
+
+def read_cells(bundle: str | Path) -> pd.DataFrame:
+    """Cell centroids in microns, indexed by string cell_id."""
+    path = cells_path(bundle)
+    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    missing = {"cell_id", "x_centroid", "y_centroid"} - set(table.columns)
+    if missing:
+        raise InputError(path, f"missing column(s) {sorted(missing)}")
+    cells = pd.DataFrame(
+        {"x_um": table["x_centroid"].to_numpy(float), "y_um": table["y_centroid"].to_numpy(float)},
+        index=_as_str_ids(table["cell_id"]),
+    )
+    if cells.index.has_duplicates:
+        raise InputError(path, "duplicate cell_id values")
+    if not np.isfinite(cells.to_numpy()).all():
+        raise InputError(path, "NaN or infinite centroid coordinates")
+    if cells.empty:
+        raise InputError(path, "no cells")
+    return cells
+
+
+def read_counts(bundle: str | Path) -> ad.AnnData:
+    """Gene counts per cell from the 10x HDF5 matrix; control features are dropped."""
+    import scanpy as sc  # heavy import, only where counts are read
+
+    path = Path(bundle) / MATRIX
+    if not path.exists():
+        raise InputError(path, "missing cell_feature_matrix.h5")
+    try:
+        adata = sc.read_10x_h5(path, gex_only=True)  # keeps feature_type == "Gene Expression"
+    except Exception as err:  # h5py/scanpy raise many types for a malformed file
+        raise InputError(path, f"not a readable 10x HDF5 matrix: {err}") from None
+    adata.obs_names = _as_str_ids(adata.obs_names)
+    adata.var_names_make_unique()
+    data = adata.X.data if hasattr(adata.X, "data") else np.asarray(adata.X)
+    if np.isnan(data).any():
+        raise InputError(path, "counts contain NaN")
+    if (data < 0).any():
+        raise InputError(path, "counts contain negative values")
+    if adata.n_vars == 0:
+        raise InputError(path, "no 'Gene Expression' features in the matrix")
+    return adata
+
+
+def read_clusters(bundle: str | Path) -> pd.Series | None:
+    """Xenium's own graph-based clusters (`Barcode,Cluster`), or None where absent."""
+    path = Path(bundle) / CLUSTERS
+    if not path.exists():
+        return None
+    return read_labels(path, value_column="Cluster", id_column="Barcode")
+
+
+def read_labels(path: str | Path, value_column: str | None = None, id_column: str | None = None) -> pd.Series:
+    """A per-cell label table (CSV/TSV/parquet): an id column and a label column.
+
+    Without names, the first column holds ids and the second the labels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "label file does not exist")
+    if path.suffix == ".parquet":
+        table = pd.read_parquet(path)
+    else:
+        table = pd.read_csv(path, sep=None, engine="python")
+    if table.shape[1] < 2:
+        raise InputError(path, "expected at least two columns: cell id and label")
+    id_column = id_column or table.columns[0]
+    value_column = value_column or table.columns[1]
+    for col in (id_column, value_column):
+        if col not in table.columns:
+            raise InputError(path, f"missing column {col!r} (has {list(table.columns)})")
+    labels = pd.Series(table[value_column].astype(str).to_numpy(), index=_as_str_ids(table[id_column]))
+    if labels.index.has_duplicates:
+        raise InputError(path, "duplicate cell ids")
+    return labels
+
+
+def load_bundle(bundle: str | Path) -> tuple[pd.DataFrame, ad.AnnData, dict]:
+    """Cells, counts (rows aligned to the cells) and experiment metadata of one bundle."""
+    meta = read_experiment(bundle)
+    cells = read_cells(bundle)
+    counts = read_counts(bundle)
+    only_cells = cells.index.difference(counts.obs_names)
+    only_matrix = counts.obs_names.difference(cells.index)
+    if len(only_cells) or len(only_matrix):
+        raise InputError(
+            Path(bundle) / MATRIX,
+            f"barcodes do not match the cell table: {len(only_cells)} cells have no matrix column "
+            f"(e.g. {list(only_cells[:3])}), {len(only_matrix)} matrix barcodes are not cells "
+            f"(e.g. {list(only_matrix[:3])})",
+        )
+    return cells, counts[cells.index].copy(), meta

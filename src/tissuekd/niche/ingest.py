@@ -1,0 +1,84 @@
+"""Ingest one Xenium slide: cells registered onto the H&E, counts, and slide metadata."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tissuekd.errors import InputError
+from tissuekd.io.alignment import he_mpp, read_alignment, um_to_he
+from tissuekd.io.atomic import atomic_path
+from tissuekd.io.wsi import open_slide
+from tissuekd.io.xenium import load_bundle, read_clusters, read_labels
+
+log = logging.getLogger(__name__)
+
+
+def register_cells(cells: pd.DataFrame, affine: np.ndarray, pixel_size: float, image_size: tuple[int, int],
+                   alignment_path: str | Path) -> np.ndarray:
+    """H&E pixel positions of the cells; every cell must land inside the image."""
+    he = um_to_he(cells[["x_um", "y_um"]].to_numpy(), affine, pixel_size)
+    width, height = image_size
+    outside = (he[:, 0] < 0) | (he[:, 1] < 0) | (he[:, 0] >= width) | (he[:, 1] >= height)
+    if outside.any():
+        first = np.flatnonzero(outside)[0]
+        raise InputError(
+            alignment_path,
+            f"the affine maps {outside.sum()} of {len(he)} cells outside the H&E image ({width} x {height} px); "
+            f"e.g. cell {cells.index[first]} at ({he[first, 0]:.0f}, {he[first, 1]:.0f}) px. "
+            "Is this the alignment of this slide's H&E, in the H&E -> morphology direction?",
+        )
+    return he
+
+
+def cell_type_labels(cells: pd.DataFrame, bundle: str | Path, cell_types: str | None) -> pd.Series:
+    """The sheet's annotation if given, else Xenium's graph clusters, else 'unknown'."""
+    if cell_types:
+        labels = read_labels(cell_types)
+        source = cell_types
+    else:
+        labels = read_clusters(bundle)
+        source = f"{bundle} graph-based clusters"
+        if labels is None:
+            log.warning("no cell-type annotation and no clusters.csv in %s: cell types are 'unknown'", bundle)
+            return pd.Series("unknown", index=cells.index)
+        labels = "cluster_" + labels
+    covered = cells.index.isin(labels.index)
+    if not covered.any():
+        raise InputError(source, "no cell id matches the Xenium cells")
+    if not covered.all():
+        log.warning("%s: %d cells have no label; they are 'unknown'", source, (~covered).sum())
+    return labels.reindex(cells.index).fillna("unknown")
+
+
+def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, out_expression: str,
+                 out_slide: str, cell_types: str | None = None, pathology: str | None = None,
+                 backend: str = "auto") -> None:
+    cells, counts, meta = load_bundle(bundle)
+    pixel_size = float(meta["pixel_size"])
+    affine = read_alignment(he_alignment)
+    with open_slide(he_image, backend) as slide:
+        image_size = slide.dimensions
+    he = register_cells(cells, affine, pixel_size, image_size, he_alignment)
+    table = cells.assign(x_he=he[:, 0], y_he=he[:, 1], cell_type=cell_type_labels(cells, bundle, cell_types))
+    if pathology:
+        table["pathology"] = read_labels(pathology).reindex(cells.index).fillna("unannotated")
+    counts.obs["cell_type"] = table["cell_type"].to_numpy()
+    log.info("%s: %d cells, %d genes, H&E %.4f um/px", bundle, len(table), counts.n_vars, he_mpp(affine, pixel_size))
+
+    with atomic_path(out_cells) as tmp:
+        table.reset_index().to_parquet(tmp, index=False)
+    with atomic_path(out_expression) as tmp:
+        counts.write_h5ad(tmp)
+    info = {
+        "bundle": str(bundle), "he_image": str(he_image), "pixel_size": pixel_size,
+        "affine": affine.tolist(), "he_mpp": he_mpp(affine, pixel_size), "he_size": list(image_size),
+        "n_cells": len(table), "n_genes": int(counts.n_vars),
+        "xenium_version": meta.get("analysis_sw_version"),
+    }
+    with atomic_path(out_slide) as tmp:
+        tmp.write_text(json.dumps(info, indent=2))

@@ -1,0 +1,30 @@
+# Demo data: synthetic slides written in the real published formats, by a seeded generator.
+# A sheet row whose paths lie under config demo.outdir is made here; name it {tissue}_demo.
+
+
+rule demo_xenium_slide:
+    output:
+        experiment=f"{DEMO_DIR}/{{tissue}}_demo/outs/experiment.xenium",
+        cells=f"{DEMO_DIR}/{{tissue}}_demo/outs/cells.parquet",
+        matrix=f"{DEMO_DIR}/{{tissue}}_demo/outs/cell_feature_matrix.h5",
+        clusters=f"{DEMO_DIR}/{{tissue}}_demo/outs/{CLUSTERS}",
+        he_image=f"{DEMO_DIR}/{{tissue}}_demo/{{tissue}}_demo_he_image.ome.tif",
+        he_alignment=f"{DEMO_DIR}/{{tissue}}_demo/{{tissue}}_demo_he_imagealignment.csv",
+        pathology=f"{DEMO_DIR}/{{tissue}}_demo/pathology.csv",
+    wildcard_constraints:
+        tissue="breast|lung|colon",
+    params:
+        n_cells=config["demo"]["niche_cells"],
+        seed=config["demo"]["seed"],
+        outdir=lambda wildcards: f"{DEMO_DIR}/{wildcards.tissue}_demo",
+    log:
+        f"{LOGS}/demo/xenium_{{tissue}}.log",
+    benchmark:
+        f"{BENCH}/demo/xenium_{{tissue}}.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 3000 * attempt,
+        runtime=20,
+    conda:
+        "../../envs/scverse.yaml"
+    script:
+        "../../scripts/demo_xenium_slide.py"

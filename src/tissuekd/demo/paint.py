@@ -57,10 +57,13 @@ def paint_he(layout: Layout, he_xy: np.ndarray, he_angle: float, shape: tuple[in
         if t.rim > 0.4:  # prominent nucleolus
             density += 0.9 * np.exp(-(d / 0.18) ** 2)
         _stamp(hema, x, y, np.clip(density, 0, None) * body, np.maximum)
-    od = hema[..., None] * HEMATOXYLIN + eosin[..., None] * EOSIN + 0.03
-    rgb = 255.0 * np.exp(-od)
-    rgb = ndimage.gaussian_filter(rgb, sigma=(0.6, 0.6, 0)) + rng.normal(0, 3.0, rgb.shape)
-    return rgb.clip(0, 255).astype(np.uint8)
+    rgb = np.empty((*shape, 3), np.uint8)
+    for ch in range(3):  # one channel at a time, float32: a large demo slide stays within a few GB
+        od = hema * np.float32(HEMATOXYLIN[ch]) + eosin * np.float32(EOSIN[ch]) + np.float32(0.03)
+        plane = ndimage.gaussian_filter(np.float32(255.0) * np.exp(-od), sigma=0.6)
+        plane += rng.standard_normal(shape, dtype=np.float32) * np.float32(3.0)
+        rgb[..., ch] = plane.clip(0, 255)
+    return rgb
 
 
 def _background_eosin(layout: Layout, shape, um_of_pixel, rng) -> np.ndarray:

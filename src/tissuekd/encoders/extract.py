@@ -1,13 +1,11 @@
-"""Streamed feature extraction: crops are read in a background thread while the encoder
-runs, and features go to HDF5 batch by batch, so memory does not grow with the slide."""
+"""Streamed feature extraction: features go to HDF5 batch by batch as crops arrive (from a
+DataLoader worker, see tissuekd.spatial.crops), so memory does not grow with the slide."""
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import h5py
 import numpy as np
@@ -48,26 +46,6 @@ class Encoder:
         return out.float().cpu()
 
 
-def prefetch(batches: Iterable, depth: int = 4) -> Iterator:
-    """Run a generator in a background thread, `depth` items ahead; re-raise its errors here."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-
-    def work():
-        try:
-            for item in batches:
-                q.put(item)
-        except BaseException as err:  # hand any failure to the consumer
-            q.put(err)
-        q.put(done)
-
-    threading.Thread(target=work, daemon=True).start()
-    while (item := q.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-
-
 def write_features(
     out: str | Path,
     batches: Iterable[tuple[np.ndarray, torch.Tensor]],
@@ -88,7 +66,7 @@ def write_features(
         h5.create_dataset("cell_id", data=np.asarray(cell_ids, dtype=object), dtype=h5py.string_dtype())
         written = np.zeros(n, dtype=bool)
         with tqdm(total=n, desc="features", unit="crop", disable=not progress, mininterval=5) as bar:
-            for idx, crops in prefetch(batches):
+            for idx, crops in batches:
                 out = encoder(crops).numpy()
                 if feats is None:
                     feats = h5.create_dataset("features", (n, out.shape[1]), dtype="f4", chunks=(min(n, 1024), out.shape[1]))

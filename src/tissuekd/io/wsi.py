@@ -73,10 +73,11 @@ class OpenSlideSlide(Slide):
         ds = self.downsamples[level]
         region = self._slide.read_region((round(x * ds), round(y * ds)), level, (width, height))
         rgba = np.asarray(region)
-        # OpenSlide returns premultiplied RGBA with transparent pixels where the slide has no data
-        alpha = rgba[..., 3:4].astype(np.float32) / 255.0
-        rgb = rgba[..., :3].astype(np.float32) + BACKGROUND * (1.0 - alpha)
-        return rgb.clip(0, 255).astype(np.uint8)
+        if (rgba[..., 3] == 255).all():
+            return rgba[..., :3]
+        # premultiplied RGBA, transparent where the slide has no data: composite onto white
+        alpha = rgba[..., 3:4].astype(np.uint16)
+        return (rgba[..., :3] + (BACKGROUND * (255 - alpha) + 127) // 255).astype(np.uint8)
 
     def close(self):
         self._slide.close()

@@ -11,7 +11,7 @@ import torch
 from tissuekd.encoders.extract import Encoder, pick_device, write_features
 from tissuekd.encoders.registry import EncoderSpec, build_encoder
 from tissuekd.io.wsi import open_slide
-from tissuekd.spatial.crops import CropGeometry, iter_crop_batches
+from tissuekd.spatial.crops import CropBatches, CropGeometry, crop_loader
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def extract_cell_features(cells_path: str, slide_path: str, he_image: str, spec: EncoderSpec, out: str, *,
                           crop_px: int = 224, batch_size: int = 64, block_px: int = 2048,
                           device: str = "auto", threads: int | None = None, backend: str = "auto",
-                          progress: bool = True) -> None:
+                          loader_workers: int | None = None, progress: bool = True) -> None:
     if threads:
         torch.set_num_threads(threads)
     cells = pd.read_parquet(cells_path)
@@ -31,7 +31,8 @@ def extract_cell_features(cells_path: str, slide_path: str, he_image: str, spec:
         geometry = CropGeometry.for_slide(slide, meta["he_mpp"], spec.mpp, crop_px)
         log.info("%s: %d cells, level %d, %d px crops -> %d px, %s on %s", he_image, len(cells), geometry.level,
                  geometry.source_px, crop_px, spec.arch, dev)
-        batches = iter_crop_batches(slide, centers, geometry, batch_size, block_px)
-        attrs = {"encoder": spec.name, "arch": spec.arch, "mpp": spec.mpp, "crop_px": crop_px,
-                 "he_mpp": meta["he_mpp"], "level": geometry.level, "coords": "H&E level-0 pixels (x, y)"}
-        write_features(out, batches, encoder, centers, cells["cell_id"].to_numpy(), attrs, progress)
+    workers = loader_workers if loader_workers is not None else (2 if dev.type == "cuda" else 0)
+    batches = crop_loader(CropBatches(he_image, backend, centers, geometry, batch_size, block_px), workers)
+    attrs = {"encoder": spec.name, "arch": spec.arch, "mpp": spec.mpp, "crop_px": crop_px,
+             "he_mpp": meta["he_mpp"], "level": geometry.level, "coords": "H&E level-0 pixels (x, y)"}
+    write_features(out, batches, encoder, centers, cells["cell_id"].to_numpy(), attrs, progress)

@@ -12,38 +12,47 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
 from tissuekd.io.wsi import Slide
 
 
 @dataclass(frozen=True)
 class CropGeometry:
-    """Where crops come from: pyramid level and side length in that level's pixels."""
+    """Where crops come from: the pyramid level, and how many level pixels make one encoder pixel."""
 
     level: int
     level_downsample: float
-    source_px: int  # crop side read from the level
+    scale: float  # level pixels per encoder pixel (1.0: cut as is; otherwise the block is resampled)
     crop_px: int  # crop side handed to the encoder
 
     @classmethod
     def for_slide(cls, slide: Slide, he_mpp: float, crop_mpp: float, crop_px: int) -> CropGeometry:
         downsample = crop_mpp / he_mpp  # level-0 pixels per encoder pixel
         level = slide.best_level(downsample)
-        level_ds = slide.downsamples[level]
-        return cls(level, level_ds, max(1, round(crop_px * downsample / level_ds)), crop_px)
+        scale = downsample / slide.downsamples[level]
+        return cls(level, slide.downsamples[level], 1.0 if abs(scale - 1) < 0.01 else scale, crop_px)
+
+    @property
+    def source_px(self) -> int:
+        """Crop side in level pixels."""
+        return int(np.ceil(self.crop_px * self.scale))
 
     @property
     def half_width_level0(self) -> float:
-        return self.source_px * self.level_downsample / 2
+        return self.crop_px * self.scale * self.level_downsample / 2
 
 
-def resize_batch(crops: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (B,3,S,S) -> uint8 (B,3,size,size), antialiased when shrinking."""
-    if crops.shape[-1] == size:
-        return crops
-    out = F.interpolate(crops.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+def resample_block(block: np.ndarray, scale: float) -> np.ndarray:
+    """Resample a whole block to encoder pixels once, instead of every (overlapping) crop.
+
+    Pillow's bilinear filter widens its support when shrinking, so this is antialiased.
+    """
+    if scale == 1.0:
+        return block
+    height, width = block.shape[:2]
+    size = (max(1, round(width / scale)), max(1, round(height / scale)))
+    return np.asarray(Image.fromarray(block).resize(size, Image.Resampling.BILINEAR))
 
 
 def iter_crop_batches(
@@ -58,30 +67,56 @@ def iter_crop_batches(
     `centers` are level-0 pixel coordinates (x, y). Indices within a batch are increasing,
     so a writer can store each batch with one slice-indexed write per batch.
     """
-    s = geometry.source_px
-    pts = np.asarray(centers, dtype=float) / geometry.level_downsample
-    corners = np.floor(pts - s / 2).astype(np.int64)  # top-left of each crop in level px
-    block_of = np.floor_divide(corners, block_px)
+    s, c = geometry.source_px, geometry.crop_px
+    pts = np.asarray(centers, dtype=float) / geometry.level_downsample  # level pixels
+    block_of = np.floor_divide(np.floor(pts - s / 2), block_px).astype(np.int64)
     order = np.lexsort((np.arange(len(pts)), block_of[:, 0], block_of[:, 1]))
     starts = np.flatnonzero(np.r_[True, np.any(np.diff(block_of[order], axis=0) != 0, axis=1)])
     batch_idx: list[int] = []
     batch: list[np.ndarray] = []
     for start, stop in zip(starts, np.r_[starts[1:], len(order)]):
         members = order[start:stop]
-        x0, y0 = (int(v) * block_px for v in block_of[members[0]])
-        block = slide.read(geometry.level, x0, y0, block_px + s, block_px + s)
-        for i, (ox, oy) in zip(members, corners[members] - (x0, y0)):
+        origin = block_of[members[0]] * block_px
+        raw = slide.read(geometry.level, int(origin[0]), int(origin[1]), block_px + s + 1, block_px + s + 1)
+        block = resample_block(raw, geometry.scale)
+        corners = np.floor((pts[members] - origin) / geometry.scale - c / 2).astype(np.int64)
+        corners = np.clip(corners, 0, np.array(block.shape[1::-1]) - c)
+        for i, (ox, oy) in zip(members, corners):
             batch_idx.append(i)
-            batch.append(block[oy : oy + s, ox : ox + s])  # a view; copied once when stacked
+            batch.append(block[oy : oy + c, ox : ox + c])  # a view; copied once when stacked
             if len(batch) == batch_size:
-                yield _stack(batch_idx, batch, geometry.crop_px)
+                yield _stack(batch_idx, batch)
                 batch_idx, batch = [], []
     if batch:
-        yield _stack(batch_idx, batch, geometry.crop_px)
+        yield _stack(batch_idx, batch)
 
 
-def _stack(idx: list[int], crops: list[np.ndarray], crop_px: int) -> tuple[np.ndarray, torch.Tensor]:
+def _stack(idx: list[int], crops: list[np.ndarray]) -> tuple[np.ndarray, torch.Tensor]:
     order = np.argsort(idx)
     stacked = np.stack([crops[j] for j in order])
-    tensor = torch.from_numpy(stacked).permute(0, 3, 1, 2)
-    return np.asarray(idx)[order], resize_batch(tensor, crop_px)
+    return np.asarray(idx)[order], torch.from_numpy(stacked).permute(0, 3, 1, 2)
+
+
+class CropBatches(torch.utils.data.IterableDataset):
+    """The crop batches of one slide as a dataset, so a DataLoader worker process can read
+    and cut crops while the main process encodes (no GIL shared with the encoder)."""
+
+    def __init__(self, path, backend: str, centers: np.ndarray, geometry: CropGeometry,
+                 batch_size: int = 64, block_px: int = 2048):
+        super().__init__()
+        self.path, self.backend, self.centers = path, backend, centers
+        self.geometry, self.batch_size, self.block_px = geometry, batch_size, block_px
+
+    def __iter__(self):
+        from tissuekd.io.wsi import open_slide
+
+        with open_slide(self.path, self.backend) as slide:  # opened here: slides do not cross processes
+            yield from iter_crop_batches(slide, self.centers, self.geometry, self.batch_size, self.block_px)
+
+
+def crop_loader(dataset: CropBatches, workers: int = 0):
+    """Batches from `workers` reader processes; 0 reads in this process (best on a CPU-only
+    machine, where a worker would only take cores from the encoder)."""
+    if workers == 0:
+        return dataset
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=4)

@@ -1,0 +1,1 @@
+"""Benchmarks that print ratios in one run (never timed tests)."""

@@ -1,0 +1,61 @@
+"""Shared fixtures: one small demo slide in the real Xenium layout, generated once per session."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def demo_slide(tmp_path_factory) -> Path:
+    """A breast demo slide of ~2,500 cells: its folder holds outs/, the H&E and its alignment."""
+    from tissuekd.demo.xenium import make_demo_slide
+
+    outdir = tmp_path_factory.mktemp("demo") / "breast_demo"
+    make_demo_slide(outdir, "breast", n_cells=2500, seed=3)
+    return outdir
+
+
+@pytest.fixture
+def bundle_copy(demo_slide, tmp_path) -> Path:
+    """A writable copy of the demo slide, for tests that break it."""
+    target = tmp_path / demo_slide.name
+    shutil.copytree(demo_slide, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def ingested(demo_slide, tmp_path_factory) -> dict:
+    """The demo slide after the ingest step (cells.parquet, expression.h5ad, slide.json)."""
+    from tissuekd.niche.ingest import ingest_slide
+
+    out = tmp_path_factory.mktemp("ingested")
+    paths = {k: out / n for k, n in [("cells", "cells.parquet"), ("expression", "expression.h5ad"),
+                                     ("slide", "slide.json")]}
+    ingest_slide(str(demo_slide / "outs"), str(he_image(demo_slide)), str(he_alignment(demo_slide)),
+                 str(paths["cells"]), str(paths["expression"]), str(paths["slide"]),
+                 pathology=str(demo_slide / "pathology.csv"))
+    return paths
+
+
+def he_image(slide_dir: Path) -> Path:
+    return slide_dir / f"{slide_dir.name}_he_image.ome.tif"
+
+
+def he_alignment(slide_dir: Path) -> Path:
+    return slide_dir / f"{slide_dir.name}_he_imagealignment.csv"
+
+
+def snakemake(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real Snakemake CLI on this repository's workflow from `cwd`."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), *args]
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result

@@ -1,0 +1,66 @@
+"""Encoders: timm by name, the UNI2-h preset, and weights from local files only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tissuekd.encoders.registry import EncoderSpec, build_encoder, create_model
+from tissuekd.errors import InputError
+
+SMALL = {"model": "mobilenetv3_small_050", "mpp": 0.5}
+
+
+def _reference_weights(seed: int = 42) -> dict:
+    spec = EncoderSpec.from_config("ref", {**SMALL, "weights": "random", "seed": seed})
+    return {k: v.contiguous() for k, v in create_model(spec).state_dict().items()}
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_weights_load_from_a_local_file(tmp_path, suffix):
+    state = _reference_weights()
+    path = tmp_path / f"enc{suffix}"
+    save_file(state, path) if suffix == ".safetensors" else torch.save({"state_dict": state}, path)
+    loaded = build_encoder(EncoderSpec.from_config("mine", {**SMALL, "weights": str(path), "seed": 0}))
+    random_init = build_encoder(EncoderSpec.from_config("rnd", {**SMALL, "weights": "random", "seed": 0}))
+    x = torch.rand(2, 3, 224, 224)
+    reference = build_encoder(EncoderSpec.from_config("ref", {**SMALL, "weights": "random", "seed": 42}))
+    assert torch.allclose(loaded(x), reference(x), atol=1e-5)  # the file's weights, not seed 0's
+    assert not torch.allclose(loaded(x), random_init(x), atol=1e-5)
+    assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    spec = EncoderSpec.from_config("uni", {"preset": "uni2-h", "weights": str(tmp_path / "uni2-h.safetensors")})
+    with pytest.raises(InputError, match="uni2-h.safetensors.*does not exist"):
+        build_encoder(spec)
+
+
+def test_weights_of_another_architecture(tmp_path):
+    path = tmp_path / "resnet.safetensors"
+    other = EncoderSpec.from_config("r", {"model": "resnet10t", "weights": "random"})
+    save_file({k: v.contiguous() for k, v in create_model(other).state_dict().items()}, path)
+    with pytest.raises(InputError, match="do not match architecture mobilenetv3_small_050") as err:
+        build_encoder(EncoderSpec.from_config("m", {**SMALL, "weights": str(path)}))
+    assert "resnet.safetensors" in str(err.value)
+
+
+def test_unknown_encoder_name():
+    with pytest.raises(InputError, match="unknown encoder 'vit_does_not_exist'"):
+        EncoderSpec.from_config("x", {"model": "vit_does_not_exist", "weights": "random"})
+    with pytest.raises(InputError, match="unknown preset"):
+        EncoderSpec.from_config("x", {"preset": "uni3", "weights": "random"})
+
+
+def test_uni2h_preset_has_the_published_architecture():
+    spec = EncoderSpec.from_config("uni2-h", {"preset": "uni2-h", "weights": "random"})
+    with torch.device("meta"):  # 681M parameters: build the graph without allocating them
+        model = create_model(spec)
+    assert spec.mpp == 0.5
+    assert model.num_features == 1536 and len(model.blocks) == 24
+    assert model.num_reg_tokens == 8 and model.patch_embed.patch_size == (14, 14)
+    assert type(model.blocks[0].mlp).__name__ == "SwiGLUPacked"
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(681e6, rel=0.01)
+    out = model(torch.empty(1, 3, 224, 224, device="meta"))
+    assert out.shape == (1, 1536)

@@ -1,0 +1,100 @@
+"""Crops cut from block reads, and streamed feature files."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import he_image
+from tissuekd.encoders.registry import EncoderSpec
+from tissuekd.io.wsi import open_slide
+from tissuekd.niche.features import extract_cell_features
+from tissuekd.spatial.crops import CropGeometry, iter_crop_batches
+
+SPEC = EncoderSpec.from_config("demo", {"model": "mobilenetv3_small_050", "mpp": 0.5, "weights": "random"})
+
+
+def _all_crops(slide, centers, geometry, **kw):
+    crops = np.zeros((len(centers), 3, geometry.crop_px, geometry.crop_px), np.uint8)
+    seen = np.zeros(len(centers), int)
+    for idx, batch in iter_crop_batches(slide, centers, geometry, **kw):
+        assert (np.diff(idx) > 0).all()
+        crops[idx] = batch.numpy()
+        seen[idx] += 1
+    assert (seen == 1).all()
+    return crops
+
+
+def test_block_crops_equal_direct_reads(ingested, demo_slide):
+    cells = pd.read_parquet(ingested["cells"]).sample(300, random_state=0)
+    centers = cells[["x_he", "y_he"]].to_numpy()
+    with open_slide(he_image(demo_slide)) as slide:
+        geometry = CropGeometry.for_slide(slide, 0.25, 0.5, 224)
+        assert (geometry.level, geometry.scale) == (1, 1.0)  # the 0.5 um/px level, no resampling
+        crops = _all_crops(slide, centers, geometry, batch_size=37, block_px=512)
+        for i in (0, 150, 299):
+            x, y = np.floor(centers[i] / 2 - 112).astype(int)
+            direct = slide.read(1, x, y, 224, 224).transpose(2, 0, 1)
+            assert np.array_equal(crops[i], direct)
+
+
+def test_resampled_crops_match_the_pyramid_level(ingested, demo_slide):
+    """OpenSlide sees only level 0 of the OME pyramid: crops are resampled 2x from it."""
+    cells = pd.read_parquet(ingested["cells"]).sample(100, random_state=1)
+    centers = cells[["x_he", "y_he"]].to_numpy()
+    path = he_image(demo_slide)
+    with open_slide(path, "openslide") as osl, open_slide(path, "tifffile") as tif:
+        fine = CropGeometry.for_slide(osl, 0.25, 0.5, 224)
+        assert fine.level == 0 and fine.scale == pytest.approx(2.0)
+        resampled = _all_crops(osl, centers, fine).astype(float)
+        native = _all_crops(tif, centers, CropGeometry.for_slide(tif, 0.25, 0.5, 224)).astype(float)
+    assert np.abs(resampled - native).mean() < 12  # same field of view; filters and JPEG differ
+    shifted = np.roll(native, 12, axis=-1)
+    assert np.abs(resampled - shifted).mean() > np.abs(resampled - native).mean() * 1.5
+
+
+def test_feature_file_layout(ingested, demo_slide, tmp_path):
+    out = tmp_path / "features.h5"
+    extract_cell_features(str(ingested["cells"]), str(ingested["slide"]), str(he_image(demo_slide)), SPEC, str(out),
+                          batch_size=50, block_px=700, progress=False)
+    cells = pd.read_parquet(ingested["cells"])
+    with h5py.File(out) as h5:
+        assert h5["features"].shape[0] == len(cells) and h5["features"].dtype == np.float32
+        assert np.isfinite(h5["features"][:]).all()
+        assert list(h5["cell_id"].asstr()[:]) == list(cells["cell_id"])
+        assert np.allclose(h5["coords"][:], cells[["x_he", "y_he"]].to_numpy(), atol=1e-3)
+        assert h5.attrs["encoder"] == "demo" and h5.attrs["mpp"] == 0.5
+        features = h5["features"][:]
+    # rows follow the cell table: re-encoding a few cells alone gives the same rows
+    sub = cells.iloc[[5, 700, 1400]]
+    sub_cells = tmp_path / "sub.parquet"
+    sub.to_parquet(sub_cells)
+    extract_cell_features(str(sub_cells), str(ingested["slide"]), str(he_image(demo_slide)), SPEC,
+                          str(tmp_path / "sub.h5"), progress=False)
+    with h5py.File(tmp_path / "sub.h5") as h5:
+        assert np.allclose(h5["features"][:], features[[5, 700, 1400]], atol=0.05 * np.abs(features).max())
+
+
+def test_failed_extraction_leaves_no_file(ingested, demo_slide, tmp_path, monkeypatch):
+    import tissuekd.encoders.extract as extract
+
+    calls = {"n": 0}
+    original = extract.Encoder.__call__
+
+    def fail_midway(self, crops):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash")
+        return original(self, crops)
+
+    monkeypatch.setattr(extract.Encoder, "__call__", fail_midway)
+    out = tmp_path / "features.h5"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        extract_cell_features(str(ingested["cells"]), str(ingested["slide"]), str(he_image(demo_slide)), SPEC,
+                              str(out), batch_size=64, progress=False)
+    assert not out.exists() and not list(tmp_path.glob("*.h5"))

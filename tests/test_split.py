@@ -1,0 +1,90 @@
+"""Train/test strips, the leakage buffer, and the density-adaptive radius."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial import cKDTree
+
+from tissuekd.errors import InputError
+from tissuekd.niche.split import fit_radius, write_split
+from tissuekd.spatial.split import BUFFER, TEST, TRAIN, fit_split, strip_index
+
+
+@st.composite
+def layouts(draw):
+    """Random tissue: clustered points of uneven density, a crop reach and a target."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    n = draw(st.integers(400, 2500))
+    width, height = draw(st.floats(300, 1500)), draw(st.floats(600, 2000))
+    centres = rng.uniform([0, 0], [width, height], (draw(st.integers(1, 8)), 2))
+    spread = draw(st.floats(20, 400))
+    xy = centres[rng.integers(0, len(centres), n)] + rng.normal(0, spread, (n, 2))
+    xy = np.r_[xy, rng.uniform([0, 0], [width, height], (n // 2, 2))]  # background cells in every strip
+    return xy, draw(st.floats(5, 60)), draw(st.integers(5, 30))
+
+
+@settings(max_examples=40, deadline=None)
+@given(layouts())
+def test_no_train_crop_or_neighbourhood_touches_the_test_strip(layout):
+    xy, reach, target = layout
+    fit = fit_split(xy, 4, 1, reach, target)
+    top, bottom = fit.edges[1], fit.edges[2]
+    train, test = fit.roles == TRAIN, fit.roles == TEST
+    assert (strip_index(xy[:, 1], fit.edges)[test] == 1).all()
+    # a train cell's crop stays clear of the strip
+    y = xy[train, 1]
+    assert ((y + reach <= top) | (y - reach >= bottom)).all()
+    # ...and so does every neighbour within the radius, and that neighbour's crop
+    neighbours = cKDTree(xy).query_ball_point(xy[train], r=fit.radius_um)
+    for members in neighbours:
+        ny = xy[members, 1]
+        assert not test[members].any()
+        assert ((ny + reach <= top) | (ny - reach >= bottom)).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(layouts())
+def test_radius_hits_the_target_within_ten_percent(layout):
+    xy, reach, target = layout
+    fit = fit_split(xy, 4, 1, reach, target)
+    nontest = fit.roles != TEST
+    counts = cKDTree(xy[nontest]).query_ball_point(xy[fit.roles == TRAIN], r=fit.radius_um, return_length=True) - 1
+    assert counts.mean() == pytest.approx(target, rel=0.10)
+
+
+def test_empty_test_strip_is_an_error():
+    rng = np.random.default_rng(0)
+    xy = np.r_[rng.uniform([0, 0], [500, 100], (500, 2)), rng.uniform([0, 300], [500, 400], (500, 2))]
+    with pytest.raises(ValueError, match="no cells in the test strip"):
+        fit_split(xy, 4, 1, 10, 10)
+
+
+def test_demo_slide_radius_and_split_files(ingested, tmp_path):
+    radius = fit_radius(str(ingested["cells"]), str(ingested["slide"]), str(tmp_path / "radius.json"),
+                        target=20, n_strips=4, test_strip=1, crop_px=224, encoder_mpp=0.5)
+    assert radius["mean_neighbors"] == pytest.approx(20, rel=0.10)
+    assert radius["buffer_um"] == pytest.approx(radius["crop_reach_um"] + radius["radius_um"])
+    split = write_split(str(ingested["cells"]), str(tmp_path / "radius.json"), str(tmp_path / "split.parquet"))
+    assert set(split["role"]) == {TRAIN, BUFFER, TEST}
+    assert (split["role"] == TRAIN).sum() == radius["n_train"]
+    assert json.loads((tmp_path / "radius.json").read_text())["test_strip"] == 1
+
+
+def test_slide_without_test_cells_names_the_file(ingested, tmp_path):
+    cells = pd.read_parquet(ingested["cells"])
+    edges = np.linspace(cells.y_um.min(), cells.y_um.max(), 5)
+    gap = cells[(cells.y_um < edges[1]) | (cells.y_um > edges[2])]
+    path = tmp_path / "cells.parquet"
+    gap.to_parquet(path)
+    with pytest.raises(InputError, match="test strip") as err:
+        fit_radius(str(path), str(ingested["slide"]), str(tmp_path / "r.json"), target=20, n_strips=4,
+                   test_strip=1, crop_px=224, encoder_mpp=0.5)
+    assert str(path) in str(err.value)
+    assert not (tmp_path / "r.json").exists()

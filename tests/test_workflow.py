@@ -1,0 +1,136 @@
+"""The Snakemake workflow itself: lint, the DAG, config/sheet validation, and a demo run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, snakemake
+
+STEPS = ["niche_ingest", "niche_radius", "niche_split", "niche_features"]
+
+
+def make_workdir(tmp_path: Path, slides=("breast", "colon"), **overrides) -> Path:
+    """A working directory with the repository's config, a sheet of demo slides, and overrides."""
+    (tmp_path / "config").mkdir(parents=True, exist_ok=True)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["demo"]["niche_cells"] = 3000
+    for dotted, value in overrides.items():
+        *parents, key = dotted.split("__")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[key] = value
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    sheet = pd.read_csv(REPO / "config" / "niche_slides.tsv", sep="\t", dtype=str).fillna("")
+    sheet = sheet[sheet["tissue"].isin(slides)]
+    sheet.to_csv(tmp_path / "config" / "niche_slides.tsv", sep="\t", index=False)
+    return tmp_path
+
+
+def planned_jobs(workdir: Path, *extra: str) -> dict[str, int]:
+    """Job counts from a dry run's own summary table."""
+    out = snakemake("-n", "--cores", "1", *extra, cwd=workdir).stdout
+    table = out.split("Job stats:")[1].split("total")[0]
+    return {parts[0]: int(parts[1]) for line in table.splitlines() if len(parts := line.split()) == 2
+            and parts[1].isdigit()}
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint", "--cores", "1", cwd=REPO, check=False)
+    assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr, result.stdout
+
+
+def test_dry_run_of_the_shipped_demo_lists_every_step_per_slide():
+    jobs = planned_jobs(REPO, "--forceall")
+    slides = pd.read_csv(REPO / "config" / "niche_slides.tsv", sep="\t")
+    assert len(slides) >= 3 and slides["tissue"].nunique() >= 3
+    for step in STEPS + ["demo_xenium_slide"]:
+        assert jobs[step] == len(slides), (step, jobs)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"niche__target_neighbors": "twenty"}, "target_neighbors"),
+        ({"niche__encoders": ["not-defined"]}, "unknown encoder 'not-defined'"),
+        ({"encoders__demo-mobilenet__model": "no_such_timm_model"}, "unknown encoder 'no_such_timm_model'"),
+        ({"niche__encoders": ["uni2-h"]}, "encoders.uni2-h.weights"),
+        ({"niche__wsi_backend": "bioformats"}, "wsi_backend"),
+    ],
+)
+def test_bad_config_fails_before_any_job(tmp_path, override, message):
+    workdir = make_workdir(tmp_path, **override)
+    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+def test_bad_sheet_row_is_named(tmp_path):
+    workdir = make_workdir(tmp_path)
+    sheet = pd.read_csv(workdir / "config" / "niche_slides.tsv", sep="\t", dtype=str).fillna("")
+    sheet.loc[1, "he_image"] = "/nowhere/slide_he_image.ome.tif"
+    sheet.to_csv(workdir / "config" / "niche_slides.tsv", sep="\t", index=False)
+    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0 and "line 3 (slide colon_demo)" in text and "he_image" in text
+
+    sheet.loc[1, "he_image"] = ""
+    sheet.to_csv(workdir / "config" / "niche_slides.tsv", sep="\t", index=False)
+    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+    assert result.returncode != 0 and "he_image" in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    """The demo through ingest, radius, split and features, two slides of 3,000 cells."""
+    workdir = make_workdir(tmp_path_factory.mktemp("run"))
+    snakemake("--cores", "2", cwd=workdir)
+    return workdir
+
+
+@pytest.mark.workflow
+def test_demo_run_writes_every_output(demo_run):
+    results = demo_run / "results"
+    for slide in ("breast_demo", "colon_demo"):
+        cells = pd.read_parquet(results / "niche" / slide / "cells.parquet")
+        assert len(cells) >= 3000
+        assert {"cell_id", "x_um", "y_um", "x_he", "y_he", "cell_type", "pathology"} <= set(cells.columns)
+        radius = json.loads((results / "niche" / slide / "demo-mobilenet" / "radius.json").read_text())
+        assert radius["mean_neighbors"] == pytest.approx(20, rel=0.10)
+        split = pd.read_parquet(results / "niche" / slide / "demo-mobilenet" / "split.parquet")
+        assert set(split["role"]) == {"train", "buffer", "test"}
+        with h5py.File(results / "niche" / "features" / "demo-mobilenet" / f"{slide}.h5") as h5:
+            assert list(h5["cell_id"].asstr()[:]) == list(cells["cell_id"])
+        for step in ("ingest", "radius", "split", "features"):
+            assert list((results / "logs" / "niche" / step).rglob(f"{slide}.log")), step
+            assert list((results / "benchmarks" / "niche" / step).rglob(f"{slide}.tsv")), step
+
+
+@pytest.mark.workflow
+def test_second_run_has_nothing_to_do(demo_run):
+    result = snakemake("-n", "--cores", "1", cwd=demo_run)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.workflow
+def test_bad_input_stops_the_job_and_leaves_nothing_finished(demo_run, tmp_path):
+    """An affine that maps cells outside the H&E: the job fails with the file named, no outputs."""
+    workdir = make_workdir(tmp_path, slides=("breast",))
+    src = demo_run / "data" / "demo" / "breast_demo"
+    shutil.copytree(src, workdir / "data" / "demo" / "breast_demo")
+    bad = workdir / "bad_he_imagealignment.csv"
+    bad.write_text("1,0,50000\n0,1,0\n0,0,1\n")
+    sheet = pd.read_csv(workdir / "config" / "niche_slides.tsv", sep="\t", dtype=str).fillna("")
+    sheet.loc[:, "he_alignment"] = str(bad)
+    sheet.to_csv(workdir / "config" / "niche_slides.tsv", sep="\t", index=False)
+    result = snakemake("--cores", "1", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert "bad_he_imagealignment.csv: the affine maps" in result.stdout + result.stderr
+    assert not (workdir / "results" / "niche" / "breast_demo" / "cells.parquet").exists()

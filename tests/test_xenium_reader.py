@@ -1,0 +1,87 @@
+"""Reading Xenium bundles as published, and the errors for broken ones."""
+
+from __future__ import annotations
+
+import gzip
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from tissuekd.demo.layout import make_panel
+from tissuekd.errors import InputError
+from tissuekd.io.xenium import load_bundle, read_clusters
+
+
+def test_demo_bundle_reads_with_controls_dropped(demo_slide):
+    cells, counts, meta = load_bundle(demo_slide / "outs")
+    panel = make_panel(np.random.default_rng(3))
+    assert meta["pixel_size"] == 0.2125
+    assert list(counts.var_names) == panel.genes  # every control feature dropped, genes kept in order
+    assert not any(v.startswith(("NegControl", "Unassigned")) for v in counts.var_names)
+    with h5py.File(demo_slide / "outs" / "cell_feature_matrix.h5") as h5:
+        assert h5["matrix/shape"][0] == len(panel.genes) + len(panel.controls)  # the file does hold controls
+    assert len(cells) >= 2500 and all(isinstance(i, str) for i in cells.index[:50])
+    assert list(counts.obs_names) == list(cells.index)
+    clusters = read_clusters(demo_slide / "outs")
+    assert clusters.index.isin(cells.index).all()
+
+
+def _as_xoa1(bundle):
+    """Rewrite a bundle the XOA 1.0 way: cells.csv.gz only, integer ids, bytes barcodes."""
+    table = pd.read_parquet(bundle / "cells.parquet")
+    new_ids = {old: str(i + 1) for i, old in enumerate(table["cell_id"])}
+    table["cell_id"] = np.arange(1, len(table) + 1)
+    (bundle / "cells.parquet").unlink()
+    with gzip.open(bundle / "cells.csv.gz", "wt") as fh:
+        table.to_csv(fh, index=False)
+    with h5py.File(bundle / "cell_feature_matrix.h5", "r+") as h5:
+        old = [b.decode() for b in h5["matrix/barcodes"][:]]
+        del h5["matrix/barcodes"]
+        h5["matrix/barcodes"] = np.array([new_ids[o].encode() for o in old])
+    return table
+
+
+def test_xoa1_bundle_with_integer_ids_and_csv(bundle_copy):
+    table = _as_xoa1(bundle_copy / "outs")
+    cells, counts, _ = load_bundle(bundle_copy / "outs")
+    assert list(cells.index) == [str(i) for i in table["cell_id"]]
+    assert list(counts.obs_names) == list(cells.index)
+
+
+def test_parquet_ids_stored_as_bytes(bundle_copy):
+    path = bundle_copy / "outs" / "cells.parquet"
+    table = pd.read_parquet(path)
+    table["cell_id"] = table["cell_id"].str.encode("ascii")
+    table.to_parquet(path)
+    cells, _, _ = load_bundle(bundle_copy / "outs")
+    assert cells.index[0] == table["cell_id"][0].decode()
+
+
+@pytest.mark.parametrize("name", ["cells.parquet", "cell_feature_matrix.h5", "experiment.xenium"])
+def test_missing_file_is_named(bundle_copy, name):
+    (bundle_copy / "outs" / name).unlink()
+    with pytest.raises(InputError, match=name.replace(".", r"\.")):
+        load_bundle(bundle_copy / "outs")
+
+
+def test_barcodes_not_matching_cells(bundle_copy):
+    with h5py.File(bundle_copy / "outs" / "cell_feature_matrix.h5", "r+") as h5:
+        barcodes = h5["matrix/barcodes"][:]
+        barcodes[:5] = [b"zzzzzzz%d-1" % i for i in range(5)]
+        h5["matrix/barcodes"][...] = barcodes
+    with pytest.raises(InputError, match="barcodes do not match") as err:
+        load_bundle(bundle_copy / "outs")
+    assert "cell_feature_matrix.h5" in str(err.value)
+
+
+@pytest.mark.parametrize("bad, message", [(np.nan, "NaN"), (-3.0, "negative")])
+def test_bad_counts(bundle_copy, bad, message):
+    with h5py.File(bundle_copy / "outs" / "cell_feature_matrix.h5", "r+") as h5:
+        data = h5["matrix/data"][:].astype(np.float32)
+        data[7] = bad
+        del h5["matrix/data"]
+        h5["matrix/data"] = data
+    with pytest.raises(InputError, match=message):
+        load_bundle(bundle_copy / "outs")

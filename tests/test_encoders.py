@@ -60,7 +60,8 @@ def test_uni2h_preset_has_the_published_architecture():
     assert spec.mpp == 0.5
     assert model.num_features == 1536 and len(model.blocks) == 24
     assert model.num_reg_tokens == 8 and model.patch_embed.patch_size == (14, 14)
-    assert type(model.blocks[0].mlp).__name__ == "SwiGLUPacked"
+    mlp = model.blocks[0].mlp  # SwiGLUPacked is GluMlp with SiLU gating
+    assert type(mlp).__name__ == "GluMlp" and isinstance(mlp.act, torch.nn.SiLU)
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(681e6, rel=0.01)
     out = model(torch.empty(1, 3, 224, 224, device="meta"))
     assert out.shape == (1, 1536)

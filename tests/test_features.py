@@ -98,3 +98,26 @@ def test_failed_extraction_leaves_no_file(ingested, demo_slide, tmp_path, monkey
         extract_cell_features(str(ingested["cells"]), str(ingested["slide"]), str(he_image(demo_slide)), SPEC,
                               str(out), batch_size=64, progress=False)
     assert not out.exists() and not list(tmp_path.glob("*.h5"))
+
+
+def test_parallel_reader_workers_share_the_blocks(ingested, demo_slide):
+    """Each DataLoader worker reads its own blocks: every cell exactly once, same crops."""
+    from tissuekd.spatial.crops import CropBatches, crop_loader
+
+    cells = pd.read_parquet(ingested["cells"])
+    centers = cells[["x_he", "y_he"]].to_numpy()
+    with open_slide(he_image(demo_slide)) as slide:
+        geometry = CropGeometry.for_slide(slide, 0.25, 0.5, 224)
+    dataset = CropBatches(he_image(demo_slide), "auto", centers, geometry, batch_size=64, block_px=600)
+
+    def collect(workers):
+        out = {}
+        for idx, crops in crop_loader(dataset, workers):
+            for i, crop in zip(np.asarray(idx), crops.numpy()):
+                assert i not in out
+                out[i] = crop
+        return out
+
+    serial, parallel = collect(0), collect(2)
+    assert sorted(serial) == sorted(parallel) == list(range(len(cells)))
+    assert all(np.array_equal(serial[i], parallel[i]) for i in range(0, len(cells), 97))

@@ -134,3 +134,20 @@ def test_bad_input_stops_the_job_and_leaves_nothing_finished(demo_run, tmp_path)
     assert result.returncode != 0
     assert "bad_he_imagealignment.csv: the affine maps" in result.stdout + result.stderr
     assert not (workdir / "results" / "niche" / "breast_demo" / "cells.parquet").exists()
+
+
+def test_bundle_without_cell_table_is_named_before_any_job(demo_slide, tmp_path):
+    workdir = make_workdir(tmp_path / "wd", slides=("breast",))
+    bundle = tmp_path / "xenium" / "outs"
+    shutil.copytree(demo_slide / "outs", bundle)
+    (bundle / "cells.parquet").unlink()
+    sheet = pd.read_csv(workdir / "config" / "niche_slides.tsv", sep="\t", dtype=str).fillna("")
+    sheet.loc[:, "bundle"] = str(bundle)
+    sheet.loc[:, "he_image"] = str(demo_slide / "breast_demo_he_image.ome.tif")
+    sheet.loc[:, "he_alignment"] = str(demo_slide / "breast_demo_he_imagealignment.csv")
+    sheet.loc[:, "pathology"] = ""
+    sheet.to_csv(workdir / "config" / "niche_slides.tsv", sep="\t", index=False)
+    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0 and "line 2 (slide breast_demo)" in text
+    assert "has no cells.parquet or cells.csv.gz" in text

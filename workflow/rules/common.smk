@@ -37,13 +37,22 @@ def check_slide_rows(sheet, sheet_path):
     if dupes:
         raise WorkflowError(f"{sheet_path}: duplicate slide name(s) {dupes}")
     for row_no, row in enumerate(sheet.itertuples(index=False), start=2):
+        where = f"{sheet_path} line {row_no} (slide {row.slide})"
         for column in SLIDE_PATH_COLUMNS:
             path = getattr(row, column)
             if path and not os.path.exists(path) and not made_by_demo(path):
-                raise WorkflowError(
-                    f"{sheet_path} line {row_no} (slide {row.slide}): column {column!r} names "
-                    f"{path}, which does not exist"
-                )
+                raise WorkflowError(f"{where}: column {column!r} names {path}, which does not exist")
+        if not made_by_demo(row.bundle):
+            check_bundle(row.bundle, where)
+
+
+def check_bundle(bundle, where):
+    """A Xenium bundle must hold what ingest reads; say which file is missing."""
+    bundle = Path(bundle)
+    needed = [["experiment.xenium"], ["cells.parquet", "cells.csv.gz"], ["cell_feature_matrix.h5"]]
+    for names in needed:
+        if not any((bundle / n).exists() for n in names):
+            raise WorkflowError(f"{where}: the Xenium bundle {bundle} has no {' or '.join(names)}")
 
 
 def load_encoders(names):

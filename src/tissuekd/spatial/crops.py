@@ -61,11 +61,13 @@ def iter_crop_batches(
     geometry: CropGeometry,
     batch_size: int = 64,
     block_px: int = 2048,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Yield (cell indices, uint8 crops (B,3,crop_px,crop_px)) with crops centred on `centers`.
 
     `centers` are level-0 pixel coordinates (x, y). Indices within a batch are increasing,
-    so a writer can store each batch with one slice-indexed write per batch.
+    so a writer can store each batch with one slice-indexed write per batch. `shard=(k, n)`
+    yields only every n-th block starting at k (one share of n parallel readers).
     """
     s, c = geometry.source_px, geometry.crop_px
     pts = np.asarray(centers, dtype=float) / geometry.level_downsample  # level pixels
@@ -74,7 +76,8 @@ def iter_crop_batches(
     starts = np.flatnonzero(np.r_[True, np.any(np.diff(block_of[order], axis=0) != 0, axis=1)])
     batch_idx: list[int] = []
     batch: list[np.ndarray] = []
-    for start, stop in zip(starts, np.r_[starts[1:], len(order)]):
+    bounds = list(zip(starts, np.r_[starts[1:], len(order)]))
+    for start, stop in bounds[shard[0] :: shard[1]]:
         members = order[start:stop]
         origin = block_of[members[0]] * block_px
         raw = slide.read(geometry.level, int(origin[0]), int(origin[1]), block_px + s + 1, block_px + s + 1)
@@ -110,8 +113,10 @@ class CropBatches(torch.utils.data.IterableDataset):
     def __iter__(self):
         from tissuekd.io.wsi import open_slide
 
+        worker = torch.utils.data.get_worker_info()
+        shard = (worker.id, worker.num_workers) if worker else (0, 1)  # each worker reads its own blocks
         with open_slide(self.path, self.backend) as slide:  # opened here: slides do not cross processes
-            yield from iter_crop_batches(slide, self.centers, self.geometry, self.batch_size, self.block_px)
+            yield from iter_crop_batches(slide, self.centers, self.geometry, self.batch_size, self.block_px, shard)
 
 
 def crop_loader(dataset: CropBatches, workers: int = 0):

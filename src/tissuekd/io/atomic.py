@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
+    """Yield a temporary sibling of `path` (file or folder); rename it onto `path` only if the block succeeds.
 
     The rename is atomic on POSIX file systems, so readers (and Snakemake) see either
     nothing or the complete file. The temporary name keeps the suffix so that writers
@@ -23,5 +24,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
+        if tmp.is_dir():  # a model directory (e.g. scvi-tools' save())
+            shutil.rmtree(tmp)
+        elif tmp.exists():
             tmp.unlink()

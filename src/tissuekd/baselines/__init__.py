@@ -1,0 +1,1 @@
+"""Unsupervised histology baselines the students are compared against."""

@@ -1,0 +1,166 @@
+"""The niche study's model steps per slide (DESIGN 2.1 steps 5-8): scVI, the NOLAN-style
+teacher, the H&E student, and the two histology baselines. Each reads and writes files so
+that a Snakemake rule is one call."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+
+from tissuekd.errors import InputError
+from tissuekd.io.atomic import atomic_path
+from tissuekd.spatial.neighborhoods import build_neighborhoods
+from tissuekd.students.niche import StudentConfig, fit_student
+from tissuekd.teachers.nolan import NolanConfig, fit_nolan, predict_logits
+
+log = logging.getLogger(__name__)
+LOGIT_TEMP = 0.1  # cosines / 0.1 -> logits, for teacher, student and Histology NOLAN alike
+FEATURE_DIM = 64  # H&E features are PCA-reduced (fitted on training rows) before the transformer
+
+
+def fit_scvi(expression: str, out_model: str, out_latent: str, n_latent: int = 10, max_epochs: int = 50,
+             seed: int = 0, accelerator: str = "auto") -> None:
+    import anndata as ad
+    import scvi
+
+    scvi.settings.seed = seed
+    adata = ad.read_h5ad(expression)
+    scvi.model.SCVI.setup_anndata(adata)
+    model = scvi.model.SCVI(adata, n_latent=n_latent)
+    model.train(max_epochs=max_epochs, accelerator=accelerator, enable_progress_bar=False, early_stopping=False)
+    latent = model.get_latent_representation()
+    log.info("scVI: %d cells, %d genes, latent %d, final ELBO %.2f", adata.n_obs, adata.n_vars, n_latent,
+             float(model.history["elbo_train"].iloc[-1, 0]))
+    with atomic_path(out_model) as tmp:
+        model.save(str(tmp), overwrite=True)
+    frame = pd.DataFrame(latent, columns=[f"z{i}" for i in range(n_latent)])
+    frame.insert(0, "cell_id", adata.obs_names.to_numpy())
+    with atomic_path(out_latent) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def _standardize(x: np.ndarray, fit_rows: np.ndarray, max_dim: int | None = None) -> torch.Tensor:
+    """z-score (and PCA to `max_dim`, not whitened: whitening inflates the noise components
+    and the student overfits them) with statistics from `fit_rows` only: for the student
+    these are train cells, so no statistic of a test cell leaks into training."""
+    mean, std = x[fit_rows].mean(axis=0), x[fit_rows].std(axis=0)
+    z = (x - mean) / np.maximum(std, 1e-6 * std.max() + 1e-12)
+    if max_dim and z.shape[1] > max_dim:
+        from sklearn.decomposition import PCA
+
+        z = PCA(max_dim, random_state=0).fit(z[fit_rows]).transform(z)
+        z /= z[fit_rows].std()
+    return torch.from_numpy(z.astype(np.float32))
+
+
+def _aligned(cells: pd.DataFrame, ids: np.ndarray, source: str) -> None:
+    if len(ids) != len(cells) or not np.array_equal(np.asarray(ids, dtype=str), cells["cell_id"].to_numpy(str)):
+        raise InputError(source, "cell ids do not match the slide's cells.parquet (stale or foreign file?)")
+
+
+def read_features(path: str, cells: pd.DataFrame) -> np.ndarray:
+    with h5py.File(path) as h5:
+        _aligned(cells, h5["cell_id"].asstr()[:], path)
+        return h5["features"][:]
+
+
+def write_logits(out: str, cells: pd.DataFrame, logits: np.ndarray) -> None:
+    frame = pd.DataFrame(logits, columns=[f"logit_{i}" for i in range(logits.shape[1])])
+    frame.insert(0, "niche", logits.argmax(axis=1))
+    frame.insert(0, "cell_id", cells["cell_id"].to_numpy())
+    with atomic_path(out) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def read_logits(path: str, cells: pd.DataFrame, k: int | None = None) -> np.ndarray:
+    frame = pd.read_parquet(path)
+    if "cell_id" not in frame.columns:
+        raise InputError(path, "needs a cell_id column")
+    frame = frame.set_index(frame["cell_id"].astype(str))
+    missing = cells["cell_id"][~cells["cell_id"].isin(frame.index)]
+    if len(missing):
+        raise InputError(path, f"{len(missing)} cells have no logits (e.g. {missing.iloc[0]})")
+    cols = [c for c in frame.columns if c.startswith("logit_")]
+    if k is not None and len(cols) != k:
+        raise InputError(path, f"expected {k} logit columns (logit_0..logit_{k - 1}), found {len(cols)}")
+    values = frame.loc[cells["cell_id"], cols].to_numpy(np.float32)
+    if not np.isfinite(values).all():
+        raise InputError(path, "logits contain NaN or infinite values")
+    return values
+
+
+def _slide_inputs(cells_path: str, split_path: str, radius_path: str):
+    cells = pd.read_parquet(cells_path)
+    split = pd.read_parquet(split_path)
+    _aligned(cells, split["cell_id"].to_numpy(), split_path)
+    radius = json.loads(open(radius_path).read())["radius_um"]
+    return cells, split["role"].to_numpy(), radius
+
+
+def train_teacher(latent_path: str, cells_path: str, split_path: str, radius_path: str, k: int, cfg: NolanConfig,
+                  out_model: str, out_logits: str, max_neighbors: int = 32, seed: int = 0) -> None:
+    """The teacher labels the whole slide from transcriptomics alone (it never sees H&E)."""
+    cells, _, radius = _slide_inputs(cells_path, split_path, radius_path)
+    latent = pd.read_parquet(latent_path)
+    _aligned(cells, latent["cell_id"].to_numpy(), latent_path)
+    x = _standardize(latent.drop(columns="cell_id").to_numpy(np.float32), np.arange(len(cells)))
+    xy = cells[["x_um", "y_um"]].to_numpy()
+    everyone = np.arange(len(cells))
+    nb = build_neighborhoods(xy, everyone, radius, max_neighbors)
+    model = fit_nolan(x, nb, torch.from_numpy(everyone), k, cfg, seed)
+    logits = predict_logits(model, x, nb, torch.from_numpy(everyone), LOGIT_TEMP, hide_centre=cfg.hide_centre).numpy()
+    log.info("teacher: %d of %d niches in use", len(np.unique(logits.argmax(1))), k)
+    with atomic_path(out_model) as tmp:
+        torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "k": k, "in_dim": x.shape[1]}, tmp)
+    write_logits(out_logits, cells, logits)
+
+
+def train_student(features_path: str, cells_path: str, split_path: str, radius_path: str, teacher_path: str,
+                  k: int, cfg: StudentConfig, out_model: str, out_logits: str, max_neighbors: int = 32,
+                  seed: int = 0) -> None:
+    """Fit on train-strip cells (neighbours from non-test cells), then predict every cell from H&E alone."""
+    cells, role, radius = _slide_inputs(cells_path, split_path, radius_path)
+    train = np.flatnonzero(role == "train")
+    if len(train) == 0:
+        raise InputError(split_path, "no train cells")
+    x = _standardize(read_features(features_path, cells), train, FEATURE_DIM)
+    teacher = torch.from_numpy(read_logits(teacher_path, cells, k))
+    xy = cells[["x_um", "y_um"]].to_numpy()
+    nb_train = build_neighborhoods(xy, train, radius, max_neighbors, allowed=role != "test")
+    model = fit_student(x, nb_train, torch.from_numpy(train), teacher[train], cfg, seed)
+    everyone = np.arange(len(cells))
+    nb_all = build_neighborhoods(xy, everyone, radius, max_neighbors)
+    logits = predict_logits(model, x, nb_all, torch.from_numpy(everyone), LOGIT_TEMP).numpy()
+    with atomic_path(out_model) as tmp:
+        torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "k": k, "in_dim": x.shape[1]}, tmp)
+    write_logits(out_logits, cells, logits)
+
+
+def histology_nolan(features_path: str, cells_path: str, split_path: str, radius_path: str, k: int,
+                    cfg: NolanConfig, out_logits: str, max_neighbors: int = 32, seed: int = 0) -> None:
+    """The teacher's method on H&E features, self-supervised on non-test cells; predicts every cell."""
+    cells, role, radius = _slide_inputs(cells_path, split_path, radius_path)
+    fit_rows = np.flatnonzero(role != "test")
+    x = _standardize(read_features(features_path, cells), fit_rows, FEATURE_DIM)
+    xy = cells[["x_um", "y_um"]].to_numpy()
+    nb_fit = build_neighborhoods(xy, fit_rows, radius, max_neighbors, allowed=role != "test")
+    model = fit_nolan(x, nb_fit, torch.from_numpy(fit_rows), k, cfg, seed)
+    everyone = np.arange(len(cells))
+    nb_all = build_neighborhoods(xy, everyone, radius, max_neighbors)
+    logits = predict_logits(model, x, nb_all, torch.from_numpy(everyone), LOGIT_TEMP, hide_centre=cfg.hide_centre)
+    write_logits(out_logits, cells, logits.numpy())
+
+
+def histology_leiden(features_path: str, cells_path: str, k: int, out: str, seed: int = 0) -> None:
+    from tissuekd.baselines.leiden import leiden_k
+
+    cells = pd.read_parquet(cells_path)
+    labels = leiden_k(read_features(features_path, cells), k, seed)
+    with atomic_path(out) as tmp:
+        pd.DataFrame({"cell_id": cells["cell_id"], "niche": labels}).to_parquet(tmp, index=False)

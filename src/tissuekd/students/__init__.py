@@ -1,0 +1,1 @@
+"""Students: H&E-only models trained from a frozen teacher."""

@@ -1,0 +1,1 @@
+"""Teachers: the neighbourhood transformer and its self-supervised (NOLAN-style) training."""

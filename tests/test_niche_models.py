@@ -1,0 +1,118 @@
+"""The niche study's models and metrics: neighbourhoods, KD loss, NOLAN-style teacher, the
+H&E student (and that it cannot learn from test cells), metrics against references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial import cKDTree
+from scipy.spatial.distance import jensenshannon
+from sklearn.metrics import adjusted_rand_score
+
+from tissuekd.distill.losses import kd_loss
+from tissuekd.metrics.niche import composition_jsd, hungarian_match, niche_metrics, probe_f1
+from tissuekd.spatial.neighborhoods import build_neighborhoods
+from tissuekd.students.niche import StudentConfig, fit_student
+from tissuekd.teachers.nolan import NolanConfig, fit_nolan, predict_logits
+
+
+def toy_tissue(n: int = 1600, seed: int = 0):
+    """Cells on a jittered grid in 4 square niches; features = niche signal + noise."""
+    rng = np.random.default_rng(seed)
+    side = int(np.sqrt(n))
+    gx, gy = np.meshgrid(np.arange(side), np.arange(side))
+    xy = np.c_[gx.ravel(), gy.ravel()] * 10.0 + rng.uniform(-2, 2, (side * side, 2))
+    niche = (xy[:, 0] > side * 5).astype(int) + 2 * ((xy[:, 1] // (side * 2.5)).astype(int) % 2)
+    centres = rng.normal(0, 1, (4, 8))
+    features = centres[niche] + rng.normal(0, 2.0, (len(xy), 8))  # noisy per cell, clear per neighbourhood
+    return xy, niche, torch.from_numpy(features.astype(np.float32))
+
+
+def test_neighborhoods_are_within_radius_nearest_first_and_respect_allowed():
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 100, (500, 2))
+    allowed = xy[:, 1] > 30
+    query = np.flatnonzero(allowed)[:50]
+    nb = build_neighborhoods(xy, query, radius=12.0, max_neighbors=8, allowed=allowed)
+    tree = cKDTree(xy[allowed])
+    for row, q in enumerate(query):
+        idx = nb.index[row][nb.mask[row]].numpy()
+        dist = np.hypot(*(xy[idx] - xy[q]).T)
+        assert q not in idx and allowed[idx].all() and (dist <= 12.0).all()
+        assert (np.diff(dist) >= -1e-9).all()  # nearest first
+        expected = min(8, len(tree.query_ball_point(xy[q], 12.0)) - 1)
+        assert len(idx) == expected
+        assert np.allclose(nb.offset[row][nb.mask[row]].numpy(), (xy[idx] - xy[q]) / 12.0, atol=1e-6)
+
+
+def test_kd_loss_matches_the_formula():
+    s, t = torch.randn(5, 7), torch.randn(5, 7)
+    T = 3.0
+    p = torch.softmax(t / T, -1)
+    manual = (p * (p.log() - torch.log_softmax(s / T, -1))).sum(-1).mean() * T**2
+    assert kd_loss(s, t, T) == pytest.approx(manual.item(), rel=1e-5)
+    assert kd_loss(t, t, T).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_metrics_match_references():
+    rng = np.random.default_rng(0)
+    teacher = rng.integers(0, 4, 400)
+    permuted = np.array([3, 0, 2, 1])[teacher]  # the same partition, renamed
+    types = rng.choice(["a", "b", "c"], 400)
+    assert hungarian_match(permuted, teacher) == {3: 0, 0: 1, 2: 2, 1: 3}
+    row = niche_metrics("x", permuted, teacher, types, None, matched=True)
+    assert row["ARI"] == pytest.approx(1.0) and row["NMI"] == pytest.approx(1.0) and row["JSD"] == pytest.approx(0)
+    noisy = np.where(rng.random(400) < 0.3, rng.integers(0, 4, 400), teacher)
+    assert niche_metrics("x", noisy, teacher, types, None, False)["ARI"] == adjusted_rand_score(teacher, noisy)
+    # JSD by hand with scipy for one niche pair
+    comp = lambda lab, n: np.array([(types[lab == n] == t).sum() for t in "abc"], float)  # noqa: E731
+    p, q = comp(noisy, 2), comp(teacher, 2)
+    expected = np.mean([jensenshannon(comp(noisy, n) / comp(noisy, n).sum(), comp(teacher, n) / comp(teacher, n).sum(),
+                                      base=2) ** 2 for n in range(4)])
+    assert composition_jsd(noisy, teacher, types) == pytest.approx(expected)
+    assert p.sum() > 0 and q.sum() > 0
+    assert probe_f1(teacher, np.array(list("wxyz"))[teacher]) == pytest.approx(1.0)
+
+
+def test_nolan_teacher_finds_spatial_niches_without_collapse():
+    xy, niche, features = toy_tissue()
+    everyone = np.arange(len(xy))
+    nb = build_neighborhoods(xy, everyone, radius=25.0, max_neighbors=24)
+    model = fit_nolan(features, nb, torch.from_numpy(everyone), k=6, cfg=NolanConfig(epochs=30, batch_size=128),
+                      progress=False)
+    labels = predict_logits(model, features, nb, torch.from_numpy(everyone), 0.1, hide_centre=True).argmax(1).numpy()
+    assert len(np.unique(labels)) >= 4  # prototypes stay in use
+    assert adjusted_rand_score(niche, labels) > 0.5
+
+
+def _student_ari(shuffle: bool, seed: int = 0) -> tuple[float, np.ndarray]:
+    xy, niche, features = toy_tissue(seed=seed)
+    test = xy[:, 1] > np.quantile(xy[:, 1], 0.7)
+    train = np.flatnonzero(xy[:, 1] < np.quantile(xy[:, 1], 0.6))  # a buffer between them
+    targets = torch.nn.functional.one_hot(torch.from_numpy(niche), 4).float() * 5
+    if shuffle:
+        targets = targets[torch.from_numpy(np.random.default_rng(1).permutation(len(targets)))]
+    nb = build_neighborhoods(xy, train, 25.0, 24, allowed=~test)
+    model = fit_student(features, nb, torch.from_numpy(train), targets[train], StudentConfig(epochs=8), seed,
+                        progress=False)
+    nb_test = build_neighborhoods(xy, np.flatnonzero(test), 25.0, 24)
+    logits = predict_logits(model, features, nb_test, torch.from_numpy(np.flatnonzero(test)), 0.1)
+    return adjusted_rand_score(niche[test], logits.argmax(1).numpy()), logits.numpy()
+
+
+def test_student_learns_the_teacher_on_unseen_cells():
+    ari, _ = _student_ari(shuffle=False)
+    assert ari > 0.5
+
+
+def test_student_on_shuffled_teacher_labels_scores_near_chance_on_test():
+    """Without the teacher's labels the student has nothing to transfer. (Not exactly 0: any
+    function of niche-bearing features partitions the tissue somewhat along its niches.)"""
+    shuffled, _ = _student_ari(shuffle=True)
+    real, _ = _student_ari(shuffle=False)
+    assert abs(shuffled) < 0.15 and abs(shuffled) < real / 4
+
+
+def test_student_is_deterministic_for_a_seed():
+    assert np.array_equal(_student_ari(False, seed=0)[1], _student_ari(False, seed=0)[1])

@@ -38,6 +38,8 @@ def check_slide_rows(sheet, sheet_path):
         raise WorkflowError(f"{sheet_path}: duplicate slide name(s) {dupes}")
     for row_no, row in enumerate(sheet.itertuples(index=False), start=2):
         where = f"{sheet_path} line {row_no} (slide {row.slide})"
+        if NICHE["teacher"] == "external" and not row.teacher_logits:
+            raise WorkflowError(f"{where}: niche.teacher is 'external' but the row has no teacher_logits")
         for column in SLIDE_PATH_COLUMNS:
             path = getattr(row, column)
             if path and not os.path.exists(path) and not made_by_demo(path):
@@ -85,6 +87,7 @@ ENCODERS = load_encoders(NICHE["encoders"]) if NICHE["enabled"] else {}
 wildcard_constraints:
     slide="|".join(map(re.escape, SLIDES["slide"])) or "NO_SLIDES",
     encoder="|".join(map(re.escape, ENCODERS)) or "NO_ENCODERS",
+    k=r"\d+",
 
 
 def slide_value(column):
@@ -114,11 +117,31 @@ def xenium_inputs(wildcards):
     return {k: str(v) for k, v in inputs.items()}
 
 
+def niche_predictions(wildcards):
+    """Everything evaluation and maps compare: the teacher, the student and both baselines."""
+    kdir = f"{RESULTS}/niche/{wildcards.slide}/{wildcards.encoder}/k{wildcards.k}"
+    return {
+        "cells": f"{RESULTS}/niche/{wildcards.slide}/cells.parquet",
+        "split": f"{RESULTS}/niche/{wildcards.slide}/{wildcards.encoder}/split.parquet",
+        "teacher": f"{kdir}/teacher/logits.parquet",
+        "student": f"{kdir}/student/logits.parquet",
+        "hist_nolan": f"{kdir}/hist_nolan/logits.parquet",
+        "hist_leiden": f"{kdir}/hist_leiden/clusters.parquet",
+    }
+
+
+def external_teacher(wildcards):
+    """The sheet's teacher_logits path for this slide; `{k}` in it is replaced by K."""
+    return SLIDES.loc[wildcards.slide, "teacher_logits"].replace("{k}", str(wildcards.k))
+
+
 def niche_targets():
+    kdir = f"{RESULTS}/niche/{{slide}}/{{encoder}}/k{{k}}"
     return expand(
-        [f"{RESULTS}/niche/features/{{encoder}}/{{slide}}.h5", f"{RESULTS}/niche/{{slide}}/{{encoder}}/split.parquet"],
+        [f"{RESULTS}/niche/features/{{encoder}}/{{slide}}.h5", f"{kdir}/metrics.tsv", f"{kdir}/maps.png"],
         slide=SLIDES["slide"],
         encoder=ENCODERS,
+        k=NICHE["k"],
     )
 
 

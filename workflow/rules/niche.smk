@@ -95,3 +95,197 @@ rule niche_features:
         "../../envs/torch-gpu.yaml"
     script:
         "../../scripts/niche_features.py"
+
+
+# ---- models (DESIGN 2.1 steps 5-10), per slide, encoder and K ----
+KDIR = f"{RESULTS}/niche/{{slide}}/{{encoder}}/k{{k}}"
+
+
+rule niche_scvi:
+    input:
+        rules.niche_ingest.output.expression,
+    output:
+        model=directory(f"{RESULTS}/niche/{{slide}}/scvi/model"),
+        latent=f"{RESULTS}/niche/{{slide}}/scvi/latent.parquet",
+    params:
+        n_latent=NICHE["scvi"]["n_latent"],
+        max_epochs=NICHE["scvi"]["max_epochs"],
+        seed=NICHE["seed"],
+    threads: 2
+    log:
+        f"{LOGS}/niche/scvi/{{slide}}.log",
+    benchmark:
+        f"{BENCH}/niche/scvi/{{slide}}.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 6000 * attempt,
+        runtime=60,
+        gpu=1,
+    conda:
+        "../../envs/torch-gpu.yaml"
+    script:
+        "../../scripts/niche_scvi.py"
+
+
+if NICHE["teacher"] == "external":
+
+    rule niche_teacher_external:
+        input:
+            cells=rules.niche_ingest.output.cells,
+            logits=external_teacher,
+        output:
+            logits=f"{KDIR}/teacher/logits.parquet",
+        log:
+            f"{LOGS}/niche/teacher/{{encoder}}/k{{k}}/{{slide}}.log",
+        benchmark:
+            f"{BENCH}/niche/teacher/{{encoder}}/k{{k}}/{{slide}}.tsv"
+        resources:
+            mem_mb=lambda wildcards, attempt: 2000 * attempt,
+            runtime=10,
+        conda:
+            "../../envs/scverse.yaml"
+        script:
+            "../../scripts/niche_teacher_external.py"
+
+else:
+
+    rule niche_teacher:
+        input:
+            latent=rules.niche_scvi.output.latent,
+            cells=rules.niche_ingest.output.cells,
+            split=rules.niche_split.output[0],
+            radius=rules.niche_radius.output[0],
+        output:
+            model=f"{KDIR}/teacher/model.pt",
+            logits=f"{KDIR}/teacher/logits.parquet",
+        params:
+            nolan=NICHE["nolan"],
+            max_neighbors=NICHE["max_neighbors"],
+            seed=NICHE["seed"],
+        threads: 2
+        log:
+            f"{LOGS}/niche/teacher/{{encoder}}/k{{k}}/{{slide}}.log",
+        benchmark:
+            f"{BENCH}/niche/teacher/{{encoder}}/k{{k}}/{{slide}}.tsv"
+        resources:
+            mem_mb=lambda wildcards, attempt: 6000 * attempt,
+            runtime=120,
+            gpu=1,
+        conda:
+            "../../envs/torch-gpu.yaml"
+        script:
+            "../../scripts/niche_teacher.py"
+
+
+rule niche_student:
+    input:
+        features=rules.niche_features.output[0],
+        cells=rules.niche_ingest.output.cells,
+        split=rules.niche_split.output[0],
+        radius=rules.niche_radius.output[0],
+        teacher=f"{KDIR}/teacher/logits.parquet",
+    output:
+        model=f"{KDIR}/student/model.pt",
+        logits=f"{KDIR}/student/logits.parquet",
+    params:
+        student=NICHE["student"],
+        max_neighbors=NICHE["max_neighbors"],
+        seed=NICHE["seed"],
+    threads: 2
+    log:
+        f"{LOGS}/niche/student/{{encoder}}/k{{k}}/{{slide}}.log",
+    benchmark:
+        f"{BENCH}/niche/student/{{encoder}}/k{{k}}/{{slide}}.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 6000 * attempt,
+        runtime=120,
+        gpu=1,
+    conda:
+        "../../envs/torch-gpu.yaml"
+    script:
+        "../../scripts/niche_student.py"
+
+
+rule niche_hist_nolan:
+    input:
+        features=rules.niche_features.output[0],
+        cells=rules.niche_ingest.output.cells,
+        split=rules.niche_split.output[0],
+        radius=rules.niche_radius.output[0],
+    output:
+        logits=f"{KDIR}/hist_nolan/logits.parquet",
+    params:
+        nolan=NICHE["nolan"],
+        max_neighbors=NICHE["max_neighbors"],
+        seed=NICHE["seed"],
+    threads: 2
+    log:
+        f"{LOGS}/niche/hist_nolan/{{encoder}}/k{{k}}/{{slide}}.log",
+    benchmark:
+        f"{BENCH}/niche/hist_nolan/{{encoder}}/k{{k}}/{{slide}}.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 6000 * attempt,
+        runtime=120,
+        gpu=1,
+    conda:
+        "../../envs/torch-gpu.yaml"
+    script:
+        "../../scripts/niche_hist_nolan.py"
+
+
+rule niche_hist_leiden:
+    input:
+        features=rules.niche_features.output[0],
+        cells=rules.niche_ingest.output.cells,
+    output:
+        f"{KDIR}/hist_leiden/clusters.parquet",
+    params:
+        seed=NICHE["seed"],
+    log:
+        f"{LOGS}/niche/hist_leiden/{{encoder}}/k{{k}}/{{slide}}.log",
+    benchmark:
+        f"{BENCH}/niche/hist_leiden/{{encoder}}/k{{k}}/{{slide}}.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=30,
+    conda:
+        "../../envs/scverse.yaml"
+    script:
+        "../../scripts/niche_hist_leiden.py"
+
+
+rule niche_evaluate:
+    input:
+        unpack(niche_predictions),
+    output:
+        f"{KDIR}/metrics.tsv",
+    params:
+        tissue=slide_value("tissue"),
+    log:
+        f"{LOGS}/niche/evaluate/{{encoder}}/k{{k}}/{{slide}}.log",
+    benchmark:
+        f"{BENCH}/niche/evaluate/{{encoder}}/k{{k}}/{{slide}}.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=10,
+    conda:
+        "../../envs/scverse.yaml"
+    script:
+        "../../scripts/niche_evaluate.py"
+
+
+rule niche_maps:
+    input:
+        unpack(niche_predictions),
+    output:
+        f"{KDIR}/maps.png",
+    log:
+        f"{LOGS}/niche/maps/{{encoder}}/k{{k}}/{{slide}}.log",
+    benchmark:
+        f"{BENCH}/niche/maps/{{encoder}}/k{{k}}/{{slide}}.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=10,
+    conda:
+        "../../envs/scverse.yaml"
+    script:
+        "../../scripts/niche_maps.py"

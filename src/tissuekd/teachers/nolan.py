@@ -37,6 +37,7 @@ class NolanConfig:
     me_max: float = 1.0  # weight of the mean-entropy regulariser
     d_model: int = 64
     layers: int = 2
+    cells_per_epoch: int = 6000  # an epoch visits a random subset: big slides need no more to converge
     hide_centre: bool = True  # a niche is read from the neighbours (teacher view and inference alike)
 
 
@@ -59,12 +60,13 @@ def fit_nolan(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, 
     student = NeighborhoodTransformer(features.shape[1], k, cfg.d_model, cfg.layers)
     teacher = copy.deepcopy(student).requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.04)
-    steps = cfg.epochs * int(np.ceil(len(centres) / cfg.batch_size))
+    per_epoch = min(len(centres), cfg.cells_per_epoch)
+    steps = cfg.epochs * int(np.ceil(per_epoch / cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
     center = torch.zeros(k)
     step = 0
     for epoch in tqdm(range(cfg.epochs), desc="nolan", disable=not progress, mininterval=5):
-        for rows in torch.randperm(len(centres), generator=gen).split(cfg.batch_size):
+        for rows in torch.randperm(len(centres), generator=gen)[:per_epoch].split(cfg.batch_size):
             b = _batch(nb, rows)
             with torch.no_grad():
                 t_out = teacher(features, b.index, centres[rows], b.offset, b.mask, hide_centre=cfg.hide_centre)

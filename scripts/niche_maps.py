@@ -1,0 +1,10 @@
+# Teacher, student and baseline niche maps side by side (rule niche_maps).
+from tissuekd.logs import run_logged
+from tissuekd.niche.evaluate import METHODS, plot_maps
+
+i, w = snakemake.input, snakemake.wildcards
+run_logged(
+    snakemake.log[0],
+    lambda: plot_maps(i.cells, i.split, i.teacher, {m: i[m] for m in METHODS}, snakemake.output[0],
+                      title=f"{w.slide}, K={w.k}, {w.encoder}"),
+)

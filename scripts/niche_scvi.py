@@ -1,0 +1,13 @@
+# scVI on one slide's counts -> latent per cell; the model folder is kept (rule niche_scvi).
+import torch
+
+from tissuekd.logs import run_logged
+from tissuekd.niche.distill import fit_scvi
+
+torch.set_num_threads(snakemake.threads)
+p = snakemake.params
+run_logged(
+    snakemake.log[0],
+    lambda: fit_scvi(snakemake.input[0], snakemake.output.model, snakemake.output.latent,
+                     n_latent=p.n_latent, max_epochs=p.max_epochs, seed=p.seed),
+)

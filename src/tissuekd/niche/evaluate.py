@@ -1,0 +1,88 @@
+"""Evaluation of one slide and K on test-strip cells, and the side-by-side niche maps."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from tissuekd.io.atomic import atomic_path
+from tissuekd.metrics.niche import hungarian_match, niche_metrics
+
+log = logging.getLogger(__name__)
+
+# method name -> whether its cluster ids must be matched to the teacher's niches
+METHODS = {"student": False, "hist_nolan": True, "hist_leiden": True}
+
+
+def _assignments(path: str, cells: pd.DataFrame) -> np.ndarray:
+    frame = pd.read_parquet(path, columns=["cell_id", "niche"]).set_index("cell_id")
+    return frame.loc[cells["cell_id"], "niche"].to_numpy()
+
+
+def evaluate_slide(cells_path: str, split_path: str, teacher: str, predictions: dict[str, str], out: str, *,
+                   slide: str, tissue: str, k: int, encoder: str) -> pd.DataFrame:
+    cells = pd.read_parquet(cells_path)
+    test = pd.read_parquet(split_path)["role"].to_numpy() == "test"
+    reference = _assignments(teacher, cells)[test]
+    types = cells["cell_type"].to_numpy()[test]
+    annotation = None
+    if "pathology" in cells and (cells["pathology"] != "unannotated").any():
+        annotation = cells["pathology"].to_numpy()[test]
+    rows = [niche_metrics(m, _assignments(predictions[m], cells)[test], reference, types, annotation, METHODS[m])
+            for m in predictions]
+    teacher_row = niche_metrics("teacher", reference, reference, types, annotation, False)
+    table = pd.DataFrame([teacher_row, *rows]).assign(slide=slide, tissue=tissue, k=k, encoder=encoder)
+    table = table[["slide", "tissue", "k", "encoder", "method", "ARI", "NMI", "JSD", "probe_F1", "n_cells", "n_niches"]]
+    log.info("\n%s", table.to_string(index=False))
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+    return table
+
+
+def _matched_colours(labels: np.ndarray, reference: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """Relabel clusters to their Hungarian-matched teacher niche (matched on test cells);
+    clusters left unmatched get fresh ids after the teacher's."""
+    match = hungarian_match(labels[test], reference[test])
+    fresh = iter(range(int(reference.max()) + 1, 10**6))
+    for cluster in np.unique(labels):
+        if cluster not in match:
+            match[cluster] = next(fresh)
+    return np.array([match[v] for v in labels], dtype=int)
+
+
+def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[str, str], out: str, *,
+              title: str) -> None:
+    """Teacher, student and baselines side by side; matched niches share a colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = pd.read_parquet(cells_path)
+    role = pd.read_parquet(split_path)["role"].to_numpy()
+    reference = _assignments(teacher, cells)
+    panels = {"teacher (transcriptomics)": reference}
+    for method, path in predictions.items():
+        labels = _assignments(path, cells)
+        if METHODS[method]:
+            labels = _matched_colours(labels, reference, role == "test")
+        panels[method.replace("_", " ")] = labels
+    cmap = plt.get_cmap("tab20")
+    y = cells["y_um"].to_numpy()
+    test_y = y[role == "test"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), constrained_layout=True)
+    for ax, (name, labels) in zip(axes, panels.items()):
+        ax.scatter(cells["x_um"], y, c=cmap(np.asarray(labels) % 20), s=0.6, linewidths=0, rasterized=True)
+        for edge in (test_y.min(), test_y.max()):
+            ax.axhline(edge, color="black", lw=0.8, ls="--")
+        ax.set_title(name, fontsize=10)
+        ax.set_aspect("equal")
+        ax.invert_yaxis()
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{title} (test strip between dashed lines)", fontsize=11)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

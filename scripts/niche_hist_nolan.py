@@ -10,5 +10,6 @@ i, p = snakemake.input, snakemake.params
 run_logged(
     snakemake.log[0],
     lambda: histology_nolan(i.features, i.cells, i.split, i.radius, int(snakemake.wildcards.k), NolanConfig(**p.nolan),
-                            snakemake.output.logits, max_neighbors=p.max_neighbors, seed=p.seed),
+                            snakemake.output.logits, max_neighbors=p.max_neighbors, seed=p.seed,
+                            device=p.device),
 )

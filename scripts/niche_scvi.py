@@ -9,5 +9,6 @@ p = snakemake.params
 run_logged(
     snakemake.log[0],
     lambda: fit_scvi(snakemake.input[0], snakemake.output.model, snakemake.output.latent,
-                     n_latent=p.n_latent, max_epochs=p.max_epochs, seed=p.seed),
+                     n_latent=p.n_latent, max_epochs=p.max_epochs, seed=p.seed,
+                     accelerator={"cuda": "gpu"}.get(p.device, p.device)),
 )

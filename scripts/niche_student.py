@@ -10,5 +10,6 @@ i, o, p = snakemake.input, snakemake.output, snakemake.params
 run_logged(
     snakemake.log[0],
     lambda: train_student(i.features, i.cells, i.split, i.radius, i.teacher, int(snakemake.wildcards.k),
-                          StudentConfig(**p.student), o.model, o.logits, max_neighbors=p.max_neighbors, seed=p.seed),
+                          StudentConfig(**p.student), o.model, o.logits, max_neighbors=p.max_neighbors, seed=p.seed,
+                          device=p.device),
 )

@@ -10,5 +10,6 @@ i, o, p = snakemake.input, snakemake.output, snakemake.params
 run_logged(
     snakemake.log[0],
     lambda: train_teacher(i.latent, i.cells, i.split, i.radius, int(snakemake.wildcards.k), NolanConfig(**p.nolan),
-                          o.model, o.logits, max_neighbors=p.max_neighbors, seed=p.seed),
+                          o.model, o.logits, max_neighbors=p.max_neighbors, seed=p.seed,
+                          device=p.device),
 )

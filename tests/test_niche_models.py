@@ -116,3 +116,17 @@ def test_student_on_shuffled_teacher_labels_scores_near_chance_on_test():
 
 def test_student_is_deterministic_for_a_seed():
     assert np.array_equal(_student_ari(False, seed=0)[1], _student_ari(False, seed=0)[1])
+
+
+def test_nolan_and_metrics_are_deterministic_for_a_seed():
+    xy, niche, features = toy_tissue(n=400)
+    everyone = np.arange(len(xy))
+    nb = build_neighborhoods(xy, everyone, radius=25.0, max_neighbors=16)
+    runs = []
+    for _ in range(2):
+        model = fit_nolan(features, nb, torch.from_numpy(everyone), k=4, cfg=NolanConfig(epochs=2), progress=False)
+        logits = predict_logits(model, features, nb, torch.from_numpy(everyone), 0.1, hide_centre=True)
+        labels = logits.argmax(1).numpy()
+        runs.append((logits, niche_metrics("x", labels, niche, niche.astype(str), niche.astype(str), True)))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1]

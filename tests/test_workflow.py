@@ -13,14 +13,18 @@ import yaml
 
 from conftest import REPO, snakemake
 
-STEPS = ["niche_ingest", "niche_radius", "niche_split", "niche_features"]
+PER_SLIDE = ["demo_xenium_slide", "niche_ingest", "niche_radius", "niche_split", "niche_features", "niche_scvi"]
+PER_K = ["niche_teacher", "niche_student", "niche_hist_nolan", "niche_hist_leiden", "niche_evaluate", "niche_maps"]
+ALL_SLIDES = ("breast", "colon", "lung")
 
 
-def make_workdir(tmp_path: Path, slides=("breast", "colon"), **overrides) -> Path:
-    """A working directory with the repository's config, a sheet of demo slides, and overrides."""
+def make_workdir(tmp_path: Path, slides=("breast", "colon"), cells: int | None = 3000, **overrides) -> Path:
+    """A working directory with the repository's config, a sheet of demo slides, and overrides
+    (`cells=None`: the shipped demo's slide size)."""
     (tmp_path / "config").mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["demo"]["niche_cells"] = 3000
+    if cells:
+        config["demo"]["niche_cells"] = cells
     for dotted, value in overrides.items():
         *parents, key = dotted.split("__")
         node = config
@@ -47,12 +51,15 @@ def test_lint_is_clean():
     assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr, result.stdout
 
 
-def test_dry_run_of_the_shipped_demo_lists_every_step_per_slide():
+def test_dry_run_of_the_shipped_demo_lists_every_step_per_slide_and_k():
     jobs = planned_jobs(REPO, "--forceall")
     slides = pd.read_csv(REPO / "config" / "niche_slides.tsv", sep="\t")
-    assert len(slides) >= 3 and slides["tissue"].nunique() >= 3
-    for step in STEPS + ["demo_xenium_slide"]:
+    ks = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["niche"]["k"]
+    assert len(slides) >= 3 and slides["tissue"].nunique() >= 3 and ks == [10, 20]
+    for step in PER_SLIDE:
         assert jobs[step] == len(slides), (step, jobs)
+    for step in PER_K:
+        assert jobs[step] == len(slides) * len(ks), (step, jobs)
 
 
 @pytest.mark.parametrize(
@@ -89,18 +96,37 @@ def test_bad_sheet_row_is_named(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
-    """The demo through ingest, radius, split and features, two slides of 3,000 cells."""
-    workdir = make_workdir(tmp_path_factory.mktemp("run"))
+    """The shipped demo (three full-size slides) at K=10 only, to keep CI short."""
+    workdir = make_workdir(tmp_path_factory.mktemp("run"), slides=ALL_SLIDES, cells=None, niche__k=[10])
     snakemake("--cores", "2", cwd=workdir)
     return workdir
+
+
+def demo_metrics(workdir: Path) -> pd.DataFrame:
+    paths = sorted((workdir / "results" / "niche").glob("*/demo-mobilenet/k10/metrics.tsv"))
+    return pd.concat([pd.read_csv(p, sep="\t") for p in paths]).set_index(["slide", "method"])
+
+
+@pytest.mark.workflow
+def test_student_beats_the_histology_baselines_on_every_demo_slide(demo_run):
+    """The paper's claim at K=10: student ARI >= 2x Histology Leiden and > Histology NOLAN."""
+    metrics = demo_metrics(demo_run)
+    slides = metrics.index.get_level_values("slide").unique()
+    assert len(slides) == 3
+    for slide in slides:
+        ari = metrics.loc[slide, "ARI"]
+        assert ari["teacher"] == pytest.approx(1.0)
+        assert ari["student"] >= 2 * ari["hist_leiden"] and ari["student"] > ari["hist_nolan"], (slide, ari)
+        assert metrics.loc[(slide, "student"), "NMI"] > metrics.loc[(slide, "hist_leiden"), "NMI"]
+        assert metrics.loc[slide, "probe_F1"].notna().all()  # the demo slides carry a pathology column
 
 
 @pytest.mark.workflow
 def test_demo_run_writes_every_output(demo_run):
     results = demo_run / "results"
-    for slide in ("breast_demo", "colon_demo"):
+    for slide in ("breast_demo", "colon_demo", "lung_demo"):
         cells = pd.read_parquet(results / "niche" / slide / "cells.parquet")
-        assert len(cells) >= 3000
+        assert len(cells) >= 10000
         assert {"cell_id", "x_um", "y_um", "x_he", "y_he", "cell_type", "pathology"} <= set(cells.columns)
         radius = json.loads((results / "niche" / slide / "demo-mobilenet" / "radius.json").read_text())
         assert radius["mean_neighbors"] == pytest.approx(20, rel=0.10)
@@ -108,7 +134,15 @@ def test_demo_run_writes_every_output(demo_run):
         assert set(split["role"]) == {"train", "buffer", "test"}
         with h5py.File(results / "niche" / "features" / "demo-mobilenet" / f"{slide}.h5") as h5:
             assert list(h5["cell_id"].asstr()[:]) == list(cells["cell_id"])
-        for step in ("ingest", "radius", "split", "features"):
+        assert (results / "niche" / slide / "scvi" / "model" / "model.pt").exists()
+        k10 = results / "niche" / slide / "demo-mobilenet" / "k10"
+        for model in ("teacher", "student"):
+            assert (k10 / model / "model.pt").stat().st_size > 0
+            logits = pd.read_parquet(k10 / model / "logits.parquet")
+            assert list(logits["cell_id"]) == list(cells["cell_id"]) and logits.shape[1] == 2 + 10
+        assert (k10 / "maps.png").read_bytes()[:4] == b"\x89PNG"
+        for step in ("ingest", "radius", "split", "features", "scvi", "teacher", "student", "hist_nolan",
+                     "hist_leiden", "evaluate", "maps"):
             assert list((results / "logs" / "niche" / step).rglob(f"{slide}.log")), step
             assert list((results / "benchmarks" / "niche" / step).rglob(f"{slide}.tsv")), step
 
@@ -120,9 +154,19 @@ def test_second_run_has_nothing_to_do(demo_run):
 
 
 @pytest.mark.workflow
+def test_changing_the_temperature_reruns_only_the_student_and_what_follows(demo_run, tmp_path):
+    config = yaml.safe_load((demo_run / "config" / "config.yaml").read_text())
+    config["niche"]["student"]["temperature"] = 4.0
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(demo_run, "--configfile", str(changed))
+    assert jobs == {"niche_student": 3, "niche_evaluate": 3, "niche_maps": 3, "all": 1}, jobs
+
+
+@pytest.mark.workflow
 def test_bad_input_stops_the_job_and_leaves_nothing_finished(demo_run, tmp_path):
     """An affine that maps cells outside the H&E: the job fails with the file named, no outputs."""
-    workdir = make_workdir(tmp_path, slides=("breast",))
+    workdir = make_workdir(tmp_path, slides=("breast",), cells=None)
     src = demo_run / "data" / "demo" / "breast_demo"
     shutil.copytree(src, workdir / "data" / "demo" / "breast_demo")
     bad = workdir / "bad_he_imagealignment.csv"
@@ -151,3 +195,10 @@ def test_bundle_without_cell_table_is_named_before_any_job(demo_slide, tmp_path)
     text = result.stdout + result.stderr
     assert result.returncode != 0 and "line 2 (slide breast_demo)" in text
     assert "has no cells.parquet or cells.csv.gz" in text
+
+
+def test_external_teacher_needs_a_logits_path_per_row(tmp_path):
+    workdir = make_workdir(tmp_path, niche__teacher="external")
+    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0 and "line 2 (slide breast_demo)" in text and "no teacher_logits" in text

@@ -111,6 +111,7 @@ rule niche_scvi:
         n_latent=NICHE["scvi"]["n_latent"],
         max_epochs=NICHE["scvi"]["max_epochs"],
         seed=NICHE["seed"],
+        device=config["device"],
     threads: 2
     log:
         f"{LOGS}/niche/scvi/{{slide}}.log",
@@ -161,6 +162,7 @@ else:
             nolan=NICHE["nolan"],
             max_neighbors=NICHE["max_neighbors"],
             seed=NICHE["seed"],
+            device=config["device"],
         threads: 2
         log:
             f"{LOGS}/niche/teacher/{{encoder}}/k{{k}}/{{slide}}.log",
@@ -190,6 +192,7 @@ rule niche_student:
         student=NICHE["student"],
         max_neighbors=NICHE["max_neighbors"],
         seed=NICHE["seed"],
+        device=config["device"],
     threads: 2
     log:
         f"{LOGS}/niche/student/{{encoder}}/k{{k}}/{{slide}}.log",
@@ -217,6 +220,7 @@ rule niche_hist_nolan:
         nolan=NICHE["nolan"],
         max_neighbors=NICHE["max_neighbors"],
         seed=NICHE["seed"],
+        device=config["device"],
     threads: 2
     log:
         f"{LOGS}/niche/hist_nolan/{{encoder}}/k{{k}}/{{slide}}.log",

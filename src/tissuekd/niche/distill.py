@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tissuekd.encoders.extract import pick_device
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
 from tissuekd.spatial.neighborhoods import build_neighborhoods
@@ -89,7 +90,7 @@ def read_logits(path: str, cells: pd.DataFrame, k: int | None = None) -> np.ndar
     cols = [c for c in frame.columns if c.startswith("logit_")]
     if k is not None and len(cols) != k:
         raise InputError(path, f"expected {k} logit columns (logit_0..logit_{k - 1}), found {len(cols)}")
-    values = frame.loc[cells["cell_id"], cols].to_numpy(np.float32)
+    values = np.array(frame.loc[cells["cell_id"], cols], dtype=np.float32)
     if not np.isfinite(values).all():
         raise InputError(path, "logits contain NaN or infinite values")
     return values
@@ -104,7 +105,8 @@ def _slide_inputs(cells_path: str, split_path: str, radius_path: str):
 
 
 def train_teacher(latent_path: str, cells_path: str, split_path: str, radius_path: str, k: int, cfg: NolanConfig,
-                  out_model: str, out_logits: str, max_neighbors: int = 32, seed: int = 0) -> None:
+                  out_model: str, out_logits: str, max_neighbors: int = 32, seed: int = 0,
+                  device: str = "auto") -> None:
     """The teacher labels the whole slide from transcriptomics alone (it never sees H&E)."""
     cells, _, radius = _slide_inputs(cells_path, split_path, radius_path)
     latent = pd.read_parquet(latent_path)
@@ -113,17 +115,17 @@ def train_teacher(latent_path: str, cells_path: str, split_path: str, radius_pat
     xy = cells[["x_um", "y_um"]].to_numpy()
     everyone = np.arange(len(cells))
     nb = build_neighborhoods(xy, everyone, radius, max_neighbors)
-    model = fit_nolan(x, nb, torch.from_numpy(everyone), k, cfg, seed)
+    model = fit_nolan(x, nb, torch.from_numpy(everyone), k, cfg, seed, device=pick_device(device))
     logits = predict_logits(model, x, nb, torch.from_numpy(everyone), LOGIT_TEMP, hide_centre=cfg.hide_centre).numpy()
     log.info("teacher: %d of %d niches in use", len(np.unique(logits.argmax(1))), k)
     with atomic_path(out_model) as tmp:
-        torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "k": k, "in_dim": x.shape[1]}, tmp)
+        torch.save({"state_dict": model.cpu().state_dict(), "config": asdict(cfg), "k": k, "in_dim": x.shape[1]}, tmp)
     write_logits(out_logits, cells, logits)
 
 
 def train_student(features_path: str, cells_path: str, split_path: str, radius_path: str, teacher_path: str,
                   k: int, cfg: StudentConfig, out_model: str, out_logits: str, max_neighbors: int = 32,
-                  seed: int = 0) -> None:
+                  seed: int = 0, device: str = "auto") -> None:
     """Fit on train-strip cells (neighbours from non-test cells), then predict every cell from H&E alone."""
     cells, role, radius = _slide_inputs(cells_path, split_path, radius_path)
     train = np.flatnonzero(role == "train")
@@ -133,24 +135,25 @@ def train_student(features_path: str, cells_path: str, split_path: str, radius_p
     teacher = torch.from_numpy(read_logits(teacher_path, cells, k))
     xy = cells[["x_um", "y_um"]].to_numpy()
     nb_train = build_neighborhoods(xy, train, radius, max_neighbors, allowed=role != "test")
-    model = fit_student(x, nb_train, torch.from_numpy(train), teacher[train], cfg, seed)
+    model = fit_student(x, nb_train, torch.from_numpy(train), teacher[train], cfg, seed, device=pick_device(device))
     everyone = np.arange(len(cells))
     nb_all = build_neighborhoods(xy, everyone, radius, max_neighbors)
     logits = predict_logits(model, x, nb_all, torch.from_numpy(everyone), LOGIT_TEMP).numpy()
     with atomic_path(out_model) as tmp:
-        torch.save({"state_dict": model.state_dict(), "config": asdict(cfg), "k": k, "in_dim": x.shape[1]}, tmp)
+        torch.save({"state_dict": model.cpu().state_dict(), "config": asdict(cfg), "k": k, "in_dim": x.shape[1]}, tmp)
     write_logits(out_logits, cells, logits)
 
 
 def histology_nolan(features_path: str, cells_path: str, split_path: str, radius_path: str, k: int,
-                    cfg: NolanConfig, out_logits: str, max_neighbors: int = 32, seed: int = 0) -> None:
+                    cfg: NolanConfig, out_logits: str, max_neighbors: int = 32, seed: int = 0,
+                    device: str = "auto") -> None:
     """The teacher's method on H&E features, self-supervised on non-test cells; predicts every cell."""
     cells, role, radius = _slide_inputs(cells_path, split_path, radius_path)
     fit_rows = np.flatnonzero(role != "test")
     x = _standardize(read_features(features_path, cells), fit_rows, FEATURE_DIM)
     xy = cells[["x_um", "y_um"]].to_numpy()
     nb_fit = build_neighborhoods(xy, fit_rows, radius, max_neighbors, allowed=role != "test")
-    model = fit_nolan(x, nb_fit, torch.from_numpy(fit_rows), k, cfg, seed)
+    model = fit_nolan(x, nb_fit, torch.from_numpy(fit_rows), k, cfg, seed, device=pick_device(device))
     everyone = np.arange(len(cells))
     nb_all = build_neighborhoods(xy, everyone, radius, max_neighbors)
     logits = predict_logits(model, x, nb_all, torch.from_numpy(everyone), LOGIT_TEMP, hide_centre=cfg.hide_centre)

@@ -69,12 +69,13 @@ def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[
         if METHODS[method]:
             labels = _matched_colours(labels, reference, role == "test")
         panels[method.replace("_", " ")] = labels
-    cmap = plt.get_cmap("tab20")
+    # tab20's strong colours first, then its pale partners: K=10 maps use only strong ones
+    palette = np.array(plt.get_cmap("tab20").colors)[np.r_[0:20:2, 1:20:2]]
     y = cells["y_um"].to_numpy()
     test_y = y[role == "test"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), constrained_layout=True)
     for ax, (name, labels) in zip(axes, panels.items()):
-        ax.scatter(cells["x_um"], y, c=cmap(np.asarray(labels) % 20), s=0.6, linewidths=0, rasterized=True)
+        ax.scatter(cells["x_um"], y, c=palette[np.asarray(labels) % 20], s=1.2, linewidths=0, rasterized=True)
         for edge in (test_y.min(), test_y.max()):
             ax.axhline(edge, color="black", lw=0.8, ls="--")
         ax.set_title(name, fontsize=10)

@@ -19,6 +19,9 @@ class Neighborhoods:
     def __len__(self) -> int:
         return self.index.shape[0]
 
+    def to(self, device) -> "Neighborhoods":
+        return Neighborhoods(self.index.to(device), self.offset.to(device), self.mask.to(device))
+
 
 def build_neighborhoods(xy: np.ndarray, query: np.ndarray, radius: float, max_neighbors: int,
                         allowed: np.ndarray | None = None) -> Neighborhoods:

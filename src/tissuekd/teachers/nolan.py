@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from tissuekd.spatial.neighborhoods import Neighborhoods
-from tissuekd.teachers.transformer import NeighborhoodTransformer
+from tissuekd.teachers.transformer import NeighborhoodTransformer, autocast
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class NolanConfig:
 
 def local_view(batch: Neighborhoods, scale: float, dropout: float, generator: torch.Generator) -> torch.Tensor:
     """Mask of a local sub-crop: neighbours within `scale` of the radius, some dropped at random."""
-    keep = torch.rand(batch.mask.shape, generator=generator) >= dropout
+    keep = (torch.rand(batch.mask.shape, generator=generator) >= dropout).to(batch.mask.device)
     return batch.mask & (batch.offset.norm(dim=-1) <= scale) & keep
 
 
@@ -52,32 +52,38 @@ def _batch(nb: Neighborhoods, rows: torch.Tensor) -> Neighborhoods:
 
 
 def fit_nolan(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, k: int, cfg: NolanConfig,
-              seed: int = 0, progress: bool = True) -> NeighborhoodTransformer:
+              seed: int = 0, progress: bool = True, device: str = "cpu") -> NeighborhoodTransformer:
     """Train on the neighbourhoods `nb` of cells `centres` (rows of standardised `features`);
-    return the momentum teacher."""
+    return the momentum teacher. Random draws come from a CPU generator, so a seed gives the
+    same batches on any device."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    student = NeighborhoodTransformer(features.shape[1], k, cfg.d_model, cfg.layers)
+    dev = torch.device(device)
+    features, nb, centres = features.to(dev), nb.to(dev), centres.to(dev)
+    student = NeighborhoodTransformer(features.shape[1], k, cfg.d_model, cfg.layers).to(dev)
     teacher = copy.deepcopy(student).requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.04)
     per_epoch = min(len(centres), cfg.cells_per_epoch)
     steps = cfg.epochs * int(np.ceil(per_epoch / cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
-    center = torch.zeros(k)
+    center = torch.zeros(k, device=dev)
     step = 0
     for epoch in tqdm(range(cfg.epochs), desc="nolan", disable=not progress, mininterval=5):
         for rows in torch.randperm(len(centres), generator=gen)[:per_epoch].split(cfg.batch_size):
+            rows = rows.to(dev)
             b = _batch(nb, rows)
-            with torch.no_grad():
+            with torch.no_grad(), autocast(dev):
                 t_out = teacher(features, b.index, centres[rows], b.offset, b.mask, hide_centre=cfg.hide_centre)
                 target = F.softmax((t_out - center) / cfg.teacher_temp, dim=-1)
             local = local_view(b, cfg.local_scale, cfg.dropout, gen)
-            glob = b.mask & (torch.rand(b.mask.shape, generator=gen) >= cfg.dropout / 3)
+            glob = b.mask & (torch.rand(b.mask.shape, generator=gen) >= cfg.dropout / 3).to(dev)
             loss = 0.0
             # the local view hides the centre cell: agreement must come from the neighbourhood,
             # not from the one cell both views share (else the niches are just cell clusters)
             for view, hide in ((local, True), (glob, cfg.hide_centre)):
-                s = student(features, b.index, centres[rows], b.offset, view, cfg.noise, hide) / cfg.student_temp
+                with autocast(dev):
+                    s = student(features, b.index, centres[rows], b.offset, view, cfg.noise, hide)
+                s = s.float() / cfg.student_temp
                 probs = F.softmax(s, dim=-1)
                 mean = probs.mean(dim=0)
                 loss = loss + (-(target * F.log_softmax(s, dim=-1)).sum(-1).mean()
@@ -91,7 +97,7 @@ def fit_nolan(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, 
             with torch.no_grad():
                 for pt, ps in zip(teacher.parameters(), student.parameters()):
                     pt.mul_(m).add_(ps.detach(), alpha=1 - m)
-                center = cfg.center_momentum * center + (1 - cfg.center_momentum) * t_out.mean(dim=0)
+                center = cfg.center_momentum * center + (1 - cfg.center_momentum) * t_out.float().mean(dim=0)
         log.info("epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, loss.item())
     return teacher.eval()
 
@@ -99,8 +105,12 @@ def fit_nolan(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, 
 @torch.no_grad()
 def predict_logits(model: NeighborhoodTransformer, features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor,
                    temperature: float, batch_size: int = 1024, hide_centre: bool = False) -> torch.Tensor:
-    """K logits per centre cell (cosines / temperature)."""
+    """K logits per centre cell (cosines / temperature), on the CPU, computed on the model's device."""
     model.eval()
-    out = [model(features, nb.index[r], centres[r], nb.offset[r], nb.mask[r], hide_centre=hide_centre)
-           for r in torch.arange(len(centres)).split(batch_size)]
-    return torch.cat(out) / temperature
+    dev = next(model.parameters()).device
+    features, nb, centres = features.to(dev), nb.to(dev), centres.to(dev)
+    out = []
+    for r in torch.arange(len(centres), device=dev).split(batch_size):
+        with autocast(dev):
+            out.append(model(features, nb.index[r], centres[r], nb.offset[r], nb.mask[r], hide_centre=hide_centre))
+    return torch.cat(out).float().cpu() / temperature

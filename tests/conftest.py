@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,8 +56,48 @@ def he_alignment(slide_dir: Path) -> Path:
 
 def snakemake(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run the real Snakemake CLI on this repository's workflow from `cwd`."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), *args]
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
+           "--workflow-profile", str(REPO / "profiles" / "default"), *args]
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
+
+
+ALL_SLIDES = ("breast", "colon", "lung")
+
+
+def make_workdir(tmp_path: Path, slides=("breast", "colon"), cells: int | None = 3000, **overrides) -> Path:
+    """A working directory with the repository's config, a sheet of demo slides, and overrides
+    (`cells=None`: the shipped demo's slide size)."""
+    (tmp_path / "config").mkdir(parents=True, exist_ok=True)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    if cells:
+        config["demo"]["niche_cells"] = cells
+    for dotted, value in overrides.items():
+        *parents, key = dotted.split("__")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[key] = value
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    sheet = pd.read_csv(REPO / "config" / "niche_slides.tsv", sep="\t", dtype=str).fillna("")
+    sheet = sheet[sheet["tissue"].isin(slides)]
+    sheet.to_csv(tmp_path / "config" / "niche_slides.tsv", sep="\t", index=False)
+    return tmp_path
+
+
+def planned_jobs(workdir: Path, *extra: str) -> dict[str, int]:
+    """Job counts from a dry run's own summary table."""
+    out = snakemake("-n", "--cores", "1", *extra, cwd=workdir).stdout
+    table = out.split("Job stats:")[1].split("total")[0]
+    return {parts[0]: int(parts[1]) for line in table.splitlines() if len(parts := line.split()) == 2
+            and parts[1].isdigit()}
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """The shipped demo (three full-size slides) at K=10 only, to keep CI short."""
+    workdir = make_workdir(tmp_path_factory.mktemp("run"), slides=ALL_SLIDES, cells=None, niche__k=[10])
+    snakemake("--cores", "2", cwd=workdir)
+    return workdir

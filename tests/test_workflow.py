@@ -11,39 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, snakemake
+from conftest import ALL_SLIDES, REPO, make_workdir, planned_jobs, snakemake
 
 PER_SLIDE = ["demo_xenium_slide", "niche_ingest", "niche_radius", "niche_split", "niche_features", "niche_scvi"]
 PER_K = ["niche_teacher", "niche_student", "niche_hist_nolan", "niche_hist_leiden", "niche_evaluate", "niche_maps"]
-ALL_SLIDES = ("breast", "colon", "lung")
-
-
-def make_workdir(tmp_path: Path, slides=("breast", "colon"), cells: int | None = 3000, **overrides) -> Path:
-    """A working directory with the repository's config, a sheet of demo slides, and overrides
-    (`cells=None`: the shipped demo's slide size)."""
-    (tmp_path / "config").mkdir(parents=True, exist_ok=True)
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    if cells:
-        config["demo"]["niche_cells"] = cells
-    for dotted, value in overrides.items():
-        *parents, key = dotted.split("__")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[key] = value
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    sheet = pd.read_csv(REPO / "config" / "niche_slides.tsv", sep="\t", dtype=str).fillna("")
-    sheet = sheet[sheet["tissue"].isin(slides)]
-    sheet.to_csv(tmp_path / "config" / "niche_slides.tsv", sep="\t", index=False)
-    return tmp_path
-
-
-def planned_jobs(workdir: Path, *extra: str) -> dict[str, int]:
-    """Job counts from a dry run's own summary table."""
-    out = snakemake("-n", "--cores", "1", *extra, cwd=workdir).stdout
-    table = out.split("Job stats:")[1].split("total")[0]
-    return {parts[0]: int(parts[1]) for line in table.splitlines() if len(parts := line.split()) == 2
-            and parts[1].isdigit()}
 
 
 def test_lint_is_clean():
@@ -92,14 +63,6 @@ def test_bad_sheet_row_is_named(tmp_path):
     sheet.to_csv(workdir / "config" / "niche_slides.tsv", sep="\t", index=False)
     result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
     assert result.returncode != 0 and "he_image" in result.stdout + result.stderr
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> Path:
-    """The shipped demo (three full-size slides) at K=10 only, to keep CI short."""
-    workdir = make_workdir(tmp_path_factory.mktemp("run"), slides=ALL_SLIDES, cells=None, niche__k=[10])
-    snakemake("--cores", "2", cwd=workdir)
-    return workdir
 
 
 def demo_metrics(workdir: Path) -> pd.DataFrame:
@@ -151,16 +114,6 @@ def test_demo_run_writes_every_output(demo_run):
 def test_second_run_has_nothing_to_do(demo_run):
     result = snakemake("-n", "--cores", "1", cwd=demo_run)
     assert "Nothing to be done" in result.stdout + result.stderr
-
-
-@pytest.mark.workflow
-def test_changing_the_temperature_reruns_only_the_student_and_what_follows(demo_run, tmp_path):
-    config = yaml.safe_load((demo_run / "config" / "config.yaml").read_text())
-    config["niche"]["student"]["temperature"] = 4.0
-    changed = tmp_path / "changed.yaml"
-    changed.write_text(yaml.safe_dump(config))
-    jobs = planned_jobs(demo_run, "--configfile", str(changed))
-    assert jobs == {"niche_student": 3, "niche_evaluate": 3, "niche_maps": 3, "all": 1}, jobs
 
 
 @pytest.mark.workflow

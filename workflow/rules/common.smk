@@ -145,5 +145,25 @@ def niche_targets():
     )
 
 
+def niche_metrics():
+    return expand(
+        f"{RESULTS}/niche/{{slide}}/{{encoder}}/k{{k}}/metrics.tsv", slide=SLIDES["slide"], encoder=ENCODERS, k=NICHE["k"]
+    )
+
+
+NICHE_STEPS = ["ingest", "radius", "split", "features", "scvi", "teacher", "student", "hist_nolan", "hist_leiden",
+               "evaluate", "maps"]
+
+
+def niche_benchmarks():
+    """The benchmark file of every niche job (the runtime table reads them all)."""
+    teacher = "niche_teacher_external" if NICHE["teacher"] == "external" else "niche_teacher"
+    patterns = [str(getattr(rules, teacher if step == "teacher" else f"niche_{step}").benchmark) for step in NICHE_STEPS]
+    files = expand(patterns, slide=SLIDES["slide"], encoder=ENCODERS, k=NICHE["k"])
+    return list(dict.fromkeys(files))
+
+
 def all_targets():
-    return niche_targets() if NICHE["enabled"] else []
+    if not NICHE["enabled"]:
+        return []
+    return niche_targets() + [f"{RESULTS}/benchmark/summary.tsv", f"{RESULTS}/benchmark/runtime.tsv"]

@@ -75,7 +75,7 @@ rule niche_features:
         slide=rules.niche_ingest.output.slide,
         he_image=slide_value("he_image"),
     output:
-        f"{RESULTS}/niche/features/{{encoder}}/{{slide}}.h5",
+        ensure(f"{RESULTS}/niche/features/{{encoder}}/{{slide}}.h5", non_empty=True),
     params:
         encoder=lambda wildcards: ENCODERS[wildcards.encoder],
         crop_px=NICHE["crop_px"],
@@ -261,7 +261,7 @@ rule niche_evaluate:
     input:
         unpack(niche_predictions),
     output:
-        f"{KDIR}/metrics.tsv",
+        ensure(f"{KDIR}/metrics.tsv", non_empty=True),
     params:
         tissue=slide_value("tissue"),
     log:
@@ -281,7 +281,13 @@ rule niche_maps:
     input:
         unpack(niche_predictions),
     output:
-        f"{KDIR}/maps.png",
+        report(
+            f"{KDIR}/maps.png",
+            caption="../report/maps.rst",
+            category="Niche maps",
+            subcategory=slide_value("tissue"),
+            labels={"slide": "{slide}", "K": "{k}", "encoder": "{encoder}"},
+        ),
     log:
         f"{LOGS}/niche/maps/{{encoder}}/k{{k}}/{{slide}}.log",
     benchmark:

@@ -19,6 +19,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.stem}.partial-*{path.suffix}"):  # left by a killed job
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
     try:
         yield tmp

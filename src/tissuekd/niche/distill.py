@@ -80,7 +80,13 @@ def write_logits(out: str, cells: pd.DataFrame, logits: np.ndarray) -> None:
 
 
 def read_logits(path: str, cells: pd.DataFrame, k: int | None = None) -> np.ndarray:
-    frame = pd.read_parquet(path)
+    try:
+        if path.endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")):
+            frame = pd.read_csv(path, sep="\t" if ".tsv" in path else ",", dtype={"cell_id": str})
+        else:
+            frame = pd.read_parquet(path)
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"cannot be read as a logits table ({err})") from err
     if "cell_id" not in frame.columns:
         raise InputError(path, "needs a cell_id column")
     frame = frame.set_index(frame["cell_id"].astype(str))

@@ -1,0 +1,1 @@
+"""Cross-slide benchmark tables, figures and runtimes for the Snakemake report."""

@@ -1,0 +1,136 @@
+"""The benchmark across slides and tissues: one tidy table of every metric, summaries per
+tissue and overall (mean ± SD over slides, in the layout of the paper's tables), the runtime
+of each rule from Snakemake's `benchmark:` files, and a bar chart of ARI per tissue."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tissuekd.io.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+METHOD_ORDER = ["teacher", "student", "hist_nolan", "hist_leiden"]
+METRICS = ["ARI", "NMI", "JSD", "probe_F1"]
+
+
+def collect_metrics(paths: list[str]) -> pd.DataFrame:
+    """Concatenate per-slide metrics tables (one row per slide × encoder × K × method)."""
+    frames = [pd.read_csv(p, sep="\t") for p in paths]
+    summary = pd.concat(frames, ignore_index=True)
+    summary["method"] = pd.Categorical(summary["method"], [m for m in METHOD_ORDER if m in set(summary["method"])]
+                                       + sorted(set(summary["method"]) - set(METHOD_ORDER)))
+    return summary.sort_values(["tissue", "slide", "encoder", "k", "method"]).reset_index(drop=True)
+
+
+def _mean_sd(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.3f}"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def by_tissue(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean and SD over slides for every tissue, encoder, K and method (numbers, for analysis)."""
+    grouped = summary.groupby(["tissue", "encoder", "k", "method"], observed=True)[METRICS]
+    table = grouped.agg(["mean", "std"])
+    table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
+    table.insert(0, "n_slides", summary.groupby(["tissue", "encoder", "k", "method"], observed=True).size())
+    return table.reset_index()
+
+
+def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The paper's layout, over all slides: one row per encoder and method; ARI and NMI at each
+    K, JSD per data set (tissue) at the smallest K, and the probe's macro-F1, as mean ± SD."""
+    k0 = summary["k"].min()
+    columns = {}
+    for k in sorted(summary["k"].unique()):
+        at_k = summary[summary["k"] == k]
+        for metric in ("ARI", "NMI"):
+            columns[f"{metric} K={k}"] = at_k.groupby(["encoder", "method"], observed=True)[metric].agg(_mean_sd)
+    at_k0 = summary[summary["k"] == k0]
+    for tissue in sorted(summary["tissue"].unique()):
+        rows = at_k0[at_k0["tissue"] == tissue]
+        columns[f"JSD {tissue} K={k0}"] = rows.groupby(["encoder", "method"], observed=True)["JSD"].agg(_mean_sd)
+    columns[f"probe macro-F1 K={k0}"] = at_k0.groupby(["encoder", "method"], observed=True)["probe_F1"].agg(_mean_sd)
+    return pd.DataFrame(columns).reset_index()
+
+
+def runtimes(paths: list[str], root: str) -> pd.DataFrame:
+    """Wall time and peak memory per rule, from Snakemake benchmark files under `root`
+    (`{root}/{study}/{step}/...` → rule `{study}_{step}`)."""
+    rows = []
+    for path in paths:
+        parts = Path(path).relative_to(root).parts
+        bench = pd.read_csv(path, sep="\t")
+        rows.append({"rule": f"{parts[0]}_{parts[1]}", "s": bench["s"].iloc[-1],
+                     "max_rss_mb": pd.to_numeric(bench["max_rss"], errors="coerce").iloc[-1]})
+    frame = pd.DataFrame(rows, columns=["rule", "s", "max_rss_mb"])
+    table = frame.groupby("rule").agg(jobs=("s", "size"), total_s=("s", "sum"), mean_s=("s", "mean"),
+                                      max_s=("s", "max"), max_rss_mb=("max_rss_mb", "max"))
+    return table.sort_values("total_s", ascending=False).reset_index().round(2)
+
+
+def ari_bars(summary: pd.DataFrame, out: str) -> None:
+    """ARI per tissue and method (mean ± SD over slides), one panel per K."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = summary[summary["method"] != "teacher"]
+    methods = [m for m in data["method"].cat.categories if m != "teacher" and m in set(data["method"])]
+    tissues = sorted(data["tissue"].unique())
+    ks = sorted(data["k"].unique())
+    fig, axes = plt.subplots(1, len(ks), figsize=(1.6 + 1.4 * len(tissues) * len(ks), 3.6), squeeze=False,
+                             sharey=True, constrained_layout=True)
+    width = 0.8 / len(methods)
+    for ax, k in zip(axes[0], ks):
+        stats = data[data["k"] == k].groupby(["tissue", "method"], observed=True)["ARI"].agg(["mean", "std"])
+        for i, method in enumerate(methods):
+            rows = stats.xs(method, level="method").reindex(tissues)
+            ax.bar(np.arange(len(tissues)) + (i - (len(methods) - 1) / 2) * width, rows["mean"], width,
+                   yerr=rows["std"].fillna(0), capsize=2, label=method.replace("_", " "))
+        ax.set_xticks(np.arange(len(tissues)), tissues)
+        ax.set_title(f"K = {k}")
+    axes[0][0].set_ylabel("ARI vs teacher (test strip)")
+    axes[0][-1].legend(fontsize=8, frameon=False)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def html_tables(paper: pd.DataFrame, tissue: pd.DataFrame, out: str) -> None:
+    """The tables as one HTML page, for the report (which shows it in a frame)."""
+    tissue_view = tissue.copy()
+    for metric in METRICS:
+        tissue_view[metric] = [f"{m:.3f} ± {s:.3f}" if np.isfinite(s) else (f"{m:.3f}" if np.isfinite(m) else "–")
+                               for m, s in zip(tissue_view[f"{metric}_mean"], tissue_view[f"{metric}_std"])]
+    tissue_view = tissue_view[["tissue", "encoder", "k", "method", "n_slides", *METRICS]]
+    style = ("<style>body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse;margin:8px 0 24px}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style>")
+    html = (f"<html><head><meta charset='utf-8'>{style}</head><body>"
+            "<h2 id='overall'>Niche study: all slides (mean ± SD over slides)</h2>"
+            + paper.to_html(index=False, table_id="summary-table")
+            + "<h2>Per tissue</h2>" + tissue_view.to_html(index=False, table_id="tissue-table")
+            + "</body></html>")
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(html)
+
+
+def write_niche_benchmark(metric_paths: list[str], out: dict) -> pd.DataFrame:
+    summary = collect_metrics(metric_paths)
+    tissue, paper = by_tissue(summary), paper_table(summary)
+    log.info("%d slides, %d rows\n%s", summary["slide"].nunique(), len(summary), paper.to_string(index=False))
+    for key, frame in (("summary", summary), ("by_tissue", tissue), ("overall", paper)):
+        with atomic_path(out[key]) as tmp:
+            frame.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+    html_tables(paper, tissue, out["html"])
+    ari_bars(summary, out["bars"])
+    return summary

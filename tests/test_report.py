@@ -1,0 +1,92 @@
+"""The benchmark tables against their inputs, and the Snakemake report as a person sees it:
+opened in headless Chromium, clicked through to the summary table and a niche map."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from chromium import Chromium, find_chromium
+from conftest import snakemake
+from tissuekd.report.summary import by_tissue, paper_table, runtimes
+
+CLICK = """(text => { const el = [...document.querySelectorAll('a, button, li, span, div')].reverse()
+  .find(e => e.textContent.trim() === text); if (!el) return false; el.click(); return true; })(%r)"""
+VIEW = """(text => { const row = [...document.querySelectorAll('tr')].find(r => r.textContent.includes(text));
+  if (!row) return false; row.querySelector('a').click(); return true; })(%r)"""
+
+
+def fake_summary() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = [{"slide": f"{t}{i}", "tissue": t, "k": k, "encoder": "e", "method": m, "ARI": rng.random(),
+             "NMI": rng.random(), "JSD": rng.random(), "probe_F1": rng.random(), "n_cells": 10, "n_niches": k}
+            for t in ("a", "b") for i in range(3) for k in (10, 20) for m in ("student", "hist_leiden")]
+    return pd.DataFrame(rows).assign(method=lambda f: pd.Categorical(f["method"], ["student", "hist_leiden"]))
+
+
+def test_tables_are_mean_and_sd_over_slides():
+    summary = fake_summary()
+    tissue = by_tissue(summary).set_index(["tissue", "k", "method"])
+    rows = summary[(summary["tissue"] == "a") & (summary["k"] == 20) & (summary["method"] == "student")]
+    assert tissue.loc[("a", 20, "student"), "ARI_mean"] == pytest.approx(rows["ARI"].mean())
+    assert tissue.loc[("a", 20, "student"), "ARI_std"] == pytest.approx(rows["ARI"].std(ddof=1))
+    assert tissue.loc[("a", 20, "student"), "n_slides"] == 3
+    paper = paper_table(summary).set_index("method")
+    at10 = summary[(summary["k"] == 10) & (summary["method"] == "hist_leiden")]
+    assert paper.loc["hist_leiden", "ARI K=10"] == f"{at10['ARI'].mean():.3f} ± {at10['ARI'].std(ddof=1):.3f}"
+    assert {"JSD a K=10", "JSD b K=10", "probe macro-F1 K=10", "NMI K=20"} <= set(paper.columns)
+
+
+def test_runtime_table_sums_benchmark_files(tmp_path):
+    root = tmp_path / "benchmarks"
+    for i, s in enumerate((2.0, 3.5)):
+        path = root / "niche" / "features" / "enc" / f"slide{i}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"s\th:m:s\tmax_rss\n{s}\t0:00:02\t{100 * (i + 1)}\n")
+    table = runtimes([str(p) for p in sorted(root.rglob("*.tsv"))], str(root)).set_index("rule")
+    assert table.loc["niche_features", "jobs"] == 2 and table.loc["niche_features", "total_s"] == 5.5
+    assert table.loc["niche_features", "max_rss_mb"] == 200
+
+
+@pytest.mark.workflow
+def test_summary_has_a_row_per_slide_k_and_method(demo_run):
+    summary = pd.read_csv(demo_run / "results" / "benchmark" / "summary.tsv", sep="\t")
+    assert len(summary) == 3 * 1 * 4 and summary.groupby(["slide", "k", "method"]).size().eq(1).all()
+    assert {"ARI", "NMI", "JSD", "probe_F1", "tissue"} <= set(summary.columns)
+    runtime = pd.read_csv(demo_run / "results" / "benchmark" / "runtime.tsv", sep="\t").set_index("rule")
+    assert runtime.loc["niche_features", "jobs"] == 3 and runtime.loc["niche_student", "total_s"] > 0
+
+
+@pytest.mark.workflow
+def test_report_renders_the_summary_table_and_a_niche_map(demo_run, tmp_path):
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
+    report = tmp_path / "report.html"
+    snakemake("--report", str(report), cwd=demo_run)
+    browser = Chromium(binary)
+    try:
+        page = browser.open(report.as_uri())
+        browser.wait_for(page, "document.querySelector('#app') && document.body.innerText.includes('RESULTS')")
+        assert "distilled spatial transcriptomics" in browser.evaluate(page, "document.body.innerText")
+        for step in ("Benchmark", "Niche study"):
+            assert browser.evaluate(page, CLICK % step), step
+            time.sleep(0.3)
+        assert browser.evaluate(page, VIEW % "mean ± SD per tissue and overall")
+        browser.wait_for(page, "document.querySelector('iframe') !== null")
+        time.sleep(0.5)
+        tables = " ".join(browser.frame_text(page))
+        assert "Niche study: all slides" in tables and "student" in tables and "ARI K=10" in tables
+
+        for step in ("Results", "Niche maps", "breast"):
+            assert browser.evaluate(page, CLICK % step), step
+            time.sleep(0.3)
+        assert browser.evaluate(page, VIEW % "breast_demo")
+        width = browser.wait_for(page, "(img => img && img.complete && img.naturalWidth)"
+                                       "(document.querySelector('img[src^=\"data:image/png\"]'))")
+        assert width > 500  # the PNG decoded: a real image, not a broken link
+    finally:
+        browser.close()

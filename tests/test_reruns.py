@@ -1,0 +1,120 @@
+"""What reruns after a change, judged by Snakemake's own dry run on a copy of the finished demo:
+exactly the changed slide's jobs and the aggregates, never another slide's, and nothing
+upstream of a changed student setting. Also: a job killed mid-write leaves nothing trusted."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, planned_jobs, snakemake
+
+pytestmark = pytest.mark.workflow
+
+AGGREGATES = {"benchmark_niche": 1, "benchmark_runtimes": 1, "all": 1}
+SLIDE_JOBS = {f"niche_{step}": 1 for step in ("ingest", "radius", "split", "features", "scvi", "teacher", "student",
+                                              "hist_nolan", "hist_leiden", "evaluate", "maps")}
+
+
+@pytest.fixture
+def run_copy(demo_run, tmp_path) -> Path:
+    """A copy of the finished demo workdir (mtimes and Snakemake's metadata kept)."""
+    target = tmp_path / "copy"
+    shutil.copytree(demo_run, target, symlinks=True)
+    return target
+
+
+def dry_run_slides(workdir: Path, *extra: str) -> tuple[dict[str, int], set[str]]:
+    """Planned job counts, and the slides named in the planned jobs' wildcards."""
+    out = snakemake("-n", "--cores", "1", *extra, cwd=workdir).stdout
+    slides = {line.split("slide=")[1].split(",")[0].strip() for line in out.splitlines() if "slide=" in line}
+    return planned_jobs(workdir, *extra), slides
+
+
+def test_touched_but_unchanged_inputs_rerun_nothing(run_copy):
+    """Snakemake compares checksums of inputs newer than their outputs (profile key max-checksum-file-size)."""
+    for path in (run_copy / "data" / "demo" / "breast_demo").rglob("*"):
+        if path.is_file():
+            path.touch()
+    result = snakemake("-n", "--cores", "1", cwd=run_copy)
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
+@pytest.mark.parametrize("changed", ["breast_demo/breast_demo_he_image.ome.tif", "breast_demo/outs/cells.parquet"])
+def test_changing_one_slides_input_reruns_that_slide_and_the_aggregates(run_copy, changed):
+    path = run_copy / "data" / "demo" / changed
+    with open(path, "ab") as f:
+        f.write(b"\0")
+    jobs, slides = dry_run_slides(run_copy)
+    assert slides == {"breast_demo"}
+    assert jobs == SLIDE_JOBS | AGGREGATES, jobs
+
+
+def test_changing_one_sheet_row_reruns_that_slide_only(run_copy):
+    sheet_path = run_copy / "config" / "niche_slides.tsv"
+    sheet = pd.read_csv(sheet_path, sep="\t", dtype=str).fillna("")
+    moved = run_copy / "annotations" / "colon_pathology.csv"
+    moved.parent.mkdir()
+    shutil.copy(run_copy / "data" / "demo" / "colon_demo" / "pathology.csv", moved)
+    sheet.loc[sheet["slide"] == "colon_demo", "pathology"] = str(moved)
+    sheet.to_csv(sheet_path, sep="\t", index=False)
+    jobs, slides = dry_run_slides(run_copy)
+    assert slides == {"colon_demo"}
+    assert jobs == SLIDE_JOBS | AGGREGATES, jobs
+
+
+def test_a_new_slide_row_runs_only_the_new_slide(run_copy):
+    source = run_copy / "data" / "demo" / "lung_demo"
+    new = run_copy / "data" / "site2" / "lung_2"
+    shutil.copytree(source, new)
+    sheet_path = run_copy / "config" / "niche_slides.tsv"
+    sheet = pd.read_csv(sheet_path, sep="\t", dtype=str).fillna("")
+    row = sheet[sheet["slide"] == "lung_demo"].iloc[0].copy()
+    row = row.str.replace("data/demo/lung_demo", str(new), regex=False)
+    row["slide"] = "lung_2"
+    pd.concat([sheet, row.to_frame().T]).to_csv(sheet_path, sep="\t", index=False)
+    jobs, slides = dry_run_slides(run_copy)
+    assert slides == {"lung_2"}
+    assert jobs == SLIDE_JOBS | AGGREGATES, jobs
+
+
+def test_a_student_setting_or_forced_student_leaves_features_scvi_and_teacher_alone(run_copy):
+    config = yaml.safe_load((run_copy / "config" / "config.yaml").read_text())
+    config["niche"]["student"]["temperature"] = 4.0
+    (run_copy / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    expected = {"niche_student": 3, "niche_evaluate": 3, "niche_maps": 3} | AGGREGATES
+    assert planned_jobs(run_copy) == expected
+    assert planned_jobs(run_copy, "--forcerun", "niche_student") == expected
+
+
+def test_a_job_killed_mid_write_leaves_nothing_trusted(run_copy):
+    features = run_copy / "results" / "niche" / "features" / "demo-mobilenet" / "breast_demo.h5"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
+           "--workflow-profile", str(REPO / "profiles" / "default"), "--cores", "2",
+           "--forcerun", "niche_features", "--", str(features.relative_to(run_copy))]
+    proc = subprocess.Popen(cmd, cwd=run_copy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    partial = None
+    deadline = time.monotonic() + 300
+    while partial is None and time.monotonic() < deadline and proc.poll() is None:
+        partial = next(features.parent.glob(".breast_demo.partial-*.h5"), None)
+        time.sleep(0.2)
+    assert partial is not None, "the features job never started writing"
+    time.sleep(1.0)  # mid-write
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not features.exists()  # removed by Snakemake before the job; the partial file is not it
+    jobs, slides = dry_run_slides(run_copy)
+    assert slides == {"breast_demo"} and jobs["niche_features"] == 1
+    snakemake("--unlock", cwd=run_copy)
+    snakemake("--cores", "2", "--", str(features.relative_to(run_copy)), cwd=run_copy)
+    assert features.exists() and not list(features.parent.glob(".breast_demo.partial-*"))

@@ -1,0 +1,105 @@
+"""The shipped SLURM profile against a real one-node SLURM cluster (tests/slurm/cluster.py):
+every job runs as a SLURM job and gives the results of a local run; changing one slide's input
+submits only that slide's jobs and the aggregates; a failing job is retried, then the run stops
+naming the rule, the slide and the SLURM log."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, make_workdir, planned_jobs, snakemake
+
+sys.path.insert(0, str(Path(__file__).parent / "slurm"))
+from cluster import LocalSlurm, missing_reason  # noqa: E402
+
+pytestmark = [pytest.mark.workflow, pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))]
+
+# a small demo: two slides of 1,500 cells, K=10, short training
+SMALL = dict(cells=1500, niche__k=[10], niche__scvi__max_epochs=5, niche__nolan__epochs=2,
+             niche__nolan__cells_per_epoch=1000, niche__student__epochs=2)
+# the test cluster polls fast and has no accounts
+TEST_FLAGS = ["--slurm-init-seconds-before-status-checks", "1", "--slurm-no-account"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    slurm = LocalSlurm(tmp_path_factory.mktemp("slurm")).start()
+    yield slurm
+    slurm.stop()
+
+
+def on_slurm(workdir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    return snakemake("--profile", str(REPO / "profiles" / "slurm"), *TEST_FLAGS, *extra, cwd=workdir, check=check)
+
+
+def submitted(cluster: LocalSlurm, since: set[str]) -> list[dict]:
+    """Jobs submitted after the job ids in `since`, with rule and wildcards from the comment."""
+    rows = [r for r in cluster.sacct("JobID", "State", "ReqMem", "Comment") if r["JobID"] not in since]
+    for row in rows:  # the plugin's comment: rule_<rule>_wildcards_<wildcard values joined by _>
+        rule, _, wildcards = row["Comment"].removeprefix("rule_").partition("_wildcards_")
+        row["rule"], row["wildcards"] = rule, wildcards
+    return rows
+
+
+def metrics(workdir: Path) -> pd.DataFrame:
+    return pd.read_csv(workdir / "results" / "benchmark" / "summary.tsv", sep="\t")
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory):
+    workdir = make_workdir(tmp_path_factory.mktemp("on_slurm"), **SMALL)
+    before = {r["JobID"] for r in cluster.sacct("JobID")}
+    on_slurm(workdir)
+    return workdir, submitted(cluster, before)
+
+
+def test_every_rule_runs_as_a_completed_slurm_job(slurm_run):
+    workdir, jobs = slurm_run
+    planned = planned_jobs(workdir, "--forceall")
+    assert len(jobs) == sum(planned.values()) - planned["all"]  # all, the only local rule, runs no job
+    assert {j["State"] for j in jobs} == {"COMPLETED"}
+    rules = {j["rule"] for j in jobs}
+    assert {"niche_features", "niche_scvi", "niche_teacher", "niche_student", "benchmark_niche"} <= rules
+
+
+def test_slurm_results_equal_a_local_run(slurm_run, tmp_path):
+    workdir, _ = slurm_run
+    local = make_workdir(tmp_path, **SMALL)
+    snakemake("--cores", "2", cwd=local)
+    pd.testing.assert_frame_equal(metrics(workdir), metrics(local), rtol=1e-4)
+
+
+def test_changing_one_slide_submits_only_that_slide_and_the_aggregates(slurm_run, cluster):
+    workdir, _ = slurm_run
+    with open(workdir / "data" / "demo" / "colon_demo" / "colon_demo_he_image.ome.tif", "ab") as f:
+        f.write(b"\0")
+    before = {r["JobID"] for r in cluster.sacct("JobID")}
+    on_slurm(workdir)
+    jobs = submitted(cluster, before)
+    per_slide = [j for j in jobs if not j["rule"].startswith("benchmark_")]
+    assert per_slide and all("colon_demo" in j["wildcards"] for j in per_slide), jobs
+    assert {j["rule"] for j in jobs} - {j["rule"] for j in per_slide} == {"benchmark_niche", "benchmark_runtimes"}
+    assert len(per_slide) == 11  # ingest ... maps, K=10
+
+
+def test_a_failing_job_is_retried_then_named_with_its_slurm_log(slurm_run, cluster, tmp_path):
+    workdir = make_workdir(tmp_path, slides=("breast",), **SMALL)
+    sheet = pd.read_csv(workdir / "config" / "niche_slides.tsv", sep="\t", dtype=str).fillna("")
+    bad = workdir / "shifted_alignment.csv"
+    bad.write_text("1,0,90000\n0,1,0\n0,0,1\n")  # maps every cell off the H&E: ingest fails
+    sheet["he_alignment"] = str(bad)
+    sheet.to_csv(workdir / "config" / "niche_slides.tsv", sep="\t", index=False)
+    before = {r["JobID"] for r in cluster.sacct("JobID")}
+    result = on_slurm(workdir, check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Error in rule niche_ingest" in text and "slide=breast_demo" in text
+    assert "results/logs/slurm" in text  # the SLURM log of the failed job is named
+    ingest = [j for j in submitted(cluster, before) if j["rule"] == "niche_ingest"]
+    assert len(ingest) == 3 and {j["State"] for j in ingest} == {"FAILED"}  # retries: 2
+    assert [j["ReqMem"] for j in ingest] == ["4000M", "8000M", "12000M"]  # mem_mb = 4000 * attempt

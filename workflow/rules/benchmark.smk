@@ -1,0 +1,66 @@
+# Aggregates across slides for the report: the niche benchmark tables and figures, and the
+# runtime of every rule. They rerun whenever any slide changes (they read every slide).
+
+
+rule benchmark_niche:
+    input:
+        niche_metrics(),
+    output:
+        summary=report(
+            ensure(f"{RESULTS}/benchmark/summary.tsv", non_empty=True),
+            caption="../report/summary.rst",
+            category="Benchmark",
+            subcategory="Niche study",
+            labels={"table": "every slide, K and method"},
+        ),
+        by_tissue=f"{RESULTS}/benchmark/niche_by_tissue.tsv",
+        overall=f"{RESULTS}/benchmark/niche_overall.tsv",
+        html=report(
+            f"{RESULTS}/benchmark/niche_tables.html",
+            caption="../report/tables.rst",
+            category="Benchmark",
+            subcategory="Niche study",
+            labels={"table": "mean ± SD per tissue and overall"},
+        ),
+        bars=report(
+            f"{RESULTS}/benchmark/niche_ari_by_tissue.png",
+            caption="../report/ari_bars.rst",
+            category="Benchmark",
+            subcategory="Niche study",
+            labels={"table": "ARI per tissue (figure)"},
+        ),
+    log:
+        f"{LOGS}/benchmark/niche.log",
+    benchmark:
+        f"{BENCH}/benchmark/niche.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=10,
+    conda:
+        "../../envs/scverse.yaml"
+    script:
+        "../../scripts/benchmark_niche.py"
+
+
+rule benchmark_runtimes:
+    input:
+        niche_benchmarks(),
+    output:
+        report(
+            f"{RESULTS}/benchmark/runtime.tsv",
+            caption="../report/runtime.rst",
+            category="Benchmark",
+            subcategory="Runtime",
+            labels={"table": "runtime per rule"},
+        ),
+    log:
+        f"{LOGS}/benchmark/runtime.log",
+    benchmark:
+        f"{BENCH}/benchmark/runtime.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 1000 * attempt,
+        runtime=10,
+    conda:
+        "../../envs/scverse.yaml"
+    script:
+        "../../scripts/benchmark_runtimes.py"

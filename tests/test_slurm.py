@@ -87,7 +87,7 @@ def test_changing_one_slide_submits_only_that_slide_and_the_aggregates(slurm_run
     assert len(per_slide) == 11  # ingest ... maps, K=10
 
 
-def test_a_failing_job_is_retried_then_named_with_its_slurm_log(slurm_run, cluster, tmp_path):
+def test_a_failing_job_is_retried_then_named_with_its_slurm_log(cluster, tmp_path):
     workdir = make_workdir(tmp_path, slides=("breast",), **SMALL)
     sheet = pd.read_csv(workdir / "config" / "niche_slides.tsv", sep="\t", dtype=str).fillna("")
     bad = workdir / "shifted_alignment.csv"

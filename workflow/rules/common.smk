@@ -135,32 +135,28 @@ def external_teacher(wildcards):
     return SLIDES.loc[wildcards.slide, "teacher_logits"].replace("{k}", str(wildcards.k))
 
 
-def niche_targets():
-    kdir = f"{RESULTS}/niche/{{slide}}/{{encoder}}/k{{k}}"
-    return expand(
-        [f"{RESULTS}/niche/features/{{encoder}}/{{slide}}.h5", f"{kdir}/metrics.tsv", f"{kdir}/maps.png"],
-        slide=SLIDES["slide"],
-        encoder=ENCODERS,
-        k=NICHE["k"],
-    )
+def niche_expand(*patterns):
+    """Patterns with {slide}, {encoder} and {k}, for every slide, encoder and K (duplicates dropped)."""
+    files = expand(list(patterns), slide=SLIDES["slide"], encoder=ENCODERS, k=NICHE["k"])
+    return list(dict.fromkeys(files))
 
 
 def niche_metrics():
-    return expand(
-        f"{RESULTS}/niche/{{slide}}/{{encoder}}/k{{k}}/metrics.tsv", slide=SLIDES["slide"], encoder=ENCODERS, k=NICHE["k"]
-    )
+    return niche_expand(f"{RESULTS}/niche/{{slide}}/{{encoder}}/k{{k}}/metrics.tsv")
 
 
-NICHE_STEPS = ["ingest", "radius", "split", "features", "scvi", "teacher", "student", "hist_nolan", "hist_leiden",
-               "evaluate", "maps"]
+def niche_targets():
+    kdir = f"{RESULTS}/niche/{{slide}}/{{encoder}}/k{{k}}"
+    return niche_expand(f"{RESULTS}/niche/features/{{encoder}}/{{slide}}.h5", f"{kdir}/metrics.tsv", f"{kdir}/maps.png")
 
 
 def niche_benchmarks():
-    """The benchmark file of every niche job (the runtime table reads them all)."""
-    teacher = "niche_teacher_external" if NICHE["teacher"] == "external" else "niche_teacher"
-    patterns = [str(getattr(rules, teacher if step == "teacher" else f"niche_{step}").benchmark) for step in NICHE_STEPS]
-    files = expand(patterns, slide=SLIDES["slide"], encoder=ENCODERS, k=NICHE["k"])
-    return list(dict.fromkeys(files))
+    """The benchmark file of every niche job (the runtime table reads them all). With an
+    external teacher no scVI runs, so it is not asked for."""
+    models = ["niche_teacher_external"] if NICHE["teacher"] == "external" else ["niche_scvi", "niche_teacher"]
+    steps = ["niche_ingest", "niche_radius", "niche_split", "niche_features", *models, "niche_student",
+             "niche_hist_nolan", "niche_hist_leiden", "niche_evaluate", "niche_maps"]
+    return niche_expand(*(str(getattr(rules, step).benchmark) for step in steps))
 
 
 def all_targets():

@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tissuekd.niche.distill import FEATURE_DIM, LOGIT_TEMP, _slide_inputs, _standardize, read_features, read_logits
+from tissuekd.distill.losses import kd_loss
+from tissuekd.niche.distill import (FEATURE_DIM, LOGIT_TEMP, _slide_inputs, _standardize, load_model, read_features,
+                                    read_logits)
 from tissuekd.spatial.neighborhoods import build_neighborhoods
 from tissuekd.students.niche import StudentConfig, fit_student
 from tissuekd.teachers.nolan import predict_logits
@@ -45,8 +47,7 @@ def bench_student(x, nb, train, teacher, epochs: int) -> None:
 
     def model_only():
         for _ in range(steps):
-            loss = torch.nn.functional.kl_div(torch.log_softmax(model(*args) * 10 / cfg.temperature, -1),
-                                              torch.softmax(target / cfg.temperature, -1), reduction="batchmean")
+            loss = kd_loss(model(*args) * 10.0, target, cfg.temperature)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -57,18 +58,10 @@ def bench_student(x, nb, train, teacher, epochs: int) -> None:
     print(f"    model only, one batch:     {limit:8.0f} neighbourhoods/s   ratio {rate / limit:.2f}")
 
 
-def load_teacher(path: Path) -> NeighborhoodTransformer:
-    ckpt = torch.load(path, weights_only=False)
-    model = NeighborhoodTransformer(ckpt["in_dim"], ckpt["k"], ckpt["config"]["d_model"], ckpt["config"]["layers"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
-
-
 def bench_inference(model, x, nb, cells: torch.Tensor, single: int = 300) -> None:
     batched = len(cells) / _timed(lambda: predict_logits(model, x, nb, cells, LOGIT_TEMP, hide_centre=True))
-    some = cells[:single]
-    sub = type(nb)(nb.index[:single], nb.offset[:single], nb.mask[:single])
-    one = single / _timed(lambda: predict_logits(model, x, sub, some, LOGIT_TEMP, batch_size=1, hide_centre=True))
+    one = single / _timed(lambda: predict_logits(model, x, nb[:single], cells[:single], LOGIT_TEMP, batch_size=1,
+                                                 hide_centre=True))
     print(f"(b) teacher inference on scVI latents, {len(cells)} neighbourhoods:")
     print(f"    batched (1024):            {batched:8.0f} neighbourhoods/s")
     print(f"    one at a time:             {one:8.0f} neighbourhoods/s   ratio {batched / one:.1f}x")
@@ -98,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     bench_student(x, nb, torch.from_numpy(train), teacher[train], args.epochs)
     everyone = np.arange(len(cells))
     latent = pd.read_parquet(slide / "scvi" / "latent.parquet").drop(columns="cell_id").to_numpy(np.float32)
-    bench_inference(load_teacher(enc / f"k{args.k}" / "teacher" / "model.pt"), _standardize(latent, everyone),
+    bench_inference(load_model(str(enc / f"k{args.k}" / "teacher" / "model.pt")), _standardize(latent, everyone),
                     build_neighborhoods(xy, everyone, radius, args.max_neighbors), torch.from_numpy(everyone))
 
 

@@ -19,6 +19,7 @@ from tissuekd.io.atomic import atomic_path
 from tissuekd.spatial.neighborhoods import build_neighborhoods
 from tissuekd.students.niche import StudentConfig, fit_student
 from tissuekd.teachers.nolan import NolanConfig, fit_nolan, predict_logits
+from tissuekd.teachers.transformer import NeighborhoodTransformer
 
 log = logging.getLogger(__name__)
 LOGIT_TEMP = 0.1  # cosines / 0.1 -> logits, for teacher, student and Histology NOLAN alike
@@ -102,6 +103,19 @@ def read_logits(path: str, cells: pd.DataFrame, k: int | None = None) -> np.ndar
     return values
 
 
+def save_model(out: str, model: NeighborhoodTransformer, cfg, k: int, in_dim: int) -> None:
+    with atomic_path(out) as tmp:
+        torch.save({"state_dict": model.cpu().state_dict(), "config": asdict(cfg), "k": k, "in_dim": in_dim}, tmp)
+
+
+def load_model(path: str) -> NeighborhoodTransformer:
+    """A teacher or student checkpoint written by `save_model`, in eval mode on the CPU."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = NeighborhoodTransformer(ckpt["in_dim"], ckpt["k"], ckpt["config"]["d_model"], ckpt["config"]["layers"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
 def _slide_inputs(cells_path: str, split_path: str, radius_path: str):
     cells = pd.read_parquet(cells_path)
     split = pd.read_parquet(split_path)
@@ -124,8 +138,7 @@ def train_teacher(latent_path: str, cells_path: str, split_path: str, radius_pat
     model = fit_nolan(x, nb, torch.from_numpy(everyone), k, cfg, seed, device=pick_device(device))
     logits = predict_logits(model, x, nb, torch.from_numpy(everyone), LOGIT_TEMP, hide_centre=cfg.hide_centre).numpy()
     log.info("teacher: %d of %d niches in use", len(np.unique(logits.argmax(1))), k)
-    with atomic_path(out_model) as tmp:
-        torch.save({"state_dict": model.cpu().state_dict(), "config": asdict(cfg), "k": k, "in_dim": x.shape[1]}, tmp)
+    save_model(out_model, model, cfg, k, x.shape[1])
     write_logits(out_logits, cells, logits)
 
 
@@ -145,8 +158,7 @@ def train_student(features_path: str, cells_path: str, split_path: str, radius_p
     everyone = np.arange(len(cells))
     nb_all = build_neighborhoods(xy, everyone, radius, max_neighbors)
     logits = predict_logits(model, x, nb_all, torch.from_numpy(everyone), LOGIT_TEMP).numpy()
-    with atomic_path(out_model) as tmp:
-        torch.save({"state_dict": model.cpu().state_dict(), "config": asdict(cfg), "k": k, "in_dim": x.shape[1]}, tmp)
+    save_model(out_model, model, cfg, k, x.shape[1])
     write_logits(out_logits, cells, logits)
 
 

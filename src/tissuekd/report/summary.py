@@ -36,12 +36,15 @@ def _mean_sd(values: pd.Series) -> str:
     return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
 
+TISSUE_KEYS = ["tissue", "encoder", "k", "method"]
+
+
 def by_tissue(summary: pd.DataFrame) -> pd.DataFrame:
     """Mean and SD over slides for every tissue, encoder, K and method (numbers, for analysis)."""
-    grouped = summary.groupby(["tissue", "encoder", "k", "method"], observed=True)[METRICS]
+    grouped = summary.groupby(TISSUE_KEYS, observed=True)[METRICS]
     table = grouped.agg(["mean", "std"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
-    table.insert(0, "n_slides", summary.groupby(["tissue", "encoder", "k", "method"], observed=True).size())
+    table.insert(0, "n_slides", grouped.size())
     return table.reset_index()
 
 
@@ -106,13 +109,12 @@ def ari_bars(summary: pd.DataFrame, out: str) -> None:
     plt.close(fig)
 
 
-def html_tables(paper: pd.DataFrame, tissue: pd.DataFrame, out: str) -> None:
+def html_tables(summary: pd.DataFrame, paper: pd.DataFrame, out: str) -> None:
     """The tables as one HTML page, for the report (which shows it in a frame)."""
-    tissue_view = tissue.copy()
-    for metric in METRICS:
-        tissue_view[metric] = [f"{m:.3f} ± {s:.3f}" if np.isfinite(s) else (f"{m:.3f}" if np.isfinite(m) else "–")
-                               for m, s in zip(tissue_view[f"{metric}_mean"], tissue_view[f"{metric}_std"])]
-    tissue_view = tissue_view[["tissue", "encoder", "k", "method", "n_slides", *METRICS]]
+    grouped = summary.groupby(TISSUE_KEYS, observed=True)[METRICS]
+    tissue_view = grouped.agg(_mean_sd)
+    tissue_view.insert(0, "n_slides", grouped.size())
+    tissue_view = tissue_view.reset_index()
     style = ("<style>body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse;margin:8px 0 24px}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style>")
     html = (f"<html><head><meta charset='utf-8'>{style}</head><body>"
@@ -131,6 +133,6 @@ def write_niche_benchmark(metric_paths: list[str], out: dict) -> pd.DataFrame:
     for key, frame in (("summary", summary), ("by_tissue", tissue), ("overall", paper)):
         with atomic_path(out[key]) as tmp:
             frame.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
-    html_tables(paper, tissue, out["html"])
+    html_tables(summary, paper, out["html"])
     ari_bars(summary, out["bars"])
     return summary

@@ -47,10 +47,6 @@ def local_view(batch: Neighborhoods, scale: float, dropout: float, generator: to
     return batch.mask & (batch.offset.norm(dim=-1) <= scale) & keep
 
 
-def _batch(nb: Neighborhoods, rows: torch.Tensor) -> Neighborhoods:
-    return Neighborhoods(nb.index[rows], nb.offset[rows], nb.mask[rows])
-
-
 def fit_nolan(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, k: int, cfg: NolanConfig,
               seed: int = 0, progress: bool = True, device: str = "cpu") -> NeighborhoodTransformer:
     """Train on the neighbourhoods `nb` of cells `centres` (rows of standardised `features`);
@@ -71,7 +67,7 @@ def fit_nolan(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, 
     for epoch in tqdm(range(cfg.epochs), desc="nolan", disable=not progress, mininterval=5):
         for rows in torch.randperm(len(centres), generator=gen)[:per_epoch].split(cfg.batch_size):
             rows = rows.to(dev)
-            b = _batch(nb, rows)
+            b = nb[rows]
             with torch.no_grad(), autocast(dev):
                 t_out = teacher(features, b.index, centres[rows], b.offset, b.mask, hide_centre=cfg.hide_centre)
                 target = F.softmax((t_out - center) / cfg.teacher_temp, dim=-1)

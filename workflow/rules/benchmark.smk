@@ -45,6 +45,7 @@ rule benchmark_niche:
 rule benchmark_runtimes:
     input:
         niche_benchmarks(),
+        survival_benchmarks(),
     output:
         report(
             f"{RESULTS}/benchmark/runtime.tsv",
@@ -64,3 +65,36 @@ rule benchmark_runtimes:
         "../../envs/scverse.yaml"
     script:
         "../../scripts/benchmark_runtimes.py"
+
+
+rule benchmark_survival:
+    input:
+        survival_metrics(),
+    output:
+        folds=report(
+            ensure(f"{RESULTS}/benchmark/survival_folds.tsv", non_empty=True),
+            caption="../report/survival_folds.rst",
+            category="Benchmark",
+            subcategory="Survival study",
+            labels={"table": "every cohort, fold and method"},
+        ),
+        by_cohort=f"{RESULTS}/benchmark/survival_by_cohort.tsv",
+        overall=f"{RESULTS}/benchmark/survival_overall.tsv",
+        html=report(
+            f"{RESULTS}/benchmark/survival_tables.html",
+            caption="../report/survival_tables.rst",
+            category="Benchmark",
+            subcategory="Survival study",
+            labels={"table": "C-index per cohort and across cohorts"},
+        ),
+    log:
+        f"{LOGS}/benchmark/survival.log",
+    benchmark:
+        f"{BENCH}/benchmark/survival.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=10,
+    conda:
+        "../../envs/scverse.yaml"
+    script:
+        "../../scripts/benchmark_survival.py"

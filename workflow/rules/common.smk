@@ -57,12 +57,12 @@ def check_bundle(bundle, where):
             raise WorkflowError(f"{where}: the Xenium bundle {bundle} has no {' or '.join(names)}")
 
 
-def load_encoders(names):
+def load_encoders(names, key):
     specs = {}
     for name in names:
         if name not in config["encoders"]:
             raise WorkflowError(
-                f"config niche.encoders: unknown encoder {name!r}; define it under `encoders:` "
+                f"config {key}: unknown encoder {name!r}; define it under `encoders:` "
                 f"(defined: {sorted(config['encoders'])})"
             )
         try:
@@ -81,7 +81,10 @@ if NICHE["enabled"]:
     SLIDES = load_sheet(NICHE["slides"], "../schemas/niche_slides.schema.yaml")
     check_slide_rows(SLIDES, NICHE["slides"])
     SLIDES = SLIDES.set_index("slide", drop=False)
-ENCODERS = load_encoders(NICHE["encoders"]) if NICHE["enabled"] else {}
+NICHE_ENCODERS = NICHE["encoders"] if NICHE["enabled"] else []
+SURVIVAL = config["survival"]
+SURVIVAL_ENCODERS = SURVIVAL["encoders"] if SURVIVAL["enabled"] else []
+ENCODERS = {**load_encoders(NICHE_ENCODERS, "niche.encoders"), **load_encoders(SURVIVAL_ENCODERS, "survival.encoders")}
 
 
 wildcard_constraints:
@@ -137,7 +140,7 @@ def external_teacher(wildcards):
 
 def niche_expand(*patterns):
     """Patterns with {slide}, {encoder} and {k}, for every slide, encoder and K (duplicates dropped)."""
-    files = expand(list(patterns), slide=SLIDES["slide"], encoder=ENCODERS, k=NICHE["k"])
+    files = expand(list(patterns), slide=SLIDES["slide"], encoder=NICHE_ENCODERS, k=NICHE["k"])
     return list(dict.fromkeys(files))
 
 
@@ -153,6 +156,8 @@ def niche_targets():
 def niche_benchmarks():
     """The benchmark file of every niche job (the runtime table reads them all). With an
     external teacher no scVI runs, so it is not asked for."""
+    if not NICHE["enabled"]:
+        return []
     models = ["niche_teacher_external"] if NICHE["teacher"] == "external" else ["niche_scvi", "niche_teacher"]
     steps = ["niche_ingest", "niche_radius", "niche_split", "niche_features", *models, "niche_student",
              "niche_hist_nolan", "niche_hist_leiden", "niche_evaluate", "niche_maps"]
@@ -160,6 +165,144 @@ def niche_benchmarks():
 
 
 def all_targets():
-    if not NICHE["enabled"]:
+    targets = []
+    if NICHE["enabled"]:
+        targets += niche_targets() + [f"{RESULTS}/benchmark/summary.tsv"]
+    if SURVIVAL["enabled"]:
+        targets += survival_targets() + [f"{RESULTS}/benchmark/survival_folds.tsv"]
+    if targets:
+        targets.append(f"{RESULTS}/benchmark/runtime.tsv")
+    return targets
+
+
+# ---- survival study (DESIGN 2.2) ----
+SURVIVAL_COHORTS = pd.DataFrame(columns=["cohort"])
+SURVIVAL_SLIDES = pd.DataFrame(columns=["slide", "cohort"])
+if SURVIVAL["enabled"]:
+    SURVIVAL_COHORTS = load_sheet(SURVIVAL["cohorts"], "../schemas/survival_cohorts.schema.yaml")
+    SURVIVAL_SLIDES = load_sheet(SURVIVAL["slides"], "../schemas/survival_slides.schema.yaml")
+
+
+def check_survival_sheets(cohorts, slides):
+    """Names unique, every slide's cohort listed, files present (demo files are made by rules),
+    external pairs naming known cohorts."""
+    for sheet, column, path in ((cohorts, "cohort", SURVIVAL["cohorts"]), (slides, "slide", SURVIVAL["slides"])):
+        dupes = sheet[column][sheet[column].duplicated()].tolist()
+        if dupes:
+            raise WorkflowError(f"{path}: duplicate {column} name(s) {dupes[:10]}")
+    unknown = sorted(set(slides["cohort"]) - set(cohorts["cohort"]))
+    if unknown:
+        raise WorkflowError(f"{SURVIVAL['slides']}: cohort(s) {unknown} are not in {SURVIVAL['cohorts']}")
+    for sheet, path, columns in ((cohorts, SURVIVAL["cohorts"], ["clinical", "rna", "gene_sets"]),
+                                 (slides, SURVIVAL["slides"], ["image", "features"])):
+        for row_no, row in enumerate(sheet.to_dict("records"), start=2):
+            for column in columns:
+                value = row[column]
+                if value and not os.path.exists(value) and not made_by_demo(value):
+                    raise WorkflowError(f"{path} line {row_no}: column {column!r} names {value}, which does not exist")
+            if "image" in columns and not row["image"] and not row["features"]:
+                raise WorkflowError(f"{path} line {row_no} (slide {row['slide']}): needs `image` or `features`")
+    for pair in SURVIVAL["external"]:
+        for role in ("train", "test"):
+            if pair[role] not in set(cohorts["cohort"]):
+                raise WorkflowError(f"config survival.external: {role} cohort {pair[role]!r} is not in {SURVIVAL['cohorts']}")
+        if not cohort_value(pair["train"], "cross_validate"):
+            raise WorkflowError(f"config survival.external: {pair['train']} is not cross-validated, so it has no models")
+
+
+def cohort_value(cohort, column):
+    value = SURVIVAL_COHORTS.set_index("cohort").loc[cohort, column]
+    return value.lower() not in ("no", "false", "0") if column == "cross_validate" else value
+
+
+if SURVIVAL["enabled"]:
+    check_survival_sheets(SURVIVAL_COHORTS, SURVIVAL_SLIDES)
+    SURVIVAL_SLIDES = SURVIVAL_SLIDES.set_index("slide", drop=False)
+
+
+wildcard_constraints:
+    wsi="|".join(map(re.escape, SURVIVAL_SLIDES["slide"])) or "NO_SLIDES",
+    cohort="|".join(map(re.escape, SURVIVAL_COHORTS["cohort"])) or "NO_COHORTS",
+    test="|".join(map(re.escape, SURVIVAL_COHORTS["cohort"])) or "NO_COHORTS",
+
+
+def survival_slide_value(column):
+    return lambda wildcards: SURVIVAL_SLIDES.loc[wildcards.wsi, column]
+
+
+def survival_features(cohort, encoder):
+    """Feature files of a cohort's slides: the sheet's `features` (TRIDENT/CLAM output) where
+    given, else the ones the workflow extracts."""
+    rows = SURVIVAL_SLIDES[SURVIVAL_SLIDES["cohort"] == cohort]
+    return [row.features or f"{RESULTS}/survival/features/{encoder}/{row.slide}.h5" for row in rows.itertuples()]
+
+
+def cohort_inputs(wildcards):
+    inputs = {"clinical": cohort_value(wildcards.cohort, "clinical"),
+              "features": survival_features(wildcards.cohort, wildcards.encoder)}
+    if cohort_value(wildcards.cohort, "rna"):
+        inputs["rna"] = cohort_value(wildcards.cohort, "rna")
+    return inputs
+
+
+def cohort_slides(wildcards):
+    """Param: slide, patient and features file of each slide of the cohort."""
+    rows = SURVIVAL_SLIDES[SURVIVAL_SLIDES["cohort"] == wildcards.cohort]
+    return {"slide": list(rows["slide"]), "patient": list(rows["patient"]),
+            "features": survival_features(wildcards.cohort, wildcards.encoder)}
+
+
+def gene_sets(wildcards):
+    return cohort_value(wildcards.cohort, "gene_sets") or []
+
+
+SDIR = f"{RESULTS}/survival/{{cohort}}/{{encoder}}"
+FITTED = ("teacher", "pathology", "rna")  # methods of rule survival_fit; the student has its own rule
+
+
+def survival_predictions(wildcards):
+    return {m: f"{SDIR}/{m}/predictions.tsv".format(**wildcards) for m in (*FITTED, "student")}
+
+
+def survival_models(wildcards):
+    """The training cohort's models the external evaluation applies (RNA ones only if the test
+    cohort has RNA)."""
+    methods = ["student", "pathology"] + (["teacher", "rna"] if cohort_value(wildcards.test, "rna") else [])
+    return {f"{m}_models": f"{SDIR}/{m}/models.pt".format(**wildcards) for m in methods}
+
+
+def cv_cohorts():
+    return [c for c in SURVIVAL_COHORTS["cohort"] if cohort_value(c, "cross_validate")]
+
+
+def survival_metrics():
+    files = expand(f"{SDIR}/metrics.tsv", cohort=cv_cohorts(), encoder=SURVIVAL_ENCODERS)
+    for pair in SURVIVAL["external"]:
+        files += expand(f"{RESULTS}/survival/{{cohort}}/{{encoder}}/external/{{test}}/metrics.tsv",
+                        cohort=pair["train"], test=pair["test"], encoder=SURVIVAL_ENCODERS)
+    return files
+
+
+def survival_targets():
+    images = SURVIVAL_SLIDES[SURVIVAL_SLIDES["features"] == ""]["slide"]
+    thumbs = expand(f"{RESULTS}/survival/thumbnails/{{wsi}}.png", wsi=images)
+    kms = [m.replace("metrics.tsv", "km.png") for m in survival_metrics()]
+    return thumbs + survival_metrics() + kms
+
+
+def survival_benchmarks():
+    """Benchmark files of every survival job, for the runtime table."""
+    if not SURVIVAL["enabled"]:
         return []
-    return niche_targets() + [f"{RESULTS}/benchmark/summary.tsv", f"{RESULTS}/benchmark/runtime.tsv"]
+    images = SURVIVAL_SLIDES[SURVIVAL_SLIDES["features"] == ""]["slide"]
+    files = expand(str(rules.survival_patches.benchmark), wsi=images)
+    files += expand(str(rules.survival_features.benchmark), wsi=images, encoder=SURVIVAL_ENCODERS)
+    everywhere = dict(cohort=SURVIVAL_COHORTS["cohort"], encoder=SURVIVAL_ENCODERS)
+    files += expand(str(rules.survival_cohort.benchmark), **everywhere)
+    cv = dict(cohort=cv_cohorts(), encoder=SURVIVAL_ENCODERS)
+    files += expand(str(rules.survival_fit.benchmark), method=FITTED, **cv)
+    files += expand(str(rules.survival_student.benchmark), **cv) + expand(str(rules.survival_evaluate.benchmark), **cv)
+    for pair in SURVIVAL["external"]:
+        files += expand(str(rules.survival_external.benchmark), cohort=pair["train"], test=pair["test"],
+                        encoder=SURVIVAL_ENCODERS)
+    return files

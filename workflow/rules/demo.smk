@@ -28,3 +28,53 @@ rule demo_xenium_slide:
         "../../envs/scverse.yaml"
     script:
         "../../scripts/demo_xenium_slide.py"
+
+
+# The survival demo: a TCGA-like cohort and an external CPTAC-like one (see tissuekd.demo.survival).
+# Rows of the survival sheets under demo.outdir/survival/{cohort}/ are made here.
+DEMO_SURVIVAL = f"{DEMO_DIR}/survival/{{cohort}}"
+
+
+rule demo_survival_slide:
+    output:
+        f"{DEMO_SURVIVAL}/slides/{{wsi}}.svs",
+    wildcard_constraints:
+        cohort="demo_tcga|demo_cptac",
+    params:
+        patient=survival_slide_value("patient"),
+        seed=config["demo"]["seed"],
+    log:
+        f"{LOGS}/demo/survival_{{cohort}}/{{wsi}}.log",
+    benchmark:
+        f"{BENCH}/demo/survival_{{cohort}}/{{wsi}}.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 1000 * attempt,
+        runtime=10,
+    conda:
+        "../../envs/scverse.yaml"
+    script:
+        "../../scripts/demo_survival_slide.py"
+
+
+rule demo_survival_tables:
+    output:
+        clinical=f"{DEMO_SURVIVAL}/clinical.tsv",
+        rna=f"{DEMO_SURVIVAL}/rna.tsv",
+        gene_sets=f"{DEMO_SURVIVAL}/programs.gmt",
+    wildcard_constraints:
+        cohort="demo_tcga|demo_cptac",
+    params:
+        patients=lambda wildcards: sorted(set(SURVIVAL_SLIDES.loc[SURVIVAL_SLIDES["cohort"] == wildcards.cohort,
+                                                                  "patient"])),
+        seed=config["demo"]["seed"],
+    log:
+        f"{LOGS}/demo/survival_{{cohort}}/tables.log",
+    benchmark:
+        f"{BENCH}/demo/survival_{{cohort}}/tables.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 1000 * attempt,
+        runtime=10,
+    conda:
+        "../../envs/scverse.yaml"
+    script:
+        "../../scripts/demo_survival_tables.py"

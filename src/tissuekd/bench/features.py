@@ -88,8 +88,8 @@ def bench_pipeline(paths: dict, n: int, spec: EncoderSpec, batch_size: int = 64,
     with tempfile.TemporaryDirectory() as tmp:
         def end_to_end():
             loader = crop_loader(CropBatches(paths["he"], "auto", centers, geom, batch_size), workers=0)
-            write_features(Path(tmp) / "f.h5", loader, encoder, centers, cells["cell_id"].to_numpy(), {},
-                           progress=False)
+            write_features(Path(tmp) / "f.h5", loader, encoder, centers, {}, progress=False,
+                           extra={"cell_id": cells["cell_id"].to_numpy()})
 
         # alternate the two, several times: throughput on a shared VM drifts between runs
         pairs = [(crops_per_second(lambda: [encoder(b) for b in batches], n), crops_per_second(end_to_end, n))

@@ -51,19 +51,27 @@ def write_features(
     batches: Iterable[tuple[np.ndarray, torch.Tensor]],
     encoder: Encoder,
     coords: np.ndarray,
-    cell_ids: np.ndarray,
     attrs: dict,
     progress: bool = True,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Encode every batch and write `features`, `coords`, `cell_id` (the TRIDENT/CLAM layout).
+    """Encode every batch and write `features` and `coords` (the TRIDENT/CLAM layout), plus
+    `extra` datasets (e.g. `cell_id`); strings are stored as HDF5 strings.
 
     The file appears under `out` only once every row has been written.
     """
     n = len(coords)
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
         feats = None  # created at the first batch: pooled width is not always model.num_features
-        h5.create_dataset("coords", data=np.asarray(coords, dtype="f4"))
-        h5.create_dataset("cell_id", data=np.asarray(cell_ids, dtype=object), dtype=h5py.string_dtype())
+        if n == 0:  # e.g. a slide without tissue: an empty, well-formed file
+            feats = h5.create_dataset("features", (0, 0), dtype="f4")
+        h5.create_dataset("coords", data=np.asarray(coords))
+        for name, values in (extra or {}).items():
+            values = np.asarray(values)
+            if values.dtype.kind in "OUS":
+                h5.create_dataset(name, data=values.astype(object), dtype=h5py.string_dtype())
+            else:
+                h5.create_dataset(name, data=values)
         written = np.zeros(n, dtype=bool)
         with tqdm(total=n, desc="features", unit="crop", disable=not progress, mininterval=5) as bar:
             for idx, crops in batches:
@@ -74,5 +82,5 @@ def write_features(
                 written[idx] = True
                 bar.update(len(idx))
         if not written.all():
-            raise RuntimeError(f"{(~written).sum()} of {n} cells got no features")
+            raise RuntimeError(f"{(~written).sum()} of {n} crops got no features")
         h5.attrs.update({k: v for k, v in attrs.items() if v is not None})

@@ -23,6 +23,7 @@ class Slide:
     levels: list[tuple[int, int]]
     downsamples: list[float]
     mpp: float | None  # microns per level-0 pixel from the file's own metadata, if any
+    objective_power: float | None = None  # scanner magnification from the metadata, if any
 
     def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """RGB uint8 array (height, width, 3) of a region; out-of-image pixels are white."""
@@ -68,6 +69,8 @@ class OpenSlideSlide(Slide):
         self.downsamples = [float(d) for d in self._slide.level_downsamples]
         mpp = self._slide.properties.get("openslide.mpp-x")
         self.mpp = float(mpp) if mpp else None
+        power = self._slide.properties.get("openslide.objective-power")
+        self.objective_power = float(power) if power else None
 
     def _read_inside(self, level, x, y, width, height):
         ds = self.downsamples[level]

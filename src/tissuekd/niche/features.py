@@ -35,4 +35,5 @@ def extract_cell_features(cells_path: str, slide_path: str, he_image: str, spec:
     batches = crop_loader(CropBatches(he_image, backend, centers, geometry, batch_size, block_px), workers)
     attrs = {"encoder": spec.name, "arch": spec.arch, "mpp": spec.mpp, "crop_px": crop_px,
              "he_mpp": meta["he_mpp"], "level": geometry.level, "coords": "H&E level-0 pixels (x, y)"}
-    write_features(out, batches, encoder, centers, cells["cell_id"].to_numpy(), attrs, progress)
+    write_features(out, batches, encoder, centers.astype("f4"), attrs, progress,
+                   extra={"cell_id": cells["cell_id"].to_numpy()})

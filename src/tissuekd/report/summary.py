@@ -27,7 +27,7 @@ def collect_metrics(paths: list[str]) -> pd.DataFrame:
     return summary.sort_values(["tissue", "slide", "encoder", "k", "method"]).reset_index(drop=True)
 
 
-def _mean_sd(values: pd.Series) -> str:
+def mean_sd(values: pd.Series) -> str:
     values = values.dropna()
     if values.empty:
         return "–"
@@ -56,12 +56,12 @@ def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
     for k in sorted(summary["k"].unique()):
         at_k = summary[summary["k"] == k]
         for metric in ("ARI", "NMI"):
-            columns[f"{metric} K={k}"] = at_k.groupby(["encoder", "method"], observed=True)[metric].agg(_mean_sd)
+            columns[f"{metric} K={k}"] = at_k.groupby(["encoder", "method"], observed=True)[metric].agg(mean_sd)
     at_k0 = summary[summary["k"] == k0]
     for tissue in sorted(summary["tissue"].unique()):
         rows = at_k0[at_k0["tissue"] == tissue]
-        columns[f"JSD {tissue} K={k0}"] = rows.groupby(["encoder", "method"], observed=True)["JSD"].agg(_mean_sd)
-    columns[f"probe macro-F1 K={k0}"] = at_k0.groupby(["encoder", "method"], observed=True)["probe_F1"].agg(_mean_sd)
+        columns[f"JSD {tissue} K={k0}"] = rows.groupby(["encoder", "method"], observed=True)["JSD"].agg(mean_sd)
+    columns[f"probe macro-F1 K={k0}"] = at_k0.groupby(["encoder", "method"], observed=True)["probe_F1"].agg(mean_sd)
     return pd.DataFrame(columns).reset_index()
 
 
@@ -112,18 +112,21 @@ def ari_bars(summary: pd.DataFrame, out: str) -> None:
 def html_tables(summary: pd.DataFrame, paper: pd.DataFrame, out: str) -> None:
     """The tables as one HTML page, for the report (which shows it in a frame)."""
     grouped = summary.groupby(TISSUE_KEYS, observed=True)[METRICS]
-    tissue_view = grouped.agg(_mean_sd)
+    tissue_view = grouped.agg(mean_sd)
     tissue_view.insert(0, "n_slides", grouped.size())
     tissue_view = tissue_view.reset_index()
+    write_html([("Niche study: all slides (mean ± SD over slides)", paper, "summary-table"),
+                ("Per tissue", tissue_view, "tissue-table")], out)
+
+
+def write_html(sections: list[tuple[str, pd.DataFrame, str]], out: str) -> None:
+    """Tables (heading, frame, table id) as one HTML page, for the report (which shows it in a frame)."""
     style = ("<style>body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse;margin:8px 0 24px}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style>")
-    html = (f"<html><head><meta charset='utf-8'>{style}</head><body>"
-            "<h2 id='overall'>Niche study: all slides (mean ± SD over slides)</h2>"
-            + paper.to_html(index=False, table_id="summary-table")
-            + "<h2>Per tissue</h2>" + tissue_view.to_html(index=False, table_id="tissue-table")
-            + "</body></html>")
+    body = "".join(f"<h2>{heading}</h2>" + frame.to_html(index=False, table_id=table_id)
+                   for heading, frame, table_id in sections)
     with atomic_path(out) as tmp:
-        Path(tmp).write_text(html)
+        Path(tmp).write_text(f"<html><head><meta charset='utf-8'>{style}</head><body>{body}</body></html>")
 
 
 def write_niche_benchmark(metric_paths: list[str], out: dict) -> pd.DataFrame:

@@ -1,0 +1,10 @@
+# Cross-validated teacher, pathology-only or RNA-only survival model (rule survival_fit).
+from tissuekd.logs import run_logged
+from tissuekd.survival.steps import train_method
+
+i, p, o = snakemake.input, snakemake.params, snakemake.output
+run_logged(
+    snakemake.log[0],
+    lambda: train_method(snakemake.wildcards.method, i.patients, i.rna, o.models, o.predictions, train=p.train,
+                         gene_sets=i.gene_sets or None, device=p.device, threads=snakemake.threads),
+)

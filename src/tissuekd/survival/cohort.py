@@ -1,0 +1,181 @@
+"""One cohort's patients: survival from a TCGA-CDR-style table, RNA from a matrix keyed by
+barcode, slides with features from the sheet, and patient-level cross-validation folds.
+
+Patients that cannot be used are dropped with a reason (no slide, no tissue on any slide,
+no survival for the endpoint, no RNA sample, a slide's barcode not in the clinical table);
+the reasons go to the log and to `dropped.tsv`. Tables that are malformed (missing columns,
+negative times, an RNA matrix that matches no barcode) stop the step with an error naming
+the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+from tissuekd.errors import InputError
+
+log = logging.getLogger(__name__)
+
+TUMOUR_SAMPLE = re.compile(r"^-0\d")  # TCGA sample types 01-09 are tumours (10-19 normal)
+
+
+@dataclass
+class Drops:
+    rows: list[tuple[str, str, str]] = field(default_factory=list)  # (patient, slide, reason)
+
+    def add(self, patient: str, reason: str, slide: str = "") -> None:
+        self.rows.append((patient, slide, reason))
+        log.warning("dropped %s%s: %s", f"slide {slide} of " if slide else "", f"patient {patient}", reason)
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=["patient", "slide", "reason"])
+
+
+def read_clinical(path: str, endpoint: str) -> pd.DataFrame:
+    """patient, time, event for `endpoint` (e.g. OS -> columns OS and OS.time); rows without
+    both values are kept with NaN (dropped later, by name); negative times are an error."""
+    table = pd.read_csv(path, sep=None, engine="python", dtype={"bcr_patient_barcode": str})
+    table = table.loc[:, ~table.columns.str.startswith("Unnamed")]
+    needed = ["bcr_patient_barcode", endpoint, f"{endpoint}.time"]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise InputError(path, f"missing column(s) {missing} for endpoint {endpoint} (a TCGA-CDR table has "
+                               f"bcr_patient_barcode, OS, OS.time, DSS, DSS.time, PFI, PFI.time)")
+    out = pd.DataFrame({
+        "patient": table["bcr_patient_barcode"].str.strip(),
+        "time": pd.to_numeric(table[f"{endpoint}.time"], errors="coerce"),
+        "event": pd.to_numeric(table[endpoint], errors="coerce"),
+    })
+    dupes = out["patient"][out["patient"].duplicated()].unique().tolist()
+    if dupes:
+        raise InputError(path, f"patient(s) listed twice: {dupes[:10]}")
+    negative = out.loc[out["time"] < 0, "patient"].tolist()
+    if negative:
+        raise InputError(path, f"negative {endpoint}.time for patient(s) {negative[:10]}")
+    bad_event = out.loc[out["event"].notna() & ~out["event"].isin([0, 1]), "patient"].tolist()
+    if bad_event:
+        raise InputError(path, f"{endpoint} must be 0 (censored) or 1 (event); not so for {bad_event[:10]}")
+    return out.set_index("patient")
+
+
+def _patient_of(key: str, patients: set[str]) -> str | None:
+    """The patient a sample barcode belongs to: itself, or its prefix before a `-` suffix
+    (TCGA-XX-XXXX-01A -> TCGA-XX-XXXX)."""
+    if key in patients:
+        return key
+    parts = key.split("-")
+    for cut in range(len(parts) - 1, 0, -1):
+        if (prefix := "-".join(parts[:cut])) in patients:
+            return prefix
+    return None
+
+
+def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
+    """Patients x genes. The orientation is detected from which axis holds the barcodes and
+    logged; with several samples per patient the tumour sample (-01..-09) sorting first is used."""
+    raw = pd.read_csv(path, sep=None, engine="python", index_col=0)
+    by_columns = sum(_patient_of(str(c), patients) is not None for c in raw.columns)
+    by_rows = sum(_patient_of(str(i), patients) is not None for i in raw.index)
+    if max(by_columns, by_rows) == 0:
+        raise InputError(path, f"no row or column label matches a patient barcode of the cohort "
+                               f"(e.g. {sorted(patients)[:3]}); is this the cohort's RNA matrix?")
+    matrix = raw.T if by_columns > by_rows else raw
+    log.info("%s: %s (%d genes, %d samples); %d samples match a patient", path,
+             "genes x samples" if by_columns > by_rows else "samples x genes", matrix.shape[1], matrix.shape[0],
+             max(by_columns, by_rows))
+    matrix.index = matrix.index.astype(str)
+    owner = pd.Series({s: _patient_of(s, patients) for s in matrix.index}).dropna()
+    rank = [(0 if TUMOUR_SAMPLE.match(s[len(p):]) or s == p else 1, s) for s, p in owner.items()]
+    chosen = pd.DataFrame(rank, index=owner.index, columns=["normal", "sample"]).assign(patient=owner)
+    chosen = chosen.sort_values(["normal", "sample"]).drop_duplicates("patient")
+    out = matrix.loc[chosen["sample"]].apply(pd.to_numeric, errors="coerce")
+    out.index = chosen["patient"].to_numpy()
+    if out.isna().any().any():
+        bad = out.columns[out.isna().any()].tolist()
+        raise InputError(path, f"non-numeric or missing values in gene(s) {bad[:10]}")
+    return out
+
+
+def read_gene_sets(path: str, genes: list[str]) -> dict[str, list[int]]:
+    """GMT (name, description, genes...) -> column indices of the matrix's genes; sets with
+    no gene in the matrix are skipped (logged); none left is an error."""
+    where = {g: i for i, g in enumerate(genes)}
+    sets = {}
+    with open(path) as gmt:
+        for line in gmt:
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) < 3:
+                continue
+            members = [where[g] for g in fields[2:] if g in where]
+            if members:
+                sets[fields[0]] = members
+            else:
+                log.warning("%s: gene set %s has no gene of the RNA matrix; skipped", path, fields[0])
+    if not sets:
+        raise InputError(path, "no gene set shares a gene with the RNA matrix")
+    return sets
+
+
+def count_patches(path: str) -> int:
+    """Rows of a features file; checks the TRIDENT/CLAM layout (`features` 2-D, `coords` (n, 2))."""
+    try:
+        with h5py.File(path, "r") as h5:
+            if "features" not in h5 or "coords" not in h5:
+                raise InputError(path, f"a features file needs datasets `features` and `coords`; has {list(h5)}")
+            n, shape = h5["features"].shape[0], h5["coords"].shape
+    except OSError as err:
+        raise InputError(path, f"not a readable HDF5 file: {err}") from None
+    if len(shape) != 2 or shape[0] != n:
+        raise InputError(path, f"`coords` has shape {shape}, expected ({n}, 2)")
+    return n
+
+
+def build_cohort(slides: pd.DataFrame, clinical: pd.DataFrame, rna: pd.DataFrame | None, *, folds: int, seed: int,
+                 cross_validate: bool, drops: Drops) -> pd.DataFrame:
+    """`slides`: slide, patient, features, n_patches. Returns one row per usable patient:
+    patient, time, event, fold (-1 without cross-validation), slides, features (`;`-joined)."""
+    for row in slides.itertuples():
+        if row.patient not in clinical.index:
+            drops.add(row.patient, "barcode not in the clinical table", row.slide)
+        elif row.n_patches == 0:
+            drops.add(row.patient, "no tissue found on the slide", row.slide)
+    usable = slides[slides["patient"].isin(clinical.index) & (slides["n_patches"] > 0)]
+    with_slides = set(usable["patient"])
+    for patient in clinical.index:
+        if patient not in with_slides:
+            reason = "no slide with tissue" if patient in set(slides["patient"]) else "no slide in the sheet"
+            drops.add(patient, reason)
+    table = clinical.loc[sorted(with_slides)].copy()
+    no_survival = table.index[table["time"].isna() | table["event"].isna()]
+    for patient in no_survival:
+        drops.add(patient, "no survival time or status for the endpoint")
+    table = table.drop(no_survival)
+    if rna is not None:
+        for patient in table.index.difference(rna.index):
+            drops.add(patient, "no RNA sample in the matrix")
+        table = table.loc[table.index.intersection(rna.index)]
+    grouped = usable.groupby("patient")
+    table["slides"] = grouped["slide"].agg(";".join).reindex(table.index)
+    table["features"] = grouped["features"].agg(";".join).reindex(table.index)
+    table["event"] = table["event"].astype(int)
+    table["fold"] = assign_folds(table["event"].to_numpy(), folds, seed) if cross_validate else -1
+    return table.rename_axis("patient").reset_index()
+
+
+def assign_folds(events: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Patient-level folds stratified by event, fixed by the seed: the same for every model."""
+    if len(events) < 2 * folds or min(events.sum(), (1 - events).sum()) < folds:
+        raise InputError("cohort", f"{len(events)} usable patients ({events.sum()} events) are too few for "
+                                   f"{folds}-fold cross-validation")
+    fold = np.empty(len(events), dtype=int)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (_, test) in enumerate(splitter.split(np.zeros(len(events)), events)):
+        fold[test] = k
+    return fold

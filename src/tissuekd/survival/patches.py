@@ -1,0 +1,90 @@
+"""Per-slide steps of the survival study: the patch grid (with a thumbnail showing it) and the
+patch features, both as HDF5 in the TRIDENT/CLAM layout.
+
+Patch files hold `coords` (n, 2) int64 level-0 top-left corners with the attributes
+`patch_size` (at the target magnification), `patch_size_level0`, `target_magnification`,
+`target_mpp` and `level0_mpp`. Feature files add `features` (n, dim) float32 and the
+encoder's name, so files written by TRIDENT or CLAM (`features` + `coords`) can be named in
+the slide sheet's `features` column instead.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import h5py
+import numpy as np
+from PIL import Image, ImageDraw
+
+from tissuekd.io.atomic import atomic_path
+from tissuekd.io.wsi import open_slide
+from tissuekd.survival.tissue import Grid, grid_for_slide
+
+log = logging.getLogger(__name__)
+
+
+def grid_attrs(grid: Grid, magnification: float) -> dict:
+    return {"patch_size": grid.patch_px, "patch_size_level0": grid.patch_level0,
+            "target_magnification": magnification, "target_mpp": grid.target_mpp, "level0_mpp": grid.slide_mpp}
+
+
+def make_patches(image: str, out_h5: str, out_png: str, *, magnification: float = 20, patch_px: int = 256,
+                 min_tissue: float = 0.5, mpp: float | None = None, backend: str = "auto") -> None:
+    """Tissue mask + patch grid of one slide -> `out_h5`; the thumbnail with both drawn -> `out_png`.
+    A slide without tissue gets an empty grid and a warning (the cohort step drops it, naming it)."""
+    with open_slide(image, backend) as slide:
+        grid, thumb, mask, downsample = grid_for_slide(slide, magnification, patch_px, min_tissue, mpp)
+    if len(grid.coords) == 0:
+        log.warning("%s: no tissue found (no patch has %.0f%% tissue); the slide gets no patches",
+                    image, 100 * min_tissue)
+    log.info("%s: %d patches of %d px at %gx (%d px at level 0, %.3g µm/px); tissue %.0f%% of the thumbnail",
+             image, len(grid.coords), patch_px, magnification, grid.patch_level0, grid.slide_mpp, 100 * mask.mean())
+    with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("coords", data=grid.coords)
+        h5.create_dataset("tissue_fraction", data=grid.tissue_fraction)
+        h5["coords"].attrs.update(grid_attrs(grid, magnification))
+    with atomic_path(out_png) as tmp:
+        draw_grid(thumb, mask, grid, downsample).save(tmp)
+
+
+def draw_grid(thumb: np.ndarray, mask: np.ndarray, grid: Grid, downsample: float) -> Image.Image:
+    """The thumbnail with the mask tinted green and each kept patch outlined."""
+    rgb = thumb.astype(np.float32)
+    rgb[mask] = 0.7 * rgb[mask] + 0.3 * np.array([60, 200, 90])
+    image = Image.fromarray(rgb.astype(np.uint8))
+    pen = ImageDraw.Draw(image)
+    side = grid.patch_level0 / downsample
+    for x, y in grid.coords / downsample:
+        pen.rectangle([x, y, x + side, y + side], outline=(20, 20, 20))
+    return image
+
+
+def read_patches(path: str) -> tuple[np.ndarray, dict]:
+    with h5py.File(path, "r") as h5:
+        return h5["coords"][:], dict(h5["coords"].attrs)
+
+
+def extract_patch_features(patches: str, image: str, spec, out: str, *, crop_px: int = 224, batch_size: int = 64,
+                           device: str = "auto", threads: int | None = None, backend: str = "auto",
+                           progress: bool = True) -> None:
+    """Each patch through the frozen encoder at the encoder's input size; -> `features`, `coords`."""
+    import torch
+
+    from tissuekd.encoders.extract import Encoder, pick_device, write_features
+    from tissuekd.encoders.registry import build_encoder
+    from tissuekd.spatial.crops import CropBatches, CropGeometry, crop_loader
+
+    if threads:
+        torch.set_num_threads(threads)
+    coords, attrs = read_patches(patches)
+    dev = pick_device(device)
+    encoder = Encoder(build_encoder(spec), spec, dev)
+    # the encoder sees the whole patch, resampled to its input size
+    crop_mpp = attrs["patch_size"] * attrs["target_mpp"] / crop_px
+    with open_slide(image, backend) as slide:
+        geometry = CropGeometry.for_slide(slide, attrs["level0_mpp"], crop_mpp, crop_px)
+    log.info("%s: %d patches -> %d px crops from level %d, %s on %s", image, len(coords), crop_px,
+             geometry.level, spec.arch, dev)
+    centers = coords + attrs["patch_size_level0"] / 2
+    batches = crop_loader(CropBatches(image, backend, centers, geometry, batch_size), 2 if dev.type == "cuda" else 0)
+    write_features(out, batches, encoder, coords, {**attrs, "encoder": spec.name, "arch": spec.arch}, progress)

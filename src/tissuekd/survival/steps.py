@@ -1,0 +1,127 @@
+"""The per-cohort steps of the survival study, one function per rule."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tissuekd.errors import InputError
+from tissuekd.io.atomic import atomic_path
+from tissuekd.survival import cohort as cohorts
+from tissuekd.survival import evaluate
+from tissuekd.survival.train import (NEEDS_PATHOLOGY, NEEDS_RNA, AMKDConfig, CohortData, TrainConfig,
+                                     cross_validate, load_bags, predict_external)
+
+log = logging.getLogger(__name__)
+
+
+def prepare_cohort(name: str, slides: pd.DataFrame, clinical: str, rna: str | None, *, endpoint: str, folds: int,
+                   seed: int, cross_validate: bool, out_patients: str, out_rna: str, out_dropped: str) -> None:
+    """patients.tsv (usable patients with fold and feature files), rna.parquet, dropped.tsv."""
+    table = cohorts.read_clinical(clinical, endpoint)
+    matrix = cohorts.read_rna(rna, set(table.index)) if rna else None
+    slides = slides.assign(n_patches=[cohorts.count_patches(p) for p in slides["features"]])
+    drops = cohorts.Drops()
+    try:
+        patients = cohorts.build_cohort(slides, table, matrix, folds=folds, seed=seed,
+                                        cross_validate=cross_validate, drops=drops)
+    except InputError as err:
+        raise InputError(f"cohort {name}", err.problem) from None
+    log.info("cohort %s: %d usable patients, %d events, %d dropped (see %s)", name, len(patients),
+             patients["event"].sum(), len(drops.rows), out_dropped)
+    with atomic_path(out_dropped) as tmp:
+        drops.table().to_csv(tmp, sep="\t", index=False)
+    with atomic_path(out_rna) as tmp:
+        (matrix.loc[patients["patient"]] if matrix is not None else pd.DataFrame(index=patients["patient"])) \
+            .astype("float32").to_parquet(tmp)
+    with atomic_path(out_patients) as tmp:
+        patients.to_csv(tmp, sep="\t", index=False)
+
+
+def load_cohort(patients: str, rna: str, method: str, gene_sets: str | None = None,
+                genes: list[str] | None = None) -> CohortData:
+    """Inputs a method needs; `genes` (a trained model's) reorders the RNA columns to match."""
+    table = pd.read_csv(patients, sep="\t", dtype={"patient": str})
+    data = CohortData(patients=table)
+    if method in NEEDS_PATHOLOGY:
+        data.bags = load_bags(table["features"])
+    if method in NEEDS_RNA:
+        matrix = pd.read_parquet(rna)
+        if matrix.shape[1] == 0:
+            raise InputError(rna, f"method {method} needs RNA but the cohort has no RNA matrix")
+        if genes is not None:
+            missing = [g for g in genes if g not in matrix.columns]
+            if missing:
+                log.warning("%s: %d of the model's %d genes are missing; they are set to the training mean",
+                            rna, len(missing), len(genes))
+            matrix = matrix.reindex(columns=genes)
+        data.rna, data.genes = matrix.to_numpy(np.float64), list(matrix.columns)
+        if gene_sets:
+            data.gene_sets = cohorts.read_gene_sets(gene_sets, data.genes)
+    return data
+
+
+def train_method(method: str, patients: str, rna: str, out_models: str, out_predictions: str, *,
+                 train: dict, amkd: dict | None = None, gene_sets: str | None = None, teacher_models: str | None = None,
+                 device: str = "auto", threads: int | None = None) -> None:
+    """Cross-validate one method; the student also loads the teacher's fold models."""
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    loads = "teacher" if method == "student" else method  # the student's teacher needs the RNA
+    data = load_cohort(patients, rna, loads, gene_sets)
+    teacher = torch.load(teacher_models, weights_only=False) if teacher_models else None
+    bundle, predictions = cross_validate(method, data, TrainConfig(**train), dev, teacher,
+                                         AMKDConfig(**(amkd or {})))
+    with atomic_path(out_models) as tmp:
+        torch.save(bundle, tmp)
+    with atomic_path(out_predictions) as tmp:
+        predictions.to_csv(tmp, sep="\t", index=False)
+
+
+def evaluate_cohort(predictions: dict[str, str], student_models: str, out_metrics: str, out_km: str, *,
+                    cohort: str, encoder: str, endpoint: str) -> None:
+    """C-index per fold for every method; KM curves of the student's risk groups."""
+    preds = {m: pd.read_csv(p, sep="\t", dtype={"patient": str}) for m, p in predictions.items()}
+    table = evaluate.fold_metrics(preds).assign(cohort=cohort, encoder=encoder, evaluated_on=cohort)
+    student = preds["student"]
+    bundle = torch.load(student_models, weights_only=False)
+    thresholds = bundle["train_median_risk"]
+    pvalue = evaluate.plot_km(student, evaluate.risk_groups(student, thresholds),
+                              f"{cohort}: AMKD student risk groups (out-of-fold)", out_km, endpoint)
+    table["km_logrank_p"] = np.where(table["method"] == "student", pvalue, np.nan)
+    for method, part in table.groupby("method", sort=False):
+        folds, pooled = part[part["fold"] != "pooled"], part[part["fold"] == "pooled"]["c_index"].iloc[0]
+        log.info("%s %s: C-index %.3f ± %.3f over %d folds, pooled %.3f", cohort, method, folds["c_index"].mean(),
+                 folds["c_index"].std(), len(folds), pooled)
+    with atomic_path(out_metrics) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
+
+
+def evaluate_external(models: dict[str, str], patients: str, rna: str, out_metrics: str, out_km: str, *,
+                      trained_on: str, cohort: str, encoder: str, endpoint: str, device: str = "cpu") -> None:
+    """Models cross-validated on `trained_on`, applied unchanged to `cohort` (mean over folds)."""
+    rows, preds = [], {}
+    for method, path in models.items():
+        bundle = torch.load(path, weights_only=False)
+        data = load_cohort(patients, rna, method, genes=bundle["genes"] or None)
+        data.gene_sets = bundle["gene_sets"]
+        risk = predict_external(bundle, data, torch.device("cpu" if device == "auto" else device))
+        table = data.patients
+        preds[method] = table.assign(risk=risk)
+        rows.append({"method": method, "fold": "all", "c_index": evaluate.c_index(table["event"], table["time"], risk),
+                     "n_patients": len(table), "n_events": int(table["event"].sum())})
+        log.info("%s -> %s %s: C-index %.3f", trained_on, cohort, method, rows[-1]["c_index"])
+    student_bundle = torch.load(models["student"], weights_only=False)
+    threshold = float(np.median(list(student_bundle["train_median_risk"].values())))
+    student = preds["student"]
+    pvalue = evaluate.plot_km(student, evaluate.risk_groups(student, threshold),
+                              f"{trained_on} -> {cohort}: AMKD student, no retraining", out_km, endpoint)
+    out = pd.DataFrame(rows).assign(cohort=trained_on, encoder=encoder, evaluated_on=cohort)
+    out["km_logrank_p"] = np.where(out["method"] == "student", pvalue, np.nan)
+    with atomic_path(out_metrics) as tmp:
+        out.to_csv(tmp, sep="\t", index=False)

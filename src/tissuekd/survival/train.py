@@ -1,0 +1,257 @@
+"""Patient-level cross-validation of one survival model, with an identical protocol for every
+method: the same folds (from patients.tsv), time bins and RNA scaling fitted on each fold's
+training patients only, the same epochs, optimiser and seeds. No early stopping, so no test
+patient ever influences a model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from tissuekd.survival import losses
+from tissuekd.survival.models import AMKDStudent, PathologyModel, RNAModel, Teacher
+
+log = logging.getLogger(__name__)
+
+METHODS = ("teacher", "student", "pathology", "rna")
+NEEDS_RNA = {"teacher", "rna"}
+NEEDS_PATHOLOGY = {"teacher", "student", "pathology"}
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    hidden: int = 128
+    dropout: float = 0.25
+    n_bins: int = 4
+    alpha: float = 0.0  # extra weight of uncensored patients in the NLL
+    max_patches: int = 4096  # patches sampled per bag and step in training (all at prediction)
+    seed: int = 0
+    members: int = 3  # models per fold from different seeds, risks averaged (steadier on small cohorts)
+
+
+@dataclass
+class AMKDConfig:
+    temperature: float = 2.0
+    kd: float = 1.0  # hazard distillation
+    genomic: float = 1.0  # gene-guided enhancement: pseudo-genomic -> teacher's RNA embedding
+    redundancy: float = 0.1  # adaptive redundancy reduction
+    off_diagonal: float = 0.005
+    sharpness: float = 1.0
+
+
+@dataclass
+class CohortData:
+    patients: pd.DataFrame  # patient, time, event, fold
+    bags: list[torch.Tensor] | None = None
+    rna: np.ndarray | None = None  # patients x genes, raw
+    genes: list[str] = field(default_factory=list)
+    gene_sets: dict[str, list[int]] | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.bags[0].shape[1])
+
+
+def load_bags(features: pd.Series) -> list[torch.Tensor]:
+    """One bag per patient: the patch features of all their slides (`;`-joined paths), kept in
+    float16 to halve memory; cast back per step."""
+    bags = []
+    for paths in tqdm(features, desc="bags", unit="patient", mininterval=10):
+        parts = []
+        for path in paths.split(";"):
+            with h5py.File(path, "r") as h5:
+                parts.append(np.asarray(h5["features"][:], dtype=np.float16))
+        bags.append(torch.from_numpy(np.concatenate(parts)))
+    return bags
+
+
+def build_model(method: str, data: CohortData, cfg: TrainConfig) -> torch.nn.Module:
+    common = dict(n_bins=cfg.n_bins, hidden=cfg.hidden, dropout=cfg.dropout)
+    if method == "teacher":
+        return Teacher(data.dim, len(data.genes), gene_sets=data.gene_sets, **common)
+    if method == "student":
+        return AMKDStudent(data.dim, **common)
+    if method == "pathology":
+        return PathologyModel(data.dim, **common)
+    if method == "rna":
+        return RNAModel(len(data.genes), gene_sets=data.gene_sets, **common)
+    raise ValueError(f"unknown method {method!r} (one of {METHODS})")
+
+
+class Inputs:
+    """Per-patient model inputs of one fold: bags (sampled in training) and scaled RNA."""
+
+    def __init__(self, data: CohortData, scaling: dict, device, max_patches: int):
+        self.data, self.device, self.max_patches = data, device, max_patches
+        rna_mean, rna_std = scaling.get("rna_mean"), scaling.get("rna_std")
+        self.feat_mean = self.feat_std = None
+        if scaling.get("feat_mean") is not None:
+            self.feat_mean = torch.as_tensor(scaling["feat_mean"], dtype=torch.float32, device=device)
+            self.feat_std = torch.as_tensor(scaling["feat_std"], dtype=torch.float32, device=device)
+        self.rna = None
+        if data.rna is not None and rna_mean is not None:
+            scaled = np.nan_to_num((data.rna - rna_mean) / rna_std)  # a gene missing from a cohort: its mean
+            self.rna = torch.tensor(scaled, dtype=torch.float32, device=device)
+
+    def bag(self, i: int, rng: np.random.Generator | None = None) -> torch.Tensor | None:
+        if self.data.bags is None:
+            return None
+        bag = self.data.bags[i]
+        if rng is not None and len(bag) > self.max_patches:
+            bag = bag[np.sort(rng.choice(len(bag), self.max_patches, replace=False))]
+        bag = bag.to(self.device, torch.float32)
+        return (bag - self.feat_mean) / self.feat_std if self.feat_mean is not None else bag
+
+    def __call__(self, model, idx, rng=None, encode=False):
+        """Stacked outputs over patients `idx`: logits (B, bins) and embeddings (B, hidden)."""
+        outs = [(model.encode if encode else model)(*self.args(model, i, rng)) for i in idx]
+        return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+
+    def args(self, model, i, rng):
+        rna = self.rna[i] if self.rna is not None else None
+        if isinstance(model, AMKDStudent):
+            return (self.bag(i, rng),)
+        return self.bag(i, rng), rna
+
+
+def fit_fold(method: str, data: CohortData, train: np.ndarray, cfg: TrainConfig, fold: int, device,
+             teacher: dict | None = None, amkd: AMKDConfig | None = None, member: int = 0) -> dict:
+    """Train one model on the patients `train`; returns a checkpoint (weights, bin edges, scaling)."""
+    torch.manual_seed(cfg.seed * 1_000_000 + member * 1000 + fold)
+    rng = np.random.default_rng([cfg.seed, fold, member])
+    times, events = data.patients["time"].to_numpy(float), data.patients["event"].to_numpy(int)
+    edges = losses.time_bins(times[train], events[train], cfg.n_bins)
+    bins = torch.tensor(losses.to_bin(times, edges), device=device)
+    event_t = torch.tensor(events, device=device)
+    scaling = fit_scaling(data, train, method in NEEDS_RNA or method == "student")
+    inputs = Inputs(data, scaling, device, cfg.max_patches)
+    model = build_model(method, data, cfg).to(device)
+    targets = distillation_targets(teacher, data, inputs, train, device) if method == "student" else None
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for _ in range(cfg.epochs):
+        model.train()
+        order = rng.permutation(train)
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            if len(idx) < 2:
+                continue
+            loss = step_loss(model, inputs, idx, rng, bins, event_t, cfg, targets, amkd)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    return {"fold": fold, "member": member, "state": state, "edges": edges, **scaling}
+
+
+def fit_scaling(data: CohortData, train: np.ndarray, rna: bool) -> dict:
+    """Per-feature mean/std of the training patients' patches and RNA (never the test fold's)."""
+    scaling = {}
+    if data.bags is not None:
+        patches = torch.cat([data.bags[i] for i in train]).float()
+        scaling["feat_mean"], scaling["feat_std"] = patches.mean(0).numpy(), patches.std(0).numpy() + 1e-4
+    if rna and data.rna is not None:
+        scaling["rna_mean"], scaling["rna_std"] = data.rna[train].mean(0), data.rna[train].std(0) + 1e-6
+    return scaling
+
+
+def step_loss(model, inputs, idx, rng, bins, events, cfg, targets, amkd):
+    if targets is None:
+        logits, _ = inputs(model, idx, rng)
+        return losses.nll_survival(logits, bins[idx], events[idx], cfg.alpha)
+    z, pseudo = inputs(model, idx, rng, encode=True)
+    logits = model.head(z)
+    t_logits, t_z, t_genomic = (targets[k][idx] for k in ("logits", "z", "genomic"))
+    discrepancy = (losses.risk_score(logits) - losses.risk_score(t_logits)).abs()
+    return (losses.nll_survival(logits, bins[idx], events[idx], cfg.alpha)
+            + amkd.kd * losses.hazard_distillation(logits, t_logits, amkd.temperature)
+            + amkd.genomic * losses.genomic_alignment(pseudo, t_genomic)
+            + amkd.redundancy * losses.adaptive_redundancy_reduction(z, t_z, discrepancy, amkd.off_diagonal,
+                                                                     amkd.sharpness))
+
+
+@torch.no_grad()
+def distillation_targets(teacher: dict, data: CohortData, inputs: Inputs, train, device) -> dict:
+    """The frozen teacher's logits, fused embedding and RNA embedding for the training patients
+    (eval mode: no dropout); rows of other patients stay zero and are never read."""
+    model = teacher["model"].to(device).eval()
+    n = len(data.patients)
+    out = {k: torch.zeros(n, d, device=device) for k, d in
+           (("logits", model.head.out_features), ("z", model.head.in_features), ("genomic", model.head.in_features))}
+    for i in train:
+        z, genomic = model.encode(inputs.bag(i), inputs.rna[i])
+        out["logits"][i], out["z"][i], out["genomic"][i] = model.head(z), z, genomic
+    return out
+
+
+@torch.no_grad()
+def predict_logits(model, data: CohortData, checkpoint: dict, device, idx=None) -> torch.Tensor:
+    """Hazard logits (patients, bins) for patients `idx` (default all) with one fold's checkpoint."""
+    model.load_state_dict(checkpoint["state"])
+    model.to(device).eval()
+    inputs = Inputs(data, checkpoint, device, 0)
+    idx = np.arange(len(data.patients)) if idx is None else idx
+    return torch.cat([inputs(model, [i])[0] for i in idx]).cpu()
+
+
+def predict(model, data: CohortData, checkpoint: dict, device, idx=None) -> np.ndarray:
+    """Risk (higher = worse) for patients `idx` (default all) with one fold's checkpoint."""
+    return losses.risk_score(predict_logits(model, data, checkpoint, device, idx)).numpy()
+
+
+def cross_validate(method: str, data: CohortData, cfg: TrainConfig, device="cpu", teacher_ckpt: dict | None = None,
+                   amkd: AMKDConfig | None = None) -> tuple[dict, pd.DataFrame]:
+    """Every fold of patients.tsv: train `cfg.members` models on the other folds, predict the
+    fold with their mean risk. Returns the checkpoint bundle (with each fold's median training
+    risk, the cut for risk groups) and out-of-fold predictions (patient, fold, time, event, risk)."""
+    folds = sorted(data.patients["fold"].unique())
+    bundle = {"method": method, "config": asdict(cfg), "dim": data.dim if data.bags else None,
+              "genes": data.genes, "gene_sets": data.gene_sets, "folds": [], "train_median_risk": {}}
+    frames = []
+    for fold in tqdm(folds, desc=method, unit="fold"):
+        test = np.flatnonzero(data.patients["fold"].to_numpy() == fold)
+        train = np.flatnonzero(data.patients["fold"].to_numpy() != fold)
+        members = []
+        for member in range(cfg.members):
+            teacher = {"model": load_fold_model(teacher_ckpt, fold, member, data)} if method == "student" else None
+            ckpt = fit_fold(method, data, train, cfg, fold, device, teacher, amkd, member)
+            if method == "student":  # the student's inputs never include RNA
+                ckpt.pop("rna_mean", None), ckpt.pop("rna_std", None)
+            members.append(ckpt)
+        bundle["folds"] += members
+        model = build_model(method, data, cfg)
+        bundle["train_median_risk"][int(fold)] = float(np.median(predict_mean(model, data, members, device, train)))
+        risk = predict_mean(model, data, members, device, test)
+        frames.append(data.patients.iloc[test][["patient", "fold", "time", "event"]].assign(risk=risk))
+        log.info("%s fold %d: %d models trained on %d patients, predicted %d", method, fold, len(members),
+                 len(train), len(test))
+    return bundle, pd.concat(frames, ignore_index=True)
+
+
+def predict_mean(model, data: CohortData, checkpoints: list[dict], device, idx=None) -> np.ndarray:
+    return np.mean([predict(model, data, ckpt, device, idx) for ckpt in checkpoints], axis=0)
+
+
+def load_fold_model(bundle: dict, fold: int, member: int, data: CohortData) -> torch.nn.Module:
+    """One trained model of a bundle (the teacher a student member distils from)."""
+    cfg = TrainConfig(**bundle["config"])
+    ckpt = next(c for c in bundle["folds"] if c["fold"] == fold and c["member"] == member % cfg.members)
+    model = build_model(bundle["method"], data, cfg)
+    model.load_state_dict(ckpt["state"])
+    return model
+
+
+def predict_external(bundle: dict, data: CohortData, device="cpu") -> np.ndarray:
+    """Risk on another cohort without retraining: the mean risk of all the bundle's models."""
+    model = build_model(bundle["method"], data, TrainConfig(**bundle["config"]))
+    return predict_mean(model, data, bundle["folds"], device)

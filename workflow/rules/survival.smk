@@ -1,0 +1,202 @@
+# Survival study (DESIGN 2.2): per slide a tissue mask, patch grid and patch features; per cohort
+# and encoder the teacher (pathology + RNA), the AMKD student (pathology only), the two
+# baselines, their cross-validated C-index and Kaplan-Meier curves; external validation.
+
+
+rule survival_patches:
+    input:
+        image=survival_slide_value("image"),
+    output:
+        patches=f"{RESULTS}/survival/patches/{{wsi}}.h5",
+        thumbnail=report(
+            f"{RESULTS}/survival/thumbnails/{{wsi}}.png",
+            caption="../report/thumbnail.rst",
+            category="Survival slides",
+            subcategory=lambda wildcards: SURVIVAL_SLIDES.loc[wildcards.wsi, "cohort"],
+            labels=lambda wildcards: {"slide": wildcards.wsi},
+        ),
+    params:
+        mpp=survival_slide_value("mpp"),
+        magnification=SURVIVAL["magnification"],
+        patch_px=SURVIVAL["patch_px"],
+        min_tissue=SURVIVAL["min_tissue"],
+        wsi_backend=SURVIVAL["wsi_backend"],
+    log:
+        f"{LOGS}/survival/patches/{{wsi}}.log",
+    benchmark:
+        f"{BENCH}/survival/patches/{{wsi}}.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 3000 * attempt,
+        runtime=20,
+    conda:
+        "../../envs/scverse.yaml"
+    script:
+        "../../scripts/survival_patches.py"
+
+
+rule survival_features:
+    input:
+        patches=rules.survival_patches.output.patches,
+        image=survival_slide_value("image"),
+    output:
+        ensure(f"{RESULTS}/survival/features/{{encoder}}/{{wsi}}.h5", non_empty=True),
+    params:
+        encoder=lambda wildcards: ENCODERS[wildcards.encoder],
+        crop_px=SURVIVAL["crop_px"],
+        batch_size=SURVIVAL["batch_size"],
+        device=config["device"],
+        wsi_backend=SURVIVAL["wsi_backend"],
+    threads: 1  # a slide's patches are few; on a GPU node the profile's cpus_per_gpu feed the loader
+    log:
+        f"{LOGS}/survival/features/{{encoder}}/{{wsi}}.log",
+    benchmark:
+        f"{BENCH}/survival/features/{{encoder}}/{{wsi}}.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 6000 * attempt,
+        runtime=120,
+        gpu=1,
+    conda:
+        "../../envs/torch-gpu.yaml"
+    script:
+        "../../scripts/survival_features.py"
+
+
+rule survival_cohort:
+    input:
+        unpack(cohort_inputs),
+    output:
+        patients=f"{SDIR}/patients.tsv",
+        rna=f"{SDIR}/rna.parquet",
+        dropped=f"{SDIR}/dropped.tsv",
+    params:
+        slides=cohort_slides,
+        endpoint=SURVIVAL["endpoint"],
+        folds=SURVIVAL["folds"],
+        seed=SURVIVAL["seed"],
+        cross_validate=lambda wildcards: cohort_value(wildcards.cohort, "cross_validate"),
+    log:
+        f"{LOGS}/survival/cohort/{{encoder}}/{{cohort}}.log",
+    benchmark:
+        f"{BENCH}/survival/cohort/{{encoder}}/{{cohort}}.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=20,
+    conda:
+        "../../envs/scverse.yaml"
+    script:
+        "../../scripts/survival_cohort.py"
+
+
+rule survival_fit:
+    input:
+        patients=rules.survival_cohort.output.patients,
+        rna=rules.survival_cohort.output.rna,
+        gene_sets=gene_sets,
+    output:
+        models=f"{SDIR}/{{method}}/models.pt",
+        predictions=f"{SDIR}/{{method}}/predictions.tsv",
+    wildcard_constraints:
+        method="|".join(FITTED),
+    params:
+        train=SURVIVAL["train"],
+        device=config["device"],
+    threads: 2
+    log:
+        f"{LOGS}/survival/fit/{{encoder}}/{{cohort}}_{{method}}.log",
+    benchmark:
+        f"{BENCH}/survival/fit/{{encoder}}/{{cohort}}_{{method}}.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=120,
+        gpu=1,
+    conda:
+        "../../envs/torch-gpu.yaml"
+    script:
+        "../../scripts/survival_fit.py"
+
+
+rule survival_student:
+    input:
+        patients=rules.survival_cohort.output.patients,
+        rna=rules.survival_cohort.output.rna,
+        gene_sets=gene_sets,
+        teacher=f"{SDIR}/teacher/models.pt",
+    output:
+        models=f"{SDIR}/student/models.pt",
+        predictions=f"{SDIR}/student/predictions.tsv",
+    params:
+        train=SURVIVAL["train"],
+        amkd=SURVIVAL["amkd"],
+        device=config["device"],
+    threads: 2
+    log:
+        f"{LOGS}/survival/student/{{encoder}}/{{cohort}}.log",
+    benchmark:
+        f"{BENCH}/survival/student/{{encoder}}/{{cohort}}.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=120,
+        gpu=1,
+    conda:
+        "../../envs/torch-gpu.yaml"
+    script:
+        "../../scripts/survival_student.py"
+
+
+rule survival_evaluate:
+    input:
+        unpack(survival_predictions),
+        student_models=f"{SDIR}/student/models.pt",
+    output:
+        metrics=f"{SDIR}/metrics.tsv",
+        km=report(
+            f"{SDIR}/km.png",
+            caption="../report/km.rst",
+            category="Survival",
+            subcategory=lambda wildcards: wildcards.cohort,
+            labels=lambda wildcards: {"figure": "Kaplan-Meier, cross-validation", "encoder": wildcards.encoder},
+        ),
+    params:
+        endpoint=SURVIVAL["endpoint"],
+    log:
+        f"{LOGS}/survival/evaluate/{{encoder}}/{{cohort}}.log",
+    benchmark:
+        f"{BENCH}/survival/evaluate/{{encoder}}/{{cohort}}.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=10,
+    conda:
+        "../../envs/scverse.yaml"
+    script:
+        "../../scripts/survival_evaluate.py"
+
+
+rule survival_external:
+    input:
+        unpack(survival_models),
+        patients=f"{RESULTS}/survival/{{test}}/{{encoder}}/patients.tsv",
+        rna=f"{RESULTS}/survival/{{test}}/{{encoder}}/rna.parquet",
+    output:
+        metrics=f"{SDIR}/external/{{test}}/metrics.tsv",
+        km=report(
+            f"{SDIR}/external/{{test}}/km.png",
+            caption="../report/km_external.rst",
+            category="Survival",
+            subcategory=lambda wildcards: wildcards.test,
+            labels=lambda wildcards: {"figure": f"Kaplan-Meier, trained on {wildcards.cohort}",
+                                      "encoder": wildcards.encoder},
+        ),
+    params:
+        endpoint=SURVIVAL["endpoint"],
+        device=config["device"],
+    log:
+        f"{LOGS}/survival/external/{{encoder}}/{{cohort}}_on_{{test}}.log",
+    benchmark:
+        f"{BENCH}/survival/external/{{encoder}}/{{cohort}}_on_{{test}}.tsv"
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=30,
+    conda:
+        "../../envs/torch-gpu.yaml"
+    script:
+        "../../scripts/survival_external.py"

@@ -96,7 +96,8 @@ def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
     chosen = pd.DataFrame(rank, index=owner.index, columns=["normal", "sample"]).assign(patient=owner)
     chosen = chosen.sort_values(["normal", "sample"]).drop_duplicates("patient")
     out = matrix.loc[chosen["sample"]].apply(pd.to_numeric, errors="coerce")
-    out.index = chosen["patient"].to_numpy()
+    out.index = pd.Index(chosen["patient"].to_numpy(), name="patient")
+    out.columns = out.columns.astype(str).rename("gene")
     if out.isna().any().any():
         bad = out.columns[out.isna().any()].tolist()
         raise InputError(path, f"non-numeric or missing values in gene(s) {bad[:10]}")

@@ -1,0 +1,147 @@
+"""Survival inputs: the demo slide as OpenSlide sees it, the tissue mask and patch grid, the
+TCGA-CDR and RNA readers, and bad input stopped or dropped with the patient or slide named."""
+
+from __future__ import annotations
+
+import logging
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from tissuekd.demo.survival import make_cohort_tables, make_slide
+from tissuekd.errors import InputError
+from tissuekd.io.wsi import open_slide
+from tissuekd.survival.cohort import Drops, build_cohort, count_patches, read_clinical, read_rna
+from tissuekd.survival.patches import make_patches, read_patches
+
+PATIENTS = ["TCGA-DM-A000", "TCGA-DM-A001", "TCGA-DM-A002"]
+
+
+@pytest.fixture(scope="module")
+def demo_svs(tmp_path_factory):
+    path = tmp_path_factory.mktemp("svs") / "TCGA-DM-A000-01Z-00-DX1.svs"
+    make_slide(path, "TCGA-DM-A000", seed=0)
+    return path
+
+
+def test_demo_slide_is_an_aperio_svs_with_its_resolution(demo_svs):
+    import openslide
+
+    with openslide.OpenSlide(str(demo_svs)) as slide:
+        assert slide.properties["openslide.vendor"] == "aperio"
+        assert float(slide.properties["openslide.mpp-x"]) == 0.5
+        assert slide.properties["openslide.objective-power"] == "20"
+        assert slide.level_count == 3
+
+
+def test_patch_grid_at_20x_and_10x(demo_svs, tmp_path):
+    make_patches(str(demo_svs), tmp_path / "p20.h5", tmp_path / "p20.png")
+    make_patches(str(demo_svs), tmp_path / "p10.h5", tmp_path / "p10.png", magnification=10)
+    coords20, attrs20 = read_patches(tmp_path / "p20.h5")
+    coords10, attrs10 = read_patches(tmp_path / "p10.h5")
+    assert attrs20["patch_size_level0"] == 256 and attrs10["patch_size_level0"] == 512
+    assert 10 < len(coords20) < 70  # the demo's tissue covers about half of a 10 x 7 grid
+    assert (coords20 % 256 == 0).all() and len(coords10) < len(coords20)
+    with open_slide(demo_svs) as slide:  # kept patches are mostly stained, i.e. not glass
+        means = [slide.read(0, x, y, 256, 256).mean() for x, y in coords20]
+    assert max(means) < 235
+
+
+def test_blank_slide_gets_no_patches_and_a_warning(tmp_path, caplog):
+    path = tmp_path / "blank.svs"
+    from tissuekd.demo.survival import write_svs
+
+    write_svs(path, np.full((1024, 1024, 3), 246, np.uint8))
+    with caplog.at_level(logging.WARNING):
+        make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.png")
+    assert len(read_patches(tmp_path / "p.h5")[0]) == 0
+    assert "blank.svs: no tissue found" in caplog.text
+
+
+def test_slide_without_resolution_needs_the_sheet_mpp(tmp_path):
+    path = tmp_path / "nores.tif"
+    tifffile.imwrite(path, np.full((512, 512, 3), 200, np.uint8), tile=(256, 256), photometric="rgb")
+    with pytest.raises(InputError, match=r"nores.tif: no resolution.*`mpp` column"):
+        make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.png")
+    make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.png", mpp=0.25)  # 20x patch = 512 px here
+    assert read_patches(tmp_path / "p.h5")[1]["patch_size_level0"] == 512
+
+
+@pytest.fixture
+def tables(tmp_path):
+    make_cohort_tables(PATIENTS, tmp_path / "clinical.tsv", tmp_path / "rna.tsv", seed=0, cancer_type="T",
+                       genes_by_samples=True)
+    return tmp_path
+
+
+def test_clinical_table_in_tcga_cdr_form(tables):
+    clinical = read_clinical(tables / "clinical.tsv", "OS")
+    assert list(clinical.index) == PATIENTS and set(clinical["event"]) <= {0, 1}
+    assert read_clinical(tables / "clinical.tsv", "PFI")["time"].notna().all()
+
+
+def test_clinical_table_errors_name_the_file_and_the_problem(tables):
+    table = pd.read_csv(tables / "clinical.tsv", sep="\t")
+    table.drop(columns=["OS.time"]).to_csv(tables / "no_time.tsv", sep="\t", index=False)
+    with pytest.raises(InputError, match=r"no_time.tsv: missing column\(s\) \['OS.time'\]"):
+        read_clinical(tables / "no_time.tsv", "OS")
+    table.loc[1, "OS.time"] = -5
+    table.to_csv(tables / "negative.tsv", sep="\t", index=False)
+    with pytest.raises(InputError, match=r"negative.tsv: negative OS.time for patient\(s\) \['TCGA-DM-A001'\]"):
+        read_clinical(tables / "negative.tsv", "OS")
+
+
+def test_rna_orientation_is_detected_and_sample_barcodes_map_to_patients(tables, caplog):
+    genes_by_samples = pd.read_csv(tables / "rna.tsv", sep="\t", index_col=0)
+    assert list(genes_by_samples.columns) == [p + "-01A" for p in PATIENTS]
+    # a normal sample (-11A) of the first patient must not replace its tumour sample
+    genes_by_samples.insert(0, PATIENTS[0] + "-11A", 0.0)
+    genes_by_samples.to_csv(tables / "with_normal.tsv", sep="\t")
+    genes_by_samples.T.to_csv(tables / "transposed.tsv", sep="\t")
+    with caplog.at_level(logging.INFO):
+        a = read_rna(tables / "with_normal.tsv", set(PATIENTS))
+        b = read_rna(tables / "transposed.tsv", set(PATIENTS))
+    assert "genes x samples" in caplog.text and "samples x genes" in caplog.text
+    pd.testing.assert_frame_equal(a.sort_index(), b.sort_index())
+    assert a.loc[PATIENTS[0]].sum() > 0  # the tumour sample, not the all-zero normal one
+    with pytest.raises(InputError, match="no row or column label matches a patient barcode"):
+        read_rna(tables / "rna.tsv", {"TCGA-XX-0000"})
+
+
+def features_file(path, n):
+    with h5py.File(path, "w") as h5:
+        h5["features"] = np.zeros((n, 8), np.float32)
+        h5["coords"] = np.zeros((n, 2), np.int64)
+    return str(path)
+
+
+def test_unusable_patients_are_dropped_with_their_reason(tmp_path):
+    clinical = pd.DataFrame({"time": [10.0, 20.0, np.nan, 40.0, 50.0], "event": [1, 0, 1, 1, 0]},
+                            index=pd.Index(["P1", "P2", "P3", "P4", "P5"], name="patient"))
+    rna = pd.DataFrame(np.ones((4, 3)), index=["P1", "P2", "P3", "P5"])
+    slides = pd.DataFrame({"slide": ["s1", "s2", "s3", "s4", "s5", "s6"],
+                           "patient": ["P1", "P2", "P3", "P4", "P9", "P1"],
+                           "features": ["a", "b", "c", "d", "e", "f"], "n_patches": [5, 0, 5, 5, 5, 7]})
+    drops = Drops()
+    table = build_cohort(slides, clinical, rna, folds=2, seed=0, cross_validate=False, drops=drops)
+    reasons = drops.table().set_index("patient")["reason"]
+    assert list(table["patient"]) == ["P1"] and table["slides"].iloc[0] == "s1;s6"
+    assert reasons["P2"].tolist() == ["no tissue found on the slide", "no slide with tissue"]
+    assert reasons["P3"] == "no survival time or status for the endpoint"
+    assert reasons["P4"] == "no RNA sample in the matrix"
+    assert reasons["P5"] == "no slide in the sheet"
+    assert reasons["P9"] == "barcode not in the clinical table"
+
+
+def test_features_files_must_have_the_trident_clam_layout(tmp_path):
+    assert count_patches(features_file(tmp_path / "ok.h5", 4)) == 4
+    with h5py.File(tmp_path / "bad.h5", "w") as h5:
+        h5["feats"] = np.zeros((3, 8))
+    with pytest.raises(InputError, match=r"bad.h5: a features file needs datasets `features` and `coords`"):
+        count_patches(str(tmp_path / "bad.h5"))
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(InputError, match="text.h5: not a readable HDF5 file"):
+        count_patches(str(tmp_path / "text.h5"))

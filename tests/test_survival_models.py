@@ -1,0 +1,164 @@
+"""Survival library: the loss and metrics against reference computations, time bins and folds,
+the AMKD terms, and that no test-fold information reaches a trained model."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tissuekd.survival import losses
+from tissuekd.survival.cohort import assign_folds
+from tissuekd.survival.evaluate import c_index, fold_metrics
+from tissuekd.survival.train import (AMKDConfig, CohortData, TrainConfig, build_model, cross_validate, fit_fold,
+                                    load_fold_model, predict)
+
+
+def reference_nll(logits: np.ndarray, bins: np.ndarray, events: np.ndarray) -> float:
+    """The discrete-time likelihood written out: P(T = y) = h_y prod_{i<y} (1 - h_i) for an
+    event, P(T > y) = prod_{i<=y} (1 - h_i) for a censored patient."""
+    h = 1 / (1 + np.exp(-logits))
+    total = 0.0
+    for hz, y, e in zip(h, bins, events):
+        survive_before = np.prod(1 - hz[:y])
+        p = hz[y] * survive_before if e else survive_before * (1 - hz[y])
+        total -= np.log(p)
+    return total / len(bins)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 12), st.integers(2, 6), st.integers(0, 10_000))
+def test_nll_matches_the_written_out_likelihood(n, n_bins, seed):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (n, n_bins))
+    bins, events = rng.integers(0, n_bins, n), rng.integers(0, 2, n)
+    ours = losses.nll_survival(torch.tensor(logits), torch.tensor(bins), torch.tensor(events)).item()
+    assert ours == pytest.approx(reference_nll(logits, bins, events), rel=1e-5)
+
+
+def harrell(event, time, risk) -> float:
+    """Harrell's C by counting pairs: i is comparable with j when i has the event and T_i < T_j,
+    or T_i = T_j and j is censored (j outlived i's event time)."""
+    concordant = ties = pairs = 0
+    for i, j in itertools.permutations(range(len(time)), 2):
+        if event[i] and (time[i] < time[j] or (time[i] == time[j] and not event[j])):
+            pairs += 1
+            concordant += risk[i] > risk[j]
+            ties += risk[i] == risk[j]
+    return (concordant + 0.5 * ties) / pairs
+
+
+def test_c_index_is_harrells_c():
+    rng = np.random.default_rng(1)
+    time = rng.integers(1, 60, 40).astype(float)  # ties in time included
+    event = rng.integers(0, 2, 40)
+    risk = np.round(rng.normal(size=40), 1)  # and ties in risk
+    assert c_index(event, time, risk) == pytest.approx(harrell(event, time, risk))
+    assert c_index(event, time, -time) > 0.9  # risk argument the right way round
+
+
+def test_pooled_row_is_the_c_index_of_all_out_of_fold_predictions():
+    rng = np.random.default_rng(2)
+    pred = pd.DataFrame({"fold": np.repeat([0, 1], 20), "time": rng.uniform(1, 100, 40),
+                         "event": rng.integers(0, 2, 40), "risk": rng.normal(size=40)})
+    table = fold_metrics({"m": pred})
+    assert list(table["fold"]) == ["0", "1", "pooled"]
+    assert table["c_index"].iloc[-1] == pytest.approx(c_index(pred["event"], pred["time"], pred["risk"]))
+
+
+def test_time_bins_are_quantiles_of_uncensored_times_only():
+    times = np.array([1, 2, 3, 4, 100, 200, 300, 400.0])
+    events = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    edges = losses.time_bins(times, events, 2)
+    assert edges.tolist() == [2.5]  # censored times (100-400) play no part
+    assert losses.to_bin(np.array([0.5, 2.5, 1000]), edges).tolist() == [0, 1, 1]
+
+
+def test_folds_are_stratified_fixed_and_cover_every_patient_once():
+    events = np.r_[np.ones(20), np.zeros(30)].astype(int)
+    folds = assign_folds(events, 5, seed=0)
+    assert np.array_equal(folds, assign_folds(events, 5, seed=0))
+    assert sorted(np.bincount(folds)) == [10] * 5
+    assert (np.bincount(folds[events == 1]) == 4).all()
+
+
+def test_redundancy_reduction_is_zero_for_identical_decorrelated_embeddings():
+    z = torch.linalg.qr(torch.randn(64, 8))[0] * 8  # orthogonal columns: decorrelated dimensions
+    z = z - z.mean(0)
+    loss = losses.adaptive_redundancy_reduction(z, z.clone(), torch.zeros(64), off_diagonal=0.005)
+    assert loss.item() == pytest.approx(0.0, abs=0.02)
+    assert losses.adaptive_redundancy_reduction(z, torch.randn(64, 8), torch.zeros(64)).item() > 0.5
+
+
+def test_redundancy_reduction_weighs_patients_the_student_gets_wrong():
+    torch.manual_seed(0)
+    zs, zt = torch.randn(16, 4, requires_grad=True), torch.randn(16, 4)
+    discrepancy = torch.zeros(16)
+    discrepancy[3] = 5.0
+    losses.adaptive_redundancy_reduction(zs, zt, discrepancy).backward()
+    grad = zs.grad.norm(dim=1)
+    assert grad[3] > 3 * grad[np.arange(16) != 3].mean()
+
+
+# ---- a small synthetic cohort: risk carried by patch features and RNA ----
+
+def synthetic_cohort(n=40, seed=0) -> CohortData:
+    rng = np.random.default_rng(seed)
+    risk = rng.normal(size=n)
+    bags = [torch.tensor(rng.normal(r, 1.0, (int(rng.integers(5, 12)), 16)), dtype=torch.float16) for r in risk]
+    rna = rng.normal(0, 1, (n, 30))
+    rna[:, :5] += risk[:, None]
+    time = rng.exponential(100 * np.exp(-risk)) + 1
+    event = (rng.random(n) < 0.7).astype(int)
+    patients = pd.DataFrame({"patient": [f"P{i:03d}" for i in range(n)], "time": time, "event": event,
+                             "fold": assign_folds(event, 4, 0)})
+    return CohortData(patients, bags, rna, [f"G{i}" for i in range(30)], {"s1": list(range(5)), "s2": list(range(5, 30))})
+
+
+FAST = TrainConfig(epochs=3, hidden=16, members=1)
+
+
+def replace_test_fold(data: CohortData, fold: int, seed: int) -> CohortData:
+    """The same cohort with every fact about the patients of `fold` replaced by noise."""
+    rng = np.random.default_rng(seed)
+    test = data.patients["fold"].to_numpy() == fold
+    patients = data.patients.copy()
+    patients.loc[test, "time"] = rng.uniform(1, 500, test.sum())
+    patients.loc[test, "event"] = rng.integers(0, 2, test.sum())
+    bags = [torch.tensor(rng.normal(0, 5, b.shape), dtype=torch.float16) if t else b for b, t in zip(data.bags, test)]
+    rna = data.rna.copy()
+    rna[test] = rng.normal(0, 5, rna[test].shape)
+    return CohortData(patients, bags, rna, data.genes, data.gene_sets)
+
+
+@pytest.mark.parametrize("method", ["teacher", "pathology", "rna"])
+def test_test_fold_patients_do_not_change_the_trained_model(method):
+    data = synthetic_cohort()
+    noisy = replace_test_fold(data, 0, seed=5)
+    train = np.flatnonzero(data.patients["fold"].to_numpy() != 0)
+    a = fit_fold(method, data, train, FAST, 0, "cpu")
+    b = fit_fold(method, noisy, train, FAST, 0, "cpu")
+    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+    assert np.array_equal(a["edges"], b["edges"])
+
+
+def test_student_ignores_test_patients_and_never_reads_rna_at_inference():
+    data = synthetic_cohort()
+    teacher, _ = cross_validate("teacher", data, FAST)
+    train = np.flatnonzero(data.patients["fold"].to_numpy() != 0)
+
+    def student(cohort):
+        frozen = {"model": load_fold_model(teacher, 0, 0, cohort)}
+        return fit_fold("student", cohort, train, FAST, 0, "cpu", frozen, AMKDConfig())
+
+    a, b = student(data), student(replace_test_fold(data, 0, seed=6))
+    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+    model = build_model("student", data, FAST)
+    a.pop("rna_mean"), a.pop("rna_std")  # as cross_validate stores a student
+    without_rna = CohortData(data.patients, data.bags, None, data.genes)
+    assert np.array_equal(predict(model, without_rna, a, "cpu"), predict(model, data, a, "cpu"))

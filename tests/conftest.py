@@ -67,11 +67,16 @@ def snakemake(*args: str, cwd: Path, check: bool = True) -> subprocess.Completed
 ALL_SLIDES = ("breast", "colon", "lung")
 
 
-def make_workdir(tmp_path: Path, slides=("breast", "colon"), cells: int | None = 3000, **overrides) -> Path:
-    """A working directory with the repository's config, a sheet of demo slides, and overrides
-    (`cells=None`: the shipped demo's slide size)."""
+def make_workdir(tmp_path: Path, slides=("breast", "colon"), cells: int | None = 3000, studies=("niche",),
+                 **overrides) -> Path:
+    """A working directory with the repository's config and sheets, only `studies` enabled, a
+    niche sheet of demo `slides`, and overrides (`cells=None`: the shipped demo's slide size)."""
     (tmp_path / "config").mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for study in ("niche", "survival"):
+        config[study]["enabled"] = study in studies
+    for sheet in ("survival_cohorts.tsv", "survival_slides.tsv"):
+        shutil.copy(REPO / "config" / sheet, tmp_path / "config" / sheet)
     if cells:
         config["demo"]["niche_cells"] = cells
     for dotted, value in overrides.items():

@@ -1,0 +1,145 @@
+"""The survival study through Snakemake: the shipped demo (teacher and AMKD student against the
+pathology-only baseline), features brought from TRIDENT/CLAM, reruns per slide, and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_workdir, planned_jobs, snakemake
+
+pytestmark = pytest.mark.workflow
+SDIR = Path("results/survival/demo_tcga/demo-mobilenet")
+
+
+@pytest.fixture(scope="module")
+def survival_run(tmp_path_factory) -> Path:
+    """The shipped survival demo: 60 TCGA-like and 24 CPTAC-like patients, niche study off."""
+    workdir = make_workdir(tmp_path_factory.mktemp("survival"), studies=("survival",))
+    snakemake("--cores", "2", cwd=workdir)
+    return workdir
+
+
+def test_teacher_and_student_beat_the_pathology_baseline_on_the_demo(survival_run):
+    """Pooled out-of-fold C-index (60 patients): with 12 per fold the fold SD is ~0.15, so fold
+    means differ by chance; pooled, the demo's design (an RNA program worth 1.0 in log-hazard
+    that H&E shows only faintly) gives the teacher a wide margin and the student a small one."""
+    table = pd.read_csv(survival_run / "results/benchmark/survival_by_cohort.tsv", sep="\t")
+    cv = table[table["validation"] == "cross-validation"].set_index("method")["c_index_pooled"]
+    assert cv["teacher"] > cv["pathology"] + 0.05
+    assert cv["student"] > cv["pathology"]
+    assert (cv > 0.55).all(), cv
+    external = table[table["validation"] == "external"].set_index("method")["c_index_pooled"]
+    assert set(external.index) == {"teacher", "student", "pathology", "rna"}
+    assert external["teacher"] > external["pathology"]
+
+
+def test_every_method_is_scored_on_the_same_folds(survival_run):
+    folds = {m: pd.read_csv(survival_run / SDIR / m / "predictions.tsv", sep="\t").set_index("patient")["fold"]
+             for m in ("teacher", "student", "pathology", "rna")}
+    reference = folds.pop("teacher")
+    assert reference.nunique() == 5 and len(reference) == 60
+    for fold in folds.values():
+        pd.testing.assert_series_equal(fold.sort_index(), reference.sort_index())
+    metrics = pd.read_csv(survival_run / SDIR / "metrics.tsv", sep="\t", dtype={"fold": str})
+    assert sorted(metrics["fold"].unique()) == ["0", "1", "2", "3", "4", "pooled"]
+
+
+def test_features_have_the_trident_layout_and_slides_their_thumbnail(survival_run):
+    path = survival_run / "results/survival/features/demo-mobilenet/TCGA-DM-A000-01Z-00-DX1.h5"
+    with h5py.File(path, "r") as h5:
+        assert h5["features"].shape[0] == h5["coords"].shape[0] > 0
+        assert h5.attrs["patch_size"] == 256 and h5.attrs["target_magnification"] == 20
+    assert (survival_run / "results/survival/thumbnails/C3L-00100-21.png").stat().st_size > 10_000
+    assert (survival_run / SDIR / "km.png").exists()
+    assert pd.read_csv(survival_run / SDIR / "dropped.tsv", sep="\t").empty
+
+
+def test_a_changed_slide_reruns_that_slide_and_its_cohort_only(survival_run):
+    slide = survival_run / "data/demo/survival/demo_tcga/slides/TCGA-DM-A007-01Z-00-DX1.svs"
+    original = slide.read_bytes()
+    try:
+        slide.write_bytes(original + b"\0")
+        jobs = planned_jobs(survival_run)
+    finally:
+        slide.write_bytes(original)
+    assert jobs["survival_patches"] == 1 and jobs["survival_features"] == 1
+    assert jobs["survival_cohort"] == 1  # demo_tcga; the external cohort's preparation is untouched
+    assert "demo_survival_slide" not in jobs
+
+
+# ---- features brought from TRIDENT / CLAM: no images, a small cohort ----
+
+def brought_features(tmp_path: Path, n_patients=20, negative_time=False) -> Path:
+    """A cohort given as feature files only; one patient's slide has no patches, one clinical
+    row has no slide."""
+    rng = np.random.default_rng(0)
+    workdir = make_workdir(tmp_path, studies=("survival",), survival__external=[], survival__folds=2,
+                           survival__train={"epochs": 2, "hidden": 16, "members": 1, "n_bins": 2})
+    patients = [f"TCGA-XY-{i:04d}" for i in range(n_patients)]
+    risk = rng.normal(size=n_patients)
+    rows = []
+    for i, (patient, r) in enumerate(zip(patients, risk)):
+        path = tmp_path / "trident" / f"{patient}-01Z-00-DX1.h5"
+        path.parent.mkdir(exist_ok=True)
+        n = 0 if i == 3 else 6
+        with h5py.File(path, "w") as h5:
+            h5["features"] = rng.normal(r, 1, (n, 32)).astype("f4")
+            h5["coords"] = np.zeros((n, 2), np.int64)
+        rows.append({"slide": path.stem, "cohort": "mine", "patient": patient, "image": "", "mpp": "",
+                     "features": str(path)})
+    pd.DataFrame(rows).to_csv(workdir / "config/survival_slides.tsv", sep="\t", index=False)
+    time = rng.exponential(300 * np.exp(-risk)).round() + 1
+    if negative_time:
+        time[5] = -3
+    clinical = pd.DataFrame({"bcr_patient_barcode": patients + ["TCGA-XY-9999"], "OS": list(rng.integers(0, 2, n_patients)) + [1],
+                             "OS.time": list(time) + [100]})
+    clinical.loc[:3, "OS"] = 1
+    clinical.to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
+    rna = pd.DataFrame(rng.normal(size=(n_patients, 12)) + risk[:, None] * (np.arange(12) < 4),
+                       index=[p + "-01A" for p in patients], columns=[f"G{j}" for j in range(12)])
+    rna.T.to_csv(tmp_path / "rna.tsv", sep="\t")
+    pd.DataFrame([{"cohort": "mine", "clinical": str(tmp_path / "clinical.tsv"), "rna": str(tmp_path / "rna.tsv"),
+                   "gene_sets": "", "cross_validate": "yes"}]).to_csv(workdir / "config/survival_cohorts.tsv",
+                                                                      sep="\t", index=False)
+    return workdir
+
+
+def test_features_from_trident_or_clam_run_without_images_and_drops_are_listed(tmp_path):
+    workdir = brought_features(tmp_path)
+    assert "survival_features" not in planned_jobs(workdir)
+    snakemake("--cores", "2", cwd=workdir)
+    out = workdir / "results/survival/mine/demo-mobilenet"
+    dropped = pd.read_csv(out / "dropped.tsv", sep="\t")
+    assert set(dropped["patient"]) == {"TCGA-XY-0003", "TCGA-XY-9999"}
+    assert "no slide in the sheet" in set(dropped["reason"])
+    assert len(pd.read_csv(out / "student/predictions.tsv", sep="\t")) == 19
+    assert "dropped patient TCGA-XY-9999" in (workdir / "results/logs/survival/cohort/demo-mobilenet/mine.log").read_text()
+
+
+def test_negative_survival_time_stops_the_cohort_naming_the_patient(tmp_path):
+    workdir = brought_features(tmp_path, negative_time=True)
+    result = snakemake("--cores", "2", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert "clinical.tsv: negative OS.time for patient(s) ['TCGA-XY-0005']" in result.stderr + result.stdout
+    assert not (workdir / "results/survival/mine/demo-mobilenet/patients.tsv").exists()
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda d: d.joinpath("config/survival_slides.tsv").write_text(
+        d.joinpath("config/survival_slides.tsv").read_text().replace("\tdemo_cptac\t", "\tnowhere\t", 1)),
+     "cohort(s) ['nowhere'] are not in config/survival_cohorts.tsv"),
+    (lambda d: d.joinpath("config/survival_cohorts.tsv").write_text(
+        d.joinpath("config/survival_cohorts.tsv").read_text().replace("data/demo/survival/demo_tcga/clinical.tsv",
+                                                                      "/nonexistent/clinical.tsv")),
+     "column 'clinical' names /nonexistent/clinical.tsv, which does not exist"),
+])
+def test_bad_sheets_stop_before_any_job(tmp_path, breakage, message):
+    workdir = make_workdir(tmp_path, studies=("survival",))
+    breakage(workdir)
+    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+    assert result.returncode != 0 and message in result.stderr + result.stdout

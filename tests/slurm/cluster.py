@@ -2,7 +2,7 @@
 
 Daemons: munged (private key and socket), MariaDB (private data directory and port) behind
 slurmdbd so that `sacct` reports finished jobs (the executor plugin polls with sacct),
-slurmctld, slurmd. The node declares 8 CPUs, 64 GB and one GPU on a dummy character device
+slurmctld, slurmd. The node declares 8 CPUs, 64 GB and two GPUs on dummy character devices
 (`SlurmdParameters=config_overrides` lets a small machine declare more than it has), so the
 shipped profile's GPU requests can be scheduled unchanged. SLURM's commands and the plugin's
 job step read the compiled-in /etc/slurm/slurm.conf (the plugin strips SLURM_CONF), so the
@@ -25,6 +25,7 @@ from pathlib import Path
 
 ETC = Path("/etc/slurm")
 CONFIGS = ("slurm.conf", "gres.conf", "slurmdbd.conf")
+GPUS = 2
 NEEDED = ("slurmctld", "slurmd", "slurmdbd", "sbatch", "sacct", "sinfo", "sacctmgr", "munged", "mariadbd",
           "mariadb-install-db")
 
@@ -80,9 +81,10 @@ class LocalSlurm:
         key = self.root / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
         os.chmod(key, 0o400)
-        gpu = self.root / "fake-gpu0"
-        if not gpu.exists():
-            os.mknod(gpu, 0o666 | 0o020000, os.makedev(1, 3))  # a character device, like /dev/null
+        for i in range(GPUS):  # two, so that two slides' GPU jobs need not queue behind each other
+            gpu = self.root / f"fake-gpu{i}"
+            if not gpu.exists():
+                os.mknod(gpu, 0o666 | 0o020000, os.makedev(1, 3))  # a character device, like /dev/null
         r = self.root
         (r / "slurm.conf").write_text(f"""ClusterName=tissuekd
 SlurmctldHost={self.node}(127.0.0.1)
@@ -113,10 +115,10 @@ AccountingStoragePass={self.munge_socket}
 AccountingStoreFlags=job_comment
 MinJobAge=300
 SchedulerParameters=batch_sched_delay=0
-NodeName={self.node} NodeAddr=127.0.0.1 CPUs=8 RealMemory=64000 Gres=gpu:1 State=UNKNOWN
+NodeName={self.node} NodeAddr=127.0.0.1 CPUs=8 RealMemory=64000 Gres=gpu:{GPUS} State=UNKNOWN
 PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
-        (r / "gres.conf").write_text(f"AutoDetect=off\nNodeName={self.node} Name=gpu File={gpu}\n")
+        (r / "gres.conf").write_text(f"AutoDetect=off\nNodeName={self.node} Name=gpu File={self.root}/fake-gpu[0-{GPUS - 1}]\n")
         dbd = r / "slurmdbd.conf"
         dbd.write_text(f"""AuthType=auth/munge
 AuthInfo=socket={self.munge_socket}

@@ -60,7 +60,7 @@ def plot_km(pred: pd.DataFrame, groups: np.ndarray, title: str, out: str, endpoi
         if len(part) == 0:
             continue
         t, s = kaplan_meier_estimator(part["event"].astype(bool).to_numpy(), part["time"].astype(float).to_numpy())
-        ax.step(t, s, where="post", color=colour, label=f"{label} (n={len(part)})")
+        ax.step(np.r_[0, t], np.r_[1, s], where="post", color=colour, label=f"{label} (n={len(part)})")
     ax.set_xlabel(f"{endpoint}.time (days)")
     ax.set_ylabel("survival probability")
     ax.set_ylim(0, 1.02)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tissuekd.encoders.extract import pick_device
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
 from tissuekd.survival import cohort as cohorts
@@ -70,8 +71,7 @@ def train_method(method: str, patients: str, rna: str, out_models: str, out_pred
     """Cross-validate one method; the student also loads the teacher's fold models."""
     if threads:
         torch.set_num_threads(threads)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = pick_device(device)
     loads = "teacher" if method == "student" else method  # the student's teacher needs the RNA
     data = load_cohort(patients, rna, loads, gene_sets)
     teacher = torch.load(teacher_models, weights_only=False) if teacher_models else None
@@ -105,19 +105,18 @@ def evaluate_cohort(predictions: dict[str, str], student_models: str, out_metric
 def evaluate_external(models: dict[str, str], patients: str, rna: str, out_metrics: str, out_km: str, *,
                       trained_on: str, cohort: str, encoder: str, endpoint: str, device: str = "cpu") -> None:
     """Models cross-validated on `trained_on`, applied unchanged to `cohort` (mean over folds)."""
-    rows, preds = [], {}
+    rows, preds, bundles = [], {}, {}
     for method, path in models.items():
-        bundle = torch.load(path, weights_only=False)
+        bundle = bundles[method] = torch.load(path, weights_only=False)
         data = load_cohort(patients, rna, method, genes=bundle["genes"] or None)
         data.gene_sets = bundle["gene_sets"]
-        risk = predict_external(bundle, data, torch.device("cpu" if device == "auto" else device))
+        risk = predict_external(bundle, data, pick_device(device))
         table = data.patients
         preds[method] = table.assign(risk=risk)
         rows.append({"method": method, "fold": "all", "c_index": evaluate.c_index(table["event"], table["time"], risk),
                      "n_patients": len(table), "n_events": int(table["event"].sum())})
         log.info("%s -> %s %s: C-index %.3f", trained_on, cohort, method, rows[-1]["c_index"])
-    student_bundle = torch.load(models["student"], weights_only=False)
-    threshold = float(np.median(list(student_bundle["train_median_risk"].values())))
+    threshold = float(np.median(list(bundles["student"]["train_median_risk"].values())))
     student = preds["student"]
     pvalue = evaluate.plot_km(student, evaluate.risk_groups(student, threshold),
                               f"{trained_on} -> {cohort}: AMKD student, no retraining", out_km, endpoint)

@@ -14,6 +14,7 @@ run_logged(
         crop_px=p.crop_px,
         batch_size=p.batch_size,
         device=p.device,
+        precision=p.precision,
         threads=snakemake.threads,
         backend=p.wsi_backend,
     ),

@@ -11,5 +11,5 @@ run_logged(
     snakemake.log[0],
     lambda: histology_nolan(i.features, i.cells, i.split, i.radius, int(snakemake.wildcards.k), NolanConfig(**p.nolan),
                             snakemake.output.logits, max_neighbors=p.max_neighbors, seed=p.seed,
-                            device=p.device),
+                            device=p.device, precision=p.precision),
 )

@@ -11,5 +11,5 @@ run_logged(
     snakemake.log[0],
     lambda: train_student(i.features, i.cells, i.split, i.radius, i.teacher, int(snakemake.wildcards.k),
                           StudentConfig(**p.student), o.model, o.logits, max_neighbors=p.max_neighbors, seed=p.seed,
-                          device=p.device),
+                          device=p.device, precision=p.precision),
 )

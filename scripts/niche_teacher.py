@@ -11,5 +11,5 @@ run_logged(
     snakemake.log[0],
     lambda: train_teacher(i.latent, i.cells, i.split, i.radius, int(snakemake.wildcards.k), NolanConfig(**p.nolan),
                           o.model, o.logits, max_neighbors=p.max_neighbors, seed=p.seed,
-                          device=p.device),
+                          device=p.device, precision=p.precision),
 )

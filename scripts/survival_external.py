@@ -7,5 +7,5 @@ models = {m: i[f"{m}_models"] for m in ("student", "pathology", "teacher", "rna"
 run_logged(
     snakemake.log[0],
     lambda: evaluate_external(models, i.patients, i.rna, o.metrics, o.km, trained_on=w.cohort, cohort=w.test,
-                              encoder=w.encoder, endpoint=p.endpoint, device=p.device),
+                              encoder=w.encoder, endpoint=p.endpoint, device=p.device, precision=p.precision),
 )

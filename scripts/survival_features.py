@@ -6,6 +6,6 @@ i, p = snakemake.input, snakemake.params
 run_logged(
     snakemake.log[0],
     lambda: extract_patch_features(i.patches, i.image, p.encoder, snakemake.output[0], crop_px=p.crop_px,
-                                   batch_size=p.batch_size, device=p.device, threads=snakemake.threads,
-                                   backend=p.wsi_backend),
+                                   batch_size=p.batch_size, device=p.device, precision=p.precision,
+                                   threads=snakemake.threads, backend=p.wsi_backend),
 )

@@ -6,5 +6,6 @@ i, p, o = snakemake.input, snakemake.params, snakemake.output
 run_logged(
     snakemake.log[0],
     lambda: train_method(snakemake.wildcards.method, i.patients, i.rna, o.models, o.predictions, train=p.train,
-                         gene_sets=i.gene_sets or None, device=p.device, threads=snakemake.threads),
+                         gene_sets=i.gene_sets or None, device=p.device, precision=p.precision,
+                         threads=snakemake.threads),
 )

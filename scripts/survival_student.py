@@ -7,5 +7,5 @@ run_logged(
     snakemake.log[0],
     lambda: train_method("student", i.patients, i.rna, o.models, o.predictions, train=p.train, amkd=p.amkd,
                          gene_sets=i.gene_sets or None, teacher_models=i.teacher, device=p.device,
-                         threads=snakemake.threads),
+                         precision=p.precision, threads=snakemake.threads),
 )

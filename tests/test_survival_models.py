@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from tissuekd.survival import losses
 from tissuekd.survival.cohort import assign_folds
 from tissuekd.survival.evaluate import c_index, fold_metrics
+from tissuekd.compute import CPU
 from tissuekd.survival.train import (AMKDConfig, CohortData, TrainConfig, build_model, cross_validate, fit_fold,
                                     load_fold_model, predict)
 
@@ -141,8 +142,8 @@ def test_test_fold_patients_do_not_change_the_trained_model(method):
     data = synthetic_cohort()
     noisy = replace_test_fold(data, 0, seed=5)
     train = np.flatnonzero(data.patients["fold"].to_numpy() != 0)
-    a = fit_fold(method, data, train, FAST, 0, "cpu")
-    b = fit_fold(method, noisy, train, FAST, 0, "cpu")
+    a = fit_fold(method, data, train, FAST, 0, CPU)
+    b = fit_fold(method, noisy, train, FAST, 0, CPU)
     assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
     assert np.array_equal(a["edges"], b["edges"])
 
@@ -154,11 +155,11 @@ def test_student_ignores_test_patients_and_never_reads_rna_at_inference():
 
     def student(cohort):
         frozen = {"model": load_fold_model(teacher, 0, 0, cohort)}
-        return fit_fold("student", cohort, train, FAST, 0, "cpu", frozen, AMKDConfig())
+        return fit_fold("student", cohort, train, FAST, 0, CPU, frozen, AMKDConfig())
 
     a, b = student(data), student(replace_test_fold(data, 0, seed=6))
     assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
     model = build_model("student", data, FAST)
     a.pop("rna_mean"), a.pop("rna_std")  # as cross_validate stores a student
     without_rna = CohortData(data.patients, data.bags, None, data.genes)
-    assert np.array_equal(predict(model, without_rna, a, "cpu"), predict(model, data, a, "cpu"))
+    assert np.array_equal(predict(model, without_rna, a, CPU), predict(model, data, a, CPU))

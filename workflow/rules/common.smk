@@ -93,6 +93,11 @@ wildcard_constraints:
     k=r"\d+",
 
 
+def encoder_precision(wildcards):
+    """Param: the encoder's own `precision`, else the global one (resolved per device in the job)."""
+    return config["encoders"][wildcards.encoder].get("precision", config["precision"])
+
+
 def slide_value(column):
     """Input/param function: one column of the slide's sheet row."""
     return lambda wildcards: SLIDES.loc[wildcards.slide, column]

@@ -81,6 +81,7 @@ rule niche_features:
         crop_px=NICHE["crop_px"],
         batch_size=NICHE["batch_size"],
         device=config["device"],
+        precision=encoder_precision,
         wsi_backend=NICHE["wsi_backend"],
     threads: 2
     log:
@@ -163,6 +164,7 @@ else:
             max_neighbors=NICHE["max_neighbors"],
             seed=NICHE["seed"],
             device=config["device"],
+            precision=config["precision"],
         threads: 2
         log:
             f"{LOGS}/niche/teacher/{{encoder}}/k{{k}}/{{slide}}.log",
@@ -193,6 +195,7 @@ rule niche_student:
         max_neighbors=NICHE["max_neighbors"],
         seed=NICHE["seed"],
         device=config["device"],
+        precision=config["precision"],
     threads: 2
     log:
         f"{LOGS}/niche/student/{{encoder}}/k{{k}}/{{slide}}.log",
@@ -221,6 +224,7 @@ rule niche_hist_nolan:
         max_neighbors=NICHE["max_neighbors"],
         seed=NICHE["seed"],
         device=config["device"],
+        precision=config["precision"],
     threads: 2
     log:
         f"{LOGS}/niche/hist_nolan/{{encoder}}/k{{k}}/{{slide}}.log",

@@ -45,6 +45,7 @@ rule survival_features:
         crop_px=SURVIVAL["crop_px"],
         batch_size=SURVIVAL["batch_size"],
         device=config["device"],
+        precision=encoder_precision,
         wsi_backend=SURVIVAL["wsi_backend"],
     threads: 1  # a slide's patches are few; on a GPU node the profile's cpus_per_gpu feed the loader
     log:
@@ -100,6 +101,7 @@ rule survival_fit:
     params:
         train=SURVIVAL["train"],
         device=config["device"],
+        precision=config["precision"],
     threads: 2
     log:
         f"{LOGS}/survival/fit/{{encoder}}/{{cohort}}_{{method}}.log",
@@ -128,6 +130,7 @@ rule survival_student:
         train=SURVIVAL["train"],
         amkd=SURVIVAL["amkd"],
         device=config["device"],
+        precision=config["precision"],
     threads: 2
     log:
         f"{LOGS}/survival/student/{{encoder}}/{{cohort}}.log",
@@ -189,6 +192,7 @@ rule survival_external:
     params:
         endpoint=SURVIVAL["endpoint"],
         device=config["device"],
+        precision=config["precision"],
     log:
         f"{LOGS}/survival/external/{{encoder}}/{{cohort}}_on_{{test}}.log",
     benchmark:

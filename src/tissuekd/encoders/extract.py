@@ -12,25 +12,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tissuekd.compute import Compute
 from tissuekd.encoders.registry import EncoderSpec
 from tissuekd.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
 class Encoder:
-    """A frozen model plus its normalisation, run under bf16 autocast (GPU, and CPUs that support it)."""
+    """A frozen model plus its normalisation, run on `compute`'s device at its precision
+    (autocast for bf16/fp16; see tissuekd.compute for how `auto` chooses)."""
 
-    def __init__(self, model: torch.nn.Module, spec: EncoderSpec, device: torch.device, bf16: bool = True):
+    def __init__(self, model: torch.nn.Module, spec: EncoderSpec, compute: Compute):
         self.spec = spec
-        self.device = device
-        self.bf16 = bf16
+        self.compute = compute
+        self.device = device = compute.device
         self.model = model.to(device).to(memory_format=torch.channels_last)
         shape = (1, 3, 1, 1)
         self.mean = torch.tensor(spec.mean, device=device).view(shape) * 255
@@ -41,7 +37,7 @@ class Encoder:
         """uint8 (B,3,H,W) -> float32 (B, dim)."""
         x = crops.to(self.device, non_blocking=True).float()
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with self.compute.autocast():
             out = self.model(x)
         return out.float().cpu()
 

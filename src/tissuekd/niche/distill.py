@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tissuekd.encoders.extract import pick_device
+from tissuekd import compute
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
 from tissuekd.spatial.neighborhoods import build_neighborhoods
@@ -126,8 +126,9 @@ def _slide_inputs(cells_path: str, split_path: str, radius_path: str):
 
 def train_teacher(latent_path: str, cells_path: str, split_path: str, radius_path: str, k: int, cfg: NolanConfig,
                   out_model: str, out_logits: str, max_neighbors: int = 32, seed: int = 0,
-                  device: str = "auto") -> None:
+                  device: str = "auto", precision: str = "auto") -> None:
     """The teacher labels the whole slide from transcriptomics alone (it never sees H&E)."""
+    run = compute.resolve(device, precision)
     cells, _, radius = _slide_inputs(cells_path, split_path, radius_path)
     latent = pd.read_parquet(latent_path)
     _aligned(cells, latent["cell_id"].to_numpy(), latent_path)
@@ -135,8 +136,9 @@ def train_teacher(latent_path: str, cells_path: str, split_path: str, radius_pat
     xy = cells[["x_um", "y_um"]].to_numpy()
     everyone = np.arange(len(cells))
     nb = build_neighborhoods(xy, everyone, radius, max_neighbors)
-    model = fit_nolan(x, nb, torch.from_numpy(everyone), k, cfg, seed, device=pick_device(device))
-    logits = predict_logits(model, x, nb, torch.from_numpy(everyone), LOGIT_TEMP, hide_centre=cfg.hide_centre).numpy()
+    model = fit_nolan(x, nb, torch.from_numpy(everyone), k, cfg, seed, compute=run)
+    logits = predict_logits(model, x, nb, torch.from_numpy(everyone), LOGIT_TEMP, hide_centre=cfg.hide_centre,
+                            compute=run).numpy()
     log.info("teacher: %d of %d niches in use", len(np.unique(logits.argmax(1))), k)
     save_model(out_model, model, cfg, k, x.shape[1])
     write_logits(out_logits, cells, logits)
@@ -144,8 +146,9 @@ def train_teacher(latent_path: str, cells_path: str, split_path: str, radius_pat
 
 def train_student(features_path: str, cells_path: str, split_path: str, radius_path: str, teacher_path: str,
                   k: int, cfg: StudentConfig, out_model: str, out_logits: str, max_neighbors: int = 32,
-                  seed: int = 0, device: str = "auto") -> None:
+                  seed: int = 0, device: str = "auto", precision: str = "auto") -> None:
     """Fit on train-strip cells (neighbours from non-test cells), then predict every cell from H&E alone."""
+    run = compute.resolve(device, precision)
     cells, role, radius = _slide_inputs(cells_path, split_path, radius_path)
     train = np.flatnonzero(role == "train")
     if len(train) == 0:
@@ -154,27 +157,29 @@ def train_student(features_path: str, cells_path: str, split_path: str, radius_p
     teacher = torch.from_numpy(read_logits(teacher_path, cells, k))
     xy = cells[["x_um", "y_um"]].to_numpy()
     nb_train = build_neighborhoods(xy, train, radius, max_neighbors, allowed=role != "test")
-    model = fit_student(x, nb_train, torch.from_numpy(train), teacher[train], cfg, seed, device=pick_device(device))
+    model = fit_student(x, nb_train, torch.from_numpy(train), teacher[train], cfg, seed, compute=run)
     everyone = np.arange(len(cells))
     nb_all = build_neighborhoods(xy, everyone, radius, max_neighbors)
-    logits = predict_logits(model, x, nb_all, torch.from_numpy(everyone), LOGIT_TEMP).numpy()
+    logits = predict_logits(model, x, nb_all, torch.from_numpy(everyone), LOGIT_TEMP, compute=run).numpy()
     save_model(out_model, model, cfg, k, x.shape[1])
     write_logits(out_logits, cells, logits)
 
 
 def histology_nolan(features_path: str, cells_path: str, split_path: str, radius_path: str, k: int,
                     cfg: NolanConfig, out_logits: str, max_neighbors: int = 32, seed: int = 0,
-                    device: str = "auto") -> None:
+                    device: str = "auto", precision: str = "auto") -> None:
     """The teacher's method on H&E features, self-supervised on non-test cells; predicts every cell."""
+    run = compute.resolve(device, precision)
     cells, role, radius = _slide_inputs(cells_path, split_path, radius_path)
     fit_rows = np.flatnonzero(role != "test")
     x = _standardize(read_features(features_path, cells), fit_rows, FEATURE_DIM)
     xy = cells[["x_um", "y_um"]].to_numpy()
     nb_fit = build_neighborhoods(xy, fit_rows, radius, max_neighbors, allowed=role != "test")
-    model = fit_nolan(x, nb_fit, torch.from_numpy(fit_rows), k, cfg, seed, device=pick_device(device))
+    model = fit_nolan(x, nb_fit, torch.from_numpy(fit_rows), k, cfg, seed, compute=run)
     everyone = np.arange(len(cells))
     nb_all = build_neighborhoods(xy, everyone, radius, max_neighbors)
-    logits = predict_logits(model, x, nb_all, torch.from_numpy(everyone), LOGIT_TEMP, hide_centre=cfg.hide_centre)
+    logits = predict_logits(model, x, nb_all, torch.from_numpy(everyone), LOGIT_TEMP, hide_centre=cfg.hide_centre,
+                            compute=run)
     write_logits(out_logits, cells, logits.numpy())
 
 

@@ -6,34 +6,34 @@ import json
 import logging
 
 import pandas as pd
-import torch
 
-from tissuekd.encoders.extract import Encoder, pick_device, write_features
+from tissuekd import compute
+from tissuekd.encoders.extract import Encoder, write_features
 from tissuekd.encoders.registry import EncoderSpec, build_encoder
 from tissuekd.io.wsi import open_slide
-from tissuekd.spatial.crops import CropBatches, CropGeometry, crop_loader
+from tissuekd.spatial.crops import CropBatches, CropGeometry, crop_loader, default_workers
 
 log = logging.getLogger(__name__)
 
 
 def extract_cell_features(cells_path: str, slide_path: str, he_image: str, spec: EncoderSpec, out: str, *,
                           crop_px: int = 224, batch_size: int = 64, block_px: int = 2048,
-                          device: str = "auto", threads: int | None = None, backend: str = "auto",
-                          loader_workers: int | None = None, progress: bool = True) -> None:
-    if threads:
-        torch.set_num_threads(threads)
+                          device: str = "auto", precision: str = "auto", threads: int | None = None,
+                          backend: str = "auto", loader_workers: int | None = None, progress: bool = True) -> None:
     cells = pd.read_parquet(cells_path)
     meta = json.loads(open(slide_path).read())
-    dev = pick_device(device)
-    encoder = Encoder(build_encoder(spec), spec, dev)
+    run = compute.resolve(device, precision, threads)
+    dev = run.device
+    encoder = Encoder(build_encoder(spec), spec, run)
     centers = cells[["x_he", "y_he"]].to_numpy()
     with open_slide(he_image, backend) as slide:
         geometry = CropGeometry.for_slide(slide, meta["he_mpp"], spec.mpp, crop_px)
         log.info("%s: %d cells, level %d, %d px crops -> %d px, %s on %s", he_image, len(cells), geometry.level,
                  geometry.source_px, crop_px, spec.arch, dev)
-    workers = loader_workers if loader_workers is not None else (2 if dev.type == "cuda" else 0)
+    workers = loader_workers if loader_workers is not None else default_workers(dev)
     batches = crop_loader(CropBatches(he_image, backend, centers, geometry, batch_size, block_px), workers)
     attrs = {"encoder": spec.name, "arch": spec.arch, "mpp": spec.mpp, "crop_px": crop_px,
-             "he_mpp": meta["he_mpp"], "level": geometry.level, "coords": "H&E level-0 pixels (x, y)"}
+             "he_mpp": meta["he_mpp"], "level": geometry.level, "precision": run.precision,
+             "coords": "H&E level-0 pixels (x, y)"}
     write_features(out, batches, encoder, centers.astype("f4"), attrs, progress,
                    extra={"cell_id": cells["cell_id"].to_numpy()})

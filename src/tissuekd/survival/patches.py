@@ -65,20 +65,18 @@ def read_patches(path: str) -> tuple[np.ndarray, dict]:
 
 
 def extract_patch_features(patches: str, image: str, spec, out: str, *, crop_px: int = 224, batch_size: int = 64,
-                           device: str = "auto", threads: int | None = None, backend: str = "auto",
-                           progress: bool = True) -> None:
+                           device: str = "auto", precision: str = "auto", threads: int | None = None,
+                           backend: str = "auto", progress: bool = True) -> None:
     """Each patch through the frozen encoder at the encoder's input size; -> `features`, `coords`."""
-    import torch
-
-    from tissuekd.encoders.extract import Encoder, pick_device, write_features
+    from tissuekd import compute
+    from tissuekd.encoders.extract import Encoder, write_features
     from tissuekd.encoders.registry import build_encoder
-    from tissuekd.spatial.crops import CropBatches, CropGeometry, crop_loader
+    from tissuekd.spatial.crops import CropBatches, CropGeometry, crop_loader, default_workers
 
-    if threads:
-        torch.set_num_threads(threads)
+    run = compute.resolve(device, precision, threads)
     coords, attrs = read_patches(patches)
-    dev = pick_device(device)
-    encoder = Encoder(build_encoder(spec), spec, dev)
+    dev = run.device
+    encoder = Encoder(build_encoder(spec), spec, run)
     # the encoder sees the whole patch, resampled to its input size
     crop_mpp = attrs["patch_size"] * attrs["target_mpp"] / crop_px
     with open_slide(image, backend) as slide:
@@ -86,5 +84,6 @@ def extract_patch_features(patches: str, image: str, spec, out: str, *, crop_px:
     log.info("%s: %d patches -> %d px crops from level %d, %s on %s", image, len(coords), crop_px,
              geometry.level, spec.arch, dev)
     centers = coords + attrs["patch_size_level0"] / 2
-    batches = crop_loader(CropBatches(image, backend, centers, geometry, batch_size), 2 if dev.type == "cuda" else 0)
-    write_features(out, batches, encoder, coords, {**attrs, "encoder": spec.name, "arch": spec.arch}, progress)
+    batches = crop_loader(CropBatches(image, backend, centers, geometry, batch_size), default_workers(dev))
+    write_features(out, batches, encoder, coords, {**attrs, "encoder": spec.name, "arch": spec.arch,
+                                                          "precision": run.precision}, progress)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tissuekd.encoders.extract import pick_device
+from tissuekd import compute
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
 from tissuekd.survival import cohort as cohorts
@@ -67,15 +67,13 @@ def load_cohort(patients: str, rna: str, method: str, gene_sets: str | None = No
 
 def train_method(method: str, patients: str, rna: str, out_models: str, out_predictions: str, *,
                  train: dict, amkd: dict | None = None, gene_sets: str | None = None, teacher_models: str | None = None,
-                 device: str = "auto", threads: int | None = None) -> None:
+                 device: str = "auto", precision: str = "auto", threads: int | None = None) -> None:
     """Cross-validate one method; the student also loads the teacher's fold models."""
-    if threads:
-        torch.set_num_threads(threads)
-    dev = pick_device(device)
+    run = compute.resolve(device, precision, threads)
     loads = "teacher" if method == "student" else method  # the student's teacher needs the RNA
     data = load_cohort(patients, rna, loads, gene_sets)
     teacher = torch.load(teacher_models, weights_only=False) if teacher_models else None
-    bundle, predictions = cross_validate(method, data, TrainConfig(**train), dev, teacher,
+    bundle, predictions = cross_validate(method, data, TrainConfig(**train), run, teacher,
                                          AMKDConfig(**(amkd or {})))
     with atomic_path(out_models) as tmp:
         torch.save(bundle, tmp)
@@ -103,14 +101,16 @@ def evaluate_cohort(predictions: dict[str, str], student_models: str, out_metric
 
 
 def evaluate_external(models: dict[str, str], patients: str, rna: str, out_metrics: str, out_km: str, *,
-                      trained_on: str, cohort: str, encoder: str, endpoint: str, device: str = "cpu") -> None:
+                      trained_on: str, cohort: str, encoder: str, endpoint: str, device: str = "cpu",
+                      precision: str = "auto") -> None:
     """Models cross-validated on `trained_on`, applied unchanged to `cohort` (mean over folds)."""
+    run = compute.resolve(device, precision)
     rows, preds, bundles = [], {}, {}
     for method, path in models.items():
         bundle = bundles[method] = torch.load(path, weights_only=False)
         data = load_cohort(patients, rna, method, genes=bundle["genes"] or None)
         data.gene_sets = bundle["gene_sets"]
-        risk = predict_external(bundle, data, pick_device(device))
+        risk = predict_external(bundle, data, run)
         table = data.patients
         preds[method] = table.assign(risk=risk)
         rows.append({"method": method, "fold": "all", "c_index": evaluate.c_index(table["event"], table["time"], risk),

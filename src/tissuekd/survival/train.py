@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from tissuekd.compute import CPU, Compute
 from tissuekd.survival import losses
 from tissuekd.survival.models import AMKDStudent, PathologyModel, RNAModel, Teacher
 
@@ -92,17 +93,17 @@ def build_model(method: str, data: CohortData, cfg: TrainConfig) -> torch.nn.Mod
 class Inputs:
     """Per-patient model inputs of one fold: bags (sampled in training) and scaled RNA."""
 
-    def __init__(self, data: CohortData, scaling: dict, device, max_patches: int):
-        self.data, self.device, self.max_patches = data, device, max_patches
+    def __init__(self, data: CohortData, scaling: dict, compute: Compute, max_patches: int):
+        self.data, self.compute, self.max_patches = data, compute, max_patches
         rna_mean, rna_std = scaling.get("rna_mean"), scaling.get("rna_std")
         self.feat_mean = self.feat_std = None
         if scaling.get("feat_mean") is not None:
-            self.feat_mean = torch.as_tensor(scaling["feat_mean"], dtype=torch.float32, device=device)
-            self.feat_std = torch.as_tensor(scaling["feat_std"], dtype=torch.float32, device=device)
+            self.feat_mean = torch.as_tensor(scaling["feat_mean"], dtype=torch.float32, device=compute.device)
+            self.feat_std = torch.as_tensor(scaling["feat_std"], dtype=torch.float32, device=compute.device)
         self.rna = None
         if data.rna is not None and rna_mean is not None:
             scaled = np.nan_to_num((data.rna - rna_mean) / rna_std)  # a gene missing from a cohort: its mean
-            self.rna = torch.tensor(scaled, dtype=torch.float32, device=device)
+            self.rna = torch.tensor(scaled, dtype=torch.float32, device=compute.device)
 
     def bag(self, i: int, rng: np.random.Generator | None = None) -> torch.Tensor | None:
         if self.data.bags is None:
@@ -110,12 +111,14 @@ class Inputs:
         bag = self.data.bags[i]
         if rng is not None and len(bag) > self.max_patches:
             bag = bag[np.sort(rng.choice(len(bag), self.max_patches, replace=False))]
-        bag = bag.to(self.device, torch.float32)
+        bag = bag.to(self.compute.device, torch.float32)
         return (bag - self.feat_mean) / self.feat_std if self.feat_mean is not None else bag
 
     def __call__(self, model, idx, rng=None, encode=False):
         """Stacked outputs over patients `idx`: logits (B, bins) and embeddings (B, hidden)."""
-        outs = [(model.encode if encode else model)(*self.args(model, i, rng)) for i in idx]
+        with self.compute.autocast():
+            outs = [(model.encode if encode else model)(*self.args(model, i, rng)) for i in idx]
+        outs = [(o[0].float(), o[1].float()) for o in outs]
         return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
 
     def args(self, model, i, rng):
@@ -125,20 +128,21 @@ class Inputs:
         return self.bag(i, rng), rna
 
 
-def fit_fold(method: str, data: CohortData, train: np.ndarray, cfg: TrainConfig, fold: int, device,
+def fit_fold(method: str, data: CohortData, train: np.ndarray, cfg: TrainConfig, fold: int, compute,
              teacher: dict | None = None, amkd: AMKDConfig | None = None, member: int = 0) -> dict:
     """Train one model on the patients `train`; returns a checkpoint (weights, bin edges, scaling)."""
     torch.manual_seed(cfg.seed * 1_000_000 + member * 1000 + fold)
     rng = np.random.default_rng([cfg.seed, fold, member])
     times, events = data.patients["time"].to_numpy(float), data.patients["event"].to_numpy(int)
     edges = losses.time_bins(times[train], events[train], cfg.n_bins)
-    bins = torch.tensor(losses.to_bin(times, edges), device=device)
-    event_t = torch.tensor(events, device=device)
+    bins = torch.tensor(losses.to_bin(times, edges), device=compute.device)
+    event_t = torch.tensor(events, device=compute.device)
     scaling = fit_scaling(data, train, method in NEEDS_RNA or method == "student")
-    inputs = Inputs(data, scaling, device, cfg.max_patches)
-    model = build_model(method, data, cfg).to(device)
-    targets = distillation_targets(teacher, data, inputs, train, device) if method == "student" else None
+    inputs = Inputs(data, scaling, compute, cfg.max_patches)
+    model = build_model(method, data, cfg).to(compute.device)
+    targets = distillation_targets(teacher, data, inputs, train, compute) if method == "student" else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = compute.grad_scaler()
     for _ in range(cfg.epochs):
         model.train()
         order = rng.permutation(train)
@@ -148,8 +152,9 @@ def fit_fold(method: str, data: CohortData, train: np.ndarray, cfg: TrainConfig,
                 continue
             loss = step_loss(model, inputs, idx, rng, bins, event_t, cfg, targets, amkd)
             opt.zero_grad()
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     return {"fold": fold, "member": member, "state": state, "edges": edges, **scaling}
 
@@ -181,36 +186,38 @@ def step_loss(model, inputs, idx, rng, bins, events, cfg, targets, amkd):
 
 
 @torch.no_grad()
-def distillation_targets(teacher: dict, data: CohortData, inputs: Inputs, train, device) -> dict:
+def distillation_targets(teacher: dict, data: CohortData, inputs: Inputs, train, compute) -> dict:
     """The frozen teacher's logits, fused embedding and RNA embedding for the training patients
     (eval mode: no dropout); rows of other patients stay zero and are never read."""
-    model = teacher["model"].to(device).eval()
+    model = teacher["model"].to(compute.device).eval()
     n = len(data.patients)
-    out = {k: torch.zeros(n, d, device=device) for k, d in
+    out = {k: torch.zeros(n, d, device=compute.device) for k, d in
            (("logits", model.head.out_features), ("z", model.head.in_features), ("genomic", model.head.in_features))}
     for i in train:
-        z, genomic = model.encode(inputs.bag(i), inputs.rna[i])
+        with compute.autocast():
+            z, genomic = model.encode(inputs.bag(i), inputs.rna[i])
+        z, genomic = z.float(), genomic.float()
         out["logits"][i], out["z"][i], out["genomic"][i] = model.head(z), z, genomic
     return out
 
 
 @torch.no_grad()
-def predict_logits(model, data: CohortData, checkpoint: dict, device, idx=None) -> torch.Tensor:
+def predict_logits(model, data: CohortData, checkpoint: dict, compute, idx=None) -> torch.Tensor:
     """Hazard logits (patients, bins) for patients `idx` (default all) with one fold's checkpoint."""
     model.load_state_dict(checkpoint["state"])
-    model.to(device).eval()
-    inputs = Inputs(data, checkpoint, device, 0)
+    model.to(compute.device).eval()
+    inputs = Inputs(data, checkpoint, compute, 0)
     idx = np.arange(len(data.patients)) if idx is None else idx
     return torch.cat([inputs(model, [i])[0] for i in idx]).cpu()
 
 
-def predict(model, data: CohortData, checkpoint: dict, device, idx=None) -> np.ndarray:
+def predict(model, data: CohortData, checkpoint: dict, compute, idx=None) -> np.ndarray:
     """Risk (higher = worse) for patients `idx` (default all) with one fold's checkpoint."""
-    return losses.risk_score(predict_logits(model, data, checkpoint, device, idx)).numpy()
+    return losses.risk_score(predict_logits(model, data, checkpoint, compute, idx)).numpy()
 
 
-def cross_validate(method: str, data: CohortData, cfg: TrainConfig, device="cpu", teacher_ckpt: dict | None = None,
-                   amkd: AMKDConfig | None = None) -> tuple[dict, pd.DataFrame]:
+def cross_validate(method: str, data: CohortData, cfg: TrainConfig, compute: Compute = CPU,
+                   teacher_ckpt: dict | None = None, amkd: AMKDConfig | None = None) -> tuple[dict, pd.DataFrame]:
     """Every fold of patients.tsv: train `cfg.members` models on the other folds, predict the
     fold with their mean risk. Returns the checkpoint bundle (with each fold's median training
     risk, the cut for risk groups) and out-of-fold predictions (patient, fold, time, event, risk)."""
@@ -224,22 +231,22 @@ def cross_validate(method: str, data: CohortData, cfg: TrainConfig, device="cpu"
         members = []
         for member in range(cfg.members):
             teacher = {"model": load_fold_model(teacher_ckpt, fold, member, data)} if method == "student" else None
-            ckpt = fit_fold(method, data, train, cfg, fold, device, teacher, amkd, member)
+            ckpt = fit_fold(method, data, train, cfg, fold, compute, teacher, amkd, member)
             if method == "student":  # the student's inputs never include RNA
                 ckpt.pop("rna_mean", None), ckpt.pop("rna_std", None)
             members.append(ckpt)
         bundle["folds"] += members
         model = build_model(method, data, cfg)
-        bundle["train_median_risk"][int(fold)] = float(np.median(predict_mean(model, data, members, device, train)))
-        risk = predict_mean(model, data, members, device, test)
+        bundle["train_median_risk"][int(fold)] = float(np.median(predict_mean(model, data, members, compute, train)))
+        risk = predict_mean(model, data, members, compute, test)
         frames.append(data.patients.iloc[test][["patient", "fold", "time", "event"]].assign(risk=risk))
         log.info("%s fold %d: %d models trained on %d patients, predicted %d", method, fold, len(members),
                  len(train), len(test))
     return bundle, pd.concat(frames, ignore_index=True)
 
 
-def predict_mean(model, data: CohortData, checkpoints: list[dict], device, idx=None) -> np.ndarray:
-    return np.mean([predict(model, data, ckpt, device, idx) for ckpt in checkpoints], axis=0)
+def predict_mean(model, data: CohortData, checkpoints: list[dict], compute, idx=None) -> np.ndarray:
+    return np.mean([predict(model, data, ckpt, compute, idx) for ckpt in checkpoints], axis=0)
 
 
 def load_fold_model(bundle: dict, fold: int, member: int, data: CohortData) -> torch.nn.Module:
@@ -251,7 +258,7 @@ def load_fold_model(bundle: dict, fold: int, member: int, data: CohortData) -> t
     return model
 
 
-def predict_external(bundle: dict, data: CohortData, device="cpu") -> np.ndarray:
+def predict_external(bundle: dict, data: CohortData, compute: Compute = CPU) -> np.ndarray:
     """Risk on another cohort without retraining: the mean risk of all the bundle's models."""
     model = build_model(bundle["method"], data, TrainConfig(**bundle["config"]))
-    return predict_mean(model, data, bundle["folds"], device)
+    return predict_mean(model, data, bundle["folds"], compute)

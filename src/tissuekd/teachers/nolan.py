@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from tissuekd.spatial.neighborhoods import Neighborhoods
-from tissuekd.teachers.transformer import NeighborhoodTransformer, autocast
+from tissuekd.compute import CPU, Compute
+from tissuekd.teachers.transformer import NeighborhoodTransformer
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,13 @@ def local_view(batch: Neighborhoods, scale: float, dropout: float, generator: to
 
 
 def fit_nolan(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, k: int, cfg: NolanConfig,
-              seed: int = 0, progress: bool = True, device: str = "cpu") -> NeighborhoodTransformer:
+              seed: int = 0, progress: bool = True, compute: Compute = CPU) -> NeighborhoodTransformer:
     """Train on the neighbourhoods `nb` of cells `centres` (rows of standardised `features`);
     return the momentum teacher. Random draws come from a CPU generator, so a seed gives the
     same batches on any device."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    dev = torch.device(device)
+    dev = compute.device
     features, nb, centres = features.to(dev), nb.to(dev), centres.to(dev)
     student = NeighborhoodTransformer(features.shape[1], k, cfg.d_model, cfg.layers).to(dev)
     teacher = copy.deepcopy(student).requires_grad_(False)
@@ -63,12 +64,13 @@ def fit_nolan(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, 
     steps = cfg.epochs * int(np.ceil(per_epoch / cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
     center = torch.zeros(k, device=dev)
+    scaler = compute.grad_scaler()
     step = 0
     for epoch in tqdm(range(cfg.epochs), desc="nolan", disable=not progress, mininterval=5):
         for rows in torch.randperm(len(centres), generator=gen)[:per_epoch].split(cfg.batch_size):
             rows = rows.to(dev)
             b = nb[rows]
-            with torch.no_grad(), autocast(dev):
+            with torch.no_grad(), compute.autocast():
                 t_out = teacher(features, b.index, centres[rows], b.offset, b.mask, hide_centre=cfg.hide_centre)
                 target = F.softmax((t_out - center) / cfg.teacher_temp, dim=-1)
             local = local_view(b, cfg.local_scale, cfg.dropout, gen)
@@ -77,7 +79,7 @@ def fit_nolan(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, 
             # the local view hides the centre cell: agreement must come from the neighbourhood,
             # not from the one cell both views share (else the niches are just cell clusters)
             for view, hide in ((local, True), (glob, cfg.hide_centre)):
-                with autocast(dev):
+                with compute.autocast():
                     s = student(features, b.index, centres[rows], b.offset, view, cfg.noise, hide)
                 s = s.float() / cfg.student_temp
                 probs = F.softmax(s, dim=-1)
@@ -85,8 +87,9 @@ def fit_nolan(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, 
                 loss = loss + (-(target * F.log_softmax(s, dim=-1)).sum(-1).mean()
                                + cfg.me_max * (mean * torch.log(mean + 1e-8)).sum())
             opt.zero_grad()
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             step += 1
             m = 1 - (1 - cfg.ema) * (np.cos(np.pi * step / steps) + 1) / 2
@@ -100,13 +103,14 @@ def fit_nolan(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, 
 
 @torch.no_grad()
 def predict_logits(model: NeighborhoodTransformer, features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor,
-                   temperature: float, batch_size: int = 1024, hide_centre: bool = False) -> torch.Tensor:
-    """K logits per centre cell (cosines / temperature), on the CPU, computed on the model's device."""
-    model.eval()
-    dev = next(model.parameters()).device
+                   temperature: float, batch_size: int = 1024, hide_centre: bool = False,
+                   compute: Compute = CPU) -> torch.Tensor:
+    """K logits per centre cell (cosines / temperature), on the CPU, computed on `compute`'s device."""
+    model.to(compute.device).eval()
+    dev = compute.device
     features, nb, centres = features.to(dev), nb.to(dev), centres.to(dev)
     out = []
     for r in torch.arange(len(centres), device=dev).split(batch_size):
-        with autocast(dev):
+        with compute.autocast():
             out.append(model(features, nb.index[r], centres[r], nb.offset[r], nb.mask[r], hide_centre=hide_centre))
     return torch.cat(out).float().cpu() / temperature

@@ -9,11 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on a GPU; full precision on the CPU, where these small models gain nothing."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 class NeighborhoodTransformer(nn.Module):
     def __init__(self, in_dim: int, k: int, d_model: int = 64, layers: int = 2, heads: int = 4,
                  bottleneck: int = 32):

@@ -2,8 +2,8 @@
 import torch
 
 from tissuekd.logs import run_logged
-from tissuekd.niche.distill import histology_nolan
-from tissuekd.teachers.nolan import NolanConfig
+from tissuekd.niche.steps import histology_nolan
+from tissuekd.niche.train import NolanConfig
 
 torch.set_num_threads(snakemake.threads)
 i, p = snakemake.input, snakemake.params

@@ -2,7 +2,7 @@
 import torch
 
 from tissuekd.logs import run_logged
-from tissuekd.niche.distill import fit_scvi
+from tissuekd.niche.steps import fit_scvi
 
 torch.set_num_threads(snakemake.threads)
 p = snakemake.params

@@ -2,8 +2,8 @@
 import torch
 
 from tissuekd.logs import run_logged
-from tissuekd.niche.distill import train_student
-from tissuekd.students.niche import StudentConfig
+from tissuekd.niche.steps import train_student
+from tissuekd.niche.train import StudentConfig
 
 torch.set_num_threads(snakemake.threads)
 i, o, p = snakemake.input, snakemake.output, snakemake.params

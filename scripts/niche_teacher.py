@@ -2,8 +2,8 @@
 import torch
 
 from tissuekd.logs import run_logged
-from tissuekd.niche.distill import train_teacher
-from tissuekd.teachers.nolan import NolanConfig
+from tissuekd.niche.steps import train_teacher
+from tissuekd.niche.train import NolanConfig
 
 torch.set_num_threads(snakemake.threads)
 i, o, p = snakemake.input, snakemake.output, snakemake.params

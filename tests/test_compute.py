@@ -99,8 +99,8 @@ def test_the_configured_precision_reaches_the_encoder(ingested, demo_slide, tmp_
 def test_model_training_and_prediction_run_under_the_chosen_precision(monkeypatch):
     """fit_student / fit_nolan / predict_logits enter the Compute's autocast (bf16 here)."""
     from tissuekd.spatial.neighborhoods import build_neighborhoods
-    from tissuekd.students.niche import StudentConfig, fit_student
-    from tissuekd.teachers.nolan import NolanConfig, fit_nolan, predict_logits
+    from tissuekd.niche.train import StudentConfig, fit_student
+    from tissuekd.niche.train import NolanConfig, fit_nolan, predict_logits
 
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 200, (120, 2))
@@ -136,7 +136,7 @@ def test_model_training_and_prediction_run_under_the_chosen_precision(monkeypatc
                                   "extract_patch_features"])
 def test_every_model_step_resolves_the_precision_it_is_given(monkeypatch, step):
     """The rules pass `precision`; each step hands it to compute.resolve before doing anything."""
-    import tissuekd.niche.distill as niche_steps
+    import tissuekd.niche.steps as niche_steps
     import tissuekd.survival.patches as patches
     import tissuekd.survival.steps as survival_steps
 

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from tissuekd.niche.distill import histology_nolan, train_student
-from tissuekd.students.niche import StudentConfig
-from tissuekd.teachers.nolan import NolanConfig
+from tissuekd.niche.steps import histology_nolan, train_student
+from tissuekd.niche.train import StudentConfig
+from tissuekd.niche.train import NolanConfig
 
 K = 4
 
@@ -94,7 +94,7 @@ def test_histology_nolan_does_not_fit_on_test_cells(slides, tmp_path):
 ])
 def test_external_teacher_logits_are_checked(slides, tmp_path, damage, message):
     from tissuekd.errors import InputError
-    from tissuekd.niche.distill import read_logits
+    from tissuekd.niche.steps import read_logits
 
     paths = slides[0]
     bad = tmp_path / "external.parquet"

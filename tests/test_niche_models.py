@@ -11,10 +11,10 @@ from scipy.spatial.distance import jensenshannon
 from sklearn.metrics import adjusted_rand_score
 
 from tissuekd.distill.losses import kd_loss
-from tissuekd.metrics.niche import composition_jsd, hungarian_match, niche_metrics, probe_f1
+from tissuekd.niche.evaluate import composition_jsd, hungarian_match, niche_metrics, probe_f1
 from tissuekd.spatial.neighborhoods import build_neighborhoods
-from tissuekd.students.niche import StudentConfig, fit_student
-from tissuekd.teachers.nolan import NolanConfig, fit_nolan, predict_logits
+from tissuekd.niche.train import StudentConfig, fit_student
+from tissuekd.niche.train import NolanConfig, fit_nolan, predict_logits
 
 
 def toy_tissue(n: int = 1600, seed: int = 0):

@@ -19,12 +19,12 @@ import pandas as pd
 import torch
 
 from tissuekd.distill.losses import kd_loss
-from tissuekd.niche.distill import (FEATURE_DIM, LOGIT_TEMP, _slide_inputs, _standardize, load_model, read_features,
+from tissuekd.niche.steps import (FEATURE_DIM, LOGIT_TEMP, slide_inputs, standardize, load_model, read_features,
                                     read_logits)
 from tissuekd.spatial.neighborhoods import build_neighborhoods
-from tissuekd.students.niche import StudentConfig, fit_student
-from tissuekd.teachers.nolan import predict_logits
-from tissuekd.teachers.transformer import NeighborhoodTransformer
+from tissuekd.niche.train import StudentConfig, fit_student
+from tissuekd.niche.train import predict_logits
+from tissuekd.niche.models import NeighborhoodTransformer
 
 
 def _timed(fn) -> float:
@@ -79,11 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     slide = args.results / "niche" / args.slide
     enc = slide / args.encoder
-    cells, role, radius = _slide_inputs(str(slide / "cells.parquet"), str(enc / "split.parquet"),
+    cells, role, radius = slide_inputs(str(slide / "cells.parquet"), str(enc / "split.parquet"),
                                         str(enc / "radius.json"))
     train = np.flatnonzero(role == "train")
     features = str(args.results / "niche" / "features" / args.encoder / f"{args.slide}.h5")
-    x = _standardize(read_features(features, cells), train, FEATURE_DIM)
+    x = standardize(read_features(features, cells), train, FEATURE_DIM)
     teacher = torch.from_numpy(read_logits(str(enc / f"k{args.k}" / "teacher" / "logits.parquet"), cells, args.k))
     xy = cells[["x_um", "y_um"]].to_numpy()
     print(f"{args.slide}: {len(cells)} cells, radius {radius:.1f} um, {torch.get_num_threads()} threads")
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     bench_student(x, nb, torch.from_numpy(train), teacher[train], args.epochs)
     everyone = np.arange(len(cells))
     latent = pd.read_parquet(slide / "scvi" / "latent.parquet").drop(columns="cell_id").to_numpy(np.float32)
-    bench_inference(load_model(str(enc / f"k{args.k}" / "teacher" / "model.pt")), _standardize(latent, everyone),
+    bench_inference(load_model(str(enc / f"k{args.k}" / "teacher" / "model.pt")), standardize(latent, everyone),
                     build_neighborhoods(xy, everyone, radius, args.max_neighbors), torch.from_numpy(everyone))
 
 

@@ -1,6 +1,7 @@
 """The niche study's model steps per slide (DESIGN 2.1 steps 5-8): scVI, the NOLAN-style
 teacher, the H&E student, and the two histology baselines. Each reads and writes files so
-that a Snakemake rule is one call."""
+that a Snakemake rule is one call. (Ingest, radius/split and features are in ingest.py,
+split.py and features.py; evaluation and maps in evaluate.py.)"""
 
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ import torch
 from tissuekd import compute
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
+from tissuekd.niche.models import NeighborhoodTransformer
+from tissuekd.niche.train import NolanConfig, StudentConfig, fit_nolan, fit_student, predict_logits
 from tissuekd.spatial.neighborhoods import build_neighborhoods
-from tissuekd.students.niche import StudentConfig, fit_student
-from tissuekd.teachers.nolan import NolanConfig, fit_nolan, predict_logits
-from tissuekd.teachers.transformer import NeighborhoodTransformer
 
 log = logging.getLogger(__name__)
 LOGIT_TEMP = 0.1  # cosines / 0.1 -> logits, for teacher, student and Histology NOLAN alike
@@ -47,7 +47,7 @@ def fit_scvi(expression: str, out_model: str, out_latent: str, n_latent: int = 1
         frame.to_parquet(tmp, index=False)
 
 
-def _standardize(x: np.ndarray, fit_rows: np.ndarray, max_dim: int | None = None) -> torch.Tensor:
+def standardize(x: np.ndarray, fit_rows: np.ndarray, max_dim: int | None = None) -> torch.Tensor:
     """z-score (and PCA to `max_dim`, not whitened: whitening inflates the noise components
     and the student overfits them) with statistics from `fit_rows` only: for the student
     these are train cells, so no statistic of a test cell leaks into training."""
@@ -116,7 +116,7 @@ def load_model(path: str) -> NeighborhoodTransformer:
     return model.eval()
 
 
-def _slide_inputs(cells_path: str, split_path: str, radius_path: str):
+def slide_inputs(cells_path: str, split_path: str, radius_path: str):
     cells = pd.read_parquet(cells_path)
     split = pd.read_parquet(split_path)
     _aligned(cells, split["cell_id"].to_numpy(), split_path)
@@ -129,10 +129,10 @@ def train_teacher(latent_path: str, cells_path: str, split_path: str, radius_pat
                   device: str = "auto", precision: str = "auto") -> None:
     """The teacher labels the whole slide from transcriptomics alone (it never sees H&E)."""
     run = compute.resolve(device, precision)
-    cells, _, radius = _slide_inputs(cells_path, split_path, radius_path)
+    cells, _, radius = slide_inputs(cells_path, split_path, radius_path)
     latent = pd.read_parquet(latent_path)
     _aligned(cells, latent["cell_id"].to_numpy(), latent_path)
-    x = _standardize(latent.drop(columns="cell_id").to_numpy(np.float32), np.arange(len(cells)))
+    x = standardize(latent.drop(columns="cell_id").to_numpy(np.float32), np.arange(len(cells)))
     xy = cells[["x_um", "y_um"]].to_numpy()
     everyone = np.arange(len(cells))
     nb = build_neighborhoods(xy, everyone, radius, max_neighbors)
@@ -149,11 +149,11 @@ def train_student(features_path: str, cells_path: str, split_path: str, radius_p
                   seed: int = 0, device: str = "auto", precision: str = "auto") -> None:
     """Fit on train-strip cells (neighbours from non-test cells), then predict every cell from H&E alone."""
     run = compute.resolve(device, precision)
-    cells, role, radius = _slide_inputs(cells_path, split_path, radius_path)
+    cells, role, radius = slide_inputs(cells_path, split_path, radius_path)
     train = np.flatnonzero(role == "train")
     if len(train) == 0:
         raise InputError(split_path, "no train cells")
-    x = _standardize(read_features(features_path, cells), train, FEATURE_DIM)
+    x = standardize(read_features(features_path, cells), train, FEATURE_DIM)
     teacher = torch.from_numpy(read_logits(teacher_path, cells, k))
     xy = cells[["x_um", "y_um"]].to_numpy()
     nb_train = build_neighborhoods(xy, train, radius, max_neighbors, allowed=role != "test")
@@ -170,9 +170,9 @@ def histology_nolan(features_path: str, cells_path: str, split_path: str, radius
                     device: str = "auto", precision: str = "auto") -> None:
     """The teacher's method on H&E features, self-supervised on non-test cells; predicts every cell."""
     run = compute.resolve(device, precision)
-    cells, role, radius = _slide_inputs(cells_path, split_path, radius_path)
+    cells, role, radius = slide_inputs(cells_path, split_path, radius_path)
     fit_rows = np.flatnonzero(role != "test")
-    x = _standardize(read_features(features_path, cells), fit_rows, FEATURE_DIM)
+    x = standardize(read_features(features_path, cells), fit_rows, FEATURE_DIM)
     xy = cells[["x_um", "y_um"]].to_numpy()
     nb_fit = build_neighborhoods(xy, fit_rows, radius, max_neighbors, allowed=role != "test")
     model = fit_nolan(x, nb_fit, torch.from_numpy(fit_rows), k, cfg, seed, compute=run)
@@ -184,7 +184,7 @@ def histology_nolan(features_path: str, cells_path: str, split_path: str, radius
 
 
 def histology_leiden(features_path: str, cells_path: str, k: int, out: str, seed: int = 0) -> None:
-    from tissuekd.baselines.leiden import leiden_k
+    from tissuekd.niche.baselines import leiden_k
 
     cells = pd.read_parquet(cells_path)
     labels = leiden_k(read_features(features_path, cells), k, seed)

@@ -1,4 +1,6 @@
-"""Histology Leiden: Leiden clustering (leidenalg on an igraph kNN graph) of H&E features,
+"""The niche study's comparison methods on H&E features. Histology NOLAN is the teacher's own
+method (tissuekd.niche.train.fit_nolan) fitted on H&E features, so only Histology Leiden lives
+here: Leiden clustering (leidenalg on an igraph kNN graph) of H&E features,
 with the resolution searched until it yields the requested number of clusters."""
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""Unsupervised histology baselines the students are compared against."""

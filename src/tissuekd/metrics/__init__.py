@@ -1,1 +1,0 @@
-"""Metrics, delegating to scikit-learn / scipy wherever they already exist."""

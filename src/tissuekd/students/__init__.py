@@ -1,1 +1,0 @@
-"""Students: H&E-only models trained from a frozen teacher."""

@@ -1,1 +1,0 @@
-"""Teachers: the neighbourhood transformer and its self-supervised (NOLAN-style) training."""

@@ -19,12 +19,10 @@ import pandas as pd
 import torch
 
 from tissuekd.distill.losses import kd_loss
-from tissuekd.niche.steps import (FEATURE_DIM, LOGIT_TEMP, slide_inputs, standardize, load_model, read_features,
-                                    read_logits)
-from tissuekd.spatial.neighborhoods import build_neighborhoods
-from tissuekd.niche.train import StudentConfig, fit_student
-from tissuekd.niche.train import predict_logits
 from tissuekd.niche.models import NeighborhoodTransformer
+from tissuekd.niche.steps import LOGIT_TEMP, load_model, read_logits, reduce_features, slide_inputs, standardize
+from tissuekd.niche.train import StudentConfig, fit_student, predict_logits
+from tissuekd.spatial.neighborhoods import build_neighborhoods
 
 
 def _timed(fn) -> float:
@@ -83,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
                                         str(enc / "radius.json"))
     train = np.flatnonzero(role == "train")
     features = str(args.results / "niche" / "features" / args.encoder / f"{args.slide}.h5")
-    x = standardize(read_features(features, cells), train, FEATURE_DIM)
+    x = reduce_features(features, cells, train)
     teacher = torch.from_numpy(read_logits(str(enc / f"k{args.k}" / "teacher" / "logits.parquet"), cells, args.k))
     xy = cells[["x_um", "y_um"]].to_numpy()
     print(f"{args.slide}: {len(cells)} cells, radius {radius:.1f} um, {torch.get_num_threads()} threads")

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from tissuekd import compute
+from tissuekd.encoders.reduce import Reduction, reduce_file
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
 from tissuekd.niche.models import NeighborhoodTransformer
@@ -48,17 +49,9 @@ def fit_scvi(expression: str, out_model: str, out_latent: str, n_latent: int = 1
 
 
 def standardize(x: np.ndarray, fit_rows: np.ndarray, max_dim: int | None = None) -> torch.Tensor:
-    """z-score (and PCA to `max_dim`, not whitened: whitening inflates the noise components
-    and the student overfits them) with statistics from `fit_rows` only: for the student
-    these are train cells, so no statistic of a test cell leaks into training."""
-    mean, std = x[fit_rows].mean(axis=0), x[fit_rows].std(axis=0)
-    z = (x - mean) / np.maximum(std, 1e-6 * std.max() + 1e-12)
-    if max_dim and z.shape[1] > max_dim:
-        from sklearn.decomposition import PCA
-
-        z = PCA(max_dim, random_state=0).fit(z[fit_rows]).transform(z)
-        z /= z[fit_rows].std()
-    return torch.from_numpy(z.astype(np.float32))
+    """z-score (and PCA to `max_dim`) of an in-memory table with statistics from `fit_rows`
+    only (the teacher's scVI latents: N x 10). Feature files go through `reduce_features`."""
+    return torch.from_numpy(Reduction.fit(x[fit_rows], max_dim).transform(x))
 
 
 def _aligned(cells: pd.DataFrame, ids: np.ndarray, source: str) -> None:
@@ -66,10 +59,19 @@ def _aligned(cells: pd.DataFrame, ids: np.ndarray, source: str) -> None:
         raise InputError(source, "cell ids do not match the slide's cells.parquet (stale or foreign file?)")
 
 
-def read_features(path: str, cells: pd.DataFrame) -> np.ndarray:
+def check_feature_ids(path: str, cells: pd.DataFrame) -> None:
     with h5py.File(path) as h5:
         _aligned(cells, h5["cell_id"].asstr()[:], path)
-        return h5["features"][:]
+
+
+def reduce_features(path: str, cells: pd.DataFrame, fit_rows: np.ndarray, max_dim: int = FEATURE_DIM
+                    ) -> torch.Tensor:
+    """The slide's H&E features, read in chunks and reduced to `max_dim` with z-score and PCA
+    fitted on (a bounded sample of) `fit_rows` only: for the student its train cells, so no
+    statistic of a test cell leaks into training."""
+    check_feature_ids(path, cells)
+    reduced, _ = reduce_file(path, fit_rows, max_dim)
+    return torch.from_numpy(reduced)
 
 
 def write_logits(out: str, cells: pd.DataFrame, logits: np.ndarray) -> None:
@@ -153,7 +155,7 @@ def train_student(features_path: str, cells_path: str, split_path: str, radius_p
     train = np.flatnonzero(role == "train")
     if len(train) == 0:
         raise InputError(split_path, "no train cells")
-    x = standardize(read_features(features_path, cells), train, FEATURE_DIM)
+    x = reduce_features(features_path, cells, train)
     teacher = torch.from_numpy(read_logits(teacher_path, cells, k))
     xy = cells[["x_um", "y_um"]].to_numpy()
     nb_train = build_neighborhoods(xy, train, radius, max_neighbors, allowed=role != "test")
@@ -172,7 +174,7 @@ def histology_nolan(features_path: str, cells_path: str, split_path: str, radius
     run = compute.resolve(device, precision)
     cells, role, radius = slide_inputs(cells_path, split_path, radius_path)
     fit_rows = np.flatnonzero(role != "test")
-    x = standardize(read_features(features_path, cells), fit_rows, FEATURE_DIM)
+    x = reduce_features(features_path, cells, fit_rows)
     xy = cells[["x_um", "y_um"]].to_numpy()
     nb_fit = build_neighborhoods(xy, fit_rows, radius, max_neighbors, allowed=role != "test")
     model = fit_nolan(x, nb_fit, torch.from_numpy(fit_rows), k, cfg, seed, compute=run)
@@ -187,6 +189,7 @@ def histology_leiden(features_path: str, cells_path: str, k: int, out: str, seed
     from tissuekd.niche.baselines import leiden_k
 
     cells = pd.read_parquet(cells_path)
-    labels = leiden_k(read_features(features_path, cells), k, seed)
+    check_feature_ids(features_path, cells)
+    labels = leiden_k(features_path, k, seed)
     with atomic_path(out) as tmp:
         pd.DataFrame({"cell_id": cells["cell_id"], "niche": labels}).to_parquet(tmp, index=False)

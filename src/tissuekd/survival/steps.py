@@ -13,8 +13,8 @@ from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
 from tissuekd.survival import cohort as cohorts
 from tissuekd.survival import evaluate
-from tissuekd.survival.train import (NEEDS_PATHOLOGY, NEEDS_RNA, AMKDConfig, CohortData, TrainConfig,
-                                     cross_validate, load_bags, predict_external)
+from tissuekd.survival.train import (NEEDS_PATHOLOGY, NEEDS_RNA, AMKDConfig, CohortData, FileBags, TrainConfig,
+                                     cross_validate, predict_external)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def load_cohort(patients: str, rna: str, method: str, gene_sets: str | None = No
     table = pd.read_csv(patients, sep="\t", dtype={"patient": str})
     data = CohortData(patients=table)
     if method in NEEDS_PATHOLOGY:
-        data.bags = load_bags(table["features"])
+        data.bags = FileBags(table["features"])
     if method in NEEDS_RNA:
         matrix = pd.read_parquet(rna)
         if matrix.shape[1] == 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 import h5py
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from tissuekd.compute import CPU, Compute
+from tissuekd.encoders.reduce import iter_chunks
 from tissuekd.survival import losses
 from tissuekd.survival.models import AMKDStudent, PathologyModel, RNAModel, Teacher
 
@@ -51,30 +53,117 @@ class AMKDConfig:
     sharpness: float = 1.0
 
 
+class MemoryBags(list):
+    """Bags held in memory (tests, small cohorts): one (patches, dim) tensor per patient."""
+
+    @property
+    def dim(self) -> int:
+        return int(self[0].shape[1])
+
+    def count(self, i: int) -> int:
+        return len(self[i])
+
+    def rows(self, i: int, idx: np.ndarray | None = None) -> torch.Tensor:
+        return self[i] if idx is None else self[i][idx]
+
+    def moments(self, i: int) -> Moments:
+        return Moments.of(self[i].double().numpy())
+
+
+class FileBags:
+    """Each patient's bag read from their feature files (`;`-joined paths) when a step needs
+    it, so a cohort of 1,000 patients x 10,000 patches never sits in memory; a training step
+    reads only the sampled rows."""
+
+    def __init__(self, features: Sequence[str]):
+        self.files = [paths.split(";") for paths in features]
+        self.counts = []
+        for paths in tqdm(self.files, desc="bags", unit="patient", mininterval=10):
+            sizes = []
+            for path in paths:
+                with h5py.File(path, "r") as h5:
+                    sizes.append(h5["features"].shape[0])
+                    self.dim = int(h5["features"].shape[1])
+            self.counts.append(np.cumsum([0, *sizes]))
+        self._moments: dict[int, Moments] = {}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def count(self, i: int) -> int:
+        return int(self.counts[i][-1])
+
+    def rows(self, i: int, idx: np.ndarray | None = None) -> torch.Tensor:
+        """Rows `idx` (increasing; all when None) of patient `i`'s bag, float32."""
+        parts, bounds = [], self.counts[i]
+        for f, path in enumerate(self.files[i]):
+            with h5py.File(path, "r") as h5:
+                data = h5["features"]
+                if idx is None:
+                    parts.append(np.asarray(data[:], dtype=np.float32))
+                else:
+                    own = idx[(idx >= bounds[f]) & (idx < bounds[f + 1])] - bounds[f]
+                    parts.append(np.asarray(data[own], dtype=np.float32) if len(own) else
+                                 np.empty((0, self.dim), np.float32))
+        return torch.from_numpy(np.concatenate(parts))
+
+    def moments(self, i: int) -> Moments:
+        """Count, mean and sum of squared deviations of patient `i`'s patches, in one chunked
+        pass (cached: each fold's scaling combines its training patients')."""
+        if i not in self._moments:
+            total = Moments.empty(self.dim)
+            for path in self.files[i]:
+                with h5py.File(path, "r") as h5:
+                    for _, chunk in iter_chunks(h5["features"]):
+                        total = total.merge(Moments.of(chunk.astype(np.float64)))
+            self._moments[i] = total
+        return self._moments[i]
+
+
+@dataclass
+class Moments:
+    """Streaming mean/variance (Chan et al.'s pairwise merge, stable in float64)."""
+
+    n: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def empty(cls, dim: int) -> Moments:
+        return cls(0, np.zeros(dim), np.zeros(dim))
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> Moments:
+        mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
+        return cls(len(x), mean, ((x - mean) ** 2).sum(axis=0))
+
+    def merge(self, other: Moments) -> Moments:
+        n = self.n + other.n
+        if n == 0:
+            return self
+        delta = other.mean - self.mean
+        return Moments(n, self.mean + delta * other.n / n, self.m2 + other.m2 + delta**2 * self.n * other.n / n)
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.m2 / max(self.n - 1, 1))  # unbiased, as torch.std
+
+
 @dataclass
 class CohortData:
     patients: pd.DataFrame  # patient, time, event, fold
-    bags: list[torch.Tensor] | None = None
+    bags: MemoryBags | FileBags | None = None
     rna: np.ndarray | None = None  # patients x genes, raw
     genes: list[str] = field(default_factory=list)
     gene_sets: dict[str, list[int]] | None = None
 
+    def __post_init__(self):
+        if isinstance(self.bags, list) and not isinstance(self.bags, MemoryBags):
+            self.bags = MemoryBags(self.bags)
+
     @property
     def dim(self) -> int:
-        return int(self.bags[0].shape[1])
-
-
-def load_bags(features: pd.Series) -> list[torch.Tensor]:
-    """One bag per patient: the patch features of all their slides (`;`-joined paths), kept in
-    float16 to halve memory; cast back per step."""
-    bags = []
-    for paths in tqdm(features, desc="bags", unit="patient", mininterval=10):
-        parts = []
-        for path in paths.split(";"):
-            with h5py.File(path, "r") as h5:
-                parts.append(np.asarray(h5["features"][:], dtype=np.float16))
-        bags.append(torch.from_numpy(np.concatenate(parts)))
-    return bags
+        return self.bags.dim
 
 
 def build_model(method: str, data: CohortData, cfg: TrainConfig) -> torch.nn.Module:
@@ -106,12 +195,14 @@ class Inputs:
             self.rna = torch.tensor(scaled, dtype=torch.float32, device=compute.device)
 
     def bag(self, i: int, rng: np.random.Generator | None = None) -> torch.Tensor | None:
-        if self.data.bags is None:
+        bags = self.data.bags
+        if bags is None:
             return None
-        bag = self.data.bags[i]
-        if rng is not None and len(bag) > self.max_patches:
-            bag = bag[np.sort(rng.choice(len(bag), self.max_patches, replace=False))]
-        bag = bag.to(self.compute.device, torch.float32)
+        n = bags.count(i)
+        idx = None
+        if rng is not None and n > self.max_patches:
+            idx = np.sort(rng.choice(n, self.max_patches, replace=False))
+        bag = bags.rows(i, idx).to(self.compute.device, torch.float32)
         return (bag - self.feat_mean) / self.feat_std if self.feat_mean is not None else bag
 
     def __call__(self, model, idx, rng=None, encode=False):
@@ -160,11 +251,15 @@ def fit_fold(method: str, data: CohortData, train: np.ndarray, cfg: TrainConfig,
 
 
 def fit_scaling(data: CohortData, train: np.ndarray, rna: bool) -> dict:
-    """Per-feature mean/std of the training patients' patches and RNA (never the test fold's)."""
+    """Per-feature mean/std of the training patients' patches (combined from per-patient
+    moments, one streaming pass over each bag) and RNA — never the test fold's."""
     scaling = {}
     if data.bags is not None:
-        patches = torch.cat([data.bags[i] for i in train]).float()
-        scaling["feat_mean"], scaling["feat_std"] = patches.mean(0).numpy(), patches.std(0).numpy() + 1e-4
+        total = Moments.empty(data.dim)
+        for i in train:
+            total = total.merge(data.bags.moments(i))
+        scaling["feat_mean"] = total.mean.astype(np.float32)
+        scaling["feat_std"] = (total.std + 1e-4).astype(np.float32)
     if rna and data.rna is not None:
         scaling["rna_mean"], scaling["rna_std"] = data.rna[train].mean(0), data.rna[train].std(0) + 1e-6
     return scaling

@@ -1,0 +1,119 @@
+"""Streamed steps equal their in-memory forms: chunked feature reduction, survival bags read
+from disk, moments combined per fold, the Leiden graph built from arrays."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from sklearn.decomposition import PCA
+
+from tissuekd.encoders.reduce import Reduction, read_rows, reduce_file, sample_rows
+from tissuekd.survival.train import FileBags, MemoryBags, Moments
+
+
+def _features(path, x: np.ndarray, chunks: int = 100) -> str:
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("features", data=x, chunks=(chunks, x.shape[1]))
+    return str(path)
+
+
+@pytest.fixture
+def table(tmp_path):
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(2000, 96)) @ rng.normal(size=(96, 96)) + rng.normal(3, 2, 96)).astype(np.float32)
+    return x, _features(tmp_path / "f.h5", x)
+
+
+def test_chunked_reduction_equals_the_in_memory_one(table):
+    x, path = table
+    fit = np.flatnonzero(np.arange(len(x)) % 3 != 0)
+    reduced, red = reduce_file(path, fit, 16, chunk=128)
+    mean, std = x[fit].mean(0), x[fit].std(0)
+    assert np.allclose(red.mean, mean, atol=1e-5) and np.allclose(red.std, std, atol=1e-5)
+    z = (x - mean) / std
+    pca = PCA(16, random_state=0).fit(z[fit])
+    expected = pca.transform(z)
+    expected /= expected[fit].std()
+    assert np.allclose(reduced, expected, atol=1e-4)
+
+
+def test_reduction_statistics_see_only_the_fitting_rows(table, tmp_path):
+    """Rows outside `fit_rows` replaced by noise: the reduction and the fitted rows' output are identical."""
+    x, path = table
+    fit = np.arange(1500)
+    noisy = x.copy()
+    noisy[1500:] = np.random.default_rng(1).normal(0, 50, noisy[1500:].shape)
+    a, red_a = reduce_file(path, fit, 8, sample=700)
+    b, red_b = reduce_file(_features(tmp_path / "noisy.h5", noisy), fit, 8, sample=700)
+    assert np.array_equal(red_a.mean, red_b.mean) and np.array_equal(red_a.components, red_b.components)
+    assert np.array_equal(a[:1500], b[:1500])
+
+
+def test_a_bounded_sample_of_rows_is_read_in_one_pass(table):
+    x, path = table
+    rows = sample_rows(np.arange(0, 2000, 2), 300, seed=4)
+    assert len(rows) == 300 and np.all(np.diff(rows) > 0) and np.all(rows % 2 == 0)
+    with h5py.File(path) as h5:
+        assert np.array_equal(read_rows(h5["features"], rows, chunk=77), x[rows])
+    assert np.array_equal(sample_rows(np.arange(10), 50), np.arange(10))
+
+
+def test_zscore_only_below_the_target_width():
+    x = np.random.default_rng(2).normal(5, 3, (500, 10)).astype(np.float32)
+    red = Reduction.fit(x, max_dim=64)
+    assert red.components is None and red.width == 10
+    assert np.allclose(red.transform(x).mean(0), 0, atol=1e-5)
+
+
+def test_bags_read_from_disk_equal_the_bags_in_memory(tmp_path):
+    rng = np.random.default_rng(3)
+    bags = [rng.normal(i, 1, (int(rng.integers(20, 60)), 12)).astype(np.float16) for i in range(6)]
+    files = []
+    for i, bag in enumerate(bags):  # patient 2 has two slides
+        if i == 2:
+            half = len(bag) // 2
+            files.append(_features(tmp_path / "2a.h5", bag[:half], 8) + ";" + _features(tmp_path / "2b.h5", bag[half:], 8))
+        else:
+            files.append(_features(tmp_path / f"{i}.h5", bag, 8))
+    disk, memory = FileBags(files), MemoryBags([torch.from_numpy(b) for b in bags])
+    assert disk.dim == memory.dim == 12 and [disk.count(i) for i in range(6)] == [len(b) for b in bags]
+    idx = np.sort(rng.choice(len(bags[2]), 15, replace=False))
+    assert torch.equal(disk.rows(2, idx), memory.rows(2, idx).float())
+    assert torch.equal(disk.rows(2), memory.rows(2).float())
+    train = [0, 2, 3, 5]
+    total = Moments.empty(12)
+    for i in train:
+        total = total.merge(disk.moments(i))
+    every = np.concatenate([bags[i] for i in train]).astype(np.float64)
+    assert total.n == len(every)
+    assert np.allclose(total.mean, every.mean(0), atol=1e-5) and np.allclose(total.std, every.std(0, ddof=1), atol=1e-5)
+
+
+def test_leiden_graph_from_arrays_is_the_symmetrised_knn_graph(tmp_path):
+    from sklearn.neighbors import NearestNeighbors
+
+    from tissuekd.niche.baselines import knn_graph
+
+    x = np.random.default_rng(5).normal(size=(300, 8)).astype(np.float32)
+    path = _features(tmp_path / "g.h5", x)
+    graph = knn_graph(path, n_neighbors=5, n_pcs=8, seed=0)
+    z, _ = reduce_file(path, np.arange(300), 8)
+    _, nn = NearestNeighbors(n_neighbors=6).fit(z).kneighbors(z)  # exact, as faiss below 200,000 cells
+    expected = {(min(a, b), max(a, b)) for a, row in enumerate(nn) for b in row[1:]}
+    assert {tuple(e) for e in graph.get_edgelist()} == expected
+
+
+def test_approximate_neighbours_above_the_exact_limit_find_the_true_ones(monkeypatch):
+    """HNSW (used above EXACT_BELOW cells) recovers >= 95% of the exact 15 neighbours."""
+    from sklearn.neighbors import NearestNeighbors
+
+    import tissuekd.niche.baselines as baselines
+
+    z = np.random.default_rng(6).normal(size=(5000, 30)).astype(np.float32)
+    monkeypatch.setattr(baselines, "EXACT_BELOW", 1000)
+    approx = baselines.nearest_neighbors(z, 15)
+    _, exact = NearestNeighbors(n_neighbors=16).fit(z).kneighbors(z)
+    recall = np.mean([len(set(a) & set(e[1:])) / 15 for a, e in zip(approx, exact)])
+    assert recall >= 0.95

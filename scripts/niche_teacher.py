@@ -9,7 +9,7 @@ torch.set_num_threads(snakemake.threads)
 i, o, p = snakemake.input, snakemake.output, snakemake.params
 run_logged(
     snakemake.log[0],
-    lambda: train_teacher(i.latent, i.cells, i.split, i.radius, int(snakemake.wildcards.k), NolanConfig(**p.nolan),
+    lambda: train_teacher(i.latent, i.cells, i.radius, int(snakemake.wildcards.k), NolanConfig(**p.nolan),
                           o.model, o.logits, max_neighbors=p.max_neighbors, seed=p.seed,
                           device=p.device, precision=p.precision),
 )

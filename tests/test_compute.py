@@ -148,7 +148,7 @@ def test_every_model_step_resolves_the_precision_it_is_given(monkeypatch, step):
 
     monkeypatch.setattr(compute, "resolve", fake_resolve)
     calls = {
-        "train_teacher": lambda: niche_steps.train_teacher("l", "c", "s", "r", 3, None, "m", "o", precision="fp16"),
+        "train_teacher": lambda: niche_steps.train_teacher("l", "c", "r", 3, None, "m", "o", precision="fp16"),
         "train_student": lambda: niche_steps.train_student("f", "c", "s", "r", "t", 3, None, "m", "o",
                                                            precision="fp16"),
         "histology_nolan": lambda: niche_steps.histology_nolan("f", "c", "s", "r", 3, None, "o", precision="fp16"),

@@ -51,12 +51,15 @@ def test_no_train_crop_or_neighbourhood_touches_the_test_strip(layout):
 
 @settings(max_examples=25, deadline=None)
 @given(layouts())
-def test_radius_hits_the_target_within_ten_percent(layout):
+def test_radius_hits_the_target_within_ten_percent_and_ignores_the_encoder(layout):
+    """Mean neighbour count of non-test cells = target; the crop reach (the encoder) only moves the buffer."""
     xy, reach, target = layout
     fit = fit_split(xy, 4, 1, reach, target)
     nontest = fit.roles != TEST
-    counts = cKDTree(xy[nontest]).query_ball_point(xy[fit.roles == TRAIN], r=fit.radius_um, return_length=True) - 1
+    counts = cKDTree(xy[nontest]).query_ball_point(xy[nontest], r=fit.radius_um, return_length=True) - 1
     assert counts.mean() == pytest.approx(target, rel=0.10)
+    wider = fit_split(xy, 4, 1, reach * 2, target)
+    assert wider.radius_um == fit.radius_um and wider.buffer_um == pytest.approx(fit.buffer_um + reach)
 
 
 def test_empty_test_strip_is_an_error():
@@ -67,14 +70,17 @@ def test_empty_test_strip_is_an_error():
 
 
 def test_demo_slide_radius_and_split_files(ingested, tmp_path):
-    radius = fit_radius(str(ingested["cells"]), str(ingested["slide"]), str(tmp_path / "radius.json"),
-                        target=20, n_strips=4, test_strip=1, crop_px=224, encoder_mpp=0.5)
+    radius = fit_radius(str(ingested["cells"]), str(tmp_path / "radius.json"), target=20, n_strips=4, test_strip=1)
     assert radius["mean_neighbors"] == pytest.approx(20, rel=0.10)
-    assert radius["buffer_um"] == pytest.approx(radius["crop_reach_um"] + radius["radius_um"])
-    split = write_split(str(ingested["cells"]), str(tmp_path / "radius.json"), str(tmp_path / "split.parquet"))
-    assert set(split["role"]) == {TRAIN, BUFFER, TEST}
-    assert (split["role"] == TRAIN).sum() == radius["n_train"]
     assert json.loads((tmp_path / "radius.json").read_text())["test_strip"] == 1
+    splits = {mpp: write_split(str(ingested["cells"]), str(ingested["slide"]), str(tmp_path / "radius.json"),
+                               str(tmp_path / f"split{mpp}.parquet"), crop_px=224, encoder_mpp=mpp)
+              for mpp in (0.5, 1.0)}
+    assert set(splits[0.5]["role"]) == {TRAIN, BUFFER, TEST}
+    assert radius["n_nontest"] == (splits[0.5]["role"] != TEST).sum()
+    # an encoder that sees wider crops only widens the buffer: fewer train cells, the same test cells
+    assert (splits[1.0]["role"] == TRAIN).sum() < (splits[0.5]["role"] == TRAIN).sum()
+    assert ((splits[1.0]["role"] == TEST) == (splits[0.5]["role"] == TEST)).all()
 
 
 def test_slide_without_test_cells_names_the_file(ingested, tmp_path):
@@ -84,7 +90,6 @@ def test_slide_without_test_cells_names_the_file(ingested, tmp_path):
     path = tmp_path / "cells.parquet"
     gap.to_parquet(path)
     with pytest.raises(InputError, match="test strip") as err:
-        fit_radius(str(path), str(ingested["slide"]), str(tmp_path / "r.json"), target=20, n_strips=4,
-                   test_strip=1, crop_px=224, encoder_mpp=0.5)
+        fit_radius(str(path), str(tmp_path / "r.json"), target=20, n_strips=4, test_strip=1)
     assert str(path) in str(err.value)
     assert not (tmp_path / "r.json").exists()

@@ -37,6 +37,21 @@ def test_dry_run_of_the_shipped_demo_lists_every_step_per_slide_and_k():
     assert jobs["survival_cohort"] == 2 and jobs["survival_fit"] == 3 and jobs["survival_external"] == 1
 
 
+def test_one_teacher_and_radius_per_slide_whatever_the_encoders(tmp_path):
+    """Two encoders: each gets its own features, split, students and baselines, against one
+    teacher per slide and K and one radius per slide."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    second = {**config["encoders"]["demo-mobilenet"], "model": "mobilenetv3_small_050", "mpp": 1.0}
+    workdir = make_workdir(tmp_path, niche__encoders=["demo-mobilenet", "small"], niche__k=[10, 20],
+                           encoders={**config["encoders"], "small": second})
+    jobs = planned_jobs(workdir)
+    slides, ks = 2, 2
+    assert jobs["niche_radius"] == jobs["niche_scvi"] == slides
+    assert jobs["niche_teacher"] == slides * ks
+    assert jobs["niche_split"] == jobs["niche_features"] == slides * 2
+    assert jobs["niche_student"] == jobs["niche_hist_nolan"] == jobs["niche_evaluate"] == slides * ks * 2
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -95,7 +110,7 @@ def test_demo_run_writes_every_output(demo_run):
         cells = pd.read_parquet(results / "niche" / slide / "cells.parquet")
         assert len(cells) >= 10000
         assert {"cell_id", "x_um", "y_um", "x_he", "y_he", "cell_type", "pathology"} <= set(cells.columns)
-        radius = json.loads((results / "niche" / slide / "demo-mobilenet" / "radius.json").read_text())
+        radius = json.loads((results / "niche" / slide / "radius.json").read_text())
         assert radius["mean_neighbors"] == pytest.approx(20, rel=0.10)
         split = pd.read_parquet(results / "niche" / slide / "demo-mobilenet" / "split.parquet")
         assert set(split["role"]) == {"train", "buffer", "test"}
@@ -103,9 +118,9 @@ def test_demo_run_writes_every_output(demo_run):
             assert list(h5["cell_id"].asstr()[:]) == list(cells["cell_id"])
         assert (results / "niche" / slide / "scvi" / "model" / "model.pt").exists()
         k10 = results / "niche" / slide / "demo-mobilenet" / "k10"
-        for model in ("teacher", "student"):
-            assert (k10 / model / "model.pt").stat().st_size > 0
-            logits = pd.read_parquet(k10 / model / "logits.parquet")
+        for model in (results / "niche" / slide / "k10" / "teacher", k10 / "student"):  # one teacher per slide
+            assert (model / "model.pt").stat().st_size > 0
+            logits = pd.read_parquet(model / "logits.parquet")
             assert list(logits["cell_id"]) == list(cells["cell_id"]) and logits.shape[1] == 2 + 10
         assert (k10 / "maps.png").read_bytes()[:4] == b"\x89PNG"
         for step in ("ingest", "radius", "split", "features", "scvi", "teacher", "student", "hist_nolan",

@@ -131,7 +131,7 @@ def niche_predictions(wildcards):
     return {
         "cells": f"{RESULTS}/niche/{wildcards.slide}/cells.parquet",
         "split": f"{RESULTS}/niche/{wildcards.slide}/{wildcards.encoder}/split.parquet",
-        "teacher": f"{kdir}/teacher/logits.parquet",
+        "teacher": f"{RESULTS}/niche/{wildcards.slide}/k{wildcards.k}/teacher/logits.parquet",
         "student": f"{kdir}/student/logits.parquet",
         "hist_nolan": f"{kdir}/hist_nolan/logits.parquet",
         "hist_leiden": f"{kdir}/hist_leiden/clusters.parquet",

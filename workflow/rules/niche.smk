@@ -28,19 +28,16 @@ rule niche_ingest:
 rule niche_radius:
     input:
         cells=rules.niche_ingest.output.cells,
-        slide=rules.niche_ingest.output.slide,
     output:
-        f"{RESULTS}/niche/{{slide}}/{{encoder}}/radius.json",
+        f"{RESULTS}/niche/{{slide}}/radius.json",
     params:
         target=NICHE["target_neighbors"],
         n_strips=NICHE["n_strips"],
         test_strip=NICHE["test_strip"],
-        crop_px=NICHE["crop_px"],
-        encoder_mpp=lambda wildcards: ENCODERS[wildcards.encoder].mpp,
     log:
-        f"{LOGS}/niche/radius/{{encoder}}/{{slide}}.log",
+        f"{LOGS}/niche/radius/{{slide}}.log",
     benchmark:
-        f"{BENCH}/niche/radius/{{encoder}}/{{slide}}.tsv"
+        f"{BENCH}/niche/radius/{{slide}}.tsv"
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=10,
@@ -53,9 +50,13 @@ rule niche_radius:
 rule niche_split:
     input:
         cells=rules.niche_ingest.output.cells,
+        slide=rules.niche_ingest.output.slide,
         radius=rules.niche_radius.output[0],
     output:
         f"{RESULTS}/niche/{{slide}}/{{encoder}}/split.parquet",
+    params:
+        crop_px=NICHE["crop_px"],
+        encoder_mpp=lambda wildcards: ENCODERS[wildcards.encoder].mpp,
     log:
         f"{LOGS}/niche/split/{{encoder}}/{{slide}}.log",
     benchmark:
@@ -98,7 +99,8 @@ rule niche_features:
         "../../scripts/niche_features.py"
 
 
-# ---- models (DESIGN 2.1 steps 5-10), per slide, encoder and K ----
+# ---- models (DESIGN 2.1 steps 5-10): the teacher per slide and K, the rest per slide, encoder and K ----
+TDIR = f"{RESULTS}/niche/{{slide}}/k{{k}}/teacher"
 KDIR = f"{RESULTS}/niche/{{slide}}/{{encoder}}/k{{k}}"
 
 
@@ -135,11 +137,11 @@ if NICHE["teacher"] == "external":
             cells=rules.niche_ingest.output.cells,
             logits=external_teacher,
         output:
-            logits=f"{KDIR}/teacher/logits.parquet",
+            logits=f"{TDIR}/logits.parquet",
         log:
-            f"{LOGS}/niche/teacher/{{encoder}}/k{{k}}/{{slide}}.log",
+            f"{LOGS}/niche/teacher/k{{k}}/{{slide}}.log",
         benchmark:
-            f"{BENCH}/niche/teacher/{{encoder}}/k{{k}}/{{slide}}.tsv"
+            f"{BENCH}/niche/teacher/k{{k}}/{{slide}}.tsv"
         resources:
             mem_mb=lambda wildcards, attempt: 2000 * attempt,
             runtime=10,
@@ -154,11 +156,10 @@ else:
         input:
             latent=rules.niche_scvi.output.latent,
             cells=rules.niche_ingest.output.cells,
-            split=rules.niche_split.output[0],
             radius=rules.niche_radius.output[0],
         output:
-            model=f"{KDIR}/teacher/model.pt",
-            logits=f"{KDIR}/teacher/logits.parquet",
+            model=f"{TDIR}/model.pt",
+            logits=f"{TDIR}/logits.parquet",
         params:
             nolan=NICHE["nolan"],
             max_neighbors=NICHE["max_neighbors"],
@@ -167,9 +168,9 @@ else:
             precision=config["precision"],
         threads: 2
         log:
-            f"{LOGS}/niche/teacher/{{encoder}}/k{{k}}/{{slide}}.log",
+            f"{LOGS}/niche/teacher/k{{k}}/{{slide}}.log",
         benchmark:
-            f"{BENCH}/niche/teacher/{{encoder}}/k{{k}}/{{slide}}.tsv"
+            f"{BENCH}/niche/teacher/k{{k}}/{{slide}}.tsv"
         resources:
             mem_mb=lambda wildcards, attempt: 6000 * attempt,
             runtime=120,
@@ -186,7 +187,7 @@ rule niche_student:
         cells=rules.niche_ingest.output.cells,
         split=rules.niche_split.output[0],
         radius=rules.niche_radius.output[0],
-        teacher=f"{KDIR}/teacher/logits.parquet",
+        teacher=f"{TDIR}/logits.parquet",
     output:
         model=f"{KDIR}/student/model.pt",
         logits=f"{KDIR}/student/logits.parquet",

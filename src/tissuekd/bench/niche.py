@@ -78,18 +78,19 @@ def main(argv: list[str] | None = None) -> None:
     slide = args.results / "niche" / args.slide
     enc = slide / args.encoder
     cells, role, radius = slide_inputs(str(slide / "cells.parquet"), str(enc / "split.parquet"),
-                                        str(enc / "radius.json"))
+                                        str(slide / "radius.json"))
     train = np.flatnonzero(role == "train")
     features = str(args.results / "niche" / "features" / args.encoder / f"{args.slide}.h5")
     x = reduce_features(features, cells, train)
-    teacher = torch.from_numpy(read_logits(str(enc / f"k{args.k}" / "teacher" / "logits.parquet"), cells, args.k))
+    teacher_dir = slide / f"k{args.k}" / "teacher"
+    teacher = torch.from_numpy(read_logits(str(teacher_dir / "logits.parquet"), cells, args.k))
     xy = cells[["x_um", "y_um"]].to_numpy()
     print(f"{args.slide}: {len(cells)} cells, radius {radius:.1f} um, {torch.get_num_threads()} threads")
     nb = build_neighborhoods(xy, train, radius, args.max_neighbors, allowed=role != "test")
     bench_student(x, nb, torch.from_numpy(train), teacher[train], args.epochs)
     everyone = np.arange(len(cells))
     latent = pd.read_parquet(slide / "scvi" / "latent.parquet").drop(columns="cell_id").to_numpy(np.float32)
-    bench_inference(load_model(str(enc / f"k{args.k}" / "teacher" / "model.pt")), standardize(latent, everyone),
+    bench_inference(load_model(str(teacher_dir / "model.pt")), standardize(latent, everyone),
                     build_neighborhoods(xy, everyone, radius, args.max_neighbors), torch.from_numpy(everyone))
 
 

@@ -1,9 +1,11 @@
-"""Radius and train/test split of one slide (see tissuekd.spatial.split for the rule)."""
+"""Radius (per slide) and train/test split (per slide and encoder); the geometry is in
+tissuekd.spatial.split."""
 
 from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +13,8 @@ import pandas as pd
 from tissuekd.errors import InputError
 from tissuekd.io.alignment import crop_reach_um
 from tissuekd.io.atomic import atomic_path
-from tissuekd.spatial.split import TEST, TRAIN, BUFFER, assign_roles, fit_split, strip_index
+from tissuekd.spatial import split as strips
+from tissuekd.spatial.split import BUFFER, TEST, TRAIN
 
 log = logging.getLogger(__name__)
 
@@ -21,39 +24,44 @@ def crop_half_he_px(crop_px: int, encoder_mpp: float, he_mpp: float) -> float:
     return crop_px / 2 * encoder_mpp / he_mpp * 1.02 + 4
 
 
-def fit_radius(cells_path: str, slide_path: str, out: str, *, target: float, n_strips: int, test_strip: int,
-               crop_px: int, encoder_mpp: float) -> dict:
+def fit_radius(cells_path: str, out: str, *, target: float, n_strips: int, test_strip: int) -> dict:
+    """The slide's radius.json: strips, and the radius at which non-test cells have `target`
+    neighbours on average. Shared by the teacher and every encoder's student and baselines."""
     cells = pd.read_parquet(cells_path)
-    slide = json.loads(open(slide_path).read())
-    half = crop_half_he_px(crop_px, encoder_mpp, slide["he_mpp"])
-    reach = crop_reach_um(np.asarray(slide["affine"]), slide["pixel_size"], half)
     try:
-        fit = fit_split(cells[["x_um", "y_um"]].to_numpy(), n_strips, test_strip, reach, target)
+        fit = strips.fit_radius(cells[["x_um", "y_um"]].to_numpy(), n_strips, test_strip, target)
     except ValueError as err:
         raise InputError(cells_path, str(err)) from None
-    counts = {role: int((fit.roles == role).sum()) for role in (TRAIN, BUFFER, TEST)}
-    result = {
-        "radius_um": fit.radius_um, "target_neighbors": target, "mean_neighbors": fit.mean_neighbors,
-        "crop_reach_um": reach, "buffer_um": fit.buffer_um, "strip_edges_um": fit.edges.tolist(),
-        "n_strips": n_strips, "test_strip": test_strip, **{f"n_{k}": v for k, v in counts.items()},
-    }
-    log.info("radius %.2f um (mean %.2f neighbours, target %s); buffer %.1f um; %s",
-             fit.radius_um, fit.mean_neighbors, target, fit.buffer_um, counts)
+    result = {"radius_um": fit.radius_um, "target_neighbors": target, "mean_neighbors": fit.mean_neighbors,
+              "strip_edges_um": fit.edges.tolist(), "n_strips": n_strips, "test_strip": test_strip,
+              "n_nontest": fit.n_nontest}
+    log.info("radius %.2f um (mean %.2f neighbours over %d non-test cells, target %s)", fit.radius_um,
+             fit.mean_neighbors, fit.n_nontest, target)
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(result, indent=2))
     return result
 
 
-def write_split(cells_path: str, radius_path: str, out: str) -> pd.DataFrame:
+def write_split(cells_path: str, slide_path: str, radius_path: str, out: str, *, crop_px: int,
+                encoder_mpp: float) -> pd.DataFrame:
+    """One encoder's roles: a train cell's crop and its neighbours' crops stay clear of the
+    test strip, so the buffer is the encoder's crop reach (µm, with the H&E's rotation) plus
+    the slide's radius."""
     cells = pd.read_parquet(cells_path)
-    fit = json.loads(open(radius_path).read())
+    slide = json.loads(Path(slide_path).read_text())
+    fit = json.loads(Path(radius_path).read_text())
+    half = crop_half_he_px(crop_px, encoder_mpp, slide["he_mpp"])
+    reach = crop_reach_um(np.asarray(slide["affine"]), slide["pixel_size"], half)
     edges = np.asarray(fit["strip_edges_um"])
     y = cells["y_um"].to_numpy()
-    split = pd.DataFrame({
-        "cell_id": cells["cell_id"],
-        "strip": strip_index(y, edges),
-        "role": assign_roles(y, edges, fit["test_strip"], fit["buffer_um"]),
-    })
+    try:
+        roles = strips.split_roles(y, edges, fit["test_strip"], reach, fit["radius_um"])
+    except ValueError as err:
+        raise InputError(cells_path, str(err)) from None
+    split = pd.DataFrame({"cell_id": cells["cell_id"], "strip": strips.strip_index(y, edges), "role": roles})
+    counts = split["role"].value_counts().reindex([TRAIN, BUFFER, TEST], fill_value=0).to_dict()
+    log.info("crop reach %.1f um + radius %.1f um = buffer %.1f um; %s", reach, fit["radius_um"],
+             reach + fit["radius_um"], counts)
     with atomic_path(out) as tmp:
         split.to_parquet(tmp, index=False)
     return split

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -122,16 +123,17 @@ def slide_inputs(cells_path: str, split_path: str, radius_path: str):
     cells = pd.read_parquet(cells_path)
     split = pd.read_parquet(split_path)
     _aligned(cells, split["cell_id"].to_numpy(), split_path)
-    radius = json.loads(open(radius_path).read())["radius_um"]
+    radius = json.loads(Path(radius_path).read_text())["radius_um"]
     return cells, split["role"].to_numpy(), radius
 
 
-def train_teacher(latent_path: str, cells_path: str, split_path: str, radius_path: str, k: int, cfg: NolanConfig,
+def train_teacher(latent_path: str, cells_path: str, radius_path: str, k: int, cfg: NolanConfig,
                   out_model: str, out_logits: str, max_neighbors: int = 32, seed: int = 0,
                   device: str = "auto", precision: str = "auto") -> None:
     """The teacher labels the whole slide from transcriptomics alone (it never sees H&E)."""
     run = compute.resolve(device, precision)
-    cells, _, radius = slide_inputs(cells_path, split_path, radius_path)
+    cells = pd.read_parquet(cells_path)
+    radius = json.loads(Path(radius_path).read_text())["radius_um"]
     latent = pd.read_parquet(latent_path)
     _aligned(cells, latent["cell_id"].to_numpy(), latent_path)
     x = standardize(latent.drop(columns="cell_id").to_numpy(np.float32), np.arange(len(cells)))

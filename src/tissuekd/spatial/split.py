@@ -40,6 +40,29 @@ def assign_roles(y: np.ndarray, edges: np.ndarray, test_strip: int, buffer_um: f
 
 
 @dataclass
+class RadiusFit:
+    edges: np.ndarray
+    radius_um: float
+    mean_neighbors: float
+    n_nontest: int
+
+
+def fit_radius(xy: np.ndarray, n_strips: int, test_strip: int, target: float) -> RadiusFit:
+    """The slide's neighbourhood radius, from the density of its non-test cells only: their
+    mean neighbour count (neighbours drawn from non-test cells) equals `target`. It does not
+    depend on any encoder, so one teacher per slide serves every encoder's student."""
+    xy = np.asarray(xy, dtype=float)
+    edges = strip_edges(xy[:, 1], n_strips)
+    nontest = strip_index(xy[:, 1], edges) != test_strip
+    if nontest.all():
+        raise ValueError(f"no cells in the test strip (strip {test_strip} of {n_strips})")
+    tree = cKDTree(xy[nontest])
+    radius = solve_radius(tree, xy[nontest], target)
+    mean = float(neighbor_counts(tree, xy[nontest], radius).mean())
+    return RadiusFit(edges, float(radius), mean, int(nontest.sum()))
+
+
+@dataclass
 class SplitFit:
     edges: np.ndarray
     radius_um: float
@@ -48,31 +71,18 @@ class SplitFit:
     roles: np.ndarray
 
 
-def fit_split(xy: np.ndarray, n_strips: int, test_strip: int, crop_reach_um: float, target: float) -> SplitFit:
-    """Find the radius and the train set together; they depend on each other.
+def split_roles(y: np.ndarray, edges: np.ndarray, test_strip: int, crop_reach_um: float, radius_um: float
+                ) -> np.ndarray:
+    """Roles for one encoder: its crop reach plus the slide's radius is the buffer."""
+    roles = assign_roles(y, edges, test_strip, crop_reach_um + radius_um)
+    if not (roles == TRAIN).any():
+        raise ValueError(f"no train cells remain after a {crop_reach_um + radius_um:.1f} um buffer around the "
+                         "test strip")
+    return roles
 
-    The radius is fitted on train cells (their neighbours drawn from non-test cells
-    only: no test position is used), and the train set depends on the radius through
-    the buffer. Iterate to the fixed point; it converges in a few steps because the
-    radius changes little once the buffer stops moving.
-    """
-    xy = np.asarray(xy, dtype=float)
-    edges = strip_edges(xy[:, 1], n_strips)
-    if not (strip_index(xy[:, 1], edges) == test_strip).any():
-        raise ValueError(f"no cells in the test strip (strip {test_strip} of {n_strips})")
-    nontest = strip_index(xy[:, 1], edges) != test_strip
-    tree = cKDTree(xy[nontest])
-    radius = solve_radius(tree, xy[nontest], target)
-    for _ in range(20):
-        roles = assign_roles(xy[:, 1], edges, test_strip, crop_reach_um + radius)
-        train = roles == TRAIN
-        if not train.any():
-            raise ValueError(f"no train cells remain after a {crop_reach_um + radius:.1f} um buffer around the test strip")
-        new_radius = solve_radius(tree, xy[train], target)
-        if np.isclose(new_radius, radius, rtol=1e-6):
-            break
-        radius = new_radius
-    radius = new_radius
-    roles = assign_roles(xy[:, 1], edges, test_strip, crop_reach_um + radius)
-    mean = float(neighbor_counts(tree, xy[roles == TRAIN], radius).mean())
-    return SplitFit(edges, float(radius), float(crop_reach_um + radius), mean, roles)
+
+def fit_split(xy: np.ndarray, n_strips: int, test_strip: int, crop_reach_um: float, target: float) -> SplitFit:
+    """The radius (from non-test cells) and one encoder's train/buffer/test roles."""
+    fit = fit_radius(xy, n_strips, test_strip, target)
+    roles = split_roles(np.asarray(xy, dtype=float)[:, 1], fit.edges, test_strip, crop_reach_um, fit.radius_um)
+    return SplitFit(fit.edges, fit.radius_um, crop_reach_um + fit.radius_um, fit.mean_neighbors, roles)

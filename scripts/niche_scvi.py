@@ -8,7 +8,7 @@ torch.set_num_threads(snakemake.threads)
 p = snakemake.params
 run_logged(
     snakemake.log[0],
-    lambda: fit_scvi(snakemake.input[0], snakemake.output.model, snakemake.output.latent,
+    lambda: fit_scvi(snakemake.input.expression, snakemake.output.model, snakemake.output.latent,
                      n_latent=p.n_latent, max_epochs=p.max_epochs, seed=p.seed,
                      accelerator={"cuda": "gpu"}.get(p.device, p.device)),
 )

@@ -49,6 +49,27 @@ def test_touched_but_unchanged_inputs_rerun_nothing(run_copy):
     assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
 
 
+def planned_resources(workdir: Path, rule: str, *extra: str) -> dict[str, str]:
+    """The resources a dry run lists for the first job of `rule`."""
+    out = snakemake("-n", "--cores", "1", *extra, cwd=workdir).stdout
+    block = out.split(f"rule {rule}:")[1].split("\n\n")[0]
+    line = next(ln for ln in block.splitlines() if ln.strip().startswith("resources:"))
+    return dict(item.strip().split("=", 1) for item in line.split(":", 1)[1].split(","))
+
+
+def test_resources_follow_the_slides_cell_count(run_copy):
+    """A slide with 10x the cells asks more memory and time of the rules after ingest."""
+    cells_path = run_copy / "results" / "niche" / "breast_demo" / "cells.parquet"
+    cells = pd.read_parquet(cells_path)
+    small = {r: planned_resources(run_copy, r, "--forcerun", r) for r in ("niche_radius", "niche_student")}
+    big = pd.concat([cells.assign(cell_id=cells["cell_id"] + f"_{i}") for i in range(10)], ignore_index=True)
+    big.to_parquet(cells_path)
+    large = {r: planned_resources(run_copy, r, "--forcerun", r) for r in ("niche_radius", "niche_student")}
+    for rule in small:
+        assert int(large[rule]["mem_mb"]) > int(small[rule]["mem_mb"]), (rule, small[rule], large[rule])
+        assert int(large[rule]["runtime"]) >= int(small[rule]["runtime"])
+
+
 @pytest.mark.parametrize("changed", ["breast_demo/breast_demo_he_image.ome.tif", "breast_demo/outs/cells.parquet"])
 def test_changing_one_slides_input_reruns_that_slide_and_the_aggregates(run_copy, changed):
     path = run_copy / "data" / "demo" / changed

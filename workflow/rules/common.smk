@@ -98,6 +98,40 @@ def encoder_precision(wildcards):
     return config["encoders"][wildcards.encoder].get("precision", config["precision"])
 
 
+# ---- resources that follow the input: a slide's cell count (cells.parquet metadata, no data read) ----
+def n_cells(path):
+    """Rows of a cells table from its parquet metadata (XOA 1.x's cells.csv.gz: estimated at
+    40 bytes a cell); 0 while it does not exist yet (Snakemake evaluates the resources of a
+    job again once its inputs are there)."""
+    import pyarrow.parquet as pq
+
+    if not os.path.exists(path):
+        return 0
+    if str(path).endswith(".parquet"):
+        return pq.read_metadata(path).num_rows
+    return os.path.getsize(path) // 40
+
+
+def mem_per_cell(base_mb, kb_per_cell):
+    """mem_mb = (base + kB per cell x cells) x attempt: grows with the slide and on retry."""
+    return lambda wildcards, input, attempt: int((base_mb + kb_per_cell * n_cells(input.cells) / 1000) * attempt)
+
+
+def minutes_per_cell(base_min, per_million):
+    """runtime (minutes) = base + per million cells, x attempt."""
+    return lambda wildcards, input, attempt: int((base_min + per_million * n_cells(input.cells) / 1e6) * attempt)
+
+
+def minutes_per_patient(base_min, per_thousand):
+    """runtime (minutes) = base + per thousand patients of the cohort (patients.tsv rows), x attempt."""
+
+    def runtime(wildcards, input, attempt):
+        rows = sum(1 for _ in open(input.patients)) - 1 if os.path.exists(input.patients) else 0
+        return int((base_min + per_thousand * rows / 1000) * attempt)
+
+    return runtime
+
+
 def slide_value(column):
     """Input/param function: one column of the slide's sheet row."""
     return lambda wildcards: SLIDES.loc[wildcards.slide, column]

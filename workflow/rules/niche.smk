@@ -17,8 +17,8 @@ rule niche_ingest:
     benchmark:
         f"{BENCH}/niche/ingest/{{slide}}.tsv"
     resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=30,
+        mem_mb=mem_per_cell(2000, 8),
+        runtime=minutes_per_cell(10, 20),
     conda:
         "../../envs/scverse.yaml"
     script:
@@ -39,8 +39,8 @@ rule niche_radius:
     benchmark:
         f"{BENCH}/niche/radius/{{slide}}.tsv"
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=10,
+        mem_mb=mem_per_cell(1000, 1),
+        runtime=minutes_per_cell(5, 10),
     conda:
         "../../envs/scverse.yaml"
     script:
@@ -62,8 +62,8 @@ rule niche_split:
     benchmark:
         f"{BENCH}/niche/split/{{encoder}}/{{slide}}.tsv"
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=10,
+        mem_mb=mem_per_cell(1000, 1),
+        runtime=minutes_per_cell(5, 5),
     conda:
         "../../envs/scverse.yaml"
     script:
@@ -91,7 +91,7 @@ rule niche_features:
         f"{BENCH}/niche/features/{{encoder}}/{{slide}}.tsv"
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
-        runtime=120,
+        runtime=minutes_per_cell(30, 120),
         gpu=1,
     conda:
         "../../envs/torch-gpu.yaml"
@@ -106,7 +106,8 @@ KDIR = f"{RESULTS}/niche/{{slide}}/{{encoder}}/k{{k}}"
 
 rule niche_scvi:
     input:
-        rules.niche_ingest.output.expression,
+        expression=rules.niche_ingest.output.expression,
+        cells=rules.niche_ingest.output.cells,
     output:
         model=directory(f"{RESULTS}/niche/{{slide}}/scvi/model"),
         latent=f"{RESULTS}/niche/{{slide}}/scvi/latent.parquet",
@@ -121,8 +122,8 @@ rule niche_scvi:
     benchmark:
         f"{BENCH}/niche/scvi/{{slide}}.tsv"
     resources:
-        mem_mb=lambda wildcards, attempt: 6000 * attempt,
-        runtime=60,
+        mem_mb=mem_per_cell(2000, 8),
+        runtime=minutes_per_cell(20, 60),
         gpu=1,
     conda:
         "../../envs/torch-gpu.yaml"
@@ -143,8 +144,8 @@ if NICHE["teacher"] == "external":
         benchmark:
             f"{BENCH}/niche/teacher/k{{k}}/{{slide}}.tsv"
         resources:
-            mem_mb=lambda wildcards, attempt: 2000 * attempt,
-            runtime=10,
+            mem_mb=mem_per_cell(1000, 1),
+            runtime=minutes_per_cell(5, 5),
         conda:
             "../../envs/scverse.yaml"
         script:
@@ -172,8 +173,8 @@ else:
         benchmark:
             f"{BENCH}/niche/teacher/k{{k}}/{{slide}}.tsv"
         resources:
-            mem_mb=lambda wildcards, attempt: 6000 * attempt,
-            runtime=120,
+            mem_mb=mem_per_cell(2000, 2),
+            runtime=minutes_per_cell(20, 60),
             gpu=1,
         conda:
             "../../envs/torch-gpu.yaml"
@@ -203,8 +204,8 @@ rule niche_student:
     benchmark:
         f"{BENCH}/niche/student/{{encoder}}/k{{k}}/{{slide}}.tsv"
     resources:
-        mem_mb=lambda wildcards, attempt: 6000 * attempt,
-        runtime=120,
+        mem_mb=mem_per_cell(2500, 2),
+        runtime=minutes_per_cell(20, 60),
         gpu=1,
     conda:
         "../../envs/torch-gpu.yaml"
@@ -232,8 +233,8 @@ rule niche_hist_nolan:
     benchmark:
         f"{BENCH}/niche/hist_nolan/{{encoder}}/k{{k}}/{{slide}}.tsv"
     resources:
-        mem_mb=lambda wildcards, attempt: 6000 * attempt,
-        runtime=120,
+        mem_mb=mem_per_cell(2500, 2),
+        runtime=minutes_per_cell(20, 60),
         gpu=1,
     conda:
         "../../envs/torch-gpu.yaml"
@@ -254,8 +255,8 @@ rule niche_hist_leiden:
     benchmark:
         f"{BENCH}/niche/hist_leiden/{{encoder}}/k{{k}}/{{slide}}.tsv"
     resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=30,
+        mem_mb=mem_per_cell(2000, 3),
+        runtime=minutes_per_cell(20, 120),
     conda:
         "../../envs/scverse.yaml"
     script:
@@ -274,8 +275,8 @@ rule niche_evaluate:
     benchmark:
         f"{BENCH}/niche/evaluate/{{encoder}}/k{{k}}/{{slide}}.tsv"
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=10,
+        mem_mb=mem_per_cell(1000, 1),
+        runtime=minutes_per_cell(10, 10),
     conda:
         "../../envs/scverse.yaml"
     script:
@@ -298,8 +299,8 @@ rule niche_maps:
     benchmark:
         f"{BENCH}/niche/maps/{{encoder}}/k{{k}}/{{slide}}.tsv"
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=10,
+        mem_mb=mem_per_cell(1000, 1),
+        runtime=minutes_per_cell(10, 10),
     conda:
         "../../envs/scverse.yaml"
     script:

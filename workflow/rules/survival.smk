@@ -108,8 +108,8 @@ rule survival_fit:
     benchmark:
         f"{BENCH}/survival/fit/{{encoder}}/{{cohort}}_{{method}}.tsv"
     resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
-        runtime=120,
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,  # bags stream from disk: independent of the cohort's size
+        runtime=minutes_per_patient(30, 60),
         gpu=1,
     conda:
         "../../envs/torch-gpu.yaml"
@@ -137,8 +137,8 @@ rule survival_student:
     benchmark:
         f"{BENCH}/survival/student/{{encoder}}/{{cohort}}.tsv"
     resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
-        runtime=120,
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,  # bags stream from disk: independent of the cohort's size
+        runtime=minutes_per_patient(30, 60),
         gpu=1,
     conda:
         "../../envs/torch-gpu.yaml"

@@ -28,13 +28,21 @@ LOGIT_TEMP = 0.1  # cosines / 0.1 -> logits, for teacher, student and Histology 
 FEATURE_DIM = 64  # H&E features are PCA-reduced (fitted on training rows) before the transformer
 
 
-def fit_scvi(expression: str, out_model: str, out_latent: str, n_latent: int = 10, max_epochs: int = 50,
+def fit_scvi(expression: str, out_model: str, out_latent: str, n_latent: int = 10, max_epochs: int | None = None,
              seed: int = 0, accelerator: str = "auto") -> None:
+    """scVI on the slide's counts; `max_epochs` None takes scvi-tools' own heuristic for the
+    number of cells (400 epochs up to 20,000 cells, fewer above: 8 at 1,000,000)."""
     import anndata as ad
     import scvi
+    from scvi.model._utils import get_max_epochs_heuristic
 
     scvi.settings.seed = seed
     adata = ad.read_h5ad(expression)
+    if max_epochs is None:
+        max_epochs = get_max_epochs_heuristic(adata.n_obs)
+        log.info("scVI: %d epochs by the scvi-tools heuristic for %d cells", max_epochs, adata.n_obs)
+    else:
+        log.info("scVI: %d epochs, fixed in the config", max_epochs)
     scvi.model.SCVI.setup_anndata(adata)
     model = scvi.model.SCVI(adata, n_latent=n_latent)
     model.train(max_epochs=max_epochs, accelerator=accelerator, enable_progress_bar=False, early_stopping=False)

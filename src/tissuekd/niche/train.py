@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class NolanConfig:
-    epochs: int = 20
+    epochs: int = 3  # passes over the cells
     batch_size: int = 256
     lr: float = 2e-3
     student_temp: float = 0.1  # also the temperature that turns cosines into logits
@@ -44,7 +44,7 @@ class NolanConfig:
     me_max: float = 1.0  # weight of the mean-entropy regulariser
     d_model: int = 64
     layers: int = 2
-    cells_per_epoch: int = 6000  # an epoch visits a random subset: big slides need no more to converge
+    cells_per_epoch: int | None = None  # None: an epoch is one pass over every cell (budget grows with the slide)
     hide_centre: bool = True  # a niche is read from the neighbours (teacher view and inference alike)
 
 
@@ -66,7 +66,7 @@ def fit_nolan(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, 
     student = NeighborhoodTransformer(features.shape[1], k, cfg.d_model, cfg.layers).to(dev)
     teacher = copy.deepcopy(student).requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.04)
-    per_epoch = min(len(centres), cfg.cells_per_epoch)
+    per_epoch = min(len(centres), cfg.cells_per_epoch or len(centres))
     steps = cfg.epochs * int(np.ceil(per_epoch / cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
     center = torch.zeros(k, device=dev)

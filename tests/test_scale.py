@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.decomposition import PCA
@@ -117,3 +118,21 @@ def test_approximate_neighbours_above_the_exact_limit_find_the_true_ones(monkeyp
     _, exact = NearestNeighbors(n_neighbors=16).fit(z).kneighbors(z)
     recall = np.mean([len(set(a) & set(e[1:])) / 15 for a, e in zip(approx, exact)])
     assert recall >= 0.95
+
+
+def test_scale_benchmark_steps_run_on_a_small_synthetic_slide_and_cohort(tmp_path):
+    """The benchmark's own steps, in this process, at a small size: every niche step writes its
+    output, the metrics table has a row per method, and survival_fit predicts every patient."""
+    from tissuekd.bench import scale
+
+    slide = tmp_path / "slide"
+    scale.make_slide(slide, 2500, 48)
+    for step in scale.NICHE_STEPS:
+        scale.niche_step(step, slide, epochs=1)
+    metrics = pd.read_csv(slide / "metrics.tsv", sep="\t")
+    assert set(metrics["method"]) == {"teacher", "student", "hist_nolan", "hist_leiden"}
+    assert (slide / "maps.png").read_bytes()[:4] == b"\x89PNG"
+    cohort = scale.make_cohort(tmp_path / "cohort", 25, 40, 24)
+    scale.survival_step(cohort, epochs=1)
+    predictions = pd.read_csv(cohort / "predictions.tsv", sep="\t")
+    assert len(predictions) == 25 and predictions["risk"].notna().all()

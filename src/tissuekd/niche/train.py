@@ -27,6 +27,7 @@ from tissuekd.niche.models import NeighborhoodTransformer
 from tissuekd.spatial.neighborhoods import Neighborhoods
 
 log = logging.getLogger(__name__)
+MIN_SCHEDULE = 20  # OneCycleLR needs a warm-up of at least 2 steps (10% of 20); tiny runs just stop early
 
 
 @dataclass
@@ -68,7 +69,8 @@ def fit_nolan(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, 
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.04)
     per_epoch = min(len(centres), cfg.cells_per_epoch or len(centres))
     steps = cfg.epochs * int(np.ceil(per_epoch / cfg.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, MIN_SCHEDULE),
+                                                pct_start=0.1)
     center = torch.zeros(k, device=dev)
     scaler = compute.grad_scaler()
     step = 0
@@ -129,7 +131,8 @@ def fit_student(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor
     model = NeighborhoodTransformer(features.shape[1], k, cfg.d_model, cfg.layers).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     steps = cfg.epochs * int(np.ceil(len(centres) / cfg.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, MIN_SCHEDULE),
+                                                pct_start=0.1)
     scaler = compute.grad_scaler()
     for epoch in tqdm(range(cfg.epochs), desc="student", disable=not progress, mininterval=5):
         total = 0.0

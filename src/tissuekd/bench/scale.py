@@ -1,0 +1,190 @@
+"""Scale benchmark: every step after feature extraction at two or more sizes, each in a fresh
+process, printing wall time, peak memory and their growth.
+
+Niche: a synthetic slide of N cells (positions at Xenium density, spatial niches, cell types,
+d-dim H&E-like features on disk, 10-d scVI-like latents) through radius, split, teacher,
+student, Histology NOLAN, Histology Leiden, evaluation and maps. Survival: a cohort of P
+patients x M patches of d-dim fp16 features on disk through `survival_fit` (pathology-only,
+5 folds). No H&E is rendered: the steps measured read only these files.
+
+    python -m tissuekd.bench.scale [--cells 20000 100000] [--patients 50 200] [--dim 1536]
+
+Prints, per step: seconds, peak RSS (MB) and, between consecutive sizes, time per cell (or per
+patch) and memory ratios. Near-linear time is a per-cell ratio near 1; bounded memory is a
+memory ratio well below the size ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+NICHE_STEPS = ("radius", "split", "teacher", "student", "hist_nolan", "hist_leiden", "evaluate", "maps")
+DENSITY_UM2 = 120.0  # µm² per cell, about Xenium's in dense tissue
+K = 10
+
+
+def make_slide(folder: Path, n: int, dim: int, seed: int = 0) -> None:
+    """cells.parquet, slide.json, latent.parquet and features.h5 (written in chunks) for N cells."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    side = np.sqrt(n * DENSITY_UM2)
+    xy = rng.uniform(0, side, (n, 2))
+    seeds = rng.uniform(0, side, (8, 2))
+    niche = np.argmin(((xy[:, None, :] - seeds[None]) ** 2).sum(-1), axis=1)  # 8 Voronoi niches
+    mix = rng.dirichlet(np.ones(6) * 0.5, 8)
+    ctype = np.array([rng.choice(6, p=mix[v]) for v in niche])
+    ids = np.char.add("c", np.arange(n).astype(str))
+    pd.DataFrame({"cell_id": ids, "x_um": xy[:, 0], "y_um": xy[:, 1], "x_he": xy[:, 0] / 0.2125,
+                  "y_he": xy[:, 1] / 0.2125, "cell_type": ctype.astype(str),
+                  "pathology": np.where(niche < 4, "tumour", "stroma")}).to_parquet(folder / "cells.parquet")
+    (folder / "slide.json").write_text(json.dumps({"pixel_size": 0.2125, "affine": np.eye(3).tolist(),
+                                                   "he_mpp": 0.2125}))
+    type_codes = rng.normal(0, 1, (6, 10))
+    latent = type_codes[ctype] + rng.normal(0, 0.5, (n, 10))
+    frame = pd.DataFrame(latent.astype(np.float32), columns=[f"z{i}" for i in range(10)])
+    frame.insert(0, "cell_id", ids)
+    frame.to_parquet(folder / "latent.parquet")
+    basis = rng.normal(0, 1, (16, dim)).astype(np.float32)
+    with h5py.File(folder / "features.h5", "w") as h5:
+        feats = h5.create_dataset("features", (n, dim), dtype="f4", chunks=(min(n, 1024), dim))
+        for start in range(0, n, 65536):
+            rows = slice(start, min(n, start + 65536))
+            signal = np.zeros((rows.stop - start, 16), np.float32)
+            signal[np.arange(len(signal)), ctype[rows]] = 2.0
+            signal[np.arange(len(signal)), 6 + niche[rows]] = 1.0
+            feats[rows] = signal @ basis + rng.normal(0, 1, (len(signal), dim)).astype(np.float32)
+        h5.create_dataset("cell_id", data=ids.astype(object), dtype=h5py.string_dtype())
+
+
+def niche_step(step: str, folder: Path, epochs: int) -> None:
+    """One step of the niche study on a synthetic slide (run in a fresh process)."""
+    from tissuekd.niche import evaluate, split, steps
+    from tissuekd.niche.train import NolanConfig, StudentConfig
+
+    f = {name: str(folder / name) for name in ("cells.parquet", "slide.json", "radius.json", "split.parquet",
+                                                "latent.parquet", "features.h5", "teacher.parquet",
+                                                "student.parquet", "hist_nolan.parquet", "hist_leiden.parquet")}
+    nolan = NolanConfig(epochs=epochs)
+    if step == "radius":
+        split.fit_radius(f["cells.parquet"], f["radius.json"], target=20, n_strips=4, test_strip=1)
+    elif step == "split":
+        split.write_split(f["cells.parquet"], f["slide.json"], f["radius.json"], f["split.parquet"], crop_px=224,
+                          encoder_mpp=0.5)
+    elif step == "teacher":
+        steps.train_teacher(f["latent.parquet"], f["cells.parquet"], f["radius.json"], K, nolan,
+                            str(folder / "teacher.pt"), f["teacher.parquet"], device="cpu")
+    elif step == "student":
+        steps.train_student(f["features.h5"], f["cells.parquet"], f["split.parquet"], f["radius.json"],
+                            f["teacher.parquet"], K, StudentConfig(epochs=epochs), str(folder / "student.pt"),
+                            f["student.parquet"], device="cpu")
+    elif step == "hist_nolan":
+        steps.histology_nolan(f["features.h5"], f["cells.parquet"], f["split.parquet"], f["radius.json"], K, nolan,
+                              f["hist_nolan.parquet"], device="cpu")
+    elif step == "hist_leiden":
+        steps.histology_leiden(f["features.h5"], f["cells.parquet"], K, f["hist_leiden.parquet"])
+    else:
+        predictions = {m: f[f"{m}.parquet"] for m in ("student", "hist_nolan", "hist_leiden")}
+        if step == "evaluate":
+            evaluate.evaluate_slide(f["cells.parquet"], f["split.parquet"], f["teacher.parquet"], predictions,
+                                    str(folder / "metrics.tsv"), slide="scale", tissue="synthetic", k=K,
+                                    encoder="synthetic")
+        else:
+            evaluate.plot_maps(f["cells.parquet"], f["split.parquet"], f["teacher.parquet"], predictions,
+                               str(folder / "maps.png"), title="scale")
+
+
+def make_cohort(folder: Path, patients: int, patches: int, dim: int, seed: int = 0) -> Path:
+    """P patients' fp16 feature files and a patients.tsv with 5 stratified folds."""
+    from tissuekd.survival.cohort import assign_folds
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    risk = rng.normal(size=patients)
+    direction = rng.normal(0, 1, dim).astype(np.float32)
+    rows = []
+    for p in range(patients):
+        path = folder / f"P{p:05d}.h5"
+        if not path.exists():
+            with h5py.File(path, "w") as h5:
+                x = rng.normal(0, 1, (patches, dim)).astype(np.float32) + 0.3 * risk[p] * direction
+                h5.create_dataset("features", data=x.astype(np.float16), chunks=(min(patches, 512), dim))
+                h5.create_dataset("coords", data=np.zeros((patches, 2), np.int64))
+        rows.append({"patient": f"P{p:05d}", "time": float(rng.exponential(100 * np.exp(-risk[p])) + 1),
+                     "event": int(rng.random() < 0.6), "features": str(path)})
+    table = pd.DataFrame(rows)
+    table["fold"] = assign_folds(table["event"].to_numpy(), 5, seed)
+    table.to_csv(folder / "patients.tsv", sep="\t", index=False)
+    pd.DataFrame(index=table["patient"]).to_parquet(folder / "rna.parquet")
+    return folder
+
+
+def survival_step(folder: Path, epochs: int) -> None:
+    from tissuekd.survival.steps import train_method
+
+    train_method("pathology", str(folder / "patients.tsv"), str(folder / "rna.parquet"), str(folder / "models.pt"),
+                 str(folder / "predictions.tsv"), train={"epochs": epochs, "members": 1, "hidden": 64},
+                 device="cpu")
+
+
+def measured(call: str) -> tuple[float, float]:
+    """Run `call` (Python) in a fresh process; its wall seconds and peak RSS (MB, VmHWM)."""
+    code = (f"import logging, sys; logging.disable(logging.INFO); from tissuekd.bench.scale import *; {call}; "
+            "from tissuekd.bench.features import vm_hwm_kb; print('VmHWM', vm_hwm_kb())")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    seconds = time.perf_counter() - start
+    return seconds, int(out.split("VmHWM")[-1].split()[0]) / 1024
+
+
+def report(title: str, unit: str, sizes: list[int], rows: dict[str, list[tuple[float, float]]]) -> None:
+    print(title)
+    head = "".join(f"{s:>10,d} {unit}: s, MB   " for s in sizes)
+    print(f"    {'step':12s} {head}  growth (x{sizes[-1] / sizes[0]:.0f} {unit}): time/{unit}, memory")
+    for step, values in rows.items():
+        cells = "".join(f"{sec:10.1f} s {mb:7.0f} MB " for sec, mb in values)
+        (s0, m0), (s1, m1) = values[0], values[-1]
+        per = (s1 / sizes[-1]) / (s0 / sizes[0])
+        print(f"    {step:12s} {cells}   {per:5.2f}x per {unit}, {m1 / m0:5.2f}x memory")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=Path("results/bench_scale"))
+    parser.add_argument("--cells", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--patients", type=int, nargs="+", default=[50, 200])
+    parser.add_argument("--patches", type=int, default=2000)
+    parser.add_argument("--dim", type=int, default=1536)
+    parser.add_argument("--epochs", type=int, default=1, help="teacher/student/NOLAN passes and survival epochs")
+    parser.add_argument("--skip-niche", action="store_true")
+    parser.add_argument("--skip-survival", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.skip_niche:
+        rows: dict[str, list] = {s: [] for s in NICHE_STEPS}
+        for n in args.cells:
+            folder = args.workdir / f"niche_{n}_{args.dim}"
+            if not (folder / "features.h5").exists():
+                make_slide(folder, n, args.dim)
+            for step in NICHE_STEPS:
+                rows[step].append(measured(f"niche_step({step!r}, Path({str(folder)!r}), {args.epochs})"))
+        report(f"niche study, {args.dim}-d features, {args.epochs} epoch(s), one process per step:", "cells",
+               args.cells, rows)
+    if not args.skip_survival:
+        rows = {"survival_fit": []}
+        for p in args.patients:
+            folder = make_cohort(args.workdir / f"cohort_{p}_{args.patches}_{args.dim}", p, args.patches, args.dim)
+            rows["survival_fit"].append(measured(f"survival_step(Path({str(folder)!r}), {args.epochs})"))
+        report(f"survival_fit (pathology-only, 5 folds), {args.patches} patches x {args.dim}-d fp16 per patient:",
+               "patients", args.patients, rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import traceback
 from typing import Callable
 
@@ -35,3 +36,32 @@ def run_logged(log_path: str | None, step: Callable[[], object]) -> None:
         sys.stderr = console
         if stream is not console:
             stream.close()
+
+
+_IN_PROCESS = threading.Lock()
+
+
+def run_in_process(log_path: str, step: Callable[[], object]) -> None:
+    """Run `step` inside Snakemake's own process (a `run:` rule under `force-use-threads`, as
+    profiles/default sets), so that many small per-slide jobs import torch and timm once per
+    run instead of once each. One such step at a time: its log handler and torch's thread
+    count belong to the whole process. The `tissuekd` loggers write to `log_path`; an error is
+    logged there and raised, so Snakemake names the rule and wildcards."""
+    with _IN_PROCESS, open(log_path, "a", buffering=1) as stream:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger = logging.getLogger("tissuekd")
+        level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            step()
+        except InputError as err:
+            print(f"tissuekd: bad input: {err}", file=stream)
+            raise RuntimeError(f"tissuekd: bad input: {err}") from None
+        except Exception:
+            traceback.print_exc(file=stream)
+            raise
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)

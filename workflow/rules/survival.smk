@@ -47,7 +47,7 @@ rule survival_features:
         device=config["device"],
         precision=encoder_precision,
         wsi_backend=SURVIVAL["wsi_backend"],
-    threads: 1  # a slide's patches are few; on a GPU node the profile's cpus_per_gpu feed the loader
+    threads: 2
     log:
         f"{LOGS}/survival/features/{{encoder}}/{{wsi}}.log",
     benchmark:
@@ -56,10 +56,18 @@ rule survival_features:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
         runtime=120,
         gpu=1,
-    conda:
-        "../../envs/torch-gpu.yaml"
-    script:
-        "../../scripts/survival_features.py"
+    # run:, not script: a slide has a few dozen to a few thousand patches, and starting Python,
+    # torch and timm per slide (~10 s) cost more than encoding them. Locally (profiles/default:
+    # force-use-threads) these jobs run inside Snakemake's process, importing torch once; on
+    # SLURM each job is its own process as usual. Outputs and reruns stay per slide.
+    run:
+        from tissuekd.logs import run_in_process
+        from tissuekd.survival.patches import extract_patch_features
+
+        run_in_process(log[0], lambda: extract_patch_features(
+            input.patches, input.image, params.encoder, output[0], crop_px=params.crop_px,
+            batch_size=params.batch_size, device=params.device, precision=params.precision, threads=threads,
+            backend=params.wsi_backend, progress=False, reuse_encoder=True))
 
 
 rule survival_cohort:

@@ -148,3 +148,15 @@ def build_encoder(spec: EncoderSpec) -> torch.nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+_BUILT: dict[str, torch.nn.Module] = {}
+
+
+def cached_encoder(spec: EncoderSpec) -> torch.nn.Module:
+    """`build_encoder`, once per spec in this process (frozen models are shared read-only): for
+    jobs that run inside one long-lived process (tissuekd.logs.run_in_process)."""
+    key = repr(spec)
+    if key not in _BUILT:
+        _BUILT[key] = build_encoder(spec)
+    return _BUILT[key]

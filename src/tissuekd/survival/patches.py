@@ -66,17 +66,17 @@ def read_patches(path: str) -> tuple[np.ndarray, dict]:
 
 def extract_patch_features(patches: str, image: str, spec, out: str, *, crop_px: int = 224, batch_size: int = 64,
                            device: str = "auto", precision: str = "auto", threads: int | None = None,
-                           backend: str = "auto", progress: bool = True) -> None:
+                           backend: str = "auto", progress: bool = True, reuse_encoder: bool = False) -> None:
     """Each patch through the frozen encoder at the encoder's input size; -> `features`, `coords`."""
     from tissuekd import compute
     from tissuekd.encoders.extract import Encoder, write_features
-    from tissuekd.encoders.registry import build_encoder
+    from tissuekd.encoders.registry import build_encoder, cached_encoder
     from tissuekd.spatial.crops import CropBatches, CropGeometry, crop_loader, default_workers
 
     run = compute.resolve(device, precision, threads)
     coords, attrs = read_patches(patches)
     dev = run.device
-    encoder = Encoder(build_encoder(spec), spec, run)
+    encoder = Encoder((cached_encoder if reuse_encoder else build_encoder)(spec), spec, run)
     # the encoder sees the whole patch, resampled to its input size
     crop_mpp = attrs["patch_size"] * attrs["target_mpp"] / crop_px
     with open_slide(image, backend) as slide:

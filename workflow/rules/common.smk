@@ -107,9 +107,10 @@ def n_cells(path):
 
     if not os.path.exists(path):
         return 0
-    if str(path).endswith(".parquet"):
+    try:
         return pq.read_metadata(path).num_rows
-    return os.path.getsize(path) // 40
+    except Exception:  # not parquet (csv.gz), or not readable yet: estimate from the size
+        return os.path.getsize(path) // 40
 
 
 def mem_per_cell(base_mb, kb_per_cell):

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("results/bench_work"))
     parser.add_argument("--cells", type=int, default=1000, help="cells timed in (a) and (c)")
     parser.add_argument("--seconds", type=float, default=5.0, help="time per precision in (b)")
-    parser.add_argument("--large-cells", type=int, default=30000, help="cells of the larger slide in (d)")
+    parser.add_argument("--large-cells", type=int, default=12000, help="cells of the larger slide in (d)")
     parser.add_argument("--skip-memory", action="store_true", help="skip (d), which generates a large slide")
     args = parser.parse_args(argv)
     small = prepare(args.workdir, "breast", 3000)

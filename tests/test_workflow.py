@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ALL_SLIDES, REPO, make_workdir, planned_jobs, snakemake
+from conftest import DEMO_TEST_CELLS, ALL_SLIDES, REPO, make_workdir, planned_jobs, snakemake
 
 PER_SLIDE = ["demo_xenium_slide", "niche_ingest", "niche_radius", "niche_split", "niche_features", "niche_scvi"]
 PER_K = ["niche_teacher", "niche_student", "niche_hist_nolan", "niche_hist_leiden", "niche_evaluate", "niche_maps"]
@@ -108,7 +108,7 @@ def test_demo_run_writes_every_output(demo_run):
     results = demo_run / "results"
     for slide in ("breast_demo", "colon_demo", "lung_demo"):
         cells = pd.read_parquet(results / "niche" / slide / "cells.parquet")
-        assert len(cells) >= 10000
+        assert len(cells) >= DEMO_TEST_CELLS
         assert {"cell_id", "x_um", "y_um", "x_he", "y_he", "cell_type", "pathology"} <= set(cells.columns)
         radius = json.loads((results / "niche" / slide / "radius.json").read_text())
         assert radius["mean_neighbors"] == pytest.approx(20, rel=0.10)

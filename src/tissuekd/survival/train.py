@@ -83,7 +83,8 @@ class FileBags:
             for path in paths:
                 with h5py.File(path, "r") as h5:
                     sizes.append(h5["features"].shape[0])
-                    self.dim = int(h5["features"].shape[1])
+                    if sizes[-1]:  # a slide without tissue is stored as (0, 0)
+                        self.dim = int(h5["features"].shape[1])
             self.counts.append(np.cumsum([0, *sizes]))
         self._moments: dict[int, Moments] = {}
 

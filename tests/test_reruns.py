@@ -49,10 +49,10 @@ def test_touched_but_unchanged_inputs_rerun_nothing(run_copy):
     assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
 
 
-def planned_resources(workdir: Path, rule: str, *extra: str) -> dict[str, str]:
-    """The resources a dry run lists for the first job of `rule`."""
+def planned_resources(workdir: Path, rule: str, slide: str, *extra: str) -> dict[str, str]:
+    """The resources a dry run lists for `rule`'s job on `slide`."""
     out = snakemake("-n", "--cores", "1", *extra, cwd=workdir).stdout
-    block = out.split(f"rule {rule}:")[1].split("\n\n")[0]
+    block = next(b for b in out.split("\n\n") if f"rule {rule}:" in b and f"slide={slide}" in b)
     line = next(ln for ln in block.splitlines() if ln.strip().startswith("resources:"))
     return dict(item.strip().split("=", 1) for item in line.split(":", 1)[1].split(","))
 
@@ -61,10 +61,11 @@ def test_resources_follow_the_slides_cell_count(run_copy):
     """A slide with 10x the cells asks more memory and time of the rules after ingest."""
     cells_path = run_copy / "results" / "niche" / "breast_demo" / "cells.parquet"
     cells = pd.read_parquet(cells_path)
-    small = {r: planned_resources(run_copy, r, "--forcerun", r) for r in ("niche_radius", "niche_student")}
+    rules = ("niche_radius", "niche_student")
+    small = {r: planned_resources(run_copy, r, "breast_demo", "--forcerun", r) for r in rules}
     big = pd.concat([cells.assign(cell_id=cells["cell_id"] + f"_{i}") for i in range(10)], ignore_index=True)
     big.to_parquet(cells_path)
-    large = {r: planned_resources(run_copy, r, "--forcerun", r) for r in ("niche_radius", "niche_student")}
+    large = {r: planned_resources(run_copy, r, "breast_demo", "--forcerun", r) for r in rules}
     for rule in small:
         assert int(large[rule]["mem_mb"]) > int(small[rule]["mem_mb"]), (rule, small[rule], large[rule])
         assert int(large[rule]["runtime"]) >= int(small[rule]["runtime"])

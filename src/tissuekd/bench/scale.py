@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
                 make_slide(folder, n, args.dim)
             for step in NICHE_STEPS:
                 rows[step].append(measured(f"niche_step({step!r}, Path({str(folder)!r}), {args.epochs})"))
+                print(f"    {n:,d} cells {step}: {rows[step][-1][0]:.1f} s, {rows[step][-1][1]:.0f} MB", flush=True)
         report(f"niche study, {args.dim}-d features, {args.epochs} epoch(s), one process per step:", "cells",
                args.cells, rows)
     if args.dag:

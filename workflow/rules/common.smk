@@ -114,13 +114,14 @@ def n_cells(path):
 
 
 def mem_per_cell(base_mb, kb_per_cell):
-    """mem_mb = (base + kB per cell x cells) x attempt: grows with the slide and on retry."""
-    return lambda wildcards, input, attempt: int((base_mb + kb_per_cell * n_cells(input.cells) / 1000) * attempt)
+    """mem_mb = (base + kB per cell x cells) x attempt: grows with the slide and on retry (a retry
+    asks an exact multiple of the first request)."""
+    return lambda wildcards, input, attempt: round(base_mb + kb_per_cell * n_cells(input.cells) / 1000) * attempt
 
 
 def minutes_per_cell(base_min, per_million):
     """runtime (minutes) = base + per million cells, x attempt."""
-    return lambda wildcards, input, attempt: int((base_min + per_million * n_cells(input.cells) / 1e6) * attempt)
+    return lambda wildcards, input, attempt: round(base_min + per_million * n_cells(input.cells) / 1e6) * attempt
 
 
 def minutes_per_patient(base_min, per_thousand):
@@ -128,7 +129,7 @@ def minutes_per_patient(base_min, per_thousand):
 
     def runtime(wildcards, input, attempt):
         rows = sum(1 for _ in open(input.patients)) - 1 if os.path.exists(input.patients) else 0
-        return int((base_min + per_thousand * rows / 1000) * attempt)
+        return round(base_min + per_thousand * rows / 1000) * attempt
 
     return runtime
 

@@ -88,12 +88,28 @@ def test_folds_are_stratified_fixed_and_cover_every_patient_once():
     assert (np.bincount(folds[events == 1]) == 4).all()
 
 
-def test_redundancy_reduction_is_zero_for_identical_decorrelated_embeddings():
-    z = torch.linalg.qr(torch.randn(64, 8))[0] * 8  # orthogonal columns: decorrelated dimensions
-    z = z - z.mean(0)
-    loss = losses.adaptive_redundancy_reduction(z, z.clone(), torch.zeros(64), off_diagonal=0.005)
-    assert loss.item() == pytest.approx(0.0, abs=0.02)
-    assert losses.adaptive_redundancy_reduction(z, torch.randn(64, 8), torch.zeros(64)).item() > 0.5
+@pytest.mark.parametrize("discrepancy", ["one_heavy", "uniform_0_4"])
+def test_redundancy_reduction_is_minimal_when_student_equals_teacher(discrepancy):
+    """Unequal patient weights, a batch smaller than the width (rank-deficient correlations):
+    identical embeddings still give the minimum, 0, and any perturbation costs."""
+    torch.manual_seed(0)
+    z = torch.randn(8, 64) @ torch.randn(64, 64)  # correlated dimensions, 8 patients
+    d = torch.zeros(8) if discrepancy == "one_heavy" else torch.rand(8) * 4
+    if discrepancy == "one_heavy":
+        d[2] = 6.0  # this patient carries ~98% of the weight
+    same = losses.adaptive_redundancy_reduction(z, z.clone(), d).item()
+    assert same == pytest.approx(0.0, abs=1e-5)
+    for scale in (0.1, 1.0):
+        noisy = losses.adaptive_redundancy_reduction(z + scale * z.std() * torch.randn_like(z), z, d).item()
+        assert noisy > 1e-4  # the minimum is only at the teacher
+    assert losses.adaptive_redundancy_reduction(torch.randn(8, 64), z, d).item() > 0.5
+
+
+def test_weighted_correlation_matches_numpy_for_equal_weights():
+    torch.manual_seed(1)
+    a, b = torch.randn(20, 3, dtype=torch.float64), torch.randn(20, 4, dtype=torch.float64)
+    c = losses.weighted_correlation(a, b, torch.full((20, 1), 1 / 20, dtype=torch.float64))
+    assert np.allclose(c.numpy(), np.corrcoef(a.numpy().T, b.numpy().T)[:3, 3:], atol=1e-8)
 
 
 def test_redundancy_reduction_weighs_patients_the_student_gets_wrong():

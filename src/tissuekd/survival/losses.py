@@ -53,26 +53,45 @@ def hazard_distillation(student: torch.Tensor, teacher: torch.Tensor, temperatur
     return kl.sum(dim=1).mean() * temperature**2
 
 
+VAR_EPS = 1e-12  # keeps a dimension constant over the batch at correlation 0, not NaN
+
+
+def weighted_correlation(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Correlation matrix (dim_a, dim_b) of the columns of `a` and `b` over the batch, every
+    statistic (means, variances, covariance) weighted by `w` (B, 1) that sums to 1. With
+    `a` equal to `b` its diagonal is 1 whatever the weights."""
+    da, db = a - (w * a).sum(0), b - (w * b).sum(0)
+    cov = (w * da).T @ db
+    var_a, var_b = (w * da.pow(2)).sum(0), (w * db.pow(2)).sum(0)
+    return cov / torch.sqrt(var_a.unsqueeze(1) * var_b.unsqueeze(0) + VAR_EPS)
+
+
 def adaptive_redundancy_reduction(z_student: torch.Tensor, z_teacher: torch.Tensor, discrepancy: torch.Tensor,
                                   off_diagonal: float = 0.005, sharpness: float = 1.0) -> torch.Tensor:
     """Redundancy reduction between student and teacher embeddings, weighted by how much
     their predictions disagree (our reading of AMKD's adaptive redundancy-reduction loss).
 
-    Both embeddings are standardised over the batch; their cross-correlation C is computed
-    with per-patient weights w = B * softmax(sharpness * d) from the (detached) discrepancy d
-    between teacher and student risk, so patients the student gets wrong shape C more. The
-    loss is Barlow Twins' sum_i (1 - C_ii)^2 + off_diagonal * sum_{i!=j} C_ij^2, divided by
-    the embedding width: the diagonal aligns each student dimension with the teacher's, the
-    off-diagonal term keeps the dimensions from carrying the same (redundant) information.
+    Patients get weights w = softmax(sharpness * d) from the (detached) discrepancy d between
+    teacher and student risk, so patients the student gets wrong shape the statistics more.
+    C is the w-weighted cross-correlation of student and teacher dimensions and T the teacher's
+    own w-weighted correlation (means, variances and covariances all under the same weights,
+    so identical embeddings give C = T with a unit diagonal for any weights). The loss is
+    sum_i (1 - C_ii)^2 + off_diagonal * sum_{i!=j} (C_ij - T_ij)^2, divided by the width.
+
+    Why T and not Barlow Twins' identity target: a batch of B patients gives correlation
+    matrices of rank <= B - 1, so with 8 patients and 64 dimensions C = I cannot be reached
+    and the loss would pull the student away from a perfect copy of the teacher. Measuring
+    the off-diagonal redundancy against the teacher's own keeps the loss >= 0 with its
+    minimum, 0, exactly where the student's embedding equals the teacher's, at any batch
+    size: the student is asked not to be more redundant than its teacher.
     """
-    b, dim = z_student.shape
-    w = torch.softmax(sharpness * discrepancy.detach(), dim=0).unsqueeze(1)  # sums to 1
-    zs = (z_student - (w * z_student).sum(0)) / (z_student.std(0) + 1e-4)
-    zt = (z_teacher - (w * z_teacher).sum(0)) / (z_teacher.std(0) + 1e-4)
-    c = (w * zs).T @ zt  # weighted cross-correlation (dim, dim)
+    w = torch.softmax(sharpness * discrepancy.detach().float(), dim=0).unsqueeze(1)
+    z_student, z_teacher = z_student.float(), z_teacher.float()
+    c = weighted_correlation(z_student, z_teacher, w)
+    t = weighted_correlation(z_teacher, z_teacher, w).detach()
     diag = torch.diagonal(c)
-    off = c - torch.diag_embed(diag)
-    return ((1 - diag).pow(2).sum() + off_diagonal * off.pow(2).sum()) / dim
+    off = (c - t) - torch.diag_embed(torch.diagonal(c - t))
+    return ((1 - diag).pow(2).sum() + off_diagonal * off.pow(2).sum()) / z_student.shape[1]
 
 
 def genomic_alignment(pseudo: torch.Tensor, genomic: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ run_logged(
         o.slide,
         cell_types=i.get("cell_types"),
         pathology=i.get("pathology"),
+        truth=i.get("niche_truth"),
         backend=snakemake.params.wsi_backend,
     ),
 )

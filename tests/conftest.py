@@ -42,7 +42,7 @@ def ingested(demo_slide, tmp_path_factory) -> dict:
                                      ("slide", "slide.json")]}
     ingest_slide(str(demo_slide / "outs"), str(he_image(demo_slide)), str(he_alignment(demo_slide)),
                  str(paths["cells"]), str(paths["expression"]), str(paths["slide"]),
-                 pathology=str(demo_slide / "pathology.csv"))
+                 pathology=str(demo_slide / "pathology.csv"), truth=str(demo_slide / "niche_truth.csv"))
     return paths
 
 

@@ -86,6 +86,25 @@ def test_histology_nolan_does_not_fit_on_test_cells(slides, tmp_path):
     assert np.allclose(outs[0][train], outs[1][train], atol=1e-5)
 
 
+def test_histology_nolan_fits_on_exactly_the_students_training_cells(slides, tmp_path, monkeypatch):
+    """Buffer cells' crops and neighbourhoods reach the test strip: the baseline, like the
+    student, is fitted centred on train cells only."""
+    from tissuekd.niche import steps
+
+    seen = {}
+    real = steps.fit_nolan
+
+    def spy(x, neighborhoods, centres, *args, **kwargs):
+        seen["centres"] = centres.numpy().copy()
+        return real(x, neighborhoods, centres, *args, **kwargs)
+
+    monkeypatch.setattr(steps, "fit_nolan", spy)
+    a, _, role = slides
+    histology_nolan(a["f.h5"], a["cells.parquet"], a["split.parquet"], a["radius.json"], K,
+                    NolanConfig(epochs=1, cells_per_epoch=200), str(tmp_path / "o.parquet"), max_neighbors=16)
+    assert np.array_equal(seen["centres"], np.flatnonzero(role == "train"))
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda f: f.drop(columns="logit_3"), "expected 4 logit columns"),
     (lambda f: f.iloc[5:], "5 cells have no logits (e.g. c0)"),

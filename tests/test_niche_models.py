@@ -4,6 +4,7 @@ H&E student (and that it cannot learn from test cells), metrics against referenc
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.spatial import cKDTree
@@ -65,14 +66,54 @@ def test_metrics_match_references():
     assert row["ARI"] == pytest.approx(1.0) and row["NMI"] == pytest.approx(1.0) and row["JSD"] == pytest.approx(0)
     noisy = np.where(rng.random(400) < 0.3, rng.integers(0, 4, 400), teacher)
     assert niche_metrics("x", noisy, teacher, types, None, False)["ARI"] == adjusted_rand_score(teacher, noisy)
-    # JSD by hand with scipy for one niche pair
+    # JSD by hand with scipy: every niche matches (identity), so both sides weigh each niche's JSD by its cells
     comp = lambda lab, n: np.array([(types[lab == n] == t).sum() for t in "abc"], float)  # noqa: E731
-    p, q = comp(noisy, 2), comp(teacher, 2)
-    expected = np.mean([jensenshannon(comp(noisy, n) / comp(noisy, n).sum(), comp(teacher, n) / comp(teacher, n).sum(),
-                                      base=2) ** 2 for n in range(4)])
-    assert composition_jsd(noisy, teacher, types) == pytest.approx(expected)
-    assert p.sum() > 0 and q.sum() > 0
+    jsd = [jensenshannon(comp(noisy, n) / comp(noisy, n).sum(), comp(teacher, n) / comp(teacher, n).sum(), base=2) ** 2
+           for n in range(4)]
+    sizes = np.bincount(noisy) + np.bincount(teacher)
+    scored = composition_jsd(noisy, teacher, types)
+    assert scored["JSD"] == pytest.approx(np.sum(sizes * jsd) / (2 * 400))
+    assert scored["matched_coverage"] == pytest.approx(1.0)
     assert probe_f1(teacher, np.array(list("wxyz"))[teacher]) == pytest.approx(1.0)
+
+
+def test_jsd_scores_every_cell_so_collapse_and_leftover_clusters_count():
+    rng = np.random.default_rng(1)
+    types = np.repeat(list("abcd"), 100)
+    teacher = np.repeat(np.arange(4), 100)  # niche i is pure cell type i
+    collapsed = np.where(teacher == 3, 2, teacher)  # the student merges niches 2 and 3
+    row = composition_jsd(collapsed, teacher, types)
+    assert row["JSD"] >= 0.25 * 0.5  # niche 3's cells count the maximum on the teacher's side
+    assert row["matched_coverage"] == pytest.approx(7 / 8)
+    # 50 clusters, only 4 can be matched: the 46 others are scored against their nearest niche,
+    # and a clustering that ignores cell types is worse than one that keeps them
+    split_pure = teacher * 12 + rng.integers(0, 12, 400)  # 48 clusters, each pure
+    split_mixed = rng.integers(0, 48, 400)  # 48 clusters, each a mixture
+    pure = composition_jsd(split_pure, teacher, types, hungarian_match(split_pure, teacher))
+    mixed = composition_jsd(split_mixed, teacher, types, hungarian_match(split_mixed, teacher))
+    assert pure["JSD"] < 0.05 and mixed["JSD"] > 0.3
+    assert pure["matched_coverage"] < 0.6 and mixed["matched_coverage"] < 0.6
+
+
+def test_probe_ignores_unannotated_cells_and_counts_classes():
+    from tissuekd.niche.evaluate import probe_classes
+
+    niche = np.repeat(np.arange(3), 60)
+    annotation = np.array(["tumour", "stroma", "unannotated"])[niche]
+    # the unannotated cells are a niche of their own: learning them as a class would lift F1
+    annotation[:10] = "stroma"
+    assert probe_f1(niche, annotation) == pytest.approx(probe_f1(niche[:120], annotation[:120]))
+    assert probe_classes(annotation) == "stroma:70;tumour:50"
+
+
+def test_truth_agreement_uses_cells_with_a_known_niche():
+    from tissuekd.niche.evaluate import truth_agreement
+
+    truth = np.array(["x", "x", "y", "y", ""], dtype=object)
+    labels = np.array([1, 1, 0, 0, 5])
+    assert truth_agreement(labels, truth) == {"ARI_truth": 1.0, "NMI_truth": 1.0}
+    row = niche_metrics("x", labels, labels, np.array(list("abcde")), None, False, truth)
+    assert row["ARI_truth"] == 1.0 and np.isnan(niche_metrics("x", labels, labels, labels, None, False)["ARI_truth"])
 
 
 def test_nolan_teacher_finds_spatial_niches_without_collapse():
@@ -129,4 +170,4 @@ def test_nolan_and_metrics_are_deterministic_for_a_seed():
         labels = logits.argmax(1).numpy()
         runs.append((logits, niche_metrics("x", labels, niche, niche.astype(str), niche.astype(str), True)))
     assert torch.equal(runs[0][0], runs[1][0])
-    assert runs[0][1] == runs[1][1]
+    assert pd.Series(runs[0][1]).equals(pd.Series(runs[1][1]))

@@ -80,3 +80,16 @@ def test_crop_reach_grows_with_rotation():
     rotated = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
     assert crop_reach_um(np.eye(3), 1.0, 10) == pytest.approx(10)
     assert crop_reach_um(rotated, 1.0, 10) == pytest.approx(10 * np.sqrt(2))
+
+
+def test_known_niches_reach_the_cell_table(ingested, demo_slide, tmp_path):
+    from tissuekd.errors import InputError
+    from tissuekd.niche.ingest import known_niches
+
+    cells = pd.read_parquet(ingested["cells"])
+    truth = pd.read_csv(demo_slide / "niche_truth.csv").set_index("cell_id")["niche"]
+    assert (cells["truth"].to_numpy() == truth.loc[cells["cell_id"]].to_numpy()).all()
+    stranger = tmp_path / "truth.csv"
+    stranger.write_text("cell_id,niche\nnot-a-cell,tumour\n")
+    with pytest.raises(InputError, match="truth.csv: no cell id matches"):
+        known_niches(cells.set_index("cell_id"), str(stranger))

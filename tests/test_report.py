@@ -22,7 +22,9 @@ VIEW = """(text => { const row = [...document.querySelectorAll('tr')].find(r => 
 def fake_summary() -> pd.DataFrame:
     rng = np.random.default_rng(0)
     rows = [{"slide": f"{t}{i}", "tissue": t, "k": k, "encoder": "e", "method": m, "ARI": rng.random(),
-             "NMI": rng.random(), "JSD": rng.random(), "probe_F1": rng.random(), "n_cells": 10, "n_niches": k}
+             "NMI": rng.random(), "JSD": rng.random(), "matched_coverage": rng.random(), "probe_F1": rng.random(),
+             "ARI_truth": rng.random() if t == "a" else np.nan, "NMI_truth": rng.random() if t == "a" else np.nan,
+             "n_cells": 10, "n_niches": k}
             for t in ("a", "b") for i in range(3) for k in (10, 20) for m in ("student", "hist_leiden")]
     return pd.DataFrame(rows).assign(method=lambda f: pd.Categorical(f["method"], ["student", "hist_leiden"]))
 
@@ -37,7 +39,11 @@ def test_tables_are_mean_and_sd_over_slides():
     paper = paper_table(summary).set_index("method")
     at10 = summary[(summary["k"] == 10) & (summary["method"] == "hist_leiden")]
     assert paper.loc["hist_leiden", "ARI K=10"] == f"{at10['ARI'].mean():.3f} ± {at10['ARI'].std(ddof=1):.3f}"
-    assert {"JSD a K=10", "JSD b K=10", "probe macro-F1 K=10", "NMI K=20"} <= set(paper.columns)
+    for k in (10, 20):  # every metric at every K
+        assert {f"JSD a K={k}", f"JSD b K={k}", f"probe macro-F1 K={k}", f"NMI K={k}", f"matched coverage K={k}",
+                f"ARI vs truth K={k}", f"NMI vs truth K={k}"} <= set(paper.columns)
+    truth = summary[(summary["k"] == 20) & (summary["method"] == "student")]["ARI_truth"].dropna()  # tissue a only
+    assert paper.loc["student", "ARI vs truth K=20"] == f"{truth.mean():.3f} ± {truth.std(ddof=1):.3f}"
 
 
 def test_runtime_table_sums_benchmark_files(tmp_path):
@@ -55,7 +61,7 @@ def test_runtime_table_sums_benchmark_files(tmp_path):
 def test_summary_has_a_row_per_slide_k_and_method(demo_run):
     summary = pd.read_csv(demo_run / "results" / "benchmark" / "summary.tsv", sep="\t")
     assert len(summary) == 3 * 1 * 4 and summary.groupby(["slide", "k", "method"]).size().eq(1).all()
-    assert {"ARI", "NMI", "JSD", "probe_F1", "tissue"} <= set(summary.columns)
+    assert {"ARI", "NMI", "JSD", "matched_coverage", "probe_F1", "ARI_truth", "tissue"} <= set(summary.columns)
     runtime = pd.read_csv(demo_run / "results" / "benchmark" / "runtime.tsv", sep="\t").set_index("rule")
     assert runtime.loc["niche_features", "jobs"] == 3 and runtime.loc["niche_student", "total_s"] > 0
 

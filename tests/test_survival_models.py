@@ -72,6 +72,29 @@ def test_pooled_row_is_the_c_index_of_all_out_of_fold_predictions():
     assert table["c_index"].iloc[-1] == pytest.approx(c_index(pred["event"], pred["time"], pred["risk"]))
 
 
+def test_bootstrap_intervals_cover_the_point_estimate_and_pair_the_methods():
+    from tissuekd.survival.evaluate import bootstrap_c_index
+
+    rng = np.random.default_rng(3)
+    n = 200
+    hazard = rng.normal(size=n)
+    time, event = rng.exponential(np.exp(-hazard)), (rng.random(n) < 0.7).astype(int)
+    shared = rng.normal(size=n)  # both methods carry the same noise: their errors are correlated
+    preds = {m: pd.DataFrame({"patient": [f"p{i}" for i in range(n)], "time": time, "event": event,
+                              "risk": hazard * w + shared}) for m, w in (("student", 1.0), ("pathology", 0.6))}
+    table = bootstrap_c_index(preds, n_boot=300).set_index("method")
+    for m, pred in preds.items():
+        point = c_index(event, time, pred["risk"])
+        assert table.loc[m, "c_index_low"] < point < table.loc[m, "c_index_high"]
+    diff = table.loc["student"]
+    assert diff["minus_pathology"] == pytest.approx(c_index(event, time, preds["student"]["risk"])
+                                                    - c_index(event, time, preds["pathology"]["risk"]))
+    assert 0 < diff["minus_pathology_low"] < diff["minus_pathology"] < diff["minus_pathology_high"]
+    # the paired interval is narrower than the two marginal intervals would suggest
+    width = diff["minus_pathology_high"] - diff["minus_pathology_low"]
+    assert width < (table["c_index_high"] - table["c_index_low"]).min()
+
+
 def test_time_bins_are_quantiles_of_uncensored_times_only():
     times = np.array([1, 2, 3, 4, 100, 200, 300, 400.0])
     events = np.array([1, 1, 1, 1, 0, 0, 0, 0])

@@ -14,7 +14,7 @@ LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 DEMO_DIR = config["demo"]["outdir"]
 CLUSTERS = "analysis/clustering/gene_expression_graphclust/clusters.csv"
-SLIDE_PATH_COLUMNS = ["bundle", "he_image", "he_alignment", "cell_types", "pathology"]
+SLIDE_PATH_COLUMNS = ["bundle", "he_image", "he_alignment", "cell_types", "pathology", "niche_truth"]
 
 
 def load_sheet(path, schema):
@@ -153,7 +153,7 @@ def xenium_inputs(wildcards):
         "he_image": row["he_image"],
         "he_alignment": row["he_alignment"],
     }
-    for optional in ("cell_types", "pathology"):
+    for optional in ("cell_types", "pathology", "niche_truth"):
         if row[optional]:
             inputs[optional] = row[optional]
     if not row["cell_types"] and ((bundle / CLUSTERS).exists() or made_by_demo(bundle)):

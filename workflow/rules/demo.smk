@@ -11,6 +11,7 @@ rule demo_xenium_slide:
         he_image=f"{DEMO_DIR}/{{tissue}}_demo/{{tissue}}_demo_he_image.ome.tif",
         he_alignment=f"{DEMO_DIR}/{{tissue}}_demo/{{tissue}}_demo_he_imagealignment.csv",
         pathology=f"{DEMO_DIR}/{{tissue}}_demo/pathology.csv",
+        niche_truth=f"{DEMO_DIR}/{{tissue}}_demo/niche_truth.csv",
     wildcard_constraints:
         tissue="breast|lung|colon",
     params:

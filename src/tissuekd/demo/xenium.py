@@ -4,7 +4,8 @@ Layout of `outdir` (as 10x publishes it):
     outs/experiment.xenium, outs/cells.parquet, outs/cell_feature_matrix.h5,
     outs/analysis/clustering/gene_expression_graphclust/clusters.csv,
     {name}_he_image.ome.tif (pyramidal, tiled JPEG), {name}_he_imagealignment.csv,
-    pathology.csv (cell_id, region: the annotation a pathologist would draw).
+    pathology.csv (cell_id, region: the annotation a pathologist would draw),
+    niche_truth.csv (cell_id, niche: the niche the generator placed the cell in).
 """
 
 from __future__ import annotations
@@ -137,6 +138,8 @@ def make_demo_slide(outdir: str | Path, tissue: str, n_cells: int = 10_500, seed
     _write_clusters(bundle, ids, cells["cell_type"].to_numpy(), rng)
     with atomic_path(outdir / "pathology.csv") as tmp:
         pd.DataFrame({"cell_id": ids, "region": cells["region"]}).to_csv(tmp, index=False)
+    with atomic_path(outdir / "niche_truth.csv") as tmp:
+        pd.DataFrame({"cell_id": ids, "niche": cells["niche"]}).to_csv(tmp, index=False)
     experiment = {
         "major_version": 5, "minor_version": 0, "run_name": f"tissuekd demo v{DEMO_VERSION}",
         "region_name": name, "panel_name": "tissuekd demo panel", "panel_tissue_type": tissue,

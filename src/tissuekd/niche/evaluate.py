@@ -1,6 +1,8 @@
 """Evaluation of one slide and K on test-strip cells — agreement with the teacher: ARI, NMI
-(scikit-learn), composition JSD (scipy), a linear-SVM probe to pathology annotations
-(macro-F1) — and the side-by-side niche maps."""
+(scikit-learn), composition JSD (scipy) with its matched coverage; a linear-SVM probe to
+pathology annotations (macro-F1, annotated cells only); where the slide sheet gives known
+niches, ARI and NMI against them for every method and the teacher — and the side-by-side
+niche maps with each niche's cell-type composition."""
 
 from __future__ import annotations
 
@@ -29,32 +31,55 @@ def hungarian_match(labels: np.ndarray, reference: np.ndarray) -> dict:
     return {table.index[r]: table.columns[c] for r, c in zip(rows, cols)}
 
 
+def compositions(labels: np.ndarray, cell_types: np.ndarray, types: np.ndarray) -> pd.DataFrame:
+    """Cell-type shares (rows: niches of `labels`, columns: `types`); each row sums to 1."""
+    table = pd.crosstab(labels, cell_types).reindex(columns=types, fill_value=0)
+    return table.div(table.sum(axis=1), axis=0)
+
+
 def composition_jsd(labels: np.ndarray, reference: np.ndarray, cell_types: np.ndarray,
-                    matching: dict | None = None) -> float:
-    """Mean Jensen-Shannon divergence (base 2, in [0, 1]) between the cell-type composition of
-    each niche and of its matched reference niche. Identity matching when `matching` is None
-    (a student shares the teacher's niche indices)."""
+                    matching: dict | None = None) -> dict:
+    """Jensen-Shannon divergence (base 2, in [0, 1]) of niche cell-type compositions, scored on
+    every cell from both sides and weighted by cells:
+
+    - each cell of `labels` counts the JSD between its niche and the reference niche matched to
+      it; a niche left unmatched (more clusters than reference niches, or an index the teacher
+      does not use) counts against the reference niche nearest in composition;
+    - each cell of `reference` counts the JSD between its niche and the niche matched to it; a
+      reference niche nothing is matched to (collapsed or missing) counts the maximum, 1.
+
+    JSD is the mean of the two sides, so over-splitting is scored on all its clusters and a
+    collapsed niche is penalised. `matched_coverage` is the share of cells (both sides pooled)
+    in matched niches. Identity matching when `matching` is None (a student shares the
+    teacher's niche indices)."""
     types = np.unique(cell_types)
-
-    def composition(assign, niche):
-        counts = pd.Series(cell_types[assign == niche]).value_counts()
-        return counts.reindex(types, fill_value=0).to_numpy(float)
-
+    p, q = compositions(labels, cell_types, types), compositions(reference, cell_types, types)
     if matching is None:
-        matching = {n: n for n in np.unique(labels)}
-    values = []
-    for niche, ref in matching.items():
-        p, q = composition(labels, niche), composition(reference, ref)
-        if p.sum() and q.sum():
-            values.append(jensenshannon(p / p.sum(), q / q.sum(), base=2) ** 2)
-    return float(np.mean(values)) if values else float("nan")
+        matching = {n: n for n in p.index if n in q.index}
+    matching = {a: b for a, b in matching.items() if a in p.index and b in q.index}
+    divergence = pd.DataFrame([[jensenshannon(p.loc[a], q.loc[b], base=2) ** 2 for b in q.index] for a in p.index],
+                              index=p.index, columns=q.index)
+    size_p, size_q = pd.Series(labels).value_counts(), pd.Series(reference).value_counts()
+    forward = sum(size_p[a] * (divergence.loc[a, matching[a]] if a in matching else divergence.loc[a].min())
+                  for a in p.index)
+    inverse = {b: a for a, b in matching.items()}
+    backward = sum(size_q[b] * (divergence.loc[inverse[b], b] if b in inverse else 1.0) for b in q.index)
+    covered = size_p[list(matching)].sum() + size_q[list(inverse)].sum()
+    n = len(labels)
+    return {"JSD": float((forward + backward) / (2 * n)), "matched_coverage": float(covered / (2 * n))}
+
+
+UNANNOTATED = "unannotated"
 
 
 def probe_f1(labels: np.ndarray, annotation: np.ndarray, seed: int = 0, folds: int = 5) -> float:
-    """Macro-F1 of a linear SVM from one-hot niche assignments to the annotation, cross-validated."""
+    """Macro-F1 of a linear SVM from one-hot niche assignments to the annotation, cross-validated
+    over annotated cells only (cells without an annotation are not a class)."""
+    annotated = (annotation != UNANNOTATED) & pd.notna(annotation)
+    labels, annotation = labels[annotated], annotation[annotated]
     onehot = pd.get_dummies(pd.Series(labels).astype(str)).to_numpy(float)
     counts = pd.Series(annotation).value_counts()
-    folds = int(min(folds, counts.min()))
+    folds = int(min(folds, counts.min())) if len(counts) else 0
     if folds < 2 or len(counts) < 2:
         return float("nan")
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
@@ -62,19 +87,41 @@ def probe_f1(labels: np.ndarray, annotation: np.ndarray, seed: int = 0, folds: i
     return float(f1_score(annotation, pred, average="macro"))
 
 
+def probe_classes(annotation: np.ndarray | None) -> str:
+    """Annotated cells per class, as the probe saw them ('stroma:120;tumour:80')."""
+    if annotation is None:
+        return ""
+    counts = pd.Series(annotation[(annotation != UNANNOTATED) & pd.notna(annotation)]).value_counts().sort_index()
+    return ";".join(f"{name}:{n}" for name, n in counts.items())
+
+
+def truth_agreement(labels: np.ndarray, truth: np.ndarray | None) -> dict:
+    """ARI and NMI against the known niches, on the cells that have one (NaN without truth)."""
+    if truth is None:
+        return {"ARI_truth": float("nan"), "NMI_truth": float("nan")}
+    known = pd.notna(truth) & (truth != "")
+    return {"ARI_truth": adjusted_rand_score(truth[known], labels[known]),
+            "NMI_truth": normalized_mutual_info_score(truth[known], labels[known])}
+
+
 def niche_metrics(method: str, labels: np.ndarray, teacher: np.ndarray, cell_types: np.ndarray,
-                  annotation: np.ndarray | None, matched: bool) -> dict:
+                  annotation: np.ndarray | None, matched: bool, truth: np.ndarray | None = None) -> dict:
     """One row of the metrics table; `matched`: Hungarian-match clusters to the teacher's niches."""
     matching = hungarian_match(labels, teacher) if matched else None
     return {
         "method": method,
         "ARI": adjusted_rand_score(teacher, labels),
         "NMI": normalized_mutual_info_score(teacher, labels),
-        "JSD": composition_jsd(labels, teacher, cell_types, matching),
+        **composition_jsd(labels, teacher, cell_types, matching),
         "probe_F1": probe_f1(labels, annotation) if annotation is not None else float("nan"),
+        **truth_agreement(labels, truth),
         "n_cells": int(len(labels)),
         "n_niches": int(len(np.unique(labels))),
     }
+
+
+COLUMNS = ["slide", "tissue", "k", "encoder", "method", "ARI", "NMI", "JSD", "matched_coverage", "probe_F1",
+           "ARI_truth", "NMI_truth", "n_cells", "n_niches", "probe_classes"]
 
 
 def _assignments(path: str, cells: pd.DataFrame) -> np.ndarray:
@@ -89,14 +136,18 @@ def evaluate_slide(cells_path: str, split_path: str, teacher: str, predictions: 
     reference = _assignments(teacher, cells)[test]
     types = cells["cell_type"].to_numpy()[test]
     annotation = None
-    if "pathology" in cells and (cells["pathology"] != "unannotated").any():
+    if "pathology" in cells and (cells["pathology"] != UNANNOTATED).any():
         annotation = cells["pathology"].to_numpy()[test]
-    rows = [niche_metrics(m, _assignments(predictions[m], cells)[test], reference, types, annotation, METHODS[m])
-            for m in predictions]
-    teacher_row = niche_metrics("teacher", reference, reference, types, annotation, False)
-    table = pd.DataFrame([teacher_row, *rows]).assign(slide=slide, tissue=tissue, k=k, encoder=encoder)
-    table = table[["slide", "tissue", "k", "encoder", "method", "ARI", "NMI", "JSD", "probe_F1", "n_cells", "n_niches"]]
-    log.info("\n%s", table.to_string(index=False))
+    truth = cells["truth"].to_numpy()[test] if "truth" in cells and (cells["truth"] != "").any() else None
+    rows = [niche_metrics(m, _assignments(predictions[m], cells)[test], reference, types, annotation, METHODS[m],
+                          truth) for m in predictions]
+    teacher_row = niche_metrics("teacher", reference, reference, types, annotation, False, truth)
+    table = pd.DataFrame([teacher_row, *rows]).assign(slide=slide, tissue=tissue, k=k, encoder=encoder,
+                                                      probe_classes=probe_classes(annotation))
+    table = table[COLUMNS]
+    log.info("\n%s", table.drop(columns="probe_classes").to_string(index=False))
+    if annotation is not None:
+        log.info("probe: annotated test cells per class %s", table["probe_classes"].iloc[0])
     with atomic_path(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
     return table
@@ -115,7 +166,9 @@ def _matched_colours(labels: np.ndarray, reference: np.ndarray, test: np.ndarray
 
 def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[str, str], out: str, *,
               title: str) -> None:
-    """Teacher, student and baselines side by side; matched niches share a colour."""
+    """Teacher, student and baselines side by side; matched niches share a colour. Below each
+    map, its niches' cell-type compositions on the test strip (what the JSD compares), rows
+    in the teacher's niche order."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,18 +186,30 @@ def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[
     # tab20's strong colours first, then its pale partners: K=10 maps use only strong ones
     palette = np.array(plt.get_cmap("tab20").colors)[np.r_[0:20:2, 1:20:2]]
     y = cells["y_um"].to_numpy()
-    test_y = y[role == "test"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), constrained_layout=True)
-    for ax, (name, labels) in zip(axes, panels.items()):
-        ax.scatter(cells["x_um"], y, c=palette[np.asarray(labels) % 20], s=1.2, linewidths=0, rasterized=True)
-        for edge in (test_y.min(), test_y.max()):
+    test = role == "test"
+    types = np.unique(cells["cell_type"].to_numpy()[test])
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 4.6 + 0.25 * (int(reference.max()) + 4)),
+                             constrained_layout=True, height_ratios=[4.6, 0.25 * (int(reference.max()) + 4)])
+    for ax, heat, (name, labels) in zip(axes[0], axes[1], panels.items()):
+        labels = np.asarray(labels)
+        ax.scatter(cells["x_um"], y, c=palette[labels % 20], s=1.2, linewidths=0, rasterized=True)
+        for edge in (y[test].min(), y[test].max()):
             ax.axhline(edge, color="black", lw=0.8, ls="--")
         ax.set_title(name, fontsize=10)
         ax.set_aspect("equal")
         ax.invert_yaxis()
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{title} (test strip between dashed lines)", fontsize=11)
+        _composition_heatmap(heat, compositions(labels[test], cells["cell_type"].to_numpy()[test], types), palette)
+    fig.suptitle(f"{title} (test strip between dashed lines; below: cell-type share per niche on it)", fontsize=11)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def _composition_heatmap(ax, shares: pd.DataFrame, palette: np.ndarray) -> None:
+    ax.imshow(shares.to_numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(np.arange(shares.shape[1]), shares.columns, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(np.arange(shares.shape[0]), [f"niche {n}" for n in shares.index], fontsize=7)
+    for tick, niche in zip(ax.get_yticklabels(), shares.index):
+        tick.set_color(palette[int(niche) % 20])

@@ -55,9 +55,19 @@ def cell_type_labels(cells: pd.DataFrame, bundle: str | Path, cell_types: str | 
     return labels.reindex(cells.index).fillna("unknown")
 
 
+def known_niches(cells: pd.DataFrame, path: str) -> pd.Series:
+    """The sheet's known niche per cell ('' where the table has none)."""
+    labels = read_labels(path).astype(str)
+    covered = cells.index.isin(labels.index)
+    if not covered.any():
+        raise InputError(path, "no cell id matches the Xenium cells")
+    log.info("%s: known niches for %d of %d cells (%d niches)", path, covered.sum(), len(cells), labels.nunique())
+    return labels.reindex(cells.index).fillna("")
+
+
 def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, out_expression: str,
                  out_slide: str, cell_types: str | None = None, pathology: str | None = None,
-                 backend: str = "auto") -> None:
+                 truth: str | None = None, backend: str = "auto") -> None:
     cells, counts, meta = load_bundle(bundle)
     pixel_size = float(meta["pixel_size"])
     affine = read_alignment(he_alignment)
@@ -67,6 +77,8 @@ def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, 
     table = cells.assign(x_he=he[:, 0], y_he=he[:, 1], cell_type=cell_type_labels(cells, bundle, cell_types))
     if pathology:
         table["pathology"] = read_labels(pathology).reindex(cells.index).fillna("unannotated")
+    if truth:
+        table["truth"] = known_niches(cells, truth)
     counts.obs["cell_type"] = table["cell_type"].to_numpy()
     log.info("%s: %d cells, %d genes, H&E %.4f um/px", bundle, len(table), counts.n_vars, he_mpp(affine, pixel_size))
 

@@ -180,10 +180,14 @@ def train_student(features_path: str, cells_path: str, split_path: str, radius_p
 def histology_nolan(features_path: str, cells_path: str, split_path: str, radius_path: str, k: int,
                     cfg: NolanConfig, out_logits: str, max_neighbors: int = 32, seed: int = 0,
                     device: str = "auto", precision: str = "auto") -> None:
-    """The teacher's method on H&E features, self-supervised on non-test cells; predicts every cell."""
+    """The teacher's method on H&E features, self-supervised on exactly the student's training
+    cells and neighbourhoods (buffer cells' crops and neighbourhoods reach the test strip);
+    predicts every cell."""
     run = compute.resolve(device, precision)
     cells, role, radius = slide_inputs(cells_path, split_path, radius_path)
-    fit_rows = np.flatnonzero(role != "test")
+    fit_rows = np.flatnonzero(role == "train")
+    if len(fit_rows) == 0:
+        raise InputError(split_path, "no train cells")
     x = reduce_features(features_path, cells, fit_rows)
     xy = cells[["x_um", "y_um"]].to_numpy()
     nb_fit = build_neighborhoods(xy, fit_rows, radius, max_neighbors, allowed=role != "test")

@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 METHOD_ORDER = ["teacher", "student", "pathology", "rna"]
 KEYS = ["cohort", "evaluated_on", "encoder", "method"]
+INTERVALS = ["c_index_low", "c_index_high", "minus_pathology", "minus_pathology_low", "minus_pathology_high"]
 
 
 def collect(paths: list[str]) -> pd.DataFrame:
@@ -30,7 +31,8 @@ def by_cohort(folds: pd.DataFrame) -> pd.DataFrame:
     grouped = per_fold.groupby(KEYS, observed=True)
     table = grouped["c_index"].agg(["mean", "std", "size"]).rename(
         columns={"mean": "c_index_mean", "std": "c_index_sd", "size": "n_folds"})
-    single = folds[folds["fold"].isin(["pooled", "all"])].set_index(KEYS)["c_index"].rename("c_index_pooled")
+    whole = folds[folds["fold"].isin(["pooled", "all"])].set_index(KEYS)
+    single = whole[["c_index", *[c for c in INTERVALS if c in whole]]].rename(columns={"c_index": "c_index_pooled"})
     table = table.join(single, how="outer")
     table["km_logrank_p"] = folds.groupby(KEYS, observed=True)["km_logrank_p"].first()
     table["validation"] = ["cross-validation" if c == e else "external" for c, e, *_ in table.index]
@@ -42,7 +44,13 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
     out = table[KEYS + ["validation"]].copy()
     out["C-index (folds)"] = [f"{m:.3f} ± {s:.3f}" if pd.notna(s) else "–"
                               for m, s in zip(table["c_index_mean"], table["c_index_sd"])]
-    out["C-index (pooled / external)"] = table["c_index_pooled"].map(lambda v: f"{v:.3f}")
+    t = table.reindex(columns=list(dict.fromkeys([*table.columns, *INTERVALS])))  # older tables: no intervals
+    out["C-index (pooled / external) [95% CI]"] = [
+        f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else f"{v:.3f}"
+        for v, lo, hi in zip(t["c_index_pooled"], t["c_index_low"], t["c_index_high"])]
+    out["minus pathology-only [95% CI]"] = [
+        f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" if pd.notna(d) else ""
+        for d, lo, hi in zip(t["minus_pathology"], t["minus_pathology_low"], t["minus_pathology_high"])]
     out["student log-rank p"] = table["km_logrank_p"].map(lambda v: f"{v:.2g}" if pd.notna(v) else "")
     return out
 

@@ -26,6 +26,41 @@ def fold_metrics(predictions: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+BOOTSTRAPS = 1000  # resamples of patients for the 95% intervals (fixed a priori)
+
+
+def bootstrap_c_index(predictions: dict[str, pd.DataFrame], reference: str = "pathology",
+                      n_boot: int = BOOTSTRAPS, seed: int = 0) -> pd.DataFrame:
+    """95% percentile intervals of each method's C-index over all its predictions (pooled
+    out-of-fold, or an external cohort), from `n_boot` resamples of patients with replacement,
+    and of the paired difference method - `reference` on the same resamples (the methods score
+    the same patients, so their errors are correlated and the paired interval is the honest one)."""
+    methods = list(predictions)
+    merged = pd.concat({m: predictions[m].set_index("patient")[["event", "time", "risk"]] for m in methods}, axis=1)
+    first = methods[0]
+    event, time = merged[(first, "event")].to_numpy(bool), merged[(first, "time")].to_numpy(float)
+    risks = {m: merged[(m, "risk")].to_numpy(float) for m in methods}
+    rng = np.random.default_rng(seed)
+    draws = {m: [] for m in methods}
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(event), len(event))
+        if not event[idx].any():
+            continue  # no comparable pair: C undefined for this resample
+        for m in methods:
+            draws[m].append(c_index(event[idx], time[idx], risks[m][idx]))
+    rows = []
+    for m in methods:
+        values = np.array(draws[m])
+        row = {"method": m, "c_index_low": np.quantile(values, 0.025), "c_index_high": np.quantile(values, 0.975)}
+        if reference in draws and m != reference:
+            diff = values - np.array(draws[reference])
+            row.update({f"minus_{reference}": c_index(event, time, risks[m]) - c_index(event, time, risks[reference]),
+                        f"minus_{reference}_low": np.quantile(diff, 0.025),
+                        f"minus_{reference}_high": np.quantile(diff, 0.975)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def risk_groups(pred: pd.DataFrame, thresholds: dict | float) -> np.ndarray:
     """High (1) / low (0) risk: above the fold's threshold (the median training-patient risk
     of that fold's model, so the split uses no test outcome) or a single threshold."""

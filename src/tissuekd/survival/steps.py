@@ -81,6 +81,17 @@ def train_method(method: str, patients: str, rna: str, out_models: str, out_pred
         predictions.to_csv(tmp, sep="\t", index=False)
 
 
+def with_intervals(table: pd.DataFrame, preds: dict[str, pd.DataFrame], fold: str) -> pd.DataFrame:
+    """Bootstrap intervals (evaluate.bootstrap_c_index) on the rows of `fold` (pooled or external)."""
+    intervals = evaluate.bootstrap_c_index(preds).assign(fold=fold)
+    for _, row in intervals.iterrows():
+        log.info("%s: 95%% CI %.3f-%.3f%s", row["method"], row["c_index_low"], row["c_index_high"],
+                 "" if pd.isna(row.get("minus_pathology")) else
+                 f"; minus pathology {row['minus_pathology']:+.3f} ({row['minus_pathology_low']:+.3f} to "
+                 f"{row['minus_pathology_high']:+.3f})")
+    return table.merge(intervals, on=["method", "fold"], how="left")
+
+
 def evaluate_cohort(predictions: dict[str, str], student_models: str, out_metrics: str, out_km: str, *,
                     cohort: str, encoder: str, endpoint: str) -> None:
     """C-index per fold for every method; KM curves of the student's risk groups."""
@@ -92,6 +103,7 @@ def evaluate_cohort(predictions: dict[str, str], student_models: str, out_metric
     pvalue = evaluate.plot_km(student, evaluate.risk_groups(student, thresholds),
                               f"{cohort}: AMKD student risk groups (out-of-fold)", out_km, endpoint)
     table["km_logrank_p"] = np.where(table["method"] == "student", pvalue, np.nan)
+    table = with_intervals(table, preds, "pooled")
     for method, part in table.groupby("method", sort=False):
         folds, pooled = part[part["fold"] != "pooled"], part[part["fold"] == "pooled"]["c_index"].iloc[0]
         log.info("%s %s: C-index %.3f ± %.3f over %d folds, pooled %.3f", cohort, method, folds["c_index"].mean(),
@@ -122,5 +134,6 @@ def evaluate_external(models: dict[str, str], patients: str, rna: str, out_metri
                               f"{trained_on} -> {cohort}: AMKD student, no retraining", out_km, endpoint)
     out = pd.DataFrame(rows).assign(cohort=trained_on, encoder=encoder, evaluated_on=cohort)
     out["km_logrank_p"] = np.where(out["method"] == "student", pvalue, np.nan)
+    out = with_intervals(out, preds, "all")
     with atomic_path(out_metrics) as tmp:
         out.to_csv(tmp, sep="\t", index=False)

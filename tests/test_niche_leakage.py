@@ -105,6 +105,35 @@ def test_histology_nolan_fits_on_exactly_the_students_training_cells(slides, tmp
     assert np.array_equal(seen["centres"], np.flatnonzero(role == "train"))
 
 
+def test_temperature_is_chosen_on_training_cells_only(slides, tmp_path, monkeypatch):
+    """select_temperature: one student per candidate on inner-train cells, scored on an inner
+    band of training cells; test cells are neither centres nor scored, and the choice and the
+    final model do not change when everything about the test cells is noise."""
+    from tissuekd.niche import steps
+
+    centres = []
+    real = steps.fit_student
+
+    def spy(x, nb, c, *args, **kwargs):
+        centres.append(set(c.tolist()))
+        return real(x, nb, c, *args, **kwargs)
+
+    monkeypatch.setattr(steps, "fit_student", spy)
+    a, b, role = slides
+    cfg = StudentConfig(epochs=2, select_temperature=[1.0, 4.0])
+    states = []
+    for name, paths in (("a", a), ("b", b)):
+        out = tmp_path / name
+        out.mkdir()
+        train_student(paths["f.h5"], paths["cells.parquet"], paths["split.parquet"], paths["radius.json"],
+                      paths["t.parquet"], K, cfg, str(out / "m.pt"), str(out / "l.parquet"), max_neighbors=16)
+        states.append(torch.load(out / "m.pt", weights_only=False)["state_dict"])
+    train = set(np.flatnonzero(role == "train").tolist())
+    assert len(centres) == 6  # per slide: two candidates, then the final student
+    assert all(c < train for c in centres[0:2]) and centres[2] == train
+    assert all(torch.equal(states[0][n], states[1][n]) for n in states[0])
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda f: f.drop(columns="logit_3"), "expected 4 logit columns"),
     (lambda f: f.iloc[5:], "5 cells have no logits (e.g. c0)"),

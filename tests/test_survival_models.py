@@ -202,3 +202,44 @@ def test_student_ignores_test_patients_and_never_reads_rna_at_inference():
     a.pop("rna_mean"), a.pop("rna_std")  # as cross_validate stores a student
     without_rna = CohortData(data.patients, data.bags, None, data.genes)
     assert np.array_equal(predict(model, without_rna, a, CPU), predict(model, data, a, CPU))
+
+
+def test_amkd_weights_are_chosen_inside_each_training_fold(monkeypatch):
+    """With candidates, every outer fold picks its weights on an inner validation split of its
+    own training patients: no fold's test patients are trained on or scored in the choice."""
+    from tissuekd.survival import train as train_module
+
+    data = synthetic_cohort()
+    teacher, _ = cross_validate("teacher", data, FAST)
+    seen = []
+    real = train_module.fit_fold
+
+    def spy(method, cohort, train, *args, **kwargs):
+        seen.append(set(train.tolist()))
+        return real(method, cohort, train, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit_fold", spy)
+    amkd = AMKDConfig(kd=0.0, select={"kd": [0.0, 1.0], "genomic": [0.5, 1.0]})
+    bundle, predictions = cross_validate("student", data, FAST, teacher_ckpt=teacher, amkd=amkd)
+    folds = data.patients["fold"].to_numpy()
+    assert sorted(bundle["selection"]) == sorted(set(folds))
+    for fold, scores in bundle["selection"].items():
+        assert len(scores) == 4 and {(s["kd"], s["genomic"]) for s in scores} == {(0.0, 0.5), (0.0, 1.0),
+                                                                                 (1.0, 0.5), (1.0, 1.0)}
+        assert all(0 <= s["inner_c_index"] <= 1 for s in scores)
+    # per fold: 4 candidates on inner-train patients, then the member on all training patients
+    for i, fold in enumerate(sorted(set(folds))):
+        train = set(np.flatnonzero(folds != fold).tolist())
+        inner, final = seen[5 * i : 5 * i + 4], seen[5 * i + 4]
+        assert final == train and all(s < train and len(s) < len(train) for s in inner)
+    assert len(predictions) == len(data.patients)
+
+
+def test_inner_split_is_stratified_and_inside_the_training_patients():
+    from tissuekd.survival.train import inner_split
+
+    events = np.array([0, 1] * 20)
+    train = np.arange(8, 40)
+    inner, val = inner_split(events, train, 0.25, seed=0)
+    assert set(inner) | set(val) == set(train) and not set(inner) & set(val)
+    assert (events[val] == 1).sum() == (events[val] == 0).sum() == 4

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import h5py
@@ -168,6 +168,9 @@ def train_student(features_path: str, cells_path: str, split_path: str, radius_p
     x = reduce_features(features_path, cells, train)
     teacher = torch.from_numpy(read_logits(teacher_path, cells, k))
     xy = cells[["x_um", "y_um"]].to_numpy()
+    if cfg.select_temperature:
+        cfg = replace(cfg, temperature=choose_temperature(x, xy, role, train, teacher, radius, cfg, max_neighbors,
+                                                          seed, run))
     nb_train = build_neighborhoods(xy, train, radius, max_neighbors, allowed=role != "test")
     model = fit_student(x, nb_train, torch.from_numpy(train), teacher[train], cfg, seed, compute=run)
     everyone = np.arange(len(cells))
@@ -175,6 +178,41 @@ def train_student(features_path: str, cells_path: str, split_path: str, radius_p
     logits = predict_logits(model, x, nb_all, torch.from_numpy(everyone), LOGIT_TEMP, compute=run).numpy()
     save_model(out_model, model, cfg, k, x.shape[1])
     write_logits(out_logits, cells, logits)
+
+
+def inner_band(y: np.ndarray, train: np.ndarray, share: float, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """(inner-train, inner-validation) cells of `train`: validation is the horizontal band of
+    the training cells with the largest y holding `share` of them; inner-train cells within
+    `radius` of that band are left out, so no inner-train neighbourhood reaches into it."""
+    cut = np.quantile(y[train], 1 - share)
+    val = train[y[train] >= cut]
+    inner = train[y[train] < cut - radius]
+    return inner, val
+
+
+def choose_temperature(x, xy, role, train, teacher, radius, cfg, max_neighbors, seed, run) -> float:
+    """The distillation temperature among `cfg.select_temperature`, chosen without the test
+    strip: a student per candidate on the inner-train cells, scored by ARI between its niches
+    and the teacher's on the inner-validation band (the teacher's labels there are training
+    targets, not test data); the first of equals wins."""
+    from sklearn.metrics import adjusted_rand_score
+
+    inner, val = inner_band(xy[:, 1], train, cfg.inner_share, radius)
+    if len(inner) == 0 or len(val) == 0:
+        raise ValueError(f"too few training cells for an inner validation band ({len(train)} train cells)")
+    allowed = (role != "test") & ~np.isin(np.arange(len(role)), val)
+    nb_inner = build_neighborhoods(xy, inner, radius, max_neighbors, allowed=allowed)
+    nb_val = build_neighborhoods(xy, val, radius, max_neighbors, allowed=role != "test")
+    scores = []
+    for t in cfg.select_temperature:
+        model = fit_student(x, nb_inner, torch.from_numpy(inner), teacher[inner], replace(cfg, temperature=t), seed,
+                            progress=False, compute=run)
+        pred = predict_logits(model, x, nb_val, torch.from_numpy(val), LOGIT_TEMP, compute=run).argmax(1).numpy()
+        scores.append(adjusted_rand_score(teacher[val].argmax(1).numpy(), pred))
+    best = cfg.select_temperature[int(np.argmax(scores))]
+    log.info("temperature %s chosen on %d inner-validation cells (ARI with the teacher: %s)", best, len(val),
+             ", ".join(f"T={t}: {a:.3f}" for t, a in zip(cfg.select_temperature, scores)))
+    return best
 
 
 def histology_nolan(features_path: str, cells_path: str, split_path: str, radius_path: str, k: int,

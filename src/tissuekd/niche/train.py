@@ -117,6 +117,10 @@ class StudentConfig:
     temperature: float = 2.0
     d_model: int = 64
     layers: int = 2
+    # candidate temperatures: chosen by agreement with the teacher on an inner validation band
+    # of the training cells (tissuekd.niche.steps.choose_temperature); None: `temperature` as set
+    select_temperature: list[float] | None = None
+    inner_share: float = 0.25
 
 
 def fit_student(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, teacher_logits: torch.Tensor,

@@ -6,8 +6,9 @@ patient ever influences a model.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import h5py
@@ -51,6 +52,54 @@ class AMKDConfig:
     redundancy: float = 0.1  # adaptive redundancy reduction
     off_diagonal: float = 0.005
     sharpness: float = 1.0
+    # candidates per weight, e.g. {"kd": [0.0, 0.5]}: each outer fold chooses among their
+    # combinations on an inner validation split of its own training patients (select_amkd)
+    select: dict[str, list[float]] | None = None
+    inner_share: float = 0.25  # training patients held out for that choice
+
+
+INNER_SEED = 7919  # the inner split's seed, apart from the outer folds'
+
+
+def inner_split(events: np.ndarray, train: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inner-train, inner-validation) patients of `train`, stratified by event."""
+    rng = np.random.default_rng([seed, INNER_SEED])
+    held = []
+    for value in (0, 1):
+        group = rng.permutation(train[events[train] == value])
+        held.append(group[: int(round(share * len(group)))])
+    val = np.sort(np.concatenate(held))
+    return np.setdiff1d(train, val), val
+
+
+def candidates(amkd: AMKDConfig) -> list[AMKDConfig]:
+    """Every combination of the candidate weights in `amkd.select` (the config itself if none)."""
+    if not amkd.select:
+        return [amkd]
+    names = sorted(amkd.select)
+    return [replace(amkd, select=None, **dict(zip(names, values)))
+            for values in itertools.product(*(amkd.select[n] for n in names))]
+
+
+def select_amkd(data: CohortData, train: np.ndarray, cfg: TrainConfig, fold: int, compute, teacher: dict,
+                amkd: AMKDConfig) -> tuple[AMKDConfig, list[dict]]:
+    """Choose the AMKD weights for one outer fold without its test patients: train one student
+    per candidate on the inner-train patients, score the C-index on the inner-validation
+    patients (both drawn from the fold's training patients only), keep the best (the first of
+    equals). Returns the choice and every candidate's score."""
+    from tissuekd.survival.evaluate import c_index
+
+    times, events = data.patients["time"].to_numpy(float), data.patients["event"].to_numpy(int)
+    inner, val = inner_split(events, train, amkd.inner_share, cfg.seed * 1000 + fold)
+    options, scores = candidates(amkd), []
+    for option in options:
+        ckpt = fit_fold("student", data, inner, cfg, fold, compute, teacher, option)
+        risk = predict(build_model("student", data, cfg), data, ckpt, compute, val)
+        scores.append({**{n: getattr(option, n) for n in sorted(amkd.select)},
+                       "inner_c_index": c_index(events[val], times[val], risk)})
+    best = int(np.argmax([row["inner_c_index"] for row in scores]))
+    log.info("fold %d: AMKD weights chosen on %d inner-validation patients: %s", fold, len(val), scores[best])
+    return options[best], scores
 
 
 class MemoryBags(list):
@@ -324,10 +373,14 @@ def cross_validate(method: str, data: CohortData, cfg: TrainConfig, compute: Com
     for fold in tqdm(folds, desc=method, unit="fold"):
         test = np.flatnonzero(data.patients["fold"].to_numpy() == fold)
         train = np.flatnonzero(data.patients["fold"].to_numpy() != fold)
-        members = []
+        members, chosen = [], amkd
+        if method == "student" and amkd is not None and amkd.select:
+            first_teacher = {"model": load_fold_model(teacher_ckpt, fold, 0, data)}
+            chosen, scores = select_amkd(data, train, cfg, int(fold), compute, first_teacher, amkd)
+            bundle.setdefault("selection", {})[int(fold)] = scores
         for member in range(cfg.members):
             teacher = {"model": load_fold_model(teacher_ckpt, fold, member, data)} if method == "student" else None
-            ckpt = fit_fold(method, data, train, cfg, fold, compute, teacher, amkd, member)
+            ckpt = fit_fold(method, data, train, cfg, fold, compute, teacher, chosen, member)
             if method == "student":  # the student's inputs never include RNA
                 ckpt.pop("rna_mean", None), ckpt.pop("rna_std", None)
             members.append(ckpt)

@@ -33,6 +33,12 @@ def test_teacher_and_student_beat_the_pathology_baseline_on_the_demo(survival_ru
     assert cv["teacher"] > cv["pathology"] + 0.05
     assert cv["student"] > cv["pathology"]
     assert (cv > 0.55).all(), cv
+    # 95% bootstrap intervals over patients, and the paired difference to pathology-only
+    rows = table[table["validation"] == "cross-validation"].set_index("method")
+    assert (rows["c_index_low"] < rows["c_index_pooled"]).all() and (rows["c_index_pooled"] < rows["c_index_high"]).all()
+    for method in ("teacher", "student", "rna"):
+        low, diff, high = rows.loc[method, ["minus_pathology_low", "minus_pathology", "minus_pathology_high"]]
+        assert low < diff < high and diff == pytest.approx(cv[method] - cv["pathology"], abs=1e-3)
     external = table[table["validation"] == "external"].set_index("method")["c_index_pooled"]
     assert set(external.index) == {"teacher", "student", "pathology", "rna"}
     assert external["teacher"] > external["pathology"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,18 @@ PER_K = ["niche_teacher", "niche_student", "niche_hist_nolan", "niche_hist_leide
 def test_lint_is_clean():
     result = snakemake("--lint", "--cores", "1", cwd=REPO, check=False)
     assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr, result.stdout
+
+
+def test_the_repository_cites_only_its_own_documents():
+    """Code, config and docs point at files a user who clones the repository has (the design
+    notes the project started from are not shipped)."""
+    outside = re.compile("DES" + r"IGN\s*§?\s*\d")  # split so this file does not match itself
+    files = [REPO / "README.md", *(p for d in ("src", "workflow", "config", "scripts", "docs", "tests")
+                                   for p in (REPO / d).rglob("*") if p.is_file() and p.suffix != ".pyc"
+                                   and ".egg-info" not in str(p))]
+    cited = [str(p.relative_to(REPO)) for p in files if outside.search(p.read_text(errors="ignore"))]
+    assert not cited, cited
+    assert "docs/architecture.md" in (REPO / "README.md").read_text() and (REPO / "docs" / "architecture.md").exists()
 
 
 def test_dry_run_of_the_shipped_demo_lists_every_step_per_slide_and_k():

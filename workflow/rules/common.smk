@@ -216,7 +216,7 @@ def all_targets():
     return targets
 
 
-# ---- survival study (DESIGN 2.2) ----
+# ---- survival study (docs/architecture.md) ----
 SURVIVAL_COHORTS = pd.DataFrame(columns=["cohort"])
 SURVIVAL_SLIDES = pd.DataFrame(columns=["slide", "cohort"])
 if SURVIVAL["enabled"]:

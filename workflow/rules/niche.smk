@@ -1,4 +1,4 @@
-# Niche study (DESIGN 2.1), per slide: ingest -> radius -> split, and per-cell H&E features.
+# Niche study (docs/architecture.md), per slide: ingest -> radius -> split, and per-cell H&E features.
 
 
 rule niche_ingest:
@@ -99,7 +99,7 @@ rule niche_features:
         "../../scripts/niche_features.py"
 
 
-# ---- models (DESIGN 2.1 steps 5-10): the teacher per slide and K, the rest per slide, encoder and K ----
+# ---- models (docs/architecture.md, steps 5-10): the teacher per slide and K, the rest per slide, encoder and K ----
 TDIR = f"{RESULTS}/niche/{{slide}}/k{{k}}/teacher"
 KDIR = f"{RESULTS}/niche/{{slide}}/{{encoder}}/k{{k}}"
 

@@ -1,4 +1,4 @@
-# Survival study (DESIGN 2.2): per slide a tissue mask, patch grid and patch features; per cohort
+# Survival study (docs/architecture.md): per slide a tissue mask, patch grid and patch features; per cohort
 # and encoder the teacher (pathology + RNA), the AMKD student (pathology only), the two
 # baselines, their cross-validated C-index and Kaplan-Meier curves; external validation.
 

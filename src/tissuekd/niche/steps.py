@@ -1,4 +1,4 @@
-"""The niche study's model steps per slide (DESIGN 2.1 steps 5-8): scVI, the NOLAN-style
+"""The niche study's model steps per slide (docs/architecture.md, niche study, steps 5-8): scVI, the NOLAN-style
 teacher, the H&E student, and the two histology baselines. Each reads and writes files so
 that a Snakemake rule is one call. (Ingest, radius/split and features are in ingest.py,
 split.py and features.py; evaluation and maps in evaluate.py.)"""

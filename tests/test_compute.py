@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import he_image
+
 from tissuekd import compute
 from tissuekd.compute import Compute, resolve, resolve_precision
 from tissuekd.encoders.extract import Encoder
@@ -98,9 +98,8 @@ def test_the_configured_precision_reaches_the_encoder(ingested, demo_slide, tmp_
 
 def test_model_training_and_prediction_run_under_the_chosen_precision(monkeypatch):
     """fit_student / fit_nolan / predict_logits enter the Compute's autocast (bf16 here)."""
+    from tissuekd.niche.train import NolanConfig, StudentConfig, fit_nolan, fit_student, predict_logits
     from tissuekd.spatial.neighborhoods import build_neighborhoods
-    from tissuekd.niche.train import StudentConfig, fit_student
-    from tissuekd.niche.train import NolanConfig, fit_nolan, predict_logits
 
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 200, (120, 2))

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-
 from conftest import he_image
+
 from tissuekd.encoders.registry import EncoderSpec
 from tissuekd.io.wsi import open_slide
 from tissuekd.niche.features import extract_cell_features

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from tissuekd.niche.steps import histology_nolan, train_student
-from tissuekd.niche.train import StudentConfig
-from tissuekd.niche.train import NolanConfig
+from tissuekd.niche.train import NolanConfig, StudentConfig
 
 K = 4
 

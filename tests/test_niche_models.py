@@ -13,9 +13,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from tissuekd.distill.losses import kd_loss
 from tissuekd.niche.evaluate import composition_jsd, hungarian_match, niche_metrics, probe_f1
+from tissuekd.niche.train import NolanConfig, StudentConfig, fit_nolan, fit_student, predict_logits
 from tissuekd.spatial.neighborhoods import build_neighborhoods
-from tissuekd.niche.train import StudentConfig, fit_student
-from tissuekd.niche.train import NolanConfig, fit_nolan, predict_logits
 
 
 def toy_tissue(n: int = 1600, seed: int = 0):

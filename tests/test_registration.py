@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import he_alignment, he_image
+
 from tissuekd.errors import InputError
 from tissuekd.io.alignment import crop_reach_um, he_mpp, he_to_um, read_alignment, um_to_he
 from tissuekd.io.wsi import open_slide

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-
 from chromium import Chromium, find_chromium
 from conftest import snakemake
+
 from tissuekd.report.summary import by_tissue, paper_table, runtimes
 
 CLICK = """(text => { const el = [...document.querySelectorAll('a, button, li, span, div')].reverse()

@@ -15,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow

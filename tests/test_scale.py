@@ -75,7 +75,8 @@ def test_bags_read_from_disk_equal_the_bags_in_memory(tmp_path):
     for i, bag in enumerate(bags):  # patient 2 has two slides
         if i == 2:
             half = len(bag) // 2
-            files.append(_features(tmp_path / "2a.h5", bag[:half], 8) + ";" + _features(tmp_path / "2b.h5", bag[half:], 8))
+            parts = (_features(tmp_path / "2a.h5", bag[:half], 8), _features(tmp_path / "2b.h5", bag[half:], 8))
+            files.append(";".join(parts))
         else:
             files.append(_features(tmp_path / f"{i}.h5", bag, 8))
     disk, memory = FileBags(files), MemoryBags([torch.from_numpy(b) for b in bags])

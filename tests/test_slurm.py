@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO, make_workdir, planned_jobs, snakemake
 
 sys.path.insert(0, str(Path(__file__).parent / "slurm"))

@@ -12,12 +12,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tissuekd.compute import CPU
 from tissuekd.survival import losses
 from tissuekd.survival.cohort import assign_folds
 from tissuekd.survival.evaluate import c_index, fold_metrics
-from tissuekd.compute import CPU
-from tissuekd.survival.train import (AMKDConfig, CohortData, TrainConfig, build_model, cross_validate, fit_fold,
-                                    load_fold_model, predict)
+from tissuekd.survival.train import (
+    AMKDConfig,
+    CohortData,
+    TrainConfig,
+    build_model,
+    cross_validate,
+    fit_fold,
+    load_fold_model,
+    predict,
+)
 
 
 def reference_nll(logits: np.ndarray, bins: np.ndarray, events: np.ndarray) -> float:
@@ -157,7 +165,8 @@ def synthetic_cohort(n=40, seed=0) -> CohortData:
     event = (rng.random(n) < 0.7).astype(int)
     patients = pd.DataFrame({"patient": [f"P{i:03d}" for i in range(n)], "time": time, "event": event,
                              "fold": assign_folds(event, 4, 0)})
-    return CohortData(patients, bags, rna, [f"G{i}" for i in range(30)], {"s1": list(range(5)), "s2": list(range(5, 30))})
+    gene_sets = {"s1": list(range(5)), "s2": list(range(5, 30))}
+    return CohortData(patients, bags, rna, [f"G{i}" for i in range(30)], gene_sets)
 
 
 FAST = TrainConfig(epochs=3, hidden=16, members=1)
@@ -223,7 +232,7 @@ def test_amkd_weights_are_chosen_inside_each_training_fold(monkeypatch):
     bundle, predictions = cross_validate("student", data, FAST, teacher_ckpt=teacher, amkd=amkd)
     folds = data.patients["fold"].to_numpy()
     assert sorted(bundle["selection"]) == sorted(set(folds))
-    for fold, scores in bundle["selection"].items():
+    for scores in bundle["selection"].values():
         assert len(scores) == 4 and {(s["kd"], s["genomic"]) for s in scores} == {(0.0, 0.5), (0.0, 1.0),
                                                                                  (1.0, 0.5), (1.0, 1.0)}
         assert all(0 <= s["inner_c_index"] <= 1 for s in scores)

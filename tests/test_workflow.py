@@ -5,17 +5,30 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
 import pandas as pd
 import pytest
 import yaml
-
-from conftest import DEMO_TEST_CELLS, ALL_SLIDES, REPO, make_workdir, planned_jobs, snakemake
+from conftest import DEMO_TEST_CELLS, REPO, make_workdir, planned_jobs, snakemake
 
 PER_SLIDE = ["demo_xenium_slide", "niche_ingest", "niche_radius", "niche_split", "niche_features", "niche_scvi"]
 PER_K = ["niche_teacher", "niche_student", "niche_hist_nolan", "niche_hist_leiden", "niche_evaluate", "niche_maps"]
+
+
+def test_python_is_clean_under_ruff_and_rules_under_snakefmt():
+    """The style CI enforces: ruff with the rules chosen in pyproject.toml ([tool.ruff.lint]),
+    snakefmt on the workflow; both read their settings from pyproject.toml."""
+    bindir = Path(sys.executable).parent
+    ruff = subprocess.run([str(bindir / "ruff"), "check", "--output-format", "concise", "src", "scripts", "tests"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert ruff.returncode == 0, ruff.stdout[-3000:]
+    snakefmt = subprocess.run([str(bindir / "snakefmt"), "--check", "workflow"], cwd=REPO, capture_output=True,
+                              text=True)
+    assert snakefmt.returncode == 0, snakefmt.stderr[-3000:]
 
 
 def test_lint_is_clean():
@@ -48,6 +61,17 @@ def test_dry_run_of_the_shipped_demo_lists_every_step_per_slide_and_k():
     for step in ("demo_survival_slide", "survival_patches", "survival_features"):  # both studies run by default
         assert jobs[step] == len(wsis), (step, jobs)
     assert jobs["survival_cohort"] == 2 and jobs["survival_fit"] == 3 and jobs["survival_external"] == 1
+
+
+def test_every_gpu_rule_gets_the_slurm_profiles_gpu_resources():
+    """Rules asking a GPU are exactly the SLURM profile's GPU entries, each with its CPUs per GPU."""
+    out = snakemake("-n", "--forceall", "--cores", "1", cwd=REPO).stdout
+    gpu_rules = {block.split("rule ", 1)[1].split(":", 1)[0] for block in out.split("\n\n")
+                 if "rule " in block and re.search(r"resources:.*\bgpu=1\b", block)}
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]
+    gpu_profile = {rule for rule, res in profile.items() if res.get("gpu") == 1}
+    assert gpu_rules and gpu_rules == gpu_profile, (gpu_rules, gpu_profile)
+    assert all(profile[rule].get("cpus_per_gpu", 0) >= 1 for rule in gpu_rules)
 
 
 def test_one_teacher_and_radius_per_slide_whatever_the_encoders(tmp_path):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import he_image
+
 from tissuekd.errors import InputError
 from tissuekd.io.wsi import open_slide
 

@@ -7,7 +7,7 @@ import logging
 import sys
 import threading
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from tissuekd.errors import InputError
 

@@ -118,7 +118,8 @@ SchedulerParameters=batch_sched_delay=0
 NodeName={self.node} NodeAddr=127.0.0.1 CPUs=8 RealMemory=64000 Gres=gpu:{GPUS} State=UNKNOWN
 PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
-        (r / "gres.conf").write_text(f"AutoDetect=off\nNodeName={self.node} Name=gpu File={self.root}/fake-gpu[0-{GPUS - 1}]\n")
+        devices = f"{self.root}/fake-gpu[0-{GPUS - 1}]"
+        (r / "gres.conf").write_text(f"AutoDetect=off\nNodeName={self.node} Name=gpu File={devices}\n")
         dbd = r / "slurmdbd.conf"
         dbd.write_text(f"""AuthType=auth/munge
 AuthInfo=socket={self.munge_socket}
@@ -146,7 +147,7 @@ StorageLoc=slurm_acct_db
         log = open(self.root / "log" / f"{name}.out", "ab")
         self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def start(self) -> "LocalSlurm":
+    def start(self) -> LocalSlurm:
         self.write_configs()
         self._start("munged", "munged", "--foreground", "--force", f"--socket={self.munge_socket}",
                     f"--key-file={self.root}/munge/munge.key", f"--pid-file={self.root}/munge/munged.pid",

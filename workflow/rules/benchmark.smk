@@ -33,11 +33,11 @@ rule benchmark_niche:
         f"{LOGS}/benchmark/niche.log",
     benchmark:
         f"{BENCH}/benchmark/niche.tsv"
+    conda:
+        "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=10,
-    conda:
-        "../../envs/scverse.yaml"
     script:
         "../../scripts/benchmark_niche.py"
 
@@ -58,11 +58,11 @@ rule benchmark_runtimes:
         f"{LOGS}/benchmark/runtime.log",
     benchmark:
         f"{BENCH}/benchmark/runtime.tsv"
+    conda:
+        "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,
         runtime=10,
-    conda:
-        "../../envs/scverse.yaml"
     script:
         "../../scripts/benchmark_runtimes.py"
 
@@ -91,10 +91,10 @@ rule benchmark_survival:
         f"{LOGS}/benchmark/survival.log",
     benchmark:
         f"{BENCH}/benchmark/survival.tsv"
+    conda:
+        "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=10,
-    conda:
-        "../../envs/scverse.yaml"
     script:
         "../../scripts/benchmark_survival.py"

@@ -200,8 +200,18 @@ def niche_benchmarks():
     if not NICHE["enabled"]:
         return []
     models = ["niche_teacher_external"] if NICHE["teacher"] == "external" else ["niche_scvi", "niche_teacher"]
-    steps = ["niche_ingest", "niche_radius", "niche_split", "niche_features", *models, "niche_student",
-             "niche_hist_nolan", "niche_hist_leiden", "niche_evaluate", "niche_maps"]
+    steps = [
+        "niche_ingest",
+        "niche_radius",
+        "niche_split",
+        "niche_features",
+        *models,
+        "niche_student",
+        "niche_hist_nolan",
+        "niche_hist_leiden",
+        "niche_evaluate",
+        "niche_maps",
+    ]
     return niche_expand(*(str(getattr(rules, step).benchmark) for step in steps))
 
 
@@ -234,8 +244,10 @@ def check_survival_sheets(cohorts, slides):
     unknown = sorted(set(slides["cohort"]) - set(cohorts["cohort"]))
     if unknown:
         raise WorkflowError(f"{SURVIVAL['slides']}: cohort(s) {unknown} are not in {SURVIVAL['cohorts']}")
-    for sheet, path, columns in ((cohorts, SURVIVAL["cohorts"], ["clinical", "rna", "gene_sets"]),
-                                 (slides, SURVIVAL["slides"], ["image", "features"])):
+    for sheet, path, columns in (
+        (cohorts, SURVIVAL["cohorts"], ["clinical", "rna", "gene_sets"]),
+        (slides, SURVIVAL["slides"], ["image", "features"]),
+    ):
         for row_no, row in enumerate(sheet.to_dict("records"), start=2):
             for column in columns:
                 value = row[column]
@@ -246,9 +258,13 @@ def check_survival_sheets(cohorts, slides):
     for pair in SURVIVAL["external"]:
         for role in ("train", "test"):
             if pair[role] not in set(cohorts["cohort"]):
-                raise WorkflowError(f"config survival.external: {role} cohort {pair[role]!r} is not in {SURVIVAL['cohorts']}")
+                raise WorkflowError(
+                    f"config survival.external: {role} cohort {pair[role]!r} is not in {SURVIVAL['cohorts']}"
+                )
         if not cohort_value(pair["train"], "cross_validate"):
-            raise WorkflowError(f"config survival.external: {pair['train']} is not cross-validated, so it has no models")
+            raise WorkflowError(
+                f"config survival.external: {pair['train']} is not cross-validated, so it has no models"
+            )
 
 
 def cohort_value(cohort, column):
@@ -279,8 +295,10 @@ def survival_features(cohort, encoder):
 
 
 def cohort_inputs(wildcards):
-    inputs = {"clinical": cohort_value(wildcards.cohort, "clinical"),
-              "features": survival_features(wildcards.cohort, wildcards.encoder)}
+    inputs = {
+        "clinical": cohort_value(wildcards.cohort, "clinical"),
+        "features": survival_features(wildcards.cohort, wildcards.encoder),
+    }
     if cohort_value(wildcards.cohort, "rna"):
         inputs["rna"] = cohort_value(wildcards.cohort, "rna")
     return inputs
@@ -289,8 +307,11 @@ def cohort_inputs(wildcards):
 def cohort_slides(wildcards):
     """Param: slide, patient and features file of each slide of the cohort."""
     rows = SURVIVAL_SLIDES[SURVIVAL_SLIDES["cohort"] == wildcards.cohort]
-    return {"slide": list(rows["slide"]), "patient": list(rows["patient"]),
-            "features": survival_features(wildcards.cohort, wildcards.encoder)}
+    return {
+        "slide": list(rows["slide"]),
+        "patient": list(rows["patient"]),
+        "features": survival_features(wildcards.cohort, wildcards.encoder),
+    }
 
 
 def gene_sets(wildcards):
@@ -319,8 +340,12 @@ def cv_cohorts():
 def survival_metrics():
     files = expand(f"{SDIR}/metrics.tsv", cohort=cv_cohorts(), encoder=SURVIVAL_ENCODERS)
     for pair in SURVIVAL["external"]:
-        files += expand(f"{RESULTS}/survival/{{cohort}}/{{encoder}}/external/{{test}}/metrics.tsv",
-                        cohort=pair["train"], test=pair["test"], encoder=SURVIVAL_ENCODERS)
+        files += expand(
+            f"{RESULTS}/survival/{{cohort}}/{{encoder}}/external/{{test}}/metrics.tsv",
+            cohort=pair["train"],
+            test=pair["test"],
+            encoder=SURVIVAL_ENCODERS,
+        )
     return files
 
 
@@ -344,6 +369,7 @@ def survival_benchmarks():
     files += expand(str(rules.survival_fit.benchmark), method=FITTED, **cv)
     files += expand(str(rules.survival_student.benchmark), **cv) + expand(str(rules.survival_evaluate.benchmark), **cv)
     for pair in SURVIVAL["external"]:
-        files += expand(str(rules.survival_external.benchmark), cohort=pair["train"], test=pair["test"],
-                        encoder=SURVIVAL_ENCODERS)
+        files += expand(
+            str(rules.survival_external.benchmark), cohort=pair["train"], test=pair["test"], encoder=SURVIVAL_ENCODERS
+        )
     return files

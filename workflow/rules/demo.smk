@@ -12,21 +12,21 @@ rule demo_xenium_slide:
         he_alignment=f"{DEMO_DIR}/{{tissue}}_demo/{{tissue}}_demo_he_imagealignment.csv",
         pathology=f"{DEMO_DIR}/{{tissue}}_demo/pathology.csv",
         niche_truth=f"{DEMO_DIR}/{{tissue}}_demo/niche_truth.csv",
-    wildcard_constraints:
-        tissue="breast|lung|colon",
-    params:
-        n_cells=config["demo"]["niche_cells"],
-        seed=config["demo"]["seed"],
-        outdir=lambda wildcards: f"{DEMO_DIR}/{wildcards.tissue}_demo",
     log:
         f"{LOGS}/demo/xenium_{{tissue}}.log",
     benchmark:
         f"{BENCH}/demo/xenium_{{tissue}}.tsv"
+    wildcard_constraints:
+        tissue="breast|lung|colon",
+    conda:
+        "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 3000 * attempt,
         runtime=20,
-    conda:
-        "../../envs/scverse.yaml"
+    params:
+        n_cells=config["demo"]["niche_cells"],
+        seed=config["demo"]["seed"],
+        outdir=lambda wildcards: f"{DEMO_DIR}/{wildcards.tissue}_demo",
     script:
         "../../scripts/demo_xenium_slide.py"
 
@@ -39,20 +39,20 @@ DEMO_SURVIVAL = f"{DEMO_DIR}/survival/{{cohort}}"
 rule demo_survival_slide:
     output:
         f"{DEMO_SURVIVAL}/slides/{{wsi}}.svs",
-    wildcard_constraints:
-        cohort="demo_tcga|demo_cptac",
-    params:
-        patient=survival_slide_value("patient"),
-        seed=config["demo"]["seed"],
     log:
         f"{LOGS}/demo/survival_{{cohort}}/{{wsi}}.log",
     benchmark:
         f"{BENCH}/demo/survival_{{cohort}}/{{wsi}}.tsv"
+    wildcard_constraints:
+        cohort="demo_tcga|demo_cptac",
+    conda:
+        "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,
         runtime=10,
-    conda:
-        "../../envs/scverse.yaml"
+    params:
+        patient=survival_slide_value("patient"),
+        seed=config["demo"]["seed"],
     script:
         "../../scripts/demo_survival_slide.py"
 
@@ -62,20 +62,21 @@ rule demo_survival_tables:
         clinical=f"{DEMO_SURVIVAL}/clinical.tsv",
         rna=f"{DEMO_SURVIVAL}/rna.tsv",
         gene_sets=f"{DEMO_SURVIVAL}/programs.gmt",
-    wildcard_constraints:
-        cohort="demo_tcga|demo_cptac",
-    params:
-        patients=lambda wildcards: sorted(set(SURVIVAL_SLIDES.loc[SURVIVAL_SLIDES["cohort"] == wildcards.cohort,
-                                                                  "patient"])),
-        seed=config["demo"]["seed"],
     log:
         f"{LOGS}/demo/survival_{{cohort}}/tables.log",
     benchmark:
         f"{BENCH}/demo/survival_{{cohort}}/tables.tsv"
+    wildcard_constraints:
+        cohort="demo_tcga|demo_cptac",
+    conda:
+        "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,
         runtime=10,
-    conda:
-        "../../envs/scverse.yaml"
+    params:
+        patients=lambda wildcards: sorted(
+            set(SURVIVAL_SLIDES.loc[SURVIVAL_SLIDES["cohort"] == wildcards.cohort, "patient"])
+        ),
+        seed=config["demo"]["seed"],
     script:
         "../../scripts/demo_survival_tables.py"

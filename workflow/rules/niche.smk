@@ -8,19 +8,19 @@ rule niche_ingest:
         cells=f"{RESULTS}/niche/{{slide}}/cells.parquet",
         expression=f"{RESULTS}/niche/{{slide}}/expression.h5ad",
         slide=f"{RESULTS}/niche/{{slide}}/slide.json",
-    params:
-        bundle=slide_value("bundle"),
-        tissue=slide_value("tissue"),
-        wsi_backend=NICHE["wsi_backend"],
     log:
         f"{LOGS}/niche/ingest/{{slide}}.log",
     benchmark:
         f"{BENCH}/niche/ingest/{{slide}}.tsv"
+    conda:
+        "../../envs/scverse.yaml"
     resources:
         mem_mb=mem_per_cell(2000, 8),
         runtime=minutes_per_cell(10, 20),
-    conda:
-        "../../envs/scverse.yaml"
+    params:
+        bundle=slide_value("bundle"),
+        tissue=slide_value("tissue"),
+        wsi_backend=NICHE["wsi_backend"],
     script:
         "../../scripts/niche_ingest.py"
 
@@ -30,19 +30,19 @@ rule niche_radius:
         cells=rules.niche_ingest.output.cells,
     output:
         f"{RESULTS}/niche/{{slide}}/radius.json",
-    params:
-        target=NICHE["target_neighbors"],
-        n_strips=NICHE["n_strips"],
-        test_strip=NICHE["test_strip"],
     log:
         f"{LOGS}/niche/radius/{{slide}}.log",
     benchmark:
         f"{BENCH}/niche/radius/{{slide}}.tsv"
+    conda:
+        "../../envs/scverse.yaml"
     resources:
         mem_mb=mem_per_cell(1000, 1),
         runtime=minutes_per_cell(5, 10),
-    conda:
-        "../../envs/scverse.yaml"
+    params:
+        target=NICHE["target_neighbors"],
+        n_strips=NICHE["n_strips"],
+        test_strip=NICHE["test_strip"],
     script:
         "../../scripts/niche_radius.py"
 
@@ -54,18 +54,18 @@ rule niche_split:
         radius=rules.niche_radius.output[0],
     output:
         f"{RESULTS}/niche/{{slide}}/{{encoder}}/split.parquet",
-    params:
-        crop_px=NICHE["crop_px"],
-        encoder_mpp=lambda wildcards: ENCODERS[wildcards.encoder].mpp,
     log:
         f"{LOGS}/niche/split/{{encoder}}/{{slide}}.log",
     benchmark:
         f"{BENCH}/niche/split/{{encoder}}/{{slide}}.tsv"
+    conda:
+        "../../envs/scverse.yaml"
     resources:
         mem_mb=mem_per_cell(1000, 1),
         runtime=minutes_per_cell(5, 5),
-    conda:
-        "../../envs/scverse.yaml"
+    params:
+        crop_px=NICHE["crop_px"],
+        encoder_mpp=lambda wildcards: ENCODERS[wildcards.encoder].mpp,
     script:
         "../../scripts/niche_split.py"
 
@@ -77,6 +77,17 @@ rule niche_features:
         he_image=slide_value("he_image"),
     output:
         ensure(f"{RESULTS}/niche/features/{{encoder}}/{{slide}}.h5", non_empty=True),
+    log:
+        f"{LOGS}/niche/features/{{encoder}}/{{slide}}.log",
+    benchmark:
+        f"{BENCH}/niche/features/{{encoder}}/{{slide}}.tsv"
+    conda:
+        "../../envs/torch-gpu.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 6000 * attempt,
+        runtime=minutes_per_cell(30, 120),
+        gpu=1,
     params:
         encoder=lambda wildcards: ENCODERS[wildcards.encoder],
         crop_px=NICHE["crop_px"],
@@ -84,17 +95,6 @@ rule niche_features:
         device=config["device"],
         precision=encoder_precision,
         wsi_backend=NICHE["wsi_backend"],
-    threads: 2
-    log:
-        f"{LOGS}/niche/features/{{encoder}}/{{slide}}.log",
-    benchmark:
-        f"{BENCH}/niche/features/{{encoder}}/{{slide}}.tsv"
-    resources:
-        mem_mb=lambda wildcards, attempt: 6000 * attempt,
-        runtime=minutes_per_cell(30, 120),
-        gpu=1,
-    conda:
-        "../../envs/torch-gpu.yaml"
     script:
         "../../scripts/niche_features.py"
 
@@ -111,22 +111,22 @@ rule niche_scvi:
     output:
         model=directory(f"{RESULTS}/niche/{{slide}}/scvi/model"),
         latent=f"{RESULTS}/niche/{{slide}}/scvi/latent.parquet",
+    log:
+        f"{LOGS}/niche/scvi/{{slide}}.log",
+    benchmark:
+        f"{BENCH}/niche/scvi/{{slide}}.tsv"
+    conda:
+        "../../envs/torch-gpu.yaml"
+    threads: 2
+    resources:
+        mem_mb=mem_per_cell(2000, 8),
+        runtime=minutes_per_cell(20, 60),
+        gpu=1,
     params:
         n_latent=NICHE["scvi"]["n_latent"],
         max_epochs=NICHE["scvi"]["max_epochs"],
         seed=NICHE["seed"],
         device=config["device"],
-    threads: 2
-    log:
-        f"{LOGS}/niche/scvi/{{slide}}.log",
-    benchmark:
-        f"{BENCH}/niche/scvi/{{slide}}.tsv"
-    resources:
-        mem_mb=mem_per_cell(2000, 8),
-        runtime=minutes_per_cell(20, 60),
-        gpu=1,
-    conda:
-        "../../envs/torch-gpu.yaml"
     script:
         "../../scripts/niche_scvi.py"
 
@@ -143,11 +143,11 @@ if NICHE["teacher"] == "external":
             f"{LOGS}/niche/teacher/k{{k}}/{{slide}}.log",
         benchmark:
             f"{BENCH}/niche/teacher/k{{k}}/{{slide}}.tsv"
+        conda:
+            "../../envs/scverse.yaml"
         resources:
             mem_mb=mem_per_cell(1000, 1),
             runtime=minutes_per_cell(5, 5),
-        conda:
-            "../../envs/scverse.yaml"
         script:
             "../../scripts/niche_teacher_external.py"
 
@@ -161,23 +161,23 @@ else:
         output:
             model=f"{TDIR}/model.pt",
             logits=f"{TDIR}/logits.parquet",
+        log:
+            f"{LOGS}/niche/teacher/k{{k}}/{{slide}}.log",
+        benchmark:
+            f"{BENCH}/niche/teacher/k{{k}}/{{slide}}.tsv"
+        conda:
+            "../../envs/torch-gpu.yaml"
+        threads: 2
+        resources:
+            mem_mb=mem_per_cell(2000, 2),
+            runtime=minutes_per_cell(20, 60),
+            gpu=1,
         params:
             nolan=NICHE["nolan"],
             max_neighbors=NICHE["max_neighbors"],
             seed=NICHE["seed"],
             device=config["device"],
             precision=config["precision"],
-        threads: 2
-        log:
-            f"{LOGS}/niche/teacher/k{{k}}/{{slide}}.log",
-        benchmark:
-            f"{BENCH}/niche/teacher/k{{k}}/{{slide}}.tsv"
-        resources:
-            mem_mb=mem_per_cell(2000, 2),
-            runtime=minutes_per_cell(20, 60),
-            gpu=1,
-        conda:
-            "../../envs/torch-gpu.yaml"
         script:
             "../../scripts/niche_teacher.py"
 
@@ -192,23 +192,23 @@ rule niche_student:
     output:
         model=f"{KDIR}/student/model.pt",
         logits=f"{KDIR}/student/logits.parquet",
+    log:
+        f"{LOGS}/niche/student/{{encoder}}/k{{k}}/{{slide}}.log",
+    benchmark:
+        f"{BENCH}/niche/student/{{encoder}}/k{{k}}/{{slide}}.tsv"
+    conda:
+        "../../envs/torch-gpu.yaml"
+    threads: 2
+    resources:
+        mem_mb=mem_per_cell(2500, 2),
+        runtime=minutes_per_cell(20, 60),
+        gpu=1,
     params:
         student=NICHE["student"],
         max_neighbors=NICHE["max_neighbors"],
         seed=NICHE["seed"],
         device=config["device"],
         precision=config["precision"],
-    threads: 2
-    log:
-        f"{LOGS}/niche/student/{{encoder}}/k{{k}}/{{slide}}.log",
-    benchmark:
-        f"{BENCH}/niche/student/{{encoder}}/k{{k}}/{{slide}}.tsv"
-    resources:
-        mem_mb=mem_per_cell(2500, 2),
-        runtime=minutes_per_cell(20, 60),
-        gpu=1,
-    conda:
-        "../../envs/torch-gpu.yaml"
     script:
         "../../scripts/niche_student.py"
 
@@ -221,23 +221,23 @@ rule niche_hist_nolan:
         radius=rules.niche_radius.output[0],
     output:
         logits=f"{KDIR}/hist_nolan/logits.parquet",
+    log:
+        f"{LOGS}/niche/hist_nolan/{{encoder}}/k{{k}}/{{slide}}.log",
+    benchmark:
+        f"{BENCH}/niche/hist_nolan/{{encoder}}/k{{k}}/{{slide}}.tsv"
+    conda:
+        "../../envs/torch-gpu.yaml"
+    threads: 2
+    resources:
+        mem_mb=mem_per_cell(2500, 2),
+        runtime=minutes_per_cell(20, 60),
+        gpu=1,
     params:
         nolan=NICHE["nolan"],
         max_neighbors=NICHE["max_neighbors"],
         seed=NICHE["seed"],
         device=config["device"],
         precision=config["precision"],
-    threads: 2
-    log:
-        f"{LOGS}/niche/hist_nolan/{{encoder}}/k{{k}}/{{slide}}.log",
-    benchmark:
-        f"{BENCH}/niche/hist_nolan/{{encoder}}/k{{k}}/{{slide}}.tsv"
-    resources:
-        mem_mb=mem_per_cell(2500, 2),
-        runtime=minutes_per_cell(20, 60),
-        gpu=1,
-    conda:
-        "../../envs/torch-gpu.yaml"
     script:
         "../../scripts/niche_hist_nolan.py"
 
@@ -248,17 +248,17 @@ rule niche_hist_leiden:
         cells=rules.niche_ingest.output.cells,
     output:
         f"{KDIR}/hist_leiden/clusters.parquet",
-    params:
-        seed=NICHE["seed"],
     log:
         f"{LOGS}/niche/hist_leiden/{{encoder}}/k{{k}}/{{slide}}.log",
     benchmark:
         f"{BENCH}/niche/hist_leiden/{{encoder}}/k{{k}}/{{slide}}.tsv"
+    conda:
+        "../../envs/scverse.yaml"
     resources:
         mem_mb=mem_per_cell(2000, 3),
         runtime=minutes_per_cell(20, 120),
-    conda:
-        "../../envs/scverse.yaml"
+    params:
+        seed=NICHE["seed"],
     script:
         "../../scripts/niche_hist_leiden.py"
 
@@ -268,17 +268,17 @@ rule niche_evaluate:
         unpack(niche_predictions),
     output:
         ensure(f"{KDIR}/metrics.tsv", non_empty=True),
-    params:
-        tissue=slide_value("tissue"),
     log:
         f"{LOGS}/niche/evaluate/{{encoder}}/k{{k}}/{{slide}}.log",
     benchmark:
         f"{BENCH}/niche/evaluate/{{encoder}}/k{{k}}/{{slide}}.tsv"
+    conda:
+        "../../envs/scverse.yaml"
     resources:
         mem_mb=mem_per_cell(1000, 1),
         runtime=minutes_per_cell(10, 10),
-    conda:
-        "../../envs/scverse.yaml"
+    params:
+        tissue=slide_value("tissue"),
     script:
         "../../scripts/niche_evaluate.py"
 
@@ -298,10 +298,10 @@ rule niche_maps:
         f"{LOGS}/niche/maps/{{encoder}}/k{{k}}/{{slide}}.log",
     benchmark:
         f"{BENCH}/niche/maps/{{encoder}}/k{{k}}/{{slide}}.tsv"
+    conda:
+        "../../envs/scverse.yaml"
     resources:
         mem_mb=mem_per_cell(1000, 1),
         runtime=minutes_per_cell(10, 10),
-    conda:
-        "../../envs/scverse.yaml"
     script:
         "../../scripts/niche_maps.py"

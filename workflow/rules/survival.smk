@@ -15,31 +15,44 @@ rule survival_patches:
             subcategory=lambda wildcards: SURVIVAL_SLIDES.loc[wildcards.wsi, "cohort"],
             labels=lambda wildcards: {"slide": wildcards.wsi},
         ),
+    log:
+        f"{LOGS}/survival/patches/{{wsi}}.log",
+    benchmark:
+        f"{BENCH}/survival/patches/{{wsi}}.tsv"
+    conda:
+        "../../envs/scverse.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 3000 * attempt,
+        runtime=20,
     params:
         mpp=survival_slide_value("mpp"),
         magnification=SURVIVAL["magnification"],
         patch_px=SURVIVAL["patch_px"],
         min_tissue=SURVIVAL["min_tissue"],
         wsi_backend=SURVIVAL["wsi_backend"],
-    log:
-        f"{LOGS}/survival/patches/{{wsi}}.log",
-    benchmark:
-        f"{BENCH}/survival/patches/{{wsi}}.tsv"
-    resources:
-        mem_mb=lambda wildcards, attempt: 3000 * attempt,
-        runtime=20,
-    conda:
-        "../../envs/scverse.yaml"
     script:
         "../../scripts/survival_patches.py"
 
 
 rule survival_features:
+    # run:, not script: a slide has a few dozen to a few thousand patches, and starting Python,
+    # torch and timm per slide (~10 s) cost more than encoding them. Locally (profiles/default:
+    # force-use-threads) these jobs run inside Snakemake's process, importing torch once; on
+    # SLURM each job is its own process as usual. Outputs and reruns stay per slide.
     input:
         patches=rules.survival_patches.output.patches,
         image=survival_slide_value("image"),
     output:
         ensure(f"{RESULTS}/survival/features/{{encoder}}/{{wsi}}.h5", non_empty=True),
+    log:
+        f"{LOGS}/survival/features/{{encoder}}/{{wsi}}.log",
+    benchmark:
+        f"{BENCH}/survival/features/{{encoder}}/{{wsi}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 6000 * attempt,
+        runtime=120,
+        gpu=1,
     params:
         encoder=lambda wildcards: ENCODERS[wildcards.encoder],
         crop_px=SURVIVAL["crop_px"],
@@ -47,27 +60,27 @@ rule survival_features:
         device=config["device"],
         precision=encoder_precision,
         wsi_backend=SURVIVAL["wsi_backend"],
-    threads: 2
-    log:
-        f"{LOGS}/survival/features/{{encoder}}/{{wsi}}.log",
-    benchmark:
-        f"{BENCH}/survival/features/{{encoder}}/{{wsi}}.tsv"
-    resources:
-        mem_mb=lambda wildcards, attempt: 6000 * attempt,
-        runtime=120,
-        gpu=1,
-    # run:, not script: a slide has a few dozen to a few thousand patches, and starting Python,
-    # torch and timm per slide (~10 s) cost more than encoding them. Locally (profiles/default:
-    # force-use-threads) these jobs run inside Snakemake's process, importing torch once; on
-    # SLURM each job is its own process as usual. Outputs and reruns stay per slide.
     run:
         from tissuekd.logs import run_in_process
         from tissuekd.survival.patches import extract_patch_features
 
-        run_in_process(log[0], lambda: extract_patch_features(
-            input.patches, input.image, params.encoder, output[0], crop_px=params.crop_px,
-            batch_size=params.batch_size, device=params.device, precision=params.precision, threads=threads,
-            backend=params.wsi_backend, progress=False, reuse_encoder=True))
+        run_in_process(
+            log[0],
+            lambda: extract_patch_features(
+                input.patches,
+                input.image,
+                params.encoder,
+                output[0],
+                crop_px=params.crop_px,
+                batch_size=params.batch_size,
+                device=params.device,
+                precision=params.precision,
+                threads=threads,
+                backend=params.wsi_backend,
+                progress=False,
+                reuse_encoder=True,
+            ),
+        )
 
 
 rule survival_cohort:
@@ -77,21 +90,21 @@ rule survival_cohort:
         patients=f"{SDIR}/patients.tsv",
         rna=f"{SDIR}/rna.parquet",
         dropped=f"{SDIR}/dropped.tsv",
+    log:
+        f"{LOGS}/survival/cohort/{{encoder}}/{{cohort}}.log",
+    benchmark:
+        f"{BENCH}/survival/cohort/{{encoder}}/{{cohort}}.tsv"
+    conda:
+        "../../envs/scverse.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=20,
     params:
         slides=cohort_slides,
         endpoint=SURVIVAL["endpoint"],
         folds=SURVIVAL["folds"],
         seed=SURVIVAL["seed"],
         cross_validate=lambda wildcards: cohort_value(wildcards.cohort, "cross_validate"),
-    log:
-        f"{LOGS}/survival/cohort/{{encoder}}/{{cohort}}.log",
-    benchmark:
-        f"{BENCH}/survival/cohort/{{encoder}}/{{cohort}}.tsv"
-    resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=20,
-    conda:
-        "../../envs/scverse.yaml"
     script:
         "../../scripts/survival_cohort.py"
 
@@ -104,23 +117,23 @@ rule survival_fit:
     output:
         models=f"{SDIR}/{{method}}/models.pt",
         predictions=f"{SDIR}/{{method}}/predictions.tsv",
-    wildcard_constraints:
-        method="|".join(FITTED),
-    params:
-        train=SURVIVAL["train"],
-        device=config["device"],
-        precision=config["precision"],
-    threads: 2
     log:
         f"{LOGS}/survival/fit/{{encoder}}/{{cohort}}_{{method}}.log",
     benchmark:
         f"{BENCH}/survival/fit/{{encoder}}/{{cohort}}_{{method}}.tsv"
+    wildcard_constraints:
+        method="|".join(FITTED),
+    conda:
+        "../../envs/torch-gpu.yaml"
+    threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,  # bags stream from disk: independent of the cohort's size
         runtime=minutes_per_patient(30, 60),
         gpu=1,
-    conda:
-        "../../envs/torch-gpu.yaml"
+    params:
+        train=SURVIVAL["train"],
+        device=config["device"],
+        precision=config["precision"],
     script:
         "../../scripts/survival_fit.py"
 
@@ -134,22 +147,22 @@ rule survival_student:
     output:
         models=f"{SDIR}/student/models.pt",
         predictions=f"{SDIR}/student/predictions.tsv",
+    log:
+        f"{LOGS}/survival/student/{{encoder}}/{{cohort}}.log",
+    benchmark:
+        f"{BENCH}/survival/student/{{encoder}}/{{cohort}}.tsv"
+    conda:
+        "../../envs/torch-gpu.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,  # bags stream from disk: independent of the cohort's size
+        runtime=minutes_per_patient(30, 60),
+        gpu=1,
     params:
         train=SURVIVAL["train"],
         amkd=SURVIVAL["amkd"],
         device=config["device"],
         precision=config["precision"],
-    threads: 2
-    log:
-        f"{LOGS}/survival/student/{{encoder}}/{{cohort}}.log",
-    benchmark:
-        f"{BENCH}/survival/student/{{encoder}}/{{cohort}}.tsv"
-    resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,  # bags stream from disk: independent of the cohort's size
-        runtime=minutes_per_patient(30, 60),
-        gpu=1,
-    conda:
-        "../../envs/torch-gpu.yaml"
     script:
         "../../scripts/survival_student.py"
 
@@ -167,17 +180,17 @@ rule survival_evaluate:
             subcategory=lambda wildcards: wildcards.cohort,
             labels=lambda wildcards: {"figure": "Kaplan-Meier, cross-validation", "encoder": wildcards.encoder},
         ),
-    params:
-        endpoint=SURVIVAL["endpoint"],
     log:
         f"{LOGS}/survival/evaluate/{{encoder}}/{{cohort}}.log",
     benchmark:
         f"{BENCH}/survival/evaluate/{{encoder}}/{{cohort}}.tsv"
+    conda:
+        "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=10,
-    conda:
-        "../../envs/scverse.yaml"
+    params:
+        endpoint=SURVIVAL["endpoint"],
     script:
         "../../scripts/survival_evaluate.py"
 
@@ -194,21 +207,23 @@ rule survival_external:
             caption="../report/km_external.rst",
             category="Survival",
             subcategory=lambda wildcards: wildcards.test,
-            labels=lambda wildcards: {"figure": f"Kaplan-Meier, trained on {wildcards.cohort}",
-                                      "encoder": wildcards.encoder},
+            labels=lambda wildcards: {
+                "figure": f"Kaplan-Meier, trained on {wildcards.cohort}",
+                "encoder": wildcards.encoder,
+            },
         ),
-    params:
-        endpoint=SURVIVAL["endpoint"],
-        device=config["device"],
-        precision=config["precision"],
     log:
         f"{LOGS}/survival/external/{{encoder}}/{{cohort}}_on_{{test}}.log",
     benchmark:
         f"{BENCH}/survival/external/{{encoder}}/{{cohort}}_on_{{test}}.tsv"
+    conda:
+        "../../envs/torch-gpu.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=30,
-    conda:
-        "../../envs/torch-gpu.yaml"
+    params:
+        endpoint=SURVIVAL["endpoint"],
+        device=config["device"],
+        precision=config["precision"],
     script:
         "../../scripts/survival_external.py"

@@ -64,7 +64,8 @@ def bench_reader(paths: dict, n: int, crop_px: int = 224) -> None:
     for backend in ("tifffile", "openslide"):
         with open_slide(paths["he"], backend) as slide:
             geom = CropGeometry.for_slide(slide, he_mpp, DEMO_ENCODER.mpp, crop_px)
-            rates[backend] = crops_per_second(lambda: sum(1 for _ in iter_crop_batches(slide, centers, geom)), n)
+            rates[backend] = crops_per_second(lambda s=slide, g=geom: sum(1 for _ in iter_crop_batches(s, centers, g)),
+                                              n)
     import openslide
     from PIL import Image
 
@@ -133,7 +134,7 @@ def bench_pipeline(paths: dict, n: int, spec: EncoderSpec, run: Compute, batch_s
           f"{torch.get_num_threads()} threads, {repeats} alternating runs:")
     for workers in sorted({0, default_workers(run.device)}):
         with tempfile.TemporaryDirectory() as tmp:
-            def end_to_end():
+            def end_to_end(workers=workers, tmp=tmp):
                 loader = crop_loader(CropBatches(paths["he"], "auto", centers, geom, batch_size), workers)
                 write_features(Path(tmp) / "f.h5", loader, encoder, centers, {}, progress=False,
                                extra={"cell_id": cells["cell_id"].to_numpy()})

@@ -179,7 +179,8 @@ def dag_seconds(folder: Path) -> tuple[float, int]:
     repo = Path(__file__).resolve().parents[3]
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile",
-                          str(repo / "workflow" / "Snakefile"), "--workflow-profile", str(repo / "profiles" / "default")],
+                          str(repo / "workflow" / "Snakefile"),
+                          "--workflow-profile", str(repo / "profiles" / "default")],
                          cwd=folder, check=True, capture_output=True, text=True).stdout
     seconds = time.perf_counter() - start
     total = int(next(ln.split()[1] for ln in out.split("Job stats:")[1].splitlines() if ln.startswith("total")))

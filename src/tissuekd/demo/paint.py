@@ -46,7 +46,8 @@ def paint_he(layout: Layout, he_xy: np.ndarray, he_angle: float, shape: tuple[in
         b = a * t.aspect
         theta = (angle if name in SPINDLE else rng.uniform(0, np.pi)) - he_angle
         cyto_half = int(np.ceil(t.cyto_um * scale / mpp)) + 2
-        d_cyto = _ellipse_distance(cyto_half, t.cyto_um * scale / mpp, t.cyto_um * scale / mpp * max(t.aspect, 0.6), theta)
+        cyto_px = t.cyto_um * scale / mpp
+        d_cyto = _ellipse_distance(cyto_half, cyto_px, cyto_px * max(t.aspect, 0.6), theta)
         _stamp(eosin, x, y, t.eosin * np.clip(1.3 - d_cyto, 0, 1) ** 0.5, np.maximum)
         half = int(np.ceil(a)) + 2
         d = _ellipse_distance(half, a, b, theta)

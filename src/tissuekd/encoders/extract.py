@@ -4,8 +4,8 @@ DataLoader worker, see tissuekd.spatial.crops), so memory does not grow with the
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import h5py
 import numpy as np
@@ -73,7 +73,8 @@ def write_features(
             for idx, crops in batches:
                 out = encoder(crops).numpy()
                 if feats is None:
-                    feats = h5.create_dataset("features", (n, out.shape[1]), dtype="f4", chunks=(min(n, 1024), out.shape[1]))
+                    feats = h5.create_dataset("features", (n, out.shape[1]), dtype="f4",
+                                              chunks=(min(n, 1024), out.shape[1]))
                 feats[idx] = out  # idx is increasing within a batch
                 written[idx] = True
                 bar.update(len(idx))

@@ -8,8 +8,8 @@ train on; only they are held whole.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import h5py
 import numpy as np

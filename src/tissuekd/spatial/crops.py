@@ -8,8 +8,8 @@ Crops are produced in batches so memory never depends on the number of cells.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch

@@ -19,10 +19,10 @@ class Neighborhoods:
     def __len__(self) -> int:
         return self.index.shape[0]
 
-    def __getitem__(self, rows) -> "Neighborhoods":
+    def __getitem__(self, rows) -> Neighborhoods:
         return Neighborhoods(self.index[rows], self.offset[rows], self.mask[rows])
 
-    def to(self, device) -> "Neighborhoods":
+    def to(self, device) -> Neighborhoods:
         return Neighborhoods(self.index.to(device), self.offset.to(device), self.mask.to(device))
 
 

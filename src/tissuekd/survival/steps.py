@@ -13,8 +13,16 @@ from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
 from tissuekd.survival import cohort as cohorts
 from tissuekd.survival import evaluate
-from tissuekd.survival.train import (NEEDS_PATHOLOGY, NEEDS_RNA, AMKDConfig, CohortData, FileBags, TrainConfig,
-                                     cross_validate, predict_external)
+from tissuekd.survival.train import (
+    NEEDS_PATHOLOGY,
+    NEEDS_RNA,
+    AMKDConfig,
+    CohortData,
+    FileBags,
+    TrainConfig,
+    cross_validate,
+    predict_external,
+)
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import REPO, make_workdir, planned_jobs, snakemake
 
 sys.path.insert(0, str(Path(__file__).parent / "slurm"))
@@ -20,8 +21,11 @@ pytestmark = [pytest.mark.workflow, pytest.mark.skipif(missing_reason() is not N
 
 # a small demo: two slides of 1,500 cells, K=10, short training
 SMALL = dict(cells=1500, niche__k=[10], niche__scvi__max_epochs=5, niche__nolan__epochs=1, niche__student__epochs=2)
-# the test cluster polls fast and has no accounts
-TEST_FLAGS = ["--slurm-init-seconds-before-status-checks", "1", "--slurm-no-account"]
+# the test cluster polls fast and has no accounts; its node declares 8 CPUs on 2 real cores, so
+# the GPU rules keep one thread (the profile's set-threads is for real GPU nodes)
+GPU_THREADS = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-threads"]
+TEST_FLAGS = ["--slurm-init-seconds-before-status-checks", "1", "--slurm-no-account",
+              "--set-threads", *(f"{rule}=1" for rule in GPU_THREADS)]
 
 
 @pytest.fixture(scope="module")

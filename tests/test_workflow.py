@@ -64,14 +64,18 @@ def test_dry_run_of_the_shipped_demo_lists_every_step_per_slide_and_k():
 
 
 def test_every_gpu_rule_gets_the_slurm_profiles_gpu_resources():
-    """Rules asking a GPU are exactly the SLURM profile's GPU entries, each with its CPUs per GPU."""
+    """Rules asking a GPU are exactly the SLURM profile's GPU entries, each with its CPUs per GPU
+    and as many threads (the rules themselves ask one, for laptops)."""
     out = snakemake("-n", "--forceall", "--cores", "1", cwd=REPO).stdout
     gpu_rules = {block.split("rule ", 1)[1].split(":", 1)[0] for block in out.split("\n\n")
                  if "rule " in block and re.search(r"resources:.*\bgpu=1\b", block)}
-    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]
+    slurm = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    profile = slurm["set-resources"]
     gpu_profile = {rule for rule, res in profile.items() if res.get("gpu") == 1}
     assert gpu_rules and gpu_rules == gpu_profile, (gpu_rules, gpu_profile)
     assert all(profile[rule].get("cpus_per_gpu", 0) >= 1 for rule in gpu_rules)
+    assert {rule: slurm["set-threads"].get(rule) for rule in gpu_rules} == {
+        rule: profile[rule]["cpus_per_gpu"] for rule in gpu_rules}
 
 
 def test_one_teacher_and_radius_per_slide_whatever_the_encoders(tmp_path):

@@ -125,7 +125,7 @@ rule survival_fit:
         method="|".join(FITTED),
     conda:
         "../../envs/torch-gpu.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,  # bags stream from disk: independent of the cohort's size
         runtime=minutes_per_patient(30, 60),
@@ -153,7 +153,7 @@ rule survival_student:
         f"{BENCH}/survival/student/{{encoder}}/{{cohort}}.tsv"
     conda:
         "../../envs/torch-gpu.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,  # bags stream from disk: independent of the cohort's size
         runtime=minutes_per_patient(30, 60),

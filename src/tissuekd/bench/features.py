@@ -31,6 +31,7 @@ from tissuekd.compute import Compute, resolve
 from tissuekd.demo.xenium import make_demo_slide
 from tissuekd.encoders.extract import Encoder, write_features
 from tissuekd.encoders.registry import EncoderSpec, build_encoder
+from tissuekd.io.columns import CELL_ID, XY_HE
 from tissuekd.io.wsi import open_slide
 from tissuekd.niche.ingest import ingest_slide
 from tissuekd.spatial.crops import CropBatches, CropGeometry, crop_loader, default_workers, iter_crop_batches
@@ -58,7 +59,7 @@ def crops_per_second(fn, n: int) -> float:
 
 def bench_reader(paths: dict, n: int, crop_px: int = 224) -> None:
     cells = pd.read_parquet(paths["cells"]).sample(n, random_state=0)
-    centers = cells[["x_he", "y_he"]].to_numpy()
+    centers = cells[XY_HE].to_numpy()
     he_mpp = json.loads(paths["slide"].read_text())["he_mpp"]
     rates = {}
     for backend in ("tifffile", "openslide"):
@@ -115,7 +116,7 @@ def _preloaded(paths: dict, spec: EncoderSpec, n: int, batch_size: int = 64) -> 
     he_mpp = json.loads(paths["slide"].read_text())["he_mpp"]
     with open_slide(paths["he"]) as slide:
         geom = CropGeometry.for_slide(slide, he_mpp, spec.mpp, 224)
-        return [b for _, b in iter_crop_batches(slide, cells[["x_he", "y_he"]].to_numpy(), geom, batch_size)]
+        return [b for _, b in iter_crop_batches(slide, cells[XY_HE].to_numpy(), geom, batch_size)]
 
 
 def bench_pipeline(paths: dict, n: int, spec: EncoderSpec, run: Compute, batch_size: int = 64,
@@ -123,7 +124,7 @@ def bench_pipeline(paths: dict, n: int, spec: EncoderSpec, run: Compute, batch_s
     """(c) end-to-end extraction (read, crop, encode, write) / the encoder alone, at `run`'s precision,
     with the crop reader in this process and in the worker count the step would use."""
     cells = pd.read_parquet(paths["cells"]).sample(n, random_state=1).sort_index()
-    centers = cells[["x_he", "y_he"]].to_numpy()
+    centers = cells[XY_HE].to_numpy()
     he_mpp = json.loads(paths["slide"].read_text())["he_mpp"]
     encoder = Encoder(build_encoder(spec), spec, run)
     with open_slide(paths["he"]) as slide:
@@ -137,7 +138,7 @@ def bench_pipeline(paths: dict, n: int, spec: EncoderSpec, run: Compute, batch_s
             def end_to_end(workers=workers, tmp=tmp):
                 loader = crop_loader(CropBatches(paths["he"], "auto", centers, geom, batch_size), workers)
                 write_features(Path(tmp) / "f.h5", loader, encoder, centers, {}, progress=False,
-                               extra={"cell_id": cells["cell_id"].to_numpy()})
+                               extra={CELL_ID: cells[CELL_ID].to_numpy()})
 
             # alternate the two, several times: throughput on a shared VM drifts between runs
             pairs = [(crops_per_second(lambda: [encoder(b) for b in batches], n), crops_per_second(end_to_end, n))
@@ -163,7 +164,7 @@ def peak_memory_mb(paths: dict) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run([sys.executable, "-c", code, str(paths["cells"]), str(paths["slide"]), str(paths["he"]),
                               f"{tmp}/f.h5"], check=True, capture_output=True, text=True).stdout
-    return int(out.strip().splitlines()[-1]) / 1024, len(pd.read_parquet(paths["cells"], columns=["cell_id"]))
+    return int(out.strip().splitlines()[-1]) / 1024, len(pd.read_parquet(paths["cells"], columns=[CELL_ID]))
 
 
 def vm_hwm_kb() -> int:

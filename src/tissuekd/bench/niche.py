@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from tissuekd.distill.losses import kd_loss
+from tissuekd.io.columns import CELL_ID, XY_UM
 from tissuekd.niche.models import NeighborhoodTransformer
 from tissuekd.niche.steps import LOGIT_TEMP, load_model, read_logits, reduce_features, slide_inputs, standardize
 from tissuekd.niche.train import StudentConfig, fit_student, predict_logits
@@ -84,12 +85,12 @@ def main(argv: list[str] | None = None) -> None:
     x = reduce_features(features, cells, train)
     teacher_dir = slide / f"k{args.k}" / "teacher"
     teacher = torch.from_numpy(read_logits(str(teacher_dir / "logits.parquet"), cells, args.k))
-    xy = cells[["x_um", "y_um"]].to_numpy()
+    xy = cells[XY_UM].to_numpy()
     print(f"{args.slide}: {len(cells)} cells, radius {radius:.1f} um, {torch.get_num_threads()} threads")
     nb = build_neighborhoods(xy, train, radius, args.max_neighbors, allowed=role != "test")
     bench_student(x, nb, torch.from_numpy(train), teacher[train], args.epochs)
     everyone = np.arange(len(cells))
-    latent = pd.read_parquet(slide / "scvi" / "latent.parquet").drop(columns="cell_id").to_numpy(np.float32)
+    latent = pd.read_parquet(slide / "scvi" / "latent.parquet").drop(columns=CELL_ID).to_numpy(np.float32)
     bench_inference(load_model(str(teacher_dir / "model.pt")), standardize(latent, everyone),
                     build_neighborhoods(xy, everyone, radius, args.max_neighbors), torch.from_numpy(everyone))
 

@@ -27,6 +27,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from tissuekd.io.columns import CELL_ID, X_UM, XY_HE, Y_UM
+
 NICHE_STEPS = ("radius", "split", "teacher", "student", "hist_nolan", "hist_leiden", "evaluate", "maps")
 DENSITY_UM2 = 120.0  # µm² per cell, about Xenium's in dense tissue
 K = 10
@@ -43,15 +45,15 @@ def make_slide(folder: Path, n: int, dim: int, seed: int = 0) -> None:
     mix = rng.dirichlet(np.ones(6) * 0.5, 8)
     ctype = np.array([rng.choice(6, p=mix[v]) for v in niche])
     ids = np.char.add("c", np.arange(n).astype(str))
-    pd.DataFrame({"cell_id": ids, "x_um": xy[:, 0], "y_um": xy[:, 1], "x_he": xy[:, 0] / 0.2125,
-                  "y_he": xy[:, 1] / 0.2125, "cell_type": ctype.astype(str),
+    pd.DataFrame({CELL_ID: ids, X_UM: xy[:, 0], Y_UM: xy[:, 1], XY_HE[0]: xy[:, 0] / 0.2125,
+                  XY_HE[1]: xy[:, 1] / 0.2125, "cell_type": ctype.astype(str),
                   "pathology": np.where(niche < 4, "tumour", "stroma")}).to_parquet(folder / "cells.parquet")
     (folder / "slide.json").write_text(json.dumps({"pixel_size": 0.2125, "affine": np.eye(3).tolist(),
                                                    "he_mpp": 0.2125}))
     type_codes = rng.normal(0, 1, (6, 10))
     latent = type_codes[ctype] + rng.normal(0, 0.5, (n, 10))
     frame = pd.DataFrame(latent.astype(np.float32), columns=[f"z{i}" for i in range(10)])
-    frame.insert(0, "cell_id", ids)
+    frame.insert(0, CELL_ID, ids)
     frame.to_parquet(folder / "latent.parquet")
     basis = rng.normal(0, 1, (16, dim)).astype(np.float32)
     with h5py.File(folder / "features.h5", "w") as h5:
@@ -62,7 +64,7 @@ def make_slide(folder: Path, n: int, dim: int, seed: int = 0) -> None:
             signal[np.arange(len(signal)), ctype[rows]] = 2.0
             signal[np.arange(len(signal)), 6 + niche[rows]] = 1.0
             feats[rows] = signal @ basis + rng.normal(0, 1, (len(signal), dim)).astype(np.float32)
-        h5.create_dataset("cell_id", data=ids.astype(object), dtype=h5py.string_dtype())
+        h5.create_dataset(CELL_ID, data=ids.astype(object), dtype=h5py.string_dtype())
 
 
 def niche_step(step: str, folder: Path, epochs: int) -> None:

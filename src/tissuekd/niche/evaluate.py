@@ -17,6 +17,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.svm import LinearSVC
 
 from tissuekd.io.atomic import atomic_path
+from tissuekd.io.columns import CELL_ID, X_UM, Y_UM
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,8 @@ COLUMNS = ["slide", "tissue", "k", "encoder", "method", "ARI", "NMI", "JSD", "ma
 
 
 def _assignments(path: str, cells: pd.DataFrame) -> np.ndarray:
-    frame = pd.read_parquet(path, columns=["cell_id", "niche"]).set_index("cell_id")
-    return frame.loc[cells["cell_id"], "niche"].to_numpy()
+    frame = pd.read_parquet(path, columns=[CELL_ID, "niche"]).set_index(CELL_ID)
+    return frame.loc[cells[CELL_ID], "niche"].to_numpy()
 
 
 def evaluate_slide(cells_path: str, split_path: str, teacher: str, predictions: dict[str, str], out: str, *,
@@ -185,14 +186,14 @@ def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[
         panels[method.replace("_", " ")] = labels
     # tab20's strong colours first, then its pale partners: K=10 maps use only strong ones
     palette = np.array(plt.get_cmap("tab20").colors)[np.r_[0:20:2, 1:20:2]]
-    y = cells["y_um"].to_numpy()
+    y = cells[Y_UM].to_numpy()
     test = role == "test"
     types = np.unique(cells["cell_type"].to_numpy()[test])
     fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 4.6 + 0.25 * (int(reference.max()) + 4)),
                              constrained_layout=True, height_ratios=[4.6, 0.25 * (int(reference.max()) + 4)])
     for ax, heat, (name, labels) in zip(axes[0], axes[1], panels.items()):
         labels = np.asarray(labels)
-        ax.scatter(cells["x_um"], y, c=palette[labels % 20], s=1.2, linewidths=0, rasterized=True)
+        ax.scatter(cells[X_UM], y, c=palette[labels % 20], s=1.2, linewidths=0, rasterized=True)
         for edge in (y[test].min(), y[test].max()):
             ax.axhline(edge, color="black", lw=0.8, ls="--")
         ax.set_title(name, fontsize=10)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pandas as pd
 
 from tissuekd import compute
 from tissuekd.encoders.extract import Encoder, write_features
 from tissuekd.encoders.registry import EncoderSpec, build_encoder
+from tissuekd.io.columns import CELL_ID, XY_HE
 from tissuekd.io.wsi import open_slide
 from tissuekd.spatial.crops import CropBatches, CropGeometry, crop_loader, default_workers
 
@@ -21,11 +23,11 @@ def extract_cell_features(cells_path: str, slide_path: str, he_image: str, spec:
                           device: str = "auto", precision: str = "auto", threads: int | None = None,
                           backend: str = "auto", loader_workers: int | None = None, progress: bool = True) -> None:
     cells = pd.read_parquet(cells_path)
-    meta = json.loads(open(slide_path).read())
+    meta = json.loads(Path(slide_path).read_text())
     run = compute.resolve(device, precision, threads)
     dev = run.device
     encoder = Encoder(build_encoder(spec), spec, run)
-    centers = cells[["x_he", "y_he"]].to_numpy()
+    centers = cells[XY_HE].to_numpy()
     with open_slide(he_image, backend) as slide:
         geometry = CropGeometry.for_slide(slide, meta["he_mpp"], spec.mpp, crop_px)
         log.info("%s: %d cells, level %d, %d px crops -> %d px, %s on %s", he_image, len(cells), geometry.level,
@@ -36,4 +38,4 @@ def extract_cell_features(cells_path: str, slide_path: str, he_image: str, spec:
              "he_mpp": meta["he_mpp"], "level": geometry.level, "precision": run.precision,
              "coords": "H&E level-0 pixels (x, y)"}
     write_features(out, batches, encoder, centers.astype("f4"), attrs, progress,
-                   extra={"cell_id": cells["cell_id"].to_numpy()})
+                   extra={CELL_ID: cells[CELL_ID].to_numpy()})

@@ -12,6 +12,7 @@ import pandas as pd
 from tissuekd.errors import InputError
 from tissuekd.io.alignment import he_mpp, read_alignment, um_to_he
 from tissuekd.io.atomic import atomic_path
+from tissuekd.io.columns import XY_UM
 from tissuekd.io.wsi import open_slide
 from tissuekd.io.xenium import load_bundle, read_clusters, read_labels
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 def register_cells(cells: pd.DataFrame, affine: np.ndarray, pixel_size: float, image_size: tuple[int, int],
                    alignment_path: str | Path) -> np.ndarray:
     """H&E pixel positions of the cells; every cell must land inside the image."""
-    he = um_to_he(cells[["x_um", "y_um"]].to_numpy(), affine, pixel_size)
+    he = um_to_he(cells[XY_UM].to_numpy(), affine, pixel_size)
     width, height = image_size
     outside = (he[:, 0] < 0) | (he[:, 1] < 0) | (he[:, 0] >= width) | (he[:, 1] >= height)
     if outside.any():

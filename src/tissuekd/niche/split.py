@@ -13,6 +13,7 @@ import pandas as pd
 from tissuekd.errors import InputError
 from tissuekd.io.alignment import crop_reach_um
 from tissuekd.io.atomic import atomic_path
+from tissuekd.io.columns import CELL_ID, XY_UM, Y_UM
 from tissuekd.spatial import split as strips
 from tissuekd.spatial.split import BUFFER, TEST, TRAIN
 
@@ -29,7 +30,7 @@ def fit_radius(cells_path: str, out: str, *, target: float, n_strips: int, test_
     neighbours on average. Shared by the teacher and every encoder's student and baselines."""
     cells = pd.read_parquet(cells_path)
     try:
-        fit = strips.fit_radius(cells[["x_um", "y_um"]].to_numpy(), n_strips, test_strip, target)
+        fit = strips.fit_radius(cells[XY_UM].to_numpy(), n_strips, test_strip, target)
     except ValueError as err:
         raise InputError(cells_path, str(err)) from None
     result = {"radius_um": fit.radius_um, "target_neighbors": target, "mean_neighbors": fit.mean_neighbors,
@@ -53,12 +54,12 @@ def write_split(cells_path: str, slide_path: str, radius_path: str, out: str, *,
     half = crop_half_he_px(crop_px, encoder_mpp, slide["he_mpp"])
     reach = crop_reach_um(np.asarray(slide["affine"]), slide["pixel_size"], half)
     edges = np.asarray(fit["strip_edges_um"])
-    y = cells["y_um"].to_numpy()
+    y = cells[Y_UM].to_numpy()
     try:
         roles = strips.split_roles(y, edges, fit["test_strip"], reach, fit["radius_um"])
     except ValueError as err:
         raise InputError(cells_path, str(err)) from None
-    split = pd.DataFrame({"cell_id": cells["cell_id"], "strip": strips.strip_index(y, edges), "role": roles})
+    split = pd.DataFrame({CELL_ID: cells[CELL_ID], "strip": strips.strip_index(y, edges), "role": roles})
     counts = split["role"].value_counts().reindex([TRAIN, BUFFER, TEST], fill_value=0).to_dict()
     log.info("crop reach %.1f um + radius %.1f um = buffer %.1f um; %s", reach, fit["radius_um"],
              reach + fit["radius_um"], counts)

@@ -19,6 +19,7 @@ from tissuekd import compute
 from tissuekd.encoders.reduce import Reduction, reduce_file
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
+from tissuekd.io.columns import CELL_ID, LOGIT, XY_UM
 from tissuekd.niche.models import NeighborhoodTransformer
 from tissuekd.niche.train import NolanConfig, StudentConfig, fit_nolan, fit_student, predict_logits
 from tissuekd.spatial.neighborhoods import build_neighborhoods
@@ -52,7 +53,7 @@ def fit_scvi(expression: str, out_model: str, out_latent: str, n_latent: int = 1
     with atomic_path(out_model) as tmp:
         model.save(str(tmp), overwrite=True)
     frame = pd.DataFrame(latent, columns=[f"z{i}" for i in range(n_latent)])
-    frame.insert(0, "cell_id", adata.obs_names.to_numpy())
+    frame.insert(0, CELL_ID, adata.obs_names.to_numpy())
     with atomic_path(out_latent) as tmp:
         frame.to_parquet(tmp, index=False)
 
@@ -64,13 +65,13 @@ def standardize(x: np.ndarray, fit_rows: np.ndarray, max_dim: int | None = None)
 
 
 def _aligned(cells: pd.DataFrame, ids: np.ndarray, source: str) -> None:
-    if len(ids) != len(cells) or not np.array_equal(np.asarray(ids, dtype=str), cells["cell_id"].to_numpy(str)):
+    if len(ids) != len(cells) or not np.array_equal(np.asarray(ids, dtype=str), cells[CELL_ID].to_numpy(str)):
         raise InputError(source, "cell ids do not match the slide's cells.parquet (stale or foreign file?)")
 
 
 def check_feature_ids(path: str, cells: pd.DataFrame) -> None:
     with h5py.File(path) as h5:
-        _aligned(cells, h5["cell_id"].asstr()[:], path)
+        _aligned(cells, h5[CELL_ID].asstr()[:], path)
 
 
 def reduce_features(path: str, cells: pd.DataFrame, fit_rows: np.ndarray, max_dim: int = FEATURE_DIM
@@ -84,9 +85,9 @@ def reduce_features(path: str, cells: pd.DataFrame, fit_rows: np.ndarray, max_di
 
 
 def write_logits(out: str, cells: pd.DataFrame, logits: np.ndarray) -> None:
-    frame = pd.DataFrame(logits, columns=[f"logit_{i}" for i in range(logits.shape[1])])
+    frame = pd.DataFrame(logits, columns=[f"{LOGIT}{i}" for i in range(logits.shape[1])])
     frame.insert(0, "niche", logits.argmax(axis=1))
-    frame.insert(0, "cell_id", cells["cell_id"].to_numpy())
+    frame.insert(0, CELL_ID, cells[CELL_ID].to_numpy())
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)
 
@@ -94,21 +95,21 @@ def write_logits(out: str, cells: pd.DataFrame, logits: np.ndarray) -> None:
 def read_logits(path: str, cells: pd.DataFrame, k: int | None = None) -> np.ndarray:
     try:
         if path.endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")):
-            frame = pd.read_csv(path, sep="\t" if ".tsv" in path else ",", dtype={"cell_id": str})
+            frame = pd.read_csv(path, sep="\t" if ".tsv" in path else ",", dtype={CELL_ID: str})
         else:
             frame = pd.read_parquet(path)
     except (OSError, ValueError) as err:
         raise InputError(path, f"cannot be read as a logits table ({err})") from err
-    if "cell_id" not in frame.columns:
+    if CELL_ID not in frame.columns:
         raise InputError(path, "needs a cell_id column")
-    frame = frame.set_index(frame["cell_id"].astype(str))
-    missing = cells["cell_id"][~cells["cell_id"].isin(frame.index)]
+    frame = frame.set_index(frame[CELL_ID].astype(str))
+    missing = cells[CELL_ID][~cells[CELL_ID].isin(frame.index)]
     if len(missing):
         raise InputError(path, f"{len(missing)} cells have no logits (e.g. {missing.iloc[0]})")
-    cols = [c for c in frame.columns if c.startswith("logit_")]
+    cols = [c for c in frame.columns if c.startswith(LOGIT)]
     if k is not None and len(cols) != k:
         raise InputError(path, f"expected {k} logit columns (logit_0..logit_{k - 1}), found {len(cols)}")
-    values = np.array(frame.loc[cells["cell_id"], cols], dtype=np.float32)
+    values = np.array(frame.loc[cells[CELL_ID], cols], dtype=np.float32)
     if not np.isfinite(values).all():
         raise InputError(path, "logits contain NaN or infinite values")
     return values
@@ -130,7 +131,7 @@ def load_model(path: str) -> NeighborhoodTransformer:
 def slide_inputs(cells_path: str, split_path: str, radius_path: str):
     cells = pd.read_parquet(cells_path)
     split = pd.read_parquet(split_path)
-    _aligned(cells, split["cell_id"].to_numpy(), split_path)
+    _aligned(cells, split[CELL_ID].to_numpy(), split_path)
     radius = json.loads(Path(radius_path).read_text())["radius_um"]
     return cells, split["role"].to_numpy(), radius
 
@@ -143,9 +144,9 @@ def train_teacher(latent_path: str, cells_path: str, radius_path: str, k: int, c
     cells = pd.read_parquet(cells_path)
     radius = json.loads(Path(radius_path).read_text())["radius_um"]
     latent = pd.read_parquet(latent_path)
-    _aligned(cells, latent["cell_id"].to_numpy(), latent_path)
-    x = standardize(latent.drop(columns="cell_id").to_numpy(np.float32), np.arange(len(cells)))
-    xy = cells[["x_um", "y_um"]].to_numpy()
+    _aligned(cells, latent[CELL_ID].to_numpy(), latent_path)
+    x = standardize(latent.drop(columns=CELL_ID).to_numpy(np.float32), np.arange(len(cells)))
+    xy = cells[XY_UM].to_numpy()
     everyone = np.arange(len(cells))
     nb = build_neighborhoods(xy, everyone, radius, max_neighbors)
     model = fit_nolan(x, nb, torch.from_numpy(everyone), k, cfg, seed, compute=run)
@@ -167,7 +168,7 @@ def train_student(features_path: str, cells_path: str, split_path: str, radius_p
         raise InputError(split_path, "no train cells")
     x = reduce_features(features_path, cells, train)
     teacher = torch.from_numpy(read_logits(teacher_path, cells, k))
-    xy = cells[["x_um", "y_um"]].to_numpy()
+    xy = cells[XY_UM].to_numpy()
     if cfg.select_temperature:
         cfg = replace(cfg, temperature=choose_temperature(x, xy, role, train, teacher, radius, cfg, max_neighbors,
                                                           seed, run))
@@ -227,7 +228,7 @@ def histology_nolan(features_path: str, cells_path: str, split_path: str, radius
     if len(fit_rows) == 0:
         raise InputError(split_path, "no train cells")
     x = reduce_features(features_path, cells, fit_rows)
-    xy = cells[["x_um", "y_um"]].to_numpy()
+    xy = cells[XY_UM].to_numpy()
     nb_fit = build_neighborhoods(xy, fit_rows, radius, max_neighbors, allowed=role != "test")
     model = fit_nolan(x, nb_fit, torch.from_numpy(fit_rows), k, cfg, seed, compute=run)
     everyone = np.arange(len(cells))
@@ -244,4 +245,4 @@ def histology_leiden(features_path: str, cells_path: str, k: int, out: str, seed
     check_feature_ids(features_path, cells)
     labels = leiden_k(features_path, k, seed)
     with atomic_path(out) as tmp:
-        pd.DataFrame({"cell_id": cells["cell_id"], "niche": labels}).to_parquet(tmp, index=False)
+        pd.DataFrame({CELL_ID: cells[CELL_ID], "niche": labels}).to_parquet(tmp, index=False)

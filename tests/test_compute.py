@@ -93,7 +93,7 @@ def test_the_configured_precision_reaches_the_encoder(ingested, demo_slide, tmp_
                           str(out), batch_size=20, device="cpu", precision="auto", progress=False)
     assert seen == ["bf16", "bf16"]
     with h5py.File(out) as h5:
-        assert h5.attrs["precision"] == "bf16"
+        assert h5["coords"].attrs["precision"] == "bf16"
 
 
 def test_model_training_and_prediction_run_under_the_chosen_precision(monkeypatch):

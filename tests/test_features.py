@@ -65,7 +65,7 @@ def test_feature_file_layout(ingested, demo_slide, tmp_path):
         assert np.isfinite(h5["features"][:]).all()
         assert list(h5["cell_id"].asstr()[:]) == list(cells["cell_id"])
         assert np.allclose(h5["coords"][:], cells[["x_he", "y_he"]].to_numpy(), atol=1e-3)
-        assert h5.attrs["encoder"] == "demo" and h5.attrs["mpp"] == 0.5
+        assert h5["coords"].attrs["encoder"] == "demo" and h5["coords"].attrs["mpp"] == 0.5
         features = h5["features"][:]
     # rows follow the cell table: re-encoding a few cells alone gives the same rows
     sub = cells.iloc[[5, 700, 1400]]

@@ -54,9 +54,14 @@ def write_features(
     """Encode every batch and write `features` and `coords` (the TRIDENT/CLAM layout), plus
     `extra` datasets (e.g. `cell_id`); strings are stored as HDF5 strings.
 
-    The file appears under `out` only once every row has been written.
+    As TRIDENT does, `attrs` (the patch file's geometry and ours: encoder, arch, precision, ...)
+    go on `coords`, and `features` carries `name` (the file's stem), `savetodir` (its folder)
+    and `encoder`. None values are left out. The file appears under `out` only once every row
+    has been written.
     """
     n = len(coords)
+    out = Path(out)
+    attrs = {k: v for k, v in attrs.items() if v is not None}
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
         feats = None  # created at the first batch: pooled width is not always model.num_features
         if n == 0:  # e.g. a slide without tissue: an empty, well-formed file
@@ -71,13 +76,15 @@ def write_features(
         written = np.zeros(n, dtype=bool)
         with tqdm(total=n, desc="features", unit="crop", disable=not progress, mininterval=5) as bar:
             for idx, crops in batches:
-                out = encoder(crops).numpy()
+                rows = encoder(crops).numpy()
                 if feats is None:
-                    feats = h5.create_dataset("features", (n, out.shape[1]), dtype="f4",
-                                              chunks=(min(n, 1024), out.shape[1]))
-                feats[idx] = out  # idx is increasing within a batch
+                    feats = h5.create_dataset("features", (n, rows.shape[1]), dtype="f4",
+                                              chunks=(min(n, 1024), rows.shape[1]))
+                feats[idx] = rows  # idx is increasing within a batch
                 written[idx] = True
                 bar.update(len(idx))
         if not written.all():
             raise RuntimeError(f"{(~written).sum()} of {n} crops got no features")
-        h5.attrs.update({k: v for k, v in attrs.items() if v is not None})
+        h5["coords"].attrs.update(attrs)
+        h5["features"].attrs.update({"name": out.stem, "savetodir": str(out.parent),
+                                     **({"encoder": str(attrs["encoder"])} if "encoder" in attrs else {})})

@@ -20,6 +20,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from tissuekd.errors import InputError
+from tissuekd.survival.layout import coords_attrs, patch_geometry
 
 log = logging.getLogger(__name__)
 
@@ -125,16 +126,20 @@ def read_gene_sets(path: str, genes: list[str]) -> dict[str, list[int]]:
 
 
 def count_patches(path: str) -> int:
-    """Rows of a features file; checks the TRIDENT/CLAM layout (`features` 2-D, `coords` (n, 2))."""
+    """Rows of a features file; checks the TRIDENT/CLAM layout (`features` 2-D, `coords` (n, 2))
+    and, where `coords` carries patch geometry (TRIDENT's magnifications or our mpp; CLAM's
+    feature files carry none), that it is usable (layout.patch_geometry)."""
     try:
         with h5py.File(path, "r") as h5:
             if "features" not in h5 or "coords" not in h5:
                 raise InputError(path, f"a features file needs datasets `features` and `coords`; has {list(h5)}")
             n, shape = h5["features"].shape[0], h5["coords"].shape
+            attrs = coords_attrs(h5)
     except OSError as err:
         raise InputError(path, f"not a readable HDF5 file: {err}") from None
     if len(shape) != 2 or shape[0] != n:
         raise InputError(path, f"`coords` has shape {shape}, expected ({n}, 2)")
+    patch_geometry(attrs, path, required=False)
     return n
 
 

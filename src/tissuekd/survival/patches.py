@@ -1,31 +1,40 @@
 """Per-slide steps of the survival study: the patch grid (with a thumbnail showing it) and the
-patch features, both as HDF5 in the TRIDENT/CLAM layout.
+patch features, both as HDF5 in TRIDENT's layout (tissuekd.survival.layout).
 
-Patch files hold `coords` (n, 2) int64 level-0 top-left corners with the attributes
-`patch_size` (at the target magnification), `patch_size_level0`, `target_magnification`,
-`target_mpp` and `level0_mpp`. Feature files add `features` (n, dim) float32 and the
-encoder's name, so files written by TRIDENT or CLAM (`features` + `coords`) can be named in
-the slide sheet's `features` column instead.
+Patch files hold `coords` (n, 2) int64 level-0 top-left corners with TRIDENT's attributes
+(`patch_size` at the target magnification, `patch_size_level0`, `level0_magnification`,
+`target_magnification`, `overlap`, `name`, `savetodir`, `level0_width`, `level0_height`) plus
+our `target_mpp` and `level0_mpp`, and `tissue_fraction` (n,). Feature files add `features`
+(n, dim) float32 and the encoder's name, so files written by TRIDENT or CLAM (`features` +
+`coords`) can be named in the slide sheet's `features` column instead.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import h5py
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
 from tissuekd.io.wsi import open_slide
+from tissuekd.survival.layout import coords_attrs, patch_geometry, slide_name, trident_coords_attrs
 from tissuekd.survival.tissue import Grid, grid_for_slide
 
 log = logging.getLogger(__name__)
 
 
-def grid_attrs(grid: Grid, magnification: float) -> dict:
-    return {"patch_size": grid.patch_px, "patch_size_level0": grid.patch_level0,
-            "target_magnification": magnification, "target_mpp": grid.target_mpp, "level0_mpp": grid.slide_mpp}
+def grid_attrs(grid: Grid, *, level0_size: tuple[int, int], name: str, savetodir: str) -> dict:
+    """`coords` attributes of a patch file: TRIDENT's (tissuekd.survival.layout), with the
+    magnifications as 10 / mpp (the level-0 one from the slide's mpp, or from its objective power
+    or the sheet's mpp when the file has no mpp: see tissue.slide_mpp), and our exact mpp."""
+    trident = trident_coords_attrs(patch_size=grid.patch_px, patch_size_level0=grid.patch_level0,
+                                   level0_mpp=grid.slide_mpp, target_mpp=grid.target_mpp, level0_size=level0_size,
+                                   name=name, savetodir=savetodir, overlap=0)  # the grid does not overlap
+    return {**trident, "target_mpp": grid.target_mpp, "level0_mpp": grid.slide_mpp}
 
 
 def make_patches(image: str, out_h5: str, out_png: str, *, magnification: float = 20, patch_px: int = 256,
@@ -34,6 +43,7 @@ def make_patches(image: str, out_h5: str, out_png: str, *, magnification: float 
     A slide without tissue gets an empty grid and a warning (the cohort step drops it, naming it)."""
     with open_slide(image, backend) as slide:
         grid, thumb, mask, downsample = grid_for_slide(slide, magnification, patch_px, min_tissue, mpp)
+        level0_size = slide.dimensions
     if len(grid.coords) == 0:
         log.warning("%s: no tissue found (no patch has %.0f%% tissue); the slide gets no patches",
                     image, 100 * min_tissue)
@@ -42,7 +52,8 @@ def make_patches(image: str, out_h5: str, out_png: str, *, magnification: float 
     with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
         h5.create_dataset("coords", data=grid.coords)
         h5.create_dataset("tissue_fraction", data=grid.tissue_fraction)
-        h5["coords"].attrs.update(grid_attrs(grid, magnification))
+        h5["coords"].attrs.update(grid_attrs(grid, level0_size=level0_size, name=slide_name(image),
+                                             savetodir=str(Path(out_h5).parent)))
     with atomic_path(out_png) as tmp:
         draw_grid(thumb, mask, grid, downsample).save(tmp)
 
@@ -60,8 +71,19 @@ def draw_grid(thumb: np.ndarray, mask: np.ndarray, grid: Grid, downsample: float
 
 
 def read_patches(path: str) -> tuple[np.ndarray, dict]:
-    with h5py.File(path, "r") as h5:
-        return h5["coords"][:], dict(h5["coords"].attrs)
+    """Coordinates and `coords` attributes of a patch file, ours or TRIDENT's; the attributes are
+    completed by layout.patch_geometry (e.g. TRIDENT's magnifications give `level0_mpp` and
+    `target_mpp`). A file without `coords` (n, 2) or its geometry is an InputError naming it."""
+    try:
+        with h5py.File(path, "r") as h5:
+            if "coords" not in h5:
+                raise InputError(path, f"a patch file needs a `coords` dataset; has {list(h5)}")
+            coords, attrs = h5["coords"][:], coords_attrs(h5)
+    except OSError as err:
+        raise InputError(path, f"not a readable HDF5 file: {err}") from None
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise InputError(path, f"`coords` has shape {coords.shape}, expected (n, 2)")
+    return coords, patch_geometry(attrs, path)
 
 
 def extract_patch_features(patches: str, image: str, spec, out: str, *, crop_px: int = 224, batch_size: int = 64,

@@ -1,6 +1,6 @@
 # Histology Leiden baseline: Leiden on H&E features with K clusters (rule niche_hist_leiden).
 from tissuekd.logs import run_logged
-from tissuekd.niche.steps import histology_leiden
+from tissuekd.niche.baselines import histology_leiden
 
 i = snakemake.input
 run_logged(

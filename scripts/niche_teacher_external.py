@@ -2,7 +2,7 @@
 import pandas as pd
 
 from tissuekd.logs import run_logged
-from tissuekd.niche.steps import read_logits, write_logits
+from tissuekd.niche.tables import read_logits, write_logits
 
 
 def main():

@@ -2,7 +2,7 @@
 import pandas as pd
 
 from tissuekd.logs import run_logged
-from tissuekd.survival.steps import prepare_cohort
+from tissuekd.survival.cohort import prepare_cohort
 
 i, p, o = snakemake.input, snakemake.params, snakemake.output
 run_logged(

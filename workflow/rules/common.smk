@@ -15,6 +15,9 @@ BENCH = f"{RESULTS}/benchmarks"
 DEMO_DIR = config["demo"]["outdir"]
 CLUSTERS = "analysis/clustering/gene_expression_graphclust/clusters.csv"
 SLIDE_PATH_COLUMNS = ["bundle", "he_image", "he_alignment", "cell_types", "pathology", "niche_truth"]
+# --sdm conda: envs/*.post-deploy.sh install this checkout into each env (pip install --no-deps -e);
+# this tells them where it is, whatever Snakemake's working directory
+os.environ.setdefault("TISSUEKD_ROOT", str(Path(workflow.basedir).parent))
 
 
 def load_sheet(path, schema):

@@ -185,7 +185,8 @@ rule survival_evaluate:
     benchmark:
         f"{BENCH}/survival/evaluate/{{encoder}}/{{cohort}}.tsv"
     conda:
-        "../../envs/scverse.yaml"
+        # torch: the student's models.pt (torch.save) holds the risk thresholds of the KM groups
+        "../../envs/torch-gpu.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=10,

@@ -69,7 +69,7 @@ def make_slide(folder: Path, n: int, dim: int, seed: int = 0) -> None:
 
 def niche_step(step: str, folder: Path, epochs: int) -> None:
     """One step of the niche study on a synthetic slide (run in a fresh process)."""
-    from tissuekd.niche import evaluate, split, steps
+    from tissuekd.niche import baselines, evaluate, split, steps
     from tissuekd.niche.train import NolanConfig, StudentConfig
 
     f = {name: str(folder / name) for name in ("cells.parquet", "slide.json", "radius.json", "split.parquet",
@@ -92,7 +92,7 @@ def niche_step(step: str, folder: Path, epochs: int) -> None:
         steps.histology_nolan(f["features.h5"], f["cells.parquet"], f["split.parquet"], f["radius.json"], K, nolan,
                               f["hist_nolan.parquet"], device="cpu")
     elif step == "hist_leiden":
-        steps.histology_leiden(f["features.h5"], f["cells.parquet"], K, f["hist_leiden.parquet"])
+        baselines.histology_leiden(f["features.h5"], f["cells.parquet"], K, f["hist_leiden.parquet"])
     else:
         predictions = {m: f[f"{m}.parquet"] for m in ("student", "hist_nolan", "hist_leiden")}
         if step == "evaluate":

@@ -9,8 +9,12 @@ import logging
 
 import h5py
 import numpy as np
+import pandas as pd
 
 from tissuekd.encoders.reduce import reduce_file
+from tissuekd.io.atomic import atomic_path
+from tissuekd.io.columns import CELL_ID
+from tissuekd.niche.tables import check_feature_ids
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +76,12 @@ def leiden_k(features_path: str, k: int, seed: int = 0, max_iter: int = 25) -> n
         lo, hi = (res, hi) if n < k else (lo, res)
     log.info("Leiden: %d clusters (asked for %d) at resolution %.4f", best[0], k, best[2])
     return best[1]
+
+
+def histology_leiden(features_path: str, cells_path: str, k: int, out: str, seed: int = 0) -> None:
+    """The rule niche_hist_leiden: Leiden labels of every cell of the slide, by cell_id."""
+    cells = pd.read_parquet(cells_path)
+    check_feature_ids(features_path, cells)
+    labels = leiden_k(features_path, k, seed)
+    with atomic_path(out) as tmp:
+        pd.DataFrame({CELL_ID: cells[CELL_ID], "niche": labels}).to_parquet(tmp, index=False)

@@ -1,7 +1,8 @@
 """The niche study's model steps per slide (docs/architecture.md, niche study, steps 5-8): scVI, the NOLAN-style
-teacher, the H&E student, and the two histology baselines. Each reads and writes files so
-that a Snakemake rule is one call. (Ingest, radius/split and features are in ingest.py,
-split.py and features.py; evaluation and maps in evaluate.py.)"""
+teacher, the H&E student and Histology NOLAN. Each reads and writes files so that a Snakemake
+rule is one call. (Ingest, radius/split and features are in ingest.py, split.py and features.py;
+Histology Leiden in baselines.py and the logits tables in tables.py, both without torch;
+evaluation and maps in evaluate.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import logging
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -19,8 +19,9 @@ from tissuekd import compute
 from tissuekd.encoders.reduce import Reduction, reduce_file
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
-from tissuekd.io.columns import CELL_ID, LOGIT, XY_UM
+from tissuekd.io.columns import CELL_ID, XY_UM
 from tissuekd.niche.models import NeighborhoodTransformer
+from tissuekd.niche.tables import check_aligned, check_feature_ids, read_logits, write_logits
 from tissuekd.niche.train import NolanConfig, StudentConfig, fit_nolan, fit_student, predict_logits
 from tissuekd.spatial.neighborhoods import build_neighborhoods
 
@@ -64,16 +65,6 @@ def standardize(x: np.ndarray, fit_rows: np.ndarray, max_dim: int | None = None)
     return torch.from_numpy(Reduction.fit(x[fit_rows], max_dim).transform(x))
 
 
-def _aligned(cells: pd.DataFrame, ids: np.ndarray, source: str) -> None:
-    if len(ids) != len(cells) or not np.array_equal(np.asarray(ids, dtype=str), cells[CELL_ID].to_numpy(str)):
-        raise InputError(source, "cell ids do not match the slide's cells.parquet (stale or foreign file?)")
-
-
-def check_feature_ids(path: str, cells: pd.DataFrame) -> None:
-    with h5py.File(path) as h5:
-        _aligned(cells, h5[CELL_ID].asstr()[:], path)
-
-
 def reduce_features(path: str, cells: pd.DataFrame, fit_rows: np.ndarray, max_dim: int = FEATURE_DIM
                     ) -> torch.Tensor:
     """The slide's H&E features, read in chunks and reduced to `max_dim` with z-score and PCA
@@ -82,37 +73,6 @@ def reduce_features(path: str, cells: pd.DataFrame, fit_rows: np.ndarray, max_di
     check_feature_ids(path, cells)
     reduced, _ = reduce_file(path, fit_rows, max_dim)
     return torch.from_numpy(reduced)
-
-
-def write_logits(out: str, cells: pd.DataFrame, logits: np.ndarray) -> None:
-    frame = pd.DataFrame(logits, columns=[f"{LOGIT}{i}" for i in range(logits.shape[1])])
-    frame.insert(0, "niche", logits.argmax(axis=1))
-    frame.insert(0, CELL_ID, cells[CELL_ID].to_numpy())
-    with atomic_path(out) as tmp:
-        frame.to_parquet(tmp, index=False)
-
-
-def read_logits(path: str, cells: pd.DataFrame, k: int | None = None) -> np.ndarray:
-    try:
-        if path.endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")):
-            frame = pd.read_csv(path, sep="\t" if ".tsv" in path else ",", dtype={CELL_ID: str})
-        else:
-            frame = pd.read_parquet(path)
-    except (OSError, ValueError) as err:
-        raise InputError(path, f"cannot be read as a logits table ({err})") from err
-    if CELL_ID not in frame.columns:
-        raise InputError(path, "needs a cell_id column")
-    frame = frame.set_index(frame[CELL_ID].astype(str))
-    missing = cells[CELL_ID][~cells[CELL_ID].isin(frame.index)]
-    if len(missing):
-        raise InputError(path, f"{len(missing)} cells have no logits (e.g. {missing.iloc[0]})")
-    cols = [c for c in frame.columns if c.startswith(LOGIT)]
-    if k is not None and len(cols) != k:
-        raise InputError(path, f"expected {k} logit columns (logit_0..logit_{k - 1}), found {len(cols)}")
-    values = np.array(frame.loc[cells[CELL_ID], cols], dtype=np.float32)
-    if not np.isfinite(values).all():
-        raise InputError(path, "logits contain NaN or infinite values")
-    return values
 
 
 def save_model(out: str, model: NeighborhoodTransformer, cfg, k: int, in_dim: int) -> None:
@@ -131,7 +91,7 @@ def load_model(path: str) -> NeighborhoodTransformer:
 def slide_inputs(cells_path: str, split_path: str, radius_path: str):
     cells = pd.read_parquet(cells_path)
     split = pd.read_parquet(split_path)
-    _aligned(cells, split[CELL_ID].to_numpy(), split_path)
+    check_aligned(cells, split[CELL_ID].to_numpy(), split_path)
     radius = json.loads(Path(radius_path).read_text())["radius_um"]
     return cells, split["role"].to_numpy(), radius
 
@@ -144,7 +104,7 @@ def train_teacher(latent_path: str, cells_path: str, radius_path: str, k: int, c
     cells = pd.read_parquet(cells_path)
     radius = json.loads(Path(radius_path).read_text())["radius_um"]
     latent = pd.read_parquet(latent_path)
-    _aligned(cells, latent[CELL_ID].to_numpy(), latent_path)
+    check_aligned(cells, latent[CELL_ID].to_numpy(), latent_path)
     x = standardize(latent.drop(columns=CELL_ID).to_numpy(np.float32), np.arange(len(cells)))
     xy = cells[XY_UM].to_numpy()
     everyone = np.arange(len(cells))
@@ -236,13 +196,3 @@ def histology_nolan(features_path: str, cells_path: str, split_path: str, radius
     logits = predict_logits(model, x, nb_all, torch.from_numpy(everyone), LOGIT_TEMP, hide_centre=cfg.hide_centre,
                             compute=run)
     write_logits(out_logits, cells, logits.numpy())
-
-
-def histology_leiden(features_path: str, cells_path: str, k: int, out: str, seed: int = 0) -> None:
-    from tissuekd.niche.baselines import leiden_k
-
-    cells = pd.read_parquet(cells_path)
-    check_feature_ids(features_path, cells)
-    labels = leiden_k(features_path, k, seed)
-    with atomic_path(out) as tmp:
-        pd.DataFrame({CELL_ID: cells[CELL_ID], "niche": labels}).to_parquet(tmp, index=False)

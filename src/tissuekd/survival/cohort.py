@@ -20,6 +20,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from tissuekd.errors import InputError
+from tissuekd.io.atomic import atomic_path
 from tissuekd.survival.layout import coords_attrs, patch_geometry
 
 log = logging.getLogger(__name__)
@@ -185,3 +186,27 @@ def assign_folds(events: np.ndarray, folds: int, seed: int) -> np.ndarray:
     for k, (_, test) in enumerate(splitter.split(np.zeros(len(events)), events)):
         fold[test] = k
     return fold
+
+
+def prepare_cohort(name: str, slides: pd.DataFrame, clinical: str, rna: str | None, *, endpoint: str, folds: int,
+                   seed: int, cross_validate: bool, out_patients: str, out_rna: str, out_dropped: str) -> None:
+    """The rule survival_cohort: patients.tsv (usable patients with fold and feature files),
+    rna.parquet, dropped.tsv. Here rather than in steps.py so that the rule imports no torch."""
+    table = read_clinical(clinical, endpoint)
+    matrix = read_rna(rna, set(table.index)) if rna else None
+    slides = slides.assign(n_patches=[count_patches(p) for p in slides["features"]])
+    drops = Drops()
+    try:
+        patients = build_cohort(slides, table, matrix, folds=folds, seed=seed,
+                                cross_validate=cross_validate, drops=drops)
+    except InputError as err:
+        raise InputError(f"cohort {name}", err.problem) from None
+    log.info("cohort %s: %d usable patients, %d events, %d dropped (see %s)", name, len(patients),
+             patients["event"].sum(), len(drops.rows), out_dropped)
+    with atomic_path(out_dropped) as tmp:
+        drops.table().to_csv(tmp, sep="\t", index=False)
+    with atomic_path(out_rna) as tmp:
+        (matrix.loc[patients["patient"]] if matrix is not None else pd.DataFrame(index=patients["patient"])) \
+            .astype("float32").to_parquet(tmp)
+    with atomic_path(out_patients) as tmp:
+        patients.to_csv(tmp, sep="\t", index=False)

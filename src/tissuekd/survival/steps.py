@@ -1,4 +1,5 @@
-"""The per-cohort steps of the survival study, one function per rule."""
+"""The per-cohort steps of the survival study, one function per rule (survival_cohort's,
+which needs no torch, is cohort.prepare_cohort)."""
 
 from __future__ import annotations
 
@@ -25,29 +26,6 @@ from tissuekd.survival.train import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def prepare_cohort(name: str, slides: pd.DataFrame, clinical: str, rna: str | None, *, endpoint: str, folds: int,
-                   seed: int, cross_validate: bool, out_patients: str, out_rna: str, out_dropped: str) -> None:
-    """patients.tsv (usable patients with fold and feature files), rna.parquet, dropped.tsv."""
-    table = cohorts.read_clinical(clinical, endpoint)
-    matrix = cohorts.read_rna(rna, set(table.index)) if rna else None
-    slides = slides.assign(n_patches=[cohorts.count_patches(p) for p in slides["features"]])
-    drops = cohorts.Drops()
-    try:
-        patients = cohorts.build_cohort(slides, table, matrix, folds=folds, seed=seed,
-                                        cross_validate=cross_validate, drops=drops)
-    except InputError as err:
-        raise InputError(f"cohort {name}", err.problem) from None
-    log.info("cohort %s: %d usable patients, %d events, %d dropped (see %s)", name, len(patients),
-             patients["event"].sum(), len(drops.rows), out_dropped)
-    with atomic_path(out_dropped) as tmp:
-        drops.table().to_csv(tmp, sep="\t", index=False)
-    with atomic_path(out_rna) as tmp:
-        (matrix.loc[patients["patient"]] if matrix is not None else pd.DataFrame(index=patients["patient"])) \
-            .astype("float32").to_parquet(tmp)
-    with atomic_path(out_patients) as tmp:
-        patients.to_csv(tmp, sep="\t", index=False)
 
 
 def load_cohort(patients: str, rna: str, method: str, gene_sets: str | None = None,

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -17,11 +18,13 @@ import pytest
 import yaml
 from conftest import REPO, planned_jobs, snakemake
 
+from tissuekd.niche.methods import METHODS
+
 pytestmark = pytest.mark.workflow
 
 AGGREGATES = {"benchmark_niche": 1, "benchmark_runtimes": 1, "all": 1}
-SLIDE_JOBS = {f"niche_{step}": 1 for step in ("ingest", "radius", "split", "features", "scvi", "teacher", "student",
-                                              "hist_nolan", "hist_leiden", "evaluate", "maps")}
+SLIDE_JOBS = {f"niche_{step}": 1 for step in ("ingest", "radius", "split", "features", "scvi", "teacher", "evaluate",
+                                              "maps")} | Counter(m.rule for m in METHODS.values())  # a job per method
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 from conftest import make_workdir, planned_jobs, snakemake
 
+from tissuekd.survival.methods import METHODS
+
 pytestmark = pytest.mark.workflow
 SDIR = Path("results/survival/demo_tcga/demo-mobilenet")
 
@@ -40,13 +42,13 @@ def test_teacher_and_student_beat_the_pathology_baseline_on_the_demo(survival_ru
         low, diff, high = rows.loc[method, ["minus_pathology_low", "minus_pathology", "minus_pathology_high"]]
         assert low < diff < high and diff == pytest.approx(cv[method] - cv["pathology"], abs=1e-3)
     external = table[table["validation"] == "external"].set_index("method")["c_index_pooled"]
-    assert set(external.index) == {"teacher", "student", "pathology", "rna"}
+    assert set(external.index) == set(METHODS)
     assert external["teacher"] > external["pathology"]
 
 
 def test_every_method_is_scored_on_the_same_folds(survival_run):
     folds = {m: pd.read_csv(survival_run / SDIR / m / "predictions.tsv", sep="\t").set_index("patient")["fold"]
-             for m in ("teacher", "student", "pathology", "rna")}
+             for m in METHODS}
     reference = folds.pop("teacher")
     assert reference.nunique() == 5 and len(reference) == 60
     for fold in folds.values():

@@ -15,8 +15,12 @@ import pytest
 import yaml
 from conftest import DEMO_TEST_CELLS, REPO, make_workdir, planned_jobs, snakemake
 
+from tissuekd.niche.methods import METHODS as NICHE_METHODS
+from tissuekd.survival.methods import METHODS as SURVIVAL_METHODS
+
 PER_SLIDE = ["demo_xenium_slide", "niche_ingest", "niche_radius", "niche_split", "niche_features", "niche_scvi"]
-PER_K = ["niche_teacher", "niche_student", "niche_hist_nolan", "niche_hist_leiden", "niche_evaluate", "niche_maps"]
+# per slide and K: the teacher, each method's rule (as many jobs as methods it makes), evaluation and maps
+PER_K = ["niche_teacher", *(m.rule for m in NICHE_METHODS.values()), "niche_evaluate", "niche_maps"]
 
 
 def test_python_is_clean_under_ruff_and_rules_under_snakefmt():
@@ -55,12 +59,14 @@ def test_dry_run_of_the_shipped_demo_lists_every_step_per_slide_and_k():
     assert len(slides) >= 3 and slides["tissue"].nunique() >= 3 and len(ks) >= 1
     for step in PER_SLIDE:
         assert jobs[step] == len(slides), (step, jobs)
-    for step in PER_K:
-        assert jobs[step] == len(slides) * len(ks), (step, jobs)
+    for step in set(PER_K):
+        assert jobs[step] == len(slides) * len(ks) * PER_K.count(step), (step, jobs)
     wsis = pd.read_csv(REPO / "config" / "survival_slides.tsv", sep="\t")
     for step in ("demo_survival_slide", "survival_patches", "survival_features"):  # both studies run by default
         assert jobs[step] == len(wsis), (step, jobs)
-    assert jobs["survival_cohort"] == 2 and jobs["survival_fit"] == 3 and jobs["survival_external"] == 1
+    fitted = [m for m in SURVIVAL_METHODS.values() if m.rule == "survival_fit"]
+    assert jobs["survival_cohort"] == 2 and jobs["survival_fit"] == len(fitted) and jobs["survival_external"] == 1
+    assert jobs["survival_student"] == len(SURVIVAL_METHODS) - len(fitted)
 
 
 def test_every_gpu_rule_gets_the_slurm_profiles_gpu_resources():
@@ -179,8 +185,7 @@ def test_demo_run_writes_every_output(demo_run):
             logits = pd.read_parquet(model / "logits.parquet")
             assert list(logits["cell_id"]) == list(cells["cell_id"]) and logits.shape[1] == 2 + 10
         assert (k10 / "maps.png").read_bytes()[:4] == b"\x89PNG"
-        for step in ("ingest", "radius", "split", "features", "scvi", "teacher", "student", "hist_nolan",
-                     "hist_leiden", "evaluate", "maps"):
+        for step in ("ingest", "radius", "split", "features", "scvi", "teacher", *NICHE_METHODS, "evaluate", "maps"):
             assert list((results / "logs" / "niche" / step).rglob(f"{slide}.log")), step
             assert list((results / "benchmarks" / "niche" / step).rglob(f"{slide}.tsv")), step
 

@@ -8,6 +8,8 @@ from snakemake.exceptions import WorkflowError
 
 from tissuekd.encoders.registry import EncoderSpec
 from tissuekd.errors import InputError
+from tissuekd.niche import methods as niche_methods
+from tissuekd.survival import methods as survival_methods
 
 RESULTS = config["results"]
 LOGS = f"{RESULTS}/logs"
@@ -90,6 +92,47 @@ SURVIVAL_ENCODERS = SURVIVAL["encoders"] if SURVIVAL["enabled"] else []
 ENCODERS = {**load_encoders(NICHE_ENCODERS, "niche.encoders"), **load_encoders(SURVIVAL_ENCODERS, "survival.encoders")}
 
 
+# ---- the methods: each study's one table (src/tissuekd/{niche,survival}/methods.py) and the config's variants ----
+def load_methods(study, module):
+    """The study's method table with the variants of config `{study}.methods`; each variant's
+    settings are checked against the config schema."""
+    try:
+        methods = module.from_config(config[study])
+    except ValueError as err:
+        raise WorkflowError(str(err)) from None
+    for name, method in methods.items():
+        if method.config:
+            try:
+                validate({**config, study: method.settings(config[study])}, "../schemas/config.schema.yaml")
+            except WorkflowError as err:
+                raise WorkflowError(f"config {study}.methods.{name}.config: {err}") from None
+    return methods
+
+
+NICHE_METHODS = load_methods("niche", niche_methods)
+SURVIVAL_METHODS = load_methods("survival", survival_methods)
+
+
+def made_by(methods, rule):
+    """The methods `rule` makes (the values of its {method} wildcard), in table order."""
+    return [name for name, method in methods.items() if method.rule == rule]
+
+
+def method_wildcard(methods, rule):
+    """wildcard_constraints of `rule`'s {method}: the names of the methods it makes."""
+    return "|".join(map(re.escape, made_by(methods, rule))) or "NO_METHODS"
+
+
+def method_file(pattern, name):
+    """A {method} pattern of a method rule (an output or benchmark) for the method `name`."""
+    return str(pattern).replace("{method}", name)
+
+
+def method_setting(methods, section, key):
+    """Param: config `section[key]` as the job's method sees it (its variant's overrides applied)."""
+    return lambda wildcards: methods[wildcards.method].settings(section)[key]
+
+
 wildcard_constraints:
     slide="|".join(map(re.escape, SLIDES["slide"])) or "NO_SLIDES",
     encoder="|".join(map(re.escape, ENCODERS)) or "NO_ENCODERS",
@@ -165,16 +208,17 @@ def xenium_inputs(wildcards):
 
 
 def niche_predictions(wildcards):
-    """Everything evaluation and maps compare: the teacher, the student and both baselines."""
-    kdir = f"{RESULTS}/niche/{wildcards.slide}/{wildcards.encoder}/k{wildcards.k}"
-    return {
+    """Everything evaluation and maps compare: the teacher and every method of the table (the
+    output its entry names, of the rule its entry names)."""
+    inputs = {
         "cells": f"{RESULTS}/niche/{wildcards.slide}/cells.parquet",
         "split": f"{RESULTS}/niche/{wildcards.slide}/{wildcards.encoder}/split.parquet",
         "teacher": f"{RESULTS}/niche/{wildcards.slide}/k{wildcards.k}/teacher/logits.parquet",
-        "student": f"{kdir}/student/logits.parquet",
-        "hist_nolan": f"{kdir}/hist_nolan/logits.parquet",
-        "hist_leiden": f"{kdir}/hist_leiden/clusters.parquet",
     }
+    for name, method in NICHE_METHODS.items():
+        pattern = getattr(getattr(rules, method.rule).output, method.output)
+        inputs[name] = method_file(pattern, name).format(**wildcards)
+    return inputs
 
 
 def external_teacher(wildcards):
@@ -203,19 +247,11 @@ def niche_benchmarks():
     if not NICHE["enabled"]:
         return []
     models = ["niche_teacher_external"] if NICHE["teacher"] == "external" else ["niche_scvi", "niche_teacher"]
-    steps = [
-        "niche_ingest",
-        "niche_radius",
-        "niche_split",
-        "niche_features",
-        *models,
-        "niche_student",
-        "niche_hist_nolan",
-        "niche_hist_leiden",
-        "niche_evaluate",
-        "niche_maps",
-    ]
-    return niche_expand(*(str(getattr(rules, step).benchmark) for step in steps))
+    steps = ["niche_ingest", "niche_radius", "niche_split", "niche_features", *models]
+    patterns = [str(getattr(rules, step).benchmark) for step in steps]
+    patterns += [method_file(getattr(rules, m.rule).benchmark, name) for name, m in NICHE_METHODS.items()]
+    patterns += [str(rules.niche_evaluate.benchmark), str(rules.niche_maps.benchmark)]
+    return niche_expand(*patterns)
 
 
 def all_targets():
@@ -322,17 +358,24 @@ def gene_sets(wildcards):
 
 
 SDIR = f"{RESULTS}/survival/{{cohort}}/{{encoder}}"
-FITTED = ("teacher", "pathology", "rna")  # methods of rule survival_fit; the student has its own rule
 
 
 def survival_predictions(wildcards):
-    return {m: f"{SDIR}/{m}/predictions.tsv".format(**wildcards) for m in (*FITTED, "student")}
+    """Every method's out-of-fold predictions, in table order."""
+    return {m: f"{SDIR}/{m}/predictions.tsv".format(**wildcards) for m in SURVIVAL_METHODS}
+
+
+def survival_teacher(wildcards):
+    """The fold models a distilled method learns from (its entry's teacher)."""
+    return f"{SDIR}/{SURVIVAL_METHODS[wildcards.method].teacher}/models.pt".format(**wildcards)
 
 
 def survival_models(wildcards):
-    """The training cohort's models the external evaluation applies (RNA ones only if the test
-    cohort has RNA)."""
-    methods = ["student", "pathology"] + (["teacher", "rna"] if cohort_value(wildcards.test, "rna") else [])
+    """The training cohort's models the external evaluation applies: those reading no RNA, then,
+    if the test cohort has RNA, those reading it."""
+    has_rna = bool(cohort_value(wildcards.test, "rna"))
+    methods = [m for m, method in SURVIVAL_METHODS.items() if not method.rna]
+    methods += [m for m, method in SURVIVAL_METHODS.items() if method.rna and has_rna]
     return {f"{m}_models": f"{SDIR}/{m}/models.pt".format(**wildcards) for m in methods}
 
 
@@ -369,8 +412,9 @@ def survival_benchmarks():
     everywhere = dict(cohort=SURVIVAL_COHORTS["cohort"], encoder=SURVIVAL_ENCODERS)
     files += expand(str(rules.survival_cohort.benchmark), **everywhere)
     cv = dict(cohort=cv_cohorts(), encoder=SURVIVAL_ENCODERS)
-    files += expand(str(rules.survival_fit.benchmark), method=FITTED, **cv)
-    files += expand(str(rules.survival_student.benchmark), **cv) + expand(str(rules.survival_evaluate.benchmark), **cv)
+    files += expand(str(rules.survival_fit.benchmark), method=made_by(SURVIVAL_METHODS, "survival_fit"), **cv)
+    files += expand(str(rules.survival_student.benchmark), method=made_by(SURVIVAL_METHODS, "survival_student"), **cv)
+    files += expand(str(rules.survival_evaluate.benchmark), **cv)
     for pair in SURVIVAL["external"]:
         files += expand(
             str(rules.survival_external.benchmark), cohort=pair["train"], test=pair["test"], encoder=SURVIVAL_ENCODERS

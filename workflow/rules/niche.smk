@@ -103,6 +103,8 @@ rule niche_features:
 
 
 # ---- models (docs/architecture.md, steps 5-10): the teacher per slide and K, the rest per slide, encoder and K ----
+# The student and the baselines are the methods of src/tissuekd/niche/methods.py: each rule below makes
+# the methods whose entry names it ({method}: the entry's name; its settings with the entry's overrides).
 TDIR = f"{RESULTS}/niche/{{slide}}/k{{k}}/teacher"
 KDIR = f"{RESULTS}/niche/{{slide}}/{{encoder}}/k{{k}}"
 
@@ -193,12 +195,14 @@ rule niche_student:
         radius=rules.niche_radius.output[0],
         teacher=f"{TDIR}/logits.parquet",
     output:
-        model=f"{KDIR}/student/model.pt",
-        logits=f"{KDIR}/student/logits.parquet",
+        model=f"{KDIR}/{{method}}/model.pt",
+        logits=f"{KDIR}/{{method}}/logits.parquet",
     log:
-        f"{LOGS}/niche/student/{{encoder}}/k{{k}}/{{slide}}.log",
+        f"{LOGS}/niche/{{method}}/{{encoder}}/k{{k}}/{{slide}}.log",
     benchmark:
-        f"{BENCH}/niche/student/{{encoder}}/k{{k}}/{{slide}}.tsv"
+        f"{BENCH}/niche/{{method}}/{{encoder}}/k{{k}}/{{slide}}.tsv"
+    wildcard_constraints:
+        method=method_wildcard(NICHE_METHODS, "niche_student"),
     conda:
         "../../envs/torch-gpu.yaml"
     threads: 1
@@ -207,9 +211,9 @@ rule niche_student:
         runtime=minutes_per_cell(20, 60),
         gpu=1,
     params:
-        student=NICHE["student"],
-        max_neighbors=NICHE["max_neighbors"],
-        seed=NICHE["seed"],
+        student=method_setting(NICHE_METHODS, NICHE, "student"),
+        max_neighbors=method_setting(NICHE_METHODS, NICHE, "max_neighbors"),
+        seed=method_setting(NICHE_METHODS, NICHE, "seed"),
         device=config["device"],
         precision=config["precision"],
     script:
@@ -223,11 +227,13 @@ rule niche_hist_nolan:
         split=rules.niche_split.output[0],
         radius=rules.niche_radius.output[0],
     output:
-        logits=f"{KDIR}/hist_nolan/logits.parquet",
+        logits=f"{KDIR}/{{method}}/logits.parquet",
     log:
-        f"{LOGS}/niche/hist_nolan/{{encoder}}/k{{k}}/{{slide}}.log",
+        f"{LOGS}/niche/{{method}}/{{encoder}}/k{{k}}/{{slide}}.log",
     benchmark:
-        f"{BENCH}/niche/hist_nolan/{{encoder}}/k{{k}}/{{slide}}.tsv"
+        f"{BENCH}/niche/{{method}}/{{encoder}}/k{{k}}/{{slide}}.tsv"
+    wildcard_constraints:
+        method=method_wildcard(NICHE_METHODS, "niche_hist_nolan"),
     conda:
         "../../envs/torch-gpu.yaml"
     threads: 1
@@ -236,9 +242,9 @@ rule niche_hist_nolan:
         runtime=minutes_per_cell(20, 60),
         gpu=1,
     params:
-        nolan=NICHE["nolan"],
-        max_neighbors=NICHE["max_neighbors"],
-        seed=NICHE["seed"],
+        nolan=method_setting(NICHE_METHODS, NICHE, "nolan"),
+        max_neighbors=method_setting(NICHE_METHODS, NICHE, "max_neighbors"),
+        seed=method_setting(NICHE_METHODS, NICHE, "seed"),
         device=config["device"],
         precision=config["precision"],
     script:
@@ -250,18 +256,20 @@ rule niche_hist_leiden:
         features=rules.niche_features.output[0],
         cells=rules.niche_ingest.output.cells,
     output:
-        f"{KDIR}/hist_leiden/clusters.parquet",
+        clusters=f"{KDIR}/{{method}}/clusters.parquet",
     log:
-        f"{LOGS}/niche/hist_leiden/{{encoder}}/k{{k}}/{{slide}}.log",
+        f"{LOGS}/niche/{{method}}/{{encoder}}/k{{k}}/{{slide}}.log",
     benchmark:
-        f"{BENCH}/niche/hist_leiden/{{encoder}}/k{{k}}/{{slide}}.tsv"
+        f"{BENCH}/niche/{{method}}/{{encoder}}/k{{k}}/{{slide}}.tsv"
+    wildcard_constraints:
+        method=method_wildcard(NICHE_METHODS, "niche_hist_leiden"),
     conda:
         "../../envs/scverse.yaml"
     resources:
         mem_mb=mem_per_cell(2000, 3),
         runtime=minutes_per_cell(20, 120),
     params:
-        seed=NICHE["seed"],
+        seed=method_setting(NICHE_METHODS, NICHE, "seed"),
     script:
         "../../scripts/niche_hist_leiden.py"
 

@@ -109,6 +109,8 @@ rule survival_cohort:
         "../../scripts/survival_cohort.py"
 
 
+# The methods of src/tissuekd/survival/methods.py: survival_fit makes the fitted ones, survival_student
+# the distilled ones ({method}: the entry's name; its settings with the entry's overrides applied).
 rule survival_fit:
     input:
         patients=rules.survival_cohort.output.patients,
@@ -122,7 +124,7 @@ rule survival_fit:
     benchmark:
         f"{BENCH}/survival/fit/{{encoder}}/{{cohort}}_{{method}}.tsv"
     wildcard_constraints:
-        method="|".join(FITTED),
+        method=method_wildcard(SURVIVAL_METHODS, "survival_fit"),
     conda:
         "../../envs/torch-gpu.yaml"
     threads: 1
@@ -131,7 +133,7 @@ rule survival_fit:
         runtime=minutes_per_patient(30, 60),
         gpu=1,
     params:
-        train=SURVIVAL["train"],
+        train=method_setting(SURVIVAL_METHODS, SURVIVAL, "train"),
         device=config["device"],
         precision=config["precision"],
     script:
@@ -143,14 +145,16 @@ rule survival_student:
         patients=rules.survival_cohort.output.patients,
         rna=rules.survival_cohort.output.rna,
         gene_sets=gene_sets,
-        teacher=f"{SDIR}/teacher/models.pt",
+        teacher=survival_teacher,
     output:
-        models=f"{SDIR}/student/models.pt",
-        predictions=f"{SDIR}/student/predictions.tsv",
+        models=f"{SDIR}/{{method}}/models.pt",
+        predictions=f"{SDIR}/{{method}}/predictions.tsv",
     log:
-        f"{LOGS}/survival/student/{{encoder}}/{{cohort}}.log",
+        f"{LOGS}/survival/{{method}}/{{encoder}}/{{cohort}}.log",
     benchmark:
-        f"{BENCH}/survival/student/{{encoder}}/{{cohort}}.tsv"
+        f"{BENCH}/survival/{{method}}/{{encoder}}/{{cohort}}.tsv"
+    wildcard_constraints:
+        method=method_wildcard(SURVIVAL_METHODS, "survival_student"),
     conda:
         "../../envs/torch-gpu.yaml"
     threads: 1
@@ -159,8 +163,8 @@ rule survival_student:
         runtime=minutes_per_patient(30, 60),
         gpu=1,
     params:
-        train=SURVIVAL["train"],
-        amkd=SURVIVAL["amkd"],
+        train=method_setting(SURVIVAL_METHODS, SURVIVAL, "train"),
+        amkd=method_setting(SURVIVAL_METHODS, SURVIVAL, "amkd"),
         device=config["device"],
         precision=config["precision"],
     script:
@@ -170,7 +174,7 @@ rule survival_student:
 rule survival_evaluate:
     input:
         unpack(survival_predictions),
-        student_models=f"{SDIR}/student/models.pt",
+        km_models=f"{SDIR}/{survival_methods.KM_METHOD}/models.pt",
     output:
         metrics=f"{SDIR}/metrics.tsv",
         km=report(

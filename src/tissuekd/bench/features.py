@@ -122,7 +122,23 @@ def _preloaded(paths: dict, spec: EncoderSpec, n: int, batch_size: int = 64) -> 
 def bench_pipeline(paths: dict, n: int, spec: EncoderSpec, run: Compute, batch_size: int = 64,
                    repeats: int = 3) -> None:
     """(c) end-to-end extraction (read, crop, encode, write) / the encoder alone, at `run`'s precision,
-    with the crop reader in this process and in the worker count the step would use."""
+    with the crop reader in this process and in the worker count the step would use.
+
+    Parameters
+    ----------
+    paths : dict
+        The demo slide's "cells", "slide" and "he" paths (prepare).
+    n : int
+        Cells timed (a seeded sample).
+    spec : EncoderSpec
+        The encoder timed.
+    run : Compute
+        Device and precision.
+    batch_size : int, default 64
+        Crops per batch.
+    repeats : int, default 3
+        Alternating runs of the encoder alone and end to end, per worker count.
+    """
     cells = pd.read_parquet(paths["cells"]).sample(n, random_state=1).sort_index()
     centers = cells[XY_HE].to_numpy()
     he_mpp = json.loads(paths["slide"].read_text())["he_mpp"]

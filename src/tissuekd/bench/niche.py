@@ -33,6 +33,21 @@ def _timed(fn) -> float:
 
 
 def bench_student(x, nb, train, teacher, epochs: int) -> None:
+    """(a) Prints neighbourhoods/s through `fit_student` and on one preloaded batch, and their ratio.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        (cells, FEATURE_DIM) reduced H&E features.
+    nb : Neighborhoods
+        The neighbourhoods of the train cells.
+    train : torch.Tensor
+        (Q,) rows of `x` of the train cells.
+    teacher : torch.Tensor
+        (Q, K) the teacher's logits of the train cells.
+    epochs : int
+        Passes over the train cells.
+    """
     cfg = StudentConfig(epochs=epochs)
     seconds = _timed(lambda: fit_student(x, nb, train, teacher, cfg, progress=False))
     rate = epochs * len(train) / seconds
@@ -58,6 +73,21 @@ def bench_student(x, nb, train, teacher, epochs: int) -> None:
 
 
 def bench_inference(model, x, nb, cells: torch.Tensor, single: int = 300) -> None:
+    """(b) Prints the teacher's neighbourhoods/s batched (1,024) and one at a time, and their ratio.
+
+    Parameters
+    ----------
+    model : NeighborhoodTransformer
+        The slide's teacher.
+    x : torch.Tensor
+        (cells, 10) standardised scVI latents.
+    nb : Neighborhoods
+        The neighbourhoods of `cells`.
+    cells : torch.Tensor
+        Rows of `x` predicted.
+    single : int, default 300
+        Neighbourhoods timed one at a time.
+    """
     batched = len(cells) / _timed(lambda: predict_logits(model, x, nb, cells, LOGIT_TEMP, hide_centre=True))
     one = single / _timed(lambda: predict_logits(model, x, nb[:single], cells[:single], LOGIT_TEMP, batch_size=1,
                                                  hide_centre=True))

@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from tissuekd.io.columns import CELL_ID, X_UM, XY_HE, Y_UM
+from tissuekd.niche.methods import METHODS as NICHE_METHODS
 
-NICHE_STEPS = ("radius", "split", "teacher", "student", "hist_nolan", "hist_leiden", "evaluate", "maps")
+NICHE_STEPS = ("radius", "split", "teacher", *NICHE_METHODS, "evaluate", "maps")
 DENSITY_UM2 = 120.0  # µm² per cell, about Xenium's in dense tissue
 K = 10
 
@@ -74,7 +75,7 @@ def niche_step(step: str, folder: Path, epochs: int) -> None:
 
     f = {name: str(folder / name) for name in ("cells.parquet", "slide.json", "radius.json", "split.parquet",
                                                 "latent.parquet", "features.h5", "teacher.parquet",
-                                                "student.parquet", "hist_nolan.parquet", "hist_leiden.parquet")}
+                                                *(f"{m}.parquet" for m in NICHE_METHODS))}
     nolan = NolanConfig(epochs=epochs)
     if step == "radius":
         split.fit_radius(f["cells.parquet"], f["radius.json"], target=20, n_strips=4, test_strip=1)
@@ -84,17 +85,21 @@ def niche_step(step: str, folder: Path, epochs: int) -> None:
     elif step == "teacher":
         steps.train_teacher(f["latent.parquet"], f["cells.parquet"], f["radius.json"], K, nolan,
                             str(folder / "teacher.pt"), f["teacher.parquet"], device="cpu")
-    elif step == "student":
-        steps.train_student(f["features.h5"], f["cells.parquet"], f["split.parquet"], f["radius.json"],
-                            f["teacher.parquet"], K, StudentConfig(epochs=epochs), str(folder / "student.pt"),
-                            f["student.parquet"], device="cpu")
-    elif step == "hist_nolan":
-        steps.histology_nolan(f["features.h5"], f["cells.parquet"], f["split.parquet"], f["radius.json"], K, nolan,
-                              f["hist_nolan.parquet"], device="cpu")
-    elif step == "hist_leiden":
-        baselines.histology_leiden(f["features.h5"], f["cells.parquet"], K, f["hist_leiden.parquet"])
+    elif step in NICHE_METHODS:  # a method's step, as its rule calls it
+        rule, out = NICHE_METHODS[step].rule, f[f"{step}.parquet"]
+        if rule == "niche_student":
+            steps.train_student(f["features.h5"], f["cells.parquet"], f["split.parquet"], f["radius.json"],
+                                f["teacher.parquet"], K, StudentConfig(epochs=epochs), str(folder / f"{step}.pt"),
+                                out, device="cpu")
+        elif rule == "niche_hist_nolan":
+            steps.histology_nolan(f["features.h5"], f["cells.parquet"], f["split.parquet"], f["radius.json"], K,
+                                  nolan, out, device="cpu")
+        elif rule == "niche_hist_leiden":
+            baselines.histology_leiden(f["features.h5"], f["cells.parquet"], K, out)
+        else:
+            raise ValueError(f"method {step}: no scale benchmark for its rule {rule}")
     else:
-        predictions = {m: f[f"{m}.parquet"] for m in ("student", "hist_nolan", "hist_leiden")}
+        predictions = {m: f[f"{m}.parquet"] for m in NICHE_METHODS}
         if step == "evaluate":
             evaluate.evaluate_slide(f["cells.parquet"], f["split.parquet"], f["teacher.parquet"], predictions,
                                     str(folder / "metrics.tsv"), slide="scale", tissue="synthetic", k=K,
@@ -105,7 +110,26 @@ def niche_step(step: str, folder: Path, epochs: int) -> None:
 
 
 def make_cohort(folder: Path, patients: int, patches: int, dim: int, seed: int = 0) -> Path:
-    """P patients' fp16 feature files and a patients.tsv with 5 stratified folds."""
+    """P patients' fp16 feature files and a patients.tsv with 5 stratified folds.
+
+    Parameters
+    ----------
+    folder : Path
+        Written into; feature files already there are kept.
+    patients : int
+        Patients (one feature file each).
+    patches : int
+        Patches per patient.
+    dim : int
+        Feature width.
+    seed : int, default 0
+        Seed of features, survival and folds.
+
+    Returns
+    -------
+    Path
+        `folder`, with patients.tsv and an empty rna.parquet.
+    """
     from tissuekd.survival.cohort import assign_folds
 
     rng = np.random.default_rng(seed)

@@ -34,7 +34,25 @@ def _stamp(canvas: np.ndarray, x: float, y: float, patch: np.ndarray, op) -> Non
 
 def paint_he(layout: Layout, he_xy: np.ndarray, he_angle: float, shape: tuple[int, int], mpp: float,
              um_of_pixel, rng: np.random.Generator) -> np.ndarray:
-    """RGB uint8 image of `shape` (rows, cols); cells drawn at `he_xy` (H&E pixels)."""
+    """RGB uint8 image of `shape` (rows, cols); cells drawn at `he_xy` (H&E pixels).
+
+    Parameters
+    ----------
+    layout : Layout
+        The demo slide's cells (`x_um`, `y_um`, `cell_type`) and its niche and orientation maps (µm).
+    he_xy : np.ndarray
+        (cells, 2) each cell's position (x, y) on the H&E, level-0 px, in `layout.cells` order.
+    he_angle : float
+        Rotation of the H&E -> morphology alignment, radians; spindle cells' orientations are turned by it.
+    shape : tuple of int
+        (rows, cols) of the image, px.
+    mpp : float
+        µm per H&E pixel; cell and nucleus sizes (µm) are divided by it.
+    um_of_pixel : callable
+        Maps (n, 2) H&E pixel positions (x, y) to Xenium µm (for the background's regions).
+    rng : np.random.Generator
+        Source of every random draw.
+    """
     hema = np.zeros(shape, np.float32)
     eosin = _background_eosin(layout, shape, um_of_pixel, rng)
     cells = layout.cells

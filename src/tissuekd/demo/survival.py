@@ -186,7 +186,23 @@ def write_gene_sets(path: str | Path) -> None:
 def make_cohort_tables(patients: list[str], clinical: str, rna: str, seed: int, cancer_type: str,
                        genes_by_samples: bool) -> None:
     """Clinical table and RNA matrix of one demo cohort. TCGA-style cohorts get sample barcodes
-    (`-01A`) and a genes x samples matrix; the other orientation exercises the detection."""
+    (`-01A`) and a genes x samples matrix; the other orientation exercises the detection.
+
+    Parameters
+    ----------
+    patients : list of str
+        Patient barcodes; each patient's latents are seeded by its barcode and `seed` (as its slide's).
+    clinical : str
+        TSV written in TCGA-CDR columns (OS, OS.time, DSS, DSS.time, PFI, PFI.time; times in days).
+    rna : str
+        TSV written: the RNA matrix, log2(TPM + 1)-like.
+    seed : int
+        The demo's seed.
+    cancer_type : str
+        The clinical table's `type`; also seeds the cohort's own draws.
+    genes_by_samples : bool
+        Write the matrix genes x samples (True) or samples x genes.
+    """
     rng = np.random.default_rng([seed, zlib.crc32(cancer_type.encode())])
     people = [patient_latents(p, seed) for p in patients]
     table = clinical_table(people, rng, cancer_type)

@@ -62,7 +62,23 @@ def alignment(theta_deg: float, cells_um: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def write_10x_h5(path: Path, ids: list[str], genes: list[str], controls: list[tuple[str, str]],
                  gene_counts: np.ndarray, control_counts: np.ndarray) -> None:
-    """The 10x HDF5 feature-barcode matrix: features x cells, stored column-compressed."""
+    """The 10x HDF5 feature-barcode matrix: features x cells, stored column-compressed.
+
+    Parameters
+    ----------
+    path : Path
+        cell_feature_matrix.h5 written.
+    ids : list of str
+        Cell barcodes (the bundle's cell_id), one per cell.
+    genes : list of str
+        Gene names (feature type "Gene Expression").
+    controls : list of (str, str)
+        (name, 10x feature type) of each control probe or codeword.
+    gene_counts : np.ndarray
+        (cells, genes) counts.
+    control_counts : np.ndarray
+        (cells, controls) counts.
+    """
     from scipy import sparse
 
     matrix = sparse.csr_matrix(np.hstack([gene_counts, control_counts]))  # cells x features = CSC of features x cells

@@ -58,6 +58,29 @@ def write_features(
     go on `coords`, and `features` carries `name` (the file's stem), `savetodir` (its folder)
     and `encoder`. None values are left out. The file appears under `out` only once every row
     has been written.
+
+    Parameters
+    ----------
+    out : str or Path
+        HDF5 file written.
+    batches : iterable of (np.ndarray, torch.Tensor)
+        (row indices, increasing within a batch; uint8 crops (B, 3, H, W)), e.g. from spatial.crops.crop_loader.
+    encoder : Encoder
+        The frozen encoder, on its device and at its precision.
+    coords : np.ndarray
+        (n, 2) stored as `coords`; n is the row count (the niche study: cell centres, H&E level-0 px; the
+        survival study: patch top-left corners, level-0 px).
+    attrs : dict
+        Attributes of `coords`.
+    progress : bool, default True
+        Show a progress bar.
+    extra : dict of str to np.ndarray, or None
+        More datasets of n rows, e.g. `cell_id`.
+
+    Raises
+    ------
+    RuntimeError
+        When some row got no features.
     """
     n = len(coords)
     out = Path(out)

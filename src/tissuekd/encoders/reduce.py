@@ -88,6 +88,30 @@ def reduce_file(path: str, fit_rows: np.ndarray, max_dim: int | None, *, key: st
 
     For the student `fit_rows` are its training cells, so no statistic of a test cell reaches
     training. Peak memory: the sample, one chunk and the reduced output.
+
+    Parameters
+    ----------
+    path : str
+        HDF5 feature file.
+    fit_rows : np.ndarray
+        Increasing row indices the statistics are fitted on.
+    max_dim : int or None
+        PCA components kept; None (or no more columns than that): z-score only.
+    key : str, default "features"
+        The dataset reduced.
+    sample : int, default FIT_SAMPLE
+        At most this many of `fit_rows` (drawn at random) are fitted on.
+    seed : int, default 0
+        Seed of that draw and of the PCA.
+    chunk : int, default CHUNK_ROWS
+        Rows per read.
+
+    Returns
+    -------
+    reduced : np.ndarray
+        (rows, width) float32, every row of the dataset.
+    reduction : Reduction
+        The fitted statistics.
     """
     with h5py.File(path, "r") as h5:
         data = h5[key]

@@ -26,7 +26,17 @@ class Slide:
     objective_power: float | None = None  # scanner magnification from the metadata, if any
 
     def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """RGB uint8 array (height, width, 3) of a region; out-of-image pixels are white."""
+        """RGB uint8 array (height, width, 3) of a region; out-of-image pixels are white.
+
+        Parameters
+        ----------
+        level : int
+            Pyramid level (0: full resolution).
+        x, y : int
+            Top-left corner in that level's pixels; may lie outside the image.
+        width, height : int
+            Region size in that level's pixels.
+        """
         out = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
         lw, lh = self.levels[level]
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + width, lw), min(y + height, lh)

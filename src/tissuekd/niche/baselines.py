@@ -79,7 +79,21 @@ def leiden_k(features_path: str, k: int, seed: int = 0, max_iter: int = 25) -> n
 
 
 def histology_leiden(features_path: str, cells_path: str, k: int, out: str, seed: int = 0) -> None:
-    """The rule niche_hist_leiden: Leiden labels of every cell of the slide, by cell_id."""
+    """The rule niche_hist_leiden: Leiden labels of every cell of the slide, by cell_id.
+
+    Parameters
+    ----------
+    features_path : str
+        The slide's H&E features (extract_cell_features), rows in cells.parquet's order (checked).
+    cells_path : str
+        The slide's cells.parquet.
+    k : int
+        Number of clusters asked for; the resolution is bisected, so the nearest count found is kept.
+    out : str
+        clusters.parquet written: `cell_id`, `niche`.
+    seed : int, default 0
+        Seed of the PCA and of Leiden.
+    """
     cells = pd.read_parquet(cells_path)
     check_feature_ids(features_path, cells)
     labels = leiden_k(features_path, k, seed)

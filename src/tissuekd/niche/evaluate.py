@@ -7,6 +7,7 @@ niche maps with each niche's cell-type composition."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -18,11 +19,9 @@ from sklearn.svm import LinearSVC
 
 from tissuekd.io.atomic import atomic_path
 from tissuekd.io.columns import CELL_ID, X_UM, Y_UM
+from tissuekd.niche.methods import METHODS, REFERENCE, NicheMethod
 
 log = logging.getLogger(__name__)
-
-# method name -> whether its cluster ids must be matched to the teacher's niches
-METHODS = {"student": False, "hist_nolan": True, "hist_leiden": True}
 
 
 def hungarian_match(labels: np.ndarray, reference: np.ndarray) -> dict:
@@ -107,7 +106,31 @@ def truth_agreement(labels: np.ndarray, truth: np.ndarray | None) -> dict:
 
 def niche_metrics(method: str, labels: np.ndarray, teacher: np.ndarray, cell_types: np.ndarray,
                   annotation: np.ndarray | None, matched: bool, truth: np.ndarray | None = None) -> dict:
-    """One row of the metrics table; `matched`: Hungarian-match clusters to the teacher's niches."""
+    """One row of the metrics table; `matched`: Hungarian-match clusters to the teacher's niches.
+
+    Parameters
+    ----------
+    method : str
+        The row's `method`.
+    labels : np.ndarray
+        (cells,) the method's niche or cluster of each scored cell.
+    teacher : np.ndarray
+        (cells,) the teacher's niche of the same cells: the reference for ARI, NMI and JSD.
+    cell_types : np.ndarray
+        (cells,) cell types, for the niches' compositions (JSD).
+    annotation : np.ndarray or None
+        (cells,) pathology annotation for the probe ("unannotated" cells left out); None: `probe_F1` is NaN.
+    matched : bool
+        Whether cluster ids are arbitrary and are matched to the teacher's niches for the JSD; False: identity
+        (a student shares the teacher's niche indices). ARI and NMI need no matching.
+    truth : np.ndarray or None
+        (cells,) known niche ("" where none); None: `ARI_truth` and `NMI_truth` are NaN.
+
+    Returns
+    -------
+    dict
+        method, ARI, NMI, JSD, matched_coverage, probe_F1, ARI_truth, NMI_truth, n_cells, n_niches.
+    """
     matching = hungarian_match(labels, teacher) if matched else None
     return {
         "method": method,
@@ -131,7 +154,36 @@ def _assignments(path: str, cells: pd.DataFrame) -> np.ndarray:
 
 
 def evaluate_slide(cells_path: str, split_path: str, teacher: str, predictions: dict[str, str], out: str, *,
-                   slide: str, tissue: str, k: int, encoder: str) -> pd.DataFrame:
+                   slide: str, tissue: str, k: int, encoder: str,
+                   methods: Mapping[str, NicheMethod] | None = None) -> pd.DataFrame:
+    """The rule niche_evaluate: the teacher's row and one row per method (niche_metrics), scored
+    on the slide's test-strip cells only.
+
+    Parameters
+    ----------
+    cells_path : str
+        The slide's cells.parquet: `cell_type`, and `pathology` and `truth` where the sheet gave them.
+    split_path : str
+        The encoder's split.parquet; cells with `role` "test" are scored.
+    teacher : str
+        The teacher's logits.parquet; its `niche` column is the reference.
+    predictions : dict of str to str
+        Method (a key of `methods`) -> its table with `cell_id` and `niche` (logits.parquet or clusters.parquet).
+    out : str
+        metrics.tsv written, in the columns of COLUMNS.
+    slide, tissue, encoder : str
+        Written to the columns of the same name.
+    k : int
+        Number of niches, written to column `k`.
+    methods : mapping of str to NicheMethod or None
+        The method table (niche/methods.py, with the config's variants); an entry's `matched` says whether
+        its cluster ids are Hungarian-matched to the teacher's niches for the JSD. None: the built-in table.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table written.
+    """
     cells = pd.read_parquet(cells_path)
     test = pd.read_parquet(split_path)["role"].to_numpy() == "test"
     reference = _assignments(teacher, cells)[test]
@@ -140,9 +192,10 @@ def evaluate_slide(cells_path: str, split_path: str, teacher: str, predictions: 
     if "pathology" in cells and (cells["pathology"] != UNANNOTATED).any():
         annotation = cells["pathology"].to_numpy()[test]
     truth = cells["truth"].to_numpy()[test] if "truth" in cells and (cells["truth"] != "").any() else None
-    rows = [niche_metrics(m, _assignments(predictions[m], cells)[test], reference, types, annotation, METHODS[m],
-                          truth) for m in predictions]
-    teacher_row = niche_metrics("teacher", reference, reference, types, annotation, False, truth)
+    methods = METHODS if methods is None else methods
+    rows = [niche_metrics(m, _assignments(predictions[m], cells)[test], reference, types, annotation,
+                          methods[m].matched, truth) for m in predictions]
+    teacher_row = niche_metrics(REFERENCE, reference, reference, types, annotation, False, truth)
     table = pd.DataFrame([teacher_row, *rows]).assign(slide=slide, tissue=tissue, k=k, encoder=encoder,
                                                       probe_classes=probe_classes(annotation))
     table = table[COLUMNS]
@@ -166,10 +219,30 @@ def _matched_colours(labels: np.ndarray, reference: np.ndarray, test: np.ndarray
 
 
 def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[str, str], out: str, *,
-              title: str) -> None:
+              title: str, methods: Mapping[str, NicheMethod] | None = None) -> None:
     """Teacher, student and baselines side by side; matched niches share a colour. Below each
     map, its niches' cell-type compositions on the test strip (what the JSD compares), rows
-    in the teacher's niche order."""
+    in the teacher's niche order.
+
+    Parameters
+    ----------
+    cells_path : str
+        The slide's cells.parquet: `x_um`, `y_um` (µm, Xenium frame; the maps' axes, y downwards) and `cell_type`.
+    split_path : str
+        The encoder's split.parquet; the test strip is marked with dashed lines.
+    teacher : str
+        The teacher's logits.parquet (`niche` per cell).
+    predictions : dict of str to str
+        Method (a key of `methods`) -> its table with `cell_id` and `niche`; the clusters of methods whose
+        entry is `matched` take the colour of the teacher niche they match on the test strip.
+    out : str
+        PNG written.
+    title : str
+        Start of the figure's title.
+    methods : mapping of str to NicheMethod or None
+        The method table (niche/methods.py, with the config's variants): `matched`, and `label` as the
+        panel's title. None: the built-in table.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,12 +251,13 @@ def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[
     cells = pd.read_parquet(cells_path)
     role = pd.read_parquet(split_path)["role"].to_numpy()
     reference = _assignments(teacher, cells)
+    methods = METHODS if methods is None else methods
     panels = {"teacher (transcriptomics)": reference}
     for method, path in predictions.items():
         labels = _assignments(path, cells)
-        if METHODS[method]:
+        if methods[method].matched:
             labels = _matched_colours(labels, reference, role == "test")
-        panels[method.replace("_", " ")] = labels
+        panels[methods[method].label] = labels
     # tab20's strong colours first, then its pale partners: K=10 maps use only strong ones
     palette = np.array(plt.get_cmap("tab20").colors)[np.r_[0:20:2, 1:20:2]]
     y = cells[Y_UM].to_numpy()

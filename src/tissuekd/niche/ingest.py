@@ -21,7 +21,31 @@ log = logging.getLogger(__name__)
 
 def register_cells(cells: pd.DataFrame, affine: np.ndarray, pixel_size: float, image_size: tuple[int, int],
                    alignment_path: str | Path) -> np.ndarray:
-    """H&E pixel positions of the cells; every cell must land inside the image."""
+    """H&E pixel positions of the cells; every cell must land inside the image.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        The Xenium cells, indexed by cell_id, with centroids `x_um`, `y_um` (µm, Xenium frame).
+    affine : np.ndarray
+        3x3 alignment, H&E level-0 px -> morphology-image px (io.alignment.read_alignment).
+    pixel_size : float
+        µm per morphology-image pixel (experiment.xenium).
+    image_size : tuple of int
+        (width, height) of the H&E at level 0, px.
+    alignment_path : str or Path
+        The alignment file, named in the error.
+
+    Returns
+    -------
+    np.ndarray
+        (cells, 2) x, y on the H&E, level-0 px.
+
+    Raises
+    ------
+    InputError
+        When the affine maps any cell outside the image (e.g. the alignment of another slide, or inverted).
+    """
     he = um_to_he(cells[XY_UM].to_numpy(), affine, pixel_size)
     width, height = image_size
     outside = (he[:, 0] < 0) | (he[:, 1] < 0) | (he[:, 0] >= width) | (he[:, 1] >= height)
@@ -69,6 +93,35 @@ def known_niches(cells: pd.DataFrame, path: str) -> pd.Series:
 def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, out_expression: str,
                  out_slide: str, cell_types: str | None = None, pathology: str | None = None,
                  truth: str | None = None, backend: str = "auto") -> None:
+    """The rule niche_ingest: one Xenium slide's cells placed on its H&E, with cell types and
+    the sheet's optional annotations, its counts, and its metadata.
+
+    Parameters
+    ----------
+    bundle : str
+        The Xenium output folder (`outs/`: experiment.xenium, cells.parquet or cells.csv.gz,
+        cell_feature_matrix.h5).
+    he_image : str
+        The slide's post-Xenium H&E image; only its level-0 size is read here.
+    he_alignment : str
+        Xenium's `*_he_imagealignment.csv`: a 3x3 affine, H&E level-0 px -> morphology-image px.
+    out_cells : str
+        cells.parquet written: `cell_id`, `x_um`, `y_um` (µm, Xenium frame), `x_he`, `y_he` (H&E level-0 px),
+        `cell_type`, and `pathology` and `truth` when given.
+    out_expression : str
+        expression.h5ad written: gene counts, cells x genes, with `cell_type` in obs.
+    out_slide : str
+        slide.json written: `pixel_size` (µm per morphology px), `affine`, `he_mpp` (µm per H&E level-0 px),
+        `he_size` (level-0 width, height in px), `n_cells`, `n_genes`, ...
+    cell_types : str or None
+        Table of cell_id -> cell type (CSV, TSV or parquet); None: Xenium's graph-based clusters, else "unknown".
+    pathology : str or None
+        Table of cell_id -> pathology annotation (the region a pathologist drew); cells absent are "unannotated".
+    truth : str or None
+        Table of cell_id -> known niche; cells absent get "".
+    backend : str, default "auto"
+        Slide reader: "auto" (tifffile for OME-TIFF, OpenSlide otherwise), "openslide" or "tifffile".
+    """
     cells, counts, meta = load_bundle(bundle)
     pixel_size = float(meta["pixel_size"])
     affine = read_alignment(he_alignment)

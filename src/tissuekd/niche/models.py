@@ -25,10 +25,33 @@ class NeighborhoodTransformer(nn.Module):
 
     def embed(self, features: torch.Tensor, index: torch.Tensor, centre: torch.Tensor, offset: torch.Tensor,
               mask: torch.Tensor, noise: float = 0.0, hide_centre: bool = False) -> torch.Tensor:
-        """features (N,D) table; index (B,M) neighbours; centre (B,) cells; offset (B,M,2); mask (B,M).
+        """The centre token's output for a batch of B neighbourhoods of M neighbours each.
 
         `noise` adds Gaussian noise to the gathered tokens and `hide_centre` replaces the centre
-        cell's own features by a learned token (augmentations for self-supervised training)."""
+        cell's own features by a learned token (augmentations for self-supervised training).
+
+        Parameters
+        ----------
+        features : torch.Tensor
+            (N, D) per-cell feature table (standardised scVI latents or reduced H&E features).
+        index : torch.Tensor
+            (B, M) rows of `features` of each centre's neighbours; padding points at the centre itself.
+        centre : torch.Tensor
+            (B,) rows of `features` of the centre cells.
+        offset : torch.Tensor
+            (B, M, 2) neighbour minus centre position, in units of the neighbourhood radius.
+        mask : torch.Tensor
+            (B, M) bool, True where a real neighbour is.
+        noise : float, default 0.0
+            Standard deviation of the token noise, in feature units (standard deviations of standardised ones).
+        hide_centre : bool, default False
+            Replace the centre cell's features by the learned token.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, d_model) embeddings.
+        """
         x_centre, x_neigh = features[centre], features[index]
         if noise:
             x_centre = x_centre + noise * torch.randn_like(x_centre)
@@ -43,6 +66,17 @@ class NeighborhoodTransformer(nn.Module):
         return self.norm(self.encoder(tokens, src_key_padding_mask=padding)[:, 0])
 
     def forward(self, features, index, centre, offset, mask, noise: float = 0.0, hide_centre: bool = False):
-        """Cosine similarity to each prototype, in [-1, 1] (divide by a temperature for logits)."""
+        """Cosine similarity to each prototype, in [-1, 1] (divide by a temperature for logits).
+
+        Parameters
+        ----------
+        features, index, centre, offset, mask, noise, hide_centre
+            As in `embed`.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, K) cosines.
+        """
         z = F.normalize(self.proj(self.embed(features, index, centre, offset, mask, noise, hide_centre)), dim=-1)
         return z @ F.normalize(self.prototypes, dim=-1).T

@@ -27,7 +27,28 @@ def crop_half_he_px(crop_px: int, encoder_mpp: float, he_mpp: float) -> float:
 
 def fit_radius(cells_path: str, out: str, *, target: float, n_strips: int, test_strip: int) -> dict:
     """The slide's radius.json: strips, and the radius at which non-test cells have `target`
-    neighbours on average. Shared by the teacher and every encoder's student and baselines."""
+    neighbours on average. Shared by the teacher and every encoder's student and baselines.
+
+    Parameters
+    ----------
+    cells_path : str
+        The slide's cells.parquet (niche_ingest); positions are `x_um`, `y_um` (µm, Xenium frame).
+    out : str
+        radius.json written.
+    target : float
+        Mean number of neighbours (cells, the cell itself not counted) within the radius, over the non-test
+        cells with neighbours drawn from non-test cells (config niche.target_neighbors).
+    n_strips : int
+        Horizontal strips of equal height the cells' y extent (µm) is cut into.
+    test_strip : int
+        0-based index of the test strip, counted from the smallest y (the top of the image).
+
+    Returns
+    -------
+    dict
+        What radius.json holds: `radius_um` (µm), `target_neighbors`, `mean_neighbors`, `strip_edges_um`
+        (n_strips + 1 y edges, µm), `n_strips`, `test_strip`, `n_nontest` (cells).
+    """
     cells = pd.read_parquet(cells_path)
     try:
         fit = strips.fit_radius(cells[XY_UM].to_numpy(), n_strips, test_strip, target)
@@ -47,7 +68,30 @@ def write_split(cells_path: str, slide_path: str, radius_path: str, out: str, *,
                 encoder_mpp: float) -> pd.DataFrame:
     """One encoder's roles: a train cell's crop and its neighbours' crops stay clear of the
     test strip, so the buffer is the encoder's crop reach (µm, with the H&E's rotation) plus
-    the slide's radius."""
+    the slide's radius.
+
+    Parameters
+    ----------
+    cells_path : str
+        The slide's cells.parquet (niche_ingest); roles follow `y_um` (µm, Xenium frame).
+    slide_path : str
+        The slide's slide.json: `he_mpp` (µm per H&E level-0 px), `affine` and `pixel_size` turn the crop's
+        half-width into a reach in µm along y.
+    radius_path : str
+        The slide's radius.json (fit_radius): strip edges (µm), test strip and `radius_um`.
+    out : str
+        split.parquet written: `cell_id`, `strip` (0-based) and `role` ("train", "buffer" or "test").
+    crop_px : int
+        Crop side in encoder pixels, as extract_cell_features cuts it (config niche.crop_px).
+    encoder_mpp : float
+        The encoder's resolution, µm/px: a crop spans crop_px * encoder_mpp µm, so it reaches half of that
+        (plus a margin) from its cell.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table written.
+    """
     cells = pd.read_parquet(cells_path)
     slide = json.loads(Path(slide_path).read_text())
     fit = json.loads(Path(radius_path).read_text())

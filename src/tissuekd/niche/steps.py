@@ -33,7 +33,25 @@ FEATURE_DIM = 64  # H&E features are PCA-reduced (fitted on training rows) befor
 def fit_scvi(expression: str, out_model: str, out_latent: str, n_latent: int = 10, max_epochs: int | None = None,
              seed: int = 0, accelerator: str = "auto") -> None:
     """scVI on the slide's counts; `max_epochs` None takes scvi-tools' own heuristic for the
-    number of cells (400 epochs up to 20,000 cells, fewer above: 8 at 1,000,000)."""
+    number of cells (400 epochs up to 20,000 cells, fewer above: 8 at 1,000,000).
+
+    Parameters
+    ----------
+    expression : str
+        The slide's expression.h5ad (niche_ingest): raw counts, cells x genes.
+    out_model : str
+        Folder the trained scVI model is saved to.
+    out_latent : str
+        latent.parquet written: `cell_id`, then `z0` .. `z{n_latent - 1}`, one row per cell.
+    n_latent : int, default 10
+        Latent dimensions.
+    max_epochs : int or None
+        Training epochs (full passes over the cells); None: scvi-tools' heuristic, as above.
+    seed : int, default 0
+        scvi-tools' seed.
+    accelerator : str, default "auto"
+        Lightning accelerator: "auto", "cpu" or "gpu".
+    """
     import anndata as ad
     import scvi
     from scvi.model._utils import get_max_epochs_heuristic
@@ -76,6 +94,21 @@ def reduce_features(path: str, cells: pd.DataFrame, fit_rows: np.ndarray, max_di
 
 
 def save_model(out: str, model: NeighborhoodTransformer, cfg, k: int, in_dim: int) -> None:
+    """A teacher or student checkpoint, as `load_model` reads it (the model is moved to the CPU).
+
+    Parameters
+    ----------
+    out : str
+        The .pt file written.
+    model : NeighborhoodTransformer
+        The trained model.
+    cfg : NolanConfig or StudentConfig
+        Its training settings, stored as a dict (`d_model` and `layers` rebuild the model).
+    k : int
+        Number of niches (the model's prototypes).
+    in_dim : int
+        Width of the per-cell features it takes (10 for scVI latents, FEATURE_DIM for H&E features).
+    """
     with atomic_path(out) as tmp:
         torch.save({"state_dict": model.cpu().state_dict(), "config": asdict(cfg), "k": k, "in_dim": in_dim}, tmp)
 
@@ -99,7 +132,34 @@ def slide_inputs(cells_path: str, split_path: str, radius_path: str):
 def train_teacher(latent_path: str, cells_path: str, radius_path: str, k: int, cfg: NolanConfig,
                   out_model: str, out_logits: str, max_neighbors: int = 32, seed: int = 0,
                   device: str = "auto", precision: str = "auto") -> None:
-    """The teacher labels the whole slide from transcriptomics alone (it never sees H&E)."""
+    """The teacher labels the whole slide from transcriptomics alone (it never sees H&E).
+
+    Parameters
+    ----------
+    latent_path : str
+        The slide's latent.parquet (fit_scvi), rows in cells.parquet's order; z-scored over every cell.
+    cells_path : str
+        The slide's cells.parquet (niche_ingest); neighbourhoods come from `x_um`, `y_um` (µm, Xenium frame).
+    radius_path : str
+        The slide's radius.json (niche.split.fit_radius): `radius_um`, the neighbourhood radius in µm.
+    k : int
+        Number of niches.
+    cfg : NolanConfig
+        Self-supervised training settings.
+    out_model : str
+        Checkpoint written (save_model).
+    out_logits : str
+        logits.parquet written: `cell_id`, `niche` (the argmax) and `logit_0` .. `logit_{k - 1}` (cosines /
+        LOGIT_TEMP) for every cell.
+    max_neighbors : int, default 32
+        Neighbours per cell (cells), nearest first within the radius.
+    seed : int, default 0
+        Seed of initialisation and batches.
+    device : str, default "auto"
+        Torch device: "auto" (CUDA when present, else CPU), "cpu", "cuda", ...
+    precision : str, default "auto"
+        "auto", "fp32", "bf16" or "fp16" (tissuekd.compute).
+    """
     run = compute.resolve(device, precision)
     cells = pd.read_parquet(cells_path)
     radius = json.loads(Path(radius_path).read_text())["radius_um"]
@@ -120,7 +180,38 @@ def train_teacher(latent_path: str, cells_path: str, radius_path: str, k: int, c
 def train_student(features_path: str, cells_path: str, split_path: str, radius_path: str, teacher_path: str,
                   k: int, cfg: StudentConfig, out_model: str, out_logits: str, max_neighbors: int = 32,
                   seed: int = 0, device: str = "auto", precision: str = "auto") -> None:
-    """Fit on train-strip cells (neighbours from non-test cells), then predict every cell from H&E alone."""
+    """Fit on train-strip cells (neighbours from non-test cells), then predict every cell from H&E alone.
+
+    Parameters
+    ----------
+    features_path : str
+        The slide's H&E features (extract_cell_features), rows in cells.parquet's order; reduced to
+        FEATURE_DIM with z-score and PCA fitted on the train cells only.
+    cells_path : str
+        The slide's cells.parquet; neighbourhoods come from `x_um`, `y_um` (µm, Xenium frame).
+    split_path : str
+        The encoder's split.parquet (niche.split.write_split): `role` train, buffer or test per cell.
+    radius_path : str
+        The slide's radius.json: `radius_um`, the neighbourhood radius in µm (the teacher's).
+    teacher_path : str
+        The teacher's logits table (`cell_id`, `logit_0` .. `logit_{k - 1}`): the distillation targets.
+    k : int
+        Number of niches; the teacher's table must have k logit columns.
+    cfg : StudentConfig
+        Training settings; with `select_temperature` the temperature is chosen by choose_temperature.
+    out_model : str
+        Checkpoint written (save_model).
+    out_logits : str
+        logits.parquet written for every cell, as train_teacher writes it.
+    max_neighbors : int, default 32
+        Neighbours per cell (cells), nearest first within the radius.
+    seed : int, default 0
+        Seed of initialisation and batches.
+    device : str, default "auto"
+        Torch device: "auto" (CUDA when present, else CPU), "cpu", "cuda", ...
+    precision : str, default "auto"
+        "auto", "fp32", "bf16" or "fp16" (tissuekd.compute).
+    """
     run = compute.resolve(device, precision)
     cells, role, radius = slide_inputs(cells_path, split_path, radius_path)
     train = np.flatnonzero(role == "train")
@@ -155,7 +246,36 @@ def choose_temperature(x, xy, role, train, teacher, radius, cfg, max_neighbors, 
     """The distillation temperature among `cfg.select_temperature`, chosen without the test
     strip: a student per candidate on the inner-train cells, scored by ARI between its niches
     and the teacher's on the inner-validation band (the teacher's labels there are training
-    targets, not test data); the first of equals wins."""
+    targets, not test data); the first of equals wins.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        (cells, FEATURE_DIM) reduced H&E features of every cell.
+    xy : np.ndarray
+        (cells, 2) centroids in µm (Xenium frame); the inner-validation band is taken along y.
+    role : np.ndarray
+        (cells,) "train", "buffer" or "test"; test cells never enter a neighbourhood.
+    train : np.ndarray
+        Indices of the train cells, split into inner-train cells and the validation band.
+    teacher : torch.Tensor
+        (cells, K) teacher logits.
+    radius : float
+        Neighbourhood radius, µm; also the gap left between the inner-train cells and the band.
+    cfg : StudentConfig
+        `select_temperature` (the candidates), `inner_share` (share of train cells in the band), the rest as trained.
+    max_neighbors : int
+        Neighbours per cell (cells).
+    seed : int
+        Seed of each candidate's training.
+    run : Compute
+        Device and precision.
+
+    Returns
+    -------
+    float
+        The chosen temperature.
+    """
     from sklearn.metrics import adjusted_rand_score
 
     inner, val = inner_band(xy[:, 1], train, cfg.inner_share, radius)
@@ -181,7 +301,33 @@ def histology_nolan(features_path: str, cells_path: str, split_path: str, radius
                     device: str = "auto", precision: str = "auto") -> None:
     """The teacher's method on H&E features, self-supervised on exactly the student's training
     cells and neighbourhoods (buffer cells' crops and neighbourhoods reach the test strip);
-    predicts every cell."""
+    predicts every cell.
+
+    Parameters
+    ----------
+    features_path : str
+        The slide's H&E features (extract_cell_features), reduced as for the student (fitted on train cells).
+    cells_path : str
+        The slide's cells.parquet; neighbourhoods come from `x_um`, `y_um` (µm, Xenium frame).
+    split_path : str
+        The encoder's split.parquet: `role` train, buffer or test per cell.
+    radius_path : str
+        The slide's radius.json: `radius_um`, the neighbourhood radius in µm.
+    k : int
+        Number of niches (clusters; their indices are not the teacher's).
+    cfg : NolanConfig
+        Self-supervised training settings (the teacher's).
+    out_logits : str
+        logits.parquet written for every cell, as train_teacher writes it.
+    max_neighbors : int, default 32
+        Neighbours per cell (cells), nearest first within the radius.
+    seed : int, default 0
+        Seed of initialisation and batches.
+    device : str, default "auto"
+        Torch device: "auto" (CUDA when present, else CPU), "cpu", "cuda", ...
+    precision : str, default "auto"
+        "auto", "fp32", "bf16" or "fp16" (tissuekd.compute).
+    """
     run = compute.resolve(device, precision)
     cells, role, radius = slide_inputs(cells_path, split_path, radius_path)
     fit_rows = np.flatnonzero(role == "train")

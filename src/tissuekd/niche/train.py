@@ -59,7 +59,32 @@ def fit_nolan(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, 
               seed: int = 0, progress: bool = True, compute: Compute = CPU) -> NeighborhoodTransformer:
     """Train on the neighbourhoods `nb` of cells `centres` (rows of standardised `features`);
     return the momentum teacher. Random draws come from a CPU generator, so a seed gives the
-    same batches on any device."""
+    same batches on any device.
+
+    Parameters
+    ----------
+    features : torch.Tensor
+        (N, D) standardised per-cell features (scVI latents for the teacher, reduced H&E for Histology NOLAN).
+    nb : Neighborhoods
+        The neighbourhoods of `centres`, in the same order (spatial.neighborhoods.build_neighborhoods).
+    centres : torch.Tensor
+        (Q,) rows of `features` trained on.
+    k : int
+        Number of niches (prototypes).
+    cfg : NolanConfig
+        Training settings.
+    seed : int, default 0
+        Seed of initialisation and of every random draw.
+    progress : bool, default True
+        Show a progress bar over epochs.
+    compute : Compute, default CPU
+        Device and precision.
+
+    Returns
+    -------
+    NeighborhoodTransformer
+        The momentum teacher, in eval mode.
+    """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     dev = compute.device
@@ -126,7 +151,33 @@ class StudentConfig:
 def fit_student(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, teacher_logits: torch.Tensor,
                 cfg: StudentConfig, seed: int = 0, progress: bool = True, compute: Compute = CPU
                 ) -> NeighborhoodTransformer:
-    """`nb`/`centres`: train cells only; `teacher_logits[i]` is the target of `centres[i]`."""
+    """Distil the teacher's logits into a new student: `nb`/`centres` are train cells only;
+    `teacher_logits[i]` is the target of `centres[i]`.
+
+    Parameters
+    ----------
+    features : torch.Tensor
+        (N, D) reduced H&E features of every cell (neighbours are gathered from it).
+    nb : Neighborhoods
+        The neighbourhoods of `centres`, in the same order, with neighbours from non-test cells only.
+    centres : torch.Tensor
+        (Q,) rows of `features` of the train cells.
+    teacher_logits : torch.Tensor
+        (Q, K) the teacher's logits of `centres`.
+    cfg : StudentConfig
+        Training settings; `temperature` is the distillation temperature.
+    seed : int, default 0
+        Seed of initialisation and batches.
+    progress : bool, default True
+        Show a progress bar over epochs.
+    compute : Compute, default CPU
+        Device and precision.
+
+    Returns
+    -------
+    NeighborhoodTransformer
+        The student, in eval mode.
+    """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     dev = compute.device
@@ -160,7 +211,32 @@ def fit_student(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor
 def predict_logits(model: NeighborhoodTransformer, features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor,
                    temperature: float, batch_size: int = 1024, hide_centre: bool = False,
                    compute: Compute = CPU) -> torch.Tensor:
-    """K logits per centre cell (cosines / temperature), on the CPU, computed on `compute`'s device."""
+    """K logits per centre cell (cosines / temperature), on the CPU, computed on `compute`'s device.
+
+    Parameters
+    ----------
+    model : NeighborhoodTransformer
+        A trained teacher or student (moved to the device, eval mode).
+    features : torch.Tensor
+        (N, D) per-cell features, as the model was trained on.
+    nb : Neighborhoods
+        The neighbourhoods of `centres`, in the same order.
+    centres : torch.Tensor
+        (Q,) rows of `features` to predict.
+    temperature : float
+        Cosines are divided by it (the steps use LOGIT_TEMP, 0.1).
+    batch_size : int, default 1024
+        Neighbourhoods per forward pass.
+    hide_centre : bool, default False
+        Hide the centre cell's own features, as the model was trained (NolanConfig.hide_centre).
+    compute : Compute, default CPU
+        Device and precision.
+
+    Returns
+    -------
+    torch.Tensor
+        (Q, K) float32 logits.
+    """
     model.to(compute.device).eval()
     dev = compute.device
     features, nb, centres = features.to(dev), nb.to(dev), centres.to(dev)

@@ -5,6 +5,7 @@ of each rule from Snakemake's `benchmark:` files, and a bar chart of ARI per tis
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +15,19 @@ from tissuekd.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
-METHOD_ORDER = ["teacher", "student", "hist_nolan", "hist_leiden"]
+REFERENCE = "teacher"  # the row the niche methods are scored against: first in every table
 METRICS = ["ARI", "NMI", "JSD", "matched_coverage", "probe_F1", "ARI_truth", "NMI_truth"]
 
 
-def collect_metrics(paths: list[str]) -> pd.DataFrame:
-    """Concatenate per-slide metrics tables (one row per slide × encoder × K × method)."""
+def collect_metrics(paths: list[str], methods: Sequence[str] = ()) -> pd.DataFrame:
+    """Concatenate per-slide metrics tables (one row per slide × encoder × K × method). Methods
+    are ordered as `methods` (the rule's script passes the study's method table), after the
+    teacher; any other method after them, by name."""
     frames = [pd.read_csv(p, sep="\t") for p in paths]
     summary = pd.concat(frames, ignore_index=True)
-    summary["method"] = pd.Categorical(summary["method"], [m for m in METHOD_ORDER if m in set(summary["method"])]
-                                       + sorted(set(summary["method"]) - set(METHOD_ORDER)))
+    order, present = [REFERENCE, *methods], set(summary["method"])
+    summary["method"] = pd.Categorical(summary["method"], [m for m in order if m in present]
+                                       + sorted(present - set(order)))
     return summary.sort_values(["tissue", "slide", "encoder", "k", "method"]).reset_index(drop=True)
 
 
@@ -83,15 +87,17 @@ def runtimes(paths: list[str], root: str) -> pd.DataFrame:
     return table.sort_values("total_s", ascending=False).reset_index().round(2)
 
 
-def ari_bars(summary: pd.DataFrame, out: str) -> None:
-    """ARI per tissue and method (mean ± SD over slides), one panel per K."""
+def ari_bars(summary: pd.DataFrame, out: str, labels: Mapping[str, str] | None = None) -> None:
+    """ARI per tissue and method (mean ± SD over slides), one panel per K; `labels`: method ->
+    display name in the legend (else the name, _ as a space)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = summary[summary["method"] != "teacher"]
-    methods = [m for m in data["method"].cat.categories if m != "teacher" and m in set(data["method"])]
+    labels = labels or {}
+    data = summary[summary["method"] != REFERENCE]
+    methods = [m for m in data["method"].cat.categories if m != REFERENCE and m in set(data["method"])]
     tissues = sorted(data["tissue"].unique())
     ks = sorted(data["k"].unique())
     fig, axes = plt.subplots(1, len(ks), figsize=(1.6 + 1.4 * len(tissues) * len(ks), 3.6), squeeze=False,
@@ -102,7 +108,7 @@ def ari_bars(summary: pd.DataFrame, out: str) -> None:
         for i, method in enumerate(methods):
             rows = stats.xs(method, level="method").reindex(tissues)
             ax.bar(np.arange(len(tissues)) + (i - (len(methods) - 1) / 2) * width, rows["mean"], width,
-                   yerr=rows["std"].fillna(0), capsize=2, label=method.replace("_", " "))
+                   yerr=rows["std"].fillna(0), capsize=2, label=labels.get(method, method.replace("_", " ")))
         ax.set_xticks(np.arange(len(tissues)), tissues)
         ax.set_title(f"K = {k}")
     axes[0][0].set_ylabel("ARI vs teacher (test strip)")
@@ -132,13 +138,17 @@ def write_html(sections: list[tuple[str, pd.DataFrame, str]], out: str) -> None:
         Path(tmp).write_text(f"<html><head><meta charset='utf-8'>{style}</head><body>{body}</body></html>")
 
 
-def write_niche_benchmark(metric_paths: list[str], out: dict) -> pd.DataFrame:
-    summary = collect_metrics(metric_paths)
+def write_niche_benchmark(metric_paths: list[str], out: dict, methods: Mapping[str, str] | None = None
+                          ) -> pd.DataFrame:
+    """The niche benchmark's tables and figure; `methods`: method -> display name, in the order of
+    the tables (the rule's script passes niche/methods.py's table with the config's variants)."""
+    methods = methods or {}
+    summary = collect_metrics(metric_paths, list(methods))
     tissue, paper = by_tissue(summary), paper_table(summary)
     log.info("%d slides, %d rows\n%s", summary["slide"].nunique(), len(summary), paper.to_string(index=False))
     for key, frame in (("summary", summary), ("by_tissue", tissue), ("overall", paper)):
         with atomic_path(out[key]) as tmp:
             frame.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
     html_tables(summary, paper, out["html"])
-    ari_bars(summary, out["bars"])
+    ari_bars(summary, out["bars"], methods)
     return summary

@@ -4,6 +4,7 @@ pooled out-of-fold C-index), across cohorts, and external validation."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -12,14 +13,15 @@ from tissuekd.report.summary import mean_sd, write_html
 
 log = logging.getLogger(__name__)
 
-METHOD_ORDER = ["teacher", "student", "pathology", "rna"]
 KEYS = ["cohort", "evaluated_on", "encoder", "method"]
 INTERVALS = ["c_index_low", "c_index_high", "minus_pathology", "minus_pathology_low", "minus_pathology_high"]
 
 
-def collect(paths: list[str]) -> pd.DataFrame:
+def collect(paths: list[str], methods: Sequence[str] = ()) -> pd.DataFrame:
+    """Every metrics table, one row per cohort, encoder, method and fold; methods in the order of
+    `methods` (the rule's script passes survival/methods.py's table), any other after them by name."""
     table = pd.concat([pd.read_csv(p, sep="\t", dtype={"fold": str}) for p in paths], ignore_index=True)
-    table["method"] = pd.Categorical(table["method"], METHOD_ORDER)
+    table["method"] = pd.Categorical(table["method"], [*methods, *sorted(set(table["method"]) - set(methods))])
     return table.sort_values(KEYS + ["fold"]).reset_index(drop=True)
 
 
@@ -66,8 +68,9 @@ def across_cohorts(table: pd.DataFrame) -> pd.DataFrame:
     }).reset_index()
 
 
-def write_survival_benchmark(paths: list[str], out: dict) -> None:
-    folds = collect(paths)
+def write_survival_benchmark(paths: list[str], out: dict, methods: Sequence[str] = ()) -> None:
+    """The survival benchmark's tables; `methods`: their method order (see collect)."""
+    folds = collect(paths, methods)
     cohorts = by_cohort(folds)
     overall = across_cohorts(cohorts)
     log.info("survival benchmark over %d metrics files\n%s", len(paths), readable(cohorts).to_string(index=False))

@@ -69,6 +69,28 @@ def iter_crop_batches(
     `centers` are level-0 pixel coordinates (x, y). Indices within a batch are increasing,
     so a writer can store each batch with one slice-indexed write per batch. `shard=(k, n)`
     yields only every n-th block starting at k (one share of n parallel readers).
+
+    Parameters
+    ----------
+    slide : Slide
+        The open slide.
+    centers : np.ndarray
+        (n, 2) crop centres (x, y), level-0 px.
+    geometry : CropGeometry
+        The pyramid level read, its resampling to encoder pixels and the crop side (`crop_px`, encoder px).
+    batch_size : int, default 64
+        Crops per batch.
+    block_px : int, default 2048
+        Side of the blocks read at once, in pixels of `geometry.level`.
+    shard : tuple of int, default (0, 1)
+        (k, n): this reader's share of the blocks.
+
+    Yields
+    ------
+    indices : np.ndarray
+        (B,) increasing rows of `centers`.
+    crops : torch.Tensor
+        (B, 3, crop_px, crop_px) uint8.
     """
     s, c = geometry.source_px, geometry.crop_px
     pts = np.asarray(centers, dtype=float) / geometry.level_downsample  # level pixels

@@ -32,6 +32,24 @@ def build_neighborhoods(xy: np.ndarray, query: np.ndarray, radius: float, max_ne
 
     `allowed` (a boolean mask) restricts which cells may be neighbours: training passes the
     non-test cells so that no test cell enters a training neighbourhood.
+
+    Parameters
+    ----------
+    xy : np.ndarray
+        (cells, 2) positions; the niche steps pass centroids in µm (Xenium frame).
+    query : np.ndarray
+        (Q,) indices into `xy` of the cells whose neighbourhoods are built.
+    radius : float
+        Neighbourhood radius, in the units of `xy` (µm); offsets are divided by it.
+    max_neighbors : int
+        Neighbours kept per cell (M), nearest first; fewer are padded and masked out.
+    allowed : np.ndarray or None
+        (cells,) bool, the cells that may be neighbours; None: every cell. A cell is never its own neighbour.
+
+    Returns
+    -------
+    Neighborhoods
+        `index` (Q, M), `offset` (Q, M, 2) in radii, `mask` (Q, M).
     """
     xy = np.asarray(xy, dtype=float)
     pool = np.flatnonzero(allowed) if allowed is not None else np.arange(len(xy))

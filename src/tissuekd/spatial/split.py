@@ -73,7 +73,31 @@ class SplitFit:
 
 def split_roles(y: np.ndarray, edges: np.ndarray, test_strip: int, crop_reach_um: float, radius_um: float
                 ) -> np.ndarray:
-    """Roles for one encoder: its crop reach plus the slide's radius is the buffer."""
+    """Roles for one encoder: its crop reach plus the slide's radius is the buffer.
+
+    Parameters
+    ----------
+    y : np.ndarray
+        (cells,) y of each cell, µm.
+    edges : np.ndarray
+        (n_strips + 1,) strip edges along y, µm (strip_edges).
+    test_strip : int
+        0-based index of the test strip, from the smallest y.
+    crop_reach_um : float
+        How far (µm, along y) a cell's H&E crop reaches (io.alignment.crop_reach_um).
+    radius_um : float
+        The slide's neighbourhood radius, µm.
+
+    Returns
+    -------
+    np.ndarray
+        (cells,) "train", "buffer" or "test".
+
+    Raises
+    ------
+    ValueError
+        When no train cell remains.
+    """
     roles = assign_roles(y, edges, test_strip, crop_reach_um + radius_um)
     if not (roles == TRAIN).any():
         raise ValueError(f"no train cells remain after a {crop_reach_um + radius_um:.1f} um buffer around the "
@@ -82,7 +106,26 @@ def split_roles(y: np.ndarray, edges: np.ndarray, test_strip: int, crop_reach_um
 
 
 def fit_split(xy: np.ndarray, n_strips: int, test_strip: int, crop_reach_um: float, target: float) -> SplitFit:
-    """The radius (from non-test cells) and one encoder's train/buffer/test roles."""
+    """The radius (from non-test cells) and one encoder's train/buffer/test roles.
+
+    Parameters
+    ----------
+    xy : np.ndarray
+        (cells, 2) centroids, µm.
+    n_strips : int
+        Horizontal strips of equal height over the cells' y extent.
+    test_strip : int
+        0-based index of the test strip, from the smallest y.
+    crop_reach_um : float
+        How far (µm, along y) a cell's H&E crop reaches.
+    target : float
+        Mean neighbour count (cells) the radius is solved for (fit_radius).
+
+    Returns
+    -------
+    SplitFit
+        Strip edges, radius and buffer (µm), mean neighbour count and each cell's role.
+    """
     fit = fit_radius(xy, n_strips, test_strip, target)
     roles = split_roles(np.asarray(xy, dtype=float)[:, 1], fit.edges, test_strip, crop_reach_um, fit.radius_um)
     return SplitFit(fit.edges, fit.radius_um, crop_reach_um + fit.radius_um, fit.mean_neighbors, roles)

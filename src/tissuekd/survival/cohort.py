@@ -146,8 +146,31 @@ def count_patches(path: str) -> int:
 
 def build_cohort(slides: pd.DataFrame, clinical: pd.DataFrame, rna: pd.DataFrame | None, *, folds: int, seed: int,
                  cross_validate: bool, drops: Drops) -> pd.DataFrame:
-    """`slides`: slide, patient, features, n_patches. Returns one row per usable patient:
-    patient, time, event, fold (-1 without cross-validation), slides, features (`;`-joined)."""
+    """The cohort's usable patients, one row each; every patient or slide left out goes to
+    `drops` with its reason.
+
+    Parameters
+    ----------
+    slides : pandas.DataFrame
+        One row per slide: `slide`, `patient`, `features` (its feature file), `n_patches` (0: no tissue).
+    clinical : pandas.DataFrame
+        `time` and `event` indexed by patient (read_clinical); NaN where the endpoint is missing.
+    rna : pandas.DataFrame or None
+        Patients x genes (read_rna); None: no RNA is required.
+    folds : int
+        Number of cross-validation folds (of patients, stratified by event).
+    seed : int
+        Seed of the fold assignment.
+    cross_validate : bool
+        Assign folds; False gives fold -1 (a cohort only evaluated on, never trained on).
+    drops : Drops
+        Collects the dropped patients and slides (appended to).
+
+    Returns
+    -------
+    pandas.DataFrame
+        patient, time, event, fold (-1 without cross-validation), slides, features (`;`-joined).
+    """
     for row in slides.itertuples():
         if row.patient not in clinical.index:
             drops.add(row.patient, "barcode not in the clinical table", row.slide)
@@ -191,7 +214,34 @@ def assign_folds(events: np.ndarray, folds: int, seed: int) -> np.ndarray:
 def prepare_cohort(name: str, slides: pd.DataFrame, clinical: str, rna: str | None, *, endpoint: str, folds: int,
                    seed: int, cross_validate: bool, out_patients: str, out_rna: str, out_dropped: str) -> None:
     """The rule survival_cohort: patients.tsv (usable patients with fold and feature files),
-    rna.parquet, dropped.tsv. Here rather than in steps.py so that the rule imports no torch."""
+    rna.parquet, dropped.tsv. Here rather than in steps.py so that the rule imports no torch.
+
+    Parameters
+    ----------
+    name : str
+        The cohort's name, in messages.
+    slides : pandas.DataFrame
+        The cohort's slides: `slide`, `patient` and `features` (the slide's feature file).
+    clinical : str
+        TCGA-CDR-style table (CSV or TSV): `bcr_patient_barcode`, `{endpoint}` (1 event, 0 censored) and
+        `{endpoint}.time` (days in TCGA-CDR).
+    rna : str or None
+        RNA matrix keyed by sample or patient barcode, in either orientation; None: the cohort has no RNA.
+    endpoint : str
+        The survival endpoint's column, e.g. "OS", "DSS" or "PFI".
+    folds : int
+        Number of cross-validation folds (of patients, stratified by event).
+    seed : int
+        Seed of the fold assignment.
+    cross_validate : bool
+        Assign folds; False gives fold -1 (a cohort only evaluated on).
+    out_patients : str
+        patients.tsv written: patient, time, event, fold, slides, features.
+    out_rna : str
+        rna.parquet written: patients x genes, float32, in patients.tsv's order (no columns without RNA).
+    out_dropped : str
+        dropped.tsv written: patient, slide, reason.
+    """
     table = read_clinical(clinical, endpoint)
     matrix = read_rna(rna, set(table.index)) if rna else None
     slides = slides.assign(n_patches=[count_patches(p) for p in slides["features"]])

@@ -82,7 +82,26 @@ def log_rank(pred: pd.DataFrame, groups: np.ndarray) -> tuple[float, float]:
 
 
 def plot_km(pred: pd.DataFrame, groups: np.ndarray, title: str, out: str, endpoint: str = "OS") -> float:
-    """Kaplan-Meier curves of the two groups with the log-rank p-value; returns the p-value."""
+    """Kaplan-Meier curves of the two groups with the log-rank p-value; returns the p-value.
+
+    Parameters
+    ----------
+    pred : pandas.DataFrame
+        One row per patient: `time` (days in TCGA-CDR tables), `event` (1 event, 0 censored).
+    groups : np.ndarray
+        (patients,) 0 low risk, 1 high risk (risk_groups).
+    title : str
+        First line of the plot's title.
+    out : str
+        Image written (PNG).
+    endpoint : str, default "OS"
+        The survival endpoint, for the time axis' label.
+
+    Returns
+    -------
+    float
+        The log-rank p-value (NaN when only one group has patients).
+    """
     import matplotlib
 
     matplotlib.use("Agg")

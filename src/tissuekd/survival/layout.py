@@ -61,7 +61,27 @@ def magnification(mpp: float) -> int | float:
 
 def trident_coords_attrs(*, patch_size: int, patch_size_level0: int, level0_mpp: float, target_mpp: float,
                          level0_size: tuple[int, int], name: str, savetodir: str, overlap: int = 0) -> dict:
-    """TRIDENT's `coords` attributes (names and types of TRIDENT_COORDS_ATTRS) for a patch grid."""
+    """TRIDENT's `coords` attributes (names and types of TRIDENT_COORDS_ATTRS) for a patch grid.
+
+    Parameters
+    ----------
+    patch_size : int
+        Patch side at the target magnification, px.
+    patch_size_level0 : int
+        The same side in level-0 px.
+    level0_mpp : float
+        µm per level-0 pixel; stored as `level0_magnification` = 10 / mpp.
+    target_mpp : float
+        µm per pixel at the target magnification; stored as `target_magnification` = 10 / mpp.
+    level0_size : tuple of int
+        (width, height) of the slide at level 0, px.
+    name : str
+        The slide's name (its file name without extension, slide_name).
+    savetodir : str
+        The folder the patch file is written to.
+    overlap : int, default 0
+        Overlap between neighbouring patches, px at the target magnification.
+    """
     width, height = level0_size
     return {"patch_size": int(patch_size), "patch_size_level0": int(patch_size_level0),
             "level0_magnification": magnification(level0_mpp), "target_magnification": magnification(target_mpp),

@@ -83,6 +83,24 @@ def adaptive_redundancy_reduction(z_student: torch.Tensor, z_teacher: torch.Tens
     the off-diagonal redundancy against the teacher's own keeps the loss >= 0 with its
     minimum, 0, exactly where the student's embedding equals the teacher's, at any batch
     size: the student is asked not to be more redundant than its teacher.
+
+    Parameters
+    ----------
+    z_student : torch.Tensor
+        (B, dim) the student's embeddings of the batch's patients.
+    z_teacher : torch.Tensor
+        (B, dim) the teacher's fused embeddings of the same patients.
+    discrepancy : torch.Tensor
+        (B,) |student risk - teacher risk| per patient (detached here).
+    off_diagonal : float, default 0.005
+        Weight of the off-diagonal term.
+    sharpness : float, default 1.0
+        Multiplies the discrepancy inside the softmax; 0 gives every patient the same weight.
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss (0 where the student's embeddings equal the teacher's).
     """
     w = torch.softmax(sharpness * discrepancy.detach().float(), dim=0).unsqueeze(1)
     z_student, z_teacher = z_student.float(), z_teacher.float()

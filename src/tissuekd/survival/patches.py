@@ -40,7 +40,29 @@ def grid_attrs(grid: Grid, *, level0_size: tuple[int, int], name: str, savetodir
 def make_patches(image: str, out_h5: str, out_png: str, *, magnification: float = 20, patch_px: int = 256,
                  min_tissue: float = 0.5, mpp: float | None = None, backend: str = "auto") -> None:
     """Tissue mask + patch grid of one slide -> `out_h5`; the thumbnail with both drawn -> `out_png`.
-    A slide without tissue gets an empty grid and a warning (the cohort step drops it, naming it)."""
+    A slide without tissue gets an empty grid and a warning (the cohort step drops it, naming it).
+
+    Parameters
+    ----------
+    image : str
+        The whole-slide image.
+    out_h5 : str
+        Patch file written: `coords` (n, 2) int64 top-left corners in level-0 px with TRIDENT's attributes
+        plus `target_mpp` and `level0_mpp`, and `tissue_fraction` (n,).
+    out_png : str
+        Thumbnail written, the tissue mask tinted and each kept patch outlined.
+    magnification : float, default 20
+        Magnification the patches are taken at; µm/px = 10 / magnification (20: 0.5 µm/px).
+    patch_px : int, default 256
+        Patch side in pixels at that magnification (256 px at 20x: 128 µm).
+    min_tissue : float, default 0.5
+        Share of a patch's footprint on the tissue mask (0 to 1) needed to keep it.
+    mpp : float or None
+        The slide's µm per level-0 pixel (the slide sheet's `mpp`), overriding the file's; None: the file's mpp,
+        else 10 / its objective power.
+    backend : str, default "auto"
+        Slide reader: "auto" (tifffile for OME-TIFF, OpenSlide otherwise), "openslide" or "tifffile".
+    """
     with open_slide(image, backend) as slide:
         grid, thumb, mask, downsample = grid_for_slide(slide, magnification, patch_px, min_tissue, mpp)
         level0_size = slide.dimensions
@@ -89,7 +111,38 @@ def read_patches(path: str) -> tuple[np.ndarray, dict]:
 def extract_patch_features(patches: str, image: str, spec, out: str, *, crop_px: int = 224, batch_size: int = 64,
                            device: str = "auto", precision: str = "auto", threads: int | None = None,
                            backend: str = "auto", progress: bool = True, reuse_encoder: bool = False) -> None:
-    """Each patch through the frozen encoder at the encoder's input size; -> `features`, `coords`."""
+    """Each patch through the frozen encoder at the encoder's input size; -> `features`, `coords`.
+
+    Parameters
+    ----------
+    patches : str
+        Patch file (make_patches, or TRIDENT's): `coords`, level-0 top-left corners, and their geometry.
+    image : str
+        The whole-slide image the patches were cut from.
+    spec : EncoderSpec
+        The encoder. Its `mpp` is not used here: the whole patch is resampled to `crop_px`.
+    out : str
+        Features file written (rule survival_features): `features` (n, dim) float32 and `coords` as in the patch
+        file, with its attributes plus `encoder`, `arch` and `precision`.
+    crop_px : int, default 224
+        Side the whole patch is resampled to (encoder input, px): patch_size * target_mpp / crop_px µm/px
+        (256 px at 0.5 µm/px -> 224 px at ~0.57 µm/px).
+    batch_size : int, default 64
+        Patches per encoder batch.
+    device : str, default "auto"
+        Torch device: "auto" (CUDA when present, else CPU), "cpu", "cuda", ...
+    precision : str, default "auto"
+        "auto", "fp32", "bf16" or "fp16" (tissuekd.compute).
+    threads : int or None
+        Cap on torch's intra-op threads (None: torch's default).
+    backend : str, default "auto"
+        Slide reader: "auto" (tifffile for OME-TIFF, OpenSlide otherwise), "openslide" or "tifffile".
+    progress : bool, default True
+        Show a progress bar.
+    reuse_encoder : bool, default False
+        Build the encoder once per process and reuse it (registry.cached_encoder), for jobs run inside one
+        long-lived process; False builds it afresh.
+    """
     from tissuekd import compute
     from tissuekd.encoders.extract import Encoder, write_features
     from tissuekd.encoders.registry import build_encoder, cached_encoder

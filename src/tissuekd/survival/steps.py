@@ -14,13 +14,14 @@ from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
 from tissuekd.survival import cohort as cohorts
 from tissuekd.survival import evaluate
+from tissuekd.survival import methods as survival_methods
+from tissuekd.survival.methods import KM_METHOD, SurvivalMethod
 from tissuekd.survival.train import (
-    NEEDS_PATHOLOGY,
-    NEEDS_RNA,
     AMKDConfig,
     CohortData,
     FileBags,
     TrainConfig,
+    bundle_method,
     cross_validate,
     predict_external,
 )
@@ -28,17 +29,39 @@ from tissuekd.survival.train import (
 log = logging.getLogger(__name__)
 
 
-def load_cohort(patients: str, rna: str, method: str, gene_sets: str | None = None,
+def load_cohort(patients: str, rna: str, method: str | SurvivalMethod, gene_sets: str | None = None,
                 genes: list[str] | None = None) -> CohortData:
-    """Inputs a method needs; `genes` (a trained model's) reorders the RNA columns to match."""
+    """Inputs a method needs; `genes` (a trained model's) reorders the RNA columns to match.
+
+    Parameters
+    ----------
+    patients : str
+        The cohort's patients.tsv (cohort.prepare_cohort): patient, time, event, fold, features.
+    rna : str
+        The cohort's rna.parquet (patients x genes); read only for methods that use RNA.
+    method : str or SurvivalMethod
+        Decides what is loaded: patch-feature bags for methods that read H&E, the RNA matrix for those that
+        read RNA (its entry's `pathology` and `rna`, survival/methods.py); a name is a built-in entry.
+    gene_sets : str or None
+        GMT file of gene sets over the RNA matrix's genes; None: no gene sets.
+    genes : list of str or None
+        A trained model's genes: the RNA columns are put in their order, missing genes as NaN (scaled to the
+        training mean); None: the matrix's own columns.
+
+    Returns
+    -------
+    CohortData
+        Patients, and bags, RNA and gene sets as the method needs them.
+    """
+    method = survival_methods.get(method)
     table = pd.read_csv(patients, sep="\t", dtype={"patient": str})
     data = CohortData(patients=table)
-    if method in NEEDS_PATHOLOGY:
+    if method.pathology:
         data.bags = FileBags(table["features"])
-    if method in NEEDS_RNA:
+    if method.rna:
         matrix = pd.read_parquet(rna)
         if matrix.shape[1] == 0:
-            raise InputError(rna, f"method {method} needs RNA but the cohort has no RNA matrix")
+            raise InputError(rna, f"method {method.name} needs RNA but the cohort has no RNA matrix")
         if genes is not None:
             missing = [g for g in genes if g not in matrix.columns]
             if missing:
@@ -51,14 +74,46 @@ def load_cohort(patients: str, rna: str, method: str, gene_sets: str | None = No
     return data
 
 
-def train_method(method: str, patients: str, rna: str, out_models: str, out_predictions: str, *,
+def train_method(method: str | SurvivalMethod, patients: str, rna: str, out_models: str, out_predictions: str, *,
                  train: dict, amkd: dict | None = None, gene_sets: str | None = None, teacher_models: str | None = None,
                  device: str = "auto", precision: str = "auto", threads: int | None = None) -> None:
-    """Cross-validate one method; the student also loads the teacher's fold models."""
+    """Cross-validate one method; the student also loads the teacher's fold models.
+
+    Parameters
+    ----------
+    method : str or SurvivalMethod
+        Its entry of survival/methods.py (a name: the built-in entry, "teacher", "student", "pathology" or "rna").
+    patients : str
+        The cohort's patients.tsv (cohort.prepare_cohort), with the folds every method shares.
+    rna : str
+        The cohort's rna.parquet (patients x genes).
+    out_models : str
+        models.pt written: every fold's checkpoints, the config, genes, gene sets and each fold's median
+        training-patient risk (the cut for risk groups).
+    out_predictions : str
+        predictions.tsv written: out-of-fold `risk` (higher = worse) with patient, fold, time, event.
+    train : dict
+        TrainConfig fields (config survival.train).
+    amkd : dict or None
+        AMKDConfig fields; read by the student only.
+    gene_sets : str or None
+        GMT file of gene sets over the RNA matrix's genes; None: no gene sets.
+    teacher_models : str or None
+        The teacher's models.pt (needed for "student").
+    device : str, default "auto"
+        Torch device: "auto" (CUDA when present, else CPU), "cpu", "cuda", ...
+    precision : str, default "auto"
+        "auto", "fp32", "bf16" or "fp16" (tissuekd.compute).
+    threads : int or None
+        Cap on torch's intra-op threads (None: torch's default).
+    """
     run = compute.resolve(device, precision, threads)
-    loads = "teacher" if method == "student" else method  # the student's teacher needs the RNA
-    data = load_cohort(patients, rna, loads, gene_sets)
+    method = survival_methods.get(method)
     teacher = torch.load(teacher_models, weights_only=False) if teacher_models else None
+    if method.distilled and teacher is None:
+        raise ValueError(f"method {method.name} is distilled from {method.teacher}: pass its models (teacher_models)")
+    # a distilled method loads its teacher's inputs: the frozen teacher needs them for the targets
+    data = load_cohort(patients, rna, bundle_method(teacher) if method.distilled else method, gene_sets)
     bundle, predictions = cross_validate(method, data, TrainConfig(**train), run, teacher,
                                          AMKDConfig(**(amkd or {})))
     with atomic_path(out_models) as tmp:
@@ -80,15 +135,33 @@ def with_intervals(table: pd.DataFrame, preds: dict[str, pd.DataFrame], fold: st
 
 def evaluate_cohort(predictions: dict[str, str], student_models: str, out_metrics: str, out_km: str, *,
                     cohort: str, encoder: str, endpoint: str) -> None:
-    """C-index per fold for every method; KM curves of the student's risk groups."""
+    """C-index per fold for every method; KM curves of the student's risk groups.
+
+    Parameters
+    ----------
+    predictions : dict of str to str
+        Method -> its out-of-fold predictions.tsv (train_method); must include "student".
+    student_models : str
+        The student's models.pt; each fold's median training-patient risk splits that fold's patients.
+    out_metrics : str
+        TSV written: C-index, patients and events per method and fold and pooled, 95% bootstrap intervals,
+        and the log-rank p-value of the student's risk groups.
+    out_km : str
+        Kaplan-Meier plot of the student's risk groups (PNG).
+    cohort, encoder : str
+        Written to the columns of the same name (`evaluated_on` is `cohort`).
+    endpoint : str
+        The survival endpoint (e.g. "OS"), for the plot's axis.
+    """
     preds = {m: pd.read_csv(p, sep="\t", dtype={"patient": str}) for m, p in predictions.items()}
     table = evaluate.fold_metrics(preds).assign(cohort=cohort, encoder=encoder, evaluated_on=cohort)
-    student = preds["student"]
+    km = preds[KM_METHOD]
     bundle = torch.load(student_models, weights_only=False)
     thresholds = bundle["train_median_risk"]
-    pvalue = evaluate.plot_km(student, evaluate.risk_groups(student, thresholds),
-                              f"{cohort}: AMKD student risk groups (out-of-fold)", out_km, endpoint)
-    table["km_logrank_p"] = np.where(table["method"] == "student", pvalue, np.nan)
+    pvalue = evaluate.plot_km(km, evaluate.risk_groups(km, thresholds),
+                              f"{cohort}: {survival_methods.get(KM_METHOD).label} risk groups (out-of-fold)", out_km,
+                              endpoint)
+    table["km_logrank_p"] = np.where(table["method"] == KM_METHOD, pvalue, np.nan)
     table = with_intervals(table, preds, "pooled")
     for method, part in table.groupby("method", sort=False):
         folds, pooled = part[part["fold"] != "pooled"], part[part["fold"] == "pooled"]["c_index"].iloc[0]
@@ -101,12 +174,39 @@ def evaluate_cohort(predictions: dict[str, str], student_models: str, out_metric
 def evaluate_external(models: dict[str, str], patients: str, rna: str, out_metrics: str, out_km: str, *,
                       trained_on: str, cohort: str, encoder: str, endpoint: str, device: str = "cpu",
                       precision: str = "auto") -> None:
-    """Models cross-validated on `trained_on`, applied unchanged to `cohort` (mean over folds)."""
+    """Models cross-validated on `trained_on`, applied unchanged to `cohort` (mean over folds).
+
+    Parameters
+    ----------
+    models : dict of str to str
+        Method -> its models.pt from the training cohort; must include "student".
+    patients : str
+        The evaluated cohort's patients.tsv (folds unused).
+    rna : str
+        The evaluated cohort's rna.parquet; its genes are matched to each model's by name.
+    out_metrics : str
+        TSV written: C-index over all patients per method, 95% bootstrap intervals, and the log-rank p-value of
+        the student's risk groups.
+    out_km : str
+        Kaplan-Meier plot of the student's risk groups (PNG), cut at the median of its folds' training medians.
+    trained_on : str
+        The training cohort (column `cohort`).
+    cohort : str
+        The evaluated cohort (column `evaluated_on`).
+    encoder : str
+        Written to column `encoder`.
+    endpoint : str
+        The survival endpoint (e.g. "OS"), for the plot's axis.
+    device : str, default "cpu"
+        Torch device: "auto" (CUDA when present, else CPU), "cpu", "cuda", ...
+    precision : str, default "auto"
+        "auto", "fp32", "bf16" or "fp16" (tissuekd.compute).
+    """
     run = compute.resolve(device, precision)
     rows, preds, bundles = [], {}, {}
     for method, path in models.items():
         bundle = bundles[method] = torch.load(path, weights_only=False)
-        data = load_cohort(patients, rna, method, genes=bundle["genes"] or None)
+        data = load_cohort(patients, rna, bundle_method(bundle), genes=bundle["genes"] or None)
         data.gene_sets = bundle["gene_sets"]
         risk = predict_external(bundle, data, run)
         table = data.patients
@@ -114,12 +214,13 @@ def evaluate_external(models: dict[str, str], patients: str, rna: str, out_metri
         rows.append({"method": method, "fold": "all", "c_index": evaluate.c_index(table["event"], table["time"], risk),
                      "n_patients": len(table), "n_events": int(table["event"].sum())})
         log.info("%s -> %s %s: C-index %.3f", trained_on, cohort, method, rows[-1]["c_index"])
-    threshold = float(np.median(list(bundles["student"]["train_median_risk"].values())))
-    student = preds["student"]
-    pvalue = evaluate.plot_km(student, evaluate.risk_groups(student, threshold),
-                              f"{trained_on} -> {cohort}: AMKD student, no retraining", out_km, endpoint)
+    threshold = float(np.median(list(bundles[KM_METHOD]["train_median_risk"].values())))
+    km = preds[KM_METHOD]
+    pvalue = evaluate.plot_km(km, evaluate.risk_groups(km, threshold),
+                              f"{trained_on} -> {cohort}: {survival_methods.get(KM_METHOD).label}, no retraining",
+                              out_km, endpoint)
     out = pd.DataFrame(rows).assign(cohort=trained_on, encoder=encoder, evaluated_on=cohort)
-    out["km_logrank_p"] = np.where(out["method"] == "student", pvalue, np.nan)
+    out["km_logrank_p"] = np.where(out["method"] == KM_METHOD, pvalue, np.nan)
     out = with_intervals(out, preds, "all")
     with atomic_path(out_metrics) as tmp:
         out.to_csv(tmp, sep="\t", index=False)

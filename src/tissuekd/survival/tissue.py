@@ -77,7 +77,28 @@ def tissue_mask(rgb: np.ndarray, min_area_px: int = 64) -> np.ndarray:
 
 def patch_grid(mask: np.ndarray, mask_downsample: float, level0_size: tuple[int, int], patch_level0: int,
                min_tissue: float) -> tuple[np.ndarray, np.ndarray]:
-    """Non-overlapping patches over the slide whose tissue share on the mask is >= min_tissue."""
+    """Non-overlapping patches over the slide whose tissue share on the mask is >= min_tissue.
+
+    Parameters
+    ----------
+    mask : np.ndarray
+        (rows, cols) bool tissue mask of the thumbnail.
+    mask_downsample : float
+        Level-0 px per mask pixel.
+    level0_size : tuple of int
+        (width, height) of the slide at level 0, px.
+    patch_level0 : int
+        Patch side in level-0 px (also the grid's step).
+    min_tissue : float
+        Share of a patch's footprint on the mask (0 to 1) that must be tissue.
+
+    Returns
+    -------
+    coords : np.ndarray
+        (n, 2) int64 top-left corners (x, y), level-0 px.
+    shares : np.ndarray
+        (n,) float32 tissue share of each kept patch.
+    """
     width, height = level0_size
     xs = np.arange(0, width - patch_level0 + 1, patch_level0)
     ys = np.arange(0, height - patch_level0 + 1, patch_level0)
@@ -97,7 +118,32 @@ def patch_grid(mask: np.ndarray, mask_downsample: float, level0_size: tuple[int,
 def grid_for_slide(slide: Slide, magnification: float, patch_px: int, min_tissue: float,
                    mpp_override: float | None = None) -> tuple[Grid, np.ndarray, np.ndarray, float]:
     """The slide's patch grid at `magnification` (10 / magnification µm/px), with the thumbnail,
-    mask and the thumbnail's downsample (for drawing)."""
+    mask and the thumbnail's downsample (for drawing).
+
+    Parameters
+    ----------
+    slide : Slide
+        The open slide.
+    magnification : float
+        Magnification the patches are taken at (20: 0.5 µm/px).
+    patch_px : int
+        Patch side in pixels at that magnification.
+    min_tissue : float
+        Share of a patch (0 to 1) that must be tissue.
+    mpp_override : float or None
+        µm per level-0 px from the slide sheet, overriding the file's; None: slide_mpp's fallbacks.
+
+    Returns
+    -------
+    grid : Grid
+        Kept patches (level-0 top-left corners), their sides at target and level 0, and both mpp.
+    thumbnail : np.ndarray
+        (rows, cols, 3) uint8 RGB thumbnail.
+    mask : np.ndarray
+        (rows, cols) bool tissue mask of the thumbnail.
+    downsample : float
+        Level-0 px per thumbnail pixel.
+    """
     mpp = slide_mpp(slide, mpp_override)
     target_mpp = 10.0 / magnification
     patch_level0 = int(round(patch_px * target_mpp / mpp))

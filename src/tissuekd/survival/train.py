@@ -20,13 +20,12 @@ from tqdm import tqdm
 from tissuekd.compute import CPU, Compute
 from tissuekd.encoders.reduce import iter_chunks
 from tissuekd.survival import losses
-from tissuekd.survival.models import AMKDStudent, PathologyModel, RNAModel, Teacher
+from tissuekd.survival import methods as survival_methods
+from tissuekd.survival.methods import SurvivalMethod
+from tissuekd.survival.models import AMKDStudent
 
 log = logging.getLogger(__name__)
 
-METHODS = ("teacher", "student", "pathology", "rna")
-NEEDS_RNA = {"teacher", "rna"}
-NEEDS_PATHOLOGY = {"teacher", "student", "pathology"}
 
 
 @dataclass
@@ -82,19 +81,44 @@ def candidates(amkd: AMKDConfig) -> list[AMKDConfig]:
 
 
 def select_amkd(data: CohortData, train: np.ndarray, cfg: TrainConfig, fold: int, compute, teacher: dict,
-                amkd: AMKDConfig) -> tuple[AMKDConfig, list[dict]]:
+                amkd: AMKDConfig, method: str | SurvivalMethod = "student") -> tuple[AMKDConfig, list[dict]]:
     """Choose the AMKD weights for one outer fold without its test patients: train one student
     per candidate on the inner-train patients, score the C-index on the inner-validation
     patients (both drawn from the fold's training patients only), keep the best (the first of
-    equals). Returns the choice and every candidate's score."""
+    equals). Returns the choice and every candidate's score.
+
+    Parameters
+    ----------
+    data : CohortData
+        The cohort.
+    train : np.ndarray
+        Rows of `data.patients` of the outer fold's training patients.
+    cfg : TrainConfig
+        Training settings of every candidate.
+    fold : int
+        The outer fold (seeds the inner split and the candidates' training).
+    compute : Compute
+        Device and precision.
+    teacher : dict
+        {"model": the fold's frozen teacher}.
+    amkd : AMKDConfig
+        `select` (candidate values per weight) and `inner_share` (training patients held out for validation).
+
+    Returns
+    -------
+    chosen : AMKDConfig
+        The best combination, `select` cleared.
+    scores : list of dict
+        Each candidate's weights and `inner_c_index`.
+    """
     from tissuekd.survival.evaluate import c_index
 
     times, events = data.patients["time"].to_numpy(float), data.patients["event"].to_numpy(int)
     inner, val = inner_split(events, train, amkd.inner_share, cfg.seed * 1000 + fold)
     options, scores = candidates(amkd), []
     for option in options:
-        ckpt = fit_fold("student", data, inner, cfg, fold, compute, teacher, option)
-        risk = predict(build_model("student", data, cfg), data, ckpt, compute, val)
+        ckpt = fit_fold(method, data, inner, cfg, fold, compute, teacher, option)
+        risk = predict(build_model(method, data, cfg), data, ckpt, compute, val)
         scores.append({**{n: getattr(option, n) for n in sorted(amkd.select)},
                        "inner_c_index": c_index(events[val], times[val], risk)})
     best = int(np.argmax([row["inner_c_index"] for row in scores]))
@@ -216,17 +240,18 @@ class CohortData:
         return self.bags.dim
 
 
-def build_model(method: str, data: CohortData, cfg: TrainConfig) -> torch.nn.Module:
-    common = dict(n_bins=cfg.n_bins, hidden=cfg.hidden, dropout=cfg.dropout)
-    if method == "teacher":
-        return Teacher(data.dim, len(data.genes), gene_sets=data.gene_sets, **common)
-    if method == "student":
-        return AMKDStudent(data.dim, **common)
-    if method == "pathology":
-        return PathologyModel(data.dim, **common)
-    if method == "rna":
-        return RNAModel(len(data.genes), gene_sets=data.gene_sets, **common)
-    raise ValueError(f"unknown method {method!r} (one of {METHODS})")
+def build_model(method: str | SurvivalMethod, data: CohortData, cfg: TrainConfig) -> torch.nn.Module:
+    """The method's model (its entry of survival/methods.py): the factory called with the feature
+    dimension if it reads pathology, the gene count if it reads RNA, then the shared settings."""
+    method = survival_methods.get(method)
+    sizes = ([data.dim] if method.pathology else []) + ([len(data.genes)] if method.rna else [])
+    extra = {"gene_sets": data.gene_sets} if method.rna else {}
+    return method.factory()(*sizes, n_bins=cfg.n_bins, hidden=cfg.hidden, dropout=cfg.dropout, **extra)
+
+
+def bundle_method(bundle: dict) -> SurvivalMethod:
+    """The method a models.pt bundle holds (its stored entry; older bundles: the built-in of its name)."""
+    return SurvivalMethod(**bundle["spec"]) if "spec" in bundle else survival_methods.get(bundle["method"])
 
 
 class Inputs:
@@ -269,19 +294,48 @@ class Inputs:
         return self.bag(i, rng), rna
 
 
-def fit_fold(method: str, data: CohortData, train: np.ndarray, cfg: TrainConfig, fold: int, compute,
+def fit_fold(method: str | SurvivalMethod, data: CohortData, train: np.ndarray, cfg: TrainConfig, fold: int, compute,
              teacher: dict | None = None, amkd: AMKDConfig | None = None, member: int = 0) -> dict:
-    """Train one model on the patients `train`; returns a checkpoint (weights, bin edges, scaling)."""
+    """Train one model on the patients `train`; returns a checkpoint (weights, bin edges, scaling).
+
+    Parameters
+    ----------
+    method : str
+        "teacher", "student", "pathology" or "rna".
+    data : CohortData
+        The cohort.
+    train : np.ndarray
+        Rows of `data.patients` trained on; time bins and scaling are fitted on them only.
+    cfg : TrainConfig
+        Training settings.
+    fold : int
+        The fold predicted by this model (seeds it).
+    compute : Compute
+        Device and precision.
+    teacher : dict or None
+        {"model": the frozen teacher} for the student; None otherwise.
+    amkd : AMKDConfig or None
+        The student's loss weights.
+    member : int, default 0
+        Ensemble member (seeds it).
+
+    Returns
+    -------
+    dict
+        fold, member, state (CPU weights), edges (inner time-bin edges, in patients.tsv's time unit: days) and
+        the scaling (feat_mean, feat_std; rna_mean, rna_std where RNA is used).
+    """
+    method = survival_methods.get(method)
     torch.manual_seed(cfg.seed * 1_000_000 + member * 1000 + fold)
     rng = np.random.default_rng([cfg.seed, fold, member])
     times, events = data.patients["time"].to_numpy(float), data.patients["event"].to_numpy(int)
     edges = losses.time_bins(times[train], events[train], cfg.n_bins)
     bins = torch.tensor(losses.to_bin(times, edges), device=compute.device)
     event_t = torch.tensor(events, device=compute.device)
-    scaling = fit_scaling(data, train, method in NEEDS_RNA or method == "student")
+    scaling = fit_scaling(data, train, method.rna or method.distilled)  # distilled: the teacher's RNA
     inputs = Inputs(data, scaling, compute, cfg.max_patches)
     model = build_model(method, data, cfg).to(compute.device)
-    targets = distillation_targets(teacher, data, inputs, train, compute) if method == "student" else None
+    targets = distillation_targets(teacher, data, inputs, train, compute) if method.distilled else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = compute.grad_scaler()
     for _ in range(cfg.epochs):
@@ -316,6 +370,35 @@ def fit_scaling(data: CohortData, train: np.ndarray, rna: bool) -> dict:
 
 
 def step_loss(model, inputs, idx, rng, bins, events, cfg, targets, amkd):
+    """The loss of one batch: the survival NLL, plus for the student AMKD's hazard distillation,
+    gene-guided enhancement and adaptive redundancy reduction, weighted by `amkd`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model trained.
+    inputs : Inputs
+        The fold's per-patient inputs.
+    idx : np.ndarray
+        Rows of the batch's patients.
+    rng : np.random.Generator
+        Samples at most `cfg.max_patches` patches per bag.
+    bins : torch.Tensor
+        (patients,) each patient's time bin.
+    events : torch.Tensor
+        (patients,) 1 event, 0 censored.
+    cfg : TrainConfig
+        `alpha`, the extra weight of uncensored patients.
+    targets : dict or None
+        The teacher's outputs (distillation_targets) for the student; None: the NLL alone.
+    amkd : AMKDConfig or None
+        The student's loss weights; read only with `targets`.
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss.
+    """
     if targets is None:
         logits, _ = inputs(model, idx, rng)
         return losses.nll_survival(logits, bins[idx], events[idx], cfg.alpha)
@@ -333,7 +416,26 @@ def step_loss(model, inputs, idx, rng, bins, events, cfg, targets, amkd):
 @torch.no_grad()
 def distillation_targets(teacher: dict, data: CohortData, inputs: Inputs, train, compute) -> dict:
     """The frozen teacher's logits, fused embedding and RNA embedding for the training patients
-    (eval mode: no dropout); rows of other patients stay zero and are never read."""
+    (eval mode: no dropout); rows of other patients stay zero and are never read.
+
+    Parameters
+    ----------
+    teacher : dict
+        {"model": the frozen teacher of the fold}.
+    data : CohortData
+        The cohort.
+    inputs : Inputs
+        The fold's inputs (bags and RNA scaled on its training patients).
+    train : np.ndarray
+        Rows of `data.patients` of the training patients.
+    compute : Compute
+        Device and precision.
+
+    Returns
+    -------
+    dict
+        `logits` (patients, bins), `z` (patients, hidden) and `genomic` (patients, hidden).
+    """
     model = teacher["model"].to(compute.device).eval()
     n = len(data.patients)
     out = {k: torch.zeros(n, d, device=compute.device) for k, d in
@@ -348,7 +450,26 @@ def distillation_targets(teacher: dict, data: CohortData, inputs: Inputs, train,
 
 @torch.no_grad()
 def predict_logits(model, data: CohortData, checkpoint: dict, compute, idx=None) -> torch.Tensor:
-    """Hazard logits (patients, bins) for patients `idx` (default all) with one fold's checkpoint."""
+    """Hazard logits (patients, bins) for patients `idx` (default all) with one fold's checkpoint.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The method's architecture (build_model); the checkpoint's weights are loaded into it.
+    data : CohortData
+        The cohort predicted.
+    checkpoint : dict
+        One fold model's checkpoint (fit_fold): weights and the scaling applied to the inputs.
+    compute : Compute
+        Device and precision.
+    idx : np.ndarray or None
+        Rows of `data.patients` to predict; None: every patient.
+
+    Returns
+    -------
+    torch.Tensor
+        (patients, bins) on the CPU.
+    """
     model.load_state_dict(checkpoint["state"])
     model.to(compute.device).eval()
     inputs = Inputs(data, checkpoint, compute, 0)
@@ -357,31 +478,69 @@ def predict_logits(model, data: CohortData, checkpoint: dict, compute, idx=None)
 
 
 def predict(model, data: CohortData, checkpoint: dict, compute, idx=None) -> np.ndarray:
-    """Risk (higher = worse) for patients `idx` (default all) with one fold's checkpoint."""
+    """Risk (higher = worse) for patients `idx` (default all) with one fold's checkpoint.
+
+    Parameters
+    ----------
+    model, data, checkpoint, compute, idx
+        As in `predict_logits`.
+
+    Returns
+    -------
+    np.ndarray
+        (patients,) minus the expected number of time bins survived.
+    """
     return losses.risk_score(predict_logits(model, data, checkpoint, compute, idx)).numpy()
 
 
-def cross_validate(method: str, data: CohortData, cfg: TrainConfig, compute: Compute = CPU,
+def cross_validate(method: str | SurvivalMethod, data: CohortData, cfg: TrainConfig, compute: Compute = CPU,
                    teacher_ckpt: dict | None = None, amkd: AMKDConfig | None = None) -> tuple[dict, pd.DataFrame]:
     """Every fold of patients.tsv: train `cfg.members` models on the other folds, predict the
     fold with their mean risk. Returns the checkpoint bundle (with each fold's median training
-    risk, the cut for risk groups) and out-of-fold predictions (patient, fold, time, event, risk)."""
+    risk, the cut for risk groups) and out-of-fold predictions (patient, fold, time, event, risk).
+
+    Parameters
+    ----------
+    method : str
+        "teacher", "student", "pathology" or "rna".
+    data : CohortData
+        The cohort, with each patient's `fold` in `data.patients`.
+    cfg : TrainConfig
+        Training settings, the same for every method.
+    compute : Compute, default CPU
+        Device and precision.
+    teacher_ckpt : dict or None
+        The teacher's bundle (its models.pt), for the student: each student member distils from the teacher
+        of the same fold and member.
+    amkd : AMKDConfig or None
+        The student's loss weights; with `select`, chosen per fold by select_amkd.
+
+    Returns
+    -------
+    bundle : dict
+        method, config, dim, genes, gene_sets, every fold's checkpoints, train_median_risk per fold (and
+        `selection` where AMKD weights were chosen).
+    predictions : pandas.DataFrame
+        patient, fold, time, event, risk.
+    """
+    method = survival_methods.get(method)
     folds = sorted(data.patients["fold"].unique())
-    bundle = {"method": method, "config": asdict(cfg), "dim": data.dim if data.bags else None,
-              "genes": data.genes, "gene_sets": data.gene_sets, "folds": [], "train_median_risk": {}}
+    bundle = {"method": method.name, "spec": asdict(method), "config": asdict(cfg),
+              "dim": data.dim if data.bags else None, "genes": data.genes, "gene_sets": data.gene_sets, "folds": [],
+              "train_median_risk": {}}
     frames = []
-    for fold in tqdm(folds, desc=method, unit="fold"):
+    for fold in tqdm(folds, desc=method.name, unit="fold"):
         test = np.flatnonzero(data.patients["fold"].to_numpy() == fold)
         train = np.flatnonzero(data.patients["fold"].to_numpy() != fold)
         members, chosen = [], amkd
-        if method == "student" and amkd is not None and amkd.select:
+        if method.distilled and amkd is not None and amkd.select:
             first_teacher = {"model": load_fold_model(teacher_ckpt, fold, 0, data)}
-            chosen, scores = select_amkd(data, train, cfg, int(fold), compute, first_teacher, amkd)
+            chosen, scores = select_amkd(data, train, cfg, int(fold), compute, first_teacher, amkd, method)
             bundle.setdefault("selection", {})[int(fold)] = scores
         for member in range(cfg.members):
-            teacher = {"model": load_fold_model(teacher_ckpt, fold, member, data)} if method == "student" else None
+            teacher = {"model": load_fold_model(teacher_ckpt, fold, member, data)} if method.distilled else None
             ckpt = fit_fold(method, data, train, cfg, fold, compute, teacher, chosen, member)
-            if method == "student":  # the student's inputs never include RNA
+            if method.distilled and not method.rna:  # the student's inputs never include RNA
                 ckpt.pop("rna_mean", None), ckpt.pop("rna_std", None)
             members.append(ckpt)
         bundle["folds"] += members
@@ -389,12 +548,32 @@ def cross_validate(method: str, data: CohortData, cfg: TrainConfig, compute: Com
         bundle["train_median_risk"][int(fold)] = float(np.median(predict_mean(model, data, members, compute, train)))
         risk = predict_mean(model, data, members, compute, test)
         frames.append(data.patients.iloc[test][["patient", "fold", "time", "event"]].assign(risk=risk))
-        log.info("%s fold %d: %d models trained on %d patients, predicted %d", method, fold, len(members),
+        log.info("%s fold %d: %d models trained on %d patients, predicted %d", method.name, fold, len(members),
                  len(train), len(test))
     return bundle, pd.concat(frames, ignore_index=True)
 
 
 def predict_mean(model, data: CohortData, checkpoints: list[dict], compute, idx=None) -> np.ndarray:
+    """The mean risk of several checkpoints (a fold's members, or a whole bundle's models).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The method's architecture (build_model); each checkpoint's weights are loaded into it in turn.
+    data : CohortData
+        The cohort predicted.
+    checkpoints : list of dict
+        Checkpoints of fit_fold.
+    compute : Compute
+        Device and precision.
+    idx : np.ndarray or None
+        Rows of `data.patients` to predict; None: every patient.
+
+    Returns
+    -------
+    np.ndarray
+        (patients,) risk, higher = worse.
+    """
     return np.mean([predict(model, data, ckpt, compute, idx) for ckpt in checkpoints], axis=0)
 
 
@@ -402,12 +581,12 @@ def load_fold_model(bundle: dict, fold: int, member: int, data: CohortData) -> t
     """One trained model of a bundle (the teacher a student member distils from)."""
     cfg = TrainConfig(**bundle["config"])
     ckpt = next(c for c in bundle["folds"] if c["fold"] == fold and c["member"] == member % cfg.members)
-    model = build_model(bundle["method"], data, cfg)
+    model = build_model(bundle_method(bundle), data, cfg)
     model.load_state_dict(ckpt["state"])
     return model
 
 
 def predict_external(bundle: dict, data: CohortData, compute: Compute = CPU) -> np.ndarray:
     """Risk on another cohort without retraining: the mean risk of all the bundle's models."""
-    model = build_model(bundle["method"], data, TrainConfig(**bundle["config"]))
+    model = build_model(bundle_method(bundle), data, TrainConfig(**bundle["config"]))
     return predict_mean(model, data, bundle["folds"], compute)

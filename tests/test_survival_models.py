@@ -252,3 +252,11 @@ def test_inner_split_is_stratified_and_inside_the_training_patients():
     inner, val = inner_split(events, train, 0.25, seed=0)
     assert set(inner) | set(val) == set(train) and not set(inner) & set(val)
     assert (events[val] == 1).sum() == (events[val] == 0).sum() == 4
+
+def test_bootstrap_of_a_cohort_without_events_gives_no_interval():
+    from tissuekd.survival.evaluate import bootstrap_c_index
+
+    pred = pd.DataFrame({"patient": ["a", "b", "c"], "time": [1.0, 2.0, 3.0], "event": [0, 0, 0],
+                         "risk": [0.1, 0.2, 0.3]})
+    table = bootstrap_c_index({"student": pred, "pathology": pred}, n_boot=20)
+    assert list(table["method"]) == ["student", "pathology"] and table["c_index_low"].isna().all()

@@ -263,8 +263,9 @@ def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[
     y = cells[Y_UM].to_numpy()
     test = role == "test"
     types = np.unique(cells["cell_type"].to_numpy()[test])
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 4.6 + 0.25 * (int(reference.max()) + 4)),
-                             constrained_layout=True, height_ratios=[4.6, 0.25 * (int(reference.max()) + 4)])
+    heatmap_height = 0.25 * (int(reference.max()) + 4)  # a row per teacher niche, plus the labels
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 4.6 + heatmap_height),
+                             constrained_layout=True, height_ratios=[4.6, heatmap_height])
     for ax, heat, (name, labels) in zip(axes[0], axes[1], panels.items()):
         labels = np.asarray(labels)
         ax.scatter(cells[X_UM], y, c=palette[labels % 20], s=1.2, linewidths=0, rasterized=True)

@@ -48,6 +48,8 @@ def bootstrap_c_index(predictions: dict[str, pd.DataFrame], reference: str = "pa
             continue  # no comparable pair: C undefined for this resample
         for m in methods:
             draws[m].append(c_index(event[idx], time[idx], risks[m][idx]))
+    if not draws[first]:  # a cohort without events: no interval (the point C-index is undefined too)
+        return pd.DataFrame({"method": methods, "c_index_low": np.nan, "c_index_high": np.nan})
     rows = []
     for m in methods:
         values = np.array(draws[m])

@@ -19,15 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from tissuekd.compute import CPU, Compute
 from tissuekd.distill.losses import kd_loss
 from tissuekd.niche.models import NeighborhoodTransformer
 from tissuekd.spatial.neighborhoods import Neighborhoods
+from tissuekd.training import optimise, shuffled_batches
 
 log = logging.getLogger(__name__)
-MIN_SCHEDULE = 20  # OneCycleLR needs a warm-up of at least 2 steps (10% of 20); tiny runs just stop early
 
 
 @dataclass
@@ -91,46 +90,43 @@ def fit_nolan(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, 
     features, nb, centres = features.to(dev), nb.to(dev), centres.to(dev)
     student = NeighborhoodTransformer(features.shape[1], k, cfg.d_model, cfg.layers).to(dev)
     teacher = copy.deepcopy(student).requires_grad_(False)
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.04)
     per_epoch = min(len(centres), cfg.cells_per_epoch or len(centres))
     steps = cfg.epochs * int(np.ceil(per_epoch / cfg.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, MIN_SCHEDULE),
-                                                pct_start=0.1)
-    center = torch.zeros(k, device=dev)
-    scaler = compute.grad_scaler()
-    step = 0
-    for epoch in tqdm(range(cfg.epochs), desc="nolan", disable=not progress, mininterval=5):
-        for rows in torch.randperm(len(centres), generator=gen)[:per_epoch].split(cfg.batch_size):
-            rows = rows.to(dev)
-            b = nb[rows]
-            with torch.no_grad(), compute.autocast():
-                t_out = teacher(features, b.index, centres[rows], b.offset, b.mask, hide_centre=cfg.hide_centre)
-                target = F.softmax((t_out - center) / cfg.teacher_temp, dim=-1)
-            local = local_view(b, cfg.local_scale, cfg.dropout, gen)
-            glob = b.mask & (torch.rand(b.mask.shape, generator=gen) >= cfg.dropout / 3).to(dev)
-            loss = 0.0
-            # the local view hides the centre cell: agreement must come from the neighbourhood,
-            # not from the one cell both views share (else the niches are just cell clusters)
-            for view, hide in ((local, True), (glob, cfg.hide_centre)):
-                with compute.autocast():
-                    s = student(features, b.index, centres[rows], b.offset, view, cfg.noise, hide)
-                s = s.float() / cfg.student_temp
-                probs = F.softmax(s, dim=-1)
-                mean = probs.mean(dim=0)
-                loss = loss + (-(target * F.log_softmax(s, dim=-1)).sum(-1).mean()
-                               + cfg.me_max * (mean * torch.log(mean + 1e-8)).sum())
-            opt.zero_grad()
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            step += 1
-            m = 1 - (1 - cfg.ema) * (np.cos(np.pi * step / steps) + 1) / 2
-            with torch.no_grad():
-                for pt, ps in zip(teacher.parameters(), student.parameters()):
-                    pt.mul_(m).add_(ps.detach(), alpha=1 - m)
-                center = cfg.center_momentum * center + (1 - cfg.center_momentum) * t_out.float().mean(dim=0)
-        log.info("epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, loss.item())
+    state = {"center": torch.zeros(k, device=dev)}  # the teacher's output centring, updated after each step
+
+    def loss_of(rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.to(dev)
+        b = nb[rows]
+        with torch.no_grad(), compute.autocast():
+            t_out = teacher(features, b.index, centres[rows], b.offset, b.mask, hide_centre=cfg.hide_centre)
+            target = F.softmax((t_out - state["center"]) / cfg.teacher_temp, dim=-1)
+        state["t_out"] = t_out
+        local = local_view(b, cfg.local_scale, cfg.dropout, gen)
+        glob = b.mask & (torch.rand(b.mask.shape, generator=gen) >= cfg.dropout / 3).to(dev)
+        loss = 0.0
+        # the local view hides the centre cell: agreement must come from the neighbourhood,
+        # not from the one cell both views share (else the niches are just cell clusters)
+        for view, hide in ((local, True), (glob, cfg.hide_centre)):
+            with compute.autocast():
+                s = student(features, b.index, centres[rows], b.offset, view, cfg.noise, hide)
+            s = s.float() / cfg.student_temp
+            probs = F.softmax(s, dim=-1)
+            mean = probs.mean(dim=0)
+            loss = loss + (-(target * F.log_softmax(s, dim=-1)).sum(-1).mean()
+                           + cfg.me_max * (mean * torch.log(mean + 1e-8)).sum())
+        return loss
+
+    @torch.no_grad()
+    def momentum_update(step: int) -> None:
+        m = 1 - (1 - cfg.ema) * (np.cos(np.pi * step / steps) + 1) / 2
+        for pt, ps in zip(teacher.parameters(), student.parameters()):
+            pt.mul_(m).add_(ps.detach(), alpha=1 - m)
+        state["center"] = (cfg.center_momentum * state["center"]
+                           + (1 - cfg.center_momentum) * state["t_out"].float().mean(dim=0))
+
+    optimise(student.parameters(), cfg.epochs, lambda _: shuffled_batches(len(centres), cfg.batch_size, gen, per_epoch),
+             loss_of, lr=cfg.lr, weight_decay=0.04, compute=compute, total_steps=steps, after_step=momentum_update,
+             desc="nolan", progress=progress)
     return teacher.eval()
 
 
@@ -184,26 +180,17 @@ def fit_student(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor
     features, nb, centres, teacher_logits = features.to(dev), nb.to(dev), centres.to(dev), teacher_logits.to(dev)
     k = teacher_logits.shape[1]
     model = NeighborhoodTransformer(features.shape[1], k, cfg.d_model, cfg.layers).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     steps = cfg.epochs * int(np.ceil(len(centres) / cfg.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, MIN_SCHEDULE),
-                                                pct_start=0.1)
-    scaler = compute.grad_scaler()
-    for epoch in tqdm(range(cfg.epochs), desc="student", disable=not progress, mininterval=5):
-        total = 0.0
-        for rows in torch.randperm(len(centres), generator=gen).split(cfg.batch_size):
-            rows = rows.to(dev)
-            with compute.autocast():
-                s = model(features, nb.index[rows], centres[rows], nb.offset[rows], nb.mask[rows])
-            # the student's logits are cosines; a learnable scale is unnecessary: x10 as for the teacher
-            loss = kd_loss(s.float() * 10.0, teacher_logits[rows], cfg.temperature)
-            opt.zero_grad()
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            total += loss.item() * len(rows)
-        log.info("epoch %d/%d KD loss %.4f", epoch + 1, cfg.epochs, total / len(centres))
+
+    def loss_of(rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.to(dev)
+        with compute.autocast():
+            s = model(features, nb.index[rows], centres[rows], nb.offset[rows], nb.mask[rows])
+        # the student's logits are cosines; a learnable scale is unnecessary: x10 as for the teacher
+        return kd_loss(s.float() * 10.0, teacher_logits[rows], cfg.temperature)
+
+    optimise(model.parameters(), cfg.epochs, lambda _: shuffled_batches(len(centres), cfg.batch_size, gen), loss_of,
+             lr=cfg.lr, weight_decay=0.01, compute=compute, total_steps=steps, desc="student", progress=progress)
     return model.eval()
 
 

@@ -23,6 +23,7 @@ from tissuekd.survival import losses
 from tissuekd.survival import methods as survival_methods
 from tissuekd.survival.methods import SurvivalMethod
 from tissuekd.survival.models import AMKDStudent
+from tissuekd.training import optimise
 
 log = logging.getLogger(__name__)
 
@@ -336,20 +337,19 @@ def fit_fold(method: str | SurvivalMethod, data: CohortData, train: np.ndarray, 
     inputs = Inputs(data, scaling, compute, cfg.max_patches)
     model = build_model(method, data, cfg).to(compute.device)
     targets = distillation_targets(teacher, data, inputs, train, compute) if method.distilled else None
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scaler = compute.grad_scaler()
-    for _ in range(cfg.epochs):
+
+    def batches(_epoch: int):
         model.train()
         order = rng.permutation(train)
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            if len(idx) < 2:
-                continue
-            loss = step_loss(model, inputs, idx, rng, bins, event_t, cfg, targets, amkd)
-            opt.zero_grad()
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+        return (order[start : start + cfg.batch_size] for start in range(0, len(order), cfg.batch_size))
+
+    def loss_of(idx: np.ndarray) -> torch.Tensor | None:
+        if len(idx) < 2:  # a lone patient has no pair to rank against
+            return None
+        return step_loss(model, inputs, idx, rng, bins, event_t, cfg, targets, amkd)
+
+    optimise(model.parameters(), cfg.epochs, batches, loss_of, lr=cfg.lr, weight_decay=cfg.weight_decay,
+             compute=compute, desc=f"{method.name} fold {fold}")
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     return {"fold": fold, "member": member, "state": state, "edges": edges, **scaling}
 

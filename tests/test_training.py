@@ -19,7 +19,7 @@ def fit_line(total_steps=None, skip_odd=False, seed=0):
     steps = []
 
     def loss_of(rows):
-        if skip_odd and len(steps) % 2 == 1 and len(rows) == 8 and rows[0] % 2 == 1:
+        if skip_odd and rows[0] % 2 == 1:  # the loss declines some batches: no step for them
             return None
         return ((model(x[rows]).squeeze(1) - y[rows]) ** 2).mean()
 

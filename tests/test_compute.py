@@ -35,6 +35,19 @@ def test_auto_on_the_cpu_uses_bf16_only_where_it_is_native(monkeypatch, avx512_b
     assert why.startswith("auto:")
 
 
+def test_auto_keeps_the_small_models_in_fp32_on_the_cpu_even_with_native_bf16(monkeypatch):
+    """bf16 autocast slowed the niche teacher 2.1x on an AMX CPU; on CUDA the models follow the device."""
+    _cpu_reports(monkeypatch, True, True)
+    assert resolve_precision(CPU, "auto", workload="model")[0] == "fp32"
+    assert resolve_precision(CPU, "auto", workload="encoder")[0] == "bf16"
+    assert resolve_precision(CPU, "bf16", workload="model")[0] == "bf16"  # asked for, kept
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    assert resolve_precision(torch.device("cuda"), "auto", workload="model")[0] == "bf16"
+    with pytest.raises(ValueError, match="workload"):
+        resolve_precision(CPU, "auto", workload="decoder")
+
+
 def test_cpu_flags_are_the_fallback_without_torchs_probe(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     monkeypatch.setattr(compute, "_cpuinfo_flags", lambda: {"avx2", "fma"})
@@ -142,8 +155,8 @@ def test_every_model_step_resolves_the_precision_it_is_given(monkeypatch, step):
     class Resolved(Exception):
         pass
 
-    def fake_resolve(device="auto", precision="auto", threads=None):
-        raise Resolved(precision)
+    def fake_resolve(device="auto", precision="auto", threads=None, workload="encoder"):
+        raise Resolved(f"{precision} {workload}")
 
     monkeypatch.setattr(compute, "resolve", fake_resolve)
     calls = {
@@ -155,5 +168,6 @@ def test_every_model_step_resolves_the_precision_it_is_given(monkeypatch, step):
                                                             precision="fp16"),
         "extract_patch_features": lambda: patches.extract_patch_features("p", "i", SPEC, "o", precision="fp16"),
     }
-    with pytest.raises(Resolved, match="fp16"):
+    workload = "encoder" if step == "extract_patch_features" else "model"
+    with pytest.raises(Resolved, match=f"fp16 {workload}"):
         calls[step]()

@@ -4,7 +4,11 @@
 encoder). `auto` picks bf16 on CUDA devices that support it, fp16 on older CUDA devices, and
 on the CPU bf16 only where the CPU computes it natively (AVX512-BF16 or AMX); elsewhere bf16
 is emulated and runs ~15x slower than float32 (measured: README, "Performance"), so `auto`
-keeps full precision there. fp32 on CUDA uses TF32 matmuls.
+keeps full precision there. That CPU rule is for the encoders; the niche and survival models
+(`workload="model"`) are small (d_model 64, batches of a few hundred) and stay in fp32 on the
+CPU under `auto`: bf16 autocast made the niche teacher 2.1x slower even on an AMX Xeon (40 s vs
+19 s, 2 epochs, 2026-12-01), its casts costing more than the small matmuls gain. fp32 on CUDA
+uses TF32 matmuls.
 """
 
 from __future__ import annotations
@@ -56,10 +60,16 @@ def _cpuinfo_flags() -> set[str]:
     return set(line.partition(":")[2].split())
 
 
-def resolve_precision(device: torch.device, requested: str = "auto") -> tuple[str, str]:
-    """(precision, why) for `device`; an explicit choice is kept as asked."""
+WORKLOADS = ("encoder", "model")
+
+
+def resolve_precision(device: torch.device, requested: str = "auto", workload: str = "encoder") -> tuple[str, str]:
+    """(precision, why) for `device` and `workload` ("encoder": a foundation/timm encoder,
+    "model": the studies' small trained models); an explicit choice is kept as asked."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision {requested!r}: one of {PRECISIONS}")
+    if workload not in WORKLOADS:
+        raise ValueError(f"workload {workload!r}: one of {WORKLOADS}")
     if requested != "auto":
         return requested, "set in the config"
     if device.type == "cuda":
@@ -67,6 +77,8 @@ def resolve_precision(device: torch.device, requested: str = "auto") -> tuple[st
         if torch.cuda.is_bf16_supported():
             return "bf16", f"auto: {name} supports bf16"
         return "fp16", f"auto: {name} has no bf16"
+    if device.type == "cpu" and workload == "model":
+        return "fp32", "auto: small model on the CPU (bf16 autocast costs more than it saves there)"
     if device.type == "cpu":
         native, how = cpu_native_bf16()
         return ("bf16", f"auto: native bf16 ({how})") if native else ("fp32", f"auto: bf16 would be emulated ({how})")
@@ -95,10 +107,12 @@ class Compute:
 CPU = Compute(torch.device("cpu"))
 
 
-def resolve(device: str = "auto", precision: str = "auto", threads: int | None = None) -> Compute:
-    """The job's device and precision (logged with the reason); `threads` caps torch's intra-op threads."""
+def resolve(device: str = "auto", precision: str = "auto", threads: int | None = None,
+            workload: str = "encoder") -> Compute:
+    """The job's device and precision for `workload` (logged with the reason); `threads` caps
+    torch's intra-op threads."""
     dev = pick_device(device)
-    chosen, why = resolve_precision(dev, precision)
+    chosen, why = resolve_precision(dev, precision, workload)
     if threads:
         torch.set_num_threads(threads)
     if dev.type == "cuda":

@@ -160,7 +160,7 @@ def train_teacher(latent_path: str, cells_path: str, radius_path: str, k: int, c
     precision : str, default "auto"
         "auto", "fp32", "bf16" or "fp16" (tissuekd.compute).
     """
-    run = compute.resolve(device, precision)
+    run = compute.resolve(device, precision, workload="model")
     cells = pd.read_parquet(cells_path)
     radius = json.loads(Path(radius_path).read_text())["radius_um"]
     latent = pd.read_parquet(latent_path)
@@ -212,7 +212,7 @@ def train_student(features_path: str, cells_path: str, split_path: str, radius_p
     precision : str, default "auto"
         "auto", "fp32", "bf16" or "fp16" (tissuekd.compute).
     """
-    run = compute.resolve(device, precision)
+    run = compute.resolve(device, precision, workload="model")
     cells, role, radius = slide_inputs(cells_path, split_path, radius_path)
     train = np.flatnonzero(role == "train")
     if len(train) == 0:
@@ -328,7 +328,7 @@ def histology_nolan(features_path: str, cells_path: str, split_path: str, radius
     precision : str, default "auto"
         "auto", "fp32", "bf16" or "fp16" (tissuekd.compute).
     """
-    run = compute.resolve(device, precision)
+    run = compute.resolve(device, precision, workload="model")
     cells, role, radius = slide_inputs(cells_path, split_path, radius_path)
     fit_rows = np.flatnonzero(role == "train")
     if len(fit_rows) == 0:

@@ -107,7 +107,7 @@ def train_method(method: str | SurvivalMethod, patients: str, rna: str, out_mode
     threads : int or None
         Cap on torch's intra-op threads (None: torch's default).
     """
-    run = compute.resolve(device, precision, threads)
+    run = compute.resolve(device, precision, threads, workload="model")
     method = survival_methods.get(method)
     teacher = torch.load(teacher_models, weights_only=False) if teacher_models else None
     if method.distilled and teacher is None:
@@ -202,7 +202,7 @@ def evaluate_external(models: dict[str, str], patients: str, rna: str, out_metri
     precision : str, default "auto"
         "auto", "fp32", "bf16" or "fp16" (tissuekd.compute).
     """
-    run = compute.resolve(device, precision)
+    run = compute.resolve(device, precision, workload="model")
     rows, preds, bundles = [], {}, {}
     for method, path in models.items():
         bundle = bundles[method] = torch.load(path, weights_only=False)

@@ -94,32 +94,37 @@ def test_bags_read_from_disk_equal_the_bags_in_memory(tmp_path):
     assert np.allclose(total.mean, every.mean(0), atol=1e-5) and np.allclose(total.std, every.std(0, ddof=1), atol=1e-5)
 
 
-def test_leiden_graph_from_arrays_is_the_symmetrised_knn_graph(tmp_path):
+def test_leiden_graph_from_arrays_is_the_symmetrised_knn_graph():
     from sklearn.neighbors import NearestNeighbors
 
     from tissuekd.niche.baselines import knn_graph
 
-    x = np.random.default_rng(5).normal(size=(300, 8)).astype(np.float32)
-    path = _features(tmp_path / "g.h5", x)
-    graph = knn_graph(path, n_neighbors=5, n_pcs=8, seed=0)
-    z, _ = reduce_file(path, np.arange(300), 8)
-    _, nn = NearestNeighbors(n_neighbors=6).fit(z).kneighbors(z)  # exact, as faiss below 200,000 cells
+    z = np.random.default_rng(5).normal(size=(300, 8)).astype(np.float32)
+    graph = knn_graph(z, n_neighbors=5)
+    _, nn = NearestNeighbors(n_neighbors=6).fit(z).kneighbors(z)  # exact, as faiss's flat index
     expected = {(min(a, b), max(a, b)) for a, row in enumerate(nn) for b in row[1:]}
     assert {tuple(e) for e in graph.get_edgelist()} == expected
 
 
-def test_approximate_neighbours_above_the_exact_limit_find_the_true_ones(monkeypatch):
-    """HNSW (used above EXACT_BELOW cells) recovers >= 95% of the exact 15 neighbours."""
-    from sklearn.neighbors import NearestNeighbors
+def test_leiden_above_its_sample_clusters_a_sample_and_the_rest_join_their_neighbours(tmp_path, monkeypatch):
+    """Four separated groups: clustering 400 of 2,000 cells and joining the rest finds the
+    same four groups for every cell as clustering all of them; a joined cell takes the most
+    common label of its nearest sampled cells."""
+    from sklearn.metrics import adjusted_rand_score
 
     import tissuekd.niche.baselines as baselines
 
-    z = np.random.default_rng(6).normal(size=(5000, 30)).astype(np.float32)
-    monkeypatch.setattr(baselines, "EXACT_BELOW", 1000)
-    approx = baselines.nearest_neighbors(z, 15)
-    _, exact = NearestNeighbors(n_neighbors=16).fit(z).kneighbors(z)
-    recall = np.mean([len(set(a) & set(e[1:])) / 15 for a, e in zip(approx, exact)])
-    assert recall >= 0.95
+    rng = np.random.default_rng(7)
+    groups = rng.integers(0, 4, 2000)
+    x = (rng.normal(size=(4, 40)) * 4)[groups] + rng.normal(size=(2000, 40))
+    path = _features(tmp_path / "f.h5", x.astype(np.float32))
+    whole = baselines.leiden_k(path, 4, sample=5000)
+    sampled = baselines.leiden_k(path, 4, sample=400)
+    assert adjusted_rand_score(groups, whole) == 1.0 and adjusted_rand_score(groups, sampled) == 1.0
+
+    z = np.array([[0.0], [1.0], [2.0], [10.0], [11.0], [5.0], [9.0]], dtype=np.float32)
+    labels = baselines.join_nearest(z, np.arange(5), np.array([0, 0, 0, 1, 1]), n_neighbors=3)
+    assert labels.tolist() == [0, 0, 0, 1, 1, 0, 1]  # 5: two of its three nearest are 0; 9: two are 1
 
 
 def test_scale_benchmark_steps_run_on_a_small_synthetic_slide_and_cohort(tmp_path):

@@ -105,10 +105,13 @@ def test_the_install_constraints_are_the_envs_pins():
     lines = [ln for ln in (ENVS / "constraints.txt").read_text().splitlines() if ln and not ln.startswith("#")]
     constraints = dict(ln.split("==") for ln in lines)
     constraints = {canonicalize_name(n): v for n, v in constraints.items()}
+    runner = {n: constraints.pop(n) for n in list(constraints) if n.startswith("snakemake")}
     pinned = {}
     for path in env_files():
         pinned.update(pip_pins(path))
     assert constraints == pinned
+    drift = {n: (v, version(n)) for n, v in runner.items() if version(n) != v}  # the runner's own pins
+    assert {"snakemake", "snakemake-executor-plugin-slurm"} <= set(runner) and not drift, drift
     for command in (REPO / "README.md").read_text().split("```bash")[1:3]:
         assert "-c envs/constraints.txt" in command.split("```")[0]
     assert "-c envs/constraints.txt" in (REPO / ".ci" / "run").read_text()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, planned_jobs, snakemake
+from conftest import REPO, make_workdir, planned_jobs, snakemake
 
 from tissuekd.niche.methods import METHODS
 
@@ -120,11 +120,24 @@ def test_a_student_setting_or_forced_student_leaves_features_scvi_and_teacher_al
     assert planned_jobs(run_copy, "--forcerun", "niche_student") == expected
 
 
-def test_a_job_killed_mid_write_leaves_nothing_trusted(run_copy):
-    features = run_copy / "results" / "niche" / "features" / "demo-mobilenet" / "breast_demo.h5"
+FEATURES = Path("results/niche/features/demo-mobilenet/breast_demo.h5")
+
+
+@pytest.fixture
+def features_run(tmp_path) -> Path:
+    """One small slide (1,500 cells) run up to its features file: the kill test needs one
+    features job to interrupt and rerun, not the full demo."""
+    workdir = make_workdir(tmp_path, slides=("breast",), cells=1500)
+    snakemake("--cores", "2", "--", str(FEATURES), cwd=workdir)
+    return workdir
+
+
+def test_a_job_killed_mid_write_leaves_nothing_trusted(features_run):
+    run_copy = features_run
+    features = run_copy / FEATURES
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
            "--workflow-profile", str(REPO / "profiles" / "default"), "--cores", "2",
-           "--forcerun", "niche_features", "--", str(features.relative_to(run_copy))]
+           "--forcerun", "niche_features", "--", str(FEATURES)]
     proc = subprocess.Popen(cmd, cwd=run_copy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     partial = None
@@ -137,8 +150,8 @@ def test_a_job_killed_mid_write_leaves_nothing_trusted(run_copy):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not features.exists()  # removed by Snakemake before the job; the partial file is not it
-    jobs, slides = dry_run_slides(run_copy)
+    jobs, slides = dry_run_slides(run_copy, "--", str(FEATURES))
     assert slides == {"breast_demo"} and jobs["niche_features"] == 1
     snakemake("--unlock", cwd=run_copy)
-    snakemake("--cores", "2", "--", str(features.relative_to(run_copy)), cwd=run_copy)
+    snakemake("--cores", "2", "--", str(FEATURES), cwd=run_copy)
     assert features.exists() and not list(features.parent.glob(".breast_demo.partial-*"))

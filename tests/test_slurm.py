@@ -5,6 +5,7 @@ naming the rule, the slide and the SLURM log."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,8 +95,10 @@ def test_changing_one_slide_plans_only_that_slide_and_the_aggregates(slurm_run):
     assert set(jobs) - set(per_slide) <= {"benchmark_niche", "benchmark_runtimes", "all"}
 
 
-def test_a_failing_job_is_retried_then_named_with_its_slurm_log(cluster, tmp_path):
+def test_a_failing_job_is_retried_then_named_with_its_slurm_log(cluster, slurm_run, tmp_path):
     workdir = make_workdir(tmp_path, slides=("breast",), **SMALL)
+    demo = Path("data") / "demo" / "breast_demo"  # the same demo slide: no SLURM job to remake it
+    shutil.copytree(slurm_run[0] / demo, workdir / demo)
     sheet = pd.read_csv(workdir / "config" / "niche_slides.tsv", sep="\t", dtype=str).fillna("")
     bad = workdir / "shifted_alignment.csv"
     bad.write_text("1,0,90000\n0,1,0\n0,0,1\n")  # maps every cell off the H&E: ingest fails

@@ -46,6 +46,28 @@ def ingested(demo_slide, tmp_path_factory) -> dict:
     return paths
 
 
+def pytest_itemcollected(item):
+    """Under pytest-xdist (`--dist=loadgroup`, pyproject's addopts) the tests that use the
+    full demo run share one worker, so it runs once; the others stay with their module's
+    tests, whose module-scoped runs (SLURM, survival) then also run once. (Marked as each
+    test is collected: xdist reads the marks before conftest's collection_modifyitems runs.)"""
+    item.add_marker(pytest.mark.xdist_group(_group(item)))
+
+
+def _group(item) -> str:
+    return "demo_run" if "demo_run" in item.fixturenames else item.module.__name__
+
+
+# The long groups first, so that xdist's first batches (two groups per worker) give one worker
+# the two busy runs (niche demo, survival demo) and the other the SLURM run, which mostly waits.
+LONG_GROUPS = ("demo_run", "test_survival_workflow", "test_slurm")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONG_GROUPS)}
+    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: order kept within a rank
+
+
 def he_image(slide_dir: Path) -> Path:
     return slide_dir / f"{slide_dir.name}_he_image.ome.tif"
 

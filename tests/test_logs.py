@@ -30,3 +30,26 @@ def test_in_process_errors_are_logged_and_raised(tmp_path):
     with pytest.raises(ZeroDivisionError):
         run_in_process(str(log), lambda: 1 / 0)
     assert "ZeroDivisionError" in log.read_text()
+
+
+def test_two_in_process_steps_side_by_side_log_to_their_own_files(tmp_path):
+    """Snakemake runs in-process jobs in its threads: each job's log holds its own records."""
+    import threading
+
+    started = threading.Barrier(2)
+
+    def job(name):
+        def step():
+            started.wait(timeout=10)  # both running at once
+            for i in range(50):
+                logging.getLogger("tissuekd.demo").info("%s %d", name, i)
+        run_in_process(str(tmp_path / f"{name}.log"), step)
+
+    threads = [threading.Thread(target=job, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    a, b = (tmp_path / "a.log").read_text(), (tmp_path / "b.log").read_text()
+    assert a.count(" a ") == 50 and " b " not in a
+    assert b.count(" b ") == 50 and " a " not in b

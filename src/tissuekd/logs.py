@@ -3,6 +3,7 @@ rule's log file, and an InputError also reaches the console as one clear line.""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -38,22 +39,56 @@ def run_logged(log_path: str | None, step: Callable[[], object]) -> None:
             stream.close()
 
 
-_IN_PROCESS = threading.Lock()
+_EXCLUSIVE = threading.Lock()  # in-process steps that set process-wide state (torch threads, encoder cache)
+_LEVEL = threading.Lock()
+_running, _saved_level = 0, logging.NOTSET  # in-process steps now running; the level before the first
 
 
-def run_in_process(log_path: str, step: Callable[[], object]) -> None:
+class _ThisThread(logging.Filter):
+    """Passes the records logged by the thread that made it: two in-process jobs run in two
+    of Snakemake's threads, and each log file gets its own job's records only."""
+
+    def __init__(self):
+        super().__init__()
+        self.ident = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.ident
+
+
+@contextlib.contextmanager
+def _info_level(logger: logging.Logger):
+    """`logger` at INFO while any in-process step runs; its former level once the last ends."""
+    global _running, _saved_level
+    with _LEVEL:
+        if _running == 0:
+            _saved_level = logger.level
+        _running += 1
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        with _LEVEL:
+            _running -= 1
+            if _running == 0:
+                logger.setLevel(_saved_level)
+
+
+def run_in_process(log_path: str, step: Callable[[], object], *, exclusive: bool = False) -> None:
     """Run `step` inside Snakemake's own process (a `run:` rule under `force-use-threads`, as
-    profiles/default sets), so that many small per-slide jobs import torch and timm once per
-    run instead of once each. One such step at a time: its log handler and torch's thread
-    count belong to the whole process. The `tissuekd` loggers write to `log_path`; an error is
-    logged there and raised, so Snakemake names the rule and wildcards."""
-    with _IN_PROCESS, open(log_path, "a", buffering=1) as stream:
+    profiles/default sets), so that many small per-slide jobs skip starting Python and
+    importing their libraries (torch and timm: ~10 s) once each. Jobs run side by side in
+    Snakemake's threads; the `tissuekd` loggers of this thread write to `log_path`.
+    `exclusive` steps (torch: its thread count and the encoder cache are the whole
+    process's) run one at a time. An error is logged there and raised, so Snakemake names
+    the rule and wildcards."""
+    logger = logging.getLogger("tissuekd")
+    lock = _EXCLUSIVE if exclusive else contextlib.nullcontext()
+    with lock, open(log_path, "a", buffering=1) as stream, _info_level(logger):
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger = logging.getLogger("tissuekd")
-        level = logger.level
+        handler.addFilter(_ThisThread())
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
         try:
             step()
         except InputError as err:
@@ -64,4 +99,3 @@ def run_in_process(log_path: str, step: Callable[[], object]) -> None:
             raise
         finally:
             logger.removeHandler(handler)
-            logger.setLevel(level)

@@ -37,6 +37,8 @@ DEMO_SURVIVAL = f"{DEMO_DIR}/survival/{{cohort}}"
 
 
 rule demo_survival_slide:
+    # run: inside Snakemake's process (profiles/default: force-use-threads), as survival_features:
+    # 84 small slides, each of which took longer to start Python for than to write
     output:
         f"{DEMO_SURVIVAL}/slides/{{wsi}}.svs",
     log:
@@ -45,16 +47,18 @@ rule demo_survival_slide:
         f"{BENCH}/demo/survival_{{cohort}}/{{wsi}}.tsv"
     wildcard_constraints:
         cohort="demo_tcga|demo_cptac",
-    conda:
-        "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,
         runtime=10,
     params:
         patient=survival_slide_value("patient"),
         seed=config["demo"]["seed"],
-    script:
-        "../../scripts/demo_survival_slide.py"
+    run:
+        from tissuekd.demo.survival import DEMO_COHORTS, make_slide
+        from tissuekd.logs import run_in_process
+
+        shift = DEMO_COHORTS[wildcards.cohort]["stain_shift"]
+        run_in_process(log[0], lambda: make_slide(output[0], params.patient, params.seed, shift))
 
 
 rule demo_survival_tables:

@@ -4,6 +4,8 @@
 
 
 rule survival_patches:
+    # run: in Snakemake's process, as survival_features below (a slide's mask and grid take
+    # less time than starting a Python for them)
     input:
         image=survival_slide_value("image"),
     output:
@@ -19,8 +21,6 @@ rule survival_patches:
         f"{LOGS}/survival/patches/{{wsi}}.log",
     benchmark:
         f"{BENCH}/survival/patches/{{wsi}}.tsv"
-    conda:
-        "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 3000 * attempt,
         runtime=20,
@@ -30,15 +30,31 @@ rule survival_patches:
         patch_px=SURVIVAL["patch_px"],
         min_tissue=SURVIVAL["min_tissue"],
         wsi_backend=SURVIVAL["wsi_backend"],
-    script:
-        "../../scripts/survival_patches.py"
+    run:
+        from tissuekd.logs import run_in_process
+        from tissuekd.survival.patches import make_patches
+
+        run_in_process(
+            log[0],
+            lambda: make_patches(
+                input.image,
+                output.patches,
+                output.thumbnail,
+                magnification=params.magnification,
+                patch_px=params.patch_px,
+                min_tissue=params.min_tissue,
+                mpp=float(params.mpp) if params.mpp else None,
+                backend=params.wsi_backend,
+            ),
+        )
 
 
 rule survival_features:
     # run:, not script: a slide has a few dozen to a few thousand patches, and starting Python,
     # torch and timm per slide (~10 s) cost more than encoding them. Locally (profiles/default:
     # force-use-threads) these jobs run inside Snakemake's process, importing torch once; on
-    # SLURM each job is its own process as usual. Outputs and reruns stay per slide.
+    # SLURM each job is its own process as usual. Outputs and reruns stay per slide. (No
+    # conda: directive: run: blocks execute in Snakemake's own environment.)
     input:
         patches=rules.survival_patches.output.patches,
         image=survival_slide_value("image"),
@@ -80,6 +96,7 @@ rule survival_features:
                 progress=False,
                 reuse_encoder=True,
             ),
+            exclusive=True,  # torch's thread count and the encoder cache are the process's
         )
 
 

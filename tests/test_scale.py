@@ -143,3 +143,18 @@ def test_scale_benchmark_steps_run_on_a_small_synthetic_slide_and_cohort(tmp_pat
     scale.survival_step(cohort, epochs=1)
     predictions = pd.read_csv(cohort / "predictions.tsv", sep="\t")
     assert len(predictions) == 25 and predictions["risk"].notna().all()
+
+
+def test_neighbourhoods_built_in_query_blocks_equal_one_search(monkeypatch):
+    """The search runs in blocks of query cells (bounded temporaries); the result is the same."""
+    import torch
+
+    import tissuekd.spatial.neighborhoods as nbm
+
+    rng = np.random.default_rng(8)
+    xy, allowed = rng.uniform(0, 1000, (3000, 2)), rng.random(3000) > 0.3
+    whole = nbm.build_neighborhoods(xy, np.arange(3000), 30.0, 16, allowed)
+    monkeypatch.setattr(nbm, "QUERY_BLOCK", 700)
+    blocks = nbm.build_neighborhoods(xy, np.arange(3000), 30.0, 16, allowed)
+    for name in ("index", "offset", "mask"):
+        assert torch.equal(getattr(whole, name), getattr(blocks, name))

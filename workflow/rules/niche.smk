@@ -207,7 +207,7 @@ rule niche_student:
         "../../envs/torch-gpu.yaml"
     threads: 1
     resources:
-        mem_mb=mem_per_cell(2500, 7),  # measured 6.6 kB/cell (bench.scale)
+        mem_mb=mem_per_cell(3000, 2),  # bench.scale: 1.8 GB at 100k-200k cells, +0.5 kB/cell
         runtime=minutes_per_cell(20, 60),
         gpu=1,
     params:
@@ -238,7 +238,7 @@ rule niche_hist_nolan:
         "../../envs/torch-gpu.yaml"
     threads: 1
     resources:
-        mem_mb=mem_per_cell(2500, 7),  # measured 6.6 kB/cell (bench.scale)
+        mem_mb=mem_per_cell(3000, 2),  # bench.scale: 1.8 GB at 100k-200k cells, +0.5 kB/cell
         runtime=minutes_per_cell(20, 60),
         gpu=1,
     params:
@@ -266,7 +266,7 @@ rule niche_hist_leiden:
     conda:
         "../../envs/scverse.yaml"
     resources:
-        mem_mb=mem_per_cell(2000, 8),  # measured 7.8 kB/cell (bench.scale)
+        mem_mb=mem_per_cell(3000, 3),  # bench.scale: 1.75 GB at 100k cells (graph of <= 50k)
         runtime=minutes_per_cell(20, 120),
     params:
         seed=method_setting(NICHE_METHODS, NICHE, "seed"),

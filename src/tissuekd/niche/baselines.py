@@ -26,8 +26,7 @@ N_NEIGHBORS, N_PCS = 15, 30  # the scanpy recipe: 15 neighbours on 30 principal 
 
 def nearest_neighbors(queries: np.ndarray, base: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
     """The `k` nearest rows of `base` for each row of `queries` (faiss, exact: the base is at
-    most LEIDEN_SAMPLE rows, ~10 s for 50,000 x 50,000 on 2 cores); `exclude_self` when the
-    queries are the base."""
+    most LEIDEN_SAMPLE rows); `exclude_self` when the queries are the base."""
     import faiss
 
     index = faiss.IndexFlatL2(base.shape[1])

@@ -51,7 +51,7 @@ def pytest_itemcollected(item):
     """Under pytest-xdist (`--dist=loadgroup`, pyproject's addopts) the tests that use the
     full demo run share one worker, so it runs once; the others stay with their module's
     tests, whose module-scoped runs (SLURM, survival) then also run once. (Marked as each
-    test is collected: xdist reads the marks before conftest's collection_modifyitems runs.)"""
+    test is collected, before any collection_modifyitems hook, xdist's included.)"""
     item.add_marker(pytest.mark.xdist_group(_group(item)))
 
 

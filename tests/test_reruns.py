@@ -1,6 +1,7 @@
 """What reruns after a change, judged by Snakemake's own dry run on a copy of the finished demo:
 exactly the changed slide's jobs and the aggregates, never another slide's, and nothing
-upstream of a changed student setting. Also: a job killed mid-write leaves nothing trusted."""
+upstream of a changed student setting. Also (on a small slide of its own): a job killed
+mid-write leaves nothing trusted."""
 
 from __future__ import annotations
 
@@ -133,12 +134,12 @@ def features_run(tmp_path) -> Path:
 
 
 def test_a_job_killed_mid_write_leaves_nothing_trusted(features_run):
-    run_copy = features_run
-    features = run_copy / FEATURES
+    workdir = features_run
+    features = workdir / FEATURES
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
            "--workflow-profile", str(REPO / "profiles" / "default"), "--cores", "2",
            "--forcerun", "niche_features", "--", str(FEATURES)]
-    proc = subprocess.Popen(cmd, cwd=run_copy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     partial = None
     deadline = time.monotonic() + 300
@@ -150,8 +151,8 @@ def test_a_job_killed_mid_write_leaves_nothing_trusted(features_run):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not features.exists()  # removed by Snakemake before the job; the partial file is not it
-    jobs, slides = dry_run_slides(run_copy, "--", str(FEATURES))
+    jobs, slides = dry_run_slides(workdir, "--", str(FEATURES))
     assert slides == {"breast_demo"} and jobs["niche_features"] == 1
-    snakemake("--unlock", cwd=run_copy)
-    snakemake("--cores", "2", "--", str(FEATURES), cwd=run_copy)
+    snakemake("--unlock", cwd=workdir)
+    snakemake("--cores", "2", "--", str(FEATURES), cwd=workdir)
     assert features.exists() and not list(features.parent.glob(".breast_demo.partial-*"))

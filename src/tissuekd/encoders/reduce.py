@@ -16,9 +16,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# rows per read: 50 MB of 1,536-d float32, and a few copies of it while transformed. (At 65,536
-# rows the chunk and its copies took ~1.2 GB: the niche steps' memory grew from 20,000 to
-# 100,000 cells only because the chunk did, which looked like a per-cell cost.)
+# rows per read: 50 MB of 1,536-d float32, and a few copies of it while transformed (at 65,536
+# rows the chunk and its copies took ~1.2 GB, which grew with the slide up to that size)
 CHUNK_ROWS = 8_192
 FIT_SAMPLE = 50_000  # rows the z-score and PCA are fitted on (all of them when there are fewer)
 

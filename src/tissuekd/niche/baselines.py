@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 LEIDEN_SAMPLE = 50_000  # cells clustered; above this the others join their sampled neighbours' cluster
 N_NEIGHBORS, N_PCS = 15, 30  # the scanpy recipe: 15 neighbours on 30 principal components
+JOIN_BLOCK = 65_536  # cells joined per nearest-neighbour search (bounded distance tables)
 
 
 def nearest_neighbors(queries: np.ndarray, base: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
@@ -79,8 +80,8 @@ def join_nearest(z: np.ndarray, sampled: np.ndarray, labels: np.ndarray, n_neigh
     out = np.full(len(z), -1, dtype=np.int64)
     out[sampled] = labels
     rest = np.flatnonzero(out < 0)
-    for start in range(0, len(rest), 65_536):  # bounded query blocks
-        rows = rest[start : start + 65_536]
+    for start in range(0, len(rest), JOIN_BLOCK):
+        rows = rest[start : start + JOIN_BLOCK]
         votes = labels[nearest_neighbors(z[rows], z[sampled], n_neighbors)]
         counts = np.zeros((len(rows), labels.max() + 1), dtype=np.int64)
         np.add.at(counts, (np.repeat(np.arange(len(rows)), n_neighbors), votes.ravel()), 1)

@@ -158,3 +158,24 @@ def test_neighbourhoods_built_in_query_blocks_equal_one_search(monkeypatch):
     blocks = nbm.build_neighborhoods(xy, np.arange(3000), 30.0, 16, allowed)
     for name in ("index", "offset", "mask"):
         assert torch.equal(getattr(whole, name), getattr(blocks, name))
+
+
+def test_wsi_benchmark_writes_a_pyramidal_svs_tile_by_tile_and_runs_the_slide_steps(tmp_path):
+    """The WSI benchmark's slide is an Aperio SVS OpenSlide reads at its mpp with every level, and
+    the survival slide steps cut and encode its tissue patches."""
+    import openslide
+
+    from tissuekd.bench import wsi
+
+    image = tmp_path / "slide.svs"
+    wsi.write_slide(image, 6000, 4000, 0.25)
+    slide = openslide.OpenSlide(str(image))
+    assert slide.properties["openslide.vendor"] == "aperio"
+    assert float(slide.properties["openslide.mpp-x"]) == 0.25
+    assert slide.level_dimensions == ((6000, 4000), (1500, 1000), (375, 250), (93, 62))
+    wsi.patches_step(str(image), str(tmp_path))
+    wsi.features_step(str(image), str(tmp_path))
+    n = wsi.patch_count(tmp_path)
+    assert 0 < n < (6000 // 512) * (4000 // 512)  # tissue only
+    with h5py.File(tmp_path / "features.h5") as h5:
+        assert h5["features"].shape[0] == n

@@ -213,9 +213,10 @@ def dag_seconds(folder: Path) -> tuple[float, int]:
     return seconds, total
 
 
-def measured(call: str) -> tuple[float, float]:
-    """Run `call` (Python) in a fresh process; its wall seconds and peak RSS (MB, VmHWM)."""
-    code = (f"import logging, sys; logging.disable(logging.INFO); from tissuekd.bench.scale import *; {call}; "
+def measured(call: str, module: str = "tissuekd.bench.scale") -> tuple[float, float]:
+    """Run `call` (Python, with the names of `module`) in a fresh process; its wall seconds and
+    peak RSS (MB, VmHWM)."""
+    code = (f"import logging, sys; logging.disable(logging.INFO); from {module} import *; {call}; "
             "from tissuekd.bench.features import vm_hwm_kb; print('VmHWM', vm_hwm_kb())")
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout

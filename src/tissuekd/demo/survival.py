@@ -108,17 +108,36 @@ def paint_slide(patient: Patient, rng: np.random.Generator, stain_shift: float =
 
 
 def write_svs(path: str | Path, rgb: np.ndarray, mpp: float = MPP, magnification: int = 20) -> None:
-    """An Aperio SVS (tiled JPEG TIFF, levels 1/4/16, Aperio ImageDescription) that OpenSlide reads
-    as vendor `aperio`, with `openslide.mpp-x` and `openslide.objective-power` set."""
+    """An Aperio SVS of `rgb` (levels 1/4/16; write_svs_levels)."""
     h, w = rgb.shape[:2]
-    opts = dict(tile=(256, 256), compression="jpeg", compressionargs={"level": 85}, photometric="rgb",
+
+    def level(ds: int) -> np.ndarray:
+        if ds == 1:
+            return rgb
+        return np.asarray(Image.fromarray(rgb).resize((w // ds, h // ds), Image.Resampling.BILINEAR))
+
+    write_svs_levels(path, (w, h), level, mpp, magnification, (1, 4, 16))
+
+
+def write_svs_levels(path: str | Path, size: tuple[int, int], level, mpp: float, magnification: int,
+                     downsamples: tuple[int, ...], tile: int = 256) -> None:
+    """An Aperio SVS (tiled JPEG TIFF, one page per level, Aperio ImageDescription) that OpenSlide
+    reads as vendor `aperio`, with `openslide.mpp-x` and `openslide.objective-power` set.
+
+    `level(ds)` gives the level at downsample `ds`: an array, or an iterator of (tile, tile, 3)
+    uint8 tiles in row-major order, so that a slide larger than memory is written tile by tile.
+    BigTIFF above 2 GB of pixels."""
+    w, h = size
+    opts = dict(tile=(tile, tile), compression="jpeg", compressionargs={"level": 85}, photometric="rgb",
                 metadata=None)
-    head = f"Aperio Image Library v12.0.15 \n{w}x{h} [0,0 {w}x{h}] (256x256) JPEG/RGB Q=85"
-    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tif:
-        tif.write(rgb, description=f"{head}|AppMag = {magnification}|MPP = {mpp}", **opts)
-        for ds in (4, 16):
-            small = np.asarray(Image.fromarray(rgb).resize((w // ds, h // ds), Image.Resampling.BILINEAR))
-            tif.write(small, description=f"{head} -> {w // ds}x{h // ds} - |", **opts)
+    head = f"Aperio Image Library v12.0.15 \n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG/RGB Q=85"
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=w * h * 3 > 2**31) as tif:
+        for ds in downsamples:
+            lw, lh = w // ds, h // ds
+            data = level(ds)
+            shape = {} if isinstance(data, np.ndarray) else {"shape": (lh, lw, 3), "dtype": np.uint8}
+            description = f"{head}|AppMag = {magnification}|MPP = {mpp}" if ds == 1 else f"{head} -> {lw}x{lh} - |"
+            tif.write(data, description=description, **shape, **opts)
 
 
 def make_slide(path: str | Path, barcode: str, seed: int, stain_shift: float = 0.0) -> None:

@@ -179,3 +179,21 @@ def test_wsi_benchmark_writes_a_pyramidal_svs_tile_by_tile_and_runs_the_slide_st
     assert 0 < n < (6000 // 512) * (4000 // 512)  # tissue only
     with h5py.File(tmp_path / "features.h5") as h5:
         assert h5["features"].shape[0] == n
+
+
+def test_trace_probe_finds_the_latent_the_features_carry_and_not_the_others(tmp_path):
+    """bench.traces reads demo-named feature files and recovers a latent written into them."""
+    from tissuekd.bench import traces
+    from tissuekd.demo.survival import patient_latents
+
+    rng = np.random.default_rng(1)
+    direction = rng.normal(size=16)
+    for i in range(40):
+        barcode = f"TCGA-DM-A{i:03d}"
+        a = patient_latents(barcode, 0).a
+        x = rng.normal(size=(30, 16)) + a * direction
+        with h5py.File(tmp_path / f"{barcode}-01Z-00-DX1.h5", "w") as h5:
+            h5.create_dataset("features", data=x.astype(np.float32))
+    x, latents = traces.slide_summaries(tmp_path, seed=0)
+    scores = traces.probe(x, latents)
+    assert scores["a"] > 0.9 and abs(scores["b"]) < 0.5 and abs(scores["m"]) < 0.5

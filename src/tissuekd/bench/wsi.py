@@ -94,9 +94,10 @@ def main(argv: list[str] | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         image = folder / "slide.svs"
         if not image.exists():
-            seconds, _ = measured(f"write_slide(Path({str(image)!r}), {width}, {height}, {args.mpp})",
-                                  module="tissuekd.bench.wsi")
-            print(f"    {size}: slide written in {seconds:.0f} s ({image.stat().st_size / 1e9:.2f} GB)", flush=True)
+            seconds, mb = measured(f"write_slide(Path({str(image)!r}), {width}, {height}, {args.mpp})",
+                                   module="tissuekd.bench.wsi")
+            print(f"    {size}: slide written in {seconds:.0f} s, {mb:.0f} MB peak "
+                  f"({image.stat().st_size / 1e9:.2f} GB on disk)", flush=True)
         for step in rows:
             rows[step].append(measured(f"{step}_step({str(image)!r}, {str(folder)!r})", module="tissuekd.bench.wsi"))
         counts.append(patch_count(folder))

@@ -18,12 +18,13 @@ from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import KFold, cross_val_predict
 
 from tissuekd.demo.survival import patient_latents
+from tissuekd.errors import InputError
 
 
 def slide_summaries(folder: Path, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
     """(slides, 2 x dim) mean and SD of each slide's patch features, z-scored over slides, and the
-    slides' patient latents (the barcode is the slide name up to its last `-` field: TCGA's
-    first three fields, CPTAC's first two)."""
+    slides' patient latents (the patient barcode is the slide name's first three `-` fields for
+    TCGA slides, all but the last for CPTAC ones)."""
     rows, latents = [], []
     for path in sorted(folder.glob("*.h5")):
         fields = path.stem.split("-")
@@ -33,7 +34,7 @@ def slide_summaries(folder: Path, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
         rows.append(np.concatenate([x.mean(0), x.std(0)]))
         latents.append(vars(patient_latents(barcode, seed)))
     if len(rows) < 10:
-        raise SystemExit(f"{folder}: {len(rows)} feature files; the probe needs the demo's slides (84)")
+        raise InputError(folder, f"{len(rows)} feature files; the probe needs the demo's slides (84)")
     x = np.array(rows)
     return (x - x.mean(0)) / (x.std(0) + 1e-6), pd.DataFrame(latents)
 

@@ -21,6 +21,13 @@ SPEC = EncoderSpec.from_config("demo", {"model": "mobilenetv3_small_100", "mpp":
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def _no_isa_cap(monkeypatch):
+    """These tests say what the CPU reports; a cap in the caller's environment would override it."""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+
+
 def _cpu_reports(monkeypatch, avx512_bf16: bool, amx: bool) -> None:
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
@@ -54,6 +61,15 @@ def test_cpu_flags_are_the_fallback_without_torchs_probe(monkeypatch):
     assert resolve_precision(CPU)[0] == "fp32"
     monkeypatch.setattr(compute, "_cpuinfo_flags", lambda: {"avx2", "avx512_bf16"})
     assert resolve_precision(CPU) == ("bf16", "auto: native bf16 (/proc/cpuinfo flags: avx512_bf16)")
+
+
+@pytest.mark.parametrize(("cap", "expected"), [("AVX2", "fp32"), ("avx512_core", "fp32"), ("AVX512_CORE_AMX", "bf16")])
+def test_a_onednn_isa_cap_below_bf16_keeps_auto_in_fp32(monkeypatch, cap, expected):
+    _cpu_reports(monkeypatch, True, True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    precision, why = resolve_precision(CPU, "auto")
+    assert precision == expected
+    assert (cap in why) == (expected == "fp32")
 
 
 @pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16"), (False, "fp16")])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names
+# oneDNN's ISA caps below AVX512_CORE_BF16: with one of them set, bf16 runs emulated whatever the CPU
+# has (how to make an AMX machine behave like an AVX2 one: README, "Performance")
+ISA_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -40,6 +44,9 @@ def cpu_native_bf16() -> tuple[bool, str]:
     torch's own CPU feature probe (the one oneDNN's bf16 kernels dispatch on) comes first; the
     kernel's CPU flags are the fallback where a torch build lacks it.
     """
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if cap and cap.upper() in ISA_WITHOUT_BF16:
+        return False, f"ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN below its bf16 kernels"
     probe = torch.cpu
     if hasattr(probe, "_is_avx512_bf16_supported"):
         found = [name for name, check in (("AVX512-BF16", probe._is_avx512_bf16_supported),

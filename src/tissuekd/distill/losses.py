@@ -1,9 +1,11 @@
-"""Knowledge-distillation loss of the niche student."""
+"""Distillation losses more than one study uses: temperature KL (niche), probability MSE and
+learnable uncertainty weighting (segmentation)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -11,3 +13,27 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     t = F.log_softmax(teacher_logits / temperature, dim=-1)
     s = F.log_softmax(student_logits / temperature, dim=-1)
     return F.kl_div(s, t, reduction="batchmean", log_target=True) * temperature**2
+
+
+def probability_mse(student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """mean((sigmoid(s) - p_t)^2) over every element: the student's probabilities against the
+    frozen teacher's (bounded, so a confident teacher pixel cannot dominate as in BCE)."""
+    return F.mse_loss(torch.sigmoid(student_logits), teacher_probs)
+
+
+class UncertaintyWeights(nn.Module):
+    """Learnable task weighting (Kendall, Gal & Cipolla 2018): L = sum_i exp(-s_i) L_i + s_i,
+    with s_i = log sigma_i^2 learnt beside the model. A term's weight exp(-s_i) falls as its
+    loss stays high, and the + s_i keeps every weight from collapsing to zero."""
+
+    def __init__(self, names: tuple[str, ...]):
+        super().__init__()
+        self.names = names
+        self.log_vars = nn.Parameter(torch.zeros(len(names)))
+
+    def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        terms = torch.stack([losses[name] for name in self.names])
+        return (torch.exp(-self.log_vars) * terms + self.log_vars).sum()
+
+    def weights(self) -> dict[str, float]:
+        return {name: float(w) for name, w in zip(self.names, torch.exp(-self.log_vars.detach()))}

@@ -1,0 +1,160 @@
+"""Segmentation data sets in their published layouts: TissueNet v1.1 npz and BBBC038 folders.
+
+Both are read into the same `SegSet`: images (N, H, W, C) with the sheet's channel order, one
+instance-label image per image (0 = background), and per-image ids, tissues and platforms.
+TissueNet's npz members are memory-mapped where the archive stores them uncompressed (as the
+published files are), so a 2,580-image training split is never read whole; BBBC038's images
+differ in size, so its set is a list read image by image.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tissuekd.errors import InputError
+
+log = logging.getLogger(__name__)
+
+TARGETS = {"whole-cell": 0, "nuclear": 1}  # TissueNet's y[..., 0] and y[..., 1]
+
+
+@dataclass
+class SegSet:
+    """Images (each H x W x C, float32 as stored), instance labels (H x W, int32), and per image:
+    id, tissue, platform. `images`/`labels` are arrays (N, ...) or lists of arrays."""
+
+    images: np.ndarray | list[np.ndarray]
+    labels: np.ndarray | list[np.ndarray]
+    ids: list[str]
+    tissues: list[str]
+    platforms: list[str]
+    channels: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def npz_member(path: str | Path, name: str) -> np.ndarray:
+    """Array `name` of an npz: memory-mapped when stored uncompressed, else read whole."""
+    path = Path(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as err:
+        raise InputError(path, f"not a readable npz archive ({err})") from None
+    with archive:
+        member = f"{name}.npy"
+        if member not in archive.namelist():
+            raise InputError(path, f"has no array {name!r} (arrays: {', '.join(n[:-4] for n in archive.namelist())})")
+        info = archive.getinfo(member)
+        if info.compress_type != zipfile.ZIP_STORED:
+            log.warning("%s: %s is compressed, so it is read whole (%.1f GB)", path, name, info.file_size / 1e9)
+            with archive.open(member) as f:
+                return np.lib.format.read_array(f, allow_pickle=name.endswith("_list"))
+        with archive.open(member) as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            header = f.tell()
+    if dtype.hasobject:
+        return np.load(path, allow_pickle=True)[name]
+    # the member's data start: the local file header (30 bytes + name + extra) then the .npy header
+    with open(path, "rb") as raw:
+        raw.seek(info.header_offset + 26)
+        name_len, extra_len = np.frombuffer(raw.read(4), "<u2")
+    offset = info.header_offset + 30 + int(name_len) + int(extra_len) + header
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1, target: str = "whole-cell") -> SegSet:
+    """One split of TissueNet v1.1 (`tissuenet_v1.1_{train,val,test}.npz`).
+
+    Parameters
+    ----------
+    path : str or Path
+        The npz: `X` (N, H, W, 2) nuclear and membrane, `y` (N, H, W, 2) whole-cell and nuclear
+        instance labels, `tissue_list` and `platform_list` (N,).
+    nuclear, membrane : int
+        Channel indices of X (membrane None: nuclear only).
+    target : str
+        "whole-cell" or "nuclear": which labels of `y`.
+    """
+    path = Path(path)
+    if target not in TARGETS:
+        raise InputError(path, f"unknown target {target!r} (one of {', '.join(TARGETS)})")
+    x, y = npz_member(path, "X"), npz_member(path, "y")
+    if x.ndim != 4 or y.ndim != 4:
+        raise InputError(path, f"X and y must be (N, H, W, C); got X {x.shape}, y {y.shape}")
+    if x.shape[:3] != y.shape[:3]:
+        raise InputError(path, f"labels and images differ in size: X {x.shape[:3]}, y {y.shape[:3]}")
+    if len(x) == 0:
+        raise InputError(path, "no images (X has 0 rows)")
+    channels = (nuclear,) if membrane is None else (nuclear, membrane)
+    bad = [c for c in channels if not 0 <= c < x.shape[3]]
+    if bad:
+        raise InputError(path, f"channel index {bad[0]} out of range: X has {x.shape[3]} channels")
+    if y.shape[3] <= TARGETS[target]:
+        raise InputError(path, f"no {target} labels: y has {y.shape[3]} channels")
+    if not np.issubdtype(y.dtype, np.integer):
+        sample = np.asarray(y[: min(len(y), 8), ..., TARGETS[target]])
+        if not np.array_equal(sample, np.round(sample)):
+            raise InputError(path, f"labels are not integer ids (y is {y.dtype} with fractional values)")
+    n = len(x)
+    tissues = _names(path, "tissue_list", n)
+    platforms = _names(path, "platform_list", n)
+    images = x[..., list(channels)] if channels != tuple(range(x.shape[3])) else x
+    return SegSet(images, y[..., TARGETS[target]], [f"{path.stem}:{i}" for i in range(n)], tissues, platforms,
+                  ("nuclear",) if membrane is None else ("nuclear", "membrane"))
+
+
+def _names(path: Path, member: str, n: int) -> list[str]:
+    try:
+        values = npz_member(path, member)
+    except InputError:
+        return ["unknown"] * n
+    if len(values) != n:
+        raise InputError(path, f"{member} has {len(values)} entries for {n} images")
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def read_bbbc038(folder: str | Path, ids: Sequence[str] | None = None, tissue: str = "nuclei",
+                 platform: str = "bbbc038") -> SegSet:
+    """BBBC038 / 2018 Data Science Bowl stage-1 training layout: `<id>/images/<id>.png` and
+    `<id>/masks/*.png`, one binary mask per nucleus. Grey or RGB(A) images become one nuclear
+    channel (the mean of the colour channels); masks become one instance image (1..n, in the
+    order of the sorted mask names)."""
+    folder = Path(folder)
+    ids = sorted(p.name for p in folder.iterdir() if (p / "images").is_dir()) if ids is None else list(ids)
+    if not ids:
+        raise InputError(folder, "no images: expected <id>/images/<id>.png folders")
+    images, labels = [], []
+    for name in ids:
+        image = _grey(folder / name / "images" / f"{name}.png")
+        masks = sorted((folder / name / "masks").glob("*.png"))
+        if not masks:
+            raise InputError(folder / name / "masks", "no mask files")
+        label = np.zeros(image.shape, np.int32)
+        for k, mask_path in enumerate(masks, start=1):
+            mask = np.asarray(Image.open(mask_path))
+            if mask.shape[:2] != image.shape:
+                raise InputError(mask_path, f"mask is {mask.shape[:2]}, its image {image.shape}")
+            label[(mask if mask.ndim == 2 else mask[..., 0]) > 0] = k
+        images.append(image[..., None])
+        labels.append(label)
+    return SegSet(images, labels, ids, [tissue] * len(ids), [platform] * len(ids), ("nuclear",))
+
+
+def _grey(path: Path) -> np.ndarray:
+    try:
+        image = np.asarray(Image.open(path), dtype=np.float32)
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"unreadable image ({err})") from None
+    if image.ndim == 3:
+        image = image[..., :3].mean(axis=2)
+    return image

@@ -1,0 +1,1 @@
+"""Segmentation study: a multiplexed-fluorescence teacher distilled into nuclear-channel U-Nets."""

@@ -1,0 +1,138 @@
+"""Segmentation study, first layers: the TissueNet/BBBC038 readers and their errors, the demo
+data in those layouts, Dice and object F1 against independent references, the loss terms,
+and the four U-Net students."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.spatial.distance import dice as scipy_dice
+from skimage.draw import disk
+
+from tissuekd.demo.segmentation import write_bbbc038, write_tissuenet
+from tissuekd.distill.losses import UncertaintyWeights, probability_mse
+from tissuekd.errors import InputError
+from tissuekd.io.segmentation import read_bbbc038, read_tissuenet
+from tissuekd.segmentation.evaluate import dice, instances, object_f1
+from tissuekd.segmentation.losses import boundary_weighted, label_targets, supervised
+from tissuekd.segmentation.models import BACKBONES, build_unet, parameter_count
+
+
+@pytest.fixture(scope="module")
+def tissuenet(tmp_path_factory):
+    return write_tissuenet(tmp_path_factory.mktemp("tn") / "tissuenet_v1.1_train.npz", 8, size=96)
+
+
+def test_demo_tissuenet_reads_back_memory_mapped_with_cells_around_their_nuclei(tissuenet):
+    whole = read_tissuenet(tissuenet, target="whole-cell")
+    nuclear = read_tissuenet(tissuenet, membrane=None, target="nuclear")
+    assert isinstance(whole.labels, np.memmap) and whole.images.shape == (8, 96, 96, 2)
+    assert nuclear.images.shape == (8, 96, 96, 1) and nuclear.channels == ("nuclear",)
+    assert set(whole.tissues) == {"breast", "colon"} and set(whole.platforms) == {"codex", "mibi"}
+    for cell, nucleus in zip(whole.labels, nuclear.labels):
+        inside = nucleus > 0
+        assert np.array_equal(cell[inside], nucleus[inside])  # a cell keeps its nucleus's id
+        assert (cell > 0).sum() > 1.3 * inside.sum()  # and reaches beyond it
+    # touching nuclei: some pairs of different nuclei are 4-neighbours
+    n = np.asarray(nuclear.labels)
+    touching = (n[:, :, 1:] > 0) & (n[:, :, :-1] > 0) & (n[:, :, 1:] != n[:, :, :-1])
+    assert touching.any()
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(("arrays", "problem"), [
+    ({"X": np.zeros((2, 8, 8, 2)), "y": np.zeros((2, 8, 9, 2), int)}, "labels and images differ in size"),
+    ({"X": np.zeros((0, 8, 8, 2)), "y": np.zeros((0, 8, 8, 2), int)}, "no images"),
+    ({"X": np.zeros((1, 8, 8, 1)), "y": np.zeros((1, 8, 8, 2), int)}, "channel index 1 out of range"),
+    ({"X": np.zeros((1, 8, 8, 2)), "y": np.full((1, 8, 8, 2), 0.5)}, "not integer ids"),
+    ({"y": np.zeros((1, 8, 8, 2), int)}, "has no array 'X'"),
+])
+def test_bad_tissuenet_input_names_the_file_and_the_problem(tmp_path, arrays, problem):
+    path = _npz(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(InputError, match=problem) as err:
+        read_tissuenet(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_compressed_tissuenet_archive_is_read_whole_with_the_same_values(tissuenet, tmp_path):
+    with np.load(tissuenet) as src:
+        np.savez_compressed(tmp_path / "c.npz", **{k: src[k] for k in src.files})
+    plain, packed = read_tissuenet(tissuenet), read_tissuenet(tmp_path / "c.npz")
+    assert not isinstance(packed.images, np.memmap)
+    assert np.array_equal(plain.images, packed.images) and np.array_equal(plain.labels, packed.labels)
+
+
+def test_bbbc038_folders_become_one_instance_image_each(tmp_path):
+    folder = write_bbbc038(tmp_path / "stage1_train", n_images=4)
+    data = read_bbbc038(folder)
+    assert len(data) == 4 and data.channels == ("nuclear",)
+    for name, image, labels in zip(data.ids, data.images, data.labels):
+        masks = sorted((folder / name / "masks").glob("*.png"))
+        assert image.shape == (*labels.shape, 1) and labels.max() == len(masks)
+        assert np.array_equal(labels == 2, np.asarray(Image.open(masks[1])) > 0)
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(folder / data.ids[0] / "masks" / "zzz.png")
+    with pytest.raises(InputError, match="mask is"):
+        read_bbbc038(folder)
+
+
+def test_dice_and_object_f1_equal_independent_references():
+    rng = np.random.default_rng(0)
+    truth = np.zeros((64, 64), int)
+    pred = np.zeros((64, 64), int)
+    for k, (r, c) in enumerate(rng.uniform(8, 56, (6, 2)), start=1):
+        truth[disk((r, c), 4, shape=truth.shape)] = k
+        pred[disk((r + rng.integers(-3, 4), c + rng.integers(-3, 4)), rng.uniform(3, 5), shape=pred.shape)] = 10 + k
+    assert dice(pred > 0, truth > 0) == pytest.approx(1 - scipy_dice((pred > 0).ravel(), (truth > 0).ravel()))
+    hits = sum(any(((pred == p) & (truth == t)).sum() / ((pred == p) | (truth == t)).sum() >= 0.5
+                   for p in np.unique(pred[pred > 0])) for t in np.unique(truth[truth > 0]))
+    n_pred, n_true = len(np.unique(pred)) - 1, len(np.unique(truth)) - 1
+    result = object_f1(pred, truth)
+    assert result["tp"] == hits and result["f1"] == pytest.approx(2 * hits / (n_pred + n_true))
+    assert object_f1(np.zeros((4, 4), int), np.zeros((4, 4), int))["f1"] == 1.0
+
+
+def test_instances_split_two_touching_cells_that_components_would_merge():
+    labels = np.zeros((40, 60), int)
+    labels[disk((20, 20), 9)] = 1
+    labels[disk((20, 36), 9)] = 2
+    split = instances((labels > 0).astype(float))
+    assert split.max() == 2 and object_f1(split, labels)["tp"] == 2
+
+
+def test_loss_terms_follow_their_formulas():
+    labels = np.zeros((32, 32), int)
+    labels[disk((16, 16), 6)] = 1
+    targets = torch.from_numpy(label_targets(labels))[None]
+    fg, bd, weight = targets[0]
+    assert weight[bd > 0].min() == pytest.approx(6.0) and weight.min() < 1.01  # 1 + w0 on the outline
+    logits = torch.zeros(1, 2, 32, 32)
+    assert supervised(logits, targets) == pytest.approx(np.log(2), rel=1e-5)
+    assert boundary_weighted(logits, targets) == pytest.approx(np.log(2), rel=1e-5)  # constant BCE: any weights
+    assert probability_mse(torch.full((2, 3), 10.0), torch.ones(2, 3)) < 1e-8
+    weights = UncertaintyWeights(("mse", "label"))
+    with torch.no_grad():
+        weights.log_vars.copy_(torch.tensor([0.0, np.log(4.0)]))
+    total = weights({"mse": torch.tensor(2.0), "label": torch.tensor(8.0)})
+    assert total.item() == pytest.approx(2.0 + 8.0 / 4 + np.log(4.0))
+
+
+def test_the_four_students_take_one_channel_and_give_two_maps():
+    counts = {}
+    for name in BACKBONES:
+        model = build_unet(name, in_channels=1, tile=64).eval()
+        with torch.no_grad():
+            assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 2, 64, 64)
+        counts[name] = parameter_count(model)
+    assert counts["efficientnet-b0"] < counts["resnet18"] < counts["swin-tiny"]
+    teacher = build_unet("resnet18", in_channels=2, tile=64)
+    assert teacher.encoder.model.conv1.in_channels == 2
+    with pytest.raises(ValueError, match="unknown segmentation backbone"):
+        build_unet("vgg", 1, 64)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_unet("resnet18", 1, 50)

@@ -18,6 +18,7 @@ from tissuekd.io.segmentation import read_bbbc038, read_tissuenet
 from tissuekd.segmentation.evaluate import dice, instances, object_f1
 from tissuekd.segmentation.losses import boundary_weighted, label_targets, supervised
 from tissuekd.segmentation.models import BACKBONES, build_unet, parameter_count
+from tissuekd.segmentation.train import SegTrainConfig, crops, fit, predict
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +137,27 @@ def test_the_four_students_take_one_channel_and_give_two_maps():
         build_unet("vgg", 1, 64)
     with pytest.raises(ValueError, match="multiple of 32"):
         build_unet("resnet18", 1, 50)
+
+
+def test_crops_turn_and_flip_images_targets_and_teacher_maps_alike():
+    rng = np.random.default_rng(0)
+    base = rng.random((3, 40, 40)).astype(np.float32)
+    images = np.moveaxis(base, 0, -1)[None].repeat(2, 0)  # (2, 40, 40, 3)
+    x, t, e = crops(images, base[None].repeat(2, 0), base[:2][None].repeat(2, 0),
+                    SegTrainConfig(batch_size=6, tile=32), rng)
+    assert x.shape == (6, 3, 32, 32) and torch.equal(x, t) and torch.equal(x[:, :2], e)
+
+
+def test_students_train_under_one_protocol_and_predict_whole_images(tissuenet):
+    data = read_tissuenet(tissuenet)
+    cfg = SegTrainConfig(steps=2, batch_size=2, tile=32)
+    teacher = fit("mobilenetv3", data.images[:4], data.labels[:4], cfg)
+    probs = predict(teacher, data.images[:4], cfg.tile)
+    assert probs.shape == (4, 2, 96, 96) and 0 <= probs.min() and probs.max() <= 1
+    nuclear = data.images[:4, ..., :1]
+    kd = fit("mobilenetv3", nuclear, data.labels[:4], cfg, "kd", probs)
+    assert predict(kd, nuclear[:1, :50, :70], cfg.tile).shape == (1, 2, 50, 70)  # any size: padded, cropped
+    again = fit("mobilenetv3", nuclear, data.labels[:4], cfg, "kd", probs)
+    assert all(torch.equal(a, b) for a, b in zip(kd.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="teacher's probabilities"):
+        fit("mobilenetv3", nuclear, data.labels[:4], cfg, "kd")

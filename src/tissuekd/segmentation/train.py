@@ -1,0 +1,125 @@
+"""Fitting loops of the segmentation study: the multiplex teacher on labels, and the
+nuclear-only students with or without distillation, all under one protocol (the same random
+crops, flips and rotations, schedule and seed), so that modes differ only in their loss.
+
+Modes of a student:
+  no-kd   L = supervised + boundary_weighted                      (labels only)
+  kd      L = sum_i exp(-s_i) L_i + s_i over {mse, boundary, label}  (segmentation.losses,
+          distill.losses: MSE to the frozen teacher's probabilities, boundary-weighted BCE,
+          BCE on the labels; s_i learnt, UncertaintyWeights)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from tissuekd.distill.losses import UncertaintyWeights, probability_mse
+from tissuekd.segmentation.losses import boundary_weighted, label_targets, supervised
+from tissuekd.segmentation.models import build_unet, probabilities
+
+log = logging.getLogger(__name__)
+MODES = ("no-kd", "kd")
+
+
+@dataclass(frozen=True)
+class SegTrainConfig:
+    steps: int = 200  # optimiser steps (one batch of random crops each)
+    batch_size: int = 8
+    tile: int = 64  # crop side (px), a multiple of 32
+    lr: float = 1e-3
+    seed: int = 0
+
+
+def normalise(images: np.ndarray) -> np.ndarray:
+    """Per image and channel: divide by the 99th percentile (platforms differ in gain)."""
+    scale = np.percentile(images, 99, axis=(-3, -2), keepdims=True)
+    return (images / np.maximum(scale, 1e-6)).astype(np.float32)
+
+
+def crops(images: np.ndarray, targets: np.ndarray, extra: np.ndarray | None, cfg: SegTrainConfig,
+          rng: np.random.Generator):
+    """One batch: random tiles of random images, flipped and rotated by 90° alike in every array.
+    images (N, H, W, C), targets (N, 3, H, W), extra (N, 2, H, W) or None."""
+    n, h, w = images.shape[:3]
+    pick = rng.integers(0, n, cfg.batch_size)
+    rows, cols = rng.integers(0, h - cfg.tile + 1, cfg.batch_size), rng.integers(0, w - cfg.tile + 1, cfg.batch_size)
+    turns, flips = rng.integers(0, 4, cfg.batch_size), rng.random(cfg.batch_size) < 0.5
+    out = {"x": [], "t": [], "e": []}
+    for i, r, c, k, f in zip(pick, rows, cols, turns, flips):
+        window = (slice(r, r + cfg.tile), slice(c, c + cfg.tile))
+        parts = {"x": np.moveaxis(images[i][window], -1, 0), "t": targets[i][(slice(None), *window)]}
+        if extra is not None:
+            parts["e"] = extra[i][(slice(None), *window)]
+        for key, part in parts.items():
+            part = np.rot90(part, k, axes=(1, 2))
+            out[key].append(np.ascontiguousarray(part[:, :, ::-1] if f else part))
+    return tuple(torch.from_numpy(np.stack(out[key])) if out[key] else None for key in ("x", "t", "e"))
+
+
+def fit(backbone: str, images: np.ndarray, labels: np.ndarray, cfg: SegTrainConfig, mode: str = "no-kd",
+        teacher_probs: np.ndarray | None = None) -> nn.Module:
+    """Train a U-Net on `images` (N, H, W, C: the channels it sees) against instance `labels`
+    (N, H, W); `kd` also against `teacher_probs` (N, 2, H, W). The teacher is fitted the same
+    way (mode no-kd) on every channel."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
+    if mode == "kd" and teacher_probs is None:
+        raise ValueError("mode kd needs the teacher's probabilities")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model = build_unet(backbone, images.shape[-1], cfg.tile)
+    weighting = UncertaintyWeights(("mse", "boundary", "label")) if mode == "kd" else None
+    params = list(model.parameters()) + (list(weighting.parameters()) if weighting else [])
+    optimiser = torch.optim.AdamW(params, lr=cfg.lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, cfg.lr, total_steps=cfg.steps)
+    images = normalise(np.asarray(images, np.float32))
+    targets = np.stack([label_targets(np.asarray(y)) for y in labels])
+    model.train()
+    for step in range(cfg.steps):
+        x, t, e = crops(images, targets, teacher_probs if mode == "kd" else None, cfg, rng)
+        logits = model(x)
+        if mode == "kd":
+            loss = weighting({"mse": probability_mse(logits, e), "boundary": boundary_weighted(logits, t),
+                              "label": supervised(logits, t)})
+        else:
+            loss = supervised(logits, t) + boundary_weighted(logits, t)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        if (step + 1) % max(1, cfg.steps // 5) == 0:
+            log.info("%s %s step %d/%d loss %.4f", backbone, mode, step + 1, cfg.steps, loss.item())
+    if weighting is not None:
+        log.info("%s kd: learnt weights %s", backbone, weighting.weights())
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, tile: int, batch_size: int = 16) -> np.ndarray:
+    """(N, 2, H, W) float32 foreground and boundary probabilities of whole images (N, H, W, C),
+    from `tile`-px windows at half-tile steps, averaged where they overlap (Swin takes only its
+    fixed size, and a large image never goes through the network whole). Edges are padded by
+    reflection and cropped back."""
+    images = normalise(np.asarray(images, np.float32))
+    n, h, w = images.shape[:3]
+    step = tile // 2
+    size = [max(tile, -(-(d - tile) // step) * step + tile) for d in (h, w)]
+    padded = np.pad(images, ((0, 0), (0, size[0] - h), (0, size[1] - w), (0, 0)), mode="reflect")
+    windows = [(r, c) for r in range(0, size[0] - tile + 1, step) for c in range(0, size[1] - tile + 1, step)]
+    total = np.zeros((n, 2, *size), np.float32)
+    count = np.zeros(size, np.float32)
+    for r, c in windows:
+        count[r:r + tile, c:c + tile] += 1
+    for i in range(n):
+        for start in range(0, len(windows), batch_size):
+            chunk = windows[start:start + batch_size]
+            x = np.stack([np.moveaxis(padded[i, r:r + tile, c:c + tile], -1, 0) for r, c in chunk])
+            probs = probabilities(model, torch.from_numpy(x)).numpy()
+            for (r, c), p in zip(chunk, probs):
+                total[i, :, r:r + tile, c:c + tile] += p
+    return (total / count)[:, :, :h, :w]

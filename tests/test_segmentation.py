@@ -18,6 +18,7 @@ from tissuekd.io.segmentation import read_bbbc038, read_tissuenet
 from tissuekd.segmentation.evaluate import dice, instances, object_f1
 from tissuekd.segmentation.losses import boundary_weighted, label_targets, supervised
 from tissuekd.segmentation.models import BACKBONES, build_unet, parameter_count
+from tissuekd.segmentation.steps import evaluate, fit_model, predict_probs, read_split
 from tissuekd.segmentation.train import SegTrainConfig, crops, fit, predict
 
 
@@ -161,3 +162,21 @@ def test_students_train_under_one_protocol_and_predict_whole_images(tissuenet):
     assert all(torch.equal(a, b) for a, b in zip(kd.state_dict().values(), again.state_dict().values()))
     with pytest.raises(ValueError, match="teacher's probabilities"):
         fit("mobilenetv3", nuclear, data.labels[:4], cfg, "kd")
+
+
+def test_steps_chain_teacher_cached_probabilities_student_and_per_image_scores(tissuenet, tmp_path):
+    cfg = SegTrainConfig(steps=2, batch_size=2, tile=32)
+    train = read_split("tissuenet", str(tissuenet))
+    fit_model(train, "mobilenetv3", str(tmp_path / "teacher.pt"), cfg)
+    predict_probs(train, str(tmp_path / "teacher.pt"), str(tmp_path / "probs.npz"))
+    nuclear = read_split("tissuenet", str(tissuenet), nuclear_only=True)
+    fit_model(nuclear, "mobilenetv3", str(tmp_path / "kd.pt"), cfg, "kd", str(tmp_path / "probs.npz"))
+    table = evaluate(nuclear, str(tmp_path / "kd.pt"), str(tmp_path / "scores.tsv"))
+    assert len(table) == len(nuclear) and set(table["mode"]) == {"kd"} and table["dice"].between(0, 1).all()
+    bbbc = read_split("bbbc038", str(write_bbbc038(tmp_path / "bbbc", n_images=2)))
+    assert len(evaluate(bbbc, str(tmp_path / "kd.pt"), str(tmp_path / "cross.tsv"))) == 2  # no retraining
+    np.savez(tmp_path / "other.npz", probs=np.zeros((1, 2, 96, 96)), ids=np.array(["x"]))
+    with pytest.raises(InputError, match="other images"):
+        fit_model(nuclear, "mobilenetv3", str(tmp_path / "bad.pt"), cfg, "kd", str(tmp_path / "other.npz"))
+    with pytest.raises(InputError, match="unknown segmentation format"):
+        read_split("zarr", "x")

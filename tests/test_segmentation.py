@@ -151,7 +151,7 @@ def test_crops_turn_and_flip_images_targets_and_teacher_maps_alike():
 
 def test_students_train_under_one_protocol_and_predict_whole_images(tissuenet):
     data = read_tissuenet(tissuenet)
-    cfg = SegTrainConfig(steps=2, batch_size=2, tile=32)
+    cfg = SegTrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, tile=32)
     teacher = fit("mobilenetv3", data.images[:4], data.labels[:4], cfg)
     probs = predict(teacher, data.images[:4], cfg.tile)
     assert probs.shape == (4, 2, 96, 96) and 0 <= probs.min() and probs.max() <= 1
@@ -165,7 +165,7 @@ def test_students_train_under_one_protocol_and_predict_whole_images(tissuenet):
 
 
 def test_steps_chain_teacher_cached_probabilities_student_and_per_image_scores(tissuenet, tmp_path):
-    cfg = SegTrainConfig(steps=2, batch_size=2, tile=32)
+    cfg = SegTrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, tile=32)
     train = read_split("tissuenet", str(tissuenet))
     fit_model(train, "mobilenetv3", str(tmp_path / "teacher.pt"), cfg)
     predict_probs(train, str(tmp_path / "teacher.pt"), str(tmp_path / "probs.npz"))

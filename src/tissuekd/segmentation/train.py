@@ -18,9 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from tissuekd.compute import CPU, Compute
 from tissuekd.distill.losses import UncertaintyWeights, probability_mse
 from tissuekd.segmentation.losses import boundary_weighted, label_targets, supervised
 from tissuekd.segmentation.models import build_unet, probabilities
+from tissuekd.training import optimise
 
 log = logging.getLogger(__name__)
 MODES = ("no-kd", "kd")
@@ -28,10 +30,12 @@ MODES = ("no-kd", "kd")
 
 @dataclass(frozen=True)
 class SegTrainConfig:
-    steps: int = 200  # optimiser steps (one batch of random crops each)
+    epochs: int = 10
+    steps_per_epoch: int = 20  # batches of random crops per epoch
     batch_size: int = 8
     tile: int = 64  # crop side (px), a multiple of 32
     lr: float = 1e-3
+    weight_decay: float = 1e-4
     seed: int = 0
 
 
@@ -62,7 +66,7 @@ def crops(images: np.ndarray, targets: np.ndarray, extra: np.ndarray | None, cfg
 
 
 def fit(backbone: str, images: np.ndarray, labels: np.ndarray, cfg: SegTrainConfig, mode: str = "no-kd",
-        teacher_probs: np.ndarray | None = None) -> nn.Module:
+        teacher_probs: np.ndarray | None = None, compute: Compute = CPU) -> nn.Module:
     """Train a U-Net on `images` (N, H, W, C: the channels it sees) against instance `labels`
     (N, H, W); `kd` also against `teacher_probs` (N, 2, H, W). The teacher is fitted the same
     way (mode no-kd) on every channel."""
@@ -72,31 +76,32 @@ def fit(backbone: str, images: np.ndarray, labels: np.ndarray, cfg: SegTrainConf
         raise ValueError("mode kd needs the teacher's probabilities")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = build_unet(backbone, images.shape[-1], cfg.tile)
-    weighting = UncertaintyWeights(("mse", "boundary", "label")) if mode == "kd" else None
-    params = list(model.parameters()) + (list(weighting.parameters()) if weighting else [])
-    optimiser = torch.optim.AdamW(params, lr=cfg.lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, cfg.lr, total_steps=cfg.steps)
+    model = build_unet(backbone, images.shape[-1], cfg.tile).to(compute.device)
+    weighting = UncertaintyWeights(("mse", "boundary", "label")).to(compute.device) if mode == "kd" else None
     images = normalise(np.asarray(images, np.float32))
     targets = np.stack([label_targets(np.asarray(y)) for y in labels])
+    extra = teacher_probs if mode == "kd" else None
+
+    def batches(epoch):
+        return (crops(images, targets, extra, cfg, rng) for _ in range(cfg.steps_per_epoch))
+
+    def loss_of(batch):
+        x, t, e = (part.to(compute.device) if part is not None else None for part in batch)
+        with compute.autocast():
+            logits = model(x)
+        logits = logits.float()
+        if weighting is None:
+            return supervised(logits, t) + boundary_weighted(logits, t)
+        return weighting({"mse": probability_mse(logits, e), "boundary": boundary_weighted(logits, t),
+                          "label": supervised(logits, t)})
+
     model.train()
-    for step in range(cfg.steps):
-        x, t, e = crops(images, targets, teacher_probs if mode == "kd" else None, cfg, rng)
-        logits = model(x)
-        if mode == "kd":
-            loss = weighting({"mse": probability_mse(logits, e), "boundary": boundary_weighted(logits, t),
-                              "label": supervised(logits, t)})
-        else:
-            loss = supervised(logits, t) + boundary_weighted(logits, t)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        if (step + 1) % max(1, cfg.steps // 5) == 0:
-            log.info("%s %s step %d/%d loss %.4f", backbone, mode, step + 1, cfg.steps, loss.item())
+    params = list(model.parameters()) + (list(weighting.parameters()) if weighting else [])
+    optimise(params, cfg.epochs, batches, loss_of, lr=cfg.lr, weight_decay=cfg.weight_decay, compute=compute,
+             total_steps=cfg.epochs * cfg.steps_per_epoch, desc=f"{backbone} {mode}")
     if weighting is not None:
         log.info("%s kd: learnt weights %s", backbone, weighting.weights())
-    return model.eval()
+    return model.eval().cpu()
 
 
 @torch.no_grad()

@@ -95,7 +95,6 @@ def test_bags_read_from_disk_equal_the_bags_in_memory(tmp_path):
     assert np.allclose(total.mean, every.mean(0), atol=1e-5) and np.allclose(total.std, every.std(0, ddof=1), atol=1e-5)
 
 
-
 @pytest.mark.parametrize("on_disk", [True, False])
 def test_scaling_a_bag_in_place_leaves_the_cohort_unchanged(tmp_path, on_disk):
     """Inputs.bag scales in place (new bag-sized tensors per patient fragmented the heap to

@@ -32,6 +32,7 @@ def test_demo_tissuenet_reads_back_memory_mapped_with_cells_around_their_nuclei(
     nuclear = read_tissuenet(tissuenet, membrane=None, target="nuclear")
     assert isinstance(whole.labels, np.memmap) and whole.images.shape == (8, 96, 96, 2)
     assert nuclear.images.shape == (8, 96, 96, 1) and nuclear.channels == ("nuclear",)
+    assert isinstance(nuclear.images, np.memmap)  # one channel of X, still not read whole
     assert set(whole.tissues) == {"breast", "colon"} and set(whole.platforms) == {"codex", "mibi"}
     for cell, nucleus in zip(whole.labels, nuclear.labels):
         inside = nucleus > 0

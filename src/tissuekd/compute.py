@@ -44,9 +44,10 @@ def cpu_native_bf16() -> tuple[bool, str]:
     torch's own CPU feature probe (the one oneDNN's bf16 kernels dispatch on) comes first; the
     kernel's CPU flags are the fallback where a torch build lacks it.
     """
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
-    if cap and cap.upper() in ISA_WITHOUT_BF16:
-        return False, f"ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN below its bf16 kernels"
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        cap = os.environ.get(var, "")
+        if cap.upper() in ISA_WITHOUT_BF16:
+            return False, f"{var}={cap} keeps oneDNN below its bf16 kernels"
     probe = torch.cpu
     if hasattr(probe, "_is_avx512_bf16_supported"):
         found = [name for name, check in (("AVX512-BF16", probe._is_avx512_bf16_supported),

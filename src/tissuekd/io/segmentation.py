@@ -108,7 +108,10 @@ def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
     n = len(x)
     tissues = _names(path, "tissue_list", n)
     platforms = _names(path, "platform_list", n)
-    images = x[..., list(channels)] if channels != tuple(range(x.shape[3])) else x
+    first = min(channels)
+    # a slice of consecutive channels is a view of the memory map; an index list would read X whole
+    images = x[..., first:first + len(channels)] if channels == tuple(range(first, first + len(channels))) \
+        else x[..., list(channels)]
     return SegSet(images, y[..., TARGETS[target]], [f"{path.stem}:{i}" for i in range(n)], tissues, platforms,
                   ("nuclear",) if membrane is None else ("nuclear", "membrane"))
 

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from skimage.feature import peak_local_max
-from skimage.segmentation import watershed
+from skimage.segmentation import relabel_sequential, watershed
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -46,7 +46,8 @@ def iou_matrix(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def object_f1(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> dict:
     """Matched objects at IoU >= `iou` (one-to-one, maximising total IoU): tp, fp, fn and
     F1 = 2tp / (2tp + fp + fn); 1.0 when both images have no objects."""
-    pred, truth = _consecutive(pred), _consecutive(truth)
+    # copies: skimage refuses read-only arrays, such as an image of a memory-mapped split
+    pred, truth = relabel_sequential(np.array(pred))[0], relabel_sequential(np.array(truth))[0]
     scores = iou_matrix(pred, truth)
     rows, cols = linear_sum_assignment(-scores) if scores.size else (np.zeros(0, int), np.zeros(0, int))
     tp = int((scores[rows, cols] >= iou).sum())
@@ -54,10 +55,3 @@ def object_f1(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> dict:
     f1 = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
     return {"tp": tp, "fp": fp, "fn": fn, "f1": f1}
 
-
-def _consecutive(labels: np.ndarray) -> np.ndarray:
-    present = np.unique(labels)
-    present = present[present > 0]
-    lookup = np.zeros(int(labels.max()) + 1, np.int64)
-    lookup[present] = np.arange(1, len(present) + 1)
-    return lookup[labels]

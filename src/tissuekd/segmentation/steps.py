@@ -7,9 +7,7 @@ what it is; teacher probabilities go to an npz keyed `probs` (N, 2, H, W) with t
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,7 +20,6 @@ from tissuekd.segmentation.evaluate import dice, instances, object_f1
 from tissuekd.segmentation.models import build_unet, parameter_count
 from tissuekd.segmentation.train import SegTrainConfig, fit, predict
 
-log = logging.getLogger(__name__)
 FORMATS = ("tissuenet", "bbbc038")
 
 
@@ -80,7 +77,6 @@ def evaluate(data: SegSet, model_path: str, out: str) -> pd.DataFrame:
                      "f1": object_f1(instances(probs[0] - probs[1]), labels)["f1"]})
     table = pd.DataFrame(rows).assign(backbone=checkpoint["backbone"], mode=checkpoint["mode"],
                                       seed=checkpoint["config"]["seed"], parameters=checkpoint["parameters"])
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     return table

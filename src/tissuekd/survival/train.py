@@ -279,9 +279,9 @@ class Inputs:
         idx = None
         if rng is not None and n > self.max_patches:
             idx = np.sort(rng.choice(n, self.max_patches, replace=False))
-        bag = bags.rows(i, idx).to(self.compute.device, torch.float32)  # a new tensor: scaled in place
-        # in place: new bag-sized tensors per patient fragment glibc's heap (64-byte-aligned blocks do not
-        # fit the holes the last patient's left), which grew to 9.6 GB over 800 patients of 2,000 patches
+        bag = bags.rows(i, idx).to(self.compute.device, torch.float32)  # a new tensor (rows' contract)
+        # scaled in place: new bag-sized tensors per patient fragmented glibc's heap (64-byte-aligned blocks
+        # do not fit the holes the last patient's left): 9.6 GB over 800 patients of 2,000 patches
         return bag.sub_(self.feat_mean).div_(self.feat_std) if self.feat_mean is not None else bag
 
     def __call__(self, model, idx, rng=None, encode=False):

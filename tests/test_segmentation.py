@@ -145,9 +145,10 @@ def test_crops_turn_and_flip_images_targets_and_teacher_maps_alike():
     rng = np.random.default_rng(0)
     base = rng.random((3, 40, 40)).astype(np.float32)
     images = np.moveaxis(base, 0, -1)[None].repeat(2, 0)  # (2, 40, 40, 3)
-    x, t, e = crops(images, base[None].repeat(2, 0), base[:2][None].repeat(2, 0),
-                    SegTrainConfig(batch_size=6, tile=32), rng)
+    x, t, e, pick = crops(images, base[None].repeat(2, 0), base[:2][None].repeat(2, 0),
+                          SegTrainConfig(batch_size=6, tile=32), rng)
     assert x.shape == (6, 3, 32, 32) and torch.equal(x, t) and torch.equal(x[:, :2], e)
+    assert pick.shape == (6,) and set(pick.tolist()) <= {0, 1}
 
 
 def test_students_train_under_one_protocol_and_predict_whole_images(tissuenet):
@@ -163,6 +164,31 @@ def test_students_train_under_one_protocol_and_predict_whole_images(tissuenet):
     assert all(torch.equal(a, b) for a, b in zip(kd.state_dict().values(), again.state_dict().values()))
     with pytest.raises(ValueError, match="teacher's probabilities"):
         fit("mobilenetv3", nuclear, data.labels[:4], cfg, "kd")
+
+
+def test_unannotated_images_teach_only_through_the_teacher(tissuenet):
+    """kd trains on every image but reads labels only where `labelled`; no-kd sees only those:
+    changing an unannotated image's labels (or, for no-kd, the image) changes no weight."""
+    data = read_tissuenet(tissuenet)
+    cfg = SegTrainConfig(epochs=1, steps_per_epoch=3, batch_size=4, tile=32)
+    nuclear, labels = np.array(data.images[:4, ..., :1]), np.array(data.labels[:4])
+    probs = np.random.default_rng(0).random((4, 2, 96, 96)).astype(np.float32)
+    labelled = np.array([True, False, True, False])
+    other = labels.copy()
+    other[~labelled] = np.roll(labels[~labelled], 17, axis=-1)
+    noisy = nuclear.copy()
+    noisy[~labelled] = np.random.default_rng(1).random(noisy[~labelled].shape)
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+    kd = fit("mobilenetv3", nuclear, labels, cfg, "kd", probs, labelled=labelled)
+    assert same(kd, fit("mobilenetv3", nuclear, other, cfg, "kd", probs, labelled=labelled))
+    assert not same(kd, fit("mobilenetv3", nuclear, other, cfg, "kd", probs))  # the check can fail
+    nokd = fit("mobilenetv3", nuclear, labels, cfg, labelled=labelled)
+    assert same(nokd, fit("mobilenetv3", noisy, other, cfg, labelled=labelled))
+    with pytest.raises(ValueError, match="no annotated image"):
+        fit("mobilenetv3", nuclear, labels, cfg, labelled=np.zeros(4, bool))
 
 
 def test_steps_chain_teacher_cached_probabilities_student_and_per_image_scores(tissuenet, tmp_path):

@@ -7,6 +7,11 @@ Modes of a student:
   kd      L = sum_i exp(-s_i) L_i + s_i over {mse, boundary, label}  (segmentation.losses,
           distill.losses: MSE to the frozen teacher's probabilities, boundary-weighted BCE,
           BCE on the labels; s_i learnt, UncertaintyWeights)
+
+Where only some training images are annotated (`labelled`), no-kd trains on those alone and kd
+on every image: the teacher's maps everywhere, the label terms on the annotated crops of each
+batch. That is the setting distillation is for: a teacher that reads cell extents from the
+membrane channel labels the images nobody annotated.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ def normalise(images: np.ndarray) -> np.ndarray:
 def crops(images: np.ndarray, targets: np.ndarray, extra: np.ndarray | None, cfg: SegTrainConfig,
           rng: np.random.Generator):
     """One batch: random tiles of random images, flipped and rotated by 90° alike in every array.
-    images (N, H, W, C), targets (N, 3, H, W), extra (N, 2, H, W) or None."""
+    images (N, H, W, C), targets (N, 3, H, W), extra (N, 2, H, W) or None; returns the
+    tensors x, t, e (None without extra) and the images' indices."""
     n, h, w = images.shape[:3]
     pick = rng.integers(0, n, cfg.batch_size)
     rows, cols = rng.integers(0, h - cfg.tile + 1, cfg.batch_size), rng.integers(0, w - cfg.tile + 1, cfg.batch_size)
@@ -62,18 +68,26 @@ def crops(images: np.ndarray, targets: np.ndarray, extra: np.ndarray | None, cfg
         for key, part in parts.items():
             part = np.rot90(part, k, axes=(1, 2))
             out[key].append(np.ascontiguousarray(part[:, :, ::-1] if f else part))
-    return tuple(torch.from_numpy(np.stack(out[key])) if out[key] else None for key in ("x", "t", "e"))
+    return (*(torch.from_numpy(np.stack(out[key])) if out[key] else None for key in ("x", "t", "e")),
+            torch.from_numpy(pick))
 
 
 def fit(backbone: str, images: np.ndarray, labels: np.ndarray, cfg: SegTrainConfig, mode: str = "no-kd",
-        teacher_probs: np.ndarray | None = None, compute: Compute = CPU) -> nn.Module:
+        teacher_probs: np.ndarray | None = None, compute: Compute = CPU,
+        labelled: np.ndarray | None = None) -> nn.Module:
     """Train a U-Net on `images` (N, H, W, C: the channels it sees) against instance `labels`
     (N, H, W); `kd` also against `teacher_probs` (N, 2, H, W). The teacher is fitted the same
-    way (mode no-kd) on every channel."""
+    way (mode no-kd) on every channel. `labelled` (N,) bool marks the annotated images (None:
+    all); no-kd sees only those, kd every image (module docstring)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
     if mode == "kd" and teacher_probs is None:
         raise ValueError("mode kd needs the teacher's probabilities")
+    labelled = np.ones(len(labels), bool) if labelled is None else np.asarray(labelled, bool)
+    if not labelled.any():
+        raise ValueError("no annotated image to train on")
+    if mode == "no-kd":
+        images, labels, labelled = np.asarray(images)[labelled], np.asarray(labels)[labelled], labelled[labelled]
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = build_unet(backbone, images.shape[-1], cfg.tile).to(compute.device)
@@ -86,14 +100,21 @@ def fit(backbone: str, images: np.ndarray, labels: np.ndarray, cfg: SegTrainConf
         return (crops(images, targets, extra, cfg, rng) for _ in range(cfg.steps_per_epoch))
 
     def loss_of(batch):
-        x, t, e = (part.to(compute.device) if part is not None else None for part in batch)
+        x, t, e, pick = batch
+        x, t = x.to(compute.device), t.to(compute.device)
         with compute.autocast():
             logits = model(x)
         logits = logits.float()
         if weighting is None:
             return supervised(logits, t) + boundary_weighted(logits, t)
-        return weighting({"mse": probability_mse(logits, e), "boundary": boundary_weighted(logits, t),
-                          "label": supervised(logits, t)})
+        known = torch.from_numpy(labelled)[pick].to(compute.device)
+        # a batch without an annotated crop has label terms of 0: only the teacher speaks
+        if known.any():
+            label_terms = {"boundary": boundary_weighted(logits[known], t[known]),
+                           "label": supervised(logits[known], t[known])}
+        else:
+            label_terms = {"boundary": logits.sum() * 0, "label": logits.sum() * 0}
+        return weighting({"mse": probability_mse(logits, e.to(compute.device)), **label_terms})
 
     model.train()
     params = list(model.parameters()) + (list(weighting.parameters()) if weighting else [])

@@ -107,9 +107,9 @@ def make_workdir(tmp_path: Path, slides=("breast", "colon"), cells: int | None =
     niche sheet of demo `slides`, and overrides (`cells=None`: the shipped demo's slide size)."""
     (tmp_path / "config").mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    for study in ("niche", "survival"):
+    for study in ("niche", "survival", "segmentation"):
         config[study]["enabled"] = study in studies
-    for sheet in ("survival_cohorts.tsv", "survival_slides.tsv"):
+    for sheet in ("survival_cohorts.tsv", "survival_slides.tsv", "segmentation_datasets.tsv"):
         shutil.copy(REPO / "config" / sheet, tmp_path / "config" / sheet)
     if cells:
         config["demo"]["niche_cells"] = cells

@@ -46,6 +46,7 @@ rule benchmark_runtimes:
     input:
         niche_benchmarks(),
         survival_benchmarks(),
+        segmentation_benchmarks(),
     output:
         report(
             f"{RESULTS}/benchmark/runtime.tsv",

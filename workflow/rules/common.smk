@@ -260,6 +260,9 @@ def all_targets():
         targets += niche_targets() + [f"{RESULTS}/benchmark/summary.tsv"]
     if SURVIVAL["enabled"]:
         targets += survival_targets() + [f"{RESULTS}/benchmark/survival_folds.tsv"]
+    if SEG["enabled"]:
+        targets += [f"{RESULTS}/benchmark/segmentation_by_dataset.tsv"]
+        targets += [f"{RESULTS}/segmentation/{dataset}/panel.png" for dataset in SEG_TRAIN]
     if targets:
         targets.append(f"{RESULTS}/benchmark/runtime.tsv")
     return targets
@@ -420,3 +423,179 @@ def survival_benchmarks():
             str(rules.survival_external.benchmark), cohort=pair["train"], test=pair["test"], encoder=SURVIVAL_ENCODERS
         )
     return files
+
+
+# ---- segmentation study (docs/architecture.md) ----
+SEG = config["segmentation"]
+SEG_SETS = pd.DataFrame(columns=["dataset", "role"])
+SEG_TEACHERS = {"no-kd": "", "kd": "multiplex", "kd-nuclear-teacher": "nuclear"}  # mode -> teacher view
+
+
+def check_segmentation_sheet(sheet, path):
+    """Names unique, a training set with a membrane channel and a train split, files present
+    (demo files are made by rules)."""
+    dupes = sheet["dataset"][sheet["dataset"].duplicated()].tolist()
+    if dupes:
+        raise WorkflowError(f"{path}: duplicate dataset name(s) {dupes}")
+    for row_no, row in enumerate(sheet.to_dict("records"), start=2):
+        where = f"{path} line {row_no} (dataset {row['dataset']})"
+        if row["role"] == "train":
+            if row["format"] != "tissuenet":
+                raise WorkflowError(
+                    f"{where}: only tissuenet sets can be trained on (role train); {row['format']} is role cross"
+                )
+            if not row["train"] or not row["membrane"]:
+                raise WorkflowError(
+                    f"{where}: role train needs a `train` split and a `membrane` channel for the teacher"
+                )
+            if row["membrane"] == row["nuclear"]:
+                raise WorkflowError(f"{where}: the membrane channel is the nuclear one ({row['nuclear']})")
+        for column in ("train", "test"):
+            value = row[column]
+            if value and not os.path.exists(value) and not made_by_demo(value):
+                raise WorkflowError(f"{where}: column {column!r} names {value}, which does not exist")
+    if not (sheet["role"] == "train").any():
+        raise WorkflowError(f"{path}: no data set with role train")
+
+
+if SEG["enabled"]:
+    SEG_SETS = load_sheet(SEG["datasets"], "../schemas/segmentation_datasets.schema.yaml")
+    check_segmentation_sheet(SEG_SETS, SEG["datasets"])
+    SEG_SETS = SEG_SETS.set_index("dataset", drop=False)
+SEG_TRAIN = list(SEG_SETS.loc[SEG_SETS["role"] == "train", "dataset"])
+
+
+wildcard_constraints:
+    dataset="|".join(map(re.escape, SEG_TRAIN)) or "NO_DATASETS",
+    on="|".join(map(re.escape, SEG_SETS["dataset"])) or "NO_DATASETS",
+    backbone="|".join(map(re.escape, SEG["students"])),
+    mode="|".join(map(re.escape, SEG["modes"])),
+    seed=r"\d+",
+    model=r"teacher/(multiplex|nuclear)|students/[a-z0-9-]+/[a-z-]+/seed\d+",
+
+
+def seg_split_kwargs(dataset, split):
+    """read_split's arguments for a split ("train" or "test") of a sheet row."""
+    row = SEG_SETS.loc[dataset]
+    return {
+        "fmt": row["format"],
+        "path": row[split],
+        "target": row["target"],
+        "nuclear": int(row["nuclear"] or 0),
+        "membrane": int(row["membrane"]) if row["membrane"] else None,
+    }
+
+
+def seg_split(split):
+    """Param: read_split's arguments for the job's training set."""
+    return lambda wildcards: seg_split_kwargs(wildcards.dataset, split)
+
+
+def seg_split_inputs(wildcards):
+    return {"train": SEG_SETS.loc[wildcards.dataset, "train"]}
+
+
+def seg_test_split(wildcards):
+    """Param: read_split's arguments for the test split of the set evaluated on ({on})."""
+    return seg_split_kwargs(wildcards.on, "test")
+
+
+def seg_test_inputs(wildcards):
+    return {"test": SEG_SETS.loc[wildcards.on, "test"]}
+
+
+def seg_teacher_probs(wildcards):
+    """A kd student's teacher maps: every shard of its teacher's (none for no-kd)."""
+    view = SEG_TEACHERS[wildcards.mode]
+    if not view:
+        return []
+    return [
+        f"{RESULTS}/segmentation/{wildcards.dataset}/teacher/{view}/probs/{s}.npz" for s in range(SEG["teacher_shards"])
+    ]
+
+
+def mem_per_image(base_mb):
+    """mem_mb = (base + 8 x the training split's size) x attempt: training holds the split as
+    float32 with its targets."""
+
+    def mem(wildcards, input, attempt):
+        size = os.path.getsize(input.train) if os.path.isfile(input.train) else 0
+        return round(base_mb + 8 * size / 1e6) * attempt
+
+    return mem
+
+
+def minutes_per_step(base_min):
+    """runtime (minutes): training runs a fixed number of steps (the config), x attempt."""
+    return lambda wildcards, attempt: base_min * attempt
+
+
+def seg_models(with_membrane=True):
+    """The models of a training set: the teachers (the multiplex one only where the test set has
+    a membrane channel) and every student."""
+    models = (["teacher/multiplex"] if with_membrane else []) + ["teacher/nuclear"]
+    return models + expand("students/{b}/{m}/seed{s}", b=SEG["students"], m=SEG["modes"], s=SEG["seeds"])
+
+
+def segmentation_evaluations():
+    """(training set, model, test set): every model on its own set's test split and, the
+    nuclear-input ones, on every cross set."""
+    runs = []
+    for dataset in SEG_TRAIN:
+        for on in SEG_SETS["dataset"]:
+            if on == dataset or SEG_SETS.loc[on, "role"] == "cross":
+                runs += [(dataset, m, on) for m in seg_models(with_membrane=on == dataset)]
+    return runs
+
+
+def segmentation_scores():
+    return [
+        str(rules.segmentation_evaluate.output[0]).format(dataset=d, model=m, on=on)
+        for d, m, on in segmentation_evaluations()
+    ]
+
+
+def seg_panel_models(dataset):
+    """Column title -> checkpoint of the report's panel: the multiplex teacher, then the first
+    student backbone at the first seed in each mode."""
+    models = {"teacher (multiplex)": f"{RESULTS}/segmentation/{dataset}/teacher/multiplex/model.pt"}
+    backbone, seed = SEG["students"][0], SEG["seeds"][0]
+    for mode in SEG["modes"]:
+        models[f"{backbone} {mode}"] = (
+            f"{RESULTS}/segmentation/{dataset}/students/{backbone}/{mode}/seed{seed}/model.pt"
+        )
+    return models
+
+
+def seg_panel_inputs(wildcards):
+    return {
+        "test": SEG_SETS.loc[wildcards.dataset, "test"],
+        "models": list(seg_panel_models(wildcards.dataset).values()),
+    }
+
+
+def seg_panel_titles(wildcards):
+    return list(seg_panel_models(wildcards.dataset))
+
+
+def segmentation_benchmarks():
+    """Benchmark files of every segmentation job, for the runtime table."""
+    if not SEG["enabled"]:
+        return []
+    files = expand(str(rules.segmentation_teacher.benchmark), dataset=SEG_TRAIN, view=["multiplex", "nuclear"])
+    files += expand(
+        str(rules.segmentation_teacher_probs.benchmark),
+        dataset=SEG_TRAIN,
+        view=["multiplex", "nuclear"],
+        shard=range(SEG["teacher_shards"]),
+    )
+    files += expand(
+        str(rules.segmentation_student.benchmark),
+        dataset=SEG_TRAIN,
+        backbone=SEG["students"],
+        mode=SEG["modes"],
+        seed=SEG["seeds"],
+    )
+    files += expand(str(rules.segmentation_panel.benchmark), dataset=SEG_TRAIN)
+    bench = str(rules.segmentation_evaluate.benchmark)
+    return files + [bench.format(dataset=d, model=m, on=on) for d, m, on in segmentation_evaluations()]

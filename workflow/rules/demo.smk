@@ -84,3 +84,30 @@ rule demo_survival_tables:
         seed=config["demo"]["seed"],
     script:
         "../../scripts/demo_survival_tables.py"
+
+
+# The segmentation demo: TissueNet-layout splits and a BBBC038-layout folder (tissuekd.demo.segmentation).
+DEMO_SEG = f"{DEMO_DIR}/segmentation"
+
+
+rule demo_segmentation:
+    output:
+        train=f"{DEMO_SEG}/tissuenet/tissuenet_v1.1_train.npz",
+        val=f"{DEMO_SEG}/tissuenet/tissuenet_v1.1_val.npz",
+        test=f"{DEMO_SEG}/tissuenet/tissuenet_v1.1_test.npz",
+        bbbc038=directory(f"{DEMO_SEG}/bbbc038"),
+    log:
+        f"{LOGS}/demo/segmentation.log",
+    benchmark:
+        f"{BENCH}/demo/segmentation.tsv"
+    conda:
+        "../../envs/scverse.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 1000 * attempt,
+        runtime=10,
+    params:
+        images=config["demo"]["segmentation_images"],
+        px=config["demo"]["segmentation_px"],
+        seed=config["demo"]["seed"],
+    script:
+        "../../scripts/demo_segmentation.py"

@@ -7,12 +7,14 @@ what it is; teacher probabilities go to an npz keyed `probs` (N, 2, H, W) with t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 import torch
 
+from tissuekd import compute
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
 from tissuekd.io.segmentation import SegSet, read_bbbc038, read_tissuenet
@@ -21,29 +23,60 @@ from tissuekd.segmentation.models import build_unet, parameter_count
 from tissuekd.segmentation.train import SegTrainConfig, fit, predict
 
 FORMATS = ("tissuenet", "bbbc038")
+log = logging.getLogger(__name__)
 
 
-def read_split(fmt: str, path: str, target: str = "whole-cell", nuclear_only: bool = False) -> SegSet:
-    """One split of a data set in its published layout; `nuclear_only` keeps the nuclear channel."""
+def read_split(fmt: str, path: str, target: str = "whole-cell", nuclear_only: bool = False, nuclear: int = 0,
+               membrane: int | None = 1) -> SegSet:
+    """One split of a data set in its published layout; `nuclear_only` keeps the nuclear channel
+    (`nuclear`, `membrane`: channel indices, the sheet's)."""
     if fmt == "tissuenet":
-        return read_tissuenet(path, membrane=None if nuclear_only else 1, target=target)
+        return read_tissuenet(path, nuclear, None if nuclear_only else membrane, target=target)
     if fmt == "bbbc038":
         return read_bbbc038(path)
     raise InputError(path, f"unknown segmentation format {fmt!r} (one of {', '.join(FORMATS)})")
 
 
+def annotated(n: int, share: float) -> np.ndarray:
+    """(n,) bool: the images whose labels the models see, every round(1 / share)-th one (so the
+    teachers and every student agree on them, whatever the seed)."""
+    return np.arange(n) % max(1, round(1 / share)) == 0
+
+
+def shard_rows(n: int, shard: int, shards: int) -> slice:
+    """Images [shard * n / shards, (shard + 1) * n / shards): contiguous, so shards concatenate in order."""
+    return slice(shard * n // shards, (shard + 1) * n // shards)
+
+
+def load_probs(paths: list[str], ids: list[str]) -> np.ndarray:
+    """The teacher's cached probabilities of every image, from its shards in order; they must be
+    for exactly the split's images."""
+    parts, seen = [], []
+    for path in paths:
+        with np.load(path) as saved:
+            parts.append(saved["probs"])
+            seen += [str(i) for i in saved["ids"]]
+    if seen != list(ids):
+        raise InputError(paths[0], "teacher probabilities are for other images than the split's")
+    return np.concatenate(parts)
+
+
 def fit_model(data: SegSet, backbone: str, out: str, cfg: SegTrainConfig, mode: str = "no-kd",
-              teacher_probs: str | None = None) -> None:
-    """Train on a split (teacher: every channel; student: the nuclear one) and save the checkpoint."""
+              teacher_probs: str | list[str] | None = None, labelled_share: float = 1.0, teacher: str = "",
+              device: str = "auto", precision: str = "auto") -> None:
+    """Train on a split (teacher: every channel; student: the nuclear one) and save the checkpoint.
+    `teacher_probs`: the teacher's cached shards (kd); `labelled_share`: see `annotated`;
+    `teacher` names the teacher in the checkpoint (kd modes)."""
     probs = None
     if teacher_probs is not None:
-        with np.load(teacher_probs) as saved:
-            if list(saved["ids"]) != list(data.ids):
-                raise InputError(teacher_probs, "teacher probabilities are for other images than the split's")
-            probs = saved["probs"]
-    model = fit(backbone, data.images, data.labels, cfg, mode, probs)
+        probs = load_probs([teacher_probs] if isinstance(teacher_probs, str) else list(teacher_probs), data.ids)
+    labelled = annotated(len(data), labelled_share)
+    log.info("%s %s: %d images, labels on %d", backbone, mode, len(data), labelled.sum())
+    run = compute.resolve(device, precision, workload="model")
+    model = fit(backbone, data.images, data.labels, cfg, mode, probs, compute=run, labelled=labelled)
     checkpoint = {"state": model.state_dict(), "backbone": backbone, "channels": data.channels, "mode": mode,
-                  "config": asdict(cfg), "parameters": parameter_count(model)}
+                  "teacher": teacher, "config": asdict(cfg), "parameters": parameter_count(model),
+                  "labelled": int(labelled.sum()), "images": len(data)}
     with atomic_path(out) as tmp:
         torch.save(checkpoint, tmp)
 
@@ -56,12 +89,13 @@ def load_model(path: str) -> tuple[torch.nn.Module, dict]:
     return model.eval(), checkpoint
 
 
-def predict_probs(data: SegSet, model_path: str, out: str) -> None:
-    """The frozen model's probabilities for every image of a split (the cached teacher output)."""
+def predict_probs(data: SegSet, model_path: str, out: str, shard: int = 0, shards: int = 1) -> None:
+    """The frozen model's probabilities for one shard of a split's images (the cached teacher output)."""
     model, checkpoint = load_model(model_path)
-    probs = predict(model, _stack(data.images), checkpoint["config"]["tile"])
+    rows = shard_rows(len(data), shard, shards)
+    probs = predict(model, _stack(data.images[rows]), checkpoint["config"]["tile"])
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
-        np.savez(f, probs=probs, ids=np.array(data.ids))
+        np.savez(f, probs=probs, ids=np.array(data.ids[rows]))
 
 
 def evaluate(data: SegSet, model_path: str, out: str) -> pd.DataFrame:
@@ -76,10 +110,18 @@ def evaluate(data: SegSet, model_path: str, out: str) -> pd.DataFrame:
                      "dice": dice(probs[0] >= 0.5, labels > 0),
                      "f1": object_f1(instances(probs[0] - probs[1]), labels)["f1"]})
     table = pd.DataFrame(rows).assign(backbone=checkpoint["backbone"], mode=checkpoint["mode"],
-                                      seed=checkpoint["config"]["seed"], parameters=checkpoint["parameters"])
+                                      teacher=checkpoint.get("teacher", ""), seed=checkpoint["config"]["seed"],
+                                      parameters=checkpoint["parameters"])
     with atomic_path(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     return table
+
+
+def evaluate_model(split: dict, model_path: str, out: str, threads: int = 1) -> pd.DataFrame:
+    """`evaluate` on a test split (read_split's arguments) read with the channels the model takes."""
+    torch.set_num_threads(threads)
+    channels = load_model(model_path)[1]["channels"]
+    return evaluate(read_split(**split, nuclear_only=tuple(channels) == ("nuclear",)), model_path, out)
 
 
 def _stack(images) -> np.ndarray:
@@ -89,3 +131,38 @@ def _stack(images) -> np.ndarray:
     if len(shapes) > 1:
         raise ValueError("images of different sizes: predict them one by one")
     return np.stack(images)
+
+
+def panel(split: dict, models: dict[str, str], out: str, n_images: int = 3) -> None:
+    """The report's figure of a data set: for the first `n_images` test images, the nuclear
+    input, the membrane channel, the labels, and each model's foreground probability, side by
+    side (`models`: column title -> checkpoint)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    full = read_split(**split)
+    nuclear_only = read_split(**split, nuclear_only=True)
+    rows = min(n_images, len(full))
+    maps = {}
+    for title, path in models.items():
+        model, checkpoint = load_model(path)
+        data = full if len(checkpoint["channels"]) > 1 else nuclear_only
+        maps[title] = [predict(model, np.asarray(data.images[i])[None], checkpoint["config"]["tile"])[0, 0]
+                       for i in range(rows)]
+    columns = {"nuclear": [np.asarray(full.images[i])[..., 0] for i in range(rows)],
+               "membrane": [np.asarray(full.images[i])[..., 1] for i in range(rows)],
+               "labels": [np.asarray(full.labels[i]) > 0 for i in range(rows)], **maps}
+    fig, axes = plt.subplots(rows, len(columns), figsize=(2 * len(columns), 2 * rows), squeeze=False)
+    for c, (title, images) in enumerate(columns.items()):
+        for r, image in enumerate(images):
+            axes[r, c].imshow(image, cmap="gray" if c < 2 else "magma", vmin=0 if c >= 2 else None,
+                              vmax=1 if c >= 2 else None)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+        axes[0, c].set_title(title, fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

@@ -1,0 +1,86 @@
+"""The segmentation study through Snakemake on a small demo: teachers, cached teacher maps,
+students per backbone x mode x seed, scores on the own test split and the cross set, the
+tables; reruns and bad sheets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_workdir, planned_jobs, snakemake
+
+from tissuekd.segmentation.evaluate import dice
+
+pytestmark = pytest.mark.workflow
+SMALL = dict(
+    studies=("segmentation",),
+    demo__segmentation_images=8,
+    demo__segmentation_px=64,
+    segmentation__students=["mobilenetv3"],
+    segmentation__seeds=[0],
+    segmentation__train={"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "tile": 32},
+)
+GDIR = Path("results/segmentation/tissuenet_demo")
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory) -> Path:
+    workdir = make_workdir(tmp_path_factory.mktemp("segmentation"), **SMALL)
+    snakemake("--cores", "2", cwd=workdir)
+    return workdir
+
+
+def test_every_model_is_scored_on_its_test_split_and_the_cross_set(seg_run):
+    table = pd.read_csv(seg_run / "results/benchmark/segmentation_by_dataset.tsv", sep="\t")
+    own = table[table["evaluated_on"] == "tissuenet_demo"].set_index("model")
+    assert set(own.index) == {"teacher multiplex", "teacher nuclear", "mobilenetv3 no-kd", "mobilenetv3 kd",
+                              "mobilenetv3 kd-nuclear-teacher"}
+    assert own.loc["teacher multiplex", "recovery"] == pytest.approx(1.0)
+    assert own["dice_mean"].between(0, 1).all() and (own["images"] == 2).all()
+    ratio = own.loc["teacher multiplex", "parameters"] / own.loc["mobilenetv3 kd", "parameters"]
+    assert own.loc["mobilenetv3 kd", "parameter_ratio"] == pytest.approx(ratio, rel=1e-3)
+    cross = table[table["evaluated_on"] == "bbbc038_demo"]
+    assert "teacher multiplex" not in set(cross["model"]) and len(cross) == 4  # no membrane there
+    overall = pd.read_csv(seg_run / "results/benchmark/segmentation_overall.tsv", sep="\t")
+    assert len(overall) == 5
+
+
+def test_per_image_dice_matches_a_reference_on_the_saved_maps(seg_run):
+    """The table's Dice is the mean of the per-image Dice, which equals 2|A∩B| / (|A|+|B|)."""
+    scores = pd.read_csv(seg_run / GDIR / "students/mobilenetv3/kd/seed0/scores_on_tissuenet_demo.tsv", sep="\t")
+    table = pd.read_csv(seg_run / "results/benchmark/segmentation_by_dataset.tsv", sep="\t")
+    row = table[(table["model"] == "mobilenetv3 kd") & (table["evaluated_on"] == "tissuenet_demo")]
+    assert row["dice_mean"].item() == pytest.approx(scores["dice"].mean(), abs=1e-4)
+    a, b = np.random.default_rng(0).random((2, 30, 30)) > 0.5
+    assert dice(a, b) == pytest.approx(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+def test_a_student_setting_reruns_only_students_and_the_teacher_maps_stay_cached(seg_run):
+    jobs = planned_jobs(seg_run, "--config", "segmentation={'students': ['mobilenetv3', 'resnet18']}")
+    assert "segmentation_teacher" not in jobs and "segmentation_teacher_probs" not in jobs
+    assert jobs["segmentation_student"] == 3 and jobs["segmentation_evaluate"] == 6  # own test split and cross
+    # the test split is no input of any training job: its images replaced by noise, every model
+    # is rescored and none retrained
+    test = seg_run / "data/demo/segmentation/tissuenet/tissuenet_v1.1_test.npz"
+    with np.load(test) as split:
+        arrays = dict(split)
+    arrays["X"] = np.random.default_rng(0).random(arrays["X"].shape).astype(arrays["X"].dtype)
+    with open(test, "wb") as f:
+        np.savez(f, **arrays)
+    jobs = planned_jobs(seg_run)
+    assert "segmentation_student" not in jobs and "segmentation_teacher" not in jobs
+    assert jobs["segmentation_evaluate"] == 5
+
+
+def test_a_bad_sheet_names_its_line(tmp_path):
+    workdir = make_workdir(tmp_path, **SMALL)
+    sheet = workdir / "config/segmentation_datasets.tsv"
+    rows = pd.read_csv(sheet, sep="\t", dtype=str).fillna("")
+    rows.loc[rows["dataset"] == "bbbc038_demo", "role"] = "train"
+    rows.to_csv(sheet, sep="\t", index=False)
+    result = snakemake("-n", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert "segmentation_datasets.tsv line 3 (dataset bbbc038_demo): only tissuenet sets can be trained on" \
+        in result.stderr + result.stdout

@@ -1,0 +1,169 @@
+# Segmentation study (docs/architecture.md): a frozen multiplex teacher distilled into
+# nuclear-channel students, per data set x backbone x mode x seed; input functions in common.smk.
+GDIR = f"{RESULTS}/segmentation/{{dataset}}"
+
+
+rule segmentation_teacher:
+    input:
+        unpack(seg_split_inputs),
+    output:
+        model=f"{GDIR}/teacher/{{view}}/model.pt",
+    log:
+        f"{LOGS}/segmentation/teacher/{{dataset}}/{{view}}.log",
+    benchmark:
+        f"{BENCH}/segmentation/teacher/{{dataset}}/{{view}}.tsv"
+    wildcard_constraints:
+        view="multiplex|nuclear",
+    conda:
+        "../../envs/torch-gpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_per_image(2000),
+        runtime=minutes_per_step(10),
+        gpu=1,
+    params:
+        split=seg_split("train"),
+        backbone=SEG["teacher_backbone"],
+        train=SEG["train"],
+        seed=0,
+        labelled=SEG["labelled"],
+        device=config["device"],
+        precision=config["precision"],
+    script:
+        "../../scripts/segmentation_teacher.py"
+
+
+rule segmentation_teacher_probs:
+    # the teacher's maps of the training images, one shard of them per job, cached: changing a
+    # student setting never reruns it
+    input:
+        unpack(seg_split_inputs),
+        model=rules.segmentation_teacher.output.model,
+    output:
+        f"{GDIR}/teacher/{{view}}/probs/{{shard}}.npz",
+    log:
+        f"{LOGS}/segmentation/teacher_probs/{{dataset}}/{{view}}/{{shard}}.log",
+    benchmark:
+        f"{BENCH}/segmentation/teacher_probs/{{dataset}}/{{view}}/{{shard}}.tsv"
+    wildcard_constraints:
+        view="multiplex|nuclear",
+        shard=r"\d+",
+    conda:
+        "../../envs/torch-gpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_per_image(2000),
+        runtime=minutes_per_step(1),
+        gpu=1,
+    params:
+        split=seg_split("train"),
+        shards=SEG["teacher_shards"],
+    script:
+        "../../scripts/segmentation_teacher_probs.py"
+
+
+rule segmentation_student:
+    input:
+        unpack(seg_split_inputs),
+        probs=seg_teacher_probs,
+    output:
+        model=f"{GDIR}/students/{{backbone}}/{{mode}}/seed{{seed}}/model.pt",
+    log:
+        f"{LOGS}/segmentation/student/{{dataset}}/{{backbone}}/{{mode}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/segmentation/student/{{dataset}}/{{backbone}}/{{mode}}/seed{{seed}}.tsv"
+    conda:
+        "../../envs/torch-gpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_per_image(2000),
+        runtime=minutes_per_step(10),
+        gpu=1,
+    params:
+        split=seg_split("train"),
+        train=SEG["train"],
+        labelled=SEG["labelled"],
+        teacher=lambda wildcards: SEG_TEACHERS[wildcards.mode],
+        device=config["device"],
+        precision=config["precision"],
+    script:
+        "../../scripts/segmentation_student.py"
+
+
+rule segmentation_evaluate:
+    # run:, as survival_features: 50 small scoring jobs would each spend longer starting Python
+    # and torch than scoring; locally they run inside Snakemake's process (profiles/default)
+    input:
+        unpack(seg_test_inputs),
+        model=f"{GDIR}/{{model}}/model.pt",
+    output:
+        f"{GDIR}/{{model}}/scores_on_{{on}}.tsv",
+    log:
+        f"{LOGS}/segmentation/evaluate/{{dataset}}/{{model}}/{{on}}.log",
+    benchmark:
+        f"{BENCH}/segmentation/evaluate/{{dataset}}/{{model}}/{{on}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 10 * attempt,
+    params:
+        split=seg_test_split,
+    run:
+        from tissuekd.logs import run_in_process
+        from tissuekd.segmentation.steps import evaluate_model
+
+        run_in_process(
+            log[0], lambda: evaluate_model(params.split, input.model, output[0], threads), exclusive=True
+        )
+
+
+rule segmentation_panel:
+    input:
+        unpack(seg_panel_inputs),
+    output:
+        report(
+            f"{GDIR}/panel.png",
+            caption="../report/segmentation_panel.rst",
+            category="Segmentation",
+            labels={"dataset": "{dataset}"},
+        ),
+    log:
+        f"{LOGS}/segmentation/panel/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/segmentation/panel/{{dataset}}.tsv"
+    conda:
+        "../../envs/torch-gpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=10,
+    params:
+        split=lambda wildcards: seg_split_kwargs(wildcards.dataset, "test"),
+        titles=seg_panel_titles,
+    script:
+        "../../scripts/segmentation_panel.py"
+
+
+rule benchmark_segmentation:
+    input:
+        segmentation_scores(),
+    output:
+        by_dataset=report(
+            ensure(f"{RESULTS}/benchmark/segmentation_by_dataset.tsv", non_empty=True),
+            caption="../report/segmentation_tables.rst",
+            category="Benchmark",
+            subcategory="Segmentation study",
+            labels={"table": "every test set, student and mode"},
+        ),
+        overall=f"{RESULTS}/benchmark/segmentation_overall.tsv",
+    log:
+        f"{LOGS}/benchmark/segmentation.log",
+    benchmark:
+        f"{BENCH}/benchmark/segmentation.tsv"
+    conda:
+        "../../envs/scverse.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 1000 * attempt,
+        runtime=10,
+    script:
+        "../../scripts/benchmark_segmentation.py"

@@ -207,3 +207,13 @@ def test_steps_chain_teacher_cached_probabilities_student_and_per_image_scores(t
         fit_model(nuclear, "mobilenetv3", str(tmp_path / "bad.pt"), cfg, "kd", str(tmp_path / "other.npz"))
     with pytest.raises(InputError, match="unknown segmentation format"):
         read_split("zarr", "x")
+
+
+def test_the_throughput_benchmark_prints_each_students_speed_against_the_teacher(capsys):
+    from tissuekd.bench import segmentation as bench
+
+    bench.main(["--size", "64", "--images", "1", "--tile", "32"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("teacher resnet18 (2 channels):") and lines[1].endswith("MP/s")
+    students = [line for line in lines if line.startswith("student")]
+    assert len(students) == 4 and all("x the teacher" in line for line in students)

@@ -217,3 +217,27 @@ def test_the_throughput_benchmark_prints_each_students_speed_against_the_teacher
     assert lines[1].startswith("teacher resnet18 (2 channels):") and lines[1].endswith("MP/s")
     students = [line for line in lines if line.startswith("student")]
     assert len(students) == 4 and all("x the teacher" in line for line in students)
+
+
+def test_training_reads_images_targets_and_teacher_maps_one_image_at_a_time(tmp_path):
+    """PerImage makes an image's arrays when a crop needs them and keeps a bounded cache;
+    ShardMaps serves the teacher's shards memory-mapped, in the split's order."""
+    from tissuekd.segmentation.steps import ShardMaps, load_probs
+    from tissuekd.segmentation.train import PerImage
+
+    source = np.arange(5 * 4 * 4).reshape(5, 4, 4)
+    made = PerImage(source, [4, 1, 2], lambda image: image * 2, cache=2)
+    assert made.shape == (3, 4, 4) and len(made) == 3 and np.array_equal(made[0], source[4] * 2)
+    made[1], made[2]
+    assert made._get.cache_info().currsize == 2
+    probs = np.random.default_rng(0).random((5, 2, 4, 4)).astype(np.float32)
+    paths = []
+    for k, rows in enumerate((slice(0, 2), slice(2, 5))):
+        paths.append(str(tmp_path / f"{k}.npz"))
+        np.savez(paths[-1], probs=probs[rows], ids=np.array([f"im{i}" for i in range(5)])[rows])
+    maps = load_probs(paths, [f"im{i}" for i in range(5)])
+    assert isinstance(maps, ShardMaps) and len(maps) == 5
+    assert all(np.array_equal(maps[i], probs[i]) for i in range(5))
+    assert all(isinstance(shard, np.memmap) for shard in maps.shards)
+    with pytest.raises(InputError, match="other images"):
+        load_probs(paths[::-1], [f"im{i}" for i in range(5)])

@@ -17,7 +17,7 @@ import torch
 from tissuekd import compute
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
-from tissuekd.io.segmentation import SegSet, read_bbbc038, read_tissuenet
+from tissuekd.io.segmentation import SegSet, npz_member, read_bbbc038, read_tissuenet
 from tissuekd.segmentation.evaluate import dice, instances, object_f1
 from tissuekd.segmentation.models import build_unet, parameter_count
 from tissuekd.segmentation.train import SegTrainConfig, fit, predict
@@ -48,17 +48,29 @@ def shard_rows(n: int, shard: int, shards: int) -> slice:
     return slice(shard * n // shards, (shard + 1) * n // shards)
 
 
-def load_probs(paths: list[str], ids: list[str]) -> np.ndarray:
+class ShardMaps:
+    """The teacher's cached maps of a split, image i of its shards in order, each shard's array
+    memory-mapped (np.savez stores members uncompressed), so a student never holds them whole."""
+
+    def __init__(self, paths: list[str]):
+        self.shards = [npz_member(path, "probs") for path in paths]
+        self.starts = np.cumsum([0] + [len(shard) for shard in self.shards])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i) -> np.ndarray:
+        shard = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return np.asarray(self.shards[shard][i - self.starts[shard]])
+
+
+def load_probs(paths: list[str], ids: list[str]) -> ShardMaps:
     """The teacher's cached probabilities of every image, from its shards in order; they must be
     for exactly the split's images."""
-    parts, seen = [], []
-    for path in paths:
-        with np.load(path) as saved:
-            parts.append(saved["probs"])
-            seen += [str(i) for i in saved["ids"]]
+    seen = [str(i) for path in paths for i in npz_member(path, "ids")]
     if seen != list(ids):
         raise InputError(paths[0], "teacher probabilities are for other images than the split's")
-    return np.concatenate(parts)
+    return ShardMaps(paths)
 
 
 def fit_model(data: SegSet, backbone: str, out: str, cfg: SegTrainConfig, mode: str = "no-kd",

@@ -16,6 +16,7 @@ membrane channel labels the images nobody annotated.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -42,6 +43,27 @@ class SegTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
+
+
+class PerImage:
+    """Per-image arrays made on demand from a (memory-mapped) split, the last `cache` kept, so
+    training never holds a split's normalised images or its targets whole (TissueNet's train
+    split: 2,580 images of 512 px, ~8 GB as float32 images and targets). `rows` picks images of
+    `source`; `shape` is (len(rows), *one image's shape), as crops draws windows from it."""
+
+    def __init__(self, source, rows, make, cache: int = 128):
+        self.source, self.rows, self.make = source, np.asarray(rows), make
+        self.shape = (len(self.rows), *np.shape(source[self.rows[0]])) if len(self.rows) else (0,)
+        self._get = functools.lru_cache(maxsize=cache)(self._make)
+
+    def _make(self, i: int) -> np.ndarray:
+        return self.make(np.asarray(self.source[self.rows[i]]))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i) -> np.ndarray:
+        return self._get(int(i))
 
 
 def normalise(images: np.ndarray) -> np.ndarray:
@@ -86,15 +108,15 @@ def fit(backbone: str, images: np.ndarray, labels: np.ndarray, cfg: SegTrainConf
     labelled = np.ones(len(labels), bool) if labelled is None else np.asarray(labelled, bool)
     if not labelled.any():
         raise ValueError("no annotated image to train on")
-    if mode == "no-kd":
-        images, labels, labelled = np.asarray(images)[labelled], np.asarray(labels)[labelled], labelled[labelled]
+    rows = np.flatnonzero(labelled) if mode == "no-kd" else np.arange(len(labels))  # no-kd: annotated only
+    labelled = labelled[rows]
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    images = PerImage(images, rows, lambda image: normalise(image.astype(np.float32)))
+    targets = PerImage(labels, rows, label_targets)
+    extra = teacher_probs if mode == "kd" else None  # kd: every image, in order
     model = build_unet(backbone, images.shape[-1], cfg.tile).to(compute.device)
     weighting = UncertaintyWeights(("mse", "boundary", "label")).to(compute.device) if mode == "kd" else None
-    images = normalise(np.asarray(images, np.float32))
-    targets = np.stack([label_targets(np.asarray(y)) for y in labels])
-    extra = teacher_probs if mode == "kd" else None
 
     def batches(epoch):
         return (crops(images, targets, extra, cfg, rng) for _ in range(cfg.steps_per_epoch))

@@ -10,5 +10,5 @@ i, o, p, w = snakemake.input, snakemake.output, snakemake.params, snakemake.wild
 run_logged(
     snakemake.log[0],
     lambda: predict_probs(read_split(**p.split, nuclear_only=w.view == "nuclear"), i.model, o[0],
-                          int(w.shard), p.shards),
+                          int(w.shard), p.shards, p.device, p.precision),
 )

@@ -58,6 +58,8 @@ rule segmentation_teacher_probs:
     params:
         split=seg_split("train"),
         shards=SEG["teacher_shards"],
+        device=config["device"],
+        precision=config["precision"],
     script:
         "../../scripts/segmentation_teacher_probs.py"
 
@@ -108,12 +110,16 @@ rule segmentation_evaluate:
         runtime=lambda wildcards, attempt: 10 * attempt,
     params:
         split=seg_test_split,
+        device=config["device"],
+        precision=config["precision"],
     run:
         from tissuekd.logs import run_in_process
         from tissuekd.segmentation.steps import evaluate_model
 
         run_in_process(
-            log[0], lambda: evaluate_model(params.split, input.model, output[0], threads), exclusive=True
+            log[0],
+            lambda: evaluate_model(params.split, input.model, output[0], threads, params.device, params.precision),
+            exclusive=True,
         )
 
 

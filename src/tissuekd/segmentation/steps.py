@@ -101,22 +101,25 @@ def load_model(path: str) -> tuple[torch.nn.Module, dict]:
     return model.eval(), checkpoint
 
 
-def predict_probs(data: SegSet, model_path: str, out: str, shard: int = 0, shards: int = 1) -> None:
-    """The frozen model's probabilities for one shard of a split's images (the cached teacher output)."""
+def predict_probs(data: SegSet, model_path: str, out: str, shard: int = 0, shards: int = 1, device: str = "auto",
+                  precision: str = "auto") -> None:
+    """The frozen model's probabilities for one shard of a split's images (the cached teacher
+    output); the shard is held whole (more shards, smaller jobs)."""
     model, checkpoint = load_model(model_path)
     rows = shard_rows(len(data), shard, shards)
-    probs = predict(model, _stack(data.images[rows]), checkpoint["config"]["tile"])
+    run = compute.resolve(device, precision, workload="model")
+    probs = predict(model, _stack(data.images[rows]), checkpoint["config"]["tile"], compute=run)
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.savez(f, probs=probs, ids=np.array(data.ids[rows]))
 
 
-def evaluate(data: SegSet, model_path: str, out: str) -> pd.DataFrame:
+def evaluate(data: SegSet, model_path: str, out: str, run: compute.Compute = compute.CPU) -> pd.DataFrame:
     """Per image: foreground Dice and object F1 at IoU 0.5 (instances: watershed of foreground
     minus boundary probability), with the model's backbone, mode and parameter count."""
     model, checkpoint = load_model(model_path)
     rows = []
     for i, (image, labels) in enumerate(zip(data.images, data.labels)):
-        probs = predict(model, np.asarray(image)[None], checkpoint["config"]["tile"])[0]
+        probs = predict(model, np.asarray(image)[None], checkpoint["config"]["tile"], compute=run)[0]
         labels = np.asarray(labels)
         rows.append({"image": data.ids[i], "tissue": data.tissues[i], "platform": data.platforms[i],
                      "dice": dice(probs[0] >= 0.5, labels > 0),
@@ -129,11 +132,12 @@ def evaluate(data: SegSet, model_path: str, out: str) -> pd.DataFrame:
     return table
 
 
-def evaluate_model(split: dict, model_path: str, out: str, threads: int = 1) -> pd.DataFrame:
+def evaluate_model(split: dict, model_path: str, out: str, threads: int = 1, device: str = "auto",
+                   precision: str = "auto") -> pd.DataFrame:
     """`evaluate` on a test split (read_split's arguments) read with the channels the model takes."""
-    torch.set_num_threads(threads)
+    run = compute.resolve(device, precision, threads, workload="model")
     channels = load_model(model_path)[1]["channels"]
-    return evaluate(read_split(**split, nuclear_only=tuple(channels) == ("nuclear",)), model_path, out)
+    return evaluate(read_split(**split, nuclear_only=tuple(channels) == ("nuclear",)), model_path, out, run)
 
 
 def _stack(images) -> np.ndarray:

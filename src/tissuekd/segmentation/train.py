@@ -148,11 +148,13 @@ def fit(backbone: str, images: np.ndarray, labels: np.ndarray, cfg: SegTrainConf
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, tile: int, batch_size: int = 16) -> np.ndarray:
+def predict(model: nn.Module, images: np.ndarray, tile: int, batch_size: int = 16,
+            compute: Compute = CPU) -> np.ndarray:
     """(N, 2, H, W) float32 foreground and boundary probabilities of whole images (N, H, W, C),
     from `tile`-px windows at half-tile steps, averaged where they overlap (Swin takes only its
     fixed size, and a large image never goes through the network whole). Edges are padded by
-    reflection and cropped back."""
+    reflection and cropped back. Runs on `compute`'s device and precision."""
+    model = model.to(compute.device)
     images = normalise(np.asarray(images, np.float32))
     n, h, w = images.shape[:3]
     step = tile // 2
@@ -167,7 +169,8 @@ def predict(model: nn.Module, images: np.ndarray, tile: int, batch_size: int = 1
         for start in range(0, len(windows), batch_size):
             chunk = windows[start:start + batch_size]
             x = np.stack([np.moveaxis(padded[i, r:r + tile, c:c + tile], -1, 0) for r, c in chunk])
-            probs = probabilities(model, torch.from_numpy(x)).numpy()
+            with compute.autocast():
+                probs = probabilities(model, torch.from_numpy(x).to(compute.device)).float().cpu().numpy()
             for (r, c), p in zip(chunk, probs):
                 total[i, :, r:r + tile, c:c + tile] += p
     return (total / count)[:, :, :h, :w]

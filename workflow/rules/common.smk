@@ -530,6 +530,22 @@ def minutes_per_step(base_min):
     return lambda wildcards, attempt: base_min * attempt
 
 
+def minutes_per_gb(base_min, per_gb, split="train", shards=1):
+    """runtime (minutes) = base + per GB of the split a job predicts (its share of `shards`), x
+    attempt: inference time follows the pixels (a folder split counts its files)."""
+
+    def runtime(wildcards, input, attempt):
+        path = Path(getattr(input, split))
+        size = (
+            sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            if path.is_dir()
+            else (path.stat().st_size if path.exists() else 0)
+        )
+        return round(base_min + per_gb * size / 1e9 / shards) * attempt
+
+    return runtime
+
+
 def seg_models(with_membrane=True):
     """The models of a training set: the teachers (the multiplex one only where the test set has
     a membrane channel) and every student."""

@@ -53,7 +53,7 @@ rule segmentation_teacher_probs:
     threads: 1
     resources:
         mem_mb=mem_per_image(2000),
-        runtime=minutes_per_step(1),
+        runtime=minutes_per_gb(5, 30, shards=SEG["teacher_shards"]),  # CPU: ~0.1 MP/s (bench.segmentation)
         gpu=1,
     params:
         split=seg_split("train"),
@@ -107,7 +107,7 @@ rule segmentation_evaluate:
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=lambda wildcards, attempt: 10 * attempt,
+        runtime=minutes_per_gb(5, 30, split="test"),
     params:
         split=seg_test_split,
         device=config["device"],

@@ -7,7 +7,7 @@ from tissuekd.segmentation.steps import fit_model, read_split
 from tissuekd.segmentation.train import SegTrainConfig
 
 torch.set_num_threads(snakemake.threads)
-i, o, p, w = snakemake.input, snakemake.output, snakemake.params, snakemake.wildcards
+o, p, w = snakemake.output, snakemake.params, snakemake.wildcards
 run_logged(
     snakemake.log[0],
     lambda: fit_model(read_split(**p.split, nuclear_only=w.view == "nuclear"), p.backbone, o.model,

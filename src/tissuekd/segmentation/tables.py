@@ -31,8 +31,7 @@ def summarise(scores: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         seeds=("seed", "nunique"), images=("image", "nunique"), parameters=("parameters", "first")).reset_index()
     teacher = table.loc[table["model"] == "teacher multiplex", [*by, "dice_mean", "parameters"]]
     teacher = teacher.rename(columns={"dice_mean": "teacher_dice", "parameters": "teacher_parameters"})
-    table = table.merge(teacher, on=by, how="left") if by else table.assign(**teacher.iloc[0].to_dict()) \
-        if len(teacher) else table.assign(teacher_dice=float("nan"), teacher_parameters=float("nan"))
+    table = table.merge(teacher, on=by, how="left")
     table["recovery"] = table["dice_mean"] / table["teacher_dice"]
     table["parameter_ratio"] = table["teacher_parameters"] / table["parameters"]
     return table.drop(columns=["teacher_dice", "teacher_parameters"]).round(4)
@@ -44,5 +43,5 @@ def by_dataset(scores: pd.DataFrame) -> pd.DataFrame:
 
 def overall(scores: pd.DataFrame) -> pd.DataFrame:
     """Per model over every set it was trained on and tested on (its own test splits only)."""
-    own = scores[scores["trained_on"] == scores["evaluated_on"]]
-    return summarise(own, [])
+    own = scores[scores["trained_on"] == scores["evaluated_on"]].assign(scope="all")
+    return summarise(own, ["scope"]).drop(columns="scope")

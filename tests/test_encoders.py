@@ -57,7 +57,8 @@ def test_uni2h_preset_has_the_published_architecture():
     spec = EncoderSpec.from_config("uni2-h", {"preset": "uni2-h", "weights": "random"})
     with torch.device("meta"):  # 681M parameters: build the graph without allocating them
         model = create_model(spec)
-    assert spec.mpp == 0.5
+    assert (spec.mpp, spec.input_px) == (0.5, 224)
+    assert EncoderSpec.from_config("u", {"preset": "uni2-h", "weights": "w", "input_px": 448}).input_px == 448
     assert model.num_features == 1536 and len(model.blocks) == 24
     assert model.num_reg_tokens == 8 and model.patch_embed.patch_size == (14, 14)
     mlp = model.blocks[0].mlp  # SwiGLUPacked is GluMlp with SiLU gating

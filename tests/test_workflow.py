@@ -178,6 +178,8 @@ def test_demo_run_writes_every_output(demo_run):
         assert set(split["role"]) == {"train", "buffer", "test"}
         with h5py.File(results / "niche" / "features" / "demo-mobilenet" / f"{slide}.h5") as h5:
             assert list(h5["cell_id"].asstr()[:]) == list(cells["cell_id"])
+            attrs = h5["coords"].attrs  # the encoder's input side and resolution (config encoders.*)
+            assert (attrs["crop_px"], attrs["mpp"]) == (112, 1.0)
         assert (results / "niche" / slide / "scvi" / "model" / "model.pt").exists()
         k10 = results / "niche" / slide / "demo-mobilenet" / "k10"
         for model in (results / "niche" / slide / "k10" / "teacher", k10 / "student"):  # one teacher per slide

@@ -139,6 +139,11 @@ wildcard_constraints:
     k=r"\d+",
 
 
+def encoder_input_px(wildcards):
+    """Param: the encoder's input side in pixels (`input_px`): crops are cut to it."""
+    return ENCODERS[wildcards.encoder].input_px
+
+
 def encoder_precision(wildcards):
     """Param: the encoder's own `precision`, else the global one (resolved per device in the job)."""
     return config["encoders"][wildcards.encoder].get("precision", config["precision"])

@@ -67,7 +67,7 @@ rule niche_split:
         mem_mb=mem_per_cell(1000, 1),
         runtime=minutes_per_cell(5, 5),
     params:
-        crop_px=NICHE["crop_px"],
+        crop_px=encoder_input_px,
         encoder_mpp=lambda wildcards: ENCODERS[wildcards.encoder].mpp,
     script:
         "../../scripts/niche_split.py"
@@ -93,7 +93,7 @@ rule niche_features:
         gpu=1,
     params:
         encoder=lambda wildcards: ENCODERS[wildcards.encoder],
-        crop_px=NICHE["crop_px"],
+        crop_px=encoder_input_px,
         batch_size=NICHE["batch_size"],
         device=config["device"],
         precision=encoder_precision,

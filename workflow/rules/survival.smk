@@ -71,7 +71,7 @@ rule survival_features:
         gpu=1,
     params:
         encoder=lambda wildcards: ENCODERS[wildcards.encoder],
-        crop_px=SURVIVAL["crop_px"],
+        crop_px=encoder_input_px,
         batch_size=SURVIVAL["batch_size"],
         device=config["device"],
         precision=encoder_precision,

@@ -53,6 +53,7 @@ class EncoderSpec:
     arch: str
     mpp: float
     weights: str  # a local file, or "random"
+    input_px: int = 224  # input side: niche crops span input_px * mpp µm; survival patches are resampled to it
     seed: int = 0
     kwargs: dict = field(default_factory=dict)
     preset: str | None = None
@@ -82,6 +83,7 @@ class EncoderSpec:
             arch=arch,
             mpp=float(entry.get("mpp") or mpp or 0.5),
             weights=str(weights),
+            input_px=int(entry.get("input_px") or 224),
             seed=int(entry.get("seed", 0)),
             kwargs=dict(entry.get("kwargs") or {}),
             preset=preset,

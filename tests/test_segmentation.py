@@ -1,4 +1,4 @@
-"""Segmentation study, first layers: the TissueNet/BBBC038 readers and their errors, the demo
+"""Segmentation study, first layers: the TissueNet/BBBC038/TIFF-folder readers and their errors, the demo
 data in those layouts, Dice and object F1 against independent references, the loss terms,
 and the four U-Net students."""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from PIL import Image
 from scipy.spatial.distance import dice as scipy_dice
@@ -14,7 +15,7 @@ from skimage.draw import disk
 from tissuekd.demo.segmentation import write_bbbc038, write_tissuenet
 from tissuekd.distill.losses import UncertaintyWeights, probability_mse
 from tissuekd.errors import InputError
-from tissuekd.io.segmentation import read_bbbc038, read_tissuenet
+from tissuekd.io.segmentation import read_bbbc038, read_tiff_folder, read_tissuenet
 from tissuekd.segmentation.evaluate import dice, instances, object_f1
 from tissuekd.segmentation.losses import boundary_weighted, label_targets, supervised
 from tissuekd.segmentation.models import BACKBONES, build_unet, parameter_count
@@ -82,6 +83,62 @@ def test_bbbc038_folders_become_one_instance_image_each(tmp_path):
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(folder / data.ids[0] / "masks" / "zzz.png")
     with pytest.raises(InputError, match="mask is"):
         read_bbbc038(folder)
+
+
+def write_tiff_folder(npz, folder):
+    """The TissueNet split `npz` as a TIFF folder: images alternately (C, H, W) and (H, W, C),
+    whole-cell and nuclear labels beside each."""
+    folder.mkdir()
+    with np.load(npz) as split:
+        for i, (x, y) in enumerate(zip(split["X"], split["y"])):
+            tifffile.imwrite(folder / f"img{i:02d}.tif", np.moveaxis(x, -1, 0) if i % 2 else x)
+            tifffile.imwrite(folder / f"img{i:02d}_whole-cell.tif", y[..., 0])
+            tifffile.imwrite(folder / f"img{i:02d}_nuclear.tif", y[..., 1].astype(np.uint16))
+    return folder
+
+
+def test_a_tiff_folder_reads_as_the_same_split_and_trains_the_same_weights(tissuenet, tmp_path):
+    folder = write_tiff_folder(tissuenet, tmp_path / "tiffs")
+    for target, membrane in (("whole-cell", 1), ("nuclear", None)):
+        npz, tiff = read_tissuenet(tissuenet, 0, membrane, target), read_tiff_folder(folder, 0, membrane, target)
+        assert len(tiff) == len(npz) and tiff.channels == npz.channels and tiff.ids[0] == "img00"
+        for i in range(len(npz)):
+            assert np.array_equal(tiff.images[i], npz.images[i]) and np.array_equal(tiff.labels[i], npz.labels[i])
+    cfg = SegTrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, tile=32)
+    fit_model(read_split("tissuenet", str(tissuenet)), "mobilenetv3", str(tmp_path / "a.pt"), cfg, labelled_share=0.5)
+    fit_model(read_split("tiff", str(folder)), "mobilenetv3", str(tmp_path / "b.pt"), cfg, labelled_share=0.5)
+    a, b = torch.load(tmp_path / "a.pt")["state"], torch.load(tmp_path / "b.pt")["state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    predict_probs(read_split("tiff", str(folder)), str(tmp_path / "b.pt"), str(tmp_path / "probs.npz"))
+    assert np.load(tmp_path / "probs.npz")["probs"].shape == (8, 2, 96, 96)
+
+
+@pytest.mark.parametrize(("spoil", "problem", "names"), [
+    (lambda f: tifffile.imwrite(f / "img01_whole-cell.tif", np.zeros((96, 95), np.int32)), "labels are",
+     "img01_whole-cell"),
+    (lambda f: (f / "img02_whole-cell.tif").unlink(), "has no whole-cell labels", "img02.tif"),
+    (lambda f: tifffile.imwrite(f / "img03_whole-cell.tif", np.full((96, 96), 0.5, np.float32)), "not integer ids",
+     "img03_whole-cell"),
+    (lambda f: tifffile.imwrite(f / "img04.tif", np.zeros((96, 96), np.float32)), "channel index 1 out of range",
+     "img04.tif"),
+    (lambda f: [p.unlink() for p in f.glob("*.tif")], "no images", "tiffs"),
+])
+def test_bad_tiff_folder_input_names_the_file_and_the_problem(tissuenet, tmp_path, spoil, problem, names):
+    folder = write_tiff_folder(tissuenet, tmp_path / "tiffs")
+    spoil(folder)
+    with pytest.raises(InputError, match=problem) as err:
+        read_tiff_folder(folder)
+    assert names in str(err.value)
+
+
+def test_a_tiff_training_set_of_mixed_sizes_names_the_odd_image(tissuenet, tmp_path):
+    folder = write_tiff_folder(tissuenet, tmp_path / "tiffs")
+    tifffile.imwrite(folder / "img05.tif", np.zeros((64, 64, 2), np.float32))
+    tifffile.imwrite(folder / "img05_whole-cell.tif", np.zeros((64, 64), np.int32))
+    data = read_split("tiff", str(folder))  # fine to evaluate on
+    with pytest.raises(InputError, match="one image size") as err:
+        fit_model(data, "mobilenetv3", str(tmp_path / "m.pt"), SegTrainConfig(epochs=1, steps_per_epoch=1, tile=32))
+    assert "img05.tif" in str(err.value)
 
 
 def test_dice_and_object_f1_equal_independent_references():

@@ -83,20 +83,28 @@ def test_a_bad_sheet_names_its_line(tmp_path):
     rows.to_csv(sheet, sep="\t", index=False)
     result = snakemake("-n", cwd=workdir, check=False)
     assert result.returncode != 0
-    assert "segmentation_datasets.tsv line 3 (dataset bbbc038_demo): only tissuenet sets can be trained on" \
+    assert "segmentation_datasets.tsv line 3 (dataset bbbc038_demo): only tissuenet and tiff sets can be trained on" \
         in result.stderr + result.stdout
 
 
-def test_memory_and_runtime_follow_the_splits_size(tmp_path):
-    """A 2 GB training split (a sparse file: only its size is read while planning) asks 8x its
-    size in memory for training and 30 min per GB of each teacher-maps shard."""
+@pytest.mark.parametrize("fmt", ["tissuenet", "tiff"])
+def test_memory_and_runtime_follow_the_splits_size(tmp_path, fmt):
+    """A 2 GB training split, an npz or a TIFF folder (sparse files: only sizes are read while
+    planning), asks 8x its size in memory for training and 30 min per GB of each teacher-maps shard."""
     workdir = make_workdir(tmp_path, **SMALL)
     big = tmp_path / "tissuenet_v1.1_train.npz"
-    with open(big, "wb") as f:
-        f.truncate(2_000_000_000)
+    if fmt == "tiff":
+        big = tmp_path / "tiffs"
+        big.mkdir()
+        for name in ("a.tif", "a_whole-cell.tif"):
+            with open(big / name, "wb") as f:
+                f.truncate(1_000_000_000)
+    else:
+        with open(big, "wb") as f:
+            f.truncate(2_000_000_000)
     sheet = workdir / "config/segmentation_datasets.tsv"
     rows = pd.read_csv(sheet, sep="\t", dtype=str).fillna("")
-    rows.loc[rows["dataset"] == "tissuenet_demo", "train"] = str(big)
+    rows.loc[rows["dataset"] == "tissuenet_demo", ["format", "train"]] = fmt, str(big)
     rows.to_csv(sheet, sep="\t", index=False)
     out = snakemake("-n", "--cores", "1", cwd=workdir).stdout
     jobs = dict(re.findall(r"rule (\w+):\n(?:    .*\n)*?    resources: (.*)", out))  # rule -> its resources

@@ -445,9 +445,9 @@ def check_segmentation_sheet(sheet, path):
     for row_no, row in enumerate(sheet.to_dict("records"), start=2):
         where = f"{path} line {row_no} (dataset {row['dataset']})"
         if row["role"] == "train":
-            if row["format"] != "tissuenet":
+            if row["format"] not in ("tissuenet", "tiff"):
                 raise WorkflowError(
-                    f"{where}: only tissuenet sets can be trained on (role train); {row['format']} is role cross"
+                    f"{where}: only tissuenet and tiff sets can be trained on (role train); {row['format']} is role cross"
                 )
             if not row["train"] or not row["membrane"]:
                 raise WorkflowError(
@@ -519,13 +519,20 @@ def seg_teacher_probs(wildcards):
     ]
 
 
+def split_bytes(path):
+    """Bytes of a split: its file, or every file of its folder (BBBC038, TIFF); 0 before the demo makes it."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
 def mem_per_image(base_mb):
     """mem_mb = (base + 8 x the training split's size) x attempt: training holds the split as
     float32 with its targets."""
 
     def mem(wildcards, input, attempt):
-        size = os.path.getsize(input.train) if os.path.isfile(input.train) else 0
-        return round(base_mb + 8 * size / 1e6) * attempt
+        return round(base_mb + 8 * split_bytes(input.train) / 1e6) * attempt
 
     return mem
 
@@ -540,13 +547,7 @@ def minutes_per_gb(base_min, per_gb, split="train", shards=1):
     attempt: inference time follows the pixels (a folder split counts its files)."""
 
     def runtime(wildcards, input, attempt):
-        path = Path(getattr(input, split))
-        size = (
-            sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-            if path.is_dir()
-            else (path.stat().st_size if path.exists() else 0)
-        )
-        return round(base_min + per_gb * size / 1e9 / shards) * attempt
+        return round(base_min + per_gb * split_bytes(getattr(input, split)) / 1e9 / shards) * attempt
 
     return runtime
 

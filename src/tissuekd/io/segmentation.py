@@ -1,10 +1,12 @@
-"""Segmentation data sets in their published layouts: TissueNet v1.1 npz and BBBC038 folders.
+"""Segmentation data sets in their published layouts: TissueNet v1.1 npz, BBBC038 folders, and
+plain folders of multichannel TIFFs with label TIFFs beside them.
 
-Both are read into the same `SegSet`: images (N, H, W, C) with the sheet's channel order, one
+All are read into the same `SegSet`: images (N, H, W, C) with the sheet's channel order, one
 instance-label image per image (0 = background), and per-image ids, tissues and platforms.
 TissueNet's npz members are memory-mapped where the archive stores them uncompressed (as the
 published files are), so a 2,580-image training split is never read whole; BBBC038's images
-differ in size, so its set is a list read image by image.
+differ in size, so its set is a list read image by image; a TIFF folder is read file by file
+when an image is asked for (`TiffFolder`), so it is never held whole either.
 """
 
 from __future__ import annotations
@@ -161,3 +163,112 @@ def _grey(path: Path) -> np.ndarray:
     if image.ndim == 3:
         image = image[..., :3].mean(axis=2)
     return image
+
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+class TiffFolder(Sequence):
+    """The images (or label images) of a TIFF folder, each read from its file when asked for:
+    `folder[i]` is one array, `folder[a:b]` a list of them."""
+
+    def __init__(self, paths: list[Path], read, shapes: list[tuple[int, int]] | None = None):
+        self.paths, self.read, self.shapes = paths, read, shapes  # shapes: (H, W) per image, once checked
+
+    def require_one_size(self) -> None:
+        """Training draws tiles from a stack of one image size: name the first image of another."""
+        for path, shape in zip(self.paths, self.shapes or []):
+            if shape != self.shapes[0]:
+                raise InputError(path, f"is {shape}, the folder's first image {self.shapes[0]}: "
+                                       "a training set needs one image size (evaluation sets may differ)")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.read(path) for path in self.paths[i]]
+        return self.read(self.paths[int(i)])
+
+
+def read_tiff_folder(folder: str | Path, nuclear: int = 0, membrane: int | None = 1,
+                     target: str = "whole-cell", check_all: bool = True) -> SegSet:
+    """A folder of multichannel TIFFs `<id>.tif` with instance labels `<id>_<target>.tif` beside
+    them (`<id>_whole-cell.tif`, `<id>_nuclear.tif`: the sheet's target picks one).
+
+    An image is (H, W) (one channel), (H, W, C) or (C, H, W): the axis of at most 16 entries is the
+    channel axis, the last one where both are. Images may differ in size (an evaluation set);
+    labels must match their image. Every pair is opened once here to check it (shapes, channel
+    range, integer labels) unless `check_all` is False, then read again when used.
+
+    Parameters
+    ----------
+    folder : str or Path
+        The folder (not searched recursively).
+    nuclear, membrane : int
+        Channel indices (membrane None: nuclear only).
+    target : str
+        "whole-cell" or "nuclear": the suffix of the label files.
+    check_all : bool, default True
+        Open every pair now (errors name the file before any training starts).
+    """
+    import tifffile
+
+    folder = Path(folder)
+    if target not in TARGETS:
+        raise InputError(folder, f"unknown target {target!r} (one of {', '.join(TARGETS)})")
+    if not folder.is_dir():
+        raise InputError(folder, "is not a folder of TIFF images")
+    label_suffixes = tuple(f"_{t}" for t in TARGETS)
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in TIFF_SUFFIXES
+                    and not p.stem.endswith(label_suffixes))
+    if not images:
+        raise InputError(folder, "no images: expected <id>.tif with <id>_whole-cell.tif / <id>_nuclear.tif labels")
+    labels = []
+    for image in images:
+        label = image.with_name(f"{image.stem}_{target}{image.suffix}")
+        if not label.exists():
+            raise InputError(image, f"has no {target} labels: expected {label.name} beside it")
+        labels.append(label)
+    channels = (nuclear,) if membrane is None else (nuclear, membrane)
+
+    def read_image(path: Path) -> np.ndarray:
+        image = _channels_last(tifffile.imread(path), path)
+        bad = [c for c in channels if not 0 <= c < image.shape[2]]
+        if bad:
+            raise InputError(path, f"channel index {bad[0]} out of range: the image has {image.shape[2]} channels")
+        return image[..., list(channels)].astype(np.float32)
+
+    def read_labels(path: Path) -> np.ndarray:
+        labels = np.squeeze(tifffile.imread(path))
+        if labels.ndim != 2:
+            raise InputError(path, f"labels must be one (H, W) image of instance ids; got shape {labels.shape}")
+        if not np.issubdtype(labels.dtype, np.integer):
+            if not np.array_equal(labels, np.round(labels)):
+                raise InputError(path, f"labels are not integer ids ({labels.dtype} with fractional values)")
+        return labels.astype(np.int32)
+
+    shapes = None
+    if check_all:
+        shapes = [read_image(image).shape[:2] for image in images]
+        for label, shape in zip(labels, shapes):
+            label_shape = read_labels(label).shape
+            if shape != label_shape:
+                raise InputError(label, f"labels are {label_shape}, their image {shape}")
+    ids = [p.stem for p in images]
+    names = ("nuclear",) if membrane is None else ("nuclear", "membrane")
+    return SegSet(TiffFolder(images, read_image, shapes), TiffFolder(labels, read_labels), ids,
+                  [folder.name] * len(ids), ["tiff"] * len(ids), names)
+
+
+def _channels_last(image: np.ndarray, path: Path) -> np.ndarray:
+    image = np.squeeze(image)
+    if image.ndim == 2:
+        return image[..., None]
+    if image.ndim != 3:
+        raise InputError(path, f"expected a (H, W), (H, W, C) or (C, H, W) image; got shape {image.shape}")
+    if image.shape[-1] <= 16:
+        return image
+    if image.shape[0] <= 16:
+        return np.moveaxis(image, 0, -1)
+    raise InputError(path, f"no channel axis of at most 16 entries in shape {image.shape}")

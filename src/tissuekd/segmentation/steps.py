@@ -1,6 +1,6 @@
 """What the segmentation rules will call: files in, files out, one function per step.
 
-A data set's split is read by tissuekd.io.segmentation (TissueNet npz or BBBC038 folder);
+A data set's split is read by tissuekd.io.segmentation (TissueNet npz, BBBC038 or TIFF folder);
 models are saved with their backbone, channels and training config, so a checkpoint says
 what it is; teacher probabilities go to an npz keyed `probs` (N, 2, H, W) with the image ids.
 """
@@ -17,12 +17,12 @@ import torch
 from tissuekd import compute
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
-from tissuekd.io.segmentation import SegSet, npz_member, read_bbbc038, read_tissuenet
+from tissuekd.io.segmentation import SegSet, TiffFolder, npz_member, read_bbbc038, read_tiff_folder, read_tissuenet
 from tissuekd.segmentation.evaluate import dice, instances, object_f1
 from tissuekd.segmentation.models import build_unet, parameter_count
 from tissuekd.segmentation.train import SegTrainConfig, fit, predict
 
-FORMATS = ("tissuenet", "bbbc038")
+FORMATS = ("tissuenet", "bbbc038", "tiff")
 log = logging.getLogger(__name__)
 
 
@@ -34,6 +34,8 @@ def read_split(fmt: str, path: str, target: str = "whole-cell", nuclear_only: bo
         return read_tissuenet(path, nuclear, None if nuclear_only else membrane, target=target)
     if fmt == "bbbc038":
         return read_bbbc038(path)
+    if fmt == "tiff":
+        return read_tiff_folder(path, nuclear, None if nuclear_only else membrane, target=target)
     raise InputError(path, f"unknown segmentation format {fmt!r} (one of {', '.join(FORMATS)})")
 
 
@@ -79,6 +81,8 @@ def fit_model(data: SegSet, backbone: str, out: str, cfg: SegTrainConfig, mode: 
     """Train on a split (teacher: every channel; student: the nuclear one) and save the checkpoint.
     `teacher_probs`: the teacher's cached shards (kd); `labelled_share`: see `annotated`;
     `teacher` names the teacher in the checkpoint (kd modes)."""
+    if isinstance(data.images, TiffFolder):
+        data.images.require_one_size()
     probs = None
     if teacher_probs is not None:
         probs = load_probs([teacher_probs] if isinstance(teacher_probs, str) else list(teacher_probs), data.ids)

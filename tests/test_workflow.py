@@ -15,6 +15,7 @@ import pytest
 import yaml
 from conftest import DEMO_TEST_CELLS, REPO, make_workdir, planned_jobs, snakemake
 
+from tissuekd.cli_config import typed
 from tissuekd.niche.methods import METHODS as NICHE_METHODS
 from tissuekd.survival.methods import METHODS as SURVIVAL_METHODS
 
@@ -69,10 +70,23 @@ def test_dry_run_of_the_shipped_demo_lists_every_step_per_slide_and_k():
     assert jobs["survival_student"] == len(SURVIVAL_METHODS) - len(fitted)
 
 
+def test_command_line_values_nested_in_a_dict_get_the_schemas_types():
+    """snakemake --config "segmentation={'enabled': True, 'seeds': [0, 1]}" hands nested values
+    over as strings; the Snakefile types them from the schema (the dry run below uses it)."""
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    config = {"segmentation": {"enabled": "True", "seeds": ["0", "1"], "labelled": "0.5", "teacher": "external"},
+              "niche": {"scvi": {"max_epochs": "null"}, "k": ["10"]}, "encoders": {"e": {"input_px": "112"}}}
+    assert typed(config, schema) == {
+        "segmentation": {"enabled": True, "seeds": [0, 1], "labelled": 0.5, "teacher": "external"},
+        "niche": {"scvi": {"max_epochs": None}, "k": [10]}, "encoders": {"e": {"input_px": 112}}}
+    unknown = {"segmentation": {"enabled": "maybe"}}
+    assert typed(unknown, schema) == {"segmentation": {"enabled": "maybe"}}  # left for validate to reject
+
+
 def test_every_gpu_rule_gets_the_slurm_profiles_gpu_resources():
     """Rules asking a GPU are exactly the SLURM profile's GPU entries, each with its CPUs per GPU
-    and as many threads (the rules themselves ask one, for laptops)."""
-    out = snakemake("-n", "--forceall", "--cores", "1", cwd=REPO).stdout
+    and as many threads (the rules themselves ask one, for laptops). Every study is planned."""
+    out = snakemake("-n", "--forceall", "--cores", "1", "--config", "segmentation={'enabled': True}", cwd=REPO).stdout
     gpu_rules = {block.split("rule ", 1)[1].split(":", 1)[0] for block in out.split("\n\n")
                  if "rule " in block and re.search(r"resources:.*\bgpu=1\b", block)}
     slurm = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())

@@ -1,0 +1,50 @@
+"""Types for values given on Snakemake's command line.
+
+`snakemake --config "segmentation={'enabled': True, 'seeds': [0, 1]}"` parses the value with
+YAML's BaseLoader, so every nested scalar arrives as a string ('True', '0') and the schema
+rejects it. `typed` turns such strings into what the schema asks for at that place (boolean,
+integer, number, null) before validation; strings the schema accepts as strings stay.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+BOOLEANS = {"true": True, "false": False, "yes": True, "no": False}
+
+
+def typed(value: Any, schema: dict) -> Any:
+    """`value` with every string converted to the type `schema` asks for there (in place for dicts)."""
+    if isinstance(value, dict):
+        properties, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        for key, item in value.items():
+            sub = properties.get(key, extra if isinstance(extra, dict) else None)
+            if sub:
+                value[key] = typed(item, sub)
+        return value
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [typed(item, schema["items"]) for item in value]
+    if isinstance(value, str):
+        return _scalar(value, schema)
+    return value
+
+
+def _scalar(value: str, schema: dict) -> Any:
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else list(types)
+    if "string" in types or not types:
+        return value
+    text = value.strip()
+    if "boolean" in types and text.lower() in BOOLEANS:
+        return BOOLEANS[text.lower()]
+    if "integer" in types and re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    if "number" in types:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    if "null" in types and text.lower() in ("null", "none", "~", ""):
+        return None
+    return value

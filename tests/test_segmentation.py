@@ -15,11 +15,11 @@ from skimage.draw import disk
 from tissuekd.demo.segmentation import write_bbbc038, write_tissuenet
 from tissuekd.distill.losses import UncertaintyWeights, probability_mse
 from tissuekd.errors import InputError
-from tissuekd.io.segmentation import read_bbbc038, read_tiff_folder, read_tissuenet
+from tissuekd.io.segmentation import ExternalMaps, read_bbbc038, read_tiff_folder, read_tissuenet
 from tissuekd.segmentation.evaluate import dice, instances, object_f1
 from tissuekd.segmentation.losses import boundary_weighted, label_targets, supervised
 from tissuekd.segmentation.models import BACKBONES, build_unet, parameter_count
-from tissuekd.segmentation.steps import evaluate, fit_model, predict_probs, read_split
+from tissuekd.segmentation.steps import evaluate, evaluate_maps, external_probs, fit_model, predict_probs, read_split
 from tissuekd.segmentation.train import SegTrainConfig, crops, fit, predict
 
 
@@ -139,6 +139,51 @@ def test_a_tiff_training_set_of_mixed_sizes_names_the_odd_image(tissuenet, tmp_p
     with pytest.raises(InputError, match="one image size") as err:
         fit_model(data, "mobilenetv3", str(tmp_path / "m.pt"), SegTrainConfig(epochs=1, steps_per_epoch=1, tile=32))
     assert "img05.tif" in str(err.value)
+
+
+def label_maps(data):
+    """A perfect external teacher: each image's foreground from its labels, keyed by image id."""
+    return {i: (np.asarray(labels) > 0).astype(np.float32) for i, labels in zip(data.ids, data.labels)}
+
+
+def test_external_maps_from_npz_or_zarr_become_the_cached_teacher_shards(tissuenet, tmp_path):
+    import zarr
+
+    data = read_split("tissuenet", str(tissuenet))
+    maps = label_maps(data)
+    np.savez(tmp_path / "maps.npz", **maps)
+    group = zarr.open_group(str(tmp_path / "maps.zarr"), mode="w")
+    for key, value in maps.items():
+        group.create_array(key, data=value)
+    for source in ("maps.npz", "maps.zarr"):
+        for shard in (0, 1):
+            external_probs(data, str(tmp_path / source), str(tmp_path / f"{shard}.npz"), shard, 2)
+        shards = [np.load(tmp_path / f"{s}.npz") for s in (0, 1)]
+        assert [str(i) for s in shards for i in s["ids"]] == data.ids
+        probs = np.concatenate([s["probs"] for s in shards])
+        assert np.array_equal(probs[:, 0], np.stack(list(maps.values())))
+        rim = probs[0, 1] > 0  # the derived boundary: the inner rim of the foreground
+        assert rim.any() and (probs[0, 0][rim] == 1).all() and rim.sum() < (probs[0, 0] > 0).sum()
+    table = evaluate_maps({"fmt": "tissuenet", "path": str(tissuenet)}, str(tmp_path / "maps.npz"),
+                          str(tmp_path / "scores.tsv"))
+    assert (table["dice"] == 1.0).all() and len(table) == len(data)  # the labels' own foreground
+
+
+@pytest.mark.parametrize(("spoil", "problem"), [
+    (lambda m: m.pop(next(iter(m))), "no map for image 'tissuenet_v1.1_train:0'"),
+    (lambda m: m.update({k: v[:, :-1] for k, v in m.items()}), "is (2, 96, 95); its image is (96, 96)"),
+    (lambda m: m.update({k: v * 2 for k, v in m.items()}), "not a probability in"),
+])
+def test_bad_external_maps_name_the_file_and_the_image(tissuenet, tmp_path, spoil, problem):
+    data = read_split("tissuenet", str(tissuenet))
+    maps = label_maps(data)
+    spoil(maps)
+    np.savez(tmp_path / "maps.npz", **maps)
+    with pytest.raises(InputError, match=problem.replace("(", r"\(").replace(")", r"\)")) as err:
+        external_probs(data, str(tmp_path / "maps.npz"), str(tmp_path / "out.npz"))
+    assert "maps.npz" in str(err.value) and not (tmp_path / "out.npz").exists()
+    with pytest.raises(InputError, match="not found"):
+        ExternalMaps(tmp_path / "none.npz")
 
 
 def test_dice_and_object_f1_equal_independent_references():

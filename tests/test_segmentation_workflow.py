@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from conftest import make_workdir, planned_jobs, snakemake
 
+from tissuekd.demo.segmentation import write_tissuenet
 from tissuekd.segmentation.evaluate import dice
 
 pytestmark = pytest.mark.workflow
@@ -110,3 +111,35 @@ def test_memory_and_runtime_follow_the_splits_size(tmp_path, fmt):
     jobs = dict(re.findall(r"rule (\w+):\n(?:    .*\n)*?    resources: (.*)", out))  # rule -> its resources
     assert "mem_mb=18000" in jobs["segmentation_teacher"]
     assert "runtime=35" in jobs["segmentation_teacher_probs"]  # 5 + 30 x 2 GB / 2 shards
+
+
+def test_an_external_teachers_maps_are_distilled_and_scored_as_the_oracle(tmp_path):
+    """segmentation.teacher external: no teacher is trained; its maps (here: the labels'
+    foreground, a perfect teacher) become the cached shards the kd students read, and its row
+    is scored from its maps of the test split."""
+    data = tmp_path / "tn"
+    splits = {s: write_tissuenet(data / f"tissuenet_v1.1_{s}.npz", 4, size=64, seed=i)
+              for i, s in enumerate(("train", "test"))}
+    maps = {}
+    for path in splits.values():
+        with np.load(path) as split:
+            maps.update({f"{path.stem}:{i}": (y[..., 0] > 0).astype(np.float32) for i, y in enumerate(split["y"])})
+    np.savez(data / "maps.npz", **maps)
+    workdir = make_workdir(tmp_path / "w", **{**SMALL, "segmentation__teacher": "external",
+                                              "segmentation__modes": ["no-kd", "kd"]})
+    sheet = pd.DataFrame([{"dataset": "tn", "format": "tissuenet", "train": splits["train"], "test": splits["test"],
+                           "nuclear": 0, "membrane": 1, "target": "whole-cell", "role": "train",
+                           "teacher_maps": data / "maps.npz"}])
+    sheet.to_csv(workdir / "config/segmentation_datasets.tsv", sep="\t", index=False)
+    snakemake("--cores", "2", cwd=workdir)
+    out = workdir / "results/segmentation/tn"
+    assert not (out / "teacher/multiplex/model.pt").exists()
+    shards = sorted((out / "teacher/multiplex/probs").glob("*.npz"))
+    cached = np.concatenate([np.load(p)["probs"][:, 0] for p in shards])
+    with np.load(splits["train"]) as train:
+        assert np.array_equal(cached, (train["y"][..., 0] > 0).astype(np.float32))
+    table = pd.read_csv(workdir / "results/benchmark/segmentation_by_dataset.tsv", sep="\t").set_index("model")
+    assert set(table.index) == {"teacher multiplex", "mobilenetv3 no-kd", "mobilenetv3 kd"}
+    assert table.loc["teacher multiplex", "dice_mean"] == 1.0
+    assert table.loc["mobilenetv3 kd", "recovery"] == pytest.approx(table.loc["mobilenetv3 kd", "dice_mean"])
+    assert (workdir / "results/segmentation/tn/panel.png").exists()

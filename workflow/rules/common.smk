@@ -436,6 +436,20 @@ SEG_SETS = pd.DataFrame(columns=["dataset", "role"])
 SEG_TEACHERS = {"no-kd": "", "kd": "multiplex", "kd-nuclear-teacher": "nuclear"}  # mode -> teacher view
 
 
+def external_map_columns():
+    """The sheet columns an external teacher needs: its maps, and its nuclear-only maps where
+    the kd-nuclear-teacher control runs."""
+    if SEG["teacher"] != "external":
+        return ()
+    return ("teacher_maps", "teacher_maps_nuclear") if "kd-nuclear-teacher" in SEG["modes"] else ("teacher_maps",)
+
+
+def seg_external_maps(wildcards):
+    """Input: the external teacher's maps of the view's channels (the sheet's column)."""
+    column = "teacher_maps" if wildcards.view == "multiplex" else "teacher_maps_nuclear"
+    return {"maps": SEG_SETS.loc[wildcards.dataset, column]}
+
+
 def check_segmentation_sheet(sheet, path):
     """Names unique, a training set with a membrane channel and a train split, files present
     (demo files are made by rules)."""
@@ -455,7 +469,10 @@ def check_segmentation_sheet(sheet, path):
                 )
             if row["membrane"] == row["nuclear"]:
                 raise WorkflowError(f"{where}: the membrane channel is the nuclear one ({row['nuclear']})")
-        for column in ("train", "test"):
+            for column in external_map_columns():
+                if not row.get(column):
+                    raise WorkflowError(f"{where}: segmentation.teacher external needs column {column!r}")
+        for column in ("train", "test", *external_map_columns()):
             value = row[column]
             if value and not os.path.exists(value) and not made_by_demo(value):
                 raise WorkflowError(f"{where}: column {column!r} names {value}, which does not exist")
@@ -554,8 +571,14 @@ def minutes_per_gb(base_min, per_gb, split="train", shards=1):
 
 def seg_models(with_membrane=True):
     """The models of a training set: the teachers (the multiplex one only where the test set has
-    a membrane channel) and every student."""
-    models = (["teacher/multiplex"] if with_membrane else []) + ["teacher/nuclear"]
+    a membrane channel; external teachers' maps only on their own test set; the nuclear one only
+    where its control runs) and every student."""
+    views = [SEG_TEACHERS[m] for m in SEG["modes"] if SEG_TEACHERS[m]]
+    if SEG["teacher"] == "unet-multiplex":
+        views = ["multiplex", "nuclear"]  # both are trained anyway: the nuclear one is a reference
+    if not with_membrane:
+        views = [] if SEG["teacher"] == "external" else [v for v in views if v == "nuclear"]
+    models = [f"teacher/{v}" for v in views if v]
     return models + expand("students/{b}/{m}/seed{s}", b=SEG["students"], m=SEG["modes"], s=SEG["seeds"])
 
 
@@ -580,7 +603,10 @@ def segmentation_scores():
 def seg_panel_models(dataset):
     """Column title -> checkpoint of the report's panel: the multiplex teacher, then the first
     student backbone at the first seed in each mode."""
-    models = {"teacher (multiplex)": f"{RESULTS}/segmentation/{dataset}/teacher/multiplex/model.pt"}
+    teacher = f"{RESULTS}/segmentation/{dataset}/teacher/multiplex/model.pt"
+    if SEG["teacher"] == "external":
+        teacher = SEG_SETS.loc[dataset, "teacher_maps"]
+    models = {"teacher (multiplex)": teacher}
     backbone, seed = SEG["students"][0], SEG["seeds"][0]
     for mode in SEG["modes"]:
         models[f"{backbone} {mode}"] = (
@@ -604,11 +630,16 @@ def segmentation_benchmarks():
     """Benchmark files of every segmentation job, for the runtime table."""
     if not SEG["enabled"]:
         return []
-    files = expand(str(rules.segmentation_teacher.benchmark), dataset=SEG_TRAIN, view=["multiplex", "nuclear"])
+    files = []
+    if SEG["teacher"] == "unet-multiplex":
+        views = ["multiplex", "nuclear"]
+        files += expand(str(rules.segmentation_teacher.benchmark), dataset=SEG_TRAIN, view=views)
+    else:
+        views = [SEG_TEACHERS[m] for m in SEG["modes"] if SEG_TEACHERS[m]]
     files += expand(
         str(rules.segmentation_teacher_probs.benchmark),
         dataset=SEG_TRAIN,
-        view=["multiplex", "nuclear"],
+        view=views,
         shard=range(SEG["teacher_shards"]),
     )
     files += expand(

@@ -3,65 +3,119 @@
 GDIR = f"{RESULTS}/segmentation/{{dataset}}"
 
 
-rule segmentation_teacher:
-    input:
-        unpack(seg_split_inputs),
-    output:
-        model=f"{GDIR}/teacher/{{view}}/model.pt",
-    log:
-        f"{LOGS}/segmentation/teacher/{{dataset}}/{{view}}.log",
-    benchmark:
-        f"{BENCH}/segmentation/teacher/{{dataset}}/{{view}}.tsv"
-    wildcard_constraints:
-        view="multiplex|nuclear",
-    conda:
-        "../../envs/torch-gpu.yaml"
-    threads: 1
-    resources:
-        mem_mb=mem_per_image(2000),
-        runtime=minutes_per_step(10),
-        gpu=1,
-    params:
-        split=seg_split("train"),
-        backbone=SEG["teacher_backbone"],
-        train=SEG["train"],
-        seed=0,
-        labelled=SEG["labelled"],
-        device=config["device"],
-        precision=config["precision"],
-    script:
-        "../../scripts/segmentation_teacher.py"
+if SEG["teacher"] == "unet-multiplex":
 
+    rule segmentation_teacher:
+        input:
+            unpack(seg_split_inputs),
+        output:
+            model=f"{GDIR}/teacher/{{view}}/model.pt",
+        log:
+            f"{LOGS}/segmentation/teacher/{{dataset}}/{{view}}.log",
+        benchmark:
+            f"{BENCH}/segmentation/teacher/{{dataset}}/{{view}}.tsv"
+        wildcard_constraints:
+            view="multiplex|nuclear",
+        conda:
+            "../../envs/torch-gpu.yaml"
+        threads: 1
+        resources:
+            mem_mb=mem_per_image(2000),
+            runtime=minutes_per_step(10),
+            gpu=1,
+        params:
+            split=seg_split("train"),
+            backbone=SEG["teacher_backbone"],
+            train=SEG["train"],
+            seed=0,
+            labelled=SEG["labelled"],
+            device=config["device"],
+            precision=config["precision"],
+        script:
+            "../../scripts/segmentation_teacher.py"
 
-rule segmentation_teacher_probs:
-    # the teacher's maps of the training images, one shard of them per job, cached: changing a
-    # student setting never reruns it
-    input:
-        unpack(seg_split_inputs),
-        model=rules.segmentation_teacher.output.model,
-    output:
-        f"{GDIR}/teacher/{{view}}/probs/{{shard}}.npz",
-    log:
-        f"{LOGS}/segmentation/teacher_probs/{{dataset}}/{{view}}/{{shard}}.log",
-    benchmark:
-        f"{BENCH}/segmentation/teacher_probs/{{dataset}}/{{view}}/{{shard}}.tsv"
-    wildcard_constraints:
-        view="multiplex|nuclear",
-        shard=r"\d+",
-    conda:
-        "../../envs/torch-gpu.yaml"
-    threads: 1
-    resources:
-        mem_mb=mem_per_image(2000),
-        runtime=minutes_per_gb(5, 30, shards=SEG["teacher_shards"]),  # CPU: ~0.1 MP/s (bench.segmentation)
-        gpu=1,
-    params:
-        split=seg_split("train"),
-        shards=SEG["teacher_shards"],
-        device=config["device"],
-        precision=config["precision"],
-    script:
-        "../../scripts/segmentation_teacher_probs.py"
+    rule segmentation_teacher_probs:
+        # the teacher's maps of the training images, one shard of them per job, cached: changing a
+        # student setting never reruns it
+        input:
+            unpack(seg_split_inputs),
+            model=rules.segmentation_teacher.output.model,
+        output:
+            f"{GDIR}/teacher/{{view}}/probs/{{shard}}.npz",
+        log:
+            f"{LOGS}/segmentation/teacher_probs/{{dataset}}/{{view}}/{{shard}}.log",
+        benchmark:
+            f"{BENCH}/segmentation/teacher_probs/{{dataset}}/{{view}}/{{shard}}.tsv"
+        wildcard_constraints:
+            view="multiplex|nuclear",
+            shard=r"\d+",
+        conda:
+            "../../envs/torch-gpu.yaml"
+        threads: 1
+        resources:
+            mem_mb=mem_per_image(2000),
+            runtime=minutes_per_gb(5, 30, shards=SEG["teacher_shards"]),  # CPU: ~0.1 MP/s (bench.segmentation)
+            gpu=1,
+        params:
+            split=seg_split("train"),
+            shards=SEG["teacher_shards"],
+            device=config["device"],
+            precision=config["precision"],
+        script:
+            "../../scripts/segmentation_teacher_probs.py"
+
+else:
+
+    rule segmentation_teacher_probs:
+        # an external teacher (segmentation.teacher external): its maps of one shard of the training
+        # images, from the file the sheet names, in the U-Net teacher's cached layout
+        input:
+            unpack(seg_split_inputs),
+            unpack(seg_external_maps),
+        output:
+            f"{GDIR}/teacher/{{view}}/probs/{{shard}}.npz",
+        log:
+            f"{LOGS}/segmentation/teacher_probs/{{dataset}}/{{view}}/{{shard}}.log",
+        benchmark:
+            f"{BENCH}/segmentation/teacher_probs/{{dataset}}/{{view}}/{{shard}}.tsv"
+        wildcard_constraints:
+            view="multiplex|nuclear",
+            shard=r"\d+",
+        conda:
+            "../../envs/scverse.yaml"
+        resources:
+            mem_mb=mem_per_image(2000),
+            runtime=minutes_per_gb(5, 5, shards=SEG["teacher_shards"]),
+        params:
+            split=seg_split("train"),
+            shards=SEG["teacher_shards"],
+        script:
+            "../../scripts/segmentation_external_probs.py"
+
+    rule segmentation_evaluate_external:
+        # the external teacher (the oracle row) scored from its maps of its own test split
+        input:
+            unpack(seg_test_inputs),
+            unpack(seg_external_maps),
+        output:
+            f"{GDIR}/teacher/{{view}}/scores_on_{{on}}.tsv",
+        log:
+            f"{LOGS}/segmentation/evaluate/{{dataset}}/teacher/{{view}}/{{on}}.log",
+        benchmark:
+            f"{BENCH}/segmentation/evaluate/{{dataset}}/teacher/{{view}}/{{on}}.tsv"
+        wildcard_constraints:
+            view="multiplex|nuclear",
+        conda:
+            "../../envs/scverse.yaml"
+        resources:
+            mem_mb=lambda wildcards, attempt: 2000 * attempt,
+            runtime=minutes_per_gb(5, 10, split="test"),
+        params:
+            split=seg_test_split,
+        script:
+            "../../scripts/segmentation_evaluate_external.py"
+
+    ruleorder: segmentation_evaluate_external > segmentation_evaluate
 
 
 rule segmentation_student:

@@ -17,7 +17,15 @@ import torch
 from tissuekd import compute
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
-from tissuekd.io.segmentation import SegSet, TiffFolder, npz_member, read_bbbc038, read_tiff_folder, read_tissuenet
+from tissuekd.io.segmentation import (
+    ExternalMaps,
+    SegSet,
+    TiffFolder,
+    npz_member,
+    read_bbbc038,
+    read_tiff_folder,
+    read_tissuenet,
+)
 from tissuekd.segmentation.evaluate import dice, instances, object_f1
 from tissuekd.segmentation.models import build_unet, parameter_count
 from tissuekd.segmentation.train import SegTrainConfig, fit, predict
@@ -117,20 +125,51 @@ def predict_probs(data: SegSet, model_path: str, out: str, shard: int = 0, shard
         np.savez(f, probs=probs, ids=np.array(data.ids[rows]))
 
 
-def evaluate(data: SegSet, model_path: str, out: str, run: compute.Compute = compute.CPU) -> pd.DataFrame:
+def external_probs(data: SegSet, maps_path: str, out: str, shard: int = 0, shards: int = 1) -> None:
+    """A teacher produced elsewhere (tissuekd.io.segmentation.ExternalMaps): its maps for one
+    shard of a split's images, written as predict_probs writes the U-Net teacher's."""
+    maps = ExternalMaps(maps_path)
+    ids = data.ids[shard_rows(len(data), shard, shards)]
+    maps.require(ids)
+    first = shard_rows(len(data), shard, shards).start
+    probs = np.stack([maps.get(i, np.shape(data.labels[first + n])) for n, i in enumerate(ids)])
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, probs=probs, ids=np.array(ids))
+
+
+def score(data: SegSet, probs_of) -> pd.DataFrame:
     """Per image: foreground Dice and object F1 at IoU 0.5 (instances: watershed of foreground
-    minus boundary probability), with the model's backbone, mode and parameter count."""
-    model, checkpoint = load_model(model_path)
+    minus boundary probability); `probs_of(i)` gives image i's (2, H, W) maps."""
     rows = []
-    for i, (image, labels) in enumerate(zip(data.images, data.labels)):
-        probs = predict(model, np.asarray(image)[None], checkpoint["config"]["tile"], compute=run)[0]
-        labels = np.asarray(labels)
+    for i, labels in enumerate(data.labels):
+        probs, labels = probs_of(i), np.asarray(labels)
         rows.append({"image": data.ids[i], "tissue": data.tissues[i], "platform": data.platforms[i],
                      "dice": dice(probs[0] >= 0.5, labels > 0),
                      "f1": object_f1(instances(probs[0] - probs[1]), labels)["f1"]})
-    table = pd.DataFrame(rows).assign(backbone=checkpoint["backbone"], mode=checkpoint["mode"],
-                                      teacher=checkpoint.get("teacher", ""), seed=checkpoint["config"]["seed"],
-                                      parameters=checkpoint["parameters"])
+    return pd.DataFrame(rows)
+
+
+def evaluate(data: SegSet, model_path: str, out: str, run: compute.Compute = compute.CPU) -> pd.DataFrame:
+    """`score` of a checkpoint's predictions, with the model's backbone, mode and parameter count."""
+    model, checkpoint = load_model(model_path)
+    tile = checkpoint["config"]["tile"]
+    table = score(data, lambda i: predict(model, np.asarray(data.images[i])[None], tile, compute=run)[0])
+    table = table.assign(backbone=checkpoint["backbone"], mode=checkpoint["mode"],
+                         teacher=checkpoint.get("teacher", ""), seed=checkpoint["config"]["seed"],
+                         parameters=checkpoint["parameters"])
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
+    return table
+
+
+def evaluate_maps(split: dict, maps_path: str, out: str) -> pd.DataFrame:
+    """`score` of an external teacher's maps on a test split (read_split's arguments): the
+    maps must cover its images. No parameter count (the model is not here)."""
+    data = read_split(**split)
+    maps = ExternalMaps(maps_path)
+    maps.require(data.ids)
+    table = score(data, lambda i: maps.get(data.ids[i], np.shape(data.labels[i])))
+    table = table.assign(backbone="", mode="teacher", teacher="external", seed=0, parameters=np.nan)
     with atomic_path(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     return table
@@ -156,7 +195,7 @@ def _stack(images) -> np.ndarray:
 def panel(split: dict, models: dict[str, str], out: str, n_images: int = 3) -> None:
     """The report's figure of a data set: for the first `n_images` test images, the nuclear
     input, the membrane channel, the labels, and each model's foreground probability, side by
-    side (`models`: column title -> checkpoint)."""
+    side (`models`: column title -> checkpoint, or an external teacher's maps)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,6 +206,10 @@ def panel(split: dict, models: dict[str, str], out: str, n_images: int = 3) -> N
     rows = min(n_images, len(full))
     maps = {}
     for title, path in models.items():
+        if not path.endswith(".pt"):  # an external teacher's maps
+            external = ExternalMaps(path)
+            maps[title] = [external.get(full.ids[i], np.shape(full.labels[i]))[0] for i in range(rows)]
+            continue
         model, checkpoint = load_model(path)
         data = full if len(checkpoint["channels"]) > 1 else nuclear_only
         maps[title] = [predict(model, np.asarray(data.images[i])[None], checkpoint["config"]["tile"])[0, 0]

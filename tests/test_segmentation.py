@@ -343,3 +343,54 @@ def test_training_reads_images_targets_and_teacher_maps_one_image_at_a_time(tmp_
     assert all(isinstance(shard, np.memmap) for shard in maps.shards)
     with pytest.raises(InputError, match="other images"):
         load_probs(paths[::-1], [f"im{i}" for i in range(5)])
+
+
+def test_sam_masks_become_foreground_and_rim_maps_by_predicted_iou():
+    from tissuekd.segmentation.sam import masks_to_maps
+
+    a, b, big = (np.zeros((20, 20), bool) for _ in range(3))
+    a[2:8, 2:8], b[5:12, 5:12], big[:, :] = True, True, True
+    masks = [{"segmentation": a, "area": a.sum(), "predicted_iou": 0.9},
+             {"segmentation": b, "area": b.sum(), "predicted_iou": 0.6},
+             {"segmentation": big, "area": big.sum(), "predicted_iou": 1.0}]  # the whole image: not a cell
+    maps = masks_to_maps(masks, (20, 20), max_area=0.2)
+    assert maps[0][3, 3] == pytest.approx(0.9) and maps[0][10, 10] == pytest.approx(0.6)
+    assert maps[0][6, 6] == pytest.approx(0.9) and maps[0][15, 15] == 0  # overlap: the max; outside: 0
+    assert maps[1][2, 4] == pytest.approx(0.9) and maps[1][4, 4] == 0 and maps[1][11, 8] == pytest.approx(0.6)
+
+
+def test_sam_runs_from_a_local_checkpoint_and_a_wrong_one_names_the_file(tmp_path):
+    """Segment Anything (vit_b, seeded random weights saved as a local checkpoint: nothing is
+    downloaded) turns a two-channel image into maps; missing or mismatched weights stop it."""
+    from segment_anything import sam_model_registry
+
+    from tissuekd.segmentation.sam import SamConfig, SamTeacher, load_sam
+
+    torch.manual_seed(0)
+    torch.save(sam_model_registry["vit_b"](checkpoint=None).state_dict(), tmp_path / "sam_vit_b.pth")
+    cfg = SamConfig(str(tmp_path / "sam_vit_b.pth"), "vit_b", points_per_side=4, pred_iou_thresh=0.0,
+                    stability_score_thresh=0.0, max_area=1.0)
+    image = np.random.default_rng(0).random((48, 48, 2)).astype(np.float32)
+    maps = SamTeacher(cfg).maps(image)
+    assert maps.shape == (2, 48, 48) and maps.min() >= 0 and maps.max() <= 1
+    with pytest.raises(InputError, match="SAM checkpoint not found"):
+        load_sam(SamConfig(str(tmp_path / "none.pth"), "vit_b"))
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(InputError, match="is not a SAM vit_b checkpoint") as err:
+        load_sam(SamConfig(str(tmp_path / "other.pth"), "vit_b"))
+    assert "other.pth" in str(err.value)
+
+
+def test_recovery_is_the_students_dice_over_the_teachers_and_undefined_without_a_teacher_foreground():
+    import pandas as pd
+
+    from tissuekd.segmentation.tables import summarise
+
+    def scores(teacher_dice):
+        rows = [{"model": "teacher multiplex", "backbone": "", "mode": "teacher multiplex", "dice": teacher_dice}]
+        rows += [{"model": "r kd", "backbone": "r", "mode": "kd", "dice": d} for d in (0.3, 0.5)]
+        return pd.DataFrame(rows).assign(f1=0.0, seed=0, image=["a", "a", "b"], parameters=[10, 5, 5], on="x")
+
+    table = summarise(scores(0.8), ["on"]).set_index("model")
+    assert table.loc["r kd", "recovery"] == pytest.approx(0.4 / 0.8) and table.loc["r kd", "parameter_ratio"] == 2
+    assert summarise(scores(0.0), ["on"]).set_index("model")["recovery"].isna().all()

@@ -143,3 +143,21 @@ def test_an_external_teachers_maps_are_distilled_and_scored_as_the_oracle(tmp_pa
     assert table.loc["teacher multiplex", "dice_mean"] == 1.0
     assert table.loc["mobilenetv3 kd", "recovery"] == pytest.approx(table.loc["mobilenetv3 kd", "dice_mean"])
     assert (workdir / "results/segmentation/tn/panel.png").exists()
+
+
+def test_a_sam_teacher_plans_its_maps_and_is_scored_on_its_own_test_set_only(tmp_path):
+    """segmentation.teacher sam (its run: tests/test_segmentation.py, and by hand on this demo):
+    SAM maps per shard and view, its test maps, scores on its own test split; never trained, and
+    never scored on the cross set (no maps there). A missing checkpoint stops the plan, named."""
+    weights = tmp_path / "sam_vit_b.pth"
+    workdir = make_workdir(tmp_path / "w", **SMALL, segmentation__teacher="sam",
+                           segmentation__sam={"checkpoint": str(weights), "model_type": "vit_b"})
+    result = snakemake("-n", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert f"segmentation.sam.checkpoint: {weights} is not a file" in result.stdout + result.stderr
+    weights.write_bytes(b"")
+    jobs = planned_jobs(workdir)
+    shards = 2  # the config's teacher_shards
+    assert "segmentation_teacher" not in jobs and jobs["segmentation_teacher_probs"] == 2 * shards
+    assert jobs["segmentation_sam_test_maps"] == 2 and jobs["segmentation_evaluate_external"] == 2
+    assert jobs["segmentation_evaluate"] == 3 * 2  # three student modes, on the own test set and the cross set

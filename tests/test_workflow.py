@@ -83,10 +83,14 @@ def test_command_line_values_nested_in_a_dict_get_the_schemas_types():
     assert typed(unknown, schema) == {"segmentation": {"enabled": "maybe"}}  # left for validate to reject
 
 
-def test_every_gpu_rule_gets_the_slurm_profiles_gpu_resources():
+def test_every_gpu_rule_gets_the_slurm_profiles_gpu_resources(tmp_path):
     """Rules asking a GPU are exactly the SLURM profile's GPU entries, each with its CPUs per GPU
-    and as many threads (the rules themselves ask one, for laptops). Every study is planned."""
-    out = snakemake("-n", "--forceall", "--cores", "1", "--config", "segmentation={'enabled': True}", cwd=REPO).stdout
+    and as many threads (the rules themselves ask one, for laptops). Every study and segmentation
+    teacher is planned (SAM's checkpoint only needs to exist for that)."""
+    (tmp_path / "sam.pth").write_bytes(b"")
+    out = "".join(snakemake("-n", "--forceall", "--cores", "1", "--config", f"segmentation={extra}", cwd=REPO).stdout
+                  for extra in ("{'enabled': True}", f"{{'enabled': True, 'teacher': 'sam', 'sam': "
+                                                     f"{{'checkpoint': '{tmp_path / 'sam.pth'}'}}}}"))
     gpu_rules = {block.split("rule ", 1)[1].split(":", 1)[0] for block in out.split("\n\n")
                  if "rule " in block and re.search(r"resources:.*\bgpu=1\b", block)}
     slurm = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())

@@ -444,6 +444,17 @@ def external_map_columns():
     return ("teacher_maps", "teacher_maps_nuclear") if "kd-nuclear-teacher" in SEG["modes"] else ("teacher_maps",)
 
 
+def seg_teacher_test_maps(wildcards):
+    """Input: the maps an external or SAM teacher is scored from (its own test split)."""
+    if SEG["teacher"] == "sam":
+        return f"{RESULTS}/segmentation/{wildcards.dataset}/teacher/{wildcards.view}/test_maps.npz"
+    return seg_external_maps(wildcards)["maps"]
+
+
+def seg_test_split_of_dataset(wildcards):
+    return {"test": SEG_SETS.loc[wildcards.dataset, "test"]}
+
+
 def seg_external_maps(wildcards):
     """Input: the external teacher's maps of the view's channels (the sheet's column)."""
     column = "teacher_maps" if wildcards.view == "multiplex" else "teacher_maps_nuclear"
@@ -478,6 +489,12 @@ def check_segmentation_sheet(sheet, path):
                 raise WorkflowError(f"{where}: column {column!r} names {value}, which does not exist")
     if not (sheet["role"] == "train").any():
         raise WorkflowError(f"{path}: no data set with role train")
+    sam_weights = SEG["sam"]["checkpoint"]
+    if SEG["teacher"] == "sam" and not os.path.isfile(sam_weights):
+        raise WorkflowError(
+            f"segmentation.sam.checkpoint: {sam_weights or '(empty)'} is not a file; SAM weights are never "
+            "downloaded: name a local checkpoint (e.g. sam_vit_h_4b8939.pth)"
+        )
 
 
 if SEG["enabled"]:
@@ -571,13 +588,13 @@ def minutes_per_gb(base_min, per_gb, split="train", shards=1):
 
 def seg_models(with_membrane=True):
     """The models of a training set: the teachers (the multiplex one only where the test set has
-    a membrane channel; external teachers' maps only on their own test set; the nuclear one only
+    a membrane channel; external and SAM teachers only on their own test set, from their maps; the nuclear one only
     where its control runs) and every student."""
     views = [SEG_TEACHERS[m] for m in SEG["modes"] if SEG_TEACHERS[m]]
     if SEG["teacher"] == "unet-multiplex":
         views = ["multiplex", "nuclear"]  # both are trained anyway: the nuclear one is a reference
     if not with_membrane:
-        views = [] if SEG["teacher"] == "external" else [v for v in views if v == "nuclear"]
+        views = [v for v in views if v == "nuclear"] if SEG["teacher"] == "unet-multiplex" else []
     models = [f"teacher/{v}" for v in views if v]
     return models + expand("students/{b}/{m}/seed{s}", b=SEG["students"], m=SEG["modes"], s=SEG["seeds"])
 
@@ -606,6 +623,8 @@ def seg_panel_models(dataset):
     teacher = f"{RESULTS}/segmentation/{dataset}/teacher/multiplex/model.pt"
     if SEG["teacher"] == "external":
         teacher = SEG_SETS.loc[dataset, "teacher_maps"]
+    elif SEG["teacher"] == "sam":
+        teacher = f"{RESULTS}/segmentation/{dataset}/teacher/multiplex/test_maps.npz"
     models = {"teacher (multiplex)": teacher}
     backbone, seed = SEG["students"][0], SEG["seeds"][0]
     for mode in SEG["modes"]:
@@ -636,6 +655,8 @@ def segmentation_benchmarks():
         files += expand(str(rules.segmentation_teacher.benchmark), dataset=SEG_TRAIN, view=views)
     else:
         views = [SEG_TEACHERS[m] for m in SEG["modes"] if SEG_TEACHERS[m]]
+    if SEG["teacher"] == "sam":
+        files += expand(str(rules.segmentation_sam_test_maps.benchmark), dataset=SEG_TRAIN, view=views)
     files += expand(
         str(rules.segmentation_teacher_probs.benchmark),
         dataset=SEG_TRAIN,

@@ -64,7 +64,7 @@ if SEG["teacher"] == "unet-multiplex":
         script:
             "../../scripts/segmentation_teacher_probs.py"
 
-else:
+elif SEG["teacher"] == "external":
 
     rule segmentation_teacher_probs:
         # an external teacher (segmentation.teacher external): its maps of one shard of the training
@@ -82,7 +82,7 @@ else:
             view="multiplex|nuclear",
             shard=r"\d+",
         conda:
-            "../../envs/scverse.yaml"
+            "../../envs/torch-gpu.yaml"
         resources:
             mem_mb=mem_per_image(2000),
             runtime=minutes_per_gb(5, 5, shards=SEG["teacher_shards"]),
@@ -92,11 +92,72 @@ else:
         script:
             "../../scripts/segmentation_external_probs.py"
 
+elif SEG["teacher"] == "sam":
+
+    rule segmentation_teacher_probs:
+        # SAM (segmentation.teacher sam) on one shard of the training images, in the cached layout
+        input:
+            unpack(seg_split_inputs),
+            weights=SEG["sam"]["checkpoint"],
+        output:
+            f"{GDIR}/teacher/{{view}}/probs/{{shard}}.npz",
+        log:
+            f"{LOGS}/segmentation/teacher_probs/{{dataset}}/{{view}}/{{shard}}.log",
+        benchmark:
+            f"{BENCH}/segmentation/teacher_probs/{{dataset}}/{{view}}/{{shard}}.tsv"
+        wildcard_constraints:
+            view="multiplex|nuclear",
+            shard=r"\d+",
+        conda:
+            "../../envs/torch-gpu.yaml"
+        threads: 1
+        resources:
+            mem_mb=lambda wildcards, attempt: 12000 * attempt,
+            runtime=minutes_per_gb(10, 15, shards=SEG["teacher_shards"]),  # GPU: ~2 s an image
+            gpu=1,
+        params:
+            split=seg_split("train"),
+            shards=SEG["teacher_shards"],
+            sam=SEG["sam"],
+            device=config["device"],
+        script:
+            "../../scripts/segmentation_sam_maps.py"
+
+    rule segmentation_sam_test_maps:
+        # SAM's maps of the test split, keyed by image id: its oracle row
+        input:
+            unpack(seg_test_split_of_dataset),
+            weights=SEG["sam"]["checkpoint"],
+        output:
+            f"{GDIR}/teacher/{{view}}/test_maps.npz",
+        log:
+            f"{LOGS}/segmentation/sam_test_maps/{{dataset}}/{{view}}.log",
+        benchmark:
+            f"{BENCH}/segmentation/sam_test_maps/{{dataset}}/{{view}}.tsv"
+        wildcard_constraints:
+            view="multiplex|nuclear",
+        conda:
+            "../../envs/torch-gpu.yaml"
+        threads: 1
+        resources:
+            mem_mb=lambda wildcards, attempt: 12000 * attempt,
+            runtime=minutes_per_gb(10, 15, split="test"),
+            gpu=1,
+        params:
+            split=lambda wildcards: seg_split_kwargs(wildcards.dataset, "test"),
+            sam=SEG["sam"],
+            device=config["device"],
+        script:
+            "../../scripts/segmentation_sam_maps.py"
+
+
+if SEG["teacher"] != "unet-multiplex":
+
     rule segmentation_evaluate_external:
         # the external teacher (the oracle row) scored from its maps of its own test split
         input:
             unpack(seg_test_inputs),
-            unpack(seg_external_maps),
+            maps=seg_teacher_test_maps,
         output:
             f"{GDIR}/teacher/{{view}}/scores_on_{{on}}.tsv",
         log:
@@ -106,7 +167,7 @@ else:
         wildcard_constraints:
             view="multiplex|nuclear",
         conda:
-            "../../envs/scverse.yaml"
+            "../../envs/torch-gpu.yaml"
         resources:
             mem_mb=lambda wildcards, attempt: 2000 * attempt,
             runtime=minutes_per_gb(5, 10, split="test"),

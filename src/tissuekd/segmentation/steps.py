@@ -137,6 +137,28 @@ def external_probs(data: SegSet, maps_path: str, out: str, shard: int = 0, shard
         np.savez(f, probs=probs, ids=np.array(ids))
 
 
+def sam_maps(data: SegSet, sam: dict, out: str, shard: int = 0, shards: int = 1, device: str = "auto",
+             keyed: bool = False) -> None:
+    """SAM's maps (tissuekd.segmentation.sam) of one shard of a split: in the cached layout the
+    students read (`probs`, `ids`), or `keyed` by image id as an external teacher's maps (the
+    test split, scored as the oracle row)."""
+    from tissuekd.segmentation.sam import SamConfig, SamTeacher
+
+    run = compute.resolve(device, "fp32", workload="model")
+    teacher = SamTeacher(SamConfig(**sam), str(run.device))
+    rows = shard_rows(len(data), shard, shards)
+    ids = data.ids[rows]
+    maps = []
+    for n, i in enumerate(range(rows.start, rows.stop)):
+        maps.append(teacher.maps(data.images[i]))
+        log.info("SAM: image %d of %d (%s)", n + 1, len(ids), ids[n])
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        if keyed:
+            np.savez(f, **dict(zip(ids, maps)))
+        else:
+            np.savez(f, probs=np.stack(maps), ids=np.array(ids))
+
+
 def score(data: SegSet, probs_of) -> pd.DataFrame:
     """Per image: foreground Dice and object F1 at IoU 0.5 (instances: watershed of foreground
     minus boundary probability); `probs_of(i)` gives image i's (2, H, W) maps."""

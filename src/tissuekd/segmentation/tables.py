@@ -32,7 +32,8 @@ def summarise(scores: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     teacher = table.loc[table["model"] == "teacher multiplex", [*by, "dice_mean", "parameters"]]
     teacher = teacher.rename(columns={"dice_mean": "teacher_dice", "parameters": "teacher_parameters"})
     table = table.merge(teacher, on=by, how="left")
-    table["recovery"] = table["dice_mean"] / table["teacher_dice"]
+    # undefined, not infinite, where the teacher finds no foreground (e.g. SAM without cell weights)
+    table["recovery"] = table["dice_mean"] / table["teacher_dice"].where(table["teacher_dice"] > 0)
     table["parameter_ratio"] = table["teacher_parameters"] / table["parameters"]
     return table.drop(columns=["teacher_dice", "teacher_parameters"]).round(4)
 

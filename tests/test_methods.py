@@ -28,7 +28,7 @@ VARIANTS = {
     },
     "niche__methods": {"student_t4": {"like": "student", "config": {"student": {"temperature": 4.0}}}},
 }
-SDIR = "results/survival/demo_tcga/demo-mobilenet"
+SDIR = "results/survival/demo_tcga/demo-mobilenet-224"
 
 
 def job_blocks(out: str, rule: str) -> list[str]:
@@ -60,7 +60,7 @@ def test_a_method_added_in_the_config_is_planned_evaluated_and_benchmarked(tmp_p
     assert len(fit) == 1 and f"{SDIR}/pathology_h32/models.pt" in field(fit[0], "output")
     distilled = [b for b in job_blocks(out, "survival_student") if "method=student_kd" in b]
     assert len(distilled) == 1 and f"{SDIR}/teacher/models.pt" in field(distilled[0], "input")
-    assert field(distilled[0], "log") == ["results/logs/survival/student_kd/demo-mobilenet/demo_tcga.log"]
+    assert field(distilled[0], "log") == ["results/logs/survival/student_kd/demo-mobilenet-224/demo_tcga.log"]
     (evaluate,) = job_blocks(out, "survival_evaluate")
     assert [p for p in field(evaluate, "input") if p.endswith("predictions.tsv")] == [
         f"{SDIR}/{m}/predictions.tsv" for m in ("teacher", "student", "pathology", "rna", "pathology_h32",
@@ -71,7 +71,7 @@ def test_a_method_added_in_the_config_is_planned_evaluated_and_benchmarked(tmp_p
         inputs = field(block, "input")
         assert [p.split("/")[-2] for p in inputs[3:]] == ["student", "hist_nolan", "hist_leiden", "student_t4"]
     (runtimes,) = job_blocks(out, "benchmark_runtimes")
-    assert "results/benchmarks/survival/fit/demo-mobilenet/demo_tcga_pathology_h32.tsv" in field(runtimes, "input")
+    assert "results/benchmarks/survival/fit/demo-mobilenet-224/demo_tcga_pathology_h32.tsv" in field(runtimes, "input")
     assert "results/benchmarks/niche/student_t4/demo-mobilenet/k10/breast_demo.tsv" in field(runtimes, "input")
 
     # the benchmark rules' scripts, on metrics tables with a row per method of the run's table

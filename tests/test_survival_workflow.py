@@ -14,7 +14,7 @@ from conftest import make_workdir, planned_jobs, snakemake
 from tissuekd.survival.methods import METHODS
 
 pytestmark = pytest.mark.workflow
-SDIR = Path("results/survival/demo_tcga/demo-mobilenet")
+SDIR = Path("results/survival/demo_tcga/demo-mobilenet-224")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_every_method_is_scored_on_the_same_folds(survival_run):
 
 
 def test_features_have_the_trident_layout_and_slides_their_thumbnail(survival_run):
-    path = survival_run / "results/survival/features/demo-mobilenet/TCGA-DM-A000-01Z-00-DX1.h5"
+    path = survival_run / "results/survival/features/demo-mobilenet-224/TCGA-DM-A000-01Z-00-DX1.h5"
     with h5py.File(path, "r") as h5:
         assert h5["features"].shape[0] == h5["coords"].shape[0] > 0
         assert h5["coords"].attrs["patch_size"] == 256 and h5["coords"].attrs["target_magnification"] == 20
@@ -121,12 +121,12 @@ def test_features_from_trident_or_clam_run_without_images_and_drops_are_listed(t
     workdir = brought_features(tmp_path)
     assert "survival_features" not in planned_jobs(workdir)
     snakemake("--cores", "2", cwd=workdir)
-    out = workdir / "results/survival/mine/demo-mobilenet"
+    out = workdir / "results/survival/mine/demo-mobilenet-224"
     dropped = pd.read_csv(out / "dropped.tsv", sep="\t")
     assert set(dropped["patient"]) == {"TCGA-XY-0003", "TCGA-XY-9999"}
     assert "no slide in the sheet" in set(dropped["reason"])
     assert len(pd.read_csv(out / "student/predictions.tsv", sep="\t")) == 19
-    cohort_log = workdir / "results/logs/survival/cohort/demo-mobilenet/mine.log"
+    cohort_log = workdir / "results/logs/survival/cohort/demo-mobilenet-224/mine.log"
     assert "dropped patient TCGA-XY-9999" in cohort_log.read_text()
 
 
@@ -135,7 +135,7 @@ def test_negative_survival_time_stops_the_cohort_naming_the_patient(tmp_path):
     result = snakemake("--cores", "2", cwd=workdir, check=False)
     assert result.returncode != 0
     assert "clinical.tsv: negative OS.time for patient(s) ['TCGA-XY-0005']" in result.stderr + result.stdout
-    assert not (workdir / "results/survival/mine/demo-mobilenet/patients.tsv").exists()
+    assert not (workdir / "results/survival/mine/demo-mobilenet-224/patients.tsv").exists()
 
 
 @pytest.mark.parametrize("breakage, message", [

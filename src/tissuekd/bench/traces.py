@@ -3,7 +3,7 @@ mean and SD of patch features to the patient's true latents (a, b, m of tissuekd
 cross-validated over slides. A latent the features do not carry cannot be learnt by any model on
 them, teacher-guided or not.
 
-    python -m tissuekd.bench.traces [--features results/survival/features/demo-mobilenet] [--seed 0]
+    python -m tissuekd.bench.traces [--features results/survival/features/demo-mobilenet-224] [--seed 0]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def probe(x: np.ndarray, latents: pd.DataFrame, folds: int = 5) -> dict[str, flo
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--features", type=Path, default=Path("results/survival/features/demo-mobilenet"))
+    parser.add_argument("--features", type=Path, default=Path("results/survival/features/demo-mobilenet-224"))
     parser.add_argument("--seed", type=int, default=0, help="the demo's seed (config: demo.seed)")
     args = parser.parse_args(argv)
     x, latents = slide_summaries(args.features, args.seed)

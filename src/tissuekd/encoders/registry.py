@@ -109,11 +109,16 @@ def create_model(spec: EncoderSpec) -> torch.nn.Module:
     return timm.create_model(spec.arch, pretrained=False, **kwargs)
 
 
+def require_weights(path: str | Path, arch: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"encoder weights file does not exist (needed for {arch})")
+    return path
+
+
 def load_weights(model: torch.nn.Module, path: str | Path, arch: str) -> None:
     """Load a local state dict strictly; any missing, extra or mis-shaped tensor is an error."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, f"encoder weights file does not exist (needed for {arch})")
+    path = require_weights(path, arch)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -142,7 +147,10 @@ def load_weights(model: torch.nn.Module, path: str | Path, arch: str) -> None:
 
 
 def build_encoder(spec: EncoderSpec) -> torch.nn.Module:
-    """A frozen encoder in eval mode, weights loaded as the spec says."""
+    """A frozen encoder in eval mode, weights loaded as the spec says (a missing weights file is
+    named before the model is built: a foundation model takes a while to build)."""
+    if spec.weights != "random":
+        require_weights(spec.weights, spec.arch)
     model = create_model(spec)
     if spec.weights != "random":
         load_weights(model, spec.weights, spec.arch)

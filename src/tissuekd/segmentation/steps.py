@@ -129,10 +129,10 @@ def external_probs(data: SegSet, maps_path: str, out: str, shard: int = 0, shard
     """A teacher produced elsewhere (tissuekd.io.segmentation.ExternalMaps): its maps for one
     shard of a split's images, written as predict_probs writes the U-Net teacher's."""
     maps = ExternalMaps(maps_path)
-    ids = data.ids[shard_rows(len(data), shard, shards)]
+    rows = shard_rows(len(data), shard, shards)
+    ids = data.ids[rows]
     maps.require(ids)
-    first = shard_rows(len(data), shard, shards).start
-    probs = np.stack([maps.get(i, np.shape(data.labels[first + n])) for n, i in enumerate(ids)])
+    probs = np.stack([maps.get(data.ids[i], np.shape(data.labels[i])) for i in range(rows.start, rows.stop)])
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.savez(f, probs=probs, ids=np.array(ids))
 

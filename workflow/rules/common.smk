@@ -444,11 +444,23 @@ def external_map_columns():
     return ("teacher_maps", "teacher_maps_nuclear") if "kd-nuclear-teacher" in SEG["modes"] else ("teacher_maps",)
 
 
-def seg_teacher_test_maps(wildcards):
-    """Input: the maps an external or SAM teacher is scored from (its own test split)."""
+def seg_teacher_views():
+    """The teacher views that exist: the U-Net teacher trains both (the nuclear one is a
+    reference); an external or SAM teacher only those the modes distil from."""
+    if SEG["teacher"] == "unet-multiplex":
+        return ["multiplex", "nuclear"]
+    return [SEG_TEACHERS[m] for m in SEG["modes"] if SEG_TEACHERS[m]]
+
+
+def teacher_test_maps(dataset, view):
+    """The maps an external or SAM teacher is scored from (its own test split)."""
     if SEG["teacher"] == "sam":
-        return f"{RESULTS}/segmentation/{wildcards.dataset}/teacher/{wildcards.view}/test_maps.npz"
-    return seg_external_maps(wildcards)["maps"]
+        return f"{RESULTS}/segmentation/{dataset}/teacher/{view}/test_maps.npz"
+    return SEG_SETS.loc[dataset, "teacher_maps" if view == "multiplex" else "teacher_maps_nuclear"]
+
+
+def seg_teacher_test_maps(wildcards):
+    return teacher_test_maps(wildcards.dataset, wildcards.view)
 
 
 def seg_test_split_of_dataset(wildcards):
@@ -457,8 +469,7 @@ def seg_test_split_of_dataset(wildcards):
 
 def seg_external_maps(wildcards):
     """Input: the external teacher's maps of the view's channels (the sheet's column)."""
-    column = "teacher_maps" if wildcards.view == "multiplex" else "teacher_maps_nuclear"
-    return {"maps": SEG_SETS.loc[wildcards.dataset, column]}
+    return {"maps": teacher_test_maps(wildcards.dataset, wildcards.view)}
 
 
 def check_segmentation_sheet(sheet, path):
@@ -588,14 +599,12 @@ def minutes_per_gb(base_min, per_gb, split="train", shards=1):
 
 def seg_models(with_membrane=True):
     """The models of a training set: the teachers (the multiplex one only where the test set has
-    a membrane channel; external and SAM teachers only on their own test set, from their maps; the nuclear one only
-    where its control runs) and every student."""
-    views = [SEG_TEACHERS[m] for m in SEG["modes"] if SEG_TEACHERS[m]]
-    if SEG["teacher"] == "unet-multiplex":
-        views = ["multiplex", "nuclear"]  # both are trained anyway: the nuclear one is a reference
+    a membrane channel; external and SAM teachers only on their own test set, from their maps)
+    and every student."""
+    views = seg_teacher_views()
     if not with_membrane:
         views = [v for v in views if v == "nuclear"] if SEG["teacher"] == "unet-multiplex" else []
-    models = [f"teacher/{v}" for v in views if v]
+    models = [f"teacher/{v}" for v in views]
     return models + expand("students/{b}/{m}/seed{s}", b=SEG["students"], m=SEG["modes"], s=SEG["seeds"])
 
 
@@ -621,10 +630,8 @@ def seg_panel_models(dataset):
     """Column title -> checkpoint of the report's panel: the multiplex teacher, then the first
     student backbone at the first seed in each mode."""
     teacher = f"{RESULTS}/segmentation/{dataset}/teacher/multiplex/model.pt"
-    if SEG["teacher"] == "external":
-        teacher = SEG_SETS.loc[dataset, "teacher_maps"]
-    elif SEG["teacher"] == "sam":
-        teacher = f"{RESULTS}/segmentation/{dataset}/teacher/multiplex/test_maps.npz"
+    if SEG["teacher"] != "unet-multiplex":
+        teacher = teacher_test_maps(dataset, "multiplex")
     models = {"teacher (multiplex)": teacher}
     backbone, seed = SEG["students"][0], SEG["seeds"][0]
     for mode in SEG["modes"]:
@@ -649,12 +656,9 @@ def segmentation_benchmarks():
     """Benchmark files of every segmentation job, for the runtime table."""
     if not SEG["enabled"]:
         return []
-    files = []
+    files, views = [], seg_teacher_views()
     if SEG["teacher"] == "unet-multiplex":
-        views = ["multiplex", "nuclear"]
         files += expand(str(rules.segmentation_teacher.benchmark), dataset=SEG_TRAIN, view=views)
-    else:
-        views = [SEG_TEACHERS[m] for m in SEG["modes"] if SEG_TEACHERS[m]]
     if SEG["teacher"] == "sam":
         files += expand(str(rules.segmentation_sam_test_maps.benchmark), dataset=SEG_TRAIN, view=views)
     files += expand(

@@ -173,11 +173,11 @@ class TiffFolder(Sequence):
     `folder[i]` is one array, `folder[a:b]` a list of them."""
 
     def __init__(self, paths: list[Path], read, shapes: list[tuple[int, int]] | None = None):
-        self.paths, self.read, self.shapes = paths, read, shapes  # shapes: (H, W) per image, once checked
+        self.paths, self.read, self.shapes = paths, read, shapes  # shapes: (H, W) per image, from the headers
 
     def require_one_size(self) -> None:
         """Training draws tiles from a stack of one image size: name the first image of another."""
-        for path, shape in zip(self.paths, self.shapes or []):
+        for path, shape in zip(self.paths, self.shapes):
             if shape != self.shapes[0]:
                 raise InputError(path, f"is {shape}, the folder's first image {self.shapes[0]}: "
                                        "a training set needs one image size (evaluation sets may differ)")
@@ -192,14 +192,15 @@ class TiffFolder(Sequence):
 
 
 def read_tiff_folder(folder: str | Path, nuclear: int = 0, membrane: int | None = 1,
-                     target: str = "whole-cell", check_all: bool = True) -> SegSet:
+                     target: str = "whole-cell") -> SegSet:
     """A folder of multichannel TIFFs `<id>.tif` with instance labels `<id>_<target>.tif` beside
     them (`<id>_whole-cell.tif`, `<id>_nuclear.tif`: the sheet's target picks one).
 
     An image is (H, W) (one channel), (H, W, C) or (C, H, W): the axis of at most 16 entries is the
     channel axis, the last one where both are. Images may differ in size (an evaluation set);
-    labels must match their image. Every pair is opened once here to check it (shapes, channel
-    range, integer labels) unless `check_all` is False, then read again when used.
+    labels must match their image. Every pair is checked here from the TIFF headers (shapes,
+    channel range; label values only where the labels are stored as floats), so errors name the
+    file before any training starts without reading the pixels twice.
 
     Parameters
     ----------
@@ -209,8 +210,6 @@ def read_tiff_folder(folder: str | Path, nuclear: int = 0, membrane: int | None 
         Channel indices (membrane None: nuclear only).
     target : str
         "whole-cell" or "nuclear": the suffix of the label files.
-    check_all : bool, default True
-        Open every pair now (errors name the file before any training starts).
     """
     import tifffile
 
@@ -232,46 +231,71 @@ def read_tiff_folder(folder: str | Path, nuclear: int = 0, membrane: int | None 
         labels.append(label)
     channels = (nuclear,) if membrane is None else (nuclear, membrane)
 
-    def read_image(path: Path) -> np.ndarray:
-        image = _channels_last(tifffile.imread(path), path)
-        bad = [c for c in channels if not 0 <= c < image.shape[2]]
+    def check_channels(path: Path, n_channels: int) -> None:
+        bad = [c for c in channels if not 0 <= c < n_channels]
         if bad:
-            raise InputError(path, f"channel index {bad[0]} out of range: the image has {image.shape[2]} channels")
+            raise InputError(path, f"channel index {bad[0]} out of range: the image has {n_channels} channels")
+
+    def read_image(path: Path) -> np.ndarray:
+        image = np.squeeze(tifffile.imread(path))
+        (_, _, n_channels), channels_first = _layout(image.shape, path)
+        check_channels(path, n_channels)
+        image = np.moveaxis(image, 0, -1) if channels_first else image.reshape(*image.shape[:2], -1)
         return image[..., list(channels)].astype(np.float32)
 
     def read_labels(path: Path) -> np.ndarray:
         labels = np.squeeze(tifffile.imread(path))
-        if labels.ndim != 2:
-            raise InputError(path, f"labels must be one (H, W) image of instance ids; got shape {labels.shape}")
-        if not np.issubdtype(labels.dtype, np.integer):
-            if not np.array_equal(labels, np.round(labels)):
-                raise InputError(path, f"labels are not integer ids ({labels.dtype} with fractional values)")
+        _check_labels(path, labels.shape, labels)
         return labels.astype(np.int32)
 
-    shapes = None
-    if check_all:
-        shapes = [read_image(image).shape[:2] for image in images]
-        for label, shape in zip(labels, shapes):
-            label_shape = read_labels(label).shape
-            if shape != label_shape:
-                raise InputError(label, f"labels are {label_shape}, their image {shape}")
+    shapes = []
+    for image, label in zip(images, labels):
+        (height, width, n_channels), _ = _layout(_tiff_shape(image)[0], image)
+        check_channels(image, n_channels)
+        label_shape, dtype = _tiff_shape(label)
+        _check_labels(label, label_shape, None if np.issubdtype(dtype, np.integer) else np.squeeze(
+            tifffile.imread(label)))
+        if label_shape != (height, width):
+            raise InputError(label, f"labels are {label_shape}, their image {(height, width)}")
+        shapes.append((height, width))
     ids = [p.stem for p in images]
     names = ("nuclear",) if membrane is None else ("nuclear", "membrane")
-    return SegSet(TiffFolder(images, read_image, shapes), TiffFolder(labels, read_labels), ids,
+    return SegSet(TiffFolder(images, read_image, shapes), TiffFolder(labels, read_labels, shapes), ids,
                   [folder.name] * len(ids), ["tiff"] * len(ids), names)
 
 
-def _channels_last(image: np.ndarray, path: Path) -> np.ndarray:
-    image = np.squeeze(image)
-    if image.ndim == 2:
-        return image[..., None]
-    if image.ndim != 3:
-        raise InputError(path, f"expected a (H, W), (H, W, C) or (C, H, W) image; got shape {image.shape}")
-    if image.shape[-1] <= 16:
-        return image
-    if image.shape[0] <= 16:
-        return np.moveaxis(image, 0, -1)
-    raise InputError(path, f"no channel axis of at most 16 entries in shape {image.shape}")
+def _tiff_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """A TIFF's squeezed shape and dtype from its header (no pixels read)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return tuple(d for d in series.shape if d != 1), series.dtype
+    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as err:
+        raise InputError(path, f"unreadable TIFF ({err})") from None
+
+
+def _layout(shape: tuple[int, ...], path: Path) -> tuple[tuple[int, int, int], bool]:
+    """(H, W, C) of a squeezed image shape, and whether its channels come first."""
+    if len(shape) == 2:
+        return (*shape, 1), False
+    if len(shape) != 3:
+        raise InputError(path, f"expected a (H, W), (H, W, C) or (C, H, W) image; got shape {shape}")
+    if shape[-1] <= 16:
+        return shape, False
+    if shape[0] <= 16:
+        return (*shape[1:], shape[0]), True
+    raise InputError(path, f"no channel axis of at most 16 entries in shape {shape}")
+
+
+def _check_labels(path: Path, shape: tuple[int, ...], values: np.ndarray | None) -> None:
+    """One (H, W) image of instance ids; `values` (when given) must be whole numbers."""
+    if len(shape) != 2:
+        raise InputError(path, f"labels must be one (H, W) image of instance ids; got shape {shape}")
+    if values is not None and not np.issubdtype(values.dtype, np.integer) \
+            and not np.array_equal(values, np.round(values)):
+        raise InputError(path, f"labels are not integer ids ({values.dtype} with fractional values)")
 
 
 class ExternalMaps:

@@ -63,7 +63,7 @@ def _group(item) -> str:
 # each worker one group, then a second, so one worker runs the niche demo, then the survival
 # demo (both keep two cores busy), while the other runs the SLURM tests, which mostly wait on
 # the scheduler, then the short tests.
-LONG_GROUPS = ("demo_run", "test_slurm", "test_survival_workflow")
+LONG_GROUPS = ("demo_run", "test_slurm", "test_survival_workflow", "test_expression_workflow")
 
 
 def pytest_configure(config):
@@ -107,9 +107,9 @@ def make_workdir(tmp_path: Path, slides=("breast", "colon"), cells: int | None =
     niche sheet of demo `slides`, and overrides (`cells=None`: the shipped demo's slide size)."""
     (tmp_path / "config").mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    for study in ("niche", "survival", "segmentation"):
+    for study in ("niche", "survival", "segmentation", "expression"):
         config[study]["enabled"] = study in studies
-    for sheet in ("survival_cohorts.tsv", "survival_slides.tsv", "segmentation_datasets.tsv"):
+    for sheet in ("survival_cohorts.tsv", "survival_slides.tsv", "segmentation_datasets.tsv", "expression_samples.tsv"):
         shutil.copy(REPO / "config" / sheet, tmp_path / "config" / sheet)
     if cells:
         config["demo"]["niche_cells"] = cells

@@ -88,7 +88,8 @@ def test_every_gpu_rule_gets_the_slurm_profiles_gpu_resources(tmp_path):
     and as many threads (the rules themselves ask one, for laptops). Every study and segmentation
     teacher is planned (SAM's checkpoint only needs to exist for that)."""
     (tmp_path / "sam.pth").write_bytes(b"")
-    out = "".join(snakemake("-n", "--forceall", "--cores", "1", "--config", f"segmentation={extra}", cwd=REPO).stdout
+    out = "".join(snakemake("-n", "--forceall", "--cores", "1", "--config", f"segmentation={extra}",
+                            "expression={'enabled': True}", cwd=REPO).stdout
                   for extra in ("{'enabled': True}", f"{{'enabled': True, 'teacher': 'sam', 'sam': "
                                                      f"{{'checkpoint': '{tmp_path / 'sam.pth'}'}}}}"))
     gpu_rules = {block.split("rule ", 1)[1].split(":", 1)[0] for block in out.split("\n\n")

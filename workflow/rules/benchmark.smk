@@ -47,6 +47,7 @@ rule benchmark_runtimes:
         niche_benchmarks(),
         survival_benchmarks(),
         segmentation_benchmarks(),
+        expression_benchmarks(),
     output:
         report(
             f"{RESULTS}/benchmark/runtime.tsv",
@@ -99,3 +100,28 @@ rule benchmark_survival:
         runtime=10,
     script:
         "../../scripts/benchmark_survival.py"
+
+
+rule benchmark_expression:
+    input:
+        expression_metrics(),
+    output:
+        by_dataset=report(
+            ensure(f"{RESULTS}/benchmark/expression_by_dataset.tsv", non_empty=True),
+            caption="../report/expression.rst",
+            category="Benchmark",
+            subcategory="Expression study",
+            labels={"table": "Pearson r per dataset, method and gene list"},
+        ),
+        overall=f"{RESULTS}/benchmark/expression_overall.tsv",
+    log:
+        f"{LOGS}/benchmark/expression.log",
+    benchmark:
+        f"{BENCH}/benchmark/expression.tsv"
+    conda:
+        "../../envs/scverse.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 1000 * attempt,
+        runtime=10,
+    script:
+        "../../scripts/benchmark_expression.py"

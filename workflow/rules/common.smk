@@ -89,7 +89,13 @@ if NICHE["enabled"]:
 NICHE_ENCODERS = NICHE["encoders"] if NICHE["enabled"] else []
 SURVIVAL = config["survival"]
 SURVIVAL_ENCODERS = SURVIVAL["encoders"] if SURVIVAL["enabled"] else []
-ENCODERS = {**load_encoders(NICHE_ENCODERS, "niche.encoders"), **load_encoders(SURVIVAL_ENCODERS, "survival.encoders")}
+EXPRESSION = config["expression"]
+EXPRESSION_ENCODERS = EXPRESSION["encoders"] if EXPRESSION["enabled"] else []
+ENCODERS = {
+    **load_encoders(NICHE_ENCODERS, "niche.encoders"),
+    **load_encoders(SURVIVAL_ENCODERS, "survival.encoders"),
+    **load_encoders(EXPRESSION_ENCODERS, "expression.encoders"),
+}
 
 
 # ---- the methods: each study's one table (src/tissuekd/{niche,survival}/methods.py) and the config's variants ----
@@ -268,6 +274,8 @@ def all_targets():
     if SEG["enabled"]:
         targets += [f"{RESULTS}/benchmark/segmentation_by_dataset.tsv"]
         targets += [f"{RESULTS}/segmentation/{dataset}/panel.png" for dataset in SEG_TRAIN]
+    if EXPRESSION["enabled"]:
+        targets += [f"{RESULTS}/benchmark/expression_by_dataset.tsv"]
     if targets:
         targets.append(f"{RESULTS}/benchmark/runtime.tsv")
     return targets
@@ -677,3 +685,102 @@ def segmentation_benchmarks():
     files += expand(str(rules.segmentation_panel.benchmark), dataset=SEG_TRAIN)
     bench = str(rules.segmentation_evaluate.benchmark)
     return files + [bench.format(dataset=d, model=m, on=on) for d, m, on in segmentation_evaluations()]
+
+
+# ---- expression study (docs/architecture.md) ----
+EXPR_SAMPLES = pd.DataFrame(columns=["sample", "dataset", "patient"])
+
+
+def check_expression_sheet(sheet, path):
+    """Names unique, files present (demo files are made by rules), two patients per dataset at least."""
+    dupes = sheet["sample"][sheet["sample"].duplicated()].tolist()
+    if dupes:
+        raise WorkflowError(f"{path}: duplicate sample name(s) {dupes[:10]}")
+    for row_no, row in enumerate(sheet.itertuples(index=False), start=2):
+        for column in ("st", "image", "metadata"):
+            value = getattr(row, column)
+            if not os.path.exists(value) and not made_by_demo(value):
+                raise WorkflowError(
+                    f"{path} line {row_no} (sample {row.sample}): column {column!r} names {value}, "
+                    "which does not exist"
+                )
+    patients = sheet.groupby("dataset")["patient"].nunique()
+    if (patients < 2).any():
+        raise WorkflowError(
+            f"{path}: leave-one-patient-out needs two patients per dataset at least; "
+            f"dataset(s) {patients[patients < 2].index.tolist()} have one"
+        )
+
+
+if EXPRESSION["enabled"]:
+    EXPR_SAMPLES = load_sheet(EXPRESSION["samples"], "../schemas/expression_samples.schema.yaml")
+    check_expression_sheet(EXPR_SAMPLES, EXPRESSION["samples"])
+    EXPR_SAMPLES = EXPR_SAMPLES.set_index("sample", drop=False)
+EXPR_DATASETS = sorted(EXPR_SAMPLES["dataset"].unique())
+EXPR_TRAINED = [m for m in EXPRESSION["methods"] if m in ("cmrcnet", "contrastive")]
+EXPR_BASELINES = [m for m in EXPRESSION["methods"] if m not in EXPR_TRAINED]
+XDIR = f"{RESULTS}/expression"
+
+
+wildcard_constraints:
+    sample="|".join(map(re.escape, EXPR_SAMPLES["sample"])) or "NO_SAMPLES",
+    task="|".join(map(re.escape, EXPR_DATASETS)) or "NO_DATASETS",
+
+
+def expression_value(column):
+    """Input/param function: one column of the sample's sheet row."""
+    return lambda wildcards: EXPR_SAMPLES.loc[wildcards.sample, column]
+
+
+def expression_rows(task):
+    return EXPR_SAMPLES[EXPR_SAMPLES["dataset"] == task]
+
+
+def expression_fold_inputs(wildcards):
+    """Every sample of the dataset: its features and expression (the fold's own split is made in the job)."""
+    rows = expression_rows(wildcards.task)
+    return {
+        "features": [f"{XDIR}/features/{wildcards.encoder}/{s}.h5" for s in rows["sample"]],
+        "expression": [f"{XDIR}/samples/{s}/expression.h5ad" for s in rows["sample"]],
+    }
+
+
+def expression_fold_params(wildcards):
+    rows = expression_rows(wildcards.task)
+    return {"samples": list(rows["sample"]), "patients": list(rows["patient"])}
+
+
+def expression_folds(task):
+    """Fold names: the dataset's patients (leave-one-patient-out)."""
+    return sorted(expression_rows(task)["patient"].unique())
+
+
+def expression_summaries(wildcards):
+    return [
+        f"{XDIR}/{wildcards.task}/{wildcards.encoder}/folds/{fold}/{method}/summary.tsv"
+        for fold in expression_folds(wildcards.task)
+        for method in EXPRESSION["methods"]
+    ]
+
+
+def expression_metrics():
+    return expand(f"{XDIR}/{{task}}/{{encoder}}/metrics.tsv", task=EXPR_DATASETS, encoder=EXPRESSION_ENCODERS)
+
+
+def expression_benchmarks():
+    """Benchmark files of every expression job, for the runtime table."""
+    if not EXPRESSION["enabled"]:
+        return []
+    samples = list(EXPR_SAMPLES["sample"])
+    files = expand(f"{BENCH}/expression/prepare/{{sample}}.tsv", sample=samples)
+    files += expand(
+        f"{BENCH}/expression/features/{{encoder}}/{{sample}}.tsv", encoder=EXPRESSION_ENCODERS, sample=samples
+    )
+    for task in EXPR_DATASETS:
+        files += expand(
+            f"{BENCH}/expression/fit/{{encoder}}/{task}/{{fold}}/{{method}}.tsv",
+            encoder=EXPRESSION_ENCODERS,
+            fold=expression_folds(task),
+            method=EXPRESSION["methods"],
+        )
+    return files

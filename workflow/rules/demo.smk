@@ -111,3 +111,31 @@ rule demo_segmentation:
         seed=config["demo"]["seed"],
     script:
         "../../scripts/demo_segmentation.py"
+
+
+# The expression demo: HEST-layout samples (tissuekd.demo.expression); the sheet's rows under
+# demo.outdir/expression/hest/ are made here, one job per sample.
+DEMO_HEST = f"{DEMO_DIR}/expression/hest"
+
+
+rule demo_expression_sample:
+    output:
+        st=f"{DEMO_HEST}/st/{{sample}}.h5ad",
+        image=f"{DEMO_HEST}/wsis/{{sample}}.tif",
+        metadata=f"{DEMO_HEST}/metadata/{{sample}}.json",
+        truth=f"{DEMO_HEST}/truth/{{sample}}.parquet",
+    log:
+        f"{LOGS}/demo/expression/{{sample}}.log",
+    benchmark:
+        f"{BENCH}/demo/expression/{{sample}}.tsv"
+    conda:
+        "../../envs/scverse.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 1500 * attempt,
+        runtime=10,
+    params:
+        dataset=expression_value("dataset"),
+        patient=expression_value("patient"),
+        seed=config["demo"]["seed"],
+    script:
+        "../../scripts/demo_expression_sample.py"

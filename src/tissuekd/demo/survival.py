@@ -59,12 +59,12 @@ def patient_latents(barcode: str, seed: int) -> Patient:
 
 # ---- slides -------------------------------------------------------------------------------
 
-def _field(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+def smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     f = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
     return (f - f.mean()) / (f.std() + 1e-6)
 
 
-def _nuclei(rng, region: np.ndarray, density: float, sigma: float, strength: float) -> np.ndarray:
+def nuclei(rng, region: np.ndarray, density: float, sigma: float, strength: float) -> np.ndarray:
     """Blurred point nuclei inside `region` (density per 100 px^2)."""
     n = rng.poisson(region.sum() * density / 100)
     ys, xs = np.nonzero(region)
@@ -77,28 +77,28 @@ def _nuclei(rng, region: np.ndarray, density: float, sigma: float, strength: flo
 def paint_slide(patient: Patient, rng: np.random.Generator, stain_shift: float = 0.0) -> np.ndarray:
     """RGB uint8 (rows, cols, 3): tissue on glass; grade share follows `a`, necrosis share `m`."""
     coarse = tuple(s // 8 for s in SIZE)
-    tissue = _field(rng, coarse, 12) > -0.1
+    tissue = smooth_field(rng, coarse, 12) > -0.1
     tissue = ndimage.binary_opening(tissue, iterations=2)
     zoom = lambda f: np.kron(f, np.ones((8, 8), f.dtype))  # noqa: E731
     high_share = 0.1 + 0.6 / (1 + np.exp(-1.6 * patient.a))
     necrosis_share = 0.35 / (1 + np.exp(-1.6 * patient.m))
-    kind = _field(rng, coarse, 6)
+    kind = smooth_field(rng, coarse, 6)
     necrosis_cut = np.quantile(kind[tissue], 1 - necrosis_share) if tissue.any() else np.inf
     necrosis = tissue & (kind > necrosis_cut)
-    grade = _field(rng, coarse, 5)
+    grade = smooth_field(rng, coarse, 5)
     viable = tissue & ~necrosis
     high_cut = np.quantile(grade[viable], 1 - high_share) if viable.any() else np.inf
     high = viable & (grade > high_cut)
-    stroma = viable & (_field(rng, coarse, 4) > 0.6)
+    stroma = viable & (smooth_field(rng, coarse, 4) > 0.6)
     low = viable & ~high & ~stroma
     high, low, stroma, necrosis, tissue = (zoom(x) for x in (high, low, stroma & ~high, necrosis, tissue))
 
     lymphocytes = 0.1 + 0.5 / (1 + np.exp(-1.5 * patient.b))  # b's faint trace
-    hema = (_nuclei(rng, high, 2.8, 2.6, 1.0) + _nuclei(rng, low, 1.6, 1.8, 0.8)
-            + _nuclei(rng, stroma, 0.4, 1.4, 0.7) + _nuclei(rng, necrosis, 1.2, 0.8, 0.5)
-            + _nuclei(rng, stroma | low, lymphocytes, 1.1, 1.3))
+    hema = (nuclei(rng, high, 2.8, 2.6, 1.0) + nuclei(rng, low, 1.6, 1.8, 0.8)
+            + nuclei(rng, stroma, 0.4, 1.4, 0.7) + nuclei(rng, necrosis, 1.2, 0.8, 0.5)
+            + nuclei(rng, stroma | low, lymphocytes, 1.1, 1.3))
     eosin = np.where(stroma, 0.7, 0.0) + np.where(high | low, 0.4, 0.0) + np.where(necrosis, 0.3, 0.0)
-    eosin = eosin * (1 + 0.15 * zoom(_field(rng, coarse, 2))) * tissue
+    eosin = eosin * (1 + 0.15 * zoom(smooth_field(rng, coarse, 2))) * tissue
     # staining differs from slide to slide far more than the biology does (as in real cohorts):
     # a nuisance that dominates image features and is unrelated to survival
     h_gain, e_gain = np.exp(rng.normal(0, 0.3, 2))

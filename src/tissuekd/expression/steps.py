@@ -1,0 +1,215 @@
+"""What the expression study's rules call: files in, files out, one function per rule.
+
+torch, timm and scanpy are imported by the steps that use them: the rules run in two
+environments (envs/scverse.yaml: prepare, evaluate; envs/torch-gpu.yaml: features, fits)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+
+from tissuekd.errors import InputError
+from tissuekd.expression.evaluate import dataset_table, gene_lists, score_fold
+from tissuekd.io.atomic import atomic_path
+from tissuekd.io.hest import read_hest
+
+log = logging.getLogger(__name__)
+TARGET_SUM = 1e4  # total counts per spot after normalisation, before log1p
+METHODS = ("cmrcnet", "contrastive", "ridge", "knn", "random")
+TRAINED = ("cmrcnet", "contrastive")
+
+
+# ---- per sample ----------------------------------------------------------------------------
+
+def prepare_sample(fmt: str, st: str, metadata: str, image: str, out_spots: str, out_expression: str,
+                   out_sample: str, backend: str = "auto") -> None:
+    """The rule expression_prepare: spots under tissue (barcode, x, y in level-0 px), their
+    expression normalised once (total counts to 1e4, then log1p; scanpy), and the sample's scale."""
+    import scanpy as sc
+
+    if fmt != "hest":
+        raise InputError(st, f"unknown format {fmt!r} (this version reads: hest)")
+    sample = read_hest(st, metadata, image, backend)
+    adata = ad.AnnData(sample.counts, obs=pd.DataFrame(index=sample.barcodes), var=pd.DataFrame(index=sample.genes))
+    sc.pp.normalize_total(adata, target_sum=TARGET_SUM)
+    sc.pp.log1p(adata)
+    log.info("%s: %d spots under tissue, %d genes, %.3f µm/px", st, adata.n_obs, adata.n_vars, sample.mpp)
+    with atomic_path(out_spots) as tmp:
+        pd.DataFrame({"barcode": sample.barcodes, "x": sample.xy[:, 0], "y": sample.xy[:, 1]}).to_parquet(tmp)
+    with atomic_path(out_expression) as tmp:
+        adata.write_h5ad(tmp)
+    with atomic_path(out_sample) as tmp:
+        tmp.write_text(json.dumps({"mpp": sample.mpp, "spot_diameter_um": sample.spot_diameter_um,
+                                   "n_spots": int(adata.n_obs), "n_genes": int(adata.n_vars)}))
+
+
+def extract_spot_features(spots: str, sample: str, image: str, spec, out: str, *, crop_px: int = 224,
+                          batch_size: int = 64, device: str = "auto", precision: str = "auto",
+                          threads: int | None = None, backend: str = "auto", progress: bool = True) -> None:
+    """The rule expression_features: one patch per spot, centred on it, cut at the encoder's
+    resolution (112 µm at 224 px and 0.5 µm/px, the HEST protocol) by the shared block crop
+    reader; written as `features`, `coords` (spot centres, level-0 px) and `barcode`."""
+    from tissuekd import compute
+    from tissuekd.encoders.extract import Encoder, write_features
+    from tissuekd.encoders.registry import build_encoder
+    from tissuekd.io.wsi import open_slide
+    from tissuekd.spatial.crops import CropBatches, CropGeometry, crop_loader, default_workers
+
+    table = pd.read_parquet(spots)
+    mpp = json.loads(Path(sample).read_text())["mpp"]
+    run = compute.resolve(device, precision, threads)
+    encoder = Encoder(build_encoder(spec), spec, run)
+    centers = table[["x", "y"]].to_numpy()
+    with open_slide(image, backend) as slide:
+        geometry = CropGeometry.for_slide(slide, mpp, spec.mpp, crop_px)
+    batches = crop_loader(CropBatches(image, backend, centers, geometry, batch_size), default_workers(run.device))
+    attrs = {"encoder": spec.name, "arch": spec.arch, "mpp": spec.mpp, "crop_px": crop_px, "he_mpp": mpp,
+             "level": geometry.level, "precision": run.precision, "coords": "spot centres, level-0 pixels (x, y)"}
+    write_features(out, batches, encoder, centers.astype("f4"), attrs, progress,
+                   extra={"barcode": table["barcode"].to_numpy()})
+
+
+# ---- per fold ------------------------------------------------------------------------------
+
+def load_samples(names: list[str], features: list[str], expressions: list[str]
+                 ) -> tuple[np.ndarray, list[ad.AnnData], np.ndarray]:
+    """Features (rows: every sample's spots, in order), each sample's expression (rows aligned to
+    its features by barcode) and each row's sample name."""
+    feats, exprs, owner = [], [], []
+    for name, fpath, epath in zip(names, features, expressions):
+        with h5py.File(fpath, "r") as h5:
+            feats.append(h5["features"][:])
+            barcodes = h5["barcode"][:].astype(str)
+        adata = ad.read_h5ad(epath)
+        missing = ~pd.Index(barcodes).isin(adata.obs_names)
+        if missing.any():
+            raise InputError(epath, f"{missing.sum()} spots of {fpath} have no expression")
+        exprs.append(adata[barcodes])
+        owner.append(np.full(len(barcodes), name))
+    return np.concatenate(feats), exprs, np.concatenate(owner)
+
+
+def dense(adatas: list[ad.AnnData], genes: list[str], paths: list[str]) -> np.ndarray:
+    """(spots, genes) of the samples, stacked; a gene a sample lacks is an error naming it."""
+    out = []
+    for adata, path in zip(adatas, paths):
+        missing = [g for g in genes if g not in adata.var_names]
+        if missing:
+            raise InputError(path, f"{len(missing)} gene(s) the fold needs are missing, e.g. {missing[:5]}")
+        x = adata[:, genes].X
+        out.append(np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32))
+    return np.concatenate(out)
+
+
+def fit_fold(method: str, fold: str, samples: list[str], patients: list[str], features: list[str],
+             expressions: list[str], markers: list[str], settings: dict, out_predictions: str, out_pcc: str,
+             out_summary: str, out_model: str | None = None, seed: int = 0, device: str = "auto",
+             precision: str = "auto", threads: int | None = None) -> None:
+    """The rules expression_train / expression_baseline: one method on one leave-one-patient-out
+    fold of a dataset. Training spots are those of the other patients; the gene lists, the
+    feature standardisation and the model see them only. Writes the test spots' predictions,
+    per-gene r and per-list summaries (per test sample and pooled)."""
+    if method not in METHODS:
+        raise InputError("config expression.methods", f"unknown method {method!r} (known: {list(METHODS)})")
+    is_test = np.array([p == fold for p in patients])
+    if is_test.all() or not is_test.any():
+        raise InputError(f"fold {fold}", "a fold needs training samples of other patients and test samples of its own")
+    train_idx, test_idx = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    pick = lambda xs, idx: [xs[i] for i in idx]  # noqa: E731
+    train_args = [pick(xs, train_idx) for xs in (samples, features, expressions)]
+    x_train, ad_train, _ = load_samples(*train_args)
+    x_test, ad_test, owner = load_samples(*[pick(xs, test_idx) for xs in (samples, features, expressions)])
+    common = sorted(set.intersection(*(set(a.var_names) for a in ad_train)))
+    universe = dense(ad_train, common, pick(expressions, train_idx))
+    lists = gene_lists(universe, np.array(common), markers)
+    genes = sorted({g for names in lists.values() for g in names})
+    y_train = dense(ad_train, genes, pick(expressions, train_idx))
+    y_test = pd.DataFrame(dense(ad_test, genes, pick(expressions, test_idx)), columns=genes)
+    mean, sd = x_train.mean(0), x_train.std(0) + 1e-6  # training statistics only
+    z_train, z_test = (x_train - mean) / sd, (x_test - mean) / sd
+    log.info("fold %s, %s: %d training spots (%d samples), %d test spots (%d samples), %d genes scored",
+             fold, method, len(x_train), len(train_idx), len(x_test), len(test_idx), len(genes))
+    preds, model_state = predict(method, x_train, z_train, y_train, x_test, z_test, genes, lists, settings,
+                                 seed, device, precision, threads)
+    per_gene, summary = score_fold(y_test, preds, owner, lists)
+    for table in (per_gene, summary):
+        table.insert(0, "fold", fold)
+        table.insert(0, "method", method)
+    barcodes = np.concatenate([np.asarray(a.obs_names) for a in ad_test])
+    columns = {f"{name}:{g}": preds[name][:, i] for name, names in lists.items() for i, g in enumerate(names)}
+    with atomic_path(out_predictions) as tmp:
+        pd.DataFrame({"sample": owner, "barcode": barcodes, **columns}).to_parquet(tmp, index=False)
+    with atomic_path(out_pcc) as tmp:
+        per_gene.to_csv(tmp, sep="\t", index=False)
+    if out_model:
+        import torch
+
+        with atomic_path(out_model) as tmp:
+            torch.save({**model_state, "genes": genes, "feature_mean": torch.from_numpy(mean),
+                        "feature_sd": torch.from_numpy(sd),
+                        "train_samples": pick(samples, train_idx)}, tmp)
+    with atomic_path(out_summary) as tmp:
+        summary.to_csv(tmp, sep="\t", index=False)
+
+
+def predict(method, x_train, z_train, y_train, x_test, z_test, genes, lists, settings, seed, device, precision,
+            threads) -> tuple[dict[str, np.ndarray], dict]:
+    """Each list's predictions (test spots, list genes) and what to save of the model."""
+    import torch
+
+    from tissuekd import compute
+    from tissuekd.expression import baselines
+    from tissuekd.expression.retrieval import mean_of_neighbours, topk_cosine
+    from tissuekd.expression.train import CMRCNetConfig, fit_cmrcnet
+
+    cfg = CMRCNetConfig(**settings)
+    cols = {g: i for i, g in enumerate(genes)}
+
+    def by_list(pred: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: pred[:, [cols[g] for g in names]] for name, names in lists.items()}
+
+    if method in TRAINED:
+        run = compute.resolve(device, precision, threads, workload="model")
+        model = fit_cmrcnet(torch.from_numpy(z_train), torch.from_numpy(y_train), cfg,
+                            reconstruct=method == "cmrcnet", seed=seed, compute=run)
+        with torch.no_grad():
+            bank = model.embed_genes(torch.from_numpy(y_train).to(run.device))
+            query = model.embed_image(torch.from_numpy(z_test).to(run.device))
+            index = topk_cosine(query, bank, cfg.top_k).cpu().numpy()
+        return by_list(mean_of_neighbours(index, y_train)), {"state_dict": model.state_dict(), "config": asdict(cfg)}
+    if method == "knn":
+        return by_list(baselines.knn_predict(z_train, y_train, z_test, cfg.top_k)), {}
+    if method == "random":
+        return by_list(baselines.random_predict(y_train, len(z_test), cfg.top_k, seed)), {}
+    return {name: baselines.ridge_predict(x_train, y_train[:, [cols[g] for g in names]], x_test, seed)
+            for name, names in lists.items()}, {}
+
+
+# ---- per dataset ---------------------------------------------------------------------------
+
+def evaluate_dataset(summaries: list[str], dataset: str, encoder: str, out: str) -> None:
+    """The rule expression_evaluate: every method's folds -> one table (mean ± SD over folds)."""
+    table = dataset_table(pd.concat([pd.read_csv(p, sep="\t") for p in summaries], ignore_index=True))
+    table.insert(0, "encoder", encoder)
+    table.insert(0, "dataset", dataset)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+
+
+def write_benchmark(metrics: list[str], out_by_dataset: str, out_overall: str) -> None:
+    """The rule benchmark_expression: every dataset's table, and the mean (SD) over datasets."""
+    table = pd.concat([pd.read_csv(p, sep="\t") for p in metrics], ignore_index=True)
+    cols = ["pcc_per_sample_mean", "pcc_pooled_mean", "gene_gene_r_mean"]
+    overall = table.groupby(["encoder", "method", "gene_list"])[cols].agg(["mean", "std"])
+    overall.columns = [f"{a}_{'over_datasets' if b == 'mean' else 'sd_over_datasets'}" for a, b in overall.columns]
+    overall = overall.reset_index().assign(n_datasets=table["dataset"].nunique())
+    for frame, out in ((table, out_by_dataset), (overall, out_overall)):
+        with atomic_path(out) as tmp:
+            frame.to_csv(tmp, sep="\t", index=False, float_format="%.4f")

@@ -1,0 +1,91 @@
+"""Spot-level spatial transcriptomics samples in the HEST-1k layout (mahmoodlab/HEST):
+`st/<id>.h5ad` (spots x genes, raw counts; spot centres in level-0 pixels of the WSI as (x, y)
+in `obsm["spatial"]`), `wsis/<id>.tif` and `metadata/<id>.json` (`pixel_size_um_estimated`, µm
+per level-0 pixel; `spot_diameter` and `inter_spot_dist` in µm)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+from scipy import sparse
+
+from tissuekd.errors import InputError
+from tissuekd.io.wsi import open_slide
+
+MPP_KEYS = ("pixel_size_um_estimated", "pixel_size_um_embedded")  # HEST's own reader uses the first
+
+
+@dataclass
+class SpotSample:
+    """Spots under tissue: barcodes, centres (x, y) in level-0 pixels, raw counts (spots x genes)."""
+
+    barcodes: np.ndarray
+    xy: np.ndarray
+    counts: sparse.csr_matrix
+    genes: np.ndarray
+    mpp: float
+    spot_diameter_um: float
+
+
+def read_hest(st: str | Path, metadata: str | Path, image: str | Path, backend: str = "auto") -> SpotSample:
+    """One HEST sample; spots with `in_tissue` 0 (where the column exists) are left out.
+
+    Raises
+    ------
+    InputError
+        Naming the file: no pixel size in the metadata, no `obsm["spatial"]`, negative or
+        non-finite counts, duplicate genes, no spots, or spot centres outside the image.
+    """
+    meta = read_metadata(metadata)
+    mpp = next((float(meta[k]) for k in MPP_KEYS if meta.get(k)), None)
+    if mpp is None or not mpp > 0:
+        raise InputError(metadata, f"no pixel size: needs one of {list(MPP_KEYS)} (µm per level-0 pixel)")
+    try:
+        adata = ad.read_h5ad(st)
+    except OSError as err:
+        raise InputError(st, f"not a readable h5ad file ({err})") from None
+    if "spatial" not in adata.obsm:
+        raise InputError(st, 'no obsm["spatial"] (spot centres in level-0 pixels)')
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    if xy.ndim != 2 or xy.shape[1] != 2 or not np.isfinite(xy).all():
+        raise InputError(st, f'obsm["spatial"] must be finite (spots, 2) pixel coordinates, got shape {xy.shape}')
+    if "in_tissue" in adata.obs:
+        keep = adata.obs["in_tissue"].astype(int).to_numpy() == 1
+        adata, xy = adata[keep], xy[keep]
+    if adata.n_obs == 0:
+        raise InputError(st, "no spots under tissue")
+    if adata.var_names.duplicated().any():
+        raise InputError(st, f"duplicate gene names, e.g. {adata.var_names[adata.var_names.duplicated()][:3].tolist()}")
+    counts = sparse.csr_matrix(adata.X, dtype=np.float32)
+    if counts.nnz and (not np.isfinite(counts.data).all() or counts.data.min() < 0):
+        raise InputError(st, "counts must be finite and non-negative (raw counts are expected)")
+    check_inside_image(xy, image, st, backend)
+    return SpotSample(np.asarray(adata.obs_names, dtype=str), xy, counts, np.asarray(adata.var_names, dtype=str),
+                      mpp, float(meta.get("spot_diameter") or 55.0))
+
+
+def read_metadata(path: str | Path) -> dict:
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(path, f"not a readable JSON file ({err})") from None
+    if not isinstance(meta, dict):
+        raise InputError(path, "must be a JSON object")
+    return meta
+
+
+def check_inside_image(xy: np.ndarray, image: str | Path, where: str | Path, backend: str = "auto") -> None:
+    """Every spot centre lies on the image (level-0 pixels); else name how many do not."""
+    with open_slide(image, backend) as slide:
+        width, height = slide.dimensions
+    outside = (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= width) | (xy[:, 1] >= height)
+    if outside.all():
+        raise InputError(where, f"no spot lies on the image {image} ({width} x {height} px): do the coordinates "
+                                "belong to another image or resolution?")
+    if outside.any():
+        raise InputError(where, f"{outside.sum()} of {len(xy)} spot centres lie outside the image {image} "
+                                f"({width} x {height} px), e.g. {xy[outside][0].round(1).tolist()}")

@@ -1,0 +1,162 @@
+"""The expression study's library: the contrastive loss against BLEEP's formula, Pearson r
+against scipy, exact chunked retrieval against brute force, the HEST reader's errors, and that
+nothing of a test sample reaches training."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+import torch
+import torch.nn.functional as F
+
+from tissuekd.demo.expression import make_sample
+from tissuekd.encoders.registry import EncoderSpec
+from tissuekd.errors import InputError
+from tissuekd.expression import steps
+from tissuekd.expression.evaluate import gene_gene_agreement, pearson_per_gene
+from tissuekd.expression.losses import contrastive_loss
+from tissuekd.expression.retrieval import topk_cosine
+from tissuekd.io.hest import read_hest
+
+SPEC = EncoderSpec.from_config("demo-mobilenet", {"model": "mobilenetv3_small_100", "mpp": 1.0, "input_px": 112,
+                                                   "weights": "random", "seed": 0})
+FAST = {"stage1_epochs": 2, "stage2_epochs": 2, "top_k": 10}
+
+
+def test_contrastive_loss_is_bleeps_soft_target_cross_entropy():
+    """BLEEP (bowang-lab/BLEEP, models.py): targets = softmax((I Iᵀ + G Gᵀ)/2 · τ), the mean of the
+    row-wise soft cross-entropies of G Iᵀ/τ and of its transpose; torch's cross_entropy with
+    probability targets is the reference."""
+    gen = torch.Generator().manual_seed(0)
+    image, gene = torch.randn(16, 8, generator=gen), torch.randn(16, 8, generator=gen)
+    for tau in (1.0, 0.5):
+        logits = gene @ image.T / tau
+        targets = F.softmax((image @ image.T + gene @ gene.T) / 2 * tau, dim=-1)
+        reference = (F.cross_entropy(logits, targets, reduction="none")
+                     + F.cross_entropy(logits.T, targets.T, reduction="none")).mean() / 2
+        assert contrastive_loss(image, gene, tau).item() == pytest.approx(reference.item(), rel=1e-6)
+
+
+def test_pearson_per_gene_equals_scipy_and_is_nan_for_a_constant_gene():
+    rng = np.random.default_rng(0)
+    true, pred = rng.normal(size=(40, 5)), rng.normal(size=(40, 5))
+    pred[:, 1] += 2 * true[:, 1]
+    pred[:, 4] = 3.0
+    r = pearson_per_gene(true, pred)
+    for j in range(4):
+        assert r[j] == pytest.approx(scipy.stats.pearsonr(true[:, j], pred[:, j]).statistic, abs=1e-12)
+    assert np.isnan(r[4])
+    assert gene_gene_agreement(true, true) == pytest.approx(1.0)
+
+
+def test_chunked_top_k_equals_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    queries, bank = torch.randn(37, 6, generator=gen), torch.randn(200, 6, generator=gen)
+    brute = (F.normalize(queries, dim=-1) @ F.normalize(bank, dim=-1).T).argsort(dim=-1, descending=True)[:, :7]
+    assert torch.equal(topk_cosine(queries, bank, 7, chunk=5), brute)
+
+
+@pytest.fixture(scope="module")
+def hest(tmp_path_factory):
+    """Three demo samples of one dataset (patients A, B, C), prepared, with features."""
+    root = tmp_path_factory.mktemp("hest")
+    names = {"S_A": "A", "S_B": "B", "S_C": "C"}
+    for sample, patient in names.items():
+        make_sample(root / "hest", sample, "IDC", patient, 0)
+        prepare(root, sample)
+        steps.extract_spot_features(root / f"{sample}.parquet", root / f"{sample}.json",
+                                    root / f"hest/wsis/{sample}.tif", SPEC, root / f"{sample}.h5", crop_px=112,
+                                    device="cpu", progress=False)
+    return root, names
+
+
+def prepare(root, sample, st=None):
+    steps.prepare_sample("hest", st or root / f"hest/st/{sample}.h5ad", root / f"hest/metadata/{sample}.json",
+                         root / f"hest/wsis/{sample}.tif", root / f"{sample}.parquet", root / f"{sample}.h5ad",
+                         root / f"{sample}.json")
+
+
+def fit(root, names, method, out, expression=None):
+    samples = list(names)
+    expression = expression or [str(root / f"{s}.h5ad") for s in samples]
+    steps.fit_fold(method, "A", samples, list(names.values()), [str(root / f"{s}.h5") for s in samples], expression,
+                   [], FAST, out / "pred.parquet", out / "pcc.tsv", out / "summary.tsv",
+                   out / "model.pt" if method in steps.TRAINED else None, device="cpu")
+
+
+def test_replacing_the_test_sample_leaves_the_trained_weights_bit_identical(hest, tmp_path):
+    """Fold A holds out S_A: its expression is replaced by another sample's counts shuffled
+    (and its spots renamed to match), and the model trained on S_B and S_C must not change."""
+    root, names = hest
+    fit(root, names, "cmrcnet", tmp_path / "one")
+    other = ad.read_h5ad(root / "S_B.h5ad")
+    own = ad.read_h5ad(root / "S_A.h5ad")
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, other.n_obs, own.n_obs)
+    swapped = ad.AnnData(other.X[rows], obs=pd.DataFrame(index=own.obs_names), var=other.var)
+    swapped.write_h5ad(tmp_path / "swapped.h5ad")
+    fit(root, names, "cmrcnet", tmp_path / "two", [str(tmp_path / "swapped.h5ad"), str(root / "S_B.h5ad"),
+                                                  str(root / "S_C.h5ad")])
+    one, two = torch.load(tmp_path / "one/model.pt"), torch.load(tmp_path / "two/model.pt")
+    assert one["genes"] == two["genes"] and one["train_samples"] == ["S_B", "S_C"]
+    for key, value in one["state_dict"].items():
+        assert torch.equal(value, two["state_dict"][key]), key
+    scores = pd.read_csv(tmp_path / "one/summary.tsv", sep="\t")
+    assert set(scores["scope"]) == {"S_A", "pooled"} and set(scores["gene_list"]) == {"HEG", "HVG"}
+
+
+def test_every_method_writes_predictions_of_the_test_spots_only(hest, tmp_path):
+    root, names = hest
+    n_test = ad.read_h5ad(root / "S_A.h5ad").n_obs
+    for method in steps.METHODS:
+        fit(root, names, method, tmp_path / method)
+        pred = pd.read_parquet(tmp_path / method / "pred.parquet")
+        assert len(pred) == n_test and set(pred["sample"]) == {"S_A"}, method
+
+
+def test_a_gene_the_fold_scores_missing_from_the_test_sample_is_named(hest, tmp_path):
+    """Gene lists come from the training samples (genes all of them hold); a test sample
+    without one of those genes cannot be scored on it."""
+    root, names = hest
+    full = ad.read_h5ad(root / "S_A.h5ad")
+    full[:, full.var_names[-10:]].write_h5ad(tmp_path / "short.h5ad")
+    with pytest.raises(InputError, match=r"short.h5ad: \d+ gene\(s\) the fold needs are missing"):
+        fit(root, names, "ridge", tmp_path / "out", [str(tmp_path / "short.h5ad"), str(root / "S_B.h5ad"),
+                                                     str(root / "S_C.h5ad")])
+
+
+def broken(root, tmp_path, change):
+    adata = ad.read_h5ad(root / "hest/st/S_A.h5ad")
+    meta = json.loads((root / "hest/metadata/S_A.json").read_text())
+    change(adata, meta)
+    adata.write_h5ad(tmp_path / "st.h5ad")
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    return read_hest(tmp_path / "st.h5ad", tmp_path / "meta.json", root / "hest/wsis/S_A.tif")
+
+
+def shift(adata, dx):
+    adata.obsm["spatial"] = adata.obsm["spatial"] + dx
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a, m: m.pop("pixel_size_um_estimated") and m.pop("pixel_size_um_embedded"), "meta.json: no pixel size"),
+    (lambda a, m: a.obsm.pop("spatial"), r'st.h5ad: no obsm\["spatial"\]'),
+    (lambda a, m: shift(a, 1e6), "st.h5ad: no spot lies on the image"),
+    (lambda a, m: shift(a, np.where(np.arange(a.n_obs)[:, None] == 0, 1e6, 0)), "st.h5ad: 1 of .* outside the image"),
+    (lambda a, m: setattr(a, "X", -a.X), "st.h5ad: counts must be finite and non-negative"),
+])
+def test_bad_hest_samples_are_named(hest, tmp_path, change, message):
+    with pytest.raises(InputError, match=message):
+        broken(hest[0], tmp_path, change)
+
+
+def test_an_unknown_format_is_named(hest, tmp_path):
+    root, _ = hest
+    with pytest.raises(InputError, match="unknown format 'visium-hd'"):
+        steps.prepare_sample("visium-hd", root / "hest/st/S_A.h5ad", root / "hest/metadata/S_A.json",
+                             root / "hest/wsis/S_A.tif", tmp_path / "a", tmp_path / "b", tmp_path / "c")

@@ -1,0 +1,162 @@
+# Expression study (docs/architecture.md): spot expression from the H&E under each spot, per
+# sample (prepare, features), then per dataset x leave-one-patient-out fold x method; input
+# functions in common.smk.
+XFOLD = f"{XDIR}/{{task}}/{{encoder}}/folds/{{fold}}/{{method}}"
+
+
+rule expression_prepare:
+    input:
+        st=expression_value("st"),
+        image=expression_value("image"),
+        metadata=expression_value("metadata"),
+    output:
+        spots=f"{XDIR}/samples/{{sample}}/spots.parquet",
+        expression=f"{XDIR}/samples/{{sample}}/expression.h5ad",
+        sample=f"{XDIR}/samples/{{sample}}/sample.json",
+    log:
+        f"{LOGS}/expression/prepare/{{sample}}.log",
+    benchmark:
+        f"{BENCH}/expression/prepare/{{sample}}.tsv"
+    conda:
+        "../../envs/scverse.yaml"
+    resources:
+        mem_mb=lambda wildcards, input, attempt: round(1000 + 6 * input.size_mb) * attempt,
+        runtime=10,
+    params:
+        format=expression_value("format"),
+        wsi_backend=EXPRESSION["wsi_backend"],
+    script:
+        "../../scripts/expression_prepare.py"
+
+
+rule expression_features:
+    input:
+        spots=rules.expression_prepare.output.spots,
+        sample=rules.expression_prepare.output.sample,
+        image=expression_value("image"),
+    output:
+        ensure(f"{XDIR}/features/{{encoder}}/{{sample}}.h5", non_empty=True),
+    log:
+        f"{LOGS}/expression/features/{{encoder}}/{{sample}}.log",
+    benchmark:
+        f"{BENCH}/expression/features/{{encoder}}/{{sample}}.tsv"
+    conda:
+        "../../envs/torch-gpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 6000 * attempt,
+        runtime=lambda wildcards, attempt: 30 * attempt,
+        gpu=1,
+    params:
+        encoder=lambda wildcards: ENCODERS[wildcards.encoder],
+        crop_px=encoder_input_px,
+        batch_size=EXPRESSION["batch_size"],
+        device=config["device"],
+        precision=encoder_precision,
+        wsi_backend=EXPRESSION["wsi_backend"],
+    script:
+        "../../scripts/expression_features.py"
+
+
+rule expression_train:
+    # CMRCNet and its contrastive-only ablation: trained on the fold's training patients
+    input:
+        unpack(expression_fold_inputs),
+    output:
+        predictions=f"{XFOLD}/predictions.parquet",
+        pcc=f"{XFOLD}/pcc.tsv",
+        summary=f"{XFOLD}/summary.tsv",
+        model=f"{XFOLD}/model.pt",
+    log:
+        f"{LOGS}/expression/fit/{{encoder}}/{{task}}/{{fold}}/{{method}}.log",
+    benchmark:
+        f"{BENCH}/expression/fit/{{encoder}}/{{task}}/{{fold}}/{{method}}.tsv"
+    wildcard_constraints:
+        method="|".join(EXPR_TRAINED) or "NO_METHOD",
+        fold="[^/]+",
+    conda:
+        "../../envs/torch-gpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, input, attempt: round(2000 + 3 * input.size_mb) * attempt,
+        runtime=lambda wildcards, input, attempt: round(10 + input.size_mb / 100) * attempt,
+        gpu=1,
+    params:
+        fold=expression_fold_params,
+        markers=lambda wildcards: EXPRESSION["markers"].get(wildcards.task, []),
+        settings=EXPRESSION["cmrcnet"],
+        seed=EXPRESSION["seed"],
+        device=config["device"],
+        precision=config["precision"],
+    script:
+        "../../scripts/expression_fit.py"
+
+
+rule expression_baseline:
+    # ridge (the HEST benchmark's), k-NN on the frozen features, random retrieval (the floor).
+    # run: inside Snakemake's process (profiles/default: force-use-threads), as survival_features:
+    # each fit takes a second, starting Python and importing torch took five
+    input:
+        unpack(expression_fold_inputs),
+    output:
+        predictions=f"{XFOLD}/predictions.parquet",
+        pcc=f"{XFOLD}/pcc.tsv",
+        summary=f"{XFOLD}/summary.tsv",
+    log:
+        f"{LOGS}/expression/fit/{{encoder}}/{{task}}/{{fold}}/{{method}}.log",
+    benchmark:
+        f"{BENCH}/expression/fit/{{encoder}}/{{task}}/{{fold}}/{{method}}.tsv"
+    wildcard_constraints:
+        method="|".join(EXPR_BASELINES) or "NO_METHOD",
+        fold="[^/]+",
+    conda:
+        "../../envs/torch-gpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, input, attempt: round(2000 + 3 * input.size_mb) * attempt,
+        runtime=lambda wildcards, input, attempt: round(10 + input.size_mb / 100) * attempt,
+    params:
+        fold=expression_fold_params,
+        markers=lambda wildcards: EXPRESSION["markers"].get(wildcards.task, []),
+        settings=EXPRESSION["cmrcnet"],
+        seed=EXPRESSION["seed"],
+    run:
+        from tissuekd.expression.steps import fit_fold
+        from tissuekd.logs import run_in_process
+
+        run_in_process(
+            log[0],
+            lambda: fit_fold(
+                wildcards.method,
+                wildcards.fold,
+                params.fold["samples"],
+                params.fold["patients"],
+                list(input.features),
+                list(input.expression),
+                params.markers,
+                params.settings,
+                output.predictions,
+                output.pcc,
+                output.summary,
+                seed=params.seed,
+                device="cpu",
+            ),
+        )
+
+
+rule expression_evaluate:
+    input:
+        expression_summaries,
+    output:
+        f"{XDIR}/{{task}}/{{encoder}}/metrics.tsv",
+    log:
+        f"{LOGS}/expression/evaluate/{{encoder}}/{{task}}.log",
+    benchmark:
+        f"{BENCH}/expression/evaluate/{{encoder}}/{{task}}.tsv"
+    conda:
+        "../../envs/scverse.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 1000 * attempt,
+        runtime=10,
+    script:
+        "../../scripts/expression_evaluate.py"

@@ -20,7 +20,8 @@ rule expression_prepare:
     conda:
         "../../envs/scverse.yaml"
     resources:
-        mem_mb=lambda wildcards, input, attempt: round(1000 + 6 * input.size_mb) * attempt,
+        # follows the counts file (the image's header only is read)
+        mem_mb=lambda wildcards, input, attempt: round(1000 + 6 * split_bytes(input.st) / 1e6) * attempt,
         runtime=10,
     params:
         format=expression_value("format"),

@@ -14,7 +14,7 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 
-from tissuekd.demo.expression import make_sample
+from tissuekd.demo.expression import make_sample, make_spaceranger_sample
 from tissuekd.encoders.registry import EncoderSpec
 from tissuekd.errors import InputError
 from tissuekd.expression import steps
@@ -22,6 +22,7 @@ from tissuekd.expression.evaluate import gene_gene_agreement, pearson_per_gene
 from tissuekd.expression.losses import contrastive_loss
 from tissuekd.expression.retrieval import topk_cosine
 from tissuekd.io.hest import read_hest
+from tissuekd.io.visium import read_spaceranger
 
 SPEC = EncoderSpec.from_config("demo-mobilenet", {"model": "mobilenetv3_small_100", "mpp": 1.0, "input_px": 112,
                                                    "weights": "random", "seed": 0})
@@ -75,10 +76,10 @@ def hest(tmp_path_factory):
     return root, names
 
 
-def prepare(root, sample, st=None):
-    steps.prepare_sample("hest", st or root / f"hest/st/{sample}.h5ad", root / f"hest/metadata/{sample}.json",
-                         root / f"hest/wsis/{sample}.tif", root / f"{sample}.parquet", root / f"{sample}.h5ad",
-                         root / f"{sample}.json")
+def prepare(root, sample):
+    steps.prepare_sample("hest", root / f"hest/wsis/{sample}.tif", root / f"{sample}.parquet", root / f"{sample}.h5ad",
+                         root / f"{sample}.json", st=root / f"hest/st/{sample}.h5ad",
+                         metadata=root / f"hest/metadata/{sample}.json")
 
 
 def fit(root, names, method, out, expression=None):
@@ -157,6 +158,50 @@ def test_bad_hest_samples_are_named(hest, tmp_path, change, message):
 
 def test_an_unknown_format_is_named(hest, tmp_path):
     root, _ = hest
-    with pytest.raises(InputError, match="unknown format 'visium-hd'"):
-        steps.prepare_sample("visium-hd", root / "hest/st/S_A.h5ad", root / "hest/metadata/S_A.json",
-                             root / "hest/wsis/S_A.tif", tmp_path / "a", tmp_path / "b", tmp_path / "c")
+    with pytest.raises(InputError, match="S_A.h5ad: unknown format 'visium-hd'"):
+        steps.prepare_sample("visium-hd", root / "hest/wsis/S_A.tif", tmp_path / "a", tmp_path / "b", tmp_path / "c",
+                             st=root / "hest/st/S_A.h5ad", metadata=root / "hest/metadata/S_A.json")
+
+
+def test_a_space_ranger_sample_reads_as_its_hest_twin(tmp_path):
+    """The same simulated sample written in both layouts reads to the same spots, centres,
+    counts and scale; the older headerless positions list reads the same."""
+    make_sample(tmp_path / "hest", "S", "IDC", "P", 0)
+    make_spaceranger_sample(tmp_path / "sr", "S", "IDC", 0)
+    hest = read_hest(tmp_path / "hest/st/S.h5ad", tmp_path / "hest/metadata/S.json", tmp_path / "hest/wsis/S.tif")
+    outs = tmp_path / "sr/S/outs"
+    visium = read_spaceranger(outs, tmp_path / "sr/S/S.tif")
+    assert list(visium.barcodes) == list(hest.barcodes) and visium.mpp == pytest.approx(hest.mpp)
+    np.testing.assert_allclose(visium.xy, hest.xy, atol=0.5)
+    assert (visium.counts != hest.counts).nnz == 0 and list(visium.genes) == list(hest.genes)
+    listed = pd.read_csv(outs / "spatial/tissue_positions.csv")
+    listed.to_csv(outs / "spatial/tissue_positions_list.csv", header=False, index=False)
+    (outs / "spatial/tissue_positions.csv").unlink()
+    assert list(read_spaceranger(outs, tmp_path / "sr/S/S.tif").barcodes) == list(hest.barcodes)
+    listed.iloc[:, :4].to_csv(outs / "spatial/tissue_positions_list.csv", header=False, index=False)
+    with pytest.raises(InputError, match="tissue_positions_list.csv: expected 6 columns"):
+        read_spaceranger(outs, tmp_path / "sr/S/S.tif")
+
+
+def test_xenium_pseudo_spots_sum_the_counts_of_the_cells_under_each_spot(ingested, demo_slide, tmp_path):
+    """A niche slide's ingested cells pooled into 55-µm spots 100 µm apart: each spot holds the
+    summed counts of exactly the cells within 27.5 µm of its centre (checked by brute force)."""
+    from conftest import he_image
+
+    from tissuekd.expression.pseudospots import read_pseudospots
+
+    spots = read_pseudospots(ingested["cells"], ingested["expression"], ingested["slide"], "X")
+    cells = pd.read_parquet(ingested["cells"])
+    counts = ad.read_h5ad(ingested["expression"]).X.toarray()
+    mpp = json.loads(ingested["slide"].read_text())["he_mpp"]
+    xy = cells[["x_he", "y_he"]].to_numpy()
+    spacing = np.linalg.norm(spots.xy[:, None] - spots.xy[None], axis=-1) * mpp
+    assert spacing[spacing > 0].min() == pytest.approx(100.0, rel=1e-6)
+    for i in range(0, len(spots.xy), max(1, len(spots.xy) // 15)):
+        inside = np.linalg.norm(xy - spots.xy[i], axis=1) * mpp <= 27.5
+        np.testing.assert_allclose(spots.counts[i].toarray()[0], counts[inside].sum(0))
+    assert spots.mpp == mpp and spots.counts.sum() > 0.2 * counts.sum()
+    steps.prepare_sample("xenium", he_image(demo_slide), tmp_path / "s.parquet", tmp_path / "e.h5ad",
+                         tmp_path / "s.json", cells=ingested["cells"], cell_counts=ingested["expression"],
+                         slide=ingested["slide"], name="X")
+    assert len(pd.read_parquet(tmp_path / "s.parquet")) == len(spots.xy)

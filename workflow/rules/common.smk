@@ -691,15 +691,28 @@ def segmentation_benchmarks():
 EXPR_SAMPLES = pd.DataFrame(columns=["sample", "dataset", "patient"])
 
 
+EXPR_FORMAT_COLUMNS = {"hest": ("st", "image", "metadata"), "visium": ("outs", "image"), "xenium": ("niche_slide",)}
+
+
 def check_expression_sheet(sheet, path):
-    """Names unique, files present (demo files are made by rules), two patients per dataset at least."""
+    """Names unique, the format's files present (demo files are made by rules), two patients per
+    dataset at least."""
     dupes = sheet["sample"][sheet["sample"].duplicated()].tolist()
     if dupes:
         raise WorkflowError(f"{path}: duplicate sample name(s) {dupes[:10]}")
     for row_no, row in enumerate(sheet.itertuples(index=False), start=2):
-        for column in ("st", "image", "metadata"):
+        for column in EXPR_FORMAT_COLUMNS[row.format]:
             value = getattr(row, column)
-            if not os.path.exists(value) and not made_by_demo(value):
+            where = f"{path} line {row_no} (sample {row.sample})"
+            if not value:
+                raise WorkflowError(f"{where}: format {row.format} needs {column!r}")
+            if column == "niche_slide":
+                if value not in SLIDES.index:
+                    raise WorkflowError(
+                        f"{where}: niche_slide {value!r} is not a slide of the niche sheet "
+                        f"({NICHE['slides']}; the niche study must be enabled to ingest it)"
+                    )
+            elif not os.path.exists(value) and not made_by_demo(value):
                 raise WorkflowError(
                     f"{path} line {row_no} (sample {row.sample}): column {column!r} names {value}, "
                     "which does not exist"
@@ -730,6 +743,43 @@ wildcard_constraints:
 def expression_value(column):
     """Input/param function: one column of the sample's sheet row."""
     return lambda wildcards: EXPR_SAMPLES.loc[wildcards.sample, column]
+
+
+def expression_sample_inputs(wildcards):
+    """The files prepare reads: HEST's three, or Space Ranger's matrix, positions and scale factors."""
+    row = EXPR_SAMPLES.loc[wildcards.sample]
+    if row["format"] == "hest":
+        return {"image": row["image"], "st": row["st"], "metadata": row["metadata"]}
+    if row["format"] == "xenium":
+        niche = f"{RESULTS}/niche/{row['niche_slide']}"
+        return {
+            "image": expression_image(wildcards),
+            "cells": f"{niche}/cells.parquet",
+            "cell_counts": f"{niche}/expression.h5ad",
+            "slide": f"{niche}/slide.json",
+        }
+    spatial = Path(row["outs"]) / "spatial"
+    positions = spatial / "tissue_positions.csv"
+    if not positions.exists() and (spatial / "tissue_positions_list.csv").exists():
+        positions = spatial / "tissue_positions_list.csv"
+    return {
+        "image": row["image"],
+        "matrix": f"{row['outs']}/filtered_feature_bc_matrix.h5",
+        "positions": str(positions),
+        "scalefactors": str(spatial / "scalefactors_json.json"),
+    }
+
+
+def expression_input_mb(input):
+    """Megabytes of the counts prepare reads (not the image, of which only the header is read)."""
+    counts = input.get("st") or input.get("matrix") or input.get("cell_counts")
+    return split_bytes(counts) / 1e6 + (split_bytes(input.cells) / 1e6 if "cells" in input.keys() else 0)
+
+
+def expression_image(wildcards):
+    """The sample's H&E: its own column, or (format xenium) its niche slide's registered image."""
+    row = EXPR_SAMPLES.loc[wildcards.sample]
+    return SLIDES.loc[row["niche_slide"], "he_image"] if row["format"] == "xenium" else row["image"]
 
 
 def expression_rows(task):

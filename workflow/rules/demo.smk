@@ -139,3 +139,27 @@ rule demo_expression_sample:
         seed=config["demo"]["seed"],
     script:
         "../../scripts/demo_expression_sample.py"
+
+
+rule demo_expression_spaceranger:
+    # one sample as Space Ranger leaves it (outs/) with its full-resolution H&E beside
+    output:
+        image=f"{DEMO_DIR}/expression/spaceranger/{{sample}}/{{sample}}.tif",
+        matrix=f"{DEMO_DIR}/expression/spaceranger/{{sample}}/outs/filtered_feature_bc_matrix.h5",
+        positions=f"{DEMO_DIR}/expression/spaceranger/{{sample}}/outs/spatial/tissue_positions.csv",
+        scalefactors=f"{DEMO_DIR}/expression/spaceranger/{{sample}}/outs/spatial/scalefactors_json.json",
+        truth=f"{DEMO_DIR}/expression/spaceranger/{{sample}}/truth.parquet",
+    log:
+        f"{LOGS}/demo/expression/{{sample}}.log",
+    benchmark:
+        f"{BENCH}/demo/expression/{{sample}}.tsv"
+    conda:
+        "../../envs/scverse.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 1500 * attempt,
+        runtime=10,
+    params:
+        dataset=expression_value("dataset"),
+        seed=config["demo"]["seed"],
+    script:
+        "../../scripts/demo_expression_spaceranger.py"

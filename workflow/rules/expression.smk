@@ -6,9 +6,7 @@ XFOLD = f"{XDIR}/{{task}}/{{encoder}}/folds/{{fold}}/{{method}}"
 
 rule expression_prepare:
     input:
-        st=expression_value("st"),
-        image=expression_value("image"),
-        metadata=expression_value("metadata"),
+        unpack(expression_sample_inputs),
     output:
         spots=f"{XDIR}/samples/{{sample}}/spots.parquet",
         expression=f"{XDIR}/samples/{{sample}}/expression.h5ad",
@@ -21,10 +19,11 @@ rule expression_prepare:
         "../../envs/scverse.yaml"
     resources:
         # follows the counts file (the image's header only is read)
-        mem_mb=lambda wildcards, input, attempt: round(1000 + 6 * split_bytes(input.st) / 1e6) * attempt,
+        mem_mb=lambda wildcards, input, attempt: round(1000 + 6 * expression_input_mb(input)) * attempt,
         runtime=10,
     params:
         format=expression_value("format"),
+        pseudo_spots=EXPRESSION["pseudo_spots"],
         wsi_backend=EXPRESSION["wsi_backend"],
     script:
         "../../scripts/expression_prepare.py"
@@ -34,7 +33,7 @@ rule expression_features:
     input:
         spots=rules.expression_prepare.output.spots,
         sample=rules.expression_prepare.output.sample,
-        image=expression_value("image"),
+        image=expression_image,
     output:
         ensure(f"{XDIR}/features/{{encoder}}/{{sample}}.h5", non_empty=True),
     log:

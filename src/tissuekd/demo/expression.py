@@ -1,4 +1,5 @@
-"""Spatial transcriptomics samples in the HEST-1k layout, for the expression study.
+"""Spatial transcriptomics samples in the HEST-1k layout (and one in Space Ranger's), for the
+expression study.
 
 One sample is an H&E whole-slide image (1 µm/px) with Visium-like spots (55 µm across,
 100 µm apart on a hexagonal grid) over its tissue, written as HEST releases it:
@@ -26,6 +27,7 @@ import pandas as pd
 from scipy import ndimage, sparse
 
 from tissuekd.demo.survival import EOSIN, HEMATOXYLIN, nuclei, smooth_field, write_svs
+from tissuekd.demo.xenium import write_10x_h5
 from tissuekd.io.atomic import atomic_path
 
 MPP = 1.0  # µm per level-0 pixel
@@ -116,17 +118,30 @@ def counts_of(truth: np.ndarray, dataset: str, rng: np.random.Generator) -> np.n
     return rng.poisson(rate / rate.sum(1, keepdims=True) * library[:, None])
 
 
-def make_sample(root: str | Path, sample: str, dataset: str, patient: str, seed: int) -> None:
-    """Write one sample in the HEST layout under `root` (st/, wsis/, metadata/, truth/)."""
-    root = Path(root)
+def simulate(sample: str, dataset: str, seed: int):
+    """One sample's image, every grid spot (centres, array row/col, under tissue or not), and
+    the counts and truth of the spots under tissue."""
     rng = np.random.default_rng([seed, zlib.crc32(sample.encode())])
     rgb, tissue, compartment, inflammation = paint(rng)
     xy, rc = spot_grid(SIZE)
-    keep = tissue[np.round(xy[:, 1]).astype(int), np.round(xy[:, 0]).astype(int)]
-    xy, rc = xy[keep], rc[keep]
-    truth = spot_truth(xy, compartment, inflammation)
+    under = tissue[np.round(xy[:, 1]).astype(int), np.round(xy[:, 0]).astype(int)]
+    truth = spot_truth(xy[under], compartment, inflammation)
     counts = counts_of(truth, dataset, rng)
-    barcodes = [f"{sample}-{r:03d}x{c:03d}-1" for r, c in rc]
+    barcodes = np.array([f"{sample}-{r:03d}x{c:03d}-1" for r, c in rc])
+    return rgb, xy, rc, under, barcodes, counts, truth
+
+
+def write_truth(path: Path, truth: np.ndarray, barcodes: np.ndarray) -> None:
+    columns = [f"compartment_{c}" for c in range(COMPARTMENTS)] + ["inflammation"]
+    with atomic_path(path) as tmp:
+        pd.DataFrame(truth, columns=columns).assign(barcode=barcodes).to_parquet(tmp, index=False)
+
+
+def make_sample(root: str | Path, sample: str, dataset: str, patient: str, seed: int) -> None:
+    """Write one sample in the HEST layout under `root` (st/, wsis/, metadata/, truth/)."""
+    root = Path(root)
+    rgb, xy, rc, under, barcodes, counts, truth = simulate(sample, dataset, seed)
+    xy, rc, barcodes = xy[under], rc[under], barcodes[under]
     obs = pd.DataFrame({"in_tissue": 1, "array_row": rc[:, 0], "array_col": rc[:, 1],
                         "pxl_col_in_fullres": xy[:, 0], "pxl_row_in_fullres": xy[:, 1]}, index=barcodes)
     adata = ad.AnnData(sparse.csr_matrix(counts.astype(np.float32)), obs=obs,
@@ -142,6 +157,33 @@ def make_sample(root: str | Path, sample: str, dataset: str, patient: str, seed:
             "spots_under_tissue": len(xy), "nb_genes": N_GENES}
     with atomic_path(root / "metadata" / f"{sample}.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=1))
-    columns = [f"compartment_{c}" for c in range(COMPARTMENTS)] + ["inflammation"]
-    with atomic_path(root / "truth" / f"{sample}.parquet") as tmp:
-        pd.DataFrame(truth, columns=columns).assign(barcode=barcodes).to_parquet(tmp, index=False)
+    write_truth(root / "truth" / f"{sample}.parquet", truth, barcodes)
+
+
+def make_spaceranger_sample(root: str | Path, sample: str, dataset: str, seed: int) -> None:
+    """Write one sample as Space Ranger (>= 2.0) leaves it, under `root`/<sample>/: outs/ with
+    filtered_feature_bc_matrix.h5 (spots under tissue), spatial/tissue_positions.csv (every
+    spot, with header), scalefactors_json.json and the hires/lowres PNGs; the full-resolution
+    H&E beside outs/ as <sample>.tif (Space Ranger takes it as input and does not copy it)."""
+    from PIL import Image
+
+    root = Path(root) / sample
+    rgb, xy, rc, under, barcodes, counts, truth = simulate(sample, dataset, seed)
+    spatial = root / "outs" / "spatial"
+    write_svs(root / f"{sample}.tif", rgb, mpp=MPP, magnification=10)
+    write_10x_h5(root / "outs" / "filtered_feature_bc_matrix.h5", list(barcodes[under]), gene_names(), [],
+                 counts, np.zeros((len(counts), 0)))
+    positions = pd.DataFrame({"barcode": barcodes, "in_tissue": under.astype(int), "array_row": rc[:, 0],
+                              "array_col": rc[:, 1], "pxl_row_in_fullres": np.round(xy[:, 1]).astype(int),
+                              "pxl_col_in_fullres": np.round(xy[:, 0]).astype(int)})
+    with atomic_path(spatial / "tissue_positions.csv") as tmp:
+        positions.to_csv(tmp, index=False)
+    scale = {"hires": 2000 / max(SIZE), "lowres": 600 / max(SIZE)}
+    for name, f in scale.items():
+        with atomic_path(spatial / f"tissue_{name}_image.png") as tmp:
+            Image.fromarray(rgb).resize((round(SIZE[1] * f), round(SIZE[0] * f))).save(tmp)
+    factors = {"spot_diameter_fullres": SPOT_DIAMETER_UM / MPP, "fiducial_diameter_fullres": 89.5 / MPP,
+               "tissue_hires_scalef": scale["hires"], "tissue_lowres_scalef": scale["lowres"]}
+    with atomic_path(spatial / "scalefactors_json.json") as tmp:
+        tmp.write_text(json.dumps(factors))
+    write_truth(root / "truth.parquet", truth, barcodes[under])

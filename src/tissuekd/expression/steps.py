@@ -17,8 +17,10 @@ import pandas as pd
 
 from tissuekd.errors import InputError
 from tissuekd.expression.evaluate import dataset_table, gene_lists, score_fold
+from tissuekd.expression.pseudospots import read_pseudospots
 from tissuekd.io.atomic import atomic_path
 from tissuekd.io.hest import read_hest
+from tissuekd.io.visium import read_spaceranger
 
 log = logging.getLogger(__name__)
 TARGET_SUM = 1e4  # total counts per spot after normalisation, before log1p
@@ -28,19 +30,29 @@ TRAINED = ("cmrcnet", "contrastive")
 
 # ---- per sample ----------------------------------------------------------------------------
 
-def prepare_sample(fmt: str, st: str, metadata: str, image: str, out_spots: str, out_expression: str,
-                   out_sample: str, backend: str = "auto") -> None:
+def prepare_sample(fmt: str, image: str, out_spots: str, out_expression: str, out_sample: str, *,
+                   st: str | None = None, metadata: str | None = None, outs: str | None = None,
+                   cells: str | None = None, cell_counts: str | None = None, slide: str | None = None,
+                   name: str = "", pseudo_spots: dict | None = None, backend: str = "auto") -> None:
     """The rule expression_prepare: spots under tissue (barcode, x, y in level-0 px), their
-    expression normalised once (total counts to 1e4, then log1p; scanpy), and the sample's scale."""
+    expression normalised once (total counts to 1e4, then log1p; scanpy), and the sample's scale.
+    `fmt` "hest" reads `st` and `metadata`; "visium" reads Space Ranger's `outs` folder;
+    "xenium" pools a niche slide's ingested `cells` and `cell_counts` into pseudo-spots."""
     import scanpy as sc
 
-    if fmt != "hest":
-        raise InputError(st, f"unknown format {fmt!r} (this version reads: hest)")
-    sample = read_hest(st, metadata, image, backend)
+    if fmt == "hest":
+        sample = read_hest(st, metadata, image, backend)
+    elif fmt == "visium":
+        sample = read_spaceranger(outs, image, backend)
+    elif fmt == "xenium":
+        sample = read_pseudospots(cells, cell_counts, slide, name, **(pseudo_spots or {}))
+    else:
+        raise InputError(st or outs or image, f"unknown format {fmt!r} (known: hest, visium, xenium)")
     adata = ad.AnnData(sample.counts, obs=pd.DataFrame(index=sample.barcodes), var=pd.DataFrame(index=sample.genes))
     sc.pp.normalize_total(adata, target_sum=TARGET_SUM)
     sc.pp.log1p(adata)
-    log.info("%s: %d spots under tissue, %d genes, %.3f µm/px", st, adata.n_obs, adata.n_vars, sample.mpp)
+    log.info("%s: %d spots under tissue, %d genes, %.3f µm/px", st or outs or cells, adata.n_obs, adata.n_vars,
+             sample.mpp)
     with atomic_path(out_spots) as tmp:
         pd.DataFrame({"barcode": sample.barcodes, "x": sample.xy[:, 0], "y": sample.xy[:, 1]}).to_parquet(tmp)
     with atomic_path(out_expression) as tmp:

@@ -1,0 +1,86 @@
+"""Visium samples as Space Ranger leaves them: `outs/filtered_feature_bc_matrix.h5` (10x HDF5,
+read by scanpy), `outs/spatial/tissue_positions.csv` (Space Ranger >= 2.0, with a header) or
+`tissue_positions_list.csv` (older, without), columns barcode, in_tissue, array_row, array_col,
+pxl_row_in_fullres, pxl_col_in_fullres, and `outs/spatial/scalefactors_json.json`.
+
+The pixel size comes from the spot: Visium spots are 55 µm across and `spot_diameter_fullres`
+gives them in full-resolution pixels (HEST estimates it the same way).
+
+squidpy.read.visium reads the same files, but squidpy 1.8 requires imagecodecs < 2026 against
+this project's pinned imagecodecs 2026.3.6, and it needs the hires/lowres PNGs to place spots;
+the positions are read here directly, in both Space Ranger versions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from tissuekd.errors import InputError
+from tissuekd.io.hest import SpotSample, check_inside_image
+
+SPOT_DIAMETER_UM = 55.0
+POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
+
+
+def positions_file(outs: str | Path) -> Path:
+    spatial = Path(outs) / "spatial"
+    for name in ("tissue_positions.csv", "tissue_positions_list.csv"):
+        if (spatial / name).exists():
+            return spatial / name
+    raise InputError(spatial, "no tissue_positions.csv or tissue_positions_list.csv")
+
+
+def read_positions(path: Path) -> pd.DataFrame:
+    """Both layouts: with the Space Ranger 2.0 header, or the older headerless list."""
+    head = path.read_text().split("\n", 1)[0]
+    table = pd.read_csv(path, header=0 if head.startswith("barcode") else None)
+    if table.shape[1] != len(POSITION_COLUMNS):
+        raise InputError(path, f"expected {len(POSITION_COLUMNS)} columns {POSITION_COLUMNS}, got {table.shape[1]}")
+    table.columns = POSITION_COLUMNS
+    return table.set_index("barcode")
+
+
+def read_spaceranger(outs: str | Path, image: str | Path, backend: str = "auto") -> SpotSample:
+    """The spots of the filtered matrix that lie under tissue, with their full-resolution centres.
+
+    Raises
+    ------
+    InputError
+        Naming the file: no positions file, barcodes of the matrix without a position, no
+        spot diameter in the scale factors, or spot centres outside the image.
+    """
+    import scanpy as sc
+
+    outs = Path(outs)
+    matrix = outs / "filtered_feature_bc_matrix.h5"
+    try:
+        adata = sc.read_10x_h5(matrix, gex_only=True)
+    except (OSError, KeyError) as err:
+        raise InputError(matrix, f"not a readable 10x HDF5 matrix ({err})") from None
+    adata.var_names_make_unique()
+    pos_path = positions_file(outs)
+    positions = read_positions(pos_path)
+    missing = ~adata.obs_names.isin(positions.index)
+    if missing.any():
+        raise InputError(pos_path, f"{missing.sum()} barcodes of {matrix} have no position, "
+                                   f"e.g. {adata.obs_names[missing][:3].tolist()}")
+    positions = positions.loc[adata.obs_names]
+    keep = positions["in_tissue"].to_numpy() == 1
+    adata, positions = adata[keep], positions[keep]
+    if adata.n_obs == 0:
+        raise InputError(matrix, "no spots under tissue")
+    factors_path = outs / "spatial" / "scalefactors_json.json"
+    try:
+        diameter_px = float(json.loads(factors_path.read_text())["spot_diameter_fullres"])
+    except (OSError, KeyError, ValueError) as err:
+        raise InputError(factors_path, f"no spot_diameter_fullres ({err})") from None
+    xy = positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    check_inside_image(xy, image, pos_path, backend)
+    counts = sparse.csr_matrix(adata.X, dtype=np.float32)
+    return SpotSample(np.asarray(adata.obs_names, dtype=str), xy, counts, np.asarray(adata.var_names, dtype=str),
+                      SPOT_DIAMETER_UM / diameter_px, SPOT_DIAMETER_UM)

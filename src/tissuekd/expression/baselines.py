@@ -3,7 +3,8 @@
 - ridge: the HEST-benchmark's regression (mahmoodlab/HEST, hest/bench): StandardScaler -> PCA
   (256 components, fitted on the training spots) -> Ridge with alpha = 100 / (d · n_genes), d the
   PCA width, no intercept, solver lsqr; one fit per gene list, as the benchmark does.
-- knn: the mean expression of the k training spots nearest by cosine on the raw features.
+- knn: the mean expression of the k training spots nearest by cosine on the frozen features
+  (standardised with the training spots' statistics).
 - random: the mean of k training spots drawn at random per test spot: the floor (a constant
   prediction has no defined correlation).
 """
@@ -17,7 +18,7 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tissuekd.expression.retrieval import mean_of_neighbours, topk_cosine
+from tissuekd.expression.retrieval import mean_of_neighbours, retrieve
 
 PCA_DIM = 256
 
@@ -32,9 +33,9 @@ def ridge_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, 
     return model.fit(z_train, train_y).predict(z_test)
 
 
-def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int) -> np.ndarray:
-    index = topk_cosine(torch.from_numpy(test_x), torch.from_numpy(train_x), k).numpy()
-    return mean_of_neighbours(index, train_y)
+def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int, index: str = "auto",
+                nprobe: int = 32) -> np.ndarray:
+    return mean_of_neighbours(retrieve(torch.from_numpy(test_x), torch.from_numpy(train_x), k, index, nprobe), train_y)
 
 
 def random_predict(train_y: np.ndarray, n_test: int, k: int, seed: int = 0) -> np.ndarray:

@@ -178,7 +178,7 @@ def predict(method, x_train, z_train, y_train, x_test, z_test, genes, lists, set
 
     from tissuekd import compute
     from tissuekd.expression import baselines
-    from tissuekd.expression.retrieval import mean_of_neighbours, topk_cosine
+    from tissuekd.expression.retrieval import mean_of_neighbours, retrieve
     from tissuekd.expression.train import CMRCNetConfig, fit_cmrcnet
 
     cfg = CMRCNetConfig(**settings)
@@ -194,10 +194,10 @@ def predict(method, x_train, z_train, y_train, x_test, z_test, genes, lists, set
         with torch.no_grad():
             bank = model.embed_genes(torch.from_numpy(y_train).to(run.device))
             query = model.embed_image(torch.from_numpy(z_test).to(run.device))
-            index = topk_cosine(query, bank, cfg.top_k).cpu().numpy()
+            index = retrieve(query, bank, cfg.top_k, cfg.index, cfg.nprobe)
         return by_list(mean_of_neighbours(index, y_train)), {"state_dict": model.state_dict(), "config": asdict(cfg)}
     if method == "knn":
-        return by_list(baselines.knn_predict(z_train, y_train, z_test, cfg.top_k)), {}
+        return by_list(baselines.knn_predict(z_train, y_train, z_test, cfg.top_k, cfg.index, cfg.nprobe)), {}
     if method == "random":
         return by_list(baselines.random_predict(y_train, len(z_test), cfg.top_k, seed)), {}
     return {name: baselines.ridge_predict(x_train, y_train[:, [cols[g] for g in names]], x_test, seed)

@@ -28,6 +28,8 @@ class CMRCNetConfig:
     temperature: float = 1.0  # the paper's
     mask_ratio: float = 0.5  # the paper's
     top_k: int = 50  # training spots averaged per test spot (the paper: 50 and 500)
+    index: str = "auto"  # retrieval: exact, ivf (faiss), or auto (ivf above retrieval.AUTO_IVF_BANK spots)
+    nprobe: int = 32  # ivf lists visited per query
 
 
 def fit_cmrcnet(features: torch.Tensor, expression: torch.Tensor, cfg: CMRCNetConfig, *, reconstruct: bool = True,

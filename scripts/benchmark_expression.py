@@ -1,6 +1,5 @@
 # The expression study's tables: per dataset and across datasets (rule benchmark_expression).
-from tissuekd.expression.steps import write_benchmark
 from tissuekd.logs import run_logged
+from tissuekd.report.expression import write_expression_benchmark
 
-o = snakemake.output
-run_logged(snakemake.log[0], lambda: write_benchmark(list(snakemake.input), o.by_dataset, o.overall))
+run_logged(snakemake.log[0], lambda: write_expression_benchmark(list(snakemake.input), dict(snakemake.output.items())))

@@ -114,6 +114,13 @@ rule benchmark_expression:
             labels={"table": "Pearson r per dataset, method and gene list"},
         ),
         overall=f"{RESULTS}/benchmark/expression_overall.tsv",
+        html=report(
+            f"{RESULTS}/benchmark/expression_tables.html",
+            caption="../report/expression.rst",
+            category="Benchmark",
+            subcategory="Expression study",
+            labels={"table": "Pearson r per dataset and across datasets"},
+        ),
     log:
         f"{LOGS}/benchmark/expression.log",
     benchmark:

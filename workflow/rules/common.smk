@@ -276,6 +276,7 @@ def all_targets():
         targets += [f"{RESULTS}/segmentation/{dataset}/panel.png" for dataset in SEG_TRAIN]
     if EXPRESSION["enabled"]:
         targets += [f"{RESULTS}/benchmark/expression_by_dataset.tsv"]
+        targets += expand(f"{XDIR}/{{task}}/{{encoder}}/maps.png", task=EXPR_DATASETS, encoder=EXPRESSION_ENCODERS)
     if targets:
         targets.append(f"{RESULTS}/benchmark/runtime.tsv")
     return targets
@@ -813,6 +814,20 @@ def expression_summaries(wildcards):
     ]
 
 
+def expression_map_inputs(wildcards):
+    """The first method's predictions of every fold, and every sample's spots and expression."""
+    samples = expression_rows(wildcards.task)["sample"]
+    method = EXPRESSION["methods"][0]
+    return {
+        "predictions": [
+            f"{XDIR}/{wildcards.task}/{wildcards.encoder}/folds/{fold}/{method}/predictions.parquet"
+            for fold in expression_folds(wildcards.task)
+        ],
+        "spots": [f"{XDIR}/samples/{s}/spots.parquet" for s in samples],
+        "expression": [f"{XDIR}/samples/{s}/expression.h5ad" for s in samples],
+    }
+
+
 def expression_metrics():
     return expand(f"{XDIR}/{{task}}/{{encoder}}/metrics.tsv", task=EXPR_DATASETS, encoder=EXPRESSION_ENCODERS)
 
@@ -823,6 +838,9 @@ def expression_benchmarks():
         return []
     samples = list(EXPR_SAMPLES["sample"])
     files = expand(f"{BENCH}/expression/prepare/{{sample}}.tsv", sample=samples)
+    files += expand(
+        f"{BENCH}/expression/maps/{{encoder}}/{{task}}.tsv", encoder=EXPRESSION_ENCODERS, task=EXPR_DATASETS
+    )
     files += expand(
         f"{BENCH}/expression/features/{{encoder}}/{{sample}}.tsv", encoder=EXPRESSION_ENCODERS, sample=samples
     )

@@ -160,3 +160,31 @@ rule expression_evaluate:
         runtime=10,
     script:
         "../../scripts/expression_evaluate.py"
+
+
+rule expression_maps:
+    # measured beside predicted expression on the tissue, per test sample (the first trained method)
+    input:
+        unpack(expression_map_inputs),
+    output:
+        report(
+            f"{XDIR}/{{task}}/{{encoder}}/maps.png",
+            caption="../report/expression_maps.rst",
+            category="Expression study",
+            subcategory="{task}",
+            labels={"figure": "maps", "encoder": "{encoder}"},
+        ),
+    log:
+        f"{LOGS}/expression/maps/{{encoder}}/{{task}}.log",
+    benchmark:
+        f"{BENCH}/expression/maps/{{encoder}}/{{task}}.tsv"
+    conda:
+        "../../envs/scverse.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=10,
+    params:
+        method=EXPRESSION["methods"][0],
+        samples=lambda wildcards: list(expression_rows(wildcards.task)["sample"]),
+    script:
+        "../../scripts/expression_maps.py"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tissuekd.io.atomic import atomic_path
+
 N_LIST_GENES = 50  # HEG and HVG sizes (the HEST benchmark's 50)
 
 
@@ -77,3 +79,42 @@ def dataset_table(summaries: pd.DataFrame) -> pd.DataFrame:
                      "pcc_pooled_mean": pool["pcc_mean"].mean(), "pcc_pooled_sd": pool["pcc_mean"].std(),
                      "gene_gene_r_mean": part["gene_gene_r"].mean()})
     return pd.DataFrame(rows)
+
+
+def plot_maps(predictions: list[str], spots: dict[str, str], expressions: dict[str, str], method: str, out: str,
+              gene_list: str = "HVG", n_genes: int = 3, max_samples: int = 4) -> None:
+    """True and predicted expression side by side on the tissue, for the first `n_genes` genes of
+    each fold's `gene_list` (in the list's own order, chosen on training spots), one row per
+    test sample (at most `max_samples`)."""
+    import anndata as ad
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for path in predictions:
+        pred = pd.read_parquet(path)
+        genes = [c.split(":", 1)[1] for c in pred.columns if c.startswith(f"{gene_list}:")][:n_genes]
+        for sample, part in pred.groupby("sample", sort=True):
+            rows.append((sample, part, genes))
+    rows = rows[:max_samples]
+    fig, axes = plt.subplots(len(rows), 2 * n_genes, figsize=(2.6 * 2 * n_genes, 2.6 * len(rows)), squeeze=False)
+    for r, (sample, part, genes) in enumerate(rows):
+        xy = pd.read_parquet(spots[sample]).set_index("barcode").loc[part["barcode"], ["x", "y"]].to_numpy()
+        true = ad.read_h5ad(expressions[sample])[part["barcode"].to_numpy(), genes].X
+        true = true.toarray() if hasattr(true, "toarray") else np.asarray(true)
+        for g, gene in enumerate(genes):
+            pred = part[f"{gene_list}:{gene}"].to_numpy()
+            r_value = pearson_per_gene(true[:, [g]], pred[:, None])[0]
+            for c, (values, label) in enumerate(((true[:, g], "measured"), (pred, f"{method}, r = {r_value:.2f}"))):
+                ax = axes[r, 2 * g + c]
+                ax.scatter(xy[:, 0], xy[:, 1], c=values, s=6, cmap="viridis")
+                ax.set_title(f"{sample} {gene}\n{label}", fontsize=7)
+                ax.set_aspect("equal")
+                ax.invert_yaxis()
+                ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)

@@ -214,14 +214,3 @@ def evaluate_dataset(summaries: list[str], dataset: str, encoder: str, out: str)
     with atomic_path(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
 
-
-def write_benchmark(metrics: list[str], out_by_dataset: str, out_overall: str) -> None:
-    """The rule benchmark_expression: every dataset's table, and the mean (SD) over datasets."""
-    table = pd.concat([pd.read_csv(p, sep="\t") for p in metrics], ignore_index=True)
-    cols = ["pcc_per_sample_mean", "pcc_pooled_mean", "gene_gene_r_mean"]
-    overall = table.groupby(["encoder", "method", "gene_list"])[cols].agg(["mean", "std"])
-    overall.columns = [f"{a}_{'over_datasets' if b == 'mean' else 'sd_over_datasets'}" for a, b in overall.columns]
-    overall = overall.reset_index().assign(n_datasets=table["dataset"].nunique())
-    for frame, out in ((table, out_by_dataset), (overall, out_overall)):
-        with atomic_path(out) as tmp:
-            frame.to_csv(tmp, sep="\t", index=False, float_format="%.4f")

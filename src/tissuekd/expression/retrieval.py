@@ -17,11 +17,14 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 AUTO_IVF_BANK = 200_000  # index "auto": exact below this many training spots, IVF above
+SCORE_BUDGET = 2**26  # scores held at once by the exact search (256 MB of float32)
 
 
-def topk_cosine(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
-    """(Q, k) indices of the k rows of `bank` most cosine-similar to each query, best first."""
+def topk_cosine(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk: int | None = None) -> torch.Tensor:
+    """(Q, k) indices of the k rows of `bank` most cosine-similar to each query, best first.
+    Queries go in chunks of `chunk` (default: as many as SCORE_BUDGET scores allow)."""
     k = min(k, len(bank))
+    chunk = chunk or max(1, min(4096, SCORE_BUDGET // max(len(bank), 1)))
     bank = F.normalize(bank.float(), dim=-1)
     out = []
     for start in range(0, len(queries), chunk):

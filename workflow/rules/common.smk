@@ -714,10 +714,7 @@ def check_expression_sheet(sheet, path):
                         f"({NICHE['slides']}; the niche study must be enabled to ingest it)"
                     )
             elif not os.path.exists(value) and not made_by_demo(value):
-                raise WorkflowError(
-                    f"{path} line {row_no} (sample {row.sample}): column {column!r} names {value}, "
-                    "which does not exist"
-                )
+                raise WorkflowError(f"{where}: column {column!r} names {value}, which does not exist")
     patients = sheet.groupby("dataset")["patient"].nunique()
     if (patients < 2).any():
         raise WorkflowError(
@@ -833,21 +830,19 @@ def expression_metrics():
 
 
 def expression_benchmarks():
-    """Benchmark files of every expression job, for the runtime table."""
+    """Benchmark files of every expression job, for the runtime table (the rules' own patterns)."""
     if not EXPRESSION["enabled"]:
         return []
-    samples = list(EXPR_SAMPLES["sample"])
-    files = expand(f"{BENCH}/expression/prepare/{{sample}}.tsv", sample=samples)
-    files += expand(
-        f"{BENCH}/expression/maps/{{encoder}}/{{task}}.tsv", encoder=EXPRESSION_ENCODERS, task=EXPR_DATASETS
-    )
-    files += expand(
-        f"{BENCH}/expression/features/{{encoder}}/{{sample}}.tsv", encoder=EXPRESSION_ENCODERS, sample=samples
-    )
-    for task in EXPR_DATASETS:
+    bench = lambda rule: str(getattr(rules, rule).benchmark)  # noqa: E731
+    files = expand(bench("expression_prepare"), sample=EXPR_SAMPLES["sample"])
+    files += expand(bench("expression_features"), encoder=EXPRESSION_ENCODERS, sample=EXPR_SAMPLES["sample"])
+    files += expand(bench("expression_maps"), encoder=EXPRESSION_ENCODERS, task=EXPR_DATASETS)
+    files += expand(bench("expression_evaluate"), encoder=EXPRESSION_ENCODERS, task=EXPR_DATASETS)
+    for task in EXPR_DATASETS:  # expression_train and expression_baseline share one pattern
         files += expand(
-            f"{BENCH}/expression/fit/{{encoder}}/{task}/{{fold}}/{{method}}.tsv",
+            bench("expression_train"),
             encoder=EXPRESSION_ENCODERS,
+            task=task,
             fold=expression_folds(task),
             method=EXPRESSION["methods"],
         )

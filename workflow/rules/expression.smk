@@ -118,7 +118,8 @@ rule expression_baseline:
     params:
         fold=expression_fold_params,
         markers=lambda wildcards: EXPRESSION["markers"].get(wildcards.task, []),
-        settings=EXPRESSION["cmrcnet"],
+        # the retrieval settings only: CMRCNet's epochs do not rerun the baselines
+        settings={key: EXPRESSION["cmrcnet"][key] for key in ("top_k", "index", "nprobe")},
         seed=EXPRESSION["seed"],
     run:
         from tissuekd.expression.steps import fit_fold

@@ -11,11 +11,12 @@ from tissuekd.io.atomic import atomic_path
 N_LIST_GENES = 50  # HEG and HVG sizes (the HEST benchmark's 50)
 
 
-def gene_lists(train: np.ndarray, genes: np.ndarray, markers: list[str], n: int = N_LIST_GENES) -> dict[str, list[str]]:
-    """HEG (top n by mean), HVG (top n by variance) of the normalised training expression, and
-    the configured markers; chosen on training spots only. Ties break by gene order."""
-    order_mean = np.argsort(-train.mean(0), kind="stable")[:n]
-    order_var = np.argsort(-train.var(0), kind="stable")[:n]
+def gene_lists(mean: np.ndarray, var: np.ndarray, genes: np.ndarray, markers: list[str], n: int = N_LIST_GENES
+               ) -> dict[str, list[str]]:
+    """HEG (top n by mean), HVG (top n by variance) of the normalised training expression (per-gene
+    `mean` and `var` over training spots), and the configured markers. Ties break by gene order."""
+    order_mean = np.argsort(-mean, kind="stable")[:n]
+    order_var = np.argsort(-var, kind="stable")[:n]
     lists = {"HEG": [str(g) for g in genes[order_mean]], "HVG": [str(g) for g in genes[order_var]]}
     if markers:
         lists["markers"] = list(markers)

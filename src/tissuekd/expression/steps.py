@@ -120,6 +120,20 @@ def dense(adatas: list[ad.AnnData], genes: list[str], paths: list[str]) -> np.nd
     return np.concatenate(out)
 
 
+def gene_moments(adatas: list[ad.AnnData], genes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and variance over every spot of the samples, from sums of x and x² taken
+    sample by sample on the sparse matrices: no dense spots x all-genes matrix."""
+    total, squares, n = np.zeros(len(genes)), np.zeros(len(genes)), 0
+    for adata in adatas:
+        x = adata[:, genes].X
+        total += np.asarray(x.sum(0), dtype=np.float64).ravel()
+        squares += np.asarray(x.multiply(x).sum(0) if hasattr(x, "multiply") else (x * x).sum(0),
+                              dtype=np.float64).ravel()
+        n += adata.n_obs
+    mean = total / n
+    return mean, squares / n - mean**2
+
+
 def fit_fold(method: str, fold: str, samples: list[str], patients: list[str], features: list[str],
              expressions: list[str], markers: list[str], settings: dict, out_predictions: str, out_pcc: str,
              out_summary: str, out_model: str | None = None, seed: int = 0, device: str = "auto",
@@ -139,8 +153,7 @@ def fit_fold(method: str, fold: str, samples: list[str], patients: list[str], fe
     x_train, ad_train, _ = load_samples(*train_args)
     x_test, ad_test, owner = load_samples(*[pick(xs, test_idx) for xs in (samples, features, expressions)])
     common = sorted(set.intersection(*(set(a.var_names) for a in ad_train)))
-    universe = dense(ad_train, common, pick(expressions, train_idx))
-    lists = gene_lists(universe, np.array(common), markers)
+    lists = gene_lists(*gene_moments(ad_train, common), np.array(common), markers)
     genes = sorted({g for names in lists.values() for g in names})
     y_train = dense(ad_train, genes, pick(expressions, train_idx))
     y_test = pd.DataFrame(dense(ad_test, genes, pick(expressions, test_idx)), columns=genes)

@@ -70,8 +70,8 @@ def load_encoders(names, key):
                 f"config {key}: unknown encoder {name!r}; define it under `encoders:` "
                 f"(defined: {sorted(config['encoders'])})"
             )
-        try:
-            spec = EncoderSpec.from_config(name, config["encoders"][name])
+        try:  # a job's own process (a cluster job) skips the timm lookup: its main process did it
+            spec = EncoderSpec.from_config(name, config["encoders"][name], check_arch=workflow.is_main_process)
         except InputError as err:
             raise WorkflowError(str(err)) from None
         if spec.weights != "random" and not os.path.exists(spec.weights):

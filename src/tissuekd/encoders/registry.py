@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from tissuekd.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and timm are imported inside the functions that build models: this module is read when
+# Snakemake parses the workflow, in every run, dry run and cluster job (the two imports: ~4.5 s)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -23,6 +27,7 @@ def _uni2h_kwargs() -> dict[str, Any]:
     """UNI2-h as published (MahmoodLab): ViT-giant layout, patch 14, 24 blocks, 1536-d,
     8 register tokens, SwiGLU MLP, layer scale; ImageNet normalisation, 0.5 um/px."""
     import timm
+    import torch
 
     return {
         "img_size": 224,
@@ -61,8 +66,10 @@ class EncoderSpec:
     std: tuple = IMAGENET_STD
 
     @classmethod
-    def from_config(cls, name: str, entry: dict) -> EncoderSpec:
-        """Build from one `encoders:` entry; unknown presets or timm names fail here, naming the key."""
+    def from_config(cls, name: str, entry: dict, check_arch: bool = True) -> EncoderSpec:
+        """Build from one `encoders:` entry; unknown presets or timm names fail here, naming the key
+        (`check_arch=False` skips the timm lookup, which imports timm: for processes that only
+        run jobs of a workflow whose main process has checked the names)."""
         where = f"config encoders.{name}"
         preset = entry.get("preset")
         if preset is not None:
@@ -73,7 +80,7 @@ class EncoderSpec:
             arch, mpp = entry.get("model"), entry.get("mpp")
             if not arch:
                 raise InputError(where, "needs `model` (a timm name) or `preset`")
-            if not _is_timm_model(arch):
+            if check_arch and not _is_timm_model(arch):
                 raise InputError(where, f"unknown encoder {arch!r}: not a timm model name")
         weights = entry.get("weights")
         if not weights:
@@ -101,6 +108,7 @@ def _is_timm_model(arch: str) -> bool:
 def create_model(spec: EncoderSpec) -> torch.nn.Module:
     """The architecture with seeded random weights (no download: pretrained=False)."""
     import timm
+    import torch
 
     kwargs = dict(PRESETS[spec.preset][1]() if spec.preset else {})
     kwargs.update(spec.kwargs)
@@ -118,6 +126,8 @@ def require_weights(path: str | Path, arch: str) -> Path:
 
 def load_weights(model: torch.nn.Module, path: str | Path, arch: str) -> None:
     """Load a local state dict strictly; any missing, extra or mis-shaped tensor is an error."""
+    import torch
+
     path = require_weights(path, arch)
     try:
         if path.suffix == ".safetensors":

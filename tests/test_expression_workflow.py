@@ -14,9 +14,9 @@ pytestmark = pytest.mark.workflow
 METHODS = {"cmrcnet", "contrastive", "ridge", "knn", "random"}
 
 
-# CMRCNet's epochs halved for CI time (the shipped demo: 20 + 20). Measured 2026-12-02, HVG r
-# at 10 + 10, cmrcnet / contrastive / ridge / knn / random: COAD .639 / .635 / .516 / .611 /
-# .017, IDC .646 / .657 / .566 / .615 / .002, LUAD .565 / .562 / .495 / .561 / .005.
+# CMRCNet's epochs halved for CI time (the shipped demo: 20 + 20). Measured 2026-12-02 (fp32,
+# AVX2 kernels), HVG r at 10 + 10, cmrcnet / contrastive / ridge / knn / random: COAD .648 / .643
+# / .527 / .611 / .017, IDC .653 / .658 / .572 / .616 / .002, LUAD .571 / .562 / .512 / .561 / .005.
 FAST = {"stage1_epochs": 10, "stage2_epochs": 10, "top_k": 50}
 
 

@@ -5,6 +5,8 @@ XFOLD = f"{XDIR}/{{task}}/{{encoder}}/folds/{{fold}}/{{method}}"
 
 
 rule expression_prepare:
+    # run: inside Snakemake's process, as survival_patches: a sample takes a second or two,
+    # starting Python and importing scanpy took five
     input:
         unpack(expression_sample_inputs),
     output:
@@ -25,11 +27,34 @@ rule expression_prepare:
         format=expression_value("format"),
         pseudo_spots=EXPRESSION["pseudo_spots"],
         wsi_backend=EXPRESSION["wsi_backend"],
-    script:
-        "../../scripts/expression_prepare.py"
+    run:
+        from tissuekd.expression.steps import prepare_sample
+        from tissuekd.logs import run_in_process
+
+        run_in_process(
+            log[0],
+            lambda: prepare_sample(
+                params.format,
+                input.image,
+                output.spots,
+                output.expression,
+                output.sample,
+                st=input.get("st"),
+                metadata=input.get("metadata"),
+                outs=str(Path(input.matrix).parent) if "matrix" in input.keys() else None,
+                cells=input.get("cells"),
+                cell_counts=input.get("cell_counts"),
+                slide=input.get("slide"),
+                name=wildcards.sample,
+                pseudo_spots=params.pseudo_spots,
+                backend=params.wsi_backend,
+            ),
+        )
 
 
 rule expression_features:
+    # run: inside Snakemake's process, as survival_features: a demo sample's spots take a second,
+    # starting Python and building the encoder took ten (a cluster job still runs alone)
     input:
         spots=rules.expression_prepare.output.spots,
         sample=rules.expression_prepare.output.sample,
@@ -42,7 +67,7 @@ rule expression_features:
         f"{BENCH}/expression/features/{{encoder}}/{{sample}}.tsv"
     conda:
         "../../envs/torch-gpu.yaml"
-    threads: 1
+    threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
         runtime=lambda wildcards, attempt: 30 * attempt,
@@ -54,8 +79,29 @@ rule expression_features:
         device=config["device"],
         precision=encoder_precision,
         wsi_backend=EXPRESSION["wsi_backend"],
-    script:
-        "../../scripts/expression_features.py"
+    run:
+        from tissuekd.expression.steps import extract_spot_features
+        from tissuekd.logs import run_in_process
+
+        run_in_process(
+            log[0],
+            lambda: extract_spot_features(
+                input.spots,
+                input.sample,
+                input.image,
+                params.encoder,
+                output[0],
+                crop_px=params.crop_px,
+                batch_size=params.batch_size,
+                device=params.device,
+                precision=params.precision,
+                threads=threads,
+                backend=params.wsi_backend,
+                progress=False,
+                reuse_encoder=True,
+            ),
+            exclusive=True,  # torch's thread count and the encoder cache are the process's
+        )
 
 
 rule expression_train:

@@ -64,20 +64,22 @@ def prepare_sample(fmt: str, image: str, out_spots: str, out_expression: str, ou
 
 def extract_spot_features(spots: str, sample: str, image: str, spec, out: str, *, crop_px: int = 224,
                           batch_size: int = 64, device: str = "auto", precision: str = "auto",
-                          threads: int | None = None, backend: str = "auto", progress: bool = True) -> None:
+                          threads: int | None = None, backend: str = "auto", progress: bool = True,
+                          reuse_encoder: bool = False) -> None:
     """The rule expression_features: one patch per spot, centred on it, cut at the encoder's
     resolution (112 µm at 224 px and 0.5 µm/px, the HEST protocol) by the shared block crop
-    reader; written as `features`, `coords` (spot centres, level-0 px) and `barcode`."""
+    reader; written as `features`, `coords` (spot centres, level-0 px) and `barcode`.
+    `reuse_encoder` builds the encoder once per process (jobs run inside Snakemake's)."""
     from tissuekd import compute
     from tissuekd.encoders.extract import Encoder, write_features
-    from tissuekd.encoders.registry import build_encoder
+    from tissuekd.encoders.registry import build_encoder, cached_encoder
     from tissuekd.io.wsi import open_slide
     from tissuekd.spatial.crops import CropBatches, CropGeometry, crop_loader, default_workers
 
     table = pd.read_parquet(spots)
     mpp = json.loads(Path(sample).read_text())["mpp"]
     run = compute.resolve(device, precision, threads)
-    encoder = Encoder(build_encoder(spec), spec, run)
+    encoder = Encoder((cached_encoder if reuse_encoder else build_encoder)(spec), spec, run)
     centers = table[["x", "y"]].to_numpy()
     with open_slide(image, backend) as slide:
         geometry = CropGeometry.for_slide(slide, mpp, spec.mpp, crop_px)

@@ -92,6 +92,27 @@ def test_a_dataset_with_one_patient_stops_before_any_job(tmp_path):
     assert "two patients per dataset at least; dataset(s) ['IDC'] have one" in result.stdout + result.stderr
 
 
+def test_a_hest_patch_file_replaces_the_image_as_the_features_input(tmp_path):
+    """A sheet's `patches` file is what expression_features reads instead of the image
+    (tests/test_expression.py checks its features); a missing one is named before any job."""
+    workdir = expression_workdir(tmp_path)
+    sheet = pd.read_csv(workdir / "config/expression_samples.tsv", sep="\t")
+    (tmp_path / "IDC_P1.h5").write_bytes(b"")
+    sheet["patches"] = ""
+    sheet.loc[sheet["sample"] == "IDC_P1", "patches"] = str(tmp_path / "IDC_P1.h5")
+    sheet.to_csv(workdir / "config/expression_samples.tsv", sep="\t", index=False)
+    out = snakemake("-n", "--until", "expression_features", cwd=workdir).stdout
+    features = [block for block in out.split("\n\n") if "rule expression_features:" in block]
+    p1 = [block for block in features if "sample=IDC_P1\n" in block + "\n"]
+    assert len(features) == 7 and len(p1) == 1, out[-3000:]
+    assert str(tmp_path / "IDC_P1.h5") in p1[0] and "IDC_P1.tif" not in p1[0]
+    (tmp_path / "IDC_P1.h5").unlink()
+    result = snakemake("-n", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert f"(sample IDC_P1): column 'patches' names {tmp_path / 'IDC_P1.h5'}, which does not exist" in (
+        result.stdout + result.stderr)
+
+
 def test_pseudo_spots_need_their_niche_slide(tmp_path):
     workdir = make_workdir(tmp_path, studies=("expression",))
     result = snakemake("-n", cwd=workdir, check=False)

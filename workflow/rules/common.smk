@@ -715,6 +715,15 @@ def check_expression_sheet(sheet, path):
                     )
             elif not os.path.exists(value) and not made_by_demo(value):
                 raise WorkflowError(f"{where}: column {column!r} names {value}, which does not exist")
+        patches = getattr(row, "patches", "")
+        if patches and row.format != "hest":
+            raise WorkflowError(
+                f"{path} line {row_no} (sample {row.sample}): a patches file is read for format hest only"
+            )
+        if patches and not os.path.exists(patches):
+            raise WorkflowError(
+                f"{path} line {row_no} (sample {row.sample}): column 'patches' names {patches}, which does not exist"
+            )
     patients = sheet.groupby("dataset")["patient"].nunique()
     if (patients < 2).any():
         raise WorkflowError(
@@ -766,6 +775,15 @@ def expression_sample_inputs(wildcards):
         "positions": str(positions),
         "scalefactors": str(spatial / "scalefactors_json.json"),
     }
+
+
+def expression_feature_inputs(wildcards):
+    """Spots and scale of the sample, and what the patches come from: the release's patch file
+    where the sheet names one, else the H&E."""
+    prepared = f"{XDIR}/samples/{wildcards.sample}"
+    source = EXPR_SAMPLES.loc[wildcards.sample].get("patches") or ""
+    patches = {"patches": source} if source else {"image": expression_image(wildcards)}
+    return {"spots": f"{prepared}/spots.parquet", "sample": f"{prepared}/sample.json", **patches}
 
 
 def expression_input_mb(input):

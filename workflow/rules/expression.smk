@@ -56,9 +56,7 @@ rule expression_features:
     # run: inside Snakemake's process, as survival_features: a demo sample's spots take a second,
     # starting Python and building the encoder took ten (a cluster job still runs alone)
     input:
-        spots=rules.expression_prepare.output.spots,
-        sample=rules.expression_prepare.output.sample,
-        image=expression_image,
+        unpack(expression_feature_inputs),
     output:
         ensure(f"{XDIR}/features/{{encoder}}/{{sample}}.h5", non_empty=True),
     log:
@@ -79,6 +77,7 @@ rule expression_features:
         device=config["device"],
         precision=encoder_precision,
         wsi_backend=EXPRESSION["wsi_backend"],
+        patch_mpp=EXPRESSION["patch_mpp"],
     run:
         from tissuekd.expression.steps import extract_spot_features
         from tissuekd.logs import run_in_process
@@ -88,7 +87,7 @@ rule expression_features:
             lambda: extract_spot_features(
                 input.spots,
                 input.sample,
-                input.image,
+                input.get("image"),
                 params.encoder,
                 output[0],
                 crop_px=params.crop_px,
@@ -99,6 +98,8 @@ rule expression_features:
                 backend=params.wsi_backend,
                 progress=False,
                 reuse_encoder=True,
+                patches=input.get("patches"),
+                patch_mpp=params.patch_mpp,
             ),
             exclusive=True,  # torch's thread count and the encoder cache are the process's
         )

@@ -19,7 +19,7 @@ from tissuekd.errors import InputError
 from tissuekd.expression.evaluate import dataset_table, gene_lists, score_fold
 from tissuekd.expression.pseudospots import read_pseudospots
 from tissuekd.io.atomic import atomic_path
-from tissuekd.io.hest import read_hest
+from tissuekd.io.hest import HEST_PATCH_MPP, StoredPatchBatches, read_hest, read_patch_index
 from tissuekd.io.visium import read_spaceranger
 
 log = logging.getLogger(__name__)
@@ -62,32 +62,66 @@ def prepare_sample(fmt: str, image: str, out_spots: str, out_expression: str, ou
                                    "n_spots": int(adata.n_obs), "n_genes": int(adata.n_vars)}))
 
 
-def extract_spot_features(spots: str, sample: str, image: str, spec, out: str, *, crop_px: int = 224,
+def extract_spot_features(spots: str, sample: str, image: str | None, spec, out: str, *, crop_px: int = 224,
                           batch_size: int = 64, device: str = "auto", precision: str = "auto",
                           threads: int | None = None, backend: str = "auto", progress: bool = True,
-                          reuse_encoder: bool = False) -> None:
+                          reuse_encoder: bool = False, patches: str | None = None,
+                          patch_mpp: float = HEST_PATCH_MPP) -> None:
     """The rule expression_features: one patch per spot, centred on it, cut at the encoder's
     resolution (112 µm at 224 px and 0.5 µm/px, the HEST protocol) by the shared block crop
     reader; written as `features`, `coords` (spot centres, level-0 px) and `barcode`.
-    `reuse_encoder` builds the encoder once per process (jobs run inside Snakemake's)."""
+    `patches` (a HEST patch file) encodes the release's own patches instead, resized to the
+    encoder's input; spots without a patch there are left out (logged). `reuse_encoder` builds
+    the encoder once per process (jobs run inside Snakemake's)."""
     from tissuekd import compute
     from tissuekd.encoders.extract import Encoder, write_features
     from tissuekd.encoders.registry import build_encoder, cached_encoder
+
+    run = compute.resolve(device, precision, threads)
+    table = pd.read_parquet(spots)
+    mpp = json.loads(Path(sample).read_text())["mpp"]
+    attrs = {"encoder": spec.name, "arch": spec.arch, "mpp": spec.mpp, "crop_px": crop_px, "he_mpp": mpp,
+             "coords": "spot centres, level-0 pixels (x, y)"}
+    if patches:
+        table, batches = stored_patches(patches, table, spec, crop_px, patch_mpp, batch_size)
+        attrs["patches"] = str(patches)
+    else:
+        batches, attrs["level"] = cut_patches(image, table, spec, crop_px, mpp, batch_size, backend, run.device)
+    encoder = Encoder((cached_encoder if reuse_encoder else build_encoder)(spec), spec, run)
+    write_features(out, batches, encoder, table[["x", "y"]].to_numpy().astype("f4"),
+                   {**attrs, "precision": run.precision}, progress, extra={"barcode": table["barcode"].to_numpy()})
+
+
+def cut_patches(image: str, table: pd.DataFrame, spec, crop_px: int, mpp: float, batch_size: int, backend: str,
+                device):
+    """Batches of patches cut from the slide around each spot, and the pyramid level read."""
     from tissuekd.io.wsi import open_slide
     from tissuekd.spatial.crops import CropBatches, CropGeometry, crop_loader, default_workers
 
-    table = pd.read_parquet(spots)
-    mpp = json.loads(Path(sample).read_text())["mpp"]
-    run = compute.resolve(device, precision, threads)
-    encoder = Encoder((cached_encoder if reuse_encoder else build_encoder)(spec), spec, run)
-    centers = table[["x", "y"]].to_numpy()
     with open_slide(image, backend) as slide:
         geometry = CropGeometry.for_slide(slide, mpp, spec.mpp, crop_px)
-    batches = crop_loader(CropBatches(image, backend, centers, geometry, batch_size), default_workers(run.device))
-    attrs = {"encoder": spec.name, "arch": spec.arch, "mpp": spec.mpp, "crop_px": crop_px, "he_mpp": mpp,
-             "level": geometry.level, "precision": run.precision, "coords": "spot centres, level-0 pixels (x, y)"}
-    write_features(out, batches, encoder, centers.astype("f4"), attrs, progress,
-                   extra={"barcode": table["barcode"].to_numpy()})
+    batches = CropBatches(image, backend, table[["x", "y"]].to_numpy(), geometry, batch_size)
+    return crop_loader(batches, default_workers(device)), geometry.level
+
+
+def stored_patches(path: str, table: pd.DataFrame, spec, crop_px: int, patch_mpp: float, batch_size: int):
+    """The spots that have a patch in the HEST patch file, and batches of their patches; the
+    patches must span what the encoder reads (within 5%)."""
+    barcodes, side = read_patch_index(path)
+    span, wanted = side * patch_mpp, crop_px * spec.mpp
+    if abs(span - wanted) > 0.05 * wanted:
+        raise InputError(path, f"its patches span {span:g} µm ({side} px at {patch_mpp:g} µm/px) but encoder "
+                               f"{spec.name} reads {wanted:g} µm ({crop_px} px at {spec.mpp:g} µm/px): set "
+                               "expression.patch_mpp to the patches' scale, or leave the sheet's patches column "
+                               "empty to cut patches from the image")
+    where = pd.Index(barcodes).get_indexer(table["barcode"])
+    if (where < 0).all():
+        raise InputError(path, f"none of its {len(barcodes)} barcodes is a spot of the sample "
+                               f"(e.g. {barcodes[:2].tolist()} vs {table['barcode'].head(2).tolist()})")
+    if (where < 0).any():
+        log.info("%s: %d of %d spots have no patch there and are left out", path, (where < 0).sum(), len(table))
+    kept = table[where >= 0].reset_index(drop=True)
+    return kept, StoredPatchBatches(path, where[where >= 0], crop_px, batch_size)
 
 
 # ---- per fold ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
+import h5py
 import numpy as np
 from scipy import sparse
 
@@ -89,3 +90,67 @@ def check_inside_image(xy: np.ndarray, image: str | Path, where: str | Path, bac
     if outside.any():
         raise InputError(where, f"{outside.sum()} of {len(xy)} spot centres lie outside the image {image} "
                                 f"({width} x {height} px), e.g. {xy[outside][0].round(1).tolist()}")
+
+
+# ---- patches/<id>.h5: the release's patches, cut around each spot ----------------------------
+
+HEST_PATCH_MPP = 0.5  # µm per pixel of the releases' patches (224 px: the 112 µm of the HEST protocol)
+
+
+def read_patch_index(path: str | Path) -> tuple[np.ndarray, int]:
+    """Barcodes (one per patch, in file order) and side in pixels of a HEST patch file: `img`
+    (patches, side, side, 3) uint8, `barcode` ((patches,) or (patches, 1) strings), `coords`.
+
+    Raises
+    ------
+    InputError
+        Naming the file: not HDF5, no `img` or `barcode`, `img` of another shape or type,
+        barcode and image counts that differ, or a barcode twice.
+    """
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as err:
+        raise InputError(path, f"not a readable HDF5 file ({err})") from None
+    with h5:
+        for key in ("img", "barcode"):
+            if key not in h5:
+                raise InputError(path, f"no `{key}` dataset (a HEST patch file holds img, barcode and coords)")
+        img = h5["img"]
+        if img.ndim != 4 or img.shape[3] != 3 or img.shape[1] != img.shape[2] or img.dtype != np.uint8:
+            raise InputError(path, f"`img` must be square uint8 RGB patches (n, side, side, 3), got {img.dtype} "
+                                   f"{img.shape}")
+        raw = h5["barcode"][:].reshape(-1)
+        if len(raw) != img.shape[0]:
+            raise InputError(path, f"{len(raw)} barcodes for {img.shape[0]} patches")
+        side = int(img.shape[1])
+    barcodes = np.array([b.decode() if isinstance(b, bytes) else str(b) for b in raw])
+    unique, counts = np.unique(barcodes, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(path, f"duplicate barcodes, e.g. {unique[counts > 1][:3].tolist()}")
+    return barcodes, side
+
+
+class StoredPatchBatches:
+    """Batches (rows, uint8 (B, 3, px, px)) of stored patches, resized to `px` (antialiased
+    bilinear): rows index `order`, the patch file's index of each output row."""
+
+    def __init__(self, path: str | Path, order: np.ndarray, px: int, batch_size: int = 64):
+        self.path, self.order, self.px, self.batch_size = path, np.asarray(order), px, batch_size
+
+    def __iter__(self):
+        import torch
+        import torch.nn.functional as F
+
+        with h5py.File(self.path, "r") as h5:
+            img = h5["img"]
+            for start in range(0, len(self.order), self.batch_size):
+                rows = np.arange(start, min(start + self.batch_size, len(self.order)))
+                index = self.order[rows]
+                by_file = np.argsort(index)  # h5py reads increasing indices only
+                crops = np.empty((len(rows), *img.shape[1:]), np.uint8)
+                crops[by_file] = img[index[by_file]]
+                x = torch.from_numpy(crops).permute(0, 3, 1, 2)
+                if x.shape[-1] != self.px:
+                    x = F.interpolate(x.float(), size=(self.px, self.px), mode="bilinear", antialias=True,
+                                      align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+                yield rows, x.contiguous()

@@ -128,7 +128,11 @@ def make_workdir(tmp_path: Path, slides=("breast", "colon"), cells: int | None =
 
 def planned_jobs(workdir: Path, *extra: str) -> dict[str, int]:
     """Job counts from a dry run's own summary table."""
-    out = snakemake("-n", "--cores", "1", *extra, cwd=workdir).stdout
+    return job_stats(snakemake("-n", "--cores", "1", *extra, cwd=workdir).stdout)
+
+
+def job_stats(out: str) -> dict[str, int]:
+    """Job counts from a dry run's output (its summary table)."""
     table = out.split("Job stats:")[1].split("total")[0]
     return {parts[0]: int(parts[1]) for line in table.splitlines() if len(parts := line.split()) == 2
             and parts[1].isdigit()}

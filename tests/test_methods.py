@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, make_workdir, planned_jobs, snakemake
+from conftest import REPO, job_stats, make_workdir, planned_jobs, snakemake
 
 from tissuekd.errors import InputError
 from tissuekd.niche import methods as niche_methods
@@ -34,13 +34,6 @@ SDIR = "results/survival/demo_tcga/demo-mobilenet-224"
 def job_blocks(out: str, rule: str) -> list[str]:
     """The dry run's job descriptions of `rule`."""
     return [block for block in out.split("\n\n") if f"rule {rule}:" in block]
-
-
-def job_stats(out: str) -> dict[str, int]:
-    """Job counts from a dry run's summary table (as conftest.planned_jobs)."""
-    table = out.split("Job stats:")[1].split("total")[0]
-    return {parts[0]: int(parts[1]) for line in table.splitlines() if len(parts := line.split()) == 2
-            and parts[1].isdigit()}
 
 
 def field(block: str, name: str) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, make_workdir, planned_jobs, snakemake
+from conftest import REPO, job_stats, make_workdir, planned_jobs, snakemake
 
 from tissuekd.niche.methods import METHODS
 
@@ -37,10 +37,10 @@ def run_copy(demo_run, tmp_path) -> Path:
 
 
 def dry_run_slides(workdir: Path, *extra: str) -> tuple[dict[str, int], set[str]]:
-    """Planned job counts, and the slides named in the planned jobs' wildcards."""
+    """Planned job counts, and the slides named in the planned jobs' wildcards (one dry run)."""
     out = snakemake("-n", "--cores", "1", *extra, cwd=workdir).stdout
     slides = {line.split("slide=")[1].split(",")[0].strip() for line in out.splitlines() if "slide=" in line}
-    return planned_jobs(workdir, *extra), slides
+    return job_stats(out), slides
 
 
 def test_touched_but_unchanged_inputs_rerun_nothing(run_copy):
@@ -52,12 +52,15 @@ def test_touched_but_unchanged_inputs_rerun_nothing(run_copy):
     assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
 
 
-def planned_resources(workdir: Path, rule: str, slide: str, *extra: str) -> dict[str, str]:
-    """The resources a dry run lists for `rule`'s job on `slide`."""
-    out = snakemake("-n", "--cores", "1", *extra, cwd=workdir).stdout
-    block = next(b for b in out.split("\n\n") if f"rule {rule}:" in b and f"slide={slide}" in b)
-    line = next(ln for ln in block.splitlines() if ln.strip().startswith("resources:"))
-    return dict(item.strip().split("=", 1) for item in line.split(":", 1)[1].split(","))
+def planned_resources(workdir: Path, rules: tuple[str, ...], slide: str) -> dict[str, dict[str, str]]:
+    """The resources a dry run forcing `rules` lists for each one's job on `slide`."""
+    out = snakemake("-n", "--cores", "1", "--forcerun", *rules, cwd=workdir).stdout
+    planned = {}
+    for rule in rules:
+        block = next(b for b in out.split("\n\n") if f"rule {rule}:" in b and f"slide={slide}" in b)
+        line = next(ln for ln in block.splitlines() if ln.strip().startswith("resources:"))
+        planned[rule] = dict(item.strip().split("=", 1) for item in line.split(":", 1)[1].split(","))
+    return planned
 
 
 def test_resources_follow_the_slides_cell_count(run_copy):
@@ -65,10 +68,10 @@ def test_resources_follow_the_slides_cell_count(run_copy):
     cells_path = run_copy / "results" / "niche" / "breast_demo" / "cells.parquet"
     cells = pd.read_parquet(cells_path)
     rules = ("niche_radius", "niche_student")
-    small = {r: planned_resources(run_copy, r, "breast_demo", "--forcerun", r) for r in rules}
+    small = planned_resources(run_copy, rules, "breast_demo")
     big = pd.concat([cells.assign(cell_id=cells["cell_id"] + f"_{i}") for i in range(10)], ignore_index=True)
     big.to_parquet(cells_path)
-    large = {r: planned_resources(run_copy, r, "breast_demo", "--forcerun", r) for r in rules}
+    large = planned_resources(run_copy, rules, "breast_demo")
     for rule in small:
         assert int(large[rule]["mem_mb"]) > int(small[rule]["mem_mb"]), (rule, small[rule], large[rule])
         assert int(large[rule]["runtime"]) >= int(small[rule]["runtime"])

@@ -62,6 +62,9 @@ def check_bundle(bundle, where):
             raise WorkflowError(f"{where}: the Xenium bundle {bundle} has no {' or '.join(names)}")
 
 
+TIMM_NAMES = ".snakemake/tissuekd/timm_models.txt"  # names timm knew, per version: dry runs skip the import
+
+
 def load_encoders(names, key):
     specs = {}
     for name in names:
@@ -71,7 +74,9 @@ def load_encoders(names, key):
                 f"(defined: {sorted(config['encoders'])})"
             )
         try:  # a job's own process (a cluster job) skips the timm lookup: its main process did it
-            spec = EncoderSpec.from_config(name, config["encoders"][name], check_arch=workflow.is_main_process)
+            spec = EncoderSpec.from_config(
+                name, config["encoders"][name], check_arch=workflow.is_main_process, cache=TIMM_NAMES
+            )
         except InputError as err:
             raise WorkflowError(str(err)) from None
         if spec.weights != "random" and not os.path.exists(spec.weights):

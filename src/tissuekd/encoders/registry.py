@@ -66,10 +66,12 @@ class EncoderSpec:
     std: tuple = IMAGENET_STD
 
     @classmethod
-    def from_config(cls, name: str, entry: dict, check_arch: bool = True) -> EncoderSpec:
+    def from_config(cls, name: str, entry: dict, check_arch: bool = True,
+                    cache: str | Path | None = None) -> EncoderSpec:
         """Build from one `encoders:` entry; unknown presets or timm names fail here, naming the key
         (`check_arch=False` skips the timm lookup, which imports timm: for processes that only
-        run jobs of a workflow whose main process has checked the names)."""
+        run jobs of a workflow whose main process has checked the names; `cache`, a file of the
+        names found before, per timm version, spares the import when the name is there)."""
         where = f"config encoders.{name}"
         preset = entry.get("preset")
         if preset is not None:
@@ -80,7 +82,7 @@ class EncoderSpec:
             arch, mpp = entry.get("model"), entry.get("mpp")
             if not arch:
                 raise InputError(where, "needs `model` (a timm name) or `preset`")
-            if check_arch and not _is_timm_model(arch):
+            if check_arch and not _is_timm_model(arch, cache):
                 raise InputError(where, f"unknown encoder {arch!r}: not a timm model name")
         weights = entry.get("weights")
         if not weights:
@@ -99,10 +101,26 @@ class EncoderSpec:
         )
 
 
-def _is_timm_model(arch: str) -> bool:
+def _is_timm_model(arch: str, cache: str | Path | None = None) -> bool:
+    """Whether timm knows `arch`; names found are added to `cache` (keyed by timm's version), so
+    the next check of the same name does not import timm and torch (~4 s)."""
+    from importlib.metadata import version
+
+    key = f"timm {version('timm')} {arch}"
+    cache = Path(cache) if cache else None
+    if cache and cache.is_file() and key in cache.read_text().splitlines():
+        return True
     import timm
 
-    return timm.is_model(arch) or bool(timm.list_models(arch))
+    known = timm.is_model(arch) or bool(timm.list_models(arch))
+    if known and cache:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with cache.open("a") as f:
+                f.write(key + "\n")
+        except OSError:  # a read-only working directory: no cache, same answer
+            pass
+    return known
 
 
 def create_model(spec: EncoderSpec) -> torch.nn.Module:

@@ -85,3 +85,16 @@ def test_timm_names_found_are_cached_per_timm_version(tmp_path, monkeypatch):
     cache.write_text("timm 0.0.1 mobilenetv3_small_050\n")  # another timm version's entry does not count
     with pytest.raises(ImportError):
         EncoderSpec.from_config("m", spec, cache=cache)
+
+
+def test_the_registry_reads_without_torch_and_a_job_skips_the_timm_check():
+    """The workflow's parse reads this module in every job process (a SLURM job re-parses the
+    workflow): importing it must not import torch, and check_arch=False must not import timm."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['timm'] = None; import tissuekd.encoders.registry as r; "
+            "assert 'torch' not in sys.modules; "
+            "s = r.EncoderSpec.from_config('m', {'model': 'any_name', 'weights': 'random'}, check_arch=False); "
+            "assert s.arch == 'any_name' and 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

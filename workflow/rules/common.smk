@@ -707,9 +707,9 @@ def check_expression_sheet(sheet, path):
     if dupes:
         raise WorkflowError(f"{path}: duplicate sample name(s) {dupes[:10]}")
     for row_no, row in enumerate(sheet.itertuples(index=False), start=2):
+        where = f"{path} line {row_no} (sample {row.sample})"
         for column in EXPR_FORMAT_COLUMNS[row.format]:
             value = getattr(row, column)
-            where = f"{path} line {row_no} (sample {row.sample})"
             if not value:
                 raise WorkflowError(f"{where}: format {row.format} needs {column!r}")
             if column == "niche_slide":
@@ -722,13 +722,9 @@ def check_expression_sheet(sheet, path):
                 raise WorkflowError(f"{where}: column {column!r} names {value}, which does not exist")
         patches = getattr(row, "patches", "")
         if patches and row.format != "hest":
-            raise WorkflowError(
-                f"{path} line {row_no} (sample {row.sample}): a patches file is read for format hest only"
-            )
+            raise WorkflowError(f"{where}: a patches file is read for format hest only")
         if patches and not os.path.exists(patches):
-            raise WorkflowError(
-                f"{path} line {row_no} (sample {row.sample}): column 'patches' names {patches}, which does not exist"
-            )
+            raise WorkflowError(f"{where}: column 'patches' names {patches}, which does not exist")
     patients = sheet.groupby("dataset")["patient"].nunique()
     if (patients < 2).any():
         raise WorkflowError(

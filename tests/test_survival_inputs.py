@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from tissuekd.demo.survival import make_cohort_tables, make_slide
+from tissuekd.demo.survival import lymphoid_aggregates, make_cohort_tables, make_slide
 from tissuekd.errors import InputError
 from tissuekd.io.wsi import open_slide
 from tissuekd.survival.cohort import Drops, build_cohort, count_patches, read_clinical, read_rna
@@ -35,6 +35,19 @@ def test_demo_slide_is_an_aperio_svs_with_its_resolution(demo_svs):
         assert float(slide.properties["openslide.mpp-x"]) == 0.5
         assert slide.properties["openslide.objective-power"] == "20"
         assert slide.level_count == 3
+
+
+def test_demo_lymphocyte_clusters_cover_more_stroma_as_b_rises():
+    """The demo's faint RNA program `b` shows as the share of stroma under lymphocyte clusters
+    (the trace the AMKD student can learn from the teacher's RNA embedding), inside the region only."""
+    region = np.zeros((512, 768), bool)
+    region[:, 128:] = True
+    shares = []
+    for b in (-2.0, 0.0, 2.0):
+        hema = lymphoid_aggregates(np.random.default_rng(0), region, b)
+        assert not hema[:, :100].any()  # nothing outside the region (beyond the nuclei's blur)
+        shares.append((hema[region] > 0.05).mean())  # under a cluster (its blurred nuclei)
+    assert shares[0] < 0.06 and 0.15 < shares[1] < 0.35 < shares[2] < 0.55, shares
 
 
 def test_patch_grid_at_20x_and_10x(demo_svs, tmp_path):

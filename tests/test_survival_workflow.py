@@ -27,8 +27,9 @@ def survival_run(tmp_path_factory) -> Path:
 
 def test_teacher_and_student_beat_the_pathology_baseline_on_the_demo(survival_run):
     """Pooled out-of-fold C-index (60 patients): with 12 per fold the fold SD is ~0.15, so fold
-    means differ by chance; pooled, the demo's design (an RNA program worth 1.0 in log-hazard
-    that H&E shows only faintly) gives the teacher a wide margin and the student a small one."""
+    means differ by chance; pooled, the demo's design (most of the log-hazard in an RNA program
+    that H&E shows faintly) gives the teacher a wide margin and the student a smaller one. The
+    student's interval is not asserted: whether it excludes zero depends on the draw (README)."""
     table = pd.read_csv(survival_run / "results/benchmark/survival_by_cohort.tsv", sep="\t")
     cv = table[table["validation"] == "cross-validation"].set_index("method")["c_index_pooled"]
     assert cv["teacher"] > cv["pathology"] + 0.05

@@ -70,6 +70,18 @@ def test_dry_run_of_the_shipped_demo_lists_every_step_per_slide_and_k():
     assert jobs["survival_student"] == len(SURVIVAL_METHODS) - len(fitted)
 
 
+def test_a_run_from_another_directory_finds_the_workflow_profile(tmp_path):
+    """`snakemake -s <repo>/workflow/Snakefile` from a working directory elsewhere: Snakemake
+    looks for profiles/default there and beside the Snakefile (workflow/profiles/default, a link
+    to the repository's). Without it the run: rules started a Snakemake process per job (~3 s
+    each) instead of running in threads."""
+    workdir = make_workdir(tmp_path, studies=("survival",))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "-n"]
+    out = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, check=True)
+    assert f"Using workflow specific profile {REPO / 'workflow' / 'profiles' / 'default'}" in out.stdout + out.stderr
+    assert (REPO / "workflow" / "profiles" / "default").resolve() == (REPO / "profiles" / "default").resolve()
+
+
 def test_command_line_values_nested_in_a_dict_get_the_schemas_types():
     """snakemake --config "segmentation={'enabled': True, 'seeds': [0, 1]}" hands nested values
     over as strings; the Snakefile types them from the schema (the dry run below uses it)."""

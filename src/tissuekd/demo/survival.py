@@ -85,7 +85,7 @@ def lymphoid_aggregates(rng: np.random.Generator, region: np.ndarray, b: float) 
     0.51 with every latent and a 10% stain nuisance varying (0.07 at 30%)."""
     share = 0.5 / (1 + np.exp(-1.5 * b))
     h, w = region.shape  # a field smooth over 12 px, drawn at a quarter of the size (0.7 s -> 0.05 s)
-    field = np.kron(smooth_field(rng, (h // 4, w // 4), 3), np.ones((4, 4), np.float32))[:h, :w]
+    field = np.kron(smooth_field(rng, (-(-h // 4), -(-w // 4)), 3), np.ones((4, 4), np.float32))[:h, :w]
     cut = np.quantile(field[region], 1 - share) if region.any() else np.inf
     return nuclei(rng, region & (field > cut), 3.0, 1.6, 1.6)
 

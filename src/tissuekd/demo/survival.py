@@ -76,15 +76,16 @@ def nuclei(rng, region: np.ndarray, density: float, sigma: float, strength: floa
 
 
 def lymphoid_aggregates(rng: np.random.Generator, region: np.ndarray, b: float) -> np.ndarray:
-    """Hematoxylin of lymphocyte clusters (dense small dark nuclei, ~25 µm blobs) covering a share
-    of `region` that rises with `b`: ~3% at b = -2, 25% at 0, ~48% at +2.
+    """Hematoxylin of lymphocyte clusters (dense small dark nuclei where a field smoothed over
+    12 px, 6 µm, is high) covering a share of `region` that rises with `b`: ~3% at b = -2, 25% at
+    0, ~48% at +2.
 
     Why clusters: diffuse lymphocytes at a density following `b` (this demo until 2026-12-02)
     left no trace in the random-weight demo encoder's slide-mean features (ridge probe over 60
     slides, r = -0.17 even with stain, a and m held fixed); clusters gave r = 0.85 there, and
     0.51 with every latent and a 10% stain nuisance varying (0.07 at 30%)."""
     share = 0.5 / (1 + np.exp(-1.5 * b))
-    h, w = region.shape  # a field smooth over 12 px, drawn at a quarter of the size (0.7 s -> 0.05 s)
+    h, w = region.shape  # a field smooth over 12 px, drawn at a quarter of the size (0.5-0.7 s -> 0.04 s)
     field = np.kron(smooth_field(rng, (-(-h // 4), -(-w // 4)), 3), np.ones((4, 4), np.float32))[:h, :w]
     cut = np.quantile(field[region], 1 - share) if region.any() else np.inf
     return nuclei(rng, region & (field > cut), 3.0, 1.6, 1.6)

@@ -115,6 +115,35 @@ def test_truth_agreement_uses_cells_with_a_known_niche():
     assert row["ARI_truth"] == 1.0 and np.isnan(niche_metrics("x", labels, labels, labels, None, False)["ARI_truth"])
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_centre_only_last_layer_equals_the_whole_encoder(train):
+    """encode_centre skips the last layer's work on tokens nobody reads: the centre's output and
+    every gradient must match the whole encoder's (padding included; eval mode takes torch's
+    fused fast path in the whole encoder)."""
+    from tissuekd.niche.models import NeighborhoodTransformer
+
+    torch.manual_seed(0)
+    model = NeighborhoodTransformer(16, 5, d_model=32, layers=3).train(train)
+    tokens = torch.randn(40, 9, 32)
+    padding = torch.rand(40, 9) < 0.4
+    padding[:, 0] = False  # the centre is never padding
+    padding[0, 1:] = True  # a cell without neighbours
+    outputs, grads = [], []
+    for encode in (lambda t: model.encoder(t, src_key_padding_mask=padding)[:, 0],
+                   lambda t: model.encode_centre(t, padding)):
+        model.zero_grad()
+        with torch.set_grad_enabled(train):
+            out = encode(tokens)
+        if train:
+            out.square().sum().backward()
+            grads.append([p.grad.clone() for p in model.encoder.parameters()])
+        outputs.append(out.detach())
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    for mine, whole in zip(*grads) if train else ():
+        torch.testing.assert_close(mine, whole, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(outputs[0][0], outputs[0][1])  # rows differ: the comparison can fail
+
+
 def test_nolan_teacher_finds_spatial_niches_without_collapse():
     xy, niche, features = toy_tissue()
     everyone = np.arange(len(xy))

@@ -1,6 +1,6 @@
 """The niche study's comparison methods on H&E features. Histology NOLAN is the teacher's own
 method (tissuekd.niche.train.fit_nolan) fitted on H&E features, so only Histology Leiden lives
-here: Leiden clustering (leidenalg on an igraph kNN graph) of H&E features,
+here: Leiden clustering (igraph's, on a kNN graph) of H&E features,
 with the resolution searched until it yields the requested number of clusters; above
 LEIDEN_SAMPLE cells on a sample, the other cells joining their nearest sampled neighbours."""
 
@@ -54,21 +54,31 @@ def knn_graph(z: np.ndarray, n_neighbors: int = N_NEIGHBORS):
 
 
 def leiden_resolution_search(graph, k: int, seed: int = 0, max_iter: int = 25) -> np.ndarray:
-    """Leiden labels with (as close as possible to) k clusters, by bisection on the resolution."""
-    import leidenalg
+    """Leiden labels with (as close as possible to) k clusters, by bisection on the resolution.
 
-    lo, hi, best = 0.0, 4.0, None
-    for _ in range(max_iter):
-        res = (lo + hi) / 2
-        part = leidenalg.find_partition(graph, leidenalg.RBConfigurationVertexPartition,
-                                        resolution_parameter=res, seed=seed)
-        labels = np.asarray(part.membership)
-        n = labels.max() + 1
-        if best is None or abs(n - k) < abs(best[0] - k):
-            best = (n, labels, res)
-        if n == k:
-            break
-        lo, hi = (res, hi) if n < k else (lo, res)
+    igraph's own Leiden (`Graph.community_leiden`, modularity with a resolution: the objective of
+    leidenalg's RBConfigurationVertexPartition, two iterations as leidenalg's default; scanpy's
+    `flavor="igraph"`), seeded through igraph's random generator. 15-20x faster than leidenalg
+    on a demo slide's graph (12,842 cells: 0.12-0.19 s against 2.5-2.7 s a run)."""
+    import random
+
+    import igraph as ig
+
+    ig.set_random_number_generator(random.Random(seed))
+    try:
+        lo, hi, best = 0.0, 4.0, None
+        for _ in range(max_iter):
+            res = (lo + hi) / 2
+            part = graph.community_leiden(objective_function="modularity", resolution=res, n_iterations=2)
+            labels = np.asarray(part.membership)
+            n = labels.max() + 1
+            if best is None or abs(n - k) < abs(best[0] - k):
+                best = (n, labels, res)
+            if n == k:
+                break
+            lo, hi = (res, hi) if n < k else (lo, res)
+    finally:
+        ig.set_random_number_generator(random)
     log.info("Leiden: %d clusters (asked for %d) at resolution %.4f", best[0], k, best[2])
     return best[1]
 

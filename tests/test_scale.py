@@ -125,6 +125,19 @@ def test_leiden_graph_from_arrays_is_the_symmetrised_knn_graph():
     assert {tuple(e) for e in graph.get_edgelist()} == expected
 
 
+def test_leiden_search_hits_k_and_repeats_for_a_seed():
+    """The resolution bisection reaches the K asked for on a graph with more structure than K,
+    and igraph's generator, seeded for the search, gives the same labels twice."""
+    from tissuekd.niche.baselines import knn_graph, leiden_resolution_search
+
+    rng = np.random.default_rng(3)
+    z = ((rng.normal(size=(12, 6)) * 3)[rng.integers(0, 12, 1500)] + rng.normal(size=(1500, 6))).astype(np.float32)
+    graph = knn_graph(z)
+    first = leiden_resolution_search(graph, 8, seed=1)
+    assert len(np.unique(first)) == 8
+    np.testing.assert_array_equal(leiden_resolution_search(graph, 8, seed=1), first)
+
+
 def test_leiden_above_its_sample_clusters_a_sample_and_the_rest_join_their_neighbours(tmp_path, monkeypatch):
     """Four separated groups: clustering 400 of 2,000 cells and joining the rest finds the
     same four groups for every cell as clustering all of them; a joined cell takes the most

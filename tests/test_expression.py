@@ -294,3 +294,100 @@ def test_patches_of_another_span_or_sample_are_named(hest, tmp_path):
     with pytest.raises(InputError, match="S_A.h5: none of its .* barcodes is a spot of the sample"):
         steps.extract_spot_features(root / "S_B.parquet", root / "S_B.json", None, SPEC, tmp_path / "f.h5",
                                     crop_px=112, **run)
+
+
+# ---- fine-tuning the encoder's last blocks (expression.cmrcnet.finetune_blocks) ----------------
+
+@pytest.mark.parametrize("arch, tail", [
+    ("mobilenetv3_small_100", ("blocks.5.", "conv_head.", "norm_head.")),
+    ("vit_tiny_patch16_224", ("blocks.10.", "blocks.11.", "norm.", "fc_norm.", "head.")),
+    ("resnet18", ("layer4.", "fc.")),
+])
+def test_only_the_last_blocks_and_what_follows_them_train(arch, tail):
+    import timm
+
+    from tissuekd.expression.finetune import unfreeze_tail
+
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    blocks = 2 if arch.startswith("vit") else 1
+    trainable = {id(p) for p in unfreeze_tail(model, blocks)}
+    for name, p in model.named_parameters():
+        assert (id(p) in trainable) == p.requires_grad == name.startswith(tail), name
+    assert trainable
+    with pytest.raises(InputError, match="finetune_blocks: 99 blocks asked"):
+        unfreeze_tail(model, 99)
+
+
+def tuned_fit(root, names, out, patches, expression=None):
+    samples = list(names)
+    expression = expression or [str(root / f"{s}.h5ad") for s in samples]
+    steps.fit_fold("cmrcnet", "A", samples, list(names.values()), [str(root / f"{s}.h5") for s in samples],
+                   expression, [], {**FAST, "finetune_blocks": 1, "finetune_lr": 1e-3}, out / "pred.parquet",
+                   out / "pcc.tsv", out / "summary.tsv", out / "model.pt", device="cpu", patches=patches, encoder=SPEC)
+    return torch.load(out / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def patch_files(hest, tmp_path_factory):
+    """expression_patches' files of the three samples."""
+    root, names = hest
+    folder = tmp_path_factory.mktemp("patches")
+    for sample in names:
+        steps.extract_spot_patches(root / f"{sample}.parquet", root / f"{sample}.json",
+                                   root / f"hest/wsis/{sample}.tif", SPEC, folder / f"{sample}.h5", crop_px=112)
+    return [str(folder / f"{s}.h5") for s in names]
+
+
+def test_the_patch_files_hold_what_the_features_encode(hest, patch_files, tmp_path):
+    """Same spots, same order; through the untouched encoder (TunedEncoder before any step) the
+    stored patches give the features (in fp32, as fine-tuning runs on the CPU), standardised."""
+    import h5py
+
+    from tissuekd.encoders.registry import build_encoder
+    from tissuekd.expression.finetune import PatchBank, TunedEncoder
+
+    root, _ = hest
+    steps.extract_spot_features(root / "S_B.parquet", root / "S_B.json", root / "hest/wsis/S_B.tif", SPEC,
+                                tmp_path / "S_B.h5", crop_px=112, device="cpu", precision="fp32", progress=False)
+    with h5py.File(tmp_path / "S_B.h5") as h5:
+        features, barcodes = h5["features"][:], h5["barcode"][:].astype(str)
+    mean, sd = features.mean(0), features.std(0) + 1e-6
+    encoder = TunedEncoder(build_encoder(SPEC), SPEC, 1, mean, sd).train()
+    bank = PatchBank([patch_files[1]], [barcodes])
+    with torch.no_grad():
+        z = encoder(bank(np.arange(len(bank))[::-1].copy()))
+    np.testing.assert_allclose(z.numpy(), ((features - mean) / sd)[::-1], atol=2e-3)
+    with pytest.raises(InputError, match="S_A.h5: its .* patches are not the .* spots of the sample's features"):
+        PatchBank([patch_files[0]], [barcodes])
+
+
+def test_fine_tuning_trains_the_tail_and_never_sees_the_test_sample(hest, patch_files, tmp_path):
+    """The fold holds out S_A: the encoder's tail moves from its pretrained weights; replacing
+    S_A's patches with noise and its expression with another sample's changes neither the head
+    nor the tuned tail, bit for bit; S_A's predictions do change (they are read from its patches)."""
+    import h5py
+
+    from tissuekd.encoders.registry import build_encoder
+
+    root, names = hest
+    one = tuned_fit(root, names, tmp_path / "one", patch_files)
+    pretrained = build_encoder(SPEC).state_dict()
+    moved = [k for k, v in one["encoder_tail"].items() if not torch.equal(v, pretrained[k])]
+    assert one["encoder_tail"] and set(one["encoder_tail"]) <= set(pretrained)
+    assert len(moved) > len(one["encoder_tail"]) // 2, moved
+    with h5py.File(patch_files[0]) as src, h5py.File(tmp_path / "noise.h5", "w") as dst:
+        for key in ("barcode", "coords"):
+            src.copy(key, dst)
+        dst["img"] = np.random.default_rng(0).integers(0, 256, src["img"].shape, dtype=np.uint8)
+    other = ad.read_h5ad(root / "S_B.h5ad")
+    own = ad.read_h5ad(root / "S_A.h5ad")
+    swapped = ad.AnnData(other.X[np.arange(own.n_obs) % other.n_obs], obs=pd.DataFrame(index=own.obs_names),
+                         var=other.var)
+    swapped.write_h5ad(tmp_path / "swapped.h5ad")
+    two = tuned_fit(root, names, tmp_path / "two", [str(tmp_path / "noise.h5"), *patch_files[1:]],
+                    [str(tmp_path / "swapped.h5ad"), str(root / "S_B.h5ad"), str(root / "S_C.h5ad")])
+    for part in ("state_dict", "encoder_tail"):
+        for key, value in one[part].items():
+            assert torch.equal(value, two[part][key]), (part, key)
+    first, second = (pd.read_parquet(tmp_path / run / "pred.parquet") for run in ("one", "two"))
+    assert not np.allclose(first.iloc[:, 2:].to_numpy(), second.iloc[:, 2:].to_numpy())

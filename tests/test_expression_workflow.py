@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from conftest import make_workdir, planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
@@ -77,9 +78,30 @@ def test_a_new_sample_reruns_its_own_jobs_and_its_datasets_folds_only(expression
     finally:
         sheet.to_csv(expression_run / "config/expression_samples.tsv", sep="\t", index=False)
     assert jobs["demo_expression_sample"] == 1 and jobs["expression_prepare"] == 1
-    assert jobs["expression_features"] == 1
+    assert jobs["expression_features"] == 1 and "expression_patches" not in jobs  # frozen features: no patches
     assert jobs["expression_train"] == 4 * 2 and jobs["expression_baseline"] == 4 * 3  # IDC's 4 folds only
     assert jobs["expression_evaluate"] == 1
+
+
+def test_fine_tuning_runs_through_the_workflow_on_the_patches_of_each_sample(tmp_path):
+    """finetune_blocks > 0: each sample's patches are stored (expression_patches) and CMRCNet's
+    fold job trains the encoder's tail on them; the baselines keep the frozen features. One
+    dataset (two patients), one fold's model, 2 + 2 epochs: the wiring, not the score
+    (tests/test_expression.py checks what is trained and that the test sample stays out)."""
+    workdir = make_workdir(tmp_path, studies=("expression",), expression__cmrcnet={
+        "stage1_epochs": 2, "stage2_epochs": 2, "top_k": 50, "finetune_blocks": 1})
+    sheet = pd.read_csv(workdir / "config/expression_samples.tsv", sep="\t")
+    sheet[sheet["dataset"] == "COAD"].to_csv(workdir / "config/expression_samples.tsv", sep="\t", index=False)
+    jobs = planned_jobs(workdir)
+    assert jobs["expression_patches"] == 2 and jobs["expression_features"] == 2 and jobs["expression_train"] == 4
+    model = "results/expression/COAD/demo-mobilenet/folds/COAD-P1/cmrcnet/model.pt"
+    snakemake("--cores", "2", model, cwd=workdir)
+    saved = torch.load(workdir / model)
+    assert saved["config"]["finetune_blocks"] == 1 and saved["encoder_tail"]
+    assert sorted(p.name for p in (workdir / "results/expression/patches/demo-mobilenet").iterdir()) == [
+        "COAD_P1.h5", "COAD_P2.h5"]
+    log = (workdir / "results/logs/expression/fit/demo-mobilenet/COAD/COAD-P1/cmrcnet.log").read_text()
+    assert "fine-tuning the last 1 blocks of demo-mobilenet on the CPU" in log
 
 
 def test_a_dataset_with_one_patient_stops_before_any_job(tmp_path):

@@ -26,7 +26,7 @@ def shuffled_batches(n: int, batch_size: int, generator: torch.Generator, limit:
 
 
 def optimise(
-    params: Iterable[torch.nn.Parameter],
+    params: Iterable[torch.nn.Parameter] | list[dict],
     epochs: int,
     batches: Callable[[int], Iterable],
     loss_of: Callable[[object], torch.Tensor | None],
@@ -43,8 +43,9 @@ def optimise(
 
     Parameters
     ----------
-    params : iterable of torch.nn.Parameter
-        What the optimiser updates.
+    params : iterable of torch.nn.Parameter, or list of dict
+        What the optimiser updates, or parameter groups ({"params", "lr"}: each group's own
+        learning rate, and the schedule's peak for it).
     epochs : int
         Passes; `batches(epoch)` is called once at the start of each.
     batches : callable
@@ -67,7 +68,8 @@ def optimise(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = None
     if total_steps is not None:
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total_steps, MIN_SCHEDULE),
+        peaks = [group["lr"] for group in opt.param_groups]
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peaks, total_steps=max(total_steps, MIN_SCHEDULE),
                                                     pct_start=0.1)
     scaler = compute.grad_scaler()
     step = 0

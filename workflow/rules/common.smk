@@ -812,6 +812,16 @@ def expression_fold_inputs(wildcards):
     }
 
 
+def expression_train_inputs(wildcards):
+    """The fold's inputs, and with fine-tuning (expression.cmrcnet.finetune_blocks > 0) every
+    sample's patch file (expression_patches), in the sheet's order."""
+    inputs = expression_fold_inputs(wildcards)
+    if EXPRESSION["cmrcnet"].get("finetune_blocks", 0):
+        rows = expression_rows(wildcards.task)
+        inputs["patches"] = [f"{XDIR}/patches/{wildcards.encoder}/{s}.h5" for s in rows["sample"]]
+    return inputs
+
+
 def expression_fold_params(wildcards):
     rows = expression_rows(wildcards.task)
     return {"samples": list(rows["sample"]), "patients": list(rows["patient"])}

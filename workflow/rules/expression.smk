@@ -105,10 +105,55 @@ rule expression_features:
         )
 
 
+rule expression_patches:
+    # fine-tuning only (expression.cmrcnet.finetune_blocks > 0): the patches expression_features
+    # encodes, stored at the encoder's input size for the folds to read through the encoder.
+    # run: inside Snakemake's process, as expression_features
+    input:
+        unpack(expression_feature_inputs),
+    output:
+        ensure(f"{XDIR}/patches/{{encoder}}/{{sample}}.h5", non_empty=True),
+    log:
+        f"{LOGS}/expression/patches/{{encoder}}/{{sample}}.log",
+    benchmark:
+        f"{BENCH}/expression/patches/{{encoder}}/{{sample}}.tsv"
+    conda:
+        "../../envs/torch-gpu.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 30 * attempt,
+    params:
+        encoder=lambda wildcards: ENCODERS[wildcards.encoder],
+        crop_px=encoder_input_px,
+        batch_size=EXPRESSION["batch_size"],
+        wsi_backend=EXPRESSION["wsi_backend"],
+        patch_mpp=EXPRESSION["patch_mpp"],
+    run:
+        from tissuekd.expression.steps import extract_spot_patches
+        from tissuekd.logs import run_in_process
+
+        run_in_process(
+            log[0],
+            lambda: extract_spot_patches(
+                input.spots,
+                input.sample,
+                input.get("image"),
+                params.encoder,
+                output[0],
+                crop_px=params.crop_px,
+                batch_size=params.batch_size,
+                backend=params.wsi_backend,
+                patches=input.get("patches"),
+                patch_mpp=params.patch_mpp,
+            ),
+        )
+
+
 rule expression_train:
     # CMRCNet and its contrastive-only ablation: trained on the fold's training patients
+    # (fine-tuning the encoder's tail: on their patches too)
     input:
-        unpack(expression_fold_inputs),
+        unpack(expression_train_inputs),
     output:
         predictions=f"{XFOLD}/predictions.parquet",
         pcc=f"{XFOLD}/pcc.tsv",
@@ -132,6 +177,7 @@ rule expression_train:
         fold=expression_fold_params,
         markers=lambda wildcards: EXPRESSION["markers"].get(wildcards.task, []),
         settings=EXPRESSION["cmrcnet"],
+        encoder=lambda wildcards: ENCODERS[wildcards.encoder],
         seed=EXPRESSION["seed"],
         device=config["device"],
         precision=config["precision"],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import anndata as ad
@@ -78,6 +78,30 @@ def extract_spot_features(spots: str, sample: str, image: str | None, spec, out:
     from tissuekd.encoders.registry import build_encoder, cached_encoder
 
     run = compute.resolve(device, precision, threads)
+    table, batches, attrs = spot_batches(spots, sample, image, spec, crop_px, batch_size, backend, run.device,
+                                         patches, patch_mpp)
+    encoder = Encoder((cached_encoder if reuse_encoder else build_encoder)(spec), spec, run)
+    write_features(out, batches, encoder, table[["x", "y"]].to_numpy().astype("f4"),
+                   {**attrs, "precision": run.precision}, progress, extra={"barcode": table["barcode"].to_numpy()})
+
+
+def extract_spot_patches(spots: str, sample: str, image: str | None, spec, out: str, *, crop_px: int = 224,
+                         batch_size: int = 64, backend: str = "auto", patches: str | None = None,
+                         patch_mpp: float = HEST_PATCH_MPP) -> None:
+    """The rule expression_patches (fine-tuning only): the patches expression_features encodes,
+    the same spots in the same order, as a HEST-layout patch file at the encoder's input size."""
+    import torch
+
+    from tissuekd.expression.finetune import write_patches
+
+    table, batches, _ = spot_batches(spots, sample, image, spec, crop_px, batch_size, backend, torch.device("cpu"),
+                                     patches, patch_mpp)
+    write_patches(out, batches, table[["x", "y"]].to_numpy().astype("f4"), table["barcode"].to_numpy(), crop_px)
+
+
+def spot_batches(spots, sample, image, spec, crop_px, batch_size, backend, device, patches, patch_mpp):
+    """(the spots read, batches of their uint8 patches, attributes saying where they came from):
+    cut from the image, or the sheet's HEST patch file resized to the encoder's input."""
     table = pd.read_parquet(spots)
     mpp = json.loads(Path(sample).read_text())["mpp"]
     attrs = {"encoder": spec.name, "arch": spec.arch, "mpp": spec.mpp, "crop_px": crop_px, "he_mpp": mpp,
@@ -86,10 +110,8 @@ def extract_spot_features(spots: str, sample: str, image: str | None, spec, out:
         table, batches = stored_patches(patches, table, spec, crop_px, patch_mpp, batch_size)
         attrs["patches"] = str(patches)
     else:
-        batches, attrs["level"] = cut_patches(image, table, spec, crop_px, mpp, batch_size, backend, run.device)
-    encoder = Encoder((cached_encoder if reuse_encoder else build_encoder)(spec), spec, run)
-    write_features(out, batches, encoder, table[["x", "y"]].to_numpy().astype("f4"),
-                   {**attrs, "precision": run.precision}, progress, extra={"barcode": table["barcode"].to_numpy()})
+        batches, attrs["level"] = cut_patches(image, table, spec, crop_px, mpp, batch_size, backend, device)
+    return table, batches, attrs
 
 
 def cut_patches(image: str, table: pd.DataFrame, spec, crop_px: int, mpp: float, batch_size: int, backend: str,
@@ -173,11 +195,14 @@ def gene_moments(adatas: list[ad.AnnData], genes: list[str]) -> tuple[np.ndarray
 def fit_fold(method: str, fold: str, samples: list[str], patients: list[str], features: list[str],
              expressions: list[str], markers: list[str], settings: dict, out_predictions: str, out_pcc: str,
              out_summary: str, out_model: str | None = None, seed: int = 0, device: str = "auto",
-             precision: str = "auto", threads: int | None = None) -> None:
+             precision: str = "auto", threads: int | None = None, patches: list[str] | None = None,
+             encoder=None) -> None:
     """The rules expression_train / expression_baseline: one method on one leave-one-patient-out
     fold of a dataset. Training spots are those of the other patients; the gene lists, the
     feature standardisation and the model see them only. Writes the test spots' predictions,
-    per-gene r and per-list summaries (per test sample and pooled)."""
+    per-gene r and per-list summaries (per test sample and pooled). Fine-tuning CMRCNet
+    (`settings` finetune_blocks > 0) also needs every sample's `patches` file
+    (expression_patches, in the order of `samples`) and the `encoder` spec."""
     if method not in METHODS:
         raise InputError("config expression.methods", f"unknown method {method!r} (known: {list(METHODS)})")
     is_test = np.array([p == fold for p in patients])
@@ -197,8 +222,15 @@ def fit_fold(method: str, fold: str, samples: list[str], patients: list[str], fe
     z_train, z_test = (x_train - mean) / sd, (x_test - mean) / sd
     log.info("fold %s, %s: %d training spots (%d samples), %d test spots (%d samples), %d genes scored",
              fold, method, len(x_train), len(train_idx), len(x_test), len(test_idx), len(genes))
+    tuning = None
+    if method in TRAINED and settings.get("finetune_blocks", 0):
+        if not patches or encoder is None:
+            raise InputError(f"fold {fold}", "fine-tuning (finetune_blocks > 0) needs the samples' patch files and "
+                                             "the encoder")
+        tuning = FineTuning(encoder, pick(patches, train_idx), [a.obs_names for a in ad_train],
+                            pick(patches, test_idx), [a.obs_names for a in ad_test], mean, sd)
     preds, model_state = predict(method, x_train, z_train, y_train, x_test, z_test, genes, lists, settings,
-                                 seed, device, precision, threads)
+                                 seed, device, precision, threads, tuning)
     per_gene, summary = score_fold(y_test, preds, owner, lists)
     for table in (per_gene, summary):
         table.insert(0, "fold", fold)
@@ -220,13 +252,34 @@ def fit_fold(method: str, fold: str, samples: list[str], patients: list[str], fe
         summary.to_csv(tmp, sep="\t", index=False)
 
 
+@dataclass
+class FineTuning:
+    """What fine-tuning the encoder's tail needs besides the features: the encoder, and the
+    training and test samples' patch files with their spots' barcodes (rows of the features)."""
+
+    spec: object
+    train_patches: list[str]
+    train_barcodes: list
+    test_patches: list[str]
+    test_barcodes: list
+    feature_mean: np.ndarray
+    feature_sd: np.ndarray
+
+    def encoder(self, blocks: int):
+        from tissuekd.encoders.registry import build_encoder
+        from tissuekd.expression.finetune import TunedEncoder
+
+        return TunedEncoder(build_encoder(self.spec), self.spec, blocks, self.feature_mean, self.feature_sd)
+
+
 def predict(method, x_train, z_train, y_train, x_test, z_test, genes, lists, settings, seed, device, precision,
-            threads) -> tuple[dict[str, np.ndarray], dict]:
+            threads, tuning: FineTuning | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Each list's predictions (test spots, list genes) and what to save of the model."""
     import torch
 
     from tissuekd import compute
     from tissuekd.expression import baselines
+    from tissuekd.expression.finetune import PatchBank, embed_patches
     from tissuekd.expression.retrieval import mean_of_neighbours, retrieve
     from tissuekd.expression.train import CMRCNetConfig, fit_cmrcnet
 
@@ -238,13 +291,26 @@ def predict(method, x_train, z_train, y_train, x_test, z_test, genes, lists, set
 
     if method in TRAINED:
         run = compute.resolve(device, precision, threads, workload="model")
+        tuned = None
+        if tuning is not None:
+            if run.device.type == "cpu":
+                log.warning("fine-tuning the last %d blocks of %s on the CPU: slow (meant for GPU nodes)",
+                            cfg.finetune_blocks, tuning.spec.name)
+            tuned = (tuning.encoder(cfg.finetune_blocks), PatchBank(tuning.train_patches, tuning.train_barcodes))
         model = fit_cmrcnet(torch.from_numpy(z_train), torch.from_numpy(y_train), cfg,
-                            reconstruct=method == "cmrcnet", seed=seed, compute=run)
+                            reconstruct=method == "cmrcnet", seed=seed, compute=run, tuned=tuned)
         with torch.no_grad():
             bank = model.embed_genes(torch.from_numpy(y_train).to(run.device))
-            query = model.embed_image(torch.from_numpy(z_test).to(run.device))
+            if tuned is None:
+                query = model.embed_image(torch.from_numpy(z_test).to(run.device))
+            else:
+                query = embed_patches(model, tuned[0], PatchBank(tuning.test_patches, tuning.test_barcodes), run,
+                                      cfg.batch_size)
             index = retrieve(query, bank, cfg.top_k, cfg.index, cfg.nprobe)
-        return by_list(mean_of_neighbours(index, y_train)), {"state_dict": model.state_dict(), "config": asdict(cfg)}
+        state = {"state_dict": model.state_dict(), "config": asdict(cfg)}
+        if tuned is not None:
+            state["encoder_tail"] = tuned[0].tail_state()
+        return by_list(mean_of_neighbours(index, y_train)), state
     if method == "knn":
         return by_list(baselines.knn_predict(z_train, y_train, z_test, cfg.top_k, cfg.index, cfg.nprobe)), {}
     if method == "random":

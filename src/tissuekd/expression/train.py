@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from tissuekd.compute import CPU, Compute
+from tissuekd.expression.finetune import PatchBank, TunedEncoder
 from tissuekd.expression.losses import contrastive_loss, reconstruction_loss
 from tissuekd.expression.models import CMRCNet
 from tissuekd.training import optimise, shuffled_batches
@@ -30,13 +31,19 @@ class CMRCNetConfig:
     top_k: int = 50  # training spots averaged per test spot (the paper: 50 and 500)
     index: str = "auto"  # retrieval: exact, ivf (faiss), or auto (ivf above retrieval.AUTO_IVF_BANK spots)
     nprobe: int = 32  # ivf lists visited per query
+    finetune_blocks: int = 0  # the encoder's last blocks trained too (finetune.py; meant for GPUs); 0: frozen features
+    finetune_lr: float = 1e-5  # their learning rate (the schedule's peak, as `lr` is the head's)
 
 
 def fit_cmrcnet(features: torch.Tensor, expression: torch.Tensor, cfg: CMRCNetConfig, *, reconstruct: bool = True,
-                seed: int = 0, compute: Compute = CPU, progress: bool = False) -> CMRCNet:
+                seed: int = 0, compute: Compute = CPU, progress: bool = False,
+                tuned: tuple[TunedEncoder, PatchBank] | None = None) -> CMRCNet:
     """Train on training spots only: `features` (n, d) standardised, `expression` (n, genes)
     normalised. Random draws (batches, masks) come from CPU generators seeded by `seed`, so a
-    seed gives the same model on any run.
+    seed gives the same model on any run. With `tuned` (an encoder whose last blocks train, and
+    the training spots' patches, rows aligned with `features`) the image side reads each batch's
+    patches through the encoder instead of `features`, and the encoder's tail trains at
+    `cfg.finetune_lr`.
 
     Loss per batch: L = L_con (stage 1); L = L_con + L_rec (stage 2, when `reconstruct`).
     (The authors' code adds log(1 + L_con) + log(1 + L_rec); the issue's plain sum is kept.)
@@ -46,6 +53,11 @@ def fit_cmrcnet(features: torch.Tensor, expression: torch.Tensor, cfg: CMRCNetCo
     dev = compute.device
     features, expression = features.to(dev), expression.to(dev)
     model = CMRCNet(features.shape[1], expression.shape[1]).to(dev)
+    groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
+    if tuned is not None:
+        encoder, bank = tuned
+        encoder.to(dev).train()
+        groups.append({"params": encoder.tail, "lr": cfg.finetune_lr})
     epochs = cfg.stage1_epochs + cfg.stage2_epochs
     n = len(features)
 
@@ -56,7 +68,8 @@ def fit_cmrcnet(features: torch.Tensor, expression: torch.Tensor, cfg: CMRCNetCo
         epoch, rows = batch
         rows = rows.to(dev)
         with compute.autocast():
-            tokens = model.image_tokens(features[rows])
+            image_in = features[rows] if tuned is None else encoder(bank(rows.cpu().numpy()).to(dev))
+            tokens = model.image_tokens(image_in)
             image = model.image_head(tokens.mean(1))
             gene_tokens, gene = model.gene_encoder(expression[rows])
             loss = contrastive_loss(image.float(), gene.float(), cfg.temperature)
@@ -67,6 +80,8 @@ def fit_cmrcnet(features: torch.Tensor, expression: torch.Tensor, cfg: CMRCNetCo
         return loss
 
     steps = epochs * int(np.ceil(n / cfg.batch_size))
-    optimise(model.parameters(), epochs, batches, loss_of, lr=cfg.lr, weight_decay=cfg.weight_decay,
+    optimise(groups, epochs, batches, loss_of, lr=cfg.lr, weight_decay=cfg.weight_decay,
              compute=compute, total_steps=steps, desc="cmrcnet" if reconstruct else "contrastive", progress=progress)
+    if tuned is not None:
+        encoder.eval()
     return model.eval()

@@ -822,6 +822,11 @@ def expression_train_inputs(wildcards):
     return inputs
 
 
+def expression_fold_mb(input):
+    """Megabytes a fold job holds: its features and expression (patch files are read a batch at a time)."""
+    return sum(split_bytes(f) for f in [*input.features, *input.expression]) / 1e6
+
+
 def expression_fold_params(wildcards):
     rows = expression_rows(wildcards.task)
     return {"samples": list(rows["sample"]), "patients": list(rows["patient"])}

@@ -170,7 +170,7 @@ rule expression_train:
         "../../envs/torch-gpu.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, input, attempt: round(2000 + 3 * input.size_mb) * attempt,
+        mem_mb=lambda wildcards, input, attempt: round(2000 + 3 * expression_fold_mb(input)) * attempt,
         runtime=lambda wildcards, input, attempt: round(10 + input.size_mb / 100) * attempt,
         gpu=1,
     params:

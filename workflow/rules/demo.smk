@@ -47,6 +47,7 @@ rule demo_survival_slide:
         f"{BENCH}/demo/survival_{{cohort}}/{{wsi}}.tsv"
     wildcard_constraints:
         cohort="demo_tcga|demo_cptac",
+    priority: CHAIN_PRIORITY
     resources:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,
         runtime=10,
@@ -72,6 +73,7 @@ rule demo_survival_tables:
         f"{BENCH}/demo/survival_{{cohort}}/tables.tsv"
     wildcard_constraints:
         cohort="demo_tcga|demo_cptac",
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/scverse.yaml"
     resources:

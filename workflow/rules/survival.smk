@@ -21,6 +21,7 @@ rule survival_patches:
         f"{LOGS}/survival/patches/{{wsi}}.log",
     benchmark:
         f"{BENCH}/survival/patches/{{wsi}}.tsv"
+    priority: CHAIN_PRIORITY
     resources:
         mem_mb=lambda wildcards, attempt: 3000 * attempt,
         runtime=20,
@@ -64,6 +65,7 @@ rule survival_features:
         f"{LOGS}/survival/features/{{encoder}}/{{wsi}}.log",
     benchmark:
         f"{BENCH}/survival/features/{{encoder}}/{{wsi}}.tsv"
+    priority: CHAIN_PRIORITY
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
@@ -111,6 +113,7 @@ rule survival_cohort:
         f"{LOGS}/survival/cohort/{{encoder}}/{{cohort}}.log",
     benchmark:
         f"{BENCH}/survival/cohort/{{encoder}}/{{cohort}}.tsv"
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/scverse.yaml"
     resources:
@@ -142,6 +145,7 @@ rule survival_fit:
         f"{BENCH}/survival/fit/{{encoder}}/{{cohort}}_{{method}}.tsv"
     wildcard_constraints:
         method=method_wildcard(SURVIVAL_METHODS, "survival_fit"),
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/torch-gpu.yaml"
     threads: 1
@@ -172,6 +176,7 @@ rule survival_student:
         f"{BENCH}/survival/{{method}}/{{encoder}}/{{cohort}}.tsv"
     wildcard_constraints:
         method=method_wildcard(SURVIVAL_METHODS, "survival_student"),
+    priority: CHAIN_PRIORITY
     conda:
         "../../envs/torch-gpu.yaml"
     threads: 1

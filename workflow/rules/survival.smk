@@ -55,7 +55,9 @@ rule survival_features:
     # torch and timm per slide (~10 s) cost more than encoding them. Locally (profiles/default:
     # force-use-threads) these jobs run inside Snakemake's process, importing torch once; on
     # SLURM each job is its own process as usual. Outputs and reruns stay per slide. (No
-    # conda: directive: run: blocks execute in Snakemake's own environment.)
+    # conda: directive: run: blocks execute in Snakemake's own environment.) One thread, as every
+    # rule here: with two, a slide waited for both cores to be free, i.e. for the whole niche
+    # study to finish (the demo's survival chain then ran alone at its end).
     input:
         patches=rules.survival_patches.output.patches,
         image=survival_slide_value("image"),
@@ -66,7 +68,7 @@ rule survival_features:
     benchmark:
         f"{BENCH}/survival/features/{{encoder}}/{{wsi}}.tsv"
     priority: CHAIN_PRIORITY
-    threads: 2
+    threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
         runtime=120,

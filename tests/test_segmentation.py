@@ -268,25 +268,6 @@ def test_students_train_under_one_protocol_and_predict_whole_images(tissuenet):
         fit("mobilenetv3", nuclear, data.labels[:4], cfg, "kd")
 
 
-def test_the_multiplex_teacher_beats_the_nuclear_only_teacher_on_whole_cells(tmp_path):
-    """The demo's first claim, on its own data at a small budget: whole cells reach out to a
-    membrane that only the second channel shows, so a U-Net trained on both channels segments
-    them better than the same U-Net on the nuclear channel (measured 2026-12-02: Dice 0.91 vs
-    0.84 over 8 test tiles, per-tile SD 0.02; the full demo, README: 0.777 vs 0.581)."""
-    train = write_tissuenet(tmp_path / "train.npz", 16, size=96, seed=0)
-    test = write_tissuenet(tmp_path / "test.npz", 8, size=96, seed=2)
-    cfg = SegTrainConfig(epochs=6, steps_per_epoch=10, batch_size=8, tile=64)
-    dice_of = {}
-    for view, nuclear_only in (("multiplex", False), ("nuclear", True)):
-        fit_model(read_split("tissuenet", str(train), nuclear_only=nuclear_only), "mobilenetv3",
-                  str(tmp_path / f"{view}.pt"), cfg)
-        scores = evaluate(read_split("tissuenet", str(test), nuclear_only=nuclear_only), str(tmp_path / f"{view}.pt"),
-                          str(tmp_path / f"{view}.tsv"))
-        dice_of[view] = scores.set_index("image")["dice"]
-    gain = dice_of["multiplex"] - dice_of["nuclear"]
-    assert gain.mean() > 0.03 and (gain > 0).mean() >= 0.75, gain
-
-
 def test_unannotated_images_teach_only_through_the_teacher(tissuenet):
     """kd trains on every image but reads labels only where `labelled`; no-kd sees only those:
     changing an unannotated image's labels (or, for no-kd, the image) changes no weight."""

@@ -322,7 +322,8 @@ def tuned_fit(root, names, out, patches, expression=None):
     samples = list(names)
     expression = expression or [str(root / f"{s}.h5ad") for s in samples]
     steps.fit_fold("cmrcnet", "A", samples, list(names.values()), [str(root / f"{s}.h5") for s in samples],
-                   expression, [], {**FAST, "finetune_blocks": 1, "finetune_lr": 1e-3}, out / "pred.parquet",
+                   expression, [], {**FAST, "stage1_epochs": 1, "stage2_epochs": 1, "finetune_blocks": 1,
+                                   "finetune_lr": 1e-3}, out / "pred.parquet",
                    out / "pcc.tsv", out / "summary.tsv", out / "model.pt", device="cpu", patches=patches, encoder=SPEC)
     return torch.load(out / "model.pt")
 

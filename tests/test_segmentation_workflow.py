@@ -25,9 +25,11 @@ SMALL = dict(
     segmentation__train={"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "tile": 32},
 )
 GDIR = Path("results/segmentation/tissuenet_demo")
-# the shipped demo's configuration (data, budget, modes, two seeds) with one of its four backbones:
-# 3.2-3.6 min on 2 cores (2026-12-02), where all four take ~16 (README)
-DEMO_ONE_BACKBONE = dict(studies=("segmentation",), segmentation__students=["mobilenetv3"])
+# the shipped demo's configuration (data, budget, two seeds) with one of its four backbones and
+# the two modes its claims compare (the kd-nuclear-teacher control: README's table): all three
+# modes took 3.2-3.6 min on 2 cores (2026-12-02), the four backbones ~16 (README)
+DEMO_ONE_BACKBONE = dict(studies=("segmentation",), segmentation__students=["mobilenetv3"],
+                         segmentation__modes=["no-kd", "kd"])
 
 
 @pytest.fixture(scope="module")
@@ -38,30 +40,29 @@ def seg_run(tmp_path_factory) -> Path:
 
 
 def test_on_the_demo_kd_beats_no_kd_and_the_multiplex_teacher_the_nuclear_only_one(seg_run):
-    """The demo's claims on MobileNetV3 (the README's table has all four backbones), mean Dice
-    over the test tiles and both seeds. Measured 2026-12-02: teachers 0.786 / 0.581, students
-    no-kd 0.579, kd 0.610, kd-nuclear-teacher 0.580 under the AVX2 cap; 0.788 / 0.580 and 0.554,
-    0.605, 0.580 with native AVX-512 kernels."""
+    """The demo's claims on MobileNetV3 (the README's table has all four backbones and the
+    kd-nuclear-teacher control), mean Dice over the test tiles and both seeds. Measured
+    2026-12-02 with all three modes: teachers 0.786 / 0.581, students no-kd 0.579, kd 0.610,
+    kd-nuclear-teacher 0.580 under the AVX2 cap; 0.788 / 0.580 and 0.554, 0.605, 0.580 with
+    native AVX-512 kernels."""
     table = pd.read_csv(seg_run / "results/benchmark/segmentation_by_dataset.tsv", sep="\t")
     dice = table[table["evaluated_on"] == "tissuenet_demo"].set_index("model")["dice_mean"]
     assert dice["teacher multiplex"] > dice["teacher nuclear"] + 0.1, dice
     assert dice["mobilenetv3 kd"] > dice["mobilenetv3 no-kd"] + 0.01, dice
-    assert dice["mobilenetv3 kd"] > dice["mobilenetv3 kd-nuclear-teacher"], dice
 
 
 def test_every_model_is_scored_on_its_test_split_and_the_cross_set(seg_run):
     table = pd.read_csv(seg_run / "results/benchmark/segmentation_by_dataset.tsv", sep="\t")
     own = table[table["evaluated_on"] == "tissuenet_demo"].set_index("model")
-    assert set(own.index) == {"teacher multiplex", "teacher nuclear", "mobilenetv3 no-kd", "mobilenetv3 kd",
-                              "mobilenetv3 kd-nuclear-teacher"}
+    assert set(own.index) == {"teacher multiplex", "teacher nuclear", "mobilenetv3 no-kd", "mobilenetv3 kd"}
     assert own.loc["teacher multiplex", "recovery"] == pytest.approx(1.0)
     assert own["dice_mean"].between(0, 1).all() and (own["images"] == 8).all()
     ratio = own.loc["teacher multiplex", "parameters"] / own.loc["mobilenetv3 kd", "parameters"]
     assert own.loc["mobilenetv3 kd", "parameter_ratio"] == pytest.approx(ratio, rel=1e-3)
     cross = table[table["evaluated_on"] == "bbbc038_demo"]
-    assert "teacher multiplex" not in set(cross["model"]) and len(cross) == 4  # no membrane there
+    assert "teacher multiplex" not in set(cross["model"]) and len(cross) == 3  # no membrane there
     overall = pd.read_csv(seg_run / "results/benchmark/segmentation_overall.tsv", sep="\t")
-    assert len(overall) == 5
+    assert len(overall) == 4
 
 
 def test_per_image_dice_matches_a_reference_on_the_saved_maps(seg_run):
@@ -79,7 +80,7 @@ def test_per_image_dice_matches_a_reference_on_the_saved_maps(seg_run):
 def test_a_student_setting_reruns_only_students_and_the_teacher_maps_stay_cached(seg_run):
     jobs = planned_jobs(seg_run, "--config", "segmentation={'students': ['mobilenetv3', 'resnet18']}")
     assert "segmentation_teacher" not in jobs and "segmentation_teacher_probs" not in jobs
-    assert jobs["segmentation_student"] == 3 * 2 and jobs["segmentation_evaluate"] == 12  # own test split and cross
+    assert jobs["segmentation_student"] == 2 * 2 and jobs["segmentation_evaluate"] == 8  # own test split and cross
     # the test split is no input of any training job: its images replaced by noise, every model
     # is rescored and none retrained
     test = seg_run / "data/demo/segmentation/tissuenet/tissuenet_v1.1_test.npz"
@@ -90,7 +91,7 @@ def test_a_student_setting_reruns_only_students_and_the_teacher_maps_stay_cached
         np.savez(f, **arrays)
     jobs = planned_jobs(seg_run)
     assert "segmentation_student" not in jobs and "segmentation_teacher" not in jobs
-    assert jobs["segmentation_evaluate"] == 2 + 3 * 2  # the teachers and every student, on the own split
+    assert jobs["segmentation_evaluate"] == 2 + 2 * 2  # the teachers and every student, on the own split
 
 
 def test_a_bad_sheet_names_its_line(tmp_path):

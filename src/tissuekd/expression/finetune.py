@@ -138,6 +138,12 @@ class PatchBank:
         for h5 in self.files:
             h5.close()
 
+    def __enter__(self) -> PatchBank:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
 
 def embed_patches(model, encoder: TunedEncoder, bank: PatchBank, compute, batch_size: int = 128) -> torch.Tensor:
     """CMRCNet's image embeddings e_I (n, DIM) of every patch in `bank`, batch by batch."""

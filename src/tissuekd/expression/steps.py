@@ -304,8 +304,9 @@ def predict(method, x_train, z_train, y_train, x_test, z_test, genes, lists, set
             if tuned is None:
                 query = model.embed_image(torch.from_numpy(z_test).to(run.device))
             else:
-                query = embed_patches(model, tuned[0], PatchBank(tuning.test_patches, tuning.test_barcodes), run,
-                                      cfg.batch_size)
+                tuned[1].close()
+                with PatchBank(tuning.test_patches, tuning.test_barcodes) as test_patches:
+                    query = embed_patches(model, tuned[0], test_patches, run, cfg.batch_size)
             index = retrieve(query, bank, cfg.top_k, cfg.index, cfg.nprobe)
         state = {"state_dict": model.state_dict(), "config": asdict(cfg)}
         if tuned is not None:

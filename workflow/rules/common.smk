@@ -19,7 +19,8 @@ CLUSTERS = "analysis/clustering/gene_expression_graphclust/clusters.csv"
 SLIDE_PATH_COLUMNS = ["bundle", "he_image", "he_alignment", "cell_types", "pathology", "niche_truth"]
 # The survival study is a deep chain (every slide of a cohort, then its teacher, then its student)
 # where the niche study is wide (many short per-slide jobs): started first, it runs beside the
-# niche jobs instead of alone at the end (the demo on 2 cores: 85 s with one core idle before).
+# niche jobs instead of alone at the end. (On the demo, what kept it at the end, 85 s with one
+# core idle, was survival_features asking two threads; this priority's own share is unmeasured.)
 CHAIN_PRIORITY = 1
 # --sdm conda: envs/*.post-deploy.sh install this checkout into each env (pip install --no-deps -e);
 # this tells them where it is, whatever Snakemake's working directory

@@ -291,26 +291,27 @@ def predict(method, x_train, z_train, y_train, x_test, z_test, genes, lists, set
 
     if method in TRAINED:
         run = compute.resolve(device, precision, threads, workload="model")
-        tuned = None
-        if tuning is not None:
+        fit = dict(reconstruct=method == "cmrcnet", seed=seed, compute=run)
+        z_train_t, y_train_t = torch.from_numpy(z_train), torch.from_numpy(y_train)
+        state = {}
+        if tuning is None:
+            model = fit_cmrcnet(z_train_t, y_train_t, cfg, **fit)
+            with torch.no_grad():
+                query = model.embed_image(torch.from_numpy(z_test).to(run.device))
+        else:
             if run.device.type == "cpu":
                 log.warning("fine-tuning the last %d blocks of %s on the CPU: slow (meant for GPU nodes)",
                             cfg.finetune_blocks, tuning.spec.name)
-            tuned = (tuning.encoder(cfg.finetune_blocks), PatchBank(tuning.train_patches, tuning.train_barcodes))
-        model = fit_cmrcnet(torch.from_numpy(z_train), torch.from_numpy(y_train), cfg,
-                            reconstruct=method == "cmrcnet", seed=seed, compute=run, tuned=tuned)
+            encoder = tuning.encoder(cfg.finetune_blocks)
+            with PatchBank(tuning.train_patches, tuning.train_barcodes) as train_patches:
+                model = fit_cmrcnet(z_train_t, y_train_t, cfg, tuned=(encoder, train_patches), **fit)
+            with torch.no_grad(), PatchBank(tuning.test_patches, tuning.test_barcodes) as test_patches:
+                query = embed_patches(model, encoder, test_patches, run, cfg.batch_size)
+            state["encoder_tail"] = encoder.tail_state()
         with torch.no_grad():
-            bank = model.embed_genes(torch.from_numpy(y_train).to(run.device))
-            if tuned is None:
-                query = model.embed_image(torch.from_numpy(z_test).to(run.device))
-            else:
-                tuned[1].close()
-                with PatchBank(tuning.test_patches, tuning.test_barcodes) as test_patches:
-                    query = embed_patches(model, tuned[0], test_patches, run, cfg.batch_size)
+            bank = model.embed_genes(y_train_t.to(run.device))
             index = retrieve(query, bank, cfg.top_k, cfg.index, cfg.nprobe)
-        state = {"state_dict": model.state_dict(), "config": asdict(cfg)}
-        if tuned is not None:
-            state["encoder_tail"] = tuned[0].tail_state()
+        state.update(state_dict=model.state_dict(), config=asdict(cfg))
         return by_list(mean_of_neighbours(index, y_train)), state
     if method == "knn":
         return by_list(baselines.knn_predict(z_train, y_train, z_test, cfg.top_k, cfg.index, cfg.nprobe)), {}

@@ -59,11 +59,12 @@ def _group(item) -> str:
     return "demo_run" if "demo_run" in item.fixturenames else item.module.__name__
 
 
-# The long groups first, in this order (pyproject: --no-loadscope-reorder keeps it): xdist gives
-# each worker one group, then a second, so one worker runs the niche demo, then the survival
-# demo (both keep two cores busy), while the other runs the SLURM tests, which mostly wait on
-# the scheduler, then the short tests.
-LONG_GROUPS = ("demo_run", "test_slurm", "test_survival_workflow", "test_expression_workflow")
+# The long groups first, longest first (pyproject: --no-loadscope-reorder keeps this order): xdist
+# gives each worker one group and the next one as it nears its end, so the two workers stay about
+# equally loaded (CI of 2026-12-03, seconds per group: demo_run 640, survival 600, SLURM 540
+# before its fast polling, expression 440, segmentation 335; every other module under 120).
+LONG_GROUPS = ("demo_run", "test_survival_workflow", "test_expression_workflow", "test_segmentation_workflow",
+               "test_slurm")
 
 
 def pytest_configure(config):
@@ -88,9 +89,10 @@ def he_alignment(slide_dir: Path) -> Path:
     return slide_dir / f"{slide_dir.name}_he_imagealignment.csv"
 
 
-def snakemake(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the real Snakemake CLI on this repository's workflow from `cwd`."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
+def snakemake(*args: str, cwd: Path, check: bool = True, entry: tuple[str, ...] = ("-m", "snakemake")
+              ) -> subprocess.CompletedProcess:
+    """Run the real Snakemake CLI (`python <entry>`) on this repository's workflow from `cwd`."""
+    cmd = [sys.executable, *entry, "--snakefile", str(REPO / "workflow" / "Snakefile"),
            "--workflow-profile", str(REPO / "profiles" / "default"), *args]
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if check and result.returncode != 0:

@@ -18,6 +18,8 @@ from conftest import REPO, make_workdir, planned_jobs, snakemake
 sys.path.insert(0, str(Path(__file__).parent / "slurm"))
 from cluster import LocalSlurm, missing_reason  # noqa: E402
 
+FAST_POLL = Path(__file__).parent / "slurm" / "snakemake_fast_poll.py"  # status checks every 2 s
+
 pytestmark = [pytest.mark.workflow, pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))]
 
 # a small demo: two slides of 1,500 cells, K=10, short training
@@ -37,7 +39,8 @@ def cluster(tmp_path_factory):
 
 
 def on_slurm(workdir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    return snakemake("--profile", str(REPO / "profiles" / "slurm"), *TEST_FLAGS, *extra, cwd=workdir, check=check)
+    return snakemake("--profile", str(REPO / "profiles" / "slurm"), *TEST_FLAGS, *extra, cwd=workdir, check=check,
+                     entry=(str(FAST_POLL),))
 
 
 def submitted(cluster: LocalSlurm, since: set[str]) -> list[dict]:

@@ -59,10 +59,11 @@ def _group(item) -> str:
     return "demo_run" if "demo_run" in item.fixturenames else item.module.__name__
 
 
-# The long groups first, longest first (pyproject: --no-loadscope-reorder keeps this order): xdist
-# gives each worker one group and the next one as it nears its end, so the two workers stay about
-# equally loaded (CI of 2026-12-03, seconds per group: demo_run 640, survival 600, SLURM 540
-# before its fast polling, expression 440, segmentation 335; every other module under 120).
+# The long groups first, about longest first (pyproject: --no-loadscope-reorder keeps this order):
+# xdist gives each worker one group and the next one as it nears its end, so the two workers stay
+# about equally loaded. Seconds per group in CI on 080d9d2 (2026-12-03; what runs beside a group
+# moves it by ~100 s): demo_run 647, survival 519, segmentation 453, expression 407, SLURM 367;
+# every other module under 160.
 LONG_GROUPS = ("demo_run", "test_survival_workflow", "test_expression_workflow", "test_segmentation_workflow",
                "test_slurm")
 

@@ -127,6 +127,9 @@ def select_amkd(data: CohortData, train: np.ndarray, cfg: TrainConfig, fold: int
     return options[best], scores
 
 
+BAG_CACHE_BYTES = 1 << 30  # bags kept in memory by FileBags: 1 GiB of the fit rules' 4 GB (workflow/rules/survival.smk)
+
+
 class MemoryBags(list):
     """Bags held in memory (tests, small cohorts): one (patches, dim) tensor per patient."""
 
@@ -148,9 +151,12 @@ class MemoryBags(list):
 class FileBags:
     """Each patient's bag read from their feature files (`;`-joined paths) when a step needs
     it, so a cohort of 1,000 patients x 10,000 patches never sits in memory; a training step
-    reads only the sampled rows."""
+    reads only the sampled rows. Bags are kept once read while they fit in `cache_bytes`
+    (the first that fit stay; none is evicted): a demo cohort is then read from disk once
+    instead of at every step (one h5 open per patient and step was a fifth of a fit's time),
+    and a large cohort's memory stays bounded by the budget."""
 
-    def __init__(self, features: Sequence[str]):
+    def __init__(self, features: Sequence[str], cache_bytes: int = BAG_CACHE_BYTES):
         self.files = [paths.split(";") for paths in features]
         self.counts = []
         for paths in tqdm(self.files, desc="bags", unit="patient", mininterval=10):
@@ -159,9 +165,12 @@ class FileBags:
                 with h5py.File(path, "r") as h5:
                     sizes.append(h5["features"].shape[0])
                     if sizes[-1]:  # a slide without tissue is stored as (0, 0)
-                        self.dim = int(h5["features"].shape[1])
+                        self.dim, self.dtype = int(h5["features"].shape[1]), h5["features"].dtype
+                        self.itemsize = self.dtype.itemsize
             self.counts.append(np.cumsum([0, *sizes]))
         self._moments: dict[int, Moments] = {}
+        self._cache: dict[int, np.ndarray] = {}
+        self._room = cache_bytes
 
     def __len__(self) -> int:
         return len(self.files)
@@ -171,17 +180,24 @@ class FileBags:
 
     def rows(self, i: int, idx: np.ndarray | None = None) -> torch.Tensor:
         """Rows `idx` (increasing; all when None) of patient `i`'s bag: a new float32 tensor."""
+        if i not in self._cache:
+            if self.count(i) * self.dim * self.itemsize > self._room:
+                return torch.from_numpy(self._read(i, idx).astype(np.float32))
+            self._cache[i] = self._read(i, None)  # in the files' dtype (fp16 features: half the memory)
+            self._room -= self._cache[i].nbytes
+        bag = self._cache[i]
+        return torch.from_numpy((bag if idx is None else bag[idx]).astype(np.float32))  # astype copies
+
+    def _read(self, i: int, idx: np.ndarray | None) -> np.ndarray:
+        """Rows `idx` of patient `i`'s bag (all when None), in the files' dtype."""
         parts, bounds = [], self.counts[i]
         for f, path in enumerate(self.files[i]):
+            own = slice(None) if idx is None else idx[(idx >= bounds[f]) & (idx < bounds[f + 1])] - bounds[f]
+            if bounds[f + 1] == bounds[f] or (idx is not None and len(own) == 0):
+                continue  # nothing wanted there (or a slide without tissue, stored as (0, 0))
             with h5py.File(path, "r") as h5:
-                data = h5["features"]
-                if idx is None:
-                    parts.append(np.asarray(data[:], dtype=np.float32))
-                else:
-                    own = idx[(idx >= bounds[f]) & (idx < bounds[f + 1])] - bounds[f]
-                    parts.append(np.asarray(data[own], dtype=np.float32) if len(own) else
-                                 np.empty((0, self.dim), np.float32))
-        return torch.from_numpy(np.concatenate(parts))
+                parts.append(h5["features"][own])
+        return np.concatenate(parts) if parts else np.empty((0, self.dim), self.dtype)
 
     def moments(self, i: int) -> Moments:
         """Count, mean and sum of squared deviations of patient `i`'s patches, in one chunked

@@ -25,7 +25,8 @@ def fit_line(total_steps=None, skip_odd=False, seed=0):
 
     optimise(model.parameters(), 30, lambda _: shuffled_batches(64, 8, gen), loss_of, lr=0.05, weight_decay=0.0,
              total_steps=total_steps, after_step=steps.append)
-    return model, steps, float(((model(x).squeeze(1) - y) ** 2).mean())
+    with torch.no_grad():
+        return model, steps, float(((model(x).squeeze(1) - y) ** 2).mean())
 
 
 def test_the_loop_fits_counts_its_steps_and_skips_what_the_loss_declines():

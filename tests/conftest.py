@@ -61,9 +61,9 @@ def _group(item) -> str:
 
 # The long groups first, about longest first (pyproject: --no-loadscope-reorder keeps this order):
 # xdist gives each worker one group and the next one as it nears its end, so the two workers stay
-# about equally loaded. Seconds per group in CI on 080d9d2 (2026-12-03; what runs beside a group
-# moves it by ~100 s): demo_run 647, survival 519, segmentation 453, expression 407, SLURM 367;
-# every other module under 160.
+# about equally loaded. Seconds per group in CI on 74893a6 (2026-12-03; what runs beside a group
+# moves it by ~100 s): demo_run 636, survival 481, segmentation 447, expression 396, SLURM 368;
+# every other module under 150.
 LONG_GROUPS = ("demo_run", "test_survival_workflow", "test_expression_workflow", "test_segmentation_workflow",
                "test_slurm")
 

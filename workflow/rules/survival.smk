@@ -152,7 +152,7 @@ rule survival_fit:
         "../../envs/torch-gpu.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,  # bags stream from disk past a 1 GiB cache: bounded
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,  # bags stream from disk (kept when <= 1 GiB): bounded
         runtime=minutes_per_patient(30, 60),
         gpu=1,
     params:
@@ -183,7 +183,7 @@ rule survival_student:
         "../../envs/torch-gpu.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,  # bags stream from disk past a 1 GiB cache: bounded
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,  # bags stream from disk (kept when <= 1 GiB): bounded
         runtime=minutes_per_patient(30, 60),
         gpu=1,
     params:

@@ -166,12 +166,11 @@ class FileBags:
                     sizes.append(h5["features"].shape[0])
                     if sizes[-1]:  # a slide without tissue is stored as (0, 0)
                         self.dim, self.dtype = int(h5["features"].shape[1]), h5["features"].dtype
-                        self.itemsize = self.dtype.itemsize
             self.counts.append(np.cumsum([0, *sizes]))
         self._moments: dict[int, Moments] = {}
         self._cache: dict[int, np.ndarray] = {}
         patches = sum(int(c[-1]) for c in self.counts)
-        self.cached = patches == 0 or patches * self.dim * self.itemsize <= cache_bytes
+        self.cached = patches == 0 or patches * self.dim * self.dtype.itemsize <= cache_bytes
 
     def __len__(self) -> int:
         return len(self.files)
@@ -182,11 +181,12 @@ class FileBags:
     def rows(self, i: int, idx: np.ndarray | None = None) -> torch.Tensor:
         """Rows `idx` (increasing; all when None) of patient `i`'s bag: a new float32 tensor."""
         if not self.cached:
-            return torch.from_numpy(self._read(i, idx).astype(np.float32))
+            return torch.from_numpy(self._read(i, idx).astype(np.float32, copy=False))  # freshly read: no copy
         if i not in self._cache:
             self._cache[i] = self._read(i, None)  # in the files' dtype (fp16 features: half the memory)
         bag = self._cache[i]
-        return torch.from_numpy((bag if idx is None else bag[idx]).astype(np.float32))  # astype copies
+        # the kept bag itself must be copied; a fancy-indexed selection already is one
+        return torch.from_numpy((bag if idx is None else bag[idx]).astype(np.float32, copy=idx is None))
 
     def _read(self, i: int, idx: np.ndarray | None) -> np.ndarray:
         """Rows `idx` of patient `i`'s bag (all when None), in the files' dtype."""

@@ -14,7 +14,15 @@ import tifffile
 from tissuekd.demo.survival import lymphoid_aggregates, make_cohort_tables, make_slide
 from tissuekd.errors import InputError
 from tissuekd.io.wsi import open_slide
-from tissuekd.survival.cohort import Drops, build_cohort, count_patches, read_clinical, read_rna
+from tissuekd.survival.cohort import (
+    Drops,
+    assign_folds,
+    build_cohort,
+    count_patches,
+    read_clinical,
+    read_gene_sets,
+    read_rna,
+)
 from tissuekd.survival.patches import make_patches, read_patches
 
 PATIENTS = ["TCGA-DM-A000", "TCGA-DM-A001", "TCGA-DM-A002"]
@@ -83,6 +91,17 @@ def test_slide_without_resolution_needs_the_sheet_mpp(tmp_path):
     assert read_patches(tmp_path / "p.h5")[1]["patch_size_level0"] == 512
 
 
+def test_a_slide_without_mpp_takes_it_from_its_magnification_and_says_so(tmp_path, caplog):
+    path = tmp_path / "nompp.svs"
+    head = "Aperio Image Library v12.0.15 \n512x512 [0,0 512x512] (256x256) JPEG/RGB Q=85|AppMag = 40"
+    tifffile.imwrite(path, np.full((512, 512, 3), 200, np.uint8), tile=(256, 256), photometric="rgb",
+                     compression="jpeg", description=head, metadata=None)
+    with caplog.at_level(logging.WARNING):
+        make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.png")
+    assert "nompp.svs: no mpp in the file; 0.25 µm/px assumed from its objective power (40x)" in caplog.text
+    assert read_patches(tmp_path / "p.h5")[1]["patch_size_level0"] == 512
+
+
 @pytest.fixture
 def tables(tmp_path):
     make_cohort_tables(PATIENTS, tmp_path / "clinical.tsv", tmp_path / "rna.tsv", seed=0, cancer_type="T",
@@ -107,11 +126,52 @@ def test_clinical_table_errors_name_the_file_and_the_problem(tables):
         read_clinical(tables / "negative.tsv", "OS")
 
 
+def test_unreadable_survival_values_stop_naming_the_patient_while_missing_markers_do_not(tables):
+    table = pd.read_csv(tables / "clinical.tsv", sep="\t")
+    table["OS.time"] = table["OS.time"].astype(object)
+    table.loc[0, "OS.time"], table.loc[2, "OS.time"] = "[Not Available]", "#N/A"
+    table.to_csv(tables / "markers.tsv", sep="\t", index=False)
+    clinical = read_clinical(tables / "markers.tsv", "OS")
+    assert clinical["time"].isna().sum() == 2 and clinical["time"].notna().sum() == len(PATIENTS) - 2
+    table.loc[1, "OS.time"] = "12O"  # a typo, not a missing value
+    table.to_csv(tables / "typo.tsv", sep="\t", index=False)
+    with pytest.raises(InputError, match=r"typo.tsv: column OS.time has values that are neither numbers .*"
+                                         r"TCGA-DM-A001: '12O'"):
+        read_clinical(tables / "typo.tsv", "OS")
+
+
+def test_pancan_gene_ids_become_symbols_and_a_repeated_id_stops(tmp_path, caplog):
+    samples = [p + "-01A-11R-A00Z-07" for p in PATIENTS[:3]]
+    ids = ["TP53|7157", "?|100130426", "SLC35E2|728661", "SLC35E2|9906", "MKI67|4288"]
+    values = np.arange(15, dtype=float).reshape(5, 3)
+    pd.DataFrame(values, index=pd.Index(ids, name="gene_id"), columns=samples).to_csv(tmp_path / "pancan.tsv", sep="\t")
+    with caplog.at_level(logging.INFO):
+        rna = read_rna(tmp_path / "pancan.tsv", set(PATIENTS))
+    assert list(rna.columns) == ["TP53", "SLC35E2", "MKI67"] and "read as 3 symbols (1 without a symbol" in caplog.text
+    np.testing.assert_allclose(rna["SLC35E2"], values[2:4].mean(axis=0))  # the ids sharing a symbol, averaged
+    (tmp_path / "sets.gmt").write_text("PROLIFERATION\tna\tMKI67\tTOP2A\n")
+    assert read_gene_sets(tmp_path / "sets.gmt", list(rna.columns)) == {"PROLIFERATION": [2]}
+
+    repeated = pd.DataFrame(values, index=pd.Index(ids[:4] + ["TP53|7157"], name="gene_id"), columns=samples)
+    repeated.to_csv(tmp_path / "rows.tsv", sep="\t")
+    repeated.T.to_csv(tmp_path / "columns.tsv", sep="\t")  # pandas would rename the second to TP53|7157.1
+    for name in ("rows.tsv", "columns.tsv"):
+        with pytest.raises(InputError, match=rf"{name}: gene id\(s\) listed twice: \['TP53\|7157'\]"):
+            read_rna(tmp_path / name, set(PATIENTS))
+
+
+def test_too_few_censored_patients_for_the_folds_are_named_as_such():
+    with pytest.raises(InputError, match=r"10 usable patients \(8 events, 2 censored\) are too few for 5-fold"):
+        assign_folds(np.array([1] * 8 + [0] * 2), 5, seed=0)
+
+
 def test_rna_orientation_is_detected_and_sample_barcodes_map_to_patients(tables, caplog):
     genes_by_samples = pd.read_csv(tables / "rna.tsv", sep="\t", index_col=0)
     assert list(genes_by_samples.columns) == [p + "-01A" for p in PATIENTS]
     # a normal sample (-11A) of the first patient must not replace its tumour sample
     genes_by_samples.insert(0, PATIENTS[0] + "-11A", 0.0)
+    # a patient with only a normal sample has no tumour RNA: not used
+    genes_by_samples = genes_by_samples.drop(columns=PATIENTS[1] + "-01A").assign(**{PATIENTS[1] + "-11A": 1.0})
     genes_by_samples.to_csv(tables / "with_normal.tsv", sep="\t")
     genes_by_samples.T.to_csv(tables / "transposed.tsv", sep="\t")
     with caplog.at_level(logging.INFO):
@@ -120,6 +180,7 @@ def test_rna_orientation_is_detected_and_sample_barcodes_map_to_patients(tables,
     assert "genes x samples" in caplog.text and "samples x genes" in caplog.text
     pd.testing.assert_frame_equal(a.sort_index(), b.sort_index())
     assert a.loc[PATIENTS[0]].sum() > 0  # the tumour sample, not the all-zero normal one
+    assert PATIENTS[1] not in a.index and "only normal-tissue or control samples" in caplog.text
     with pytest.raises(InputError, match="no row or column label matches a patient barcode"):
         read_rna(tables / "rna.tsv", {"TCGA-XX-0000"})
 
@@ -144,7 +205,7 @@ def test_unusable_patients_are_dropped_with_their_reason(tmp_path):
     assert list(table["patient"]) == ["P1"] and table["slides"].iloc[0] == "s1;s6"
     assert reasons["P2"].tolist() == ["no tissue found on the slide", "no slide with tissue"]
     assert reasons["P3"] == "no survival time or status for the endpoint"
-    assert reasons["P4"] == "no RNA sample in the matrix"
+    assert reasons["P4"] == "no tumour RNA sample in the matrix (normal-tissue samples are not used)"
     assert reasons["P5"] == "no slide in the sheet"
     assert reasons["P9"] == "barcode not in the clinical table"
 

@@ -45,3 +45,39 @@ def test_missing_or_unreadable_image(tmp_path):
     bad.write_bytes(b"not a tiff")
     with pytest.raises(InputError, match="bad.ome.tif"):
         open_slide(bad)
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_a_tile_that_does_not_decode_names_the_file(tmp_path, backend):
+    """A damaged slide (bytes zeroed in its first level's tiles) stops the read with an InputError
+    naming the file and the region, not a codec's traceback."""
+    from tissuekd.demo.survival import make_slide
+
+    path = tmp_path / "TCGA-DM-A000-01Z-00-DX1.svs"
+    make_slide(path, "TCGA-DM-A000", seed=0)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 4 : len(data) // 2] = bytes(len(data) // 2 - len(data) // 4)
+    path.write_bytes(bytes(data))
+    with open_slide(path, backend) as slide, pytest.raises(InputError, match=r"DX1.svs: cannot read the region of "
+                                                                           r"level 0 at .* \(a damaged file\?\)"):
+        w, h = slide.dimensions
+        for y in range(0, h, 256):
+            slide.read(0, 0, y, w, 256)
+
+
+def test_an_input_error_survives_a_dataloader_worker_and_pickling():
+    """torch's DataLoader re-raises a worker's error from its message alone: the file and the
+    problem come through, so the job still ends with the one line naming them."""
+    import pickle
+
+    from torch._utils import ExceptionWrapper
+
+    try:
+        raise InputError("/data/a.svs", "cannot read the region of level 0 at (0, 0)")
+    except InputError:
+        wrapper = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(InputError) as err:
+        wrapper.reraise()
+    assert (err.value.where, err.value.problem) == ("/data/a.svs", "cannot read the region of level 0 at (0, 0)")
+    again = pickle.loads(pickle.dumps(InputError("b.h5", "no `features`: has ['x']")))
+    assert (again.where, again.problem) == ("b.h5", "no `features`: has ['x']")

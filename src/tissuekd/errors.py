@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
 class InputError(ValueError):
     """Bad input: carries the file (or sheet row / config key) and what is wrong with it."""
 
-    def __init__(self, where: str | Path, problem: str):
+    def __init__(self, where: str | Path, problem: str | None = None):
+        if problem is None:  # rebuilt from a message: unpickled, or re-raised by torch's DataLoader from a worker
+            where, problem = _split(str(where))
         self.where = str(where)
         self.problem = problem
         super().__init__(f"{self.where}: {problem}")
+
+
+def _split(message: str) -> tuple[str, str]:
+    """(where, problem) of `where: problem`, or of a traceback's last `InputError: where: problem` line."""
+    lines = re.findall(r"InputError: (.+)", message)
+    where, _, problem = (lines[-1] if lines else message).partition(": ")
+    return where, problem

@@ -2,10 +2,10 @@
 barcode, slides with features from the sheet, and patient-level cross-validation folds.
 
 Patients that cannot be used are dropped with a reason (no slide, no tissue on any slide,
-no survival for the endpoint, no RNA sample, a slide's barcode not in the clinical table);
-the reasons go to the log and to `dropped.tsv`. Tables that are malformed (missing columns,
-negative times, an RNA matrix that matches no barcode) stop the step with an error naming
-the file.
+no survival for the endpoint, no tumour RNA sample, a slide's barcode not in the clinical
+table); the reasons go to `dropped.tsv` and, counted, to the log. Tables that are malformed
+(missing columns, negative or unreadable times, repeated gene ids, an RNA matrix that matches
+no barcode) stop the step with an error naming the file.
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ from tissuekd.survival.layout import coords_attrs, patch_geometry
 
 log = logging.getLogger(__name__)
 
-TUMOUR_SAMPLE = re.compile(r"^-0\d")  # TCGA sample types 01-09 are tumours (10-19 normal)
+TUMOUR_SAMPLE = re.compile(r"^-0\d")  # TCGA sample types 01-09 are tumours (10-19 normal, 20-29 controls)
+# how TCGA-CDR and spreadsheets write a missing value: [Not Available], [Discrepancy], #N/A, NA, ...
+MISSING = r"\[.*\]|#N/A|N/?A|NaN|null|none|"
+PANCAN_ID = re.compile(r"^([^|]*)\|[^|]+$")  # TCGA PanCan gene ids: SYMBOL|ENTREZ (`?` without a symbol)
+
+
+LOGGED_DROPS = 20  # dropped patients logged one by one; the rest are counted (a pan-cancer table: ~11,000)
 
 
 @dataclass
@@ -34,10 +40,15 @@ class Drops:
 
     def add(self, patient: str, reason: str, slide: str = "") -> None:
         self.rows.append((patient, slide, reason))
-        log.warning("dropped %s%s: %s", f"slide {slide} of " if slide else "", f"patient {patient}", reason)
+        if len(self.rows) <= LOGGED_DROPS:
+            log.warning("dropped %s%s: %s", f"slide {slide} of " if slide else "", f"patient {patient}", reason)
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=["patient", "slide", "reason"])
+
+    def summary(self) -> str:
+        counts = self.table()["reason"].value_counts()
+        return "; ".join(f"{n} {reason}" for reason, n in counts.items()) or "none"
 
 
 def read_clinical(path: str, endpoint: str) -> pd.DataFrame:
@@ -50,10 +61,11 @@ def read_clinical(path: str, endpoint: str) -> pd.DataFrame:
     if missing:
         raise InputError(path, f"missing column(s) {missing} for endpoint {endpoint} (a TCGA-CDR table has "
                                f"bcr_patient_barcode, OS, OS.time, DSS, DSS.time, PFI, PFI.time)")
+    patient = table["bcr_patient_barcode"].str.strip()
     out = pd.DataFrame({
-        "patient": table["bcr_patient_barcode"].str.strip(),
-        "time": pd.to_numeric(table[f"{endpoint}.time"], errors="coerce"),
-        "event": pd.to_numeric(table[endpoint], errors="coerce"),
+        "patient": patient,
+        "time": _numbers(table[f"{endpoint}.time"], patient, path),
+        "event": _numbers(table[endpoint], patient, path),
     })
     dupes = out["patient"][out["patient"].duplicated()].unique().tolist()
     if dupes:
@@ -65,6 +77,19 @@ def read_clinical(path: str, endpoint: str) -> pd.DataFrame:
     if bad_event:
         raise InputError(path, f"{endpoint} must be 0 (censored) or 1 (event); not so for {bad_event[:10]}")
     return out.set_index("patient")
+
+
+def _numbers(column: pd.Series, patient: pd.Series, path: str) -> pd.Series:
+    """A column as numbers, its missing-value markers (`[Not Available]`, `#N/A`, `NA`, empty) as
+    NaN; any other text (a typo such as `12O` or `1,234`) is an error naming the patients."""
+    values = pd.to_numeric(column, errors="coerce")
+    text = column.astype(str).str.strip()
+    bad = values.isna() & column.notna() & ~text.str.fullmatch(MISSING, case=False)
+    if bad.any():
+        shown = [f"{p}: {v!r}" for p, v in zip(patient[bad][:5], column[bad][:5])]
+        raise InputError(path, f"column {column.name} has values that are neither numbers nor missing-value "
+                               f"markers ({int(bad.sum())}, e.g. {', '.join(shown)})")
+    return values
 
 
 def _patient_of(key: str, patients: set[str]) -> str | None:
@@ -92,17 +117,49 @@ def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
     log.info("%s: %s (%d genes, %d samples); %d samples match a patient", path,
              "genes x samples" if by_columns > by_rows else "samples x genes", matrix.shape[1], matrix.shape[0],
              max(by_columns, by_rows))
+    genes = _header(path) if by_columns <= by_rows else matrix.columns.astype(str)
+    repeated = genes[genes.duplicated()].unique().tolist()
+    if repeated:
+        raise InputError(path, f"gene id(s) listed twice: {repeated[:10]}")
     matrix.index = matrix.index.astype(str)
     owner = pd.Series({s: _patient_of(s, patients) for s in matrix.index}).dropna()
     rank = [(0 if TUMOUR_SAMPLE.match(s[len(p):]) or s == p else 1, s) for s, p in owner.items()]
     chosen = pd.DataFrame(rank, index=owner.index, columns=["normal", "sample"]).assign(patient=owner)
     chosen = chosen.sort_values(["normal", "sample"]).drop_duplicates("patient")
+    normal_only = chosen.loc[chosen["normal"] == 1, "patient"].tolist()
+    if normal_only:
+        log.warning("%s: %d patient(s) have only normal-tissue or control samples (types 10-29), not used: %s",
+                    path, len(normal_only), normal_only[:10])
+    chosen = chosen[chosen["normal"] == 0]
     out = matrix.loc[chosen["sample"]].apply(pd.to_numeric, errors="coerce")
     out.index = pd.Index(chosen["patient"].to_numpy(), name="patient")
     out.columns = out.columns.astype(str).rename("gene")
     if out.isna().any().any():
         bad = out.columns[out.isna().any()].tolist()
-        raise InputError(path, f"non-numeric or missing values in gene(s) {bad[:10]}")
+        samples = out.index[out.isna().any(axis=1)].tolist()
+        raise InputError(path, f"non-numeric or missing values in gene(s) {bad[:10]} (patient(s) {samples[:10]})")
+    return _symbols(out, path)
+
+
+def _header(path: str) -> pd.Index:
+    """The first line's labels as written (pandas renames a repeated column `X` to `X.1`)."""
+    with open(path) as f:
+        first = f.readline().rstrip("\r\n")
+    return pd.Index(first.split("\t" if "\t" in first else ",")[1:])
+
+
+def _symbols(rna: pd.DataFrame, path: str) -> pd.DataFrame:
+    """TCGA PanCan columns (`TP53|7157`) renamed to their symbols, so that MSigDB-style gene sets
+    match: ids without a symbol (`?|100130426`) dropped, ids sharing a symbol (`SLC35E2|728661`,
+    `SLC35E2|9906`) averaged. Other matrices are returned unchanged."""
+    parts = rna.columns.str.extract(PANCAN_ID)[0]
+    if parts.notna().mean() < 0.5:
+        return rna
+    symbol = parts.fillna(pd.Series(rna.columns, index=parts.index)).to_numpy()
+    keep = (symbol != "?") & (symbol != "")
+    out = rna.loc[:, keep].T.groupby(symbol[keep], sort=False).mean().T.rename_axis(columns="gene")
+    log.info("%s: %d PanCan gene ids (SYMBOL|ENTREZ) read as %d symbols (%d without a symbol dropped, "
+             "ids sharing a symbol averaged)", path, rna.shape[1], out.shape[1], int((~keep).sum()))
     return out
 
 
@@ -122,7 +179,7 @@ def read_gene_sets(path: str, genes: list[str]) -> dict[str, list[int]]:
             else:
                 log.warning("%s: gene set %s has no gene of the RNA matrix; skipped", path, fields[0])
     if not sets:
-        raise InputError(path, "no gene set shares a gene with the RNA matrix")
+        raise InputError(path, f"no gene set shares a gene with the RNA matrix (its genes: e.g. {genes[:3]})")
     return sets
 
 
@@ -189,7 +246,7 @@ def build_cohort(slides: pd.DataFrame, clinical: pd.DataFrame, rna: pd.DataFrame
     table = table.drop(no_survival)
     if rna is not None:
         for patient in table.index.difference(rna.index):
-            drops.add(patient, "no RNA sample in the matrix")
+            drops.add(patient, "no tumour RNA sample in the matrix (normal-tissue samples are not used)")
         table = table.loc[table.index.intersection(rna.index)]
     grouped = usable.groupby("patient")
     table["slides"] = grouped["slide"].agg(";".join).reindex(table.index)
@@ -202,8 +259,9 @@ def build_cohort(slides: pd.DataFrame, clinical: pd.DataFrame, rna: pd.DataFrame
 def assign_folds(events: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """Patient-level folds stratified by event, fixed by the seed: the same for every model."""
     if len(events) < 2 * folds or min(events.sum(), (1 - events).sum()) < folds:
-        raise InputError("cohort", f"{len(events)} usable patients ({events.sum()} events) are too few for "
-                                   f"{folds}-fold cross-validation")
+        raise InputError("cohort", f"{len(events)} usable patients ({events.sum()} events, "
+                                   f"{len(events) - events.sum()} censored) are too few for {folds}-fold "
+                                   f"cross-validation, which needs at least {folds} of each")
     fold = np.empty(len(events), dtype=int)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (_, test) in enumerate(splitter.split(np.zeros(len(events)), events)):
@@ -251,8 +309,8 @@ def prepare_cohort(name: str, slides: pd.DataFrame, clinical: str, rna: str | No
                                 cross_validate=cross_validate, drops=drops)
     except InputError as err:
         raise InputError(f"cohort {name}", err.problem) from None
-    log.info("cohort %s: %d usable patients, %d events, %d dropped (see %s)", name, len(patients),
-             patients["event"].sum(), len(drops.rows), out_dropped)
+    log.info("cohort %s: %d usable patients, %d events, %d dropped (%s; see %s)", name, len(patients),
+             patients["event"].sum(), len(drops.rows), drops.summary(), out_dropped)
     with atomic_path(out_dropped) as tmp:
         drops.table().to_csv(tmp, sep="\t", index=False)
     with atomic_path(out_rna) as tmp:

@@ -41,6 +41,9 @@ def slide_mpp(slide: Slide, override: float | None = None) -> float:
     if slide.mpp:
         return float(slide.mpp)
     if slide.objective_power:
+        log.warning("%s: no mpp in the file; %g µm/px assumed from its objective power (%gx): give the slide "
+                    "sheet's `mpp` column if the scanner's differs", slide.path, 10.0 / slide.objective_power,
+                    slide.objective_power)
         return 10.0 / slide.objective_power
     raise InputError(slide.path, "no resolution in the file (neither mpp nor objective power); "
                                  "give it in the slide sheet's `mpp` column")

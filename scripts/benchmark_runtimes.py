@@ -5,7 +5,7 @@ from tissuekd.report.summary import runtimes
 
 
 def write():
-    table = runtimes(list(snakemake.input), f"{snakemake.config['results']}/benchmarks")
+    table = runtimes(list(snakemake.input), f"{snakemake.config['results']}/benchmarks", snakemake.params.in_process)
     with atomic_path(snakemake.output[0]) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
 

@@ -65,6 +65,8 @@ rule benchmark_runtimes:
     resources:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,
         runtime=10,
+    params:
+        in_process=IN_PROCESS_RULES,
     script:
         "../../scripts/benchmark_runtimes.py"
 

@@ -22,6 +22,9 @@ SLIDE_PATH_COLUMNS = ["bundle", "he_image", "he_alignment", "cell_types", "patho
 # niche jobs instead of alone at the end. (On the demo, what kept it at the end, 85 s with one
 # core idle, was survival_features asking two threads; this priority's own share is unmeasured.)
 CHAIN_PRIORITY = 1
+# Runtime-table rules whose jobs are `run:` blocks inside Snakemake's own process (profiles/default:
+# force-use-threads): a benchmark file's memory there is that whole process's, so the table leaves it out
+IN_PROCESS_RULES = ["demo_survival_", "survival_patches", "survival_features"]
 # --sdm conda: envs/*.post-deploy.sh install this checkout into each env (pip install --no-deps -e);
 # this tells them where it is, whatever Snakemake's working directory
 os.environ.setdefault("TISSUEKD_ROOT", str(Path(workflow.basedir).parent))

@@ -110,7 +110,13 @@ rule survival_cohort:
     output:
         patients=f"{SDIR}/patients.tsv",
         rna=f"{SDIR}/rna.parquet",
-        dropped=f"{SDIR}/dropped.tsv",
+        dropped=report(
+            f"{SDIR}/dropped.tsv",
+            caption="../report/dropped.rst",
+            category="Survival",
+            subcategory=lambda wildcards: wildcards.cohort,
+            labels=lambda wildcards: {"figure": "patients left out, with the reason", "encoder": wildcards.encoder},
+        ),
     log:
         f"{LOGS}/survival/cohort/{{encoder}}/{{cohort}}.log",
     benchmark:

@@ -72,9 +72,10 @@ def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns).reset_index()
 
 
-def runtimes(paths: list[str], root: str) -> pd.DataFrame:
+def runtimes(paths: list[str], root: str, in_process: Sequence[str] = ()) -> pd.DataFrame:
     """Wall time and peak memory per rule, from Snakemake benchmark files under `root`
-    (`{root}/{study}/{step}/...` → rule `{study}_{step}`)."""
+    (`{root}/{study}/{step}/...` → rule `{study}_{step}`). Rules starting with an `in_process`
+    prefix ran inside Snakemake's process, whose memory is not theirs: theirs is left empty."""
     rows = []
     for path in paths:
         parts = Path(path).relative_to(root).parts
@@ -82,6 +83,7 @@ def runtimes(paths: list[str], root: str) -> pd.DataFrame:
         rows.append({"rule": f"{parts[0]}_{parts[1]}", "s": bench["s"].iloc[-1],
                      "max_rss_mb": pd.to_numeric(bench["max_rss"], errors="coerce").iloc[-1]})
     frame = pd.DataFrame(rows, columns=["rule", "s", "max_rss_mb"])
+    frame.loc[frame["rule"].str.startswith(tuple(in_process)), "max_rss_mb"] = np.nan
     table = frame.groupby("rule").agg(jobs=("s", "size"), total_s=("s", "sum"), mean_s=("s", "mean"),
                                       max_s=("s", "max"), max_rss_mb=("max_rss_mb", "max"))
     return table.sort_values("total_s", ascending=False).reset_index().round(2)

@@ -92,6 +92,10 @@ def test_jsd_scores_every_cell_so_collapse_and_leftover_clusters_count():
     mixed = composition_jsd(split_mixed, teacher, types, hungarian_match(split_mixed, teacher))
     assert pure["JSD"] < 0.05 and mixed["JSD"] > 0.3
     assert pure["matched_coverage"] < 0.6 and mixed["matched_coverage"] < 0.6
+    # without two known cell types every composition is the same: no JSD, the coverage still
+    for unknown in (np.full(400, "unknown"), np.where(types == "a", "a", "unknown")):
+        row = composition_jsd(collapsed, teacher, unknown)
+        assert np.isnan(row["JSD"]) and row["matched_coverage"] == pytest.approx(7 / 8)
 
 
 def test_probe_ignores_unannotated_cells_and_counts_classes():

@@ -93,3 +93,17 @@ def test_slide_without_test_cells_names_the_file(ingested, tmp_path):
         fit_radius(str(path), str(tmp_path / "r.json"), target=20, n_strips=4, test_strip=1)
     assert str(path) in str(err.value)
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_slide_too_small_to_train_on_stops_at_the_split_naming_it(ingested, tmp_path):
+    """400 cells leave fewer train cells than the student's 64 principal components need: the
+    split stops with the slide's bundle, the counts and what to change (not scikit-learn, later)."""
+    cells = pd.read_parquet(ingested["cells"]).sample(400, random_state=0)
+    path = tmp_path / "cells.parquet"
+    cells.to_parquet(path)
+    fit_radius(str(path), str(tmp_path / "radius.json"), target=20, n_strips=4, test_strip=1)
+    with pytest.raises(InputError, match=r"slide .*outs: \d+ train cells remain of 400 .* needs at least 200") as err:
+        write_split(str(path), str(ingested["slide"]), str(tmp_path / "radius.json"), str(tmp_path / "split.parquet"),
+                    crop_px=112, encoder_mpp=1.0)
+    assert json.loads(ingested["slide"].read_text())["bundle"] in str(err.value)
+    assert not (tmp_path / "split.parquet").exists()

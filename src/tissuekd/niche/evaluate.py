@@ -51,7 +51,9 @@ def composition_jsd(labels: np.ndarray, reference: np.ndarray, cell_types: np.nd
     JSD is the mean of the two sides, so over-splitting is scored on all its clusters and a
     collapsed niche is penalised. `matched_coverage` is the share of cells (both sides pooled)
     in matched niches. Identity matching when `matching` is None (a student shares the
-    teacher's niche indices)."""
+    teacher's niche indices). JSD is NaN with fewer than two known cell types (a slide without
+    annotation or clusters: every composition is the same, and the JSD would only restate the
+    coverage)."""
     types = np.unique(cell_types)
     p, q = compositions(labels, cell_types, types), compositions(reference, cell_types, types)
     if matching is None:
@@ -66,10 +68,12 @@ def composition_jsd(labels: np.ndarray, reference: np.ndarray, cell_types: np.nd
     backward = sum(size_q[b] * (divergence.loc[inverse[b], b] if b in inverse else 1.0) for b in q.index)
     covered = size_p[list(matching)].sum() + size_q[list(inverse)].sum()
     n = len(labels)
-    return {"JSD": float((forward + backward) / (2 * n)), "matched_coverage": float(covered / (2 * n))}
+    jsd = float((forward + backward) / (2 * n)) if len(set(types) - {UNKNOWN_TYPE}) >= 2 else float("nan")
+    return {"JSD": jsd, "matched_coverage": float(covered / (2 * n))}
 
 
 UNANNOTATED = "unannotated"
+UNKNOWN_TYPE = "unknown"  # niche_ingest's cell type where the sheet and the bundle give none
 
 
 def probe_f1(labels: np.ndarray, annotation: np.ndarray, seed: int = 0, folds: int = 5) -> float:

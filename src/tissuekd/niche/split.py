@@ -18,6 +18,9 @@ from tissuekd.spatial import split as strips
 from tissuekd.spatial.split import BUFFER, TEST, TRAIN
 
 log = logging.getLogger(__name__)
+# Fewest train cells a slide may leave, fixed a priori: the student and Histology NOLAN reduce H&E
+# features to 64 principal components fitted on them (a smaller slide failed inside scikit-learn)
+MIN_TRAIN_CELLS = 200
 
 
 def crop_half_he_px(crop_px: int, encoder_mpp: float, he_mpp: float) -> float:
@@ -100,9 +103,9 @@ def write_split(cells_path: str, slide_path: str, radius_path: str, out: str, *,
     edges = np.asarray(fit["strip_edges_um"])
     y = cells[Y_UM].to_numpy()
     try:
-        roles = strips.split_roles(y, edges, fit["test_strip"], reach, fit["radius_um"])
+        roles = strips.split_roles(y, edges, fit["test_strip"], reach, fit["radius_um"], MIN_TRAIN_CELLS)
     except ValueError as err:
-        raise InputError(cells_path, str(err)) from None
+        raise InputError(f"slide {slide.get('bundle', cells_path)}", str(err)) from None
     split = pd.DataFrame({CELL_ID: cells[CELL_ID], "strip": strips.strip_index(y, edges), "role": roles})
     counts = split["role"].value_counts().reindex([TRAIN, BUFFER, TEST], fill_value=0).to_dict()
     log.info("crop reach %.1f um + radius %.1f um = buffer %.1f um; %s", reach, fit["radius_um"],

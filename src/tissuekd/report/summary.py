@@ -32,12 +32,12 @@ def collect_metrics(paths: list[str], methods: Sequence[str] = ()) -> pd.DataFra
 
 
 def mean_sd(values: pd.Series) -> str:
-    values = values.dropna()
-    if values.empty:
+    """`mean ± SD` over slides; a metric some slides lack (no truth, no annotation) says over how many."""
+    known = values.dropna()
+    if known.empty:
         return "–"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.3f}"
-    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+    text = f"{known.iloc[0]:.3f}" if len(known) == 1 else f"{known.mean():.3f} ± {known.std(ddof=1):.3f}"
+    return text if len(known) == len(values) else f"{text} ({len(known)} of {len(values)} slides)"
 
 
 TISSUE_KEYS = ["tissue", "encoder", "k", "method"]

@@ -71,8 +71,8 @@ class SplitFit:
     roles: np.ndarray
 
 
-def split_roles(y: np.ndarray, edges: np.ndarray, test_strip: int, crop_reach_um: float, radius_um: float
-                ) -> np.ndarray:
+def split_roles(y: np.ndarray, edges: np.ndarray, test_strip: int, crop_reach_um: float, radius_um: float,
+                min_train: int = 1) -> np.ndarray:
     """Roles for one encoder: its crop reach plus the slide's radius is the buffer.
 
     Parameters
@@ -87,6 +87,8 @@ def split_roles(y: np.ndarray, edges: np.ndarray, test_strip: int, crop_reach_um
         How far (µm, along y) a cell's H&E crop reaches (io.alignment.crop_reach_um).
     radius_um : float
         The slide's neighbourhood radius, µm.
+    min_train : int, default 1
+        Fewest train cells accepted.
 
     Returns
     -------
@@ -96,12 +98,14 @@ def split_roles(y: np.ndarray, edges: np.ndarray, test_strip: int, crop_reach_um
     Raises
     ------
     ValueError
-        When no train cell remains.
+        When fewer than `min_train` train cells remain.
     """
     roles = assign_roles(y, edges, test_strip, crop_reach_um + radius_um)
-    if not (roles == TRAIN).any():
-        raise ValueError(f"no train cells remain after a {crop_reach_um + radius_um:.1f} um buffer around the "
-                         "test strip")
+    n_train = int((roles == TRAIN).sum())
+    if n_train < min_train:
+        raise ValueError(f"{n_train} train cells remain of {len(y)} ({y.max() - y.min():.0f} um tall) after a "
+                         f"{crop_reach_um + radius_um:.1f} um buffer around the test strip; the niche study needs "
+                         f"at least {min_train}: a larger slide (or fewer strips, config niche.n_strips)")
     return roles
 
 

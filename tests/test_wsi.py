@@ -81,3 +81,24 @@ def test_an_input_error_survives_a_dataloader_worker_and_pickling():
     assert (err.value.where, err.value.problem) == ("/data/a.svs", "cannot read the region of level 0 at (0, 0)")
     again = pickle.loads(pickle.dumps(InputError("b.h5", "no `features`: has ['x']")))
     assert (again.where, again.problem) == ("b.h5", "no `features`: has ['x']")
+
+
+def test_a_planar_rgb_ome_tiff_reads_as_its_interleaved_twin(tmp_path):
+    """An H&E OME-TIFF stored channels-first (planar: tifffile's SYX, or three OME channels, CYX)
+    reads like the same pixels stored interleaved (YXS); other channel counts are refused."""
+    import tifffile
+
+    rgb = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "yxs.ome.tif", rgb, tile=(128, 128), photometric="rgb", metadata={"axes": "YXS"})
+    tifffile.imwrite(tmp_path / "cyx.ome.tif", np.moveaxis(rgb, -1, 0), tile=(128, 128), photometric="rgb",
+                     planarconfig="separate", metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "channels.ome.tif", np.moveaxis(rgb, -1, 0), tile=(128, 128), photometric="minisblack",
+                     metadata={"axes": "CYX"})
+    for planar in ("cyx.ome.tif", "channels.ome.tif"):
+        with open_slide(tmp_path / "yxs.ome.tif") as a, open_slide(tmp_path / planar) as b:
+            assert a.dimensions == b.dimensions == (400, 300)
+            np.testing.assert_array_equal(b.read(0, 150, 100, 200, 150), a.read(0, 150, 100, 200, 150))
+            np.testing.assert_array_equal(b.read(0, -20, -20, 64, 64), a.read(0, -20, -20, 64, 64))
+    tifffile.imwrite(tmp_path / "four.ome.tif", np.zeros((4, 64, 64), np.uint8), metadata={"axes": "CYX"})
+    with pytest.raises(InputError, match=r"four.ome.tif: expected an RGB .* found '[CS]YX' of shape \(4, 64, 64\)"):
+        open_slide(tmp_path / "four.ome.tif")

@@ -119,18 +119,22 @@ class TiffSlide(Slide):
         except Exception as err:
             raise InputError(path, f"tifffile cannot open this image: {err}") from None
         shapes = [lvl.shape for lvl in series.levels]
-        axes = series.axes
-        if axes not in ("YXS", "YX"):
-            raise InputError(path, f"expected an RGB image with axes YXS, found {axes!r}")
-        self._rgb = axes == "YXS"
-        self.levels = [(s[1], s[0]) for s in shapes]
+        self._axes = series.axes
+        self._planar = self._axes in ("CYX", "SYX")  # channels first: one OME channel or TIFF plane each
+        if not (self._axes in ("YXS", "YX") or (self._planar and shapes[0][0] == 3)):
+            raise InputError(path, f"expected an RGB image with axes YXS (or planar CYX, 3 channels), "
+                                   f"found {self._axes!r} of shape {shapes[0]}")
+        self.levels = [(s[2], s[1]) if self._planar else (s[1], s[0]) for s in shapes]
         self.downsamples = [self.levels[0][0] / w for w, _ in self.levels]
         self._arrays = [zarr.open(self._tif.aszarr(level=i), mode="r") for i in range(len(shapes))]
         self.mpp = _ome_mpp(self._tif)
 
     def _read_inside(self, level, x, y, width, height):
+        if self._planar:
+            return np.moveaxis(np.asarray(self._arrays[level][:, y : y + height, x : x + width]), 0, -1
+                               ).astype(np.uint8, copy=False)
         region = np.asarray(self._arrays[level][y : y + height, x : x + width])
-        if not self._rgb:
+        if self._axes == "YX":
             region = np.repeat(region[..., None], 3, axis=2)
         return region.astype(np.uint8, copy=False)
 

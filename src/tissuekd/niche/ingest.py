@@ -122,11 +122,11 @@ def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, 
     backend : str, default "auto"
         Slide reader: "auto" (tifffile for OME-TIFF, OpenSlide otherwise), "openslide" or "tifffile".
     """
-    cells, counts, meta = load_bundle(bundle)
-    pixel_size = float(meta["pixel_size"])
-    affine = read_alignment(he_alignment)
+    affine = read_alignment(he_alignment)  # the small inputs first: a bad one stops before the matrix is read
     with open_slide(he_image, backend) as slide:
         image_size = slide.dimensions
+    cells, counts, meta = load_bundle(bundle)
+    pixel_size = float(meta["pixel_size"])
     he = register_cells(cells, affine, pixel_size, image_size, he_alignment)
     table = cells.assign(x_he=he[:, 0], y_he=he[:, 1], cell_type=cell_type_labels(cells, bundle, cell_types))
     if pathology:

@@ -219,3 +219,16 @@ def test_features_files_must_have_the_trident_clam_layout(tmp_path):
     (tmp_path / "text.h5").write_text("not hdf5")
     with pytest.raises(InputError, match="text.h5: not a readable HDF5 file"):
         count_patches(str(tmp_path / "text.h5"))
+
+
+def test_a_non_tcga_sample_id_is_used_and_a_normal_only_patient_is_not(tmp_path):
+    """Only TCGA's normal and control codes (-10..-29) are refused: a CPTAC-style suffix (`-T`)
+    is still a patient's sample; a gzipped matrix is read (and checked for repeats) as well."""
+    table = pd.DataFrame({"G1": [1.0, 2.0, 3.0], "G2": [4.0, 5.0, 6.0]}, index=["C3L-00001-T", "C3L-00002-11A",
+                                                                           "C3L-00003"])
+    table.to_csv(tmp_path / "rna.tsv.gz", sep="\t")
+    rna = read_rna(tmp_path / "rna.tsv.gz", {"C3L-00001", "C3L-00002", "C3L-00003"})
+    assert sorted(rna.index) == ["C3L-00001", "C3L-00003"] and rna.loc["C3L-00001", "G2"] == 4.0
+    table.set_axis(["G1", "G1"], axis=1).to_csv(tmp_path / "twice.tsv.gz", sep="\t")
+    with pytest.raises(InputError, match=r"twice.tsv.gz: gene id\(s\) listed twice: \['G1'\]"):
+        read_rna(tmp_path / "twice.tsv.gz", {"C3L-00001"})

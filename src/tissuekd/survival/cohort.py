@@ -25,7 +25,8 @@ from tissuekd.survival.layout import coords_attrs, patch_geometry
 
 log = logging.getLogger(__name__)
 
-TUMOUR_SAMPLE = re.compile(r"^-0\d")  # TCGA sample types 01-09 are tumours (10-19 normal, 20-29 controls)
+TUMOUR_SAMPLE = re.compile(r"^-0\d")  # TCGA sample types 01-09 are tumours,
+NORMAL_SAMPLE = re.compile(r"^-[12]\d")  # 10-19 normal tissue, 20-29 controls
 # how TCGA-CDR and spreadsheets write a missing value: [Not Available], [Discrepancy], #N/A, NA, ...
 MISSING = r"\[.*\]|#N/A|N/?A|NaN|null|none|"
 PANCAN_ID = re.compile(r"^([^|]*)\|[^|]+$")  # TCGA PanCan gene ids: SYMBOL|ENTREZ (`?` without a symbol)
@@ -123,14 +124,14 @@ def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
         raise InputError(path, f"gene id(s) listed twice: {repeated[:10]}")
     matrix.index = matrix.index.astype(str)
     owner = pd.Series({s: _patient_of(s, patients) for s in matrix.index}).dropna()
-    rank = [(0 if TUMOUR_SAMPLE.match(s[len(p):]) or s == p else 1, s) for s, p in owner.items()]
-    chosen = pd.DataFrame(rank, index=owner.index, columns=["normal", "sample"]).assign(patient=owner)
-    chosen = chosen.sort_values(["normal", "sample"]).drop_duplicates("patient")
-    normal_only = chosen.loc[chosen["normal"] == 1, "patient"].tolist()
+    rank = [(_sample_rank(s[len(p):]) if s != p else 0, s) for s, p in owner.items()]
+    chosen = pd.DataFrame(rank, index=owner.index, columns=["rank", "sample"]).assign(patient=owner)
+    chosen = chosen.sort_values(["rank", "sample"]).drop_duplicates("patient")
+    normal_only = chosen.loc[chosen["rank"] == 2, "patient"].tolist()
     if normal_only:
         log.warning("%s: %d patient(s) have only normal-tissue or control samples (types 10-29), not used: %s",
                     path, len(normal_only), normal_only[:10])
-    chosen = chosen[chosen["normal"] == 0]
+    chosen = chosen[chosen["rank"] < 2]
     out = matrix.loc[chosen["sample"]].apply(pd.to_numeric, errors="coerce")
     out.index = pd.Index(chosen["patient"].to_numpy(), name="patient")
     out.columns = out.columns.astype(str).rename("gene")
@@ -141,11 +142,16 @@ def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
     return _symbols(out, path)
 
 
+def _sample_rank(suffix: str) -> int:
+    """0 a TCGA tumour sample (-01..-09), 2 a normal or control one (-10..-29, never used), 1 any
+    other suffix (a non-TCGA sample id: used when the patient has no tumour-coded sample)."""
+    return 0 if TUMOUR_SAMPLE.match(suffix) else 2 if NORMAL_SAMPLE.match(suffix) else 1
+
+
 def _header(path: str) -> pd.Index:
     """The first line's labels as written (pandas renames a repeated column `X` to `X.1`)."""
-    with open(path) as f:
-        first = f.readline().rstrip("\r\n")
-    return pd.Index(first.split("\t" if "\t" in first else ",")[1:])
+    first = pd.read_csv(path, sep=None, engine="python", header=None, nrows=1, dtype=str)
+    return pd.Index(first.iloc[0, 1:].astype(str))
 
 
 def _symbols(rna: pd.DataFrame, path: str) -> pd.DataFrame:

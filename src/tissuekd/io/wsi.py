@@ -44,16 +44,21 @@ class Slide:
         lw, lh = self.levels[level]
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + width, lw), min(y + height, lh)
         if x1 > x0 and y1 > y0:
-            try:
-                out[y0 - y : y1 - y, x0 - x : x1 - x] = self._read_inside(level, x0, y0, x1 - x0, y1 - y0)
-            except InputError:
-                raise
-            except Exception as err:  # OpenSlide's, tifffile's or a codec's: a tile that does not decode
-                if type(err).__name__ not in UNREADABLE and not isinstance(err, (OSError, ValueError)):
-                    raise
-                raise InputError(self.path, f"cannot read the region of level {level} at ({x0}, {y0}), "
-                                            f"{x1 - x0} x {y1 - y0} px: {err} (a damaged file?)") from err
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = self._decode(level, x0, y0, x1 - x0, y1 - y0)
         return out
+
+    def _decode(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """`_read_inside`; a tile that does not decode (OpenSlide's, tifffile's or a codec's error)
+        becomes an InputError naming the file and the region."""
+        try:
+            return self._read_inside(level, x, y, width, height)
+        except InputError:
+            raise
+        except Exception as err:
+            if type(err).__name__ not in UNREADABLE and not isinstance(err, (OSError, ValueError)):
+                raise
+            raise InputError(self.path, f"cannot read the region of level {level} at ({x}, {y}), {width} x {height} "
+                                        f"px: {err} (a damaged file?)") from err
 
     def _read_inside(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         raise NotImplementedError

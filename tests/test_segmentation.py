@@ -55,6 +55,9 @@ def _npz(path, **arrays):
     ({"X": np.zeros((0, 8, 8, 2)), "y": np.zeros((0, 8, 8, 2), int)}, "no images"),
     ({"X": np.zeros((1, 8, 8, 1)), "y": np.zeros((1, 8, 8, 2), int)}, "channel index 1 out of range"),
     ({"X": np.zeros((1, 8, 8, 2)), "y": np.full((1, 8, 8, 2), 0.5)}, "not integer ids"),
+    # every image is checked, not a sample of the first ones: only image 70 has a fraction here
+    ({"X": np.zeros((80, 8, 8, 2)), "y": np.zeros((80, 8, 8, 2)) + (np.arange(80) == 70)[:, None, None, None] * 0.5},
+     r"not integer ids \(y is float64 with fractional values, first in image 70\)"),
     ({"y": np.zeros((1, 8, 8, 2), int)}, "has no array 'X'"),
 ])
 def test_bad_tissuenet_input_names_the_file_and_the_problem(tmp_path, arrays, problem):

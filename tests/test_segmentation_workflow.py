@@ -106,10 +106,36 @@ def test_a_bad_sheet_names_its_line(tmp_path):
         in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize(("row", "column", "value", "problem"), [
+    (1, "target", lambda tmp: "whole-cell",
+     "line 3 (dataset bbbc038_demo): bbbc038 images are one nuclear channel with nuclear labels"),
+    (0, "test", lambda tmp: str(_npz(tmp / "empty.npz", 0)),
+     "line 2 (dataset tissuenet_demo): {tmp}/empty.npz: no images (X has 0 rows)"),
+    (0, "test", lambda tmp: str(_npz(tmp / "small.npz", 2, labels_px=6)),
+     "line 2 (dataset tissuenet_demo): {tmp}/small.npz: labels and images differ in size"),
+])
+def test_a_bad_cross_or_test_set_stops_before_any_training(tmp_path, row, column, value, problem):
+    """Checked while planning (a TissueNet split from its array headers): not after the models
+    trained on the other sets."""
+    workdir = make_workdir(tmp_path / "w", **SMALL)
+    sheet = workdir / "config/segmentation_datasets.tsv"
+    rows = pd.read_csv(sheet, sep="\t", dtype=str).fillna("")
+    rows.loc[row, column] = value(tmp_path)
+    rows.to_csv(sheet, sep="\t", index=False)
+    result = snakemake("-n", cwd=workdir, check=False)
+    assert result.returncode != 0 and problem.format(tmp=tmp_path) in result.stderr + result.stdout
+
+
+def _npz(path, n, labels_px=8):
+    np.savez(path, X=np.zeros((n, 8, 8, 2), np.float32), y=np.zeros((n, labels_px, labels_px, 2), np.int32))
+    return path
+
+
 @pytest.mark.parametrize("fmt", ["tissuenet", "tiff"])
 def test_memory_and_runtime_follow_the_splits_size(tmp_path, fmt):
-    """A 2 GB training split, an npz or a TIFF folder (sparse files: only sizes are read while
-    planning), asks 8x its size in memory for training and 30 min per GB of each teacher-maps shard."""
+    """A 2 GB training split, an npz or a TIFF folder (sparse files: only sizes, and an npz's array
+    headers, are read while planning), asks 8x its size in memory for training and 30 min per GB
+    of each teacher-maps shard."""
     workdir = make_workdir(tmp_path, **SMALL)
     big = tmp_path / "tissuenet_v1.1_train.npz"
     if fmt == "tiff":
@@ -118,9 +144,12 @@ def test_memory_and_runtime_follow_the_splits_size(tmp_path, fmt):
         for name in ("a.tif", "a_whole-cell.tif"):
             with open(big / name, "wb") as f:
                 f.truncate(1_000_000_000)
-    else:
+    else:  # 2 GB of nothing, then a small npz: a zip archive may follow other data
+        np.savez(tmp_path / "small.npz", X=np.zeros((1, 8, 8, 2), np.float32), y=np.zeros((1, 8, 8, 2), np.int32))
         with open(big, "wb") as f:
             f.truncate(2_000_000_000)
+            f.seek(0, 2)
+            f.write((tmp_path / "small.npz").read_bytes())
     sheet = workdir / "config/segmentation_datasets.tsv"
     rows = pd.read_csv(sheet, sep="\t", dtype=str).fillna("")
     rows.loc[rows["dataset"] == "tissuenet_demo", ["format", "train"]] = fmt, str(big)

@@ -494,6 +494,18 @@ def seg_external_maps(wildcards):
     return {"maps": teacher_test_maps(wildcards.dataset, wildcards.view)}
 
 
+def check_tissuenet_split_row(row, split, where):
+    """Sizes and channels of a TissueNet split from its headers, so a bad test or cross split
+    stops before any model is trained on the others."""
+    from tissuekd.io.segmentation import check_tissuenet_split
+
+    membrane = int(row["membrane"]) if row["membrane"] else None
+    try:
+        check_tissuenet_split(split, int(row["nuclear"]), membrane, row["target"])
+    except InputError as err:
+        raise WorkflowError(f"{where}: {err}") from None
+
+
 def check_segmentation_sheet(sheet, path):
     """Names unique, a training set with a membrane channel and a train split, files present
     (demo files are made by rules)."""
@@ -516,10 +528,17 @@ def check_segmentation_sheet(sheet, path):
             for column in external_map_columns():
                 if not row.get(column):
                     raise WorkflowError(f"{where}: segmentation.teacher external needs column {column!r}")
+        if row["format"] == "bbbc038" and (row["target"] != "nuclear" or row["membrane"] or row["nuclear"] != "0"):
+            raise WorkflowError(
+                f"{where}: bbbc038 images are one nuclear channel with nuclear labels: set target nuclear, nuclear 0 "
+                "and no membrane"
+            )
         for column in ("train", "test", *external_map_columns()):
             value = row[column]
             if value and not os.path.exists(value) and not made_by_demo(value):
                 raise WorkflowError(f"{where}: column {column!r} names {value}, which does not exist")
+            if value and row["format"] == "tissuenet" and column in ("train", "test") and not made_by_demo(value):
+                check_tissuenet_split_row(row, value, where)
     if not (sheet["role"] == "train").any():
         raise WorkflowError(f"{path}: no data set with role train")
     sam_weights = SEG["sam"]["checkpoint"]

@@ -91,22 +91,10 @@ def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
     if target not in TARGETS:
         raise InputError(path, f"unknown target {target!r} (one of {', '.join(TARGETS)})")
     x, y = npz_member(path, "X"), npz_member(path, "y")
-    if x.ndim != 4 or y.ndim != 4:
-        raise InputError(path, f"X and y must be (N, H, W, C); got X {x.shape}, y {y.shape}")
-    if x.shape[:3] != y.shape[:3]:
-        raise InputError(path, f"labels and images differ in size: X {x.shape[:3]}, y {y.shape[:3]}")
-    if len(x) == 0:
-        raise InputError(path, "no images (X has 0 rows)")
     channels = (nuclear,) if membrane is None else (nuclear, membrane)
-    bad = [c for c in channels if not 0 <= c < x.shape[3]]
-    if bad:
-        raise InputError(path, f"channel index {bad[0]} out of range: X has {x.shape[3]} channels")
-    if y.shape[3] <= TARGETS[target]:
-        raise InputError(path, f"no {target} labels: y has {y.shape[3]} channels")
+    _check_shapes(path, x.shape, y.shape, channels, target)
     if not np.issubdtype(y.dtype, np.integer):
-        sample = np.asarray(y[: min(len(y), 8), ..., TARGETS[target]])
-        if not np.array_equal(sample, np.round(sample)):
-            raise InputError(path, f"labels are not integer ids (y is {y.dtype} with fractional values)")
+        _require_whole_numbers(path, y, TARGETS[target])
     n = len(x)
     tissues = _names(path, "tissue_list", n)
     platforms = _names(path, "platform_list", n)
@@ -118,10 +106,57 @@ def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
                   ("nuclear",) if membrane is None else ("nuclear", "membrane"))
 
 
+def check_tissuenet_split(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
+                          target: str = "whole-cell") -> None:
+    """read_tissuenet's checks of sizes and channels from the arrays' headers alone (cheap, even
+    compressed): the workflow makes them on every split before any job runs."""
+    path = Path(path)
+    channels = (nuclear,) if membrane is None else (nuclear, membrane)
+    _check_shapes(path, npz_shape(path, "X"), npz_shape(path, "y"), channels, target)
+
+
+def npz_shape(path: Path, name: str) -> tuple[int, ...]:
+    """The shape of array `name` of an npz, from its .npy header."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            return read_header(f)[0]
+    except KeyError:
+        raise InputError(path, f"has no array {name!r}") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise InputError(path, f"not a readable npz archive ({err})") from None
+
+
+def _check_shapes(path: Path, x: tuple[int, ...], y: tuple[int, ...], channels: tuple[int, ...], target: str) -> None:
+    if len(x) != 4 or len(y) != 4:
+        raise InputError(path, f"X and y must be (N, H, W, C); got X {x}, y {y}")
+    if x[:3] != y[:3]:
+        raise InputError(path, f"labels and images differ in size: X {x[:3]}, y {y[:3]}")
+    if x[0] == 0:
+        raise InputError(path, "no images (X has 0 rows)")
+    bad = [c for c in channels if not 0 <= c < x[3]]
+    if bad:
+        raise InputError(path, f"channel index {bad[0]} out of range: X has {x[3]} channels")
+    if y[3] <= TARGETS[target]:
+        raise InputError(path, f"no {target} labels: y has {y[3]} channels")
+
+
+def _require_whole_numbers(path: Path, y: np.ndarray, channel: int, chunk: int = 64) -> None:
+    """Float labels must hold instance ids: every image is checked, `chunk` at a time (y may be memory-mapped)."""
+    for start in range(0, len(y), chunk):
+        part = np.asarray(y[start : start + chunk, ..., channel])
+        fractional = (part != np.round(part)).reshape(len(part), -1).any(axis=1)
+        if fractional.any():
+            raise InputError(path, f"labels are not integer ids (y is {y.dtype} with fractional values, first in "
+                                   f"image {start + int(np.argmax(fractional))})")
+
+
 def _names(path: Path, member: str, n: int) -> list[str]:
     try:
         values = npz_member(path, member)
     except InputError:
+        log.info("%s: no %s; its images are 'unknown' there", path, member)
         return ["unknown"] * n
     if len(values) != n:
         raise InputError(path, f"{member} has {len(values)} entries for {n} images")

@@ -139,9 +139,11 @@ def test_a_gene_the_fold_scores_missing_from_the_test_sample_is_named(hest, tmp_
     root, names = hest
     full = ad.read_h5ad(root / "S_A.h5ad")
     full[:, full.var_names[-10:]].write_h5ad(tmp_path / "short.h5ad")
-    with pytest.raises(InputError, match=r"short.h5ad: \d+ gene\(s\) the fold needs are missing"):
+    with pytest.raises(InputError, match=r"\d+ gene\(s\) the fold selected on its training samples are missing, "
+                                         r"e.g. .*: the samples of a dataset must measure the same genes") as err:
         fit(root, names, "ridge", tmp_path / "out", [str(tmp_path / "short.h5ad"), str(root / "S_B.h5ad"),
                                                      str(root / "S_C.h5ad")])
+    assert err.value.where.endswith("hest/st/S_A.h5ad")  # the user's file, not the prepared copy
 
 
 def broken(root, tmp_path, change):
@@ -193,6 +195,10 @@ def test_a_space_ranger_sample_reads_as_its_hest_twin(tmp_path):
     assert list(read_spaceranger(outs, tmp_path / "sr/S/S.tif").barcodes) == list(hest.barcodes)
     listed.iloc[:, :4].to_csv(outs / "spatial/tissue_positions_list.csv", header=False, index=False)
     with pytest.raises(InputError, match="tissue_positions_list.csv: expected 6 columns"):
+        read_spaceranger(outs, tmp_path / "sr/S/S.tif")
+    listed.assign(in_tissue=0).to_csv(outs / "spatial/tissue_positions_list.csv", header=False, index=False)
+    with pytest.raises(InputError, match=r"tissue_positions_list.csv: no spot of .*filtered_feature_bc_matrix.h5 is "
+                                         r"under tissue"):
         read_spaceranger(outs, tmp_path / "sr/S/S.tif")
 
 

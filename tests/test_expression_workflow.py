@@ -114,6 +114,17 @@ def test_a_dataset_with_one_patient_stops_before_any_job(tmp_path):
     assert "two patients per dataset at least; dataset(s) ['IDC'] have one" in result.stdout + result.stderr
 
 
+def test_a_value_outside_the_sheet_schema_names_its_line(tmp_path):
+    workdir = expression_workdir(tmp_path)
+    sheet = pd.read_csv(workdir / "config/expression_samples.tsv", sep="\t")
+    sheet.loc[1, "format"] = "HEST"
+    sheet.to_csv(workdir / "config/expression_samples.tsv", sep="\t", index=False)
+    result = snakemake("-n", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert "config/expression_samples.tsv line 3: 'HEST' is not one of ['hest', 'visium', 'xenium']" \
+        in result.stdout + result.stderr
+
+
 def test_a_hest_patch_file_replaces_the_image_as_the_features_input(tmp_path):
     """A sheet's `patches` file is what expression_features reads instead of the image
     (tests/test_expression.py checks its features); a missing one is named before any job."""

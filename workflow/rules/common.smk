@@ -24,19 +24,28 @@ SLIDE_PATH_COLUMNS = ["bundle", "he_image", "he_alignment", "cell_types", "patho
 CHAIN_PRIORITY = 1
 # Runtime-table rules whose jobs are `run:` blocks inside Snakemake's own process (profiles/default:
 # force-use-threads): a benchmark file's memory there is that whole process's, so the table leaves it out
-IN_PROCESS_RULES = ["demo_survival_", "survival_patches", "survival_features"]
+IN_PROCESS_RULES = ["demo_survival_", "survival_patches", "survival_features", "expression_prepare",
+                    "expression_features", "expression_patches", "expression_baseline"]
 # --sdm conda: envs/*.post-deploy.sh install this checkout into each env (pip install --no-deps -e);
 # this tells them where it is, whatever Snakemake's working directory
 os.environ.setdefault("TISSUEKD_ROOT", str(Path(workflow.basedir).parent))
 
 
 def load_sheet(path, schema):
-    """A tab-separated sample sheet, validated against its schema (defaults filled)."""
+    """A tab-separated sample sheet, validated against its schema (defaults filled); a row that
+    fails is named by its line in the file, with the schema's one-line reason."""
     if not os.path.exists(path):
-        raise WorkflowError(f"sample sheet {path} does not exist (config key niche.slides)")
+        raise WorkflowError(f"sample sheet {path} does not exist")
     sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#").fillna("")
     sheet.columns = sheet.columns.str.strip()
-    validate(sheet, schema)
+    try:
+        validate(sheet, schema)
+    except WorkflowError as err:
+        row = re.search(r"validating row (\d+)", str(err))
+        reason = re.search(r"ValidationError: (.+)", str(err))
+        if not (row and reason):
+            raise
+        raise WorkflowError(f"{path} line {int(row.group(1)) + 2}: {reason.group(1)}") from None
     return sheet
 
 
@@ -899,12 +908,9 @@ def expression_benchmarks():
     files += expand(bench("expression_features"), encoder=EXPRESSION_ENCODERS, sample=EXPR_SAMPLES["sample"])
     files += expand(bench("expression_maps"), encoder=EXPRESSION_ENCODERS, task=EXPR_DATASETS)
     files += expand(bench("expression_evaluate"), encoder=EXPRESSION_ENCODERS, task=EXPR_DATASETS)
-    for task in EXPR_DATASETS:  # expression_train and expression_baseline share one pattern
-        files += expand(
-            bench("expression_train"),
-            encoder=EXPRESSION_ENCODERS,
-            task=task,
-            fold=expression_folds(task),
-            method=EXPRESSION["methods"],
-        )
+    for task in EXPR_DATASETS:
+        for rule, methods in (("expression_train", EXPR_TRAINED), ("expression_baseline", EXPR_BASELINES)):
+            files += expand(
+                bench(rule), encoder=EXPRESSION_ENCODERS, task=task, fold=expression_folds(task), method=methods
+            )
     return files

@@ -198,7 +198,7 @@ rule expression_baseline:
     log:
         f"{LOGS}/expression/fit/{{encoder}}/{{task}}/{{fold}}/{{method}}.log",
     benchmark:
-        f"{BENCH}/expression/fit/{{encoder}}/{{task}}/{{fold}}/{{method}}.tsv"
+        f"{BENCH}/expression/baseline/{{encoder}}/{{task}}/{{fold}}/{{method}}.tsv"
     wildcard_constraints:
         method="|".join(EXPR_BASELINES) or "NO_METHOD",
         fold="[^/]+",

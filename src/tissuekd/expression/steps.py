@@ -49,6 +49,7 @@ def prepare_sample(fmt: str, image: str, out_spots: str, out_expression: str, ou
     else:
         raise InputError(st or outs or image, f"unknown format {fmt!r} (known: hest, visium, xenium)")
     adata = ad.AnnData(sample.counts, obs=pd.DataFrame(index=sample.barcodes), var=pd.DataFrame(index=sample.genes))
+    adata.uns["source"] = str(st or outs or cells)  # named in errors about this sample's genes
     sc.pp.normalize_total(adata, target_sum=TARGET_SUM)
     sc.pp.log1p(adata)
     log.info("%s: %d spots under tissue, %d genes, %.3f µm/px", st or outs or cells, adata.n_obs, adata.n_vars,
@@ -172,7 +173,9 @@ def dense(adatas: list[ad.AnnData], genes: list[str], paths: list[str]) -> np.nd
     for adata, path in zip(adatas, paths):
         missing = [g for g in genes if g not in adata.var_names]
         if missing:
-            raise InputError(path, f"{len(missing)} gene(s) the fold needs are missing, e.g. {missing[:5]}")
+            source = adata.uns.get("source", path)
+            raise InputError(source, f"{len(missing)} gene(s) the fold selected on its training samples are missing, "
+                                     f"e.g. {missing[:5]}: the samples of a dataset must measure the same genes")
         x = adata[:, genes].X
         out.append(np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32))
     return np.concatenate(out)

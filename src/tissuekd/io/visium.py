@@ -73,7 +73,7 @@ def read_spaceranger(outs: str | Path, image: str | Path, backend: str = "auto")
     keep = positions["in_tissue"].to_numpy() == 1
     adata, positions = adata[keep], positions[keep]
     if adata.n_obs == 0:
-        raise InputError(matrix, "no spots under tissue")
+        raise InputError(pos_path, f"no spot of {matrix} is under tissue (in_tissue is 0 for every one)")
     factors_path = outs / "spatial" / "scalefactors_json.json"
     try:
         diameter_px = float(json.loads(factors_path.read_text())["spot_diameter_fullres"])

@@ -121,7 +121,7 @@ def test_a_value_outside_the_sheet_schema_names_its_line(tmp_path):
     sheet.to_csv(workdir / "config/expression_samples.tsv", sep="\t", index=False)
     result = snakemake("-n", cwd=workdir, check=False)
     assert result.returncode != 0
-    assert "config/expression_samples.tsv line 3: 'HEST' is not one of ['hest', 'visium', 'xenium']" \
+    assert "config/expression_samples.tsv line 3, column 'format': 'HEST' is not one of ['hest', 'visium', 'xenium']" \
         in result.stdout + result.stderr
 
 

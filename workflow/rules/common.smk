@@ -24,8 +24,15 @@ SLIDE_PATH_COLUMNS = ["bundle", "he_image", "he_alignment", "cell_types", "patho
 CHAIN_PRIORITY = 1
 # Runtime-table rules whose jobs are `run:` blocks inside Snakemake's own process (profiles/default:
 # force-use-threads): a benchmark file's memory there is that whole process's, so the table leaves it out
-IN_PROCESS_RULES = ["demo_survival_", "survival_patches", "survival_features", "expression_prepare",
-                    "expression_features", "expression_patches", "expression_baseline"]
+IN_PROCESS_RULES = [
+    "demo_survival_",
+    "survival_patches",
+    "survival_features",
+    "expression_prepare",
+    "expression_features",
+    "expression_patches",
+    "expression_baseline",
+]
 # --sdm conda: envs/*.post-deploy.sh install this checkout into each env (pip install --no-deps -e);
 # this tells them where it is, whatever Snakemake's working directory
 os.environ.setdefault("TISSUEKD_ROOT", str(Path(workflow.basedir).parent))
@@ -43,9 +50,11 @@ def load_sheet(path, schema):
     except WorkflowError as err:
         row = re.search(r"validating row (\d+)", str(err))
         reason = re.search(r"ValidationError: (.+)", str(err))
+        column = re.search(r"On instance\['([^']+)'\]", str(err))
         if not (row and reason):
             raise
-        raise WorkflowError(f"{path} line {int(row.group(1)) + 2}: {reason.group(1)}") from None
+        where = f"{path} line {int(row.group(1)) + 2}" + (f", column {column.group(1)!r}" if column else "")
+        raise WorkflowError(f"{where}: {reason.group(1)}") from None
     return sheet
 
 

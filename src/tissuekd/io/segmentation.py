@@ -60,9 +60,7 @@ def npz_member(path: str | Path, name: str) -> np.ndarray:
             with archive.open(member) as f:
                 return np.lib.format.read_array(f, allow_pickle=name.endswith("_list"))
         with archive.open(member) as f:
-            major, _ = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(f)
+            shape, fortran, dtype = _npy_header(f)
             header = f.tell()
     if dtype.hasobject:
         return np.load(path, allow_pickle=True)[name]
@@ -119,13 +117,18 @@ def npz_shape(path: Path, name: str) -> tuple[int, ...]:
     """The shape of array `name` of an npz, from its .npy header."""
     try:
         with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as f:
-            major, _ = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            return read_header(f)[0]
+            return _npy_header(f)[0]
     except KeyError:
         raise InputError(path, f"has no array {name!r}") from None
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise InputError(path, f"not a readable npz archive ({err})") from None
+
+
+def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of the .npy stream `f`, which is left at the array's data."""
+    major, _ = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    return read_header(f)
 
 
 def _check_shapes(path: Path, x: tuple[int, ...], y: tuple[int, ...], channels: tuple[int, ...], target: str) -> None:

@@ -55,7 +55,8 @@ def test_runtime_table_sums_benchmark_files(tmp_path):
     in_process = root / "survival" / "patches" / "enc" / "slide0.tsv"  # Snakemake's process, not the job's
     in_process.parent.mkdir(parents=True)
     in_process.write_text("s\th:m:s\tmax_rss\n0.3\t0:00:00\t900\n")
-    table = runtimes([str(p) for p in sorted(root.rglob("*.tsv"))], str(root), ["survival_patches"]).set_index("rule")
+    paths = [str(p) for p in sorted(root.rglob("*.tsv"))]
+    table = runtimes(paths, str(root), [r"survival/patches/[^/]+/[^/]+\.tsv"]).set_index("rule")
     assert table.loc["niche_features", "jobs"] == 2 and table.loc["niche_features", "total_s"] == 5.5
     assert table.loc["niche_features", "max_rss_mb"] == 200
     assert table.loc["survival_patches", "total_s"] == 0.3 and np.isnan(table.loc["survival_patches", "max_rss_mb"])

@@ -71,6 +71,17 @@ def test_features_have_the_trident_layout_and_slides_their_thumbnail(survival_ru
     assert pd.read_csv(survival_run / SDIR / "dropped.tsv", sep="\t").empty
 
 
+def test_the_runtime_table_leaves_out_memory_snakemake_measured_for_itself(survival_run):
+    """Patches and features are `run:` jobs inside Snakemake's process (whose memory their
+    benchmark files report); the cohort tables and the fits run in their own."""
+    runtime = pd.read_csv(survival_run / "results/benchmark/runtime.tsv", sep="\t").set_index("rule")
+    assert runtime.loc["survival_features", "jobs"] == 84
+    for rule in ("survival_patches", "survival_features"):
+        assert np.isnan(runtime.loc[rule, "max_rss_mb"]), rule
+    for rule in ("survival_cohort", "survival_fit", "survival_student"):
+        assert runtime.loc[rule, "max_rss_mb"] > 0, rule
+
+
 def test_a_changed_slide_reruns_that_slide_and_its_cohort_only(survival_run):
     slide = survival_run / "data/demo/survival/demo_tcga/slides/TCGA-DM-A007-01Z-00-DX1.svs"
     original = slide.read_bytes()

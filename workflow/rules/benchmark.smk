@@ -66,7 +66,7 @@ rule benchmark_runtimes:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,
         runtime=10,
     params:
-        in_process=IN_PROCESS_RULES,
+        in_process=in_process_benchmarks(),
     script:
         "../../scripts/benchmark_runtimes.py"
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 from snakemake.exceptions import WorkflowError
+from snakemake.io import regex_from_filepattern
 
 from tissuekd.encoders.registry import EncoderSpec
 from tissuekd.errors import InputError
@@ -22,17 +23,20 @@ SLIDE_PATH_COLUMNS = ["bundle", "he_image", "he_alignment", "cell_types", "patho
 # niche jobs instead of alone at the end. (On the demo, what kept it at the end, 85 s with one
 # core idle, was survival_features asking two threads; this priority's own share is unmeasured.)
 CHAIN_PRIORITY = 1
-# Runtime-table rules whose jobs are `run:` blocks inside Snakemake's own process (profiles/default:
-# force-use-threads): a benchmark file's memory there is that whole process's, so the table leaves it out
-IN_PROCESS_RULES = [
-    "demo_survival_",
-    "survival_patches",
-    "survival_features",
-    "expression_prepare",
-    "expression_features",
-    "expression_patches",
-    "expression_baseline",
-]
+
+
+def in_process_benchmarks():
+    """Patterns (regexes, relative to BENCH) of the benchmark files of `run:` rules: their jobs run
+    inside Snakemake's own process (profiles/default: force-use-threads), so a benchmark file's
+    memory there is that whole process's and the runtime table leaves it out. Read from the rules
+    themselves, so a new `run:` rule is covered without a list to keep."""
+    return sorted(
+        regex_from_filepattern(str(r.benchmark).removeprefix(f"{BENCH}/"))
+        for r in workflow.rules
+        if r.is_run and r.benchmark
+    )
+
+
 # --sdm conda: envs/*.post-deploy.sh install this checkout into each env (pip install --no-deps -e);
 # this tells them where it is, whatever Snakemake's working directory
 os.environ.setdefault("TISSUEKD_ROOT", str(Path(workflow.basedir).parent))

@@ -15,7 +15,7 @@ rule demo_xenium_slide:
     log:
         f"{LOGS}/demo/xenium_{{tissue}}.log",
     benchmark:
-        f"{BENCH}/demo/xenium_{{tissue}}.tsv"
+        f"{BENCH}/demo/xenium_slide/{{tissue}}.tsv"
     wildcard_constraints:
         tissue="breast|lung|colon",
     conda:
@@ -44,7 +44,7 @@ rule demo_survival_slide:
     log:
         f"{LOGS}/demo/survival_{{cohort}}/{{wsi}}.log",
     benchmark:
-        f"{BENCH}/demo/survival_{{cohort}}/{{wsi}}.tsv"
+        f"{BENCH}/demo/survival_slide/{{cohort}}/{{wsi}}.tsv"
     wildcard_constraints:
         cohort="demo_tcga|demo_cptac",
     priority: CHAIN_PRIORITY
@@ -70,7 +70,7 @@ rule demo_survival_tables:
     log:
         f"{LOGS}/demo/survival_{{cohort}}/tables.log",
     benchmark:
-        f"{BENCH}/demo/survival_{{cohort}}/tables.tsv"
+        f"{BENCH}/demo/survival_tables/{{cohort}}.tsv"
     wildcard_constraints:
         cohort="demo_tcga|demo_cptac",
     priority: CHAIN_PRIORITY
@@ -101,7 +101,7 @@ rule demo_segmentation:
     log:
         f"{LOGS}/demo/segmentation.log",
     benchmark:
-        f"{BENCH}/demo/segmentation.tsv"
+        f"{BENCH}/demo/segmentation/datasets.tsv"
     conda:
         "../../envs/scverse.yaml"
     resources:
@@ -129,7 +129,7 @@ rule demo_expression_sample:
     log:
         f"{LOGS}/demo/expression/{{sample}}.log",
     benchmark:
-        f"{BENCH}/demo/expression/{{sample}}.tsv"
+        f"{BENCH}/demo/expression_sample/{{sample}}.tsv"
     conda:
         "../../envs/scverse.yaml"
     resources:
@@ -154,7 +154,7 @@ rule demo_expression_spaceranger:
     log:
         f"{LOGS}/demo/expression/{{sample}}.log",
     benchmark:
-        f"{BENCH}/demo/expression/{{sample}}.tsv"
+        f"{BENCH}/demo/expression_spaceranger/{{sample}}.tsv"
     conda:
         "../../envs/scverse.yaml"
     resources:

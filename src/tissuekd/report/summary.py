@@ -5,6 +5,7 @@ of each rule from Snakemake's `benchmark:` files, and a bar chart of ARI per tis
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -74,16 +75,18 @@ def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def runtimes(paths: list[str], root: str, in_process: Sequence[str] = ()) -> pd.DataFrame:
     """Wall time and peak memory per rule, from Snakemake benchmark files under `root`
-    (`{root}/{study}/{step}/...` → rule `{study}_{step}`). Rules starting with an `in_process`
-    prefix ran inside Snakemake's process, whose memory is not theirs: theirs is left empty."""
+    (`{root}/{study}/{step}/...` → rule `{study}_{step}`). Files whose path under `root` matches
+    an `in_process` regex are of jobs that ran inside Snakemake's process, whose memory is not
+    theirs: theirs is left empty."""
     rows = []
     for path in paths:
-        parts = Path(path).relative_to(root).parts
+        relative = Path(path).relative_to(root)
         bench = pd.read_csv(path, sep="\t")
-        rows.append({"rule": f"{parts[0]}_{parts[1]}", "s": bench["s"].iloc[-1],
-                     "max_rss_mb": pd.to_numeric(bench["max_rss"], errors="coerce").iloc[-1]})
+        in_snakemake = any(re.fullmatch(pattern, relative.as_posix()) for pattern in in_process)
+        rss = np.nan if in_snakemake else bench["max_rss"].iloc[-1]
+        rows.append({"rule": f"{relative.parts[0]}_{relative.parts[1]}", "s": bench["s"].iloc[-1],
+                     "max_rss_mb": pd.to_numeric(rss, errors="coerce")})
     frame = pd.DataFrame(rows, columns=["rule", "s", "max_rss_mb"])
-    frame.loc[frame["rule"].str.startswith(tuple(in_process)), "max_rss_mb"] = np.nan
     table = frame.groupby("rule").agg(jobs=("s", "size"), total_s=("s", "sum"), mean_s=("s", "mean"),
                                       max_s=("s", "max"), max_rss_mb=("max_rss_mb", "max"))
     return table.sort_values("total_s", ascending=False).reset_index().round(2)

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from tissuekd.errors import InputError
-from tissuekd.logs import run_in_process
+from tissuekd.logs import log_progress, run_in_process
 
 
 def test_in_process_step_logs_to_its_file_and_detaches(tmp_path):
@@ -53,3 +53,14 @@ def test_two_in_process_steps_side_by_side_log_to_their_own_files(tmp_path):
     a, b = (tmp_path / "a.log").read_text(), (tmp_path / "b.log").read_text()
     assert a.count(" a ") == 50 and " b " not in a
     assert b.count(" b ") == 50 and " a " not in b
+
+
+def test_progress_is_logged_about_ten_times_whatever_the_length(caplog):
+    logger = logging.getLogger("tissuekd.test")
+    for total in (3, 25, 1000):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="tissuekd.test"):
+            for done in range(1, total + 1):
+                log_progress(logger, "images", done, total)
+        assert len(caplog.records) == min(total, 10)
+        assert caplog.records[-1].getMessage() == f"images: {total} of {total} (100%)"

@@ -296,11 +296,13 @@ def test_unannotated_images_teach_only_through_the_teacher(tissuenet):
         fit("mobilenetv3", nuclear, labels, cfg, labelled=np.zeros(4, bool))
 
 
-def test_steps_chain_teacher_cached_probabilities_student_and_per_image_scores(tissuenet, tmp_path):
+def test_steps_chain_teacher_cached_probabilities_student_and_per_image_scores(tissuenet, tmp_path, caplog):
     cfg = SegTrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, tile=32)
     train = read_split("tissuenet", str(tissuenet))
     fit_model(train, "mobilenetv3", str(tmp_path / "teacher.pt"), cfg)
-    predict_probs(train, str(tmp_path / "teacher.pt"), str(tmp_path / "probs.npz"))
+    with caplog.at_level("INFO", logger="tissuekd.segmentation"):
+        predict_probs(train, str(tmp_path / "teacher.pt"), str(tmp_path / "probs.npz"))
+    assert f"teacher.pt: maps of shard 0: {len(train)} of {len(train)} (100%)" in caplog.text  # progress
     nuclear = read_split("tissuenet", str(tissuenet), nuclear_only=True)
     fit_model(nuclear, "mobilenetv3", str(tmp_path / "kd.pt"), cfg, "kd", str(tmp_path / "probs.npz"))
     table = evaluate(nuclear, str(tmp_path / "kd.pt"), str(tmp_path / "scores.tsv"))

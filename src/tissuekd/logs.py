@@ -99,3 +99,10 @@ def run_in_process(log_path: str, step: Callable[[], object], *, exclusive: bool
             raise
         finally:
             logger.removeHandler(handler)
+
+
+def log_progress(logger: logging.Logger, what: str, done: int, total: int, share: float = 0.1) -> None:
+    """Log "`what`: done of total" each time `done` (1-based) passes another `share` of `total`:
+    about ten lines for a long loop, whatever its length."""
+    if total > 0 and (done == total or int(done / total / share) > int((done - 1) / total / share)):
+        logger.info("%s: %d of %d (%.0f%%)", what, done, total, 100 * done / total)

@@ -26,6 +26,7 @@ from tissuekd.io.segmentation import (
     read_tiff_folder,
     read_tissuenet,
 )
+from tissuekd.logs import log_progress
 from tissuekd.segmentation.evaluate import dice, instances, object_f1
 from tissuekd.segmentation.models import build_unet, parameter_count
 from tissuekd.segmentation.train import SegTrainConfig, fit, predict
@@ -120,7 +121,8 @@ def predict_probs(data: SegSet, model_path: str, out: str, shard: int = 0, shard
     model, checkpoint = load_model(model_path)
     rows = shard_rows(len(data), shard, shards)
     run = compute.resolve(device, precision, workload="model")
-    probs = predict(model, _stack(data.images[rows]), checkpoint["config"]["tile"], compute=run)
+    probs = predict(model, _stack(data.images[rows]), checkpoint["config"]["tile"], compute=run,
+                    progress=f"{model_path}: maps of shard {shard}")
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.savez(f, probs=probs, ids=np.array(data.ids[rows]))
 
@@ -151,7 +153,7 @@ def sam_maps(data: SegSet, sam: dict, out: str, shard: int = 0, shards: int = 1,
     maps = []
     for n, i in enumerate(range(rows.start, rows.stop)):
         maps.append(teacher.maps(data.images[i]))
-        log.info("SAM: image %d of %d (%s)", n + 1, len(ids), ids[n])
+        log_progress(log, f"SAM maps of shard {shard}", n + 1, len(ids))
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         if keyed:
             np.savez(f, **dict(zip(ids, maps)))
@@ -168,6 +170,7 @@ def score(data: SegSet, probs_of) -> pd.DataFrame:
         rows.append({"image": data.ids[i], "tissue": data.tissues[i], "platform": data.platforms[i],
                      "dice": dice(probs[0] >= 0.5, labels > 0),
                      "f1": object_f1(instances(probs[0] - probs[1]), labels)["f1"]})
+        log_progress(log, "scored images", i + 1, len(data.labels))
     return pd.DataFrame(rows)
 
 

@@ -67,6 +67,14 @@ def test_tables_report_both_ways_of_averaging_for_every_gene_list(expression_run
     assert (overall["n_datasets"] == 3).all() and set(overall["method"]) == METHODS
 
 
+def test_the_runtime_table_names_the_rules_and_leaves_out_memory_snakemake_measured_for_itself(expression_run):
+    """Training jobs run in their own process; the baselines run inside Snakemake's (`run:`)."""
+    runtime = pd.read_csv(expression_run / "results/benchmark/runtime.tsv", sep="\t").set_index("rule")
+    assert runtime.loc["expression_train", "jobs"] == 2 * 7 and runtime.loc["expression_train", "max_rss_mb"] > 0
+    assert runtime.loc["expression_baseline", "jobs"] > 0
+    assert pd.isna(runtime.loc["expression_baseline", "max_rss_mb"])
+
+
 def test_a_new_sample_reruns_its_own_jobs_and_its_datasets_folds_only(expression_run):
     sheet = pd.read_csv(expression_run / "config/expression_samples.tsv", sep="\t")
     new = sheet[sheet["sample"] == "IDC_P2"].assign(sample="IDC_P4", patient="IDC-P4")
@@ -100,7 +108,7 @@ def test_fine_tuning_runs_through_the_workflow_on_the_patches_of_each_sample(tmp
     assert saved["config"]["finetune_blocks"] == 1 and saved["encoder_tail"]
     assert sorted(p.name for p in (workdir / "results/expression/patches/demo-mobilenet").iterdir()) == [
         "COAD_P1.h5", "COAD_P2.h5"]
-    log = (workdir / "results/logs/expression/fit/demo-mobilenet/COAD/COAD-P1/cmrcnet.log").read_text()
+    log = (workdir / "results/logs/expression/train/demo-mobilenet/COAD/COAD-P1/cmrcnet.log").read_text()
     assert "fine-tuning the last 1 blocks of demo-mobilenet on the CPU" in log
 
 

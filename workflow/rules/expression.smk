@@ -160,9 +160,9 @@ rule expression_train:
         summary=f"{XFOLD}/summary.tsv",
         model=f"{XFOLD}/model.pt",
     log:
-        f"{LOGS}/expression/fit/{{encoder}}/{{task}}/{{fold}}/{{method}}.log",
+        f"{LOGS}/expression/train/{{encoder}}/{{task}}/{{fold}}/{{method}}.log",
     benchmark:
-        f"{BENCH}/expression/fit/{{encoder}}/{{task}}/{{fold}}/{{method}}.tsv"
+        f"{BENCH}/expression/train/{{encoder}}/{{task}}/{{fold}}/{{method}}.tsv"
     wildcard_constraints:
         method="|".join(EXPR_TRAINED) or "NO_METHOD",
         fold="[^/]+",
@@ -196,7 +196,7 @@ rule expression_baseline:
         pcc=f"{XFOLD}/pcc.tsv",
         summary=f"{XFOLD}/summary.tsv",
     log:
-        f"{LOGS}/expression/fit/{{encoder}}/{{task}}/{{fold}}/{{method}}.log",
+        f"{LOGS}/expression/baseline/{{encoder}}/{{task}}/{{fold}}/{{method}}.log",
     benchmark:
         f"{BENCH}/expression/baseline/{{encoder}}/{{task}}/{{fold}}/{{method}}.tsv"
     wildcard_constraints:

@@ -129,6 +129,11 @@ def make_workdir(tmp_path: Path, slides=("breast", "colon"), cells: int | None =
     return tmp_path
 
 
+def runtime_table(workdir: Path) -> pd.DataFrame:
+    """A finished run's runtime table (rule benchmark_runtimes), indexed by rule."""
+    return pd.read_csv(workdir / "results" / "benchmark" / "runtime.tsv", sep="\t").set_index("rule")
+
+
 def planned_jobs(workdir: Path, *extra: str) -> dict[str, int]:
     """Job counts from a dry run's own summary table."""
     return job_stats(snakemake("-n", "--cores", "1", *extra, cwd=workdir).stdout)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from chromium import Chromium, find_chromium
-from conftest import snakemake
+from conftest import runtime_table, snakemake
 
 from tissuekd.report.summary import by_tissue, paper_table, runtimes
 
@@ -67,7 +67,7 @@ def test_summary_has_a_row_per_slide_k_and_method(demo_run):
     summary = pd.read_csv(demo_run / "results" / "benchmark" / "summary.tsv", sep="\t")
     assert len(summary) == 3 * 1 * 4 and summary.groupby(["slide", "k", "method"]).size().eq(1).all()
     assert {"ARI", "NMI", "JSD", "matched_coverage", "probe_F1", "ARI_truth", "tissue"} <= set(summary.columns)
-    runtime = pd.read_csv(demo_run / "results" / "benchmark" / "runtime.tsv", sep="\t").set_index("rule")
+    runtime = runtime_table(demo_run)
     assert runtime.loc["niche_features", "jobs"] == 3 and runtime.loc["niche_student", "total_s"] > 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_workdir, planned_jobs, snakemake
+from conftest import make_workdir, planned_jobs, runtime_table, snakemake
 
 from tissuekd.demo.segmentation import write_tissuenet
 from tissuekd.segmentation.evaluate import dice
@@ -64,15 +64,15 @@ def test_every_model_is_scored_on_its_test_split_and_the_cross_set(seg_run):
     overall = pd.read_csv(seg_run / "results/benchmark/segmentation_overall.tsv", sep="\t")
     assert len(overall) == 4
 
+
 def test_the_runtime_table_leaves_out_the_memory_of_jobs_run_in_snakemakes_process(seg_run):
     """segmentation_evaluate is a `run:` rule (inside Snakemake's process, whose memory its
     benchmark reports); the rules that run a script in their own process keep theirs."""
-    runtime = pd.read_csv(seg_run / "results/benchmark/runtime.tsv", sep="\t").set_index("rule")
+    runtime = runtime_table(seg_run)
     assert runtime.loc["segmentation_evaluate", "jobs"] > 0
     assert np.isnan(runtime.loc["segmentation_evaluate", "max_rss_mb"])
     for rule in ("segmentation_student", "segmentation_teacher"):
         assert runtime.loc[rule, "max_rss_mb"] > 0, rule
-
 
 
 def test_per_image_dice_matches_a_reference_on_the_saved_maps(seg_run):

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_workdir, planned_jobs, snakemake
+from conftest import make_workdir, planned_jobs, runtime_table, snakemake
 
 from tissuekd.survival.methods import METHODS
 
@@ -74,7 +74,7 @@ def test_features_have_the_trident_layout_and_slides_their_thumbnail(survival_ru
 def test_the_runtime_table_leaves_out_memory_snakemake_measured_for_itself(survival_run):
     """Patches and features are `run:` jobs inside Snakemake's process (whose memory their
     benchmark files report); the cohort tables and the fits run in their own."""
-    runtime = pd.read_csv(survival_run / "results/benchmark/runtime.tsv", sep="\t").set_index("rule")
+    runtime = runtime_table(survival_run)
     assert runtime.loc["survival_features", "jobs"] == 84
     for rule in ("survival_patches", "survival_features"):
         assert np.isnan(runtime.loc[rule, "max_rss_mb"]), rule

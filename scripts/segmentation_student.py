@@ -12,5 +12,6 @@ run_logged(
     snakemake.log[0],
     lambda: fit_model(read_split(**p.split, nuclear_only=True), w.backbone, o.model,
                       SegTrainConfig(**p.train, seed=int(w.seed)), "no-kd" if w.mode == "no-kd" else "kd",
-                      list(i.probs) or None, p.labelled, p.teacher, device=p.device, precision=p.precision),
+                      list(i.probs) or None, p.labelled, p.teacher, device=p.device, precision=p.precision,
+                      labelled_by=p.labelled_by),
 )

@@ -11,6 +11,6 @@ o, p, w = snakemake.output, snakemake.params, snakemake.wildcards
 run_logged(
     snakemake.log[0],
     lambda: fit_model(read_split(**p.split, nuclear_only=w.view == "nuclear"), p.backbone, o.model,
-                      SegTrainConfig(**p.train, seed=p.seed), labelled_share=p.labelled, device=p.device,
-                      precision=p.precision),
+                      SegTrainConfig(**p.train, seed=p.seed), labelled_share=p.labelled, labelled_by=p.labelled_by,
+                      device=p.device, precision=p.precision),
 )

@@ -19,7 +19,15 @@ from tissuekd.io.segmentation import ExternalMaps, read_bbbc038, read_tiff_folde
 from tissuekd.segmentation.evaluate import dice, instances, object_f1
 from tissuekd.segmentation.losses import boundary_weighted, label_targets, supervised
 from tissuekd.segmentation.models import BACKBONES, build_unet, parameter_count
-from tissuekd.segmentation.steps import evaluate, evaluate_maps, external_probs, fit_model, predict_probs, read_split
+from tissuekd.segmentation.steps import (
+    annotated,
+    evaluate,
+    evaluate_maps,
+    external_probs,
+    fit_model,
+    predict_probs,
+    read_split,
+)
 from tissuekd.segmentation.train import SegTrainConfig, crops, fit, predict
 
 
@@ -294,6 +302,24 @@ def test_unannotated_images_teach_only_through_the_teacher(tissuenet):
     assert same(nokd, fit("mobilenetv3", noisy, other, cfg, labelled=labelled))
     with pytest.raises(ValueError, match="no annotated image"):
         fit("mobilenetv3", nuclear, labels, cfg, labelled=np.zeros(4, bool))
+
+
+def test_the_demos_annotated_quarter_is_one_tissue_on_one_platform_unless_chosen_per_group(tissuenet):
+    """The demo's splits cycle through 4 tissue x platform groups, so every 4th image (labelled_by
+    order) is always the same group: the demo's labels are all of its breast tiles from CODEX,
+    and the other tissue and the dim, noisy platform reach a model only through the teacher
+    (README: the kd gain on the demo is that transfer). labelled_by group keeps a share of each."""
+    data = read_tissuenet(tissuenet)
+    groups = np.array([f"{t} {p}" for t, p in zip(data.tissues, data.platforms)])
+    chosen = annotated(list(groups), 0.25)
+    assert chosen.sum() == 2 and set(groups[chosen]) == {"breast codex"}
+    assert set(groups[~chosen]) == set(groups) - {"breast codex"} and len(set(groups)) == 4  # all of that group
+    spread = annotated(list(groups) * 4, 0.25, by="group")
+    assert spread.sum() == 8 and set(np.tile(groups, 4)[spread]) == set(groups)
+    assert np.array_equal(spread, annotated(list(groups) * 4, 0.25, by="group"))  # no seed in it
+    assert annotated(list(groups), 1.0).all() and annotated(list(groups), 1.0, by="group").all()
+    with pytest.raises(ValueError, match="labelled_by 'tissue'"):
+        annotated(list(groups), 0.5, by="tissue")
 
 
 def test_steps_chain_teacher_cached_probabilities_student_and_per_image_scores(tissuenet, tmp_path, caplog):

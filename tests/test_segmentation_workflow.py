@@ -27,7 +27,7 @@ SMALL = dict(
 GDIR = Path("results/segmentation/tissuenet_demo")
 # the shipped demo's configuration (data, budget, two seeds) with one of its four backbones and
 # the two modes its claims compare (the kd-nuclear-teacher control: README's table): all three
-# modes took 3.2-3.6 min on 2 cores (2026-12-02), the four backbones ~16 (README)
+# modes took 3.2-3.6 min on 2 cores (2026-12-02), the four backbones 11-12 (README)
 DEMO_ONE_BACKBONE = dict(studies=("segmentation",), segmentation__students=["mobilenetv3"],
                          segmentation__modes=["no-kd", "kd"])
 

@@ -29,6 +29,7 @@ if SEG["teacher"] == "unet-multiplex":
             train=SEG["train"],
             seed=0,
             labelled=SEG["labelled"],
+            labelled_by=SEG["labelled_by"],
             device=config["device"],
             precision=config["precision"],
         script:
@@ -200,6 +201,7 @@ rule segmentation_student:
         split=seg_split("train"),
         train=SEG["train"],
         labelled=SEG["labelled"],
+        labelled_by=SEG["labelled_by"],
         teacher=lambda wildcards: SEG_TEACHERS[wildcards.mode],
         device=config["device"],
         precision=config["precision"],

@@ -48,10 +48,23 @@ def read_split(fmt: str, path: str, target: str = "whole-cell", nuclear_only: bo
     raise InputError(path, f"unknown segmentation format {fmt!r} (one of {', '.join(FORMATS)})")
 
 
-def annotated(n: int, share: float) -> np.ndarray:
-    """(n,) bool: the images whose labels the models see, every round(1 / share)-th one (so the
-    teachers and every student agree on them, whatever the seed)."""
-    return np.arange(n) % max(1, round(1 / share)) == 0
+def annotated(groups: list[str], share: float, by: str = "order") -> np.ndarray:
+    """(n,) bool: the images whose labels the models see, the same whatever the seed, so the
+    teachers and every student agree on them. `groups`: each image's group (tissue and
+    platform). by "order": every round(1 / share)-th image of the split; on a split that cycles
+    through its groups, as the demo's does (a period of 4), share 0.25 then takes one group: the
+    demo's labels are all its breast tiles from CODEX, and the other tissue and platform reach
+    the models only through the teacher (README, "Labels on a quarter of the training images").
+    by "group": every round(1 / share)-th image of each group, so every group keeps labels."""
+    step, groups = max(1, round(1 / share)), np.asarray(groups)
+    if by == "order":
+        return np.arange(len(groups)) % step == 0
+    if by != "group":
+        raise ValueError(f"labelled_by {by!r}: one of order, group")
+    chosen = np.zeros(len(groups), bool)
+    for group in np.unique(groups):
+        chosen[np.flatnonzero(groups == group)[::step]] = True
+    return chosen
 
 
 def shard_rows(n: int, shard: int, shards: int) -> slice:
@@ -86,17 +99,20 @@ def load_probs(paths: list[str], ids: list[str]) -> ShardMaps:
 
 def fit_model(data: SegSet, backbone: str, out: str, cfg: SegTrainConfig, mode: str = "no-kd",
               teacher_probs: str | list[str] | None = None, labelled_share: float = 1.0, teacher: str = "",
-              device: str = "auto", precision: str = "auto") -> None:
+              device: str = "auto", precision: str = "auto", labelled_by: str = "order") -> None:
     """Train on a split (teacher: every channel; student: the nuclear one) and save the checkpoint.
-    `teacher_probs`: the teacher's cached shards (kd); `labelled_share`: see `annotated`;
+    `teacher_probs`: the teacher's cached shards (kd); `labelled_share`, `labelled_by`: see `annotated`;
     `teacher` names the teacher in the checkpoint (kd modes)."""
     if isinstance(data.images, TiffFolder):
         data.images.require_one_size()
     probs = None
     if teacher_probs is not None:
         probs = load_probs([teacher_probs] if isinstance(teacher_probs, str) else list(teacher_probs), data.ids)
-    labelled = annotated(len(data), labelled_share)
-    log.info("%s %s: %d images, labels on %d", backbone, mode, len(data), labelled.sum())
+    groups = [f"{tissue} {platform}" for tissue, platform in zip(data.tissues, data.platforms)]
+    labelled = annotated(groups, labelled_share, labelled_by)
+    per_group = {g: f"{labelled[[x == g for x in groups]].sum()}/{groups.count(g)}" for g in sorted(set(groups))}
+    log.info("%s %s: %d images, labels on %d (by %s; per tissue and platform %s)", backbone, mode, len(data),
+             labelled.sum(), labelled_by, per_group)
     run = compute.resolve(device, precision, workload="model")
     model = fit(backbone, data.images, data.labels, cfg, mode, probs, compute=run, labelled=labelled)
     checkpoint = {"state": model.state_dict(), "backbone": backbone, "channels": data.channels, "mode": mode,

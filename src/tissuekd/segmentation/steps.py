@@ -8,6 +8,7 @@ what it is; teacher probabilities go to an npz keyed `probs` (N, 2, H, W) with t
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import asdict
 
 import numpy as np
@@ -110,7 +111,8 @@ def fit_model(data: SegSet, backbone: str, out: str, cfg: SegTrainConfig, mode: 
         probs = load_probs([teacher_probs] if isinstance(teacher_probs, str) else list(teacher_probs), data.ids)
     groups = [f"{tissue} {platform}" for tissue, platform in zip(data.tissues, data.platforms)]
     labelled = annotated(groups, labelled_share, labelled_by)
-    per_group = {g: f"{labelled[[x == g for x in groups]].sum()}/{groups.count(g)}" for g in sorted(set(groups))}
+    with_labels, images = Counter(g for g, known in zip(groups, labelled) if known), Counter(groups)
+    per_group = {g: f"{with_labels[g]}/{images[g]}" for g in sorted(images)}
     log.info("%s %s: %d images, labels on %d (by %s; per tissue and platform %s)", backbone, mode, len(data),
              labelled.sum(), labelled_by, per_group)
     run = compute.resolve(device, precision, workload="model")

@@ -234,8 +234,31 @@ def test_loss_terms_follow_their_formulas():
     weights = UncertaintyWeights(("mse", "label"))
     with torch.no_grad():
         weights.log_vars.copy_(torch.tensor([0.0, np.log(4.0)]))
+    weights.started.fill_(True)
     total = weights({"mse": torch.tensor(2.0), "label": torch.tensor(8.0)})
     assert total.item() == pytest.approx(2.0 + 8.0 / 4 + np.log(4.0))
+
+
+def test_uncertainty_weights_start_at_each_terms_scale_and_then_learn():
+    """Each s_i starts where exp(-s) L + s is least for its first non-zero L (weight 1/L), so a
+    term 100x smaller than another is not 100x weaker from the start; a term that is 0 on the
+    first batch (no annotated crop in it) starts on the first batch where it is not."""
+    weights = UncertaintyWeights(("mse", "label"))
+    first = weights({"mse": torch.tensor(0.01), "label": torch.tensor(0.0)})
+    assert weights.weights()["mse"] == pytest.approx(100.0) and weights.weights()["label"] == 1.0
+    assert first.item() == pytest.approx(1 + np.log(0.01))
+    weights({"mse": torch.tensor(0.5), "label": torch.tensor(2.0)})
+    assert weights.weights() == pytest.approx({"mse": 100.0, "label": 0.5})  # mse started already
+    s = weights.log_vars
+    loss = weights({"mse": torch.tensor(0.01), "label": torch.tensor(2.0)})
+    grad, = torch.autograd.grad(loss, s)
+    assert torch.allclose(grad, torch.zeros(2), atol=1e-5)  # at each term's own minimum
+    opt = torch.optim.AdamW(weights.parameters(), lr=0.1, weight_decay=0.0)
+    for _ in range(50):  # the terms shrink tenfold: the weights follow
+        opt.zero_grad()
+        weights({"mse": torch.tensor(0.001), "label": torch.tensor(0.2)}).backward()
+        opt.step()
+    assert weights.weights()["mse"] > 300 and weights.weights()["label"] > 2
 
 
 def test_the_four_students_take_one_channel_and_give_two_maps():

@@ -140,7 +140,9 @@ def fit(backbone: str, images: np.ndarray, labels: np.ndarray, cfg: SegTrainConf
         return weighting({"mse": probability_mse(logits, e.to(compute.device)), **label_terms})
 
     model.train()
-    params = list(model.parameters()) + (list(weighting.parameters()) if weighting else [])
+    params = [{"params": list(model.parameters())}]
+    if weighting is not None:  # no decay: it would pull every weight back to 1
+        params.append({"params": list(weighting.parameters()), "weight_decay": 0.0})
     optimise(params, cfg.epochs, batches, loss_of, lr=cfg.lr, weight_decay=cfg.weight_decay, compute=compute,
              total_steps=cfg.epochs * cfg.steps_per_epoch, desc=f"{backbone} {mode}")
     if weighting is not None:

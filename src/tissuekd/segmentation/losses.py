@@ -25,7 +25,8 @@ def label_targets(labels: np.ndarray, w0: float = 5.0, sigma: float = 3.0) -> np
 
 
 def supervised(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """mean(BCE(s_fg, y_fg)) + mean(BCE(s_bd, y_bd)): the labels, both maps, unweighted."""
+    """(mean(BCE(s_fg, y_fg)) + mean(BCE(s_bd, y_bd))) / 2: the labels, both maps, unweighted
+    (one mean over both channels' pixels)."""
     return F.binary_cross_entropy_with_logits(logits, targets[:, :2])
 
 

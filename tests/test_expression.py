@@ -202,6 +202,31 @@ def test_a_space_ranger_sample_reads_as_its_hest_twin(tmp_path):
         read_spaceranger(outs, tmp_path / "sr/S/S.tif")
 
 
+def test_visium_pixel_size_comes_from_the_spot_spacing_else_from_a_65_um_spot(tmp_path):
+    """Neighbours in an array row lie 100 µm apart; Space Ranger's spot_diameter_fullres spans a
+    theoretical 65 µm spot (10x's definition), used only when no two neighbours are listed. At a
+    real slide's 0.2737 µm/px both give the scale back; the 55 µm this reader took before would
+    give 0.232 (pixels ~15% too small, crops ~15% too wide)."""
+    from tissuekd.io.visium import pixel_size
+
+    mpp = 0.2737
+    grid = [(r, 2 * c + r % 2) for r in range(4) for c in range(5)]
+    positions = pd.DataFrame({
+        "in_tissue": 1, "array_row": [r for r, _ in grid], "array_col": [c for _, c in grid],
+        "pxl_row_in_fullres": [round((1000 + r * 50 * np.sqrt(3)) / mpp) for r, _ in grid],
+        "pxl_col_in_fullres": [round((1000 + c * 50) / mpp) for _, c in grid]})
+    factors = tmp_path / "scalefactors_json.json"
+    factors.write_text(json.dumps({"spot_diameter_fullres": 65 / mpp}))
+    assert pixel_size(positions, factors) == pytest.approx(mpp, rel=2e-3)
+    lonely = positions.drop_duplicates("array_row")  # one spot per row: no neighbours to measure
+    factors.write_text(json.dumps({"spot_diameter_fullres": 65 / mpp * 1.1}))
+    assert pixel_size(lonely, factors) == pytest.approx(mpp / 1.1)
+    factors.write_text(json.dumps({"tissue_hires_scalef": 0.1}))
+    with pytest.raises(InputError, match="scalefactors_json.json: no two neighbouring spots listed and no "
+                                         "spot_diameter_fullres"):
+        pixel_size(lonely, factors)
+
+
 def test_xenium_pseudo_spots_sum_the_counts_of_the_cells_under_each_spot(ingested, demo_slide, tmp_path):
     """A niche slide's ingested cells pooled into 55-µm spots 100 µm apart: each spot holds the
     summed counts of exactly the cells within 27.5 µm of its centre (checked by brute force)."""

@@ -182,7 +182,8 @@ def make_spaceranger_sample(root: str | Path, sample: str, dataset: str, seed: i
     for name, f in scale.items():
         with atomic_path(spatial / f"tissue_{name}_image.png") as tmp:
             Image.fromarray(rgb).resize((round(SIZE[1] * f), round(SIZE[0] * f))).save(tmp)
-    factors = {"spot_diameter_fullres": SPOT_DIAMETER_UM / MPP, "fiducial_diameter_fullres": 89.5 / MPP,
+    # spot_diameter_fullres as Space Ranger writes it: the pixels of "a theoretical 65 µm spot"
+    factors = {"spot_diameter_fullres": 65.0 / MPP, "fiducial_diameter_fullres": 89.5 / MPP,
                "tissue_hires_scalef": scale["hires"], "tissue_lowres_scalef": scale["lowres"]}
     with atomic_path(spatial / "scalefactors_json.json") as tmp:
         tmp.write_text(json.dumps(factors))

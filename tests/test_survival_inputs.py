@@ -160,6 +160,33 @@ def test_pancan_gene_ids_become_symbols_and_a_repeated_id_stops(tmp_path, caplog
             read_rna(tmp_path / name, set(PATIENTS))
 
 
+def test_pancan_missing_values_drop_their_genes_and_text_still_stops(tmp_path, caplog):
+    """PanCan matrices leave some values NA: an id without a symbol is dropped before its NA
+    counts, a gene missing in some patient is dropped and logged; text (a typo) still stops."""
+    samples = [p + "-01A-11R-A00Z-07" for p in PATIENTS]
+    ids = ["TP53|7157", "?|100130426", "MKI67|4288", "EGFR|1956"]
+    table = pd.DataFrame(np.arange(12, dtype=float).reshape(4, 3), index=pd.Index(ids, name="gene_id"),
+                         columns=samples).astype(object)
+    table.loc["?|100130426", samples[0]] = "NA"
+    table.loc["MKI67|4288", samples[1]] = ""
+    table.to_csv(tmp_path / "pancan.tsv", sep="\t")
+    with caplog.at_level(logging.INFO):
+        rna = read_rna(tmp_path / "pancan.tsv", set(PATIENTS))
+    assert list(rna.columns) == ["TP53", "EGFR"] and "1 gene(s) with missing values" in caplog.text
+    table.loc["EGFR|1956", samples[2]] = "1,5"
+    table.to_csv(tmp_path / "typo.tsv", sep="\t")
+    with pytest.raises(InputError, match=r"typo.tsv: non-numeric values in gene\(s\) \['EGFR\|1956'\] "
+                                         r"\(patient\(s\) \['TCGA-DM-A002'\]\)"):
+        read_rna(tmp_path / "typo.tsv", set(PATIENTS))
+
+
+def test_blank_rows_of_a_spreadsheet_export_are_skipped(tables):
+    table = pd.read_csv(tables / "clinical.tsv", sep="\t")
+    text = table.to_csv(index=False) + "," * (table.shape[1] - 1) + "\n" + "," * (table.shape[1] - 1) + "\n"
+    (tables / "export.csv").write_text(text)
+    assert list(read_clinical(tables / "export.csv", "OS").index) == list(table["bcr_patient_barcode"])
+
+
 def test_too_few_censored_patients_for_the_folds_are_named_as_such():
     with pytest.raises(InputError, match=r"10 usable patients \(8 events, 2 censored\) are too few for 5-fold"):
         assign_folds(np.array([1] * 8 + [0] * 2), 5, seed=0)

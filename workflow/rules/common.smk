@@ -395,6 +395,14 @@ def cohort_inputs(wildcards):
     return inputs
 
 
+def cohort_mem_mb(wildcards, input, attempt):
+    """Resource: the RNA matrix is read whole (a PanCan matrix is ~2e8 values): ~4 bytes of memory
+    per byte of text (parsed, made numeric, transposed), ~12 per byte of gzip."""
+    rna = input.get("rna")
+    text_mb = os.path.getsize(rna) / 1e6 * (3 if str(rna).endswith(".gz") else 1) if rna else 0
+    return int(2000 + 4 * text_mb) * attempt
+
+
 def cohort_slides(wildcards):
     """Param: slide, patient and features file of each slide of the cohort."""
     rows = SURVIVAL_SLIDES[SURVIVAL_SLIDES["cohort"] == wildcards.cohort]

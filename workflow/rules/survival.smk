@@ -125,7 +125,7 @@ rule survival_cohort:
     conda:
         "../../envs/scverse.yaml"
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        mem_mb=cohort_mem_mb,
         runtime=20,
     params:
         slides=cohort_slides,

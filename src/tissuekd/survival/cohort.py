@@ -10,6 +10,7 @@ no barcode) stop the step with an error naming the file.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import re
 from dataclasses import dataclass, field
@@ -62,6 +63,10 @@ def read_clinical(path: str, endpoint: str) -> pd.DataFrame:
     if missing:
         raise InputError(path, f"missing column(s) {missing} for endpoint {endpoint} (a TCGA-CDR table has "
                                f"bcr_patient_barcode, OS, OS.time, DSS, DSS.time, PFI, PFI.time)")
+    blank = table["bcr_patient_barcode"].fillna("").str.strip() == ""
+    if blank.any():  # e.g. trailing rows of commas from a spreadsheet export
+        log.info("%s: %d row(s) without a bcr_patient_barcode skipped", path, int(blank.sum()))
+        table = table[~blank]
     patient = table["bcr_patient_barcode"].str.strip()
     out = pd.DataFrame({
         "patient": patient,
@@ -108,7 +113,7 @@ def _patient_of(key: str, patients: set[str]) -> str | None:
 def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
     """Patients x genes. The orientation is detected from which axis holds the barcodes and
     logged; with several samples per patient the tumour sample (-01..-09) sorting first is used."""
-    raw = pd.read_csv(path, sep=None, engine="python", index_col=0)
+    raw = pd.read_csv(path, sep=_separator(path), index_col=0)  # the C parser: a PanCan matrix is ~2e8 values
     by_columns = sum(_patient_of(str(c), patients) is not None for c in raw.columns)
     by_rows = sum(_patient_of(str(i), patients) is not None for i in raw.index)
     if max(by_columns, by_rows) == 0:
@@ -132,14 +137,36 @@ def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
         log.warning("%s: %d patient(s) have only normal-tissue or control samples (types 10-29), not used: %s",
                     path, len(normal_only), normal_only[:10])
     chosen = chosen[chosen["rank"] < 2]
-    out = matrix.loc[chosen["sample"]].apply(pd.to_numeric, errors="coerce")
+    given = matrix.loc[chosen["sample"]]
+    out = given.apply(pd.to_numeric, errors="coerce")
     out.index = pd.Index(chosen["patient"].to_numpy(), name="patient")
     out.columns = out.columns.astype(str).rename("gene")
-    if out.isna().any().any():
-        bad = out.columns[out.isna().any()].tolist()
-        samples = out.index[out.isna().any(axis=1)].tolist()
-        raise InputError(path, f"non-numeric or missing values in gene(s) {bad[:10]} (patient(s) {samples[:10]})")
-    return _symbols(out, path)
+    text = out.isna().to_numpy() & given.notna().to_numpy()  # read_csv has already made NA, #N/A, '' NaN
+    if text.any():
+        bad = out.columns[text.any(axis=0)].tolist()
+        samples = out.index[text.any(axis=1)].tolist()
+        raise InputError(path, f"non-numeric values in gene(s) {bad[:10]} (patient(s) {samples[:10]})")
+    return _complete_genes(_symbols(out, path), path)
+
+
+def _complete_genes(rna: pd.DataFrame, path: str) -> pd.DataFrame:
+    """The genes measured in every patient (PanCan matrices leave some NA); the others dropped
+    and logged, since a model cannot be scaled or trained on a gene some patients lack."""
+    missing = rna.columns[rna.isna().any()]
+    if len(missing) == rna.shape[1]:
+        raise InputError(path, f"every gene has missing values in some patient (e.g. {missing[:5].tolist()})")
+    if len(missing):
+        log.warning("%s: %d gene(s) with missing values in some patient dropped, e.g. %s", path, len(missing),
+                    missing[:10].tolist())
+    return rna.drop(columns=missing)
+
+
+def _separator(path: str) -> str:
+    """Tab, comma, semicolon or whitespace, from the first line (gzip or plain)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt") as handle:
+        first = handle.readline()
+    return next((sep for sep in ("\t", ",", ";") if sep in first), r"\s+")
 
 
 def _sample_rank(suffix: str) -> int:
@@ -150,7 +177,7 @@ def _sample_rank(suffix: str) -> int:
 
 def _header(path: str) -> pd.Index:
     """The first line's labels as written (pandas renames a repeated column `X` to `X.1`)."""
-    first = pd.read_csv(path, sep=None, engine="python", header=None, nrows=1, dtype=str)
+    first = pd.read_csv(path, sep=_separator(path), header=None, nrows=1, dtype=str)
     return pd.Index(first.iloc[0, 1:].astype(str))
 
 

@@ -75,6 +75,29 @@ def test_bad_tissuenet_input_names_the_file_and_the_problem(tmp_path, arrays, pr
     assert str(path) in str(err.value)
 
 
+def test_whole_number_float_labels_are_read_as_integers(tissuenet, tmp_path):
+    """Scoring needs integer labels (scikit-image): float-stored ones come as int32 image by image."""
+    with np.load(tissuenet) as src:
+        arrays = {k: src[k] for k in src.files}
+    path = _npz(tmp_path / "float.npz", **{**arrays, "y": arrays["y"].astype(np.float32)})
+    as_int, as_float = read_tissuenet(tissuenet), read_tissuenet(path)
+    assert len(as_float.labels) == len(as_int.labels)
+    for a, b in zip(as_int.labels, as_float.labels):
+        assert b.dtype == np.int32 and np.array_equal(a, b)
+    assert object_f1(as_float.labels[0], as_float.labels[0])["f1"] == 1.0
+
+
+def test_bbbc038_grey_alpha_and_palette_pngs_read_as_their_intensities(tmp_path):
+    folder = write_bbbc038(tmp_path / "stage1_train", n_images=2)
+    name = read_bbbc038(folder).ids[0]
+    png = folder / name / "images" / f"{name}.png"
+    grey = np.asarray(Image.open(png).convert("L"))
+    Image.fromarray(grey).convert("LA").save(png)  # alpha 255 must not be averaged in
+    assert np.allclose(read_bbbc038(folder, ids=[name]).images[0], grey[..., None])
+    Image.fromarray(grey).convert("P").save(png)  # palette indices are not intensities
+    assert np.allclose(read_bbbc038(folder, ids=[name]).images[0], grey[..., None])
+
+
 def test_a_compressed_tissuenet_archive_is_read_whole_with_the_same_values(tissuenet, tmp_path):
     with np.load(tissuenet) as src:
         np.savez_compressed(tmp_path / "c.npz", **{k: src[k] for k in src.files})

@@ -100,8 +100,25 @@ def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
     # a slice of consecutive channels is a view of the memory map; an index list would read X whole
     images = x[..., first:first + len(channels)] if channels == tuple(range(first, first + len(channels))) \
         else x[..., list(channels)]
-    return SegSet(images, y[..., TARGETS[target]], [f"{path.stem}:{i}" for i in range(n)], tissues, platforms,
+    labels = y[..., TARGETS[target]]
+    if not np.issubdtype(labels.dtype, np.integer):
+        labels = IntegerLabels(labels)  # whole numbers stored as floats (checked above)
+    return SegSet(images, labels, [f"{path.stem}:{i}" for i in range(n)], tissues, platforms,
                   ("nuclear",) if membrane is None else ("nuclear", "membrane"))
+
+
+class IntegerLabels(Sequence):
+    """Whole-number labels stored as floats, each image given as int32 when asked for (scoring
+    with scikit-image needs integers), without reading the memory-mapped array whole."""
+
+    def __init__(self, labels: np.ndarray):
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return np.asarray(self.labels[i]).astype(np.int32)
 
 
 def check_tissuenet_split(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
@@ -195,7 +212,10 @@ def read_bbbc038(folder: str | Path, ids: Sequence[str] | None = None, tissue: s
 
 def _grey(path: Path) -> np.ndarray:
     try:
-        image = np.asarray(Image.open(path), dtype=np.float32)
+        image = Image.open(path)
+        if image.mode in ("P", "PA", "LA"):  # palette indices, or grey with alpha: to intensities, alpha apart
+            image = image.convert("RGBA")
+        image = np.asarray(image, dtype=np.float32)
     except (OSError, ValueError) as err:
         raise InputError(path, f"unreadable image ({err})") from None
     if image.ndim == 3:

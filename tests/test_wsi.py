@@ -102,3 +102,27 @@ def test_a_planar_rgb_ome_tiff_reads_as_its_interleaved_twin(tmp_path):
     tifffile.imwrite(tmp_path / "four.ome.tif", np.zeros((4, 64, 64), np.uint8), metadata={"axes": "CYX"})
     with pytest.raises(InputError, match=r"four.ome.tif: expected an RGB .* found '[CS]YX' of shape \(4, 64, 64\)"):
         open_slide(tmp_path / "four.ome.tif")
+
+
+def test_16_bit_and_rgba_ome_tiffs_read_as_8_bit_rgb_and_float_pixels_are_refused(tmp_path):
+    """A 16-bit H&E is scaled to 8 bits (a cast wrapped 300 to 44); RGBA loses its alpha; float
+    pixels stop naming the file."""
+    import tifffile
+
+    rgb = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "u8.ome.tif", rgb, tile=(128, 128), photometric="rgb", metadata={"axes": "YXS"})
+    # the high byte carries the value (x 257 would hide a cast: (257 v) mod 256 = v)
+    tifffile.imwrite(tmp_path / "u16.ome.tif", rgb.astype(np.uint16) * 256 + 128, tile=(128, 128),
+                     photometric="rgb", metadata={"axes": "YXS"})
+    rgba = np.concatenate([rgb, np.full((200, 300, 1), 255, np.uint8)], axis=2)
+    tifffile.imwrite(tmp_path / "rgba.ome.tif", rgba, tile=(128, 128), photometric="rgb", extrasamples=["unassalpha"],
+                     metadata={"axes": "YXS"})
+    with open_slide(tmp_path / "u8.ome.tif") as a:
+        expected = a.read(0, 10, 20, 150, 100)
+    for name in ("u16.ome.tif", "rgba.ome.tif"):
+        with open_slide(tmp_path / name) as b:
+            np.testing.assert_allclose(b.read(0, 10, 20, 150, 100), expected, atol=1)
+    tifffile.imwrite(tmp_path / "float.ome.tif", rgb.astype(np.float32), tile=(128, 128), photometric="rgb",
+                     metadata={"axes": "YXS"})
+    with pytest.raises(InputError, match="float.ome.tif: expected 8- or 16-bit pixels, found float32"):
+        open_slide(tmp_path / "float.ome.tif")

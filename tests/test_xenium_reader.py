@@ -11,7 +11,7 @@ import pytest
 
 from tissuekd.demo.layout import make_panel
 from tissuekd.errors import InputError
-from tissuekd.io.xenium import load_bundle, read_clusters
+from tissuekd.io.xenium import load_bundle, read_clusters, read_labels
 
 
 def test_demo_bundle_reads_with_controls_dropped(demo_slide):
@@ -85,3 +85,9 @@ def test_bad_counts(bundle_copy, bad, message):
         h5["matrix/data"] = data
     with pytest.raises(InputError, match=message):
         load_bundle(bundle_copy / "outs")
+
+
+def test_blank_labels_in_a_cell_type_table_are_no_labels_not_a_class_nan(tmp_path):
+    (tmp_path / "types.csv").write_text("cell_id,type\naaa-1,T cell\naab-1,\naac-1,NA\naad-1,B cell\n")
+    labels = read_labels(tmp_path / "types.csv")
+    assert labels.to_dict() == {"aaa-1": "T cell", "aad-1": "B cell"}

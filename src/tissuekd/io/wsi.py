@@ -7,11 +7,14 @@ image come back as white background, so crops at the slide border need no specia
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from tissuekd.errors import InputError
+
+log = logging.getLogger(__name__)
 
 BACKGROUND = 255
 # errors of a tile that does not decode (besides OSError and ValueError): OpenSlide's, and
@@ -126,9 +129,15 @@ class TiffSlide(Slide):
         shapes = [lvl.shape for lvl in series.levels]
         self._axes = series.axes
         self._planar = self._axes in ("CYX", "SYX")  # channels first: one OME channel or TIFF plane each
-        if not (self._axes in ("YXS", "YX") or (self._planar and shapes[0][0] == 3)):
+        rgb = self._axes == "YX" or (self._axes == "YXS" and shapes[0][-1] in (3, 4)) or \
+            (self._planar and shapes[0][0] == 3)
+        if not rgb:
             raise InputError(path, f"expected an RGB image with axes YXS (or planar CYX, 3 channels), "
                                    f"found {self._axes!r} of shape {shapes[0]}")
+        if series.dtype not in (np.uint8, np.uint16):
+            raise InputError(path, f"expected 8- or 16-bit pixels, found {series.dtype}")
+        if series.dtype == np.uint16:
+            log.info("%s: 16-bit pixels, read as 8-bit (value / 257)", path)
         self.levels = [(s[2], s[1]) if self._planar else (s[1], s[0]) for s in shapes]
         self.downsamples = [self.levels[0][0] / w for w, _ in self.levels]
         self._arrays = [zarr.open(self._tif.aszarr(level=i), mode="r") for i in range(len(shapes))]
@@ -136,15 +145,21 @@ class TiffSlide(Slide):
 
     def _read_inside(self, level, x, y, width, height):
         if self._planar:
-            return np.moveaxis(np.asarray(self._arrays[level][:, y : y + height, x : x + width]), 0, -1
-                               ).astype(np.uint8, copy=False)
+            return _eight_bit(np.moveaxis(np.asarray(self._arrays[level][:, y : y + height, x : x + width]), 0, -1))
         region = np.asarray(self._arrays[level][y : y + height, x : x + width])
         if self._axes == "YX":
             region = np.repeat(region[..., None], 3, axis=2)
-        return region.astype(np.uint8, copy=False)
+        return _eight_bit(region[..., :3])  # RGBA: alpha dropped
 
     def close(self):
         self._tif.close()
+
+
+def _eight_bit(region: np.ndarray) -> np.ndarray:
+    """uint8 as is; uint16 scaled to its full range (a cast would wrap 300 to 44)."""
+    if region.dtype == np.uint16:
+        return ((region.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return region.astype(np.uint8, copy=False)
 
 
 def _ome_mpp(tif) -> float | None:

@@ -120,6 +120,8 @@ def read_labels(path: str | Path, value_column: str | None = None, id_column: st
     for col in (id_column, value_column):
         if col not in table.columns:
             raise InputError(path, f"missing column {col!r} (has {list(table.columns)})")
+    given = table[value_column].notna() & (table[value_column].astype(str).str.strip() != "")
+    table = table[given]  # a blank label is no label: such cells stay unknown, not a class "nan"
     labels = pd.Series(table[value_column].astype(str).to_numpy(), index=_as_str_ids(table[id_column]))
     if labels.index.has_duplicates:
         raise InputError(path, "duplicate cell ids")

@@ -56,6 +56,16 @@ def test_cells_outside_the_image_are_an_error(demo_slide):
     assert "slide_he_imagealignment.csv" in str(err.value)
 
 
+def test_a_few_cells_off_the_image_are_left_out_with_a_warning(demo_slide, caplog):
+    """An H&E scan cropped a little tighter than the Xenium region: up to 1% of cells may fall off."""
+    affine = read_alignment(he_alignment(demo_slide))
+    x = np.r_[np.linspace(10, 500, 199), 5000.0]
+    cells = pd.DataFrame({"x_um": x, "y_um": 20.0}, index=[f"c{i}" for i in range(200)])
+    he, inside = register_cells(cells, affine, 0.2125, (4000, 4000), "slide_he_imagealignment.csv")
+    assert inside.sum() == 199 and not inside[-1] and he.shape == (200, 2)
+    assert "1 of 200 cells fall outside the H&E image" in caplog.text
+
+
 @pytest.mark.parametrize(
     "text, message",
     [("1,0,0\n0,1,0\n", "3x3"), ("1,0,0\n0,nan,0\n0,0,1\n", "NaN"), ("0,0,0\n0,0,0\n0,0,1\n", "singular"),

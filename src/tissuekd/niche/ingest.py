@@ -19,9 +19,14 @@ from tissuekd.io.xenium import load_bundle, read_clusters, read_labels
 log = logging.getLogger(__name__)
 
 
+MAX_OUTSIDE = 0.01  # share of cells that may fall off the H&E (a scan cropped a little tighter than the
+# Xenium region); more means the wrong alignment
+
+
 def register_cells(cells: pd.DataFrame, affine: np.ndarray, pixel_size: float, image_size: tuple[int, int],
-                   alignment_path: str | Path) -> np.ndarray:
-    """H&E pixel positions of the cells; every cell must land inside the image.
+                   alignment_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """H&E pixel positions of the cells, and which land inside the image: up to MAX_OUTSIDE of
+    them may fall off it (left out of the slide, logged); more is an error.
 
     Parameters
     ----------
@@ -38,18 +43,24 @@ def register_cells(cells: pd.DataFrame, affine: np.ndarray, pixel_size: float, i
 
     Returns
     -------
-    np.ndarray
+    he : np.ndarray
         (cells, 2) x, y on the H&E, level-0 px.
+    inside : np.ndarray
+        (cells,) bool: the cell lies on the image.
 
     Raises
     ------
     InputError
-        When the affine maps any cell outside the image (e.g. the alignment of another slide, or inverted).
+        When the affine maps more than MAX_OUTSIDE of the cells outside the image (e.g. the alignment of
+        another slide, or inverted).
     """
     he = um_to_he(cells[XY_UM].to_numpy(), affine, pixel_size)
     width, height = image_size
     outside = (he[:, 0] < 0) | (he[:, 1] < 0) | (he[:, 0] >= width) | (he[:, 1] >= height)
-    if outside.any():
+    if 0 < outside.mean() <= MAX_OUTSIDE:
+        log.warning("%s: %d of %d cells fall outside the H&E image (%d x %d px); they are left out",
+                    alignment_path, outside.sum(), len(he), width, height)
+    elif outside.any():
         first = np.flatnonzero(outside)[0]
         raise InputError(
             alignment_path,
@@ -57,7 +68,7 @@ def register_cells(cells: pd.DataFrame, affine: np.ndarray, pixel_size: float, i
             f"e.g. cell {cells.index[first]} at ({he[first, 0]:.0f}, {he[first, 1]:.0f}) px. "
             "Is this the alignment of this slide's H&E, in the H&E -> morphology direction?",
         )
-    return he
+    return he, ~outside
 
 
 def cell_type_labels(cells: pd.DataFrame, bundle: str | Path, cell_types: str | None) -> pd.Series:
@@ -127,7 +138,9 @@ def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, 
         image_size = slide.dimensions
     cells, counts, meta = load_bundle(bundle)
     pixel_size = float(meta["pixel_size"])
-    he = register_cells(cells, affine, pixel_size, image_size, he_alignment)
+    he, inside = register_cells(cells, affine, pixel_size, image_size, he_alignment)
+    if not inside.all():
+        cells, counts, he = cells[inside], counts[inside].copy(), he[inside]
     table = cells.assign(x_he=he[:, 0], y_he=he[:, 1], cell_type=cell_type_labels(cells, bundle, cell_types))
     if pathology:
         table["pathology"] = read_labels(pathology).reindex(cells.index).fillna("unannotated")

@@ -237,12 +237,30 @@ def test_unusable_patients_are_dropped_with_their_reason(tmp_path):
     assert reasons["P9"] == "barcode not in the clinical table"
 
 
+def test_a_tcga_normal_tissue_slide_is_dropped_not_mixed_into_the_bag():
+    clinical = pd.DataFrame({"time": [10.0, 20.0], "event": [1, 0]},
+                            index=pd.Index(["TCGA-AA-0001", "C3L-00100"], name="patient"))
+    slides = pd.DataFrame({"slide": ["TCGA-AA-0001-01Z-00-DX1", "TCGA-AA-0001-11A-01-TS1", "C3L-00100-21"],
+                           "patient": ["TCGA-AA-0001", "TCGA-AA-0001", "C3L-00100"],
+                           "features": ["a", "b", "c"], "n_patches": [5, 5, 5]})
+    drops = Drops()
+    table = build_cohort(slides, clinical, None, folds=2, seed=0, cross_validate=False, drops=drops)
+    assert table.set_index("patient")["slides"].to_dict() == {"TCGA-AA-0001": "TCGA-AA-0001-01Z-00-DX1",
+                                                              "C3L-00100": "C3L-00100-21"}
+    dropped = drops.table()
+    assert dropped["reason"].tolist() == ["normal-tissue slide (TCGA sample type 10-29), not used"]
+
+
 def test_features_files_must_have_the_trident_clam_layout(tmp_path):
     assert count_patches(features_file(tmp_path / "ok.h5", 4)) == 4
     with h5py.File(tmp_path / "bad.h5", "w") as h5:
         h5["feats"] = np.zeros((3, 8))
     with pytest.raises(InputError, match=r"bad.h5: a features file needs datasets `features` and `coords`"):
         count_patches(str(tmp_path / "bad.h5"))
+    with h5py.File(tmp_path / "batch.h5", "w") as h5:
+        h5["features"], h5["coords"] = np.zeros((1, 3, 8)), np.zeros((3, 2))
+    with pytest.raises(InputError, match=r"batch.h5: `features` has shape \(1, 3, 8\), expected \(patches, dim\)"):
+        count_patches(str(tmp_path / "batch.h5"))
     (tmp_path / "text.h5").write_text("not hdf5")
     with pytest.raises(InputError, match="text.h5: not a readable HDF5 file"):
         count_patches(str(tmp_path / "text.h5"))

@@ -169,6 +169,13 @@ def _separator(path: str) -> str:
     return next((sep for sep in ("\t", ",", ";") if sep in first), r"\s+")
 
 
+def _normal_slide(slide: str, patient: str) -> bool:
+    """A TCGA slide of normal tissue or a control (TCGA-XX-XXXX-11A-01-TS1: sample type 10-29), which
+    would otherwise join the patient's tumour slides in one bag."""
+    tcga = slide.startswith("TCGA-") and slide.startswith(f"{patient}-")  # other ids: -21 may be a slide number
+    return tcga and bool(NORMAL_SAMPLE.match(slide[len(patient):]))
+
+
 def _sample_rank(suffix: str) -> int:
     """0 a TCGA tumour sample (-01..-09), 2 a normal or control one (-10..-29, never used), 1 any
     other suffix (a non-TCGA sample id: used when the patient has no tumour-coded sample)."""
@@ -224,11 +231,14 @@ def count_patches(path: str) -> int:
         with h5py.File(path, "r") as h5:
             if "features" not in h5 or "coords" not in h5:
                 raise InputError(path, f"a features file needs datasets `features` and `coords`; has {list(h5)}")
-            n, shape = h5["features"].shape[0], h5["coords"].shape
+            features, shape = h5["features"].shape, h5["coords"].shape
             attrs = coords_attrs(h5)
     except OSError as err:
         raise InputError(path, f"not a readable HDF5 file: {err}") from None
-    if len(shape) != 2 or shape[0] != n:
+    if len(features) != 2:  # e.g. (1, n, d), a batch axis left in by some extractors
+        raise InputError(path, f"`features` has shape {features}, expected (patches, dim)")
+    n = features[0]
+    if len(shape) != 2 or shape[0] != n or (n and shape[1] != 2):
         raise InputError(path, f"`coords` has shape {shape}, expected ({n}, 2)")
     patch_geometry(attrs, path, required=False)
     return n
@@ -261,12 +271,15 @@ def build_cohort(slides: pd.DataFrame, clinical: pd.DataFrame, rna: pd.DataFrame
     pandas.DataFrame
         patient, time, event, fold (-1 without cross-validation), slides, features (`;`-joined).
     """
-    for row in slides.itertuples():
+    normal = np.array([_normal_slide(str(r.slide), str(r.patient)) for r in slides.itertuples()], bool)
+    for row, is_normal in zip(slides.itertuples(), normal):
         if row.patient not in clinical.index:
             drops.add(row.patient, "barcode not in the clinical table", row.slide)
+        elif is_normal:
+            drops.add(row.patient, "normal-tissue slide (TCGA sample type 10-29), not used", row.slide)
         elif row.n_patches == 0:
             drops.add(row.patient, "no tissue found on the slide", row.slide)
-    usable = slides[slides["patient"].isin(clinical.index) & (slides["n_patches"] > 0)]
+    usable = slides[slides["patient"].isin(clinical.index) & (slides["n_patches"] > 0) & ~normal]
     with_slides = set(usable["patient"])
     for patient in clinical.index:
         if patient not in with_slides:

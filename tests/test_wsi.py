@@ -126,3 +126,14 @@ def test_16_bit_and_rgba_ome_tiffs_read_as_8_bit_rgb_and_float_pixels_are_refuse
                      metadata={"axes": "YXS"})
     with pytest.raises(InputError, match="float.ome.tif: expected 8- or 16-bit pixels, found float32"):
         open_slide(tmp_path / "float.ome.tif")
+
+
+@pytest.mark.parametrize(("unit", "size"), [(None, 0.25), ("µm", 0.25), ("nm", 250.0), ("mm", 0.00025)])
+def test_ome_pixel_size_is_read_in_its_unit(tmp_path, unit, size):
+    import tifffile
+
+    units = {"PhysicalSizeXUnit": unit, "PhysicalSizeYUnit": unit} if unit else {}
+    tifffile.imwrite(tmp_path / "s.ome.tif", np.zeros((64, 64, 3), np.uint8), photometric="rgb",
+                     metadata={"axes": "YXS", "PhysicalSizeX": size, "PhysicalSizeY": size, **units})
+    with open_slide(tmp_path / "s.ome.tif") as slide:
+        assert slide.mpp == pytest.approx(0.25)

@@ -162,13 +162,22 @@ def _eight_bit(region: np.ndarray) -> np.ndarray:
     return region.astype(np.uint8, copy=False)
 
 
+UM_PER_UNIT = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}  # OME's default unit is µm
+
+
 def _ome_mpp(tif) -> float | None:
+    """µm per pixel of the first OME Pixels element, in its PhysicalSizeXUnit; None without one."""
     if not tif.is_ome:
         return None
     import re
 
-    found = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata or "")
-    return float(found.group(1)) if found else None
+    pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", tif.ome_metadata or "")
+    size = pixels and re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', pixels.group(0))
+    if not size:
+        return None
+    unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', pixels.group(0))
+    factor = UM_PER_UNIT.get(unit.group(1) if unit else "µm")
+    return float(size.group(1)) * factor if factor else None
 
 
 def open_slide(path: str | Path, backend: str = "auto") -> Slide:

@@ -137,3 +137,17 @@ def test_ome_pixel_size_is_read_in_its_unit(tmp_path, unit, size):
                      metadata={"axes": "YXS", "PhysicalSizeX": size, "PhysicalSizeY": size, **units})
     with open_slide(tmp_path / "s.ome.tif") as slide:
         assert slide.mpp == pytest.approx(0.25)
+
+
+def test_a_tiff_openslide_refuses_is_read_with_tifffile(tmp_path):
+    """A plain RGB TIFF in strips (not tiles), as some exports write H&E: OpenSlide refuses it."""
+    import tifffile
+
+    rgb = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "strips.tif", rgb, photometric="rgb")
+    with open_slide(tmp_path / "strips.tif") as slide:
+        assert slide.dimensions == (200, 300)
+        np.testing.assert_array_equal(slide.read(0, 0, 0, 200, 300), rgb)
+    (tmp_path / "junk.tif").write_bytes(b"not a tiff")
+    with pytest.raises(InputError, match="junk.tif: OpenSlide cannot open this image"):
+        open_slide(tmp_path / "junk.tif")

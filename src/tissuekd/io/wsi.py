@@ -181,12 +181,26 @@ def _ome_mpp(tif) -> float | None:
 
 
 def open_slide(path: str | Path, backend: str = "auto") -> Slide:
-    """Open a whole-slide image; `auto` uses tifffile for OME-TIFF and OpenSlide otherwise."""
+    """Open a whole-slide image; `auto` uses tifffile for OME-TIFF and OpenSlide otherwise (tifffile
+    again for a .tif OpenSlide refuses)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "image file does not exist")
     if backend == "auto":
-        backend = "tifffile" if path.name.lower().endswith((".ome.tif", ".ome.tiff")) else "openslide"
+        name = path.name.lower()
+        if name.endswith((".ome.tif", ".ome.tiff")):
+            return TiffSlide(path)
+        try:
+            return OpenSlideSlide(path)
+        except InputError as openslide_error:
+            if not name.endswith((".tif", ".tiff")):
+                raise
+            try:  # a plain TIFF OpenSlide does not take (e.g. stored in strips, not tiles)
+                slide = TiffSlide(path)
+            except InputError:
+                raise openslide_error from None
+            log.info("%s: OpenSlide cannot open it; read with tifffile", path)
+            return slide
     if backend == "tifffile":
         return TiffSlide(path)
     if backend == "openslide":

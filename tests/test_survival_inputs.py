@@ -180,6 +180,16 @@ def test_pancan_missing_values_drop_their_genes_and_text_still_stops(tmp_path, c
         read_rna(tmp_path / "typo.tsv", set(PATIENTS))
 
 
+def test_versioned_ensembl_ids_lose_their_version(tmp_path):
+    """GDC's STAR matrices carry GENCODE versions; another cohort's release must still match."""
+    samples = [p + "-01A" for p in PATIENTS]
+    ids = ["ENSG00000141510.17", "ENSG00000148773.14", "ENSG00000182378.14_PAR_Y"]
+    pd.DataFrame(np.arange(9, dtype=float).reshape(3, 3), index=pd.Index(ids, name="gene_id"),
+                 columns=samples).to_csv(tmp_path / "star.tsv", sep="\t")
+    rna = read_rna(tmp_path / "star.tsv", set(PATIENTS))
+    assert list(rna.columns) == ["ENSG00000141510", "ENSG00000148773", "ENSG00000182378.14_PAR_Y"]
+
+
 def test_blank_rows_of_a_spreadsheet_export_are_skipped(tables):
     table = pd.read_csv(tables / "clinical.tsv", sep="\t")
     text = table.to_csv(index=False) + "," * (table.shape[1] - 1) + "\n" + "," * (table.shape[1] - 1) + "\n"

@@ -30,6 +30,7 @@ TUMOUR_SAMPLE = re.compile(r"^-0\d")  # TCGA sample types 01-09 are tumours,
 NORMAL_SAMPLE = re.compile(r"^-[12]\d")  # 10-19 normal tissue, 20-29 controls
 # how TCGA-CDR and spreadsheets write a missing value: [Not Available], [Discrepancy], #N/A, NA, ...
 MISSING = r"\[.*\]|#N/A|N/?A|NaN|null|none|"
+ENSEMBL_VERSIONED = re.compile(r"^(ENS[A-Z]*G\d{11})\.\d+$")  # GENCODE gene ids with their version
 PANCAN_ID = re.compile(r"^([^|]*)\|[^|]+$")  # TCGA PanCan gene ids: SYMBOL|ENTREZ (`?` without a symbol)
 
 
@@ -146,7 +147,21 @@ def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
         bad = out.columns[text.any(axis=0)].tolist()
         samples = out.index[text.any(axis=1)].tolist()
         raise InputError(path, f"non-numeric values in gene(s) {bad[:10]} (patient(s) {samples[:10]})")
-    return _complete_genes(_symbols(out, path), path)
+    return _complete_genes(_unversioned(_symbols(out, path), path), path)
+
+
+def _unversioned(rna: pd.DataFrame, path: str) -> pd.DataFrame:
+    """Ensembl ids without their version (ENSG00000141510.17 -> ENSG00000141510), so that cohorts
+    quantified with different GENCODE releases (GDC's STAR matrices carry versions) share genes;
+    ids that then coincide are averaged. Other matrices are returned unchanged."""
+    base = rna.columns.str.extract(ENSEMBL_VERSIONED)[0]
+    if base.notna().mean() < 0.5:
+        return rna
+    names = base.fillna(pd.Series(rna.columns, index=base.index)).to_numpy()
+    out = rna.T.groupby(names, sort=False).mean().T.rename_axis(columns="gene")
+    log.info("%s: %d versioned Ensembl ids read without their version (%d genes)", path, int(base.notna().sum()),
+             out.shape[1])
+    return out
 
 
 def _complete_genes(rna: pd.DataFrame, path: str) -> pd.DataFrame:

@@ -169,6 +169,18 @@ def test_memory_and_runtime_follow_the_splits_size(tmp_path, fmt):
     assert "runtime=35" in jobs["segmentation_teacher_probs"]  # 5 + 30 x 2 GB / 2 shards
 
 
+def test_training_runtime_follows_the_configured_steps(tmp_path):
+    """SLURM's time limit of a training job: 10 min + 1 min per 1e9 training pixels (epochs x steps
+    x batch x tile^2); a fixed 10 min would kill a real protocol's training and retry it twice."""
+    workdir = make_workdir(tmp_path, **SMALL)
+    big = "segmentation={'train': {'epochs': 100, 'steps_per_epoch': 500, 'batch_size': 16, 'tile': 256}}"
+    for extra, minutes in (((), 10), (("--config", big), 62)):
+        out = snakemake("-n", "--cores", "1", *extra, cwd=workdir).stdout
+        jobs = dict(re.findall(r"rule (\w+):\n(?:    .*\n)*?    resources: (.*)", out))
+        for rule in ("segmentation_student", "segmentation_teacher"):
+            assert f"runtime={minutes}," in jobs[rule], (rule, jobs[rule])
+
+
 def test_an_external_teachers_maps_are_distilled_and_scored_as_the_oracle(tmp_path):
     """segmentation.teacher external: no teacher is trained; its maps (here: the labels'
     foreground, a perfect teacher) become the cached shards the kd students read, and its row

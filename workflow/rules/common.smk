@@ -653,9 +653,15 @@ def mem_per_image(base_mb):
     return mem
 
 
+TRAIN_PIXELS_PER_MINUTE = 1e9  # a U-Net's training pixels per minute, set low for a modest GPU (~17 Mpx/s)
+
+
 def minutes_per_step(base_min):
-    """runtime (minutes): training runs a fixed number of steps (the config), x attempt."""
-    return lambda wildcards, attempt: base_min * attempt
+    """runtime (minutes): base + the pixels the config's training steps see (epochs x steps x
+    batch x tile^2) at TRAIN_PIXELS_PER_MINUTE, x attempt (the demo's 100 steps of 8 x 64^2: base)."""
+    train = SEG["train"]
+    pixels = train["epochs"] * train["steps_per_epoch"] * train["batch_size"] * train["tile"] ** 2
+    return lambda wildcards, attempt: round(base_min + pixels / TRAIN_PIXELS_PER_MINUTE) * attempt
 
 
 def minutes_per_gb(base_min, per_gb, split="train", shards=1):

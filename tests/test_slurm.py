@@ -45,7 +45,7 @@ def on_slurm(workdir: Path, *extra: str, check: bool = True) -> subprocess.Compl
 
 def submitted(cluster: LocalSlurm, since: set[str]) -> list[dict]:
     """Jobs submitted after the job ids in `since`, with rule and wildcards from the comment."""
-    rows = [r for r in cluster.sacct("JobID", "State", "ReqMem", "Comment") if r["JobID"] not in since]
+    rows = [r for r in cluster.sacct("JobID", "State", "ReqMem", "AllocCPUS", "Comment") if r["JobID"] not in since]
     for row in rows:  # the plugin's comment: rule_<rule>_wildcards_<wildcard values joined by _>
         rule, _, wildcards = row["Comment"].removeprefix("rule_").partition("_wildcards_")
         row["rule"], row["wildcards"] = rule, wildcards
@@ -71,6 +71,20 @@ def test_every_rule_runs_as_a_completed_slurm_job(slurm_run):
     assert {j["State"] for j in jobs} == {"COMPLETED"}
     rules = {j["rule"] for j in jobs}
     assert {"niche_features", "niche_scvi", "niche_teacher", "niche_student", "benchmark_niche"} <= rules
+    # CPUs: a GPU job its cpus_per_gpu (4), a CPU job its threads (1); a default cpus_per_task had
+    # overridden both (2 each)
+    for job in jobs:
+        assert job["AllocCPUS"] == ("4" if job["rule"] in GPU_THREADS else "1"), job
+
+
+def test_the_workflow_profile_leaves_cluster_jobs_threads_uncapped():
+    """profiles/default applies under --profile profiles/slurm too (as the workflow profile, its keys
+    win), and Snakemake caps every job's threads at --cores and passes it into each cluster job: a
+    `cores: 2` there ran the GPU rules' 4 threads as 2. (A dry run cannot show it: it sets cores to 1.)"""
+    workflow_profile = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
+    assert not {"cores", "c", "max-threads"} & set(workflow_profile)
+    assert "cpus_per_task" not in yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text()
+                                                 )["default-resources"]
 
 
 def test_slurm_results_equal_a_local_run(slurm_run, tmp_path):

@@ -1,4 +1,4 @@
-"""Encoders: timm by name, the UNI2-h preset, and weights from local files only."""
+"""Encoders: timm by name, the UNI2-h, Virchow2 and H-optimus presets, and weights from local files only."""
 
 from __future__ import annotations
 
@@ -66,6 +66,36 @@ def test_uni2h_preset_has_the_published_architecture():
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(681e6, rel=0.01)
     out = model(torch.empty(1, 3, 224, 224, device="meta"))
     assert out.shape == (1, 1536)
+
+
+@pytest.mark.parametrize(("preset", "params", "registers", "width", "mean"), [
+    ("virchow2", 632e6, 4, 2560, (0.485, 0.456, 0.406)),  # class token + mean patch token, 1280 each
+    ("h-optimus-0", 1.13e9, 4, 1536, (0.707223, 0.578729, 0.703617)),
+    ("h-optimus-1", 1.13e9, 4, 1536, (0.707223, 0.578729, 0.703617)),
+])
+def test_virchow2_and_h_optimus_presets_have_the_published_architecture(preset, params, registers, width, mean):
+    """As their model cards build them (paige-ai/Virchow2, bioptimus/H-optimus-0): sizes, register
+    tokens, normalisation, and the embedding the card takes (Virchow2: 2560-d from the tokens)."""
+    spec = EncoderSpec.from_config(preset, {"preset": preset, "weights": "random"})
+    with torch.device("meta"):
+        model = create_model(spec)
+    assert (spec.mpp, spec.input_px, spec.mean) == (0.5, 224, mean)
+    assert model.num_reg_tokens == registers and model.patch_embed.patch_size == (14, 14)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(params, rel=0.01)
+    assert model(torch.empty(2, 3, 224, 224, device="meta")).shape == (2, width)
+    assert EncoderSpec.from_config("o", {"preset": preset, "weights": "w", "mean": [0.5] * 3}).mean == (0.5,) * 3
+
+
+def test_virchow2_embedding_is_the_class_token_beside_the_mean_patch_token():
+    """On a small model of the same pooling: registers are left out of the mean."""
+    spec = EncoderSpec.from_config("v", {"preset": "virchow2", "weights": "random"})
+    spec = type(spec)(**{**vars(spec), "kwargs": {"depth": 1, "embed_dim": 32, "num_heads": 2}})
+    model = create_model(spec).eval()
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        expected = torch.cat([tokens[:, 0], tokens[:, 5:].mean(1)], dim=-1)
+        torch.testing.assert_close(model(x), expected)
 
 
 def test_timm_names_found_are_cached_per_timm_version(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ weights (the demo). Nothing here downloads anything.
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,9 +47,52 @@ def _uni2h_kwargs() -> dict[str, Any]:
     }
 
 
-# name -> (timm architecture, kwargs factory, microns per pixel)
+def _virchow2_kwargs() -> dict[str, Any]:
+    """Virchow2 as published (paige-ai/Virchow2's config.json): ViT-huge, patch 14, 4 register
+    tokens, SwiGLU MLP (ratio 5.3375), layer scale, no pooling (the embedding is made from the
+    tokens: `pool` "cls+mean" below)."""
+    import timm
+    import torch
+
+    return {
+        "img_size": 224,
+        "init_values": 1e-5,
+        "num_classes": 0,
+        "reg_tokens": 4,
+        "mlp_ratio": 5.3375,
+        "global_pool": "",
+        "dynamic_img_size": True,
+        "mlp_layer": timm.layers.SwiGLUPacked,
+        "act_layer": torch.nn.SiLU,
+    }
+
+
+def _hoptimus_kwargs() -> dict[str, Any]:
+    """H-optimus-0 and -1 as published (bioptimus): DINOv2 ViT-giant with 4 register tokens, 224 px,
+    layer scale, the class token as the 1536-d embedding."""
+    return {"img_size": 224, "init_values": 1e-5, "num_classes": 0, "global_pool": "token", "dynamic_img_size": False}
+
+
+HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)  # the model card's normalisation (H&E statistics)
+HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)
+
+
+@dataclass(frozen=True)
+class Preset:
+    arch: str  # timm architecture
+    kwargs: Any  # factory of its timm kwargs (imports timm only when a model is built)
+    mpp: float  # microns per pixel it was trained at
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    pool: str = "timm"  # "timm": the model's own output; "cls+mean": class token and mean patch token
+
+
 PRESETS = {
-    "uni2-h": ("vit_giant_patch14_224", _uni2h_kwargs, 0.5),
+    "uni2-h": Preset("vit_giant_patch14_224", _uni2h_kwargs, 0.5),
+    # 2560-d: the class token and the mean of the patch tokens (registers excluded), as the card embeds
+    "virchow2": Preset("vit_huge_patch14_224", _virchow2_kwargs, 0.5, pool="cls+mean"),
+    "h-optimus-0": Preset("vit_giant_patch14_reg4_dinov2", _hoptimus_kwargs, 0.5, HOPTIMUS_MEAN, HOPTIMUS_STD),
+    "h-optimus-1": Preset("vit_giant_patch14_reg4_dinov2", _hoptimus_kwargs, 0.5, HOPTIMUS_MEAN, HOPTIMUS_STD),
 }
 
 
@@ -77,9 +121,11 @@ class EncoderSpec:
         if preset is not None:
             if preset not in PRESETS:
                 raise InputError(where, f"unknown preset {preset!r} (known: {sorted(PRESETS)})")
-            arch, _, mpp = PRESETS[preset]
+            arch, mpp = PRESETS[preset].arch, PRESETS[preset].mpp
+            mean, std = PRESETS[preset].mean, PRESETS[preset].std
         else:
             arch, mpp = entry.get("model"), entry.get("mpp")
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
             if not arch:
                 raise InputError(where, "needs `model` (a timm name) or `preset`")
             if check_arch and not _is_timm_model(arch, cache):
@@ -96,8 +142,8 @@ class EncoderSpec:
             seed=int(entry.get("seed", 0)),
             kwargs=dict(entry.get("kwargs") or {}),
             preset=preset,
-            mean=tuple(entry.get("mean") or IMAGENET_MEAN),
-            std=tuple(entry.get("std") or IMAGENET_STD),
+            mean=tuple(entry.get("mean") or mean),
+            std=tuple(entry.get("std") or std),
         )
 
 
@@ -128,11 +174,22 @@ def create_model(spec: EncoderSpec) -> torch.nn.Module:
     import timm
     import torch
 
-    kwargs = dict(PRESETS[spec.preset][1]() if spec.preset else {})
+    preset = PRESETS[spec.preset] if spec.preset else None
+    kwargs = dict(preset.kwargs() if preset else {})
     kwargs.update(spec.kwargs)
     kwargs.setdefault("num_classes", 0)  # pooled features, no classifier head
     torch.manual_seed(spec.seed)
-    return timm.create_model(spec.arch, pretrained=False, **kwargs)
+    model = timm.create_model(spec.arch, pretrained=False, **kwargs)
+    if preset and preset.pool == "cls+mean":
+        model.forward_head = types.MethodType(_cls_and_mean_patch, model)  # the weights' keys stay timm's
+    return model
+
+
+def _cls_and_mean_patch(model, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    """(B, 2C): the class token beside the mean of the patch tokens (register tokens left out)."""
+    import torch
+
+    return torch.cat([tokens[:, 0], tokens[:, model.num_prefix_tokens:].mean(1)], dim=-1)
 
 
 def require_weights(path: str | Path, arch: str) -> Path:

@@ -84,6 +84,9 @@ def test_virchow2_and_h_optimus_presets_have_the_published_architecture(preset, 
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(params, rel=0.01)
     assert model(torch.empty(2, 3, 224, 224, device="meta")).shape == (2, width)
     assert EncoderSpec.from_config("o", {"preset": preset, "weights": "w", "mean": [0.5] * 3}).mean == (0.5,) * 3
+    if preset.startswith("h-optimus"):  # built for 224 px only, as its card builds it
+        with pytest.raises(InputError, match=f"config encoders.o: preset {preset} takes 224-px inputs only"):
+            EncoderSpec.from_config("o", {"preset": preset, "weights": "w", "input_px": 112})
 
 
 def test_virchow2_embedding_is_the_class_token_beside_the_mean_patch_token():

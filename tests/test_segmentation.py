@@ -94,7 +94,9 @@ def test_bbbc038_grey_alpha_and_palette_pngs_read_as_their_intensities(tmp_path)
     grey = np.asarray(Image.open(png).convert("L"))
     Image.fromarray(grey).convert("LA").save(png)  # alpha 255 must not be averaged in
     assert np.allclose(read_bbbc038(folder, ids=[name]).images[0], grey[..., None])
-    Image.fromarray(grey).convert("P").save(png)  # palette indices are not intensities
+    palette = Image.fromarray((255 - grey).astype(np.uint8), mode="P")  # index i shows grey 255 - i
+    palette.putpalette([v for i in range(256) for v in (255 - i,) * 3])
+    palette.save(png)  # palette indices are not intensities
     assert np.allclose(read_bbbc038(folder, ids=[name]).images[0], grey[..., None])
 
 

@@ -18,6 +18,7 @@ from tissuekd.survival.cohort import (
     Drops,
     assign_folds,
     build_cohort,
+    complete_genes,
     count_patches,
     read_clinical,
     read_gene_sets,
@@ -162,17 +163,23 @@ def test_pancan_gene_ids_become_symbols_and_a_repeated_id_stops(tmp_path, caplog
 
 def test_pancan_missing_values_drop_their_genes_and_text_still_stops(tmp_path, caplog):
     """PanCan matrices leave some values NA: an id without a symbol is dropped before its NA
-    counts, a gene missing in some patient is dropped and logged; text (a typo) still stops."""
-    samples = [p + "-01A-11R-A00Z-07" for p in PATIENTS]
+    counts; a gene missing in a patient of the cohort is dropped (logged), one missing only in a
+    patient left out of the cohort is kept; a sample with no value at all is no RNA; text (a
+    typo) still stops; a compressed matrix (.xz) is read as pandas infers it."""
+    samples = [p + "-01A-11R-A00Z-07" for p in PATIENTS] + ["TCGA-DM-A003-01A-11R-A00Z-07"]
     ids = ["TP53|7157", "?|100130426", "MKI67|4288", "EGFR|1956"]
-    table = pd.DataFrame(np.arange(12, dtype=float).reshape(4, 3), index=pd.Index(ids, name="gene_id"),
+    table = pd.DataFrame(np.arange(16, dtype=float).reshape(4, 4), index=pd.Index(ids, name="gene_id"),
                          columns=samples).astype(object)
     table.loc["?|100130426", samples[0]] = "NA"
     table.loc["MKI67|4288", samples[1]] = ""
-    table.to_csv(tmp_path / "pancan.tsv", sep="\t")
+    table[samples[3]] = "NA"
+    table.to_csv(tmp_path / "pancan.tsv.xz", sep="\t")
     with caplog.at_level(logging.INFO):
-        rna = read_rna(tmp_path / "pancan.tsv", set(PATIENTS))
-    assert list(rna.columns) == ["TP53", "EGFR"] and "1 gene(s) with missing values" in caplog.text
+        rna = read_rna(tmp_path / "pancan.tsv.xz", set(PATIENTS) | {"TCGA-DM-A003"})
+        assert list(rna.index) == PATIENTS and "1 patient(s) with no value at all" in caplog.text
+        assert list(complete_genes(rna, "pancan.tsv").columns) == ["TP53", "EGFR"]
+    assert "1 gene(s) with missing values" in caplog.text
+    assert list(complete_genes(rna.drop(index=PATIENTS[1]), "pancan.tsv").columns) == ["TP53", "MKI67", "EGFR"]
     table.loc["EGFR|1956", samples[2]] = "1,5"
     table.to_csv(tmp_path / "typo.tsv", sep="\t")
     with pytest.raises(InputError, match=r"typo.tsv: non-numeric values in gene\(s\) \['EGFR\|1956'\] "
@@ -248,17 +255,20 @@ def test_unusable_patients_are_dropped_with_their_reason(tmp_path):
 
 
 def test_a_tcga_normal_tissue_slide_is_dropped_not_mixed_into_the_bag():
-    clinical = pd.DataFrame({"time": [10.0, 20.0], "event": [1, 0]},
-                            index=pd.Index(["TCGA-AA-0001", "C3L-00100"], name="patient"))
-    slides = pd.DataFrame({"slide": ["TCGA-AA-0001-01Z-00-DX1", "TCGA-AA-0001-11A-01-TS1", "C3L-00100-21"],
-                           "patient": ["TCGA-AA-0001", "TCGA-AA-0001", "C3L-00100"],
-                           "features": ["a", "b", "c"], "n_patches": [5, 5, 5]})
+    clinical = pd.DataFrame({"time": [10.0, 20.0, 30.0], "event": [1, 0, 1]},
+                            index=pd.Index(["TCGA-AA-0001", "C3L-00100", "TCGA-AA-0002"], name="patient"))
+    slides = pd.DataFrame({"slide": ["TCGA-AA-0001-01Z-00-DX1", "TCGA-AA-0001-11A-01-TS1", "C3L-00100-21",
+                                     "TCGA-AA-0002-11A-01-TS1"],
+                           "patient": ["TCGA-AA-0001", "TCGA-AA-0001", "C3L-00100", "TCGA-AA-0002"],
+                           "features": ["a", "b", "c", "d"], "n_patches": [5, 5, 5, 5]})
     drops = Drops()
     table = build_cohort(slides, clinical, None, folds=2, seed=0, cross_validate=False, drops=drops)
     assert table.set_index("patient")["slides"].to_dict() == {"TCGA-AA-0001": "TCGA-AA-0001-01Z-00-DX1",
                                                               "C3L-00100": "C3L-00100-21"}
-    dropped = drops.table()
-    assert dropped["reason"].tolist() == ["normal-tissue slide (TCGA sample type 10-29), not used"]
+    reasons = drops.table().groupby("patient")["reason"].apply(list).to_dict()
+    assert reasons == {"TCGA-AA-0001": ["normal-tissue slide (TCGA sample type 10-29), not used"],
+                       "TCGA-AA-0002": ["normal-tissue slide (TCGA sample type 10-29), not used",
+                                        "only normal-tissue slides"]}
 
 
 def test_features_files_must_have_the_trident_clam_layout(tmp_path):

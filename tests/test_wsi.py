@@ -114,7 +114,9 @@ def test_16_bit_and_rgba_ome_tiffs_read_as_8_bit_rgb_and_float_pixels_are_refuse
     # the high byte carries the value (x 257 would hide a cast: (257 v) mod 256 = v)
     tifffile.imwrite(tmp_path / "u16.ome.tif", rgb.astype(np.uint16) * 256 + 128, tile=(128, 128),
                      photometric="rgb", metadata={"axes": "YXS"})
-    rgba = np.concatenate([rgb, np.full((200, 300, 1), 255, np.uint8)], axis=2)
+    alpha = np.full((200, 300, 1), 255, np.uint8)
+    alpha[:20] = 0  # rows without data: white, as OpenSlide gives them
+    rgba = np.concatenate([rgb, alpha], axis=2)
     tifffile.imwrite(tmp_path / "rgba.ome.tif", rgba, tile=(128, 128), photometric="rgb", extrasamples=["unassalpha"],
                      metadata={"axes": "YXS"})
     with open_slide(tmp_path / "u8.ome.tif") as a:
@@ -122,13 +124,16 @@ def test_16_bit_and_rgba_ome_tiffs_read_as_8_bit_rgb_and_float_pixels_are_refuse
     for name in ("u16.ome.tif", "rgba.ome.tif"):
         with open_slide(tmp_path / name) as b:
             np.testing.assert_allclose(b.read(0, 10, 20, 150, 100), expected, atol=1)
+    with open_slide(tmp_path / "rgba.ome.tif") as b:
+        assert (b.read(0, 0, 0, 50, 20) == 255).all()
     tifffile.imwrite(tmp_path / "float.ome.tif", rgb.astype(np.float32), tile=(128, 128), photometric="rgb",
                      metadata={"axes": "YXS"})
     with pytest.raises(InputError, match="float.ome.tif: expected 8- or 16-bit pixels, found float32"):
         open_slide(tmp_path / "float.ome.tif")
 
 
-@pytest.mark.parametrize(("unit", "size"), [(None, 0.25), ("µm", 0.25), ("nm", 250.0), ("mm", 0.00025)])
+@pytest.mark.parametrize(("unit", "size"), [(None, 0.25), ("µm", 0.25), ("\u03bcm", 0.25), ("nm", 250.0),
+                                            ("mm", 0.00025)])
 def test_ome_pixel_size_is_read_in_its_unit(tmp_path, unit, size):
     import tifffile
 

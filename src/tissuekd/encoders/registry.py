@@ -85,14 +85,17 @@ class Preset:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     pool: str = "timm"  # "timm": the model's own output; "cls+mean": class token and mean patch token
+    fixed_px: int | None = None  # the only input side it takes (built without dynamic_img_size)
 
 
 PRESETS = {
     "uni2-h": Preset("vit_giant_patch14_224", _uni2h_kwargs, 0.5),
     # 2560-d: the class token and the mean of the patch tokens (registers excluded), as the card embeds
     "virchow2": Preset("vit_huge_patch14_224", _virchow2_kwargs, 0.5, pool="cls+mean"),
-    "h-optimus-0": Preset("vit_giant_patch14_reg4_dinov2", _hoptimus_kwargs, 0.5, HOPTIMUS_MEAN, HOPTIMUS_STD),
-    "h-optimus-1": Preset("vit_giant_patch14_reg4_dinov2", _hoptimus_kwargs, 0.5, HOPTIMUS_MEAN, HOPTIMUS_STD),
+    "h-optimus-0": Preset("vit_giant_patch14_reg4_dinov2", _hoptimus_kwargs, 0.5, HOPTIMUS_MEAN, HOPTIMUS_STD,
+                          fixed_px=224),
+    "h-optimus-1": Preset("vit_giant_patch14_reg4_dinov2", _hoptimus_kwargs, 0.5, HOPTIMUS_MEAN, HOPTIMUS_STD,
+                          fixed_px=224),
 }
 
 
@@ -130,6 +133,9 @@ class EncoderSpec:
                 raise InputError(where, "needs `model` (a timm name) or `preset`")
             if check_arch and not _is_timm_model(arch, cache):
                 raise InputError(where, f"unknown encoder {arch!r}: not a timm model name")
+        fixed = PRESETS[preset].fixed_px if preset else None
+        if fixed and int(entry.get("input_px") or fixed) != fixed:
+            raise InputError(where, f"preset {preset} takes {fixed}-px inputs only, not input_px {entry['input_px']}")
         weights = entry.get("weights")
         if not weights:
             raise InputError(where, "needs `weights`: a local file, or `random` for seeded random weights")

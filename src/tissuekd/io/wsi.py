@@ -149,7 +149,11 @@ class TiffSlide(Slide):
         region = np.asarray(self._arrays[level][y : y + height, x : x + width])
         if self._axes == "YX":
             region = np.repeat(region[..., None], 3, axis=2)
-        return _eight_bit(region[..., :3])  # RGBA: alpha dropped
+        region = _eight_bit(region)
+        if region.shape[-1] == 4:  # RGBA (straight alpha): composite onto white, as OpenSlide's regions
+            alpha = region[..., 3:4].astype(np.uint16)
+            return ((region[..., :3] * alpha + BACKGROUND * (255 - alpha) + 127) // 255).astype(np.uint8)
+        return region
 
     def close(self):
         self._tif.close()
@@ -162,7 +166,8 @@ def _eight_bit(region: np.ndarray) -> np.ndarray:
     return region.astype(np.uint8, copy=False)
 
 
-UM_PER_UNIT = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}  # OME's default unit is µm
+UM_PER_UNIT = {"µm": 1.0, "\u03bcm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+               "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}  # OME's default unit is µm
 
 
 def _ome_mpp(tif) -> float | None:
@@ -176,8 +181,11 @@ def _ome_mpp(tif) -> float | None:
     if not size:
         return None
     unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', pixels.group(0))
-    factor = UM_PER_UNIT.get(unit.group(1) if unit else "µm")
-    return float(size.group(1)) * factor if factor else None
+    unit = unit.group(1) if unit else "µm"
+    if unit not in UM_PER_UNIT:
+        log.warning("%s: unknown PhysicalSizeXUnit %r: no pixel size read", tif.filehandle.path, unit)
+        return None
+    return float(size.group(1)) * UM_PER_UNIT[unit]
 
 
 def open_slide(path: str | Path, backend: str = "auto") -> Slide:

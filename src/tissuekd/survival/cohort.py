@@ -10,7 +10,6 @@ no barcode) stop the step with an error naming the file.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import re
 from dataclasses import dataclass, field
@@ -147,7 +146,11 @@ def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
         bad = out.columns[text.any(axis=0)].tolist()
         samples = out.index[text.any(axis=1)].tolist()
         raise InputError(path, f"non-numeric values in gene(s) {bad[:10]} (patient(s) {samples[:10]})")
-    return _complete_genes(_unversioned(_symbols(out, path), path), path)
+    out = _unversioned(_symbols(out, path), path)
+    empty = out.index[out.isna().all(axis=1)]
+    if len(empty):  # a sample column of NAs: that patient has no RNA (dropped later, with the reason)
+        log.warning("%s: %d patient(s) with no value at all, not used: %s", path, len(empty), empty[:10].tolist())
+    return out.drop(index=empty)  # genes missing for some patients stay NaN: complete_genes, per cohort
 
 
 def _unversioned(rna: pd.DataFrame, path: str) -> pd.DataFrame:
@@ -164,9 +167,10 @@ def _unversioned(rna: pd.DataFrame, path: str) -> pd.DataFrame:
     return out
 
 
-def _complete_genes(rna: pd.DataFrame, path: str) -> pd.DataFrame:
-    """The genes measured in every patient (PanCan matrices leave some NA); the others dropped
-    and logged, since a model cannot be scaled or trained on a gene some patients lack."""
+def complete_genes(rna: pd.DataFrame, path: str) -> pd.DataFrame:
+    """The genes measured in every patient of the cohort (PanCan matrices leave some NA); the
+    others dropped and logged, since a model cannot be scaled or trained on a gene some patients
+    lack. Called on the cohort's usable patients, so a patient without slides costs no gene."""
     missing = rna.columns[rna.isna().any()]
     if len(missing) == rna.shape[1]:
         raise InputError(path, f"every gene has missing values in some patient (e.g. {missing[:5].tolist()})")
@@ -177,10 +181,11 @@ def _complete_genes(rna: pd.DataFrame, path: str) -> pd.DataFrame:
 
 
 def _separator(path: str) -> str:
-    """Tab, comma, semicolon or whitespace, from the first line (gzip or plain)."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt") as handle:
-        first = handle.readline()
+    """Tab, comma, semicolon or whitespace, from the first line (compression as pandas infers it)."""
+    from pandas.io.common import get_handle
+
+    with get_handle(path, "r", compression="infer") as handles:
+        first = handles.handle.readline()
     return next((sep for sep in ("\t", ",", ";") if sep in first), r"\s+")
 
 
@@ -298,7 +303,9 @@ def build_cohort(slides: pd.DataFrame, clinical: pd.DataFrame, rna: pd.DataFrame
     with_slides = set(usable["patient"])
     for patient in clinical.index:
         if patient not in with_slides:
-            reason = "no slide with tissue" if patient in set(slides["patient"]) else "no slide in the sheet"
+            own = slides["patient"].to_numpy() == patient
+            reason = ("no slide in the sheet" if not own.any() else "only normal-tissue slides" if normal[own].all()
+                      else "no slide with tissue")
             drops.add(patient, reason)
     table = clinical.loc[sorted(with_slides)].copy()
     no_survival = table.index[table["time"].isna() | table["event"].isna()]
@@ -374,8 +381,9 @@ def prepare_cohort(name: str, slides: pd.DataFrame, clinical: str, rna: str | No
              patients["event"].sum(), len(drops.rows), drops.summary(), out_dropped)
     with atomic_path(out_dropped) as tmp:
         drops.table().to_csv(tmp, sep="\t", index=False)
+    matrix = complete_genes(matrix.loc[patients["patient"]], rna) if matrix is not None \
+        else pd.DataFrame(index=patients["patient"])
     with atomic_path(out_rna) as tmp:
-        (matrix.loc[patients["patient"]] if matrix is not None else pd.DataFrame(index=patients["patient"])) \
-            .astype("float32").to_parquet(tmp)
+        matrix.astype("float32").to_parquet(tmp)
     with atomic_path(out_patients) as tmp:
         patients.to_csv(tmp, sep="\t", index=False)

@@ -113,7 +113,8 @@ def _patient_of(key: str, patients: set[str]) -> str | None:
 def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
     """Patients x genes. The orientation is detected from which axis holds the barcodes and
     logged; with several samples per patient the tumour sample (-01..-09) sorting first is used."""
-    raw = pd.read_csv(path, sep=_separator(path), index_col=0)  # the C parser: a PanCan matrix is ~2e8 values
+    sep = _separator(path)
+    raw = pd.read_csv(path, sep=sep, index_col=0)  # the C parser: a PanCan matrix is ~2e8 values
     by_columns = sum(_patient_of(str(c), patients) is not None for c in raw.columns)
     by_rows = sum(_patient_of(str(i), patients) is not None for i in raw.index)
     if max(by_columns, by_rows) == 0:
@@ -123,7 +124,7 @@ def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
     log.info("%s: %s (%d genes, %d samples); %d samples match a patient", path,
              "genes x samples" if by_columns > by_rows else "samples x genes", matrix.shape[1], matrix.shape[0],
              max(by_columns, by_rows))
-    genes = _header(path) if by_columns <= by_rows else matrix.columns.astype(str)
+    genes = _header(path, sep) if by_columns <= by_rows else matrix.columns.astype(str)
     repeated = genes[genes.duplicated()].unique().tolist()
     if repeated:
         raise InputError(path, f"gene id(s) listed twice: {repeated[:10]}")
@@ -157,14 +158,27 @@ def _unversioned(rna: pd.DataFrame, path: str) -> pd.DataFrame:
     """Ensembl ids without their version (ENSG00000141510.17 -> ENSG00000141510), so that cohorts
     quantified with different GENCODE releases (GDC's STAR matrices carry versions) share genes;
     ids that then coincide are averaged. Other matrices are returned unchanged."""
-    base = rna.columns.str.extract(ENSEMBL_VERSIONED)[0]
-    if base.notna().mean() < 0.5:
+    names = _renamed(rna.columns, ENSEMBL_VERSIONED)
+    if names is None:
         return rna
-    names = base.fillna(pd.Series(rna.columns, index=base.index)).to_numpy()
-    out = rna.T.groupby(names, sort=False).mean().T.rename_axis(columns="gene")
-    log.info("%s: %d versioned Ensembl ids read without their version (%d genes)", path, int(base.notna().sum()),
+    out = _averaged(rna, names)
+    log.info("%s: %d gene ids read as %d (Ensembl versions dropped, ids then shared averaged)", path, rna.shape[1],
              out.shape[1])
     return out
+
+
+def _renamed(columns: pd.Index, pattern: re.Pattern) -> np.ndarray | None:
+    """Each column's first group of `pattern` (the column itself where it does not match); None
+    when fewer than half match: the matrix does not use that kind of id."""
+    parts = columns.str.extract(pattern)[0]
+    if parts.notna().mean() < 0.5:
+        return None
+    return parts.fillna(pd.Series(columns, index=parts.index)).to_numpy()
+
+
+def _averaged(rna: pd.DataFrame, names: np.ndarray) -> pd.DataFrame:
+    """Columns renamed to `names`, those that share a name averaged."""
+    return rna.T.groupby(names, sort=False).mean().T.rename_axis(columns="gene")
 
 
 def complete_genes(rna: pd.DataFrame, path: str) -> pd.DataFrame:
@@ -202,9 +216,9 @@ def _sample_rank(suffix: str) -> int:
     return 0 if TUMOUR_SAMPLE.match(suffix) else 2 if NORMAL_SAMPLE.match(suffix) else 1
 
 
-def _header(path: str) -> pd.Index:
+def _header(path: str, sep: str) -> pd.Index:
     """The first line's labels as written (pandas renames a repeated column `X` to `X.1`)."""
-    first = pd.read_csv(path, sep=_separator(path), header=None, nrows=1, dtype=str)
+    first = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str)
     return pd.Index(first.iloc[0, 1:].astype(str))
 
 
@@ -212,12 +226,11 @@ def _symbols(rna: pd.DataFrame, path: str) -> pd.DataFrame:
     """TCGA PanCan columns (`TP53|7157`) renamed to their symbols, so that MSigDB-style gene sets
     match: ids without a symbol (`?|100130426`) dropped, ids sharing a symbol (`SLC35E2|728661`,
     `SLC35E2|9906`) averaged. Other matrices are returned unchanged."""
-    parts = rna.columns.str.extract(PANCAN_ID)[0]
-    if parts.notna().mean() < 0.5:
+    symbol = _renamed(rna.columns, PANCAN_ID)
+    if symbol is None:
         return rna
-    symbol = parts.fillna(pd.Series(rna.columns, index=parts.index)).to_numpy()
     keep = (symbol != "?") & (symbol != "")
-    out = rna.loc[:, keep].T.groupby(symbol[keep], sort=False).mean().T.rename_axis(columns="gene")
+    out = _averaged(rna.loc[:, keep], symbol[keep])
     log.info("%s: %d PanCan gene ids (SYMBOL|ENTREZ) read as %d symbols (%d without a symbol dropped, "
              "ids sharing a symbol averaged)", path, rna.shape[1], out.shape[1], int((~keep).sum()))
     return out
@@ -301,11 +314,11 @@ def build_cohort(slides: pd.DataFrame, clinical: pd.DataFrame, rna: pd.DataFrame
             drops.add(row.patient, "no tissue found on the slide", row.slide)
     usable = slides[slides["patient"].isin(clinical.index) & (slides["n_patches"] > 0) & ~normal]
     with_slides = set(usable["patient"])
+    only_normal = pd.Series(normal, index=slides["patient"]).groupby(level=0).all()
     for patient in clinical.index:
         if patient not in with_slides:
-            own = slides["patient"].to_numpy() == patient
-            reason = ("no slide in the sheet" if not own.any() else "only normal-tissue slides" if normal[own].all()
-                      else "no slide with tissue")
+            reason = ("no slide in the sheet" if patient not in only_normal.index
+                      else "only normal-tissue slides" if only_normal[patient] else "no slide with tissue")
             drops.add(patient, reason)
     table = clinical.loc[sorted(with_slides)].copy()
     no_survival = table.index[table["time"].isna() | table["event"].isna()]

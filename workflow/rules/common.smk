@@ -397,9 +397,10 @@ def cohort_inputs(wildcards):
 
 def cohort_mem_mb(wildcards, input, attempt):
     """Resource: the RNA matrix is read whole (a PanCan matrix is ~2e8 values): ~4 bytes of memory
-    per byte of text (parsed, made numeric, transposed), ~12 per byte of gzip."""
+    per byte of text (parsed, made numeric, transposed), ~12 per byte compressed (read as pandas infers)."""
     rna = input.get("rna")
-    text_mb = os.path.getsize(rna) / 1e6 * (3 if str(rna).endswith(".gz") else 1) if rna else 0
+    packed = str(rna).lower().endswith((".gz", ".bz2", ".xz", ".zst", ".zip"))
+    text_mb = os.path.getsize(rna) / 1e6 * (3 if packed else 1) if rna else 0
     return int(2000 + 4 * text_mb) * attempt
 
 

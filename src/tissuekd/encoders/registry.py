@@ -124,8 +124,7 @@ class EncoderSpec:
         if preset is not None:
             if preset not in PRESETS:
                 raise InputError(where, f"unknown preset {preset!r} (known: {sorted(PRESETS)})")
-            arch, mpp = PRESETS[preset].arch, PRESETS[preset].mpp
-            mean, std = PRESETS[preset].mean, PRESETS[preset].std
+            arch, mpp, mean, std = PRESETS[preset].arch, PRESETS[preset].mpp, PRESETS[preset].mean, PRESETS[preset].std
         else:
             arch, mpp = entry.get("model"), entry.get("mpp")
             mean, std = IMAGENET_MEAN, IMAGENET_STD
@@ -133,7 +132,7 @@ class EncoderSpec:
                 raise InputError(where, "needs `model` (a timm name) or `preset`")
             if check_arch and not _is_timm_model(arch, cache):
                 raise InputError(where, f"unknown encoder {arch!r}: not a timm model name")
-        fixed = PRESETS[preset].fixed_px if preset else None
+        fixed = preset and PRESETS[preset].fixed_px
         if fixed and int(entry.get("input_px") or fixed) != fixed:
             raise InputError(where, f"preset {preset} takes {fixed}-px inputs only, not input_px {entry['input_px']}")
         weights = entry.get("weights")

@@ -103,3 +103,20 @@ def test_known_niches_reach_the_cell_table(ingested, demo_slide, tmp_path):
     stranger.write_text("cell_id,niche\nnot-a-cell,tumour\n")
     with pytest.raises(InputError, match="truth.csv: no cell id matches"):
         known_niches(cells.set_index("cell_id"), str(stranger))
+
+
+def test_explorer_keypoints_table_is_named_as_such(tmp_path):
+    path = tmp_path / "keypoints.csv"
+    path.write_text("fixedX,fixedY,alignmentX,alignmentY\n10,20,30,40\n11,21,31,41\n12,22,32,42\n")
+    with pytest.raises(InputError, match="keypoints table"):
+        read_alignment(path)
+
+
+def test_alignment_saved_with_a_byte_order_mark_keeps_its_first_row(tmp_path):
+    """Excel writes a UTF-8 BOM: the first row is data, not a header to skip."""
+    path = tmp_path / "a.csv"
+    path.write_text("2,0,5\n0,2,7\n0,0,1\n", encoding="utf-8-sig")
+    assert read_alignment(path)[0].tolist() == [2, 0, 5]
+    path.write_text("x,0,5\n0,2,7\n0,0,1\nq,0,0\n")
+    with pytest.raises(InputError, match="non-numeric row"):
+        read_alignment(path)

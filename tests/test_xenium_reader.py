@@ -91,3 +91,19 @@ def test_blank_labels_in_a_cell_type_table_are_no_labels_not_a_class_nan(tmp_pat
     (tmp_path / "types.csv").write_text("cell_id,type\naaa-1,T cell\naab-1,\naac-1,NA\naad-1,B cell\n")
     labels = read_labels(tmp_path / "types.csv")
     assert labels.to_dict() == {"aaa-1": "T cell", "aad-1": "B cell"}
+
+
+def test_clusters_read_from_the_downloads_analysis_archive(bundle_copy):
+    """The public *_outs.zip ships analysis/ packed as analysis.tar.gz: its clusters are the same."""
+    import shutil
+    import tarfile
+
+    outs = bundle_copy / "outs"
+    unpacked = read_clusters(outs)
+    with tarfile.open(outs / "analysis.tar.gz", "w:gz") as tar:
+        tar.add(outs / "analysis", arcname="analysis")
+    shutil.rmtree(outs / "analysis")
+    assert read_clusters(outs).equals(unpacked)
+    (outs / "analysis.tar.gz").write_bytes(b"not gzip")
+    with pytest.raises(InputError, match="analysis.tar.gz: not a readable tar.gz"):
+        read_clusters(outs)

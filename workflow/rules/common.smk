@@ -9,6 +9,7 @@ from snakemake.io import regex_from_filepattern
 
 from tissuekd.encoders.registry import EncoderSpec
 from tissuekd.errors import InputError
+from tissuekd.io.xenium import CLUSTERS, clusters_path
 from tissuekd.niche import methods as niche_methods
 from tissuekd.survival import methods as survival_methods
 
@@ -16,7 +17,6 @@ RESULTS = config["results"]
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 DEMO_DIR = config["demo"]["outdir"]
-CLUSTERS = "analysis/clustering/gene_expression_graphclust/clusters.csv"
 SLIDE_PATH_COLUMNS = ["bundle", "he_image", "he_alignment", "cell_types", "pathology", "niche_truth"]
 # The survival study is a deep chain (every slide of a cohort, then its teacher, then its student)
 # where the niche study is wide (many short per-slide jobs): started first, it runs beside the
@@ -248,8 +248,10 @@ def xenium_inputs(wildcards):
     for optional in ("cell_types", "pathology", "niche_truth"):
         if row[optional]:
             inputs[optional] = row[optional]
-    if not row["cell_types"] and ((bundle / CLUSTERS).exists() or made_by_demo(bundle)):
+    if not row["cell_types"] and made_by_demo(bundle):
         inputs["clusters"] = bundle / CLUSTERS
+    elif not row["cell_types"] and clusters_path(bundle):  # unpacked, or the download's analysis.tar.gz
+        inputs["clusters"] = clusters_path(bundle)
     return {k: str(v) for k, v in inputs.items()}
 
 

@@ -13,24 +13,30 @@ import numpy as np
 
 from tissuekd.errors import InputError
 
+KEYPOINT_COLUMNS = {"fixedx", "fixedy", "alignmentx", "alignmenty"}  # Xenium Explorer's keypoints export
+
 
 def read_alignment(path: str | Path) -> np.ndarray:
-    """Read a 3x3 H&E-px -> morphology-px affine (comma-separated, optional header row)."""
+    """Read a 3x3 H&E-px -> morphology-px affine (comma-separated, at most one header row)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "H&E alignment file does not exist")
+    lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if lines and KEYPOINT_COLUMNS <= {c.strip().lower() for c in lines[0].replace(";", ",").split(",")}:
+        raise InputError(path, "is Xenium Explorer's keypoints table (fixedX, fixedY, alignmentX, alignmentY), "
+                               "not the alignment: give the 3x3 matrix CSV Explorer exports beside it "
+                               "(*_matrix.csv or *_imagealignment.csv)")
     rows = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
+    for number, line in enumerate(lines):
         try:
             rows.append([float(v) for v in line.replace(";", ",").split(",")])
         except ValueError:
-            if rows:  # only a leading header row may be non-numeric
+            if number > 0 or not any(c.isalpha() for c in line):  # one leading header row only
                 raise InputError(path, f"non-numeric row in alignment matrix: {line!r}") from None
-    matrix = np.asarray(rows, dtype=float) if rows else np.empty((0, 0))
-    if matrix.shape != (3, 3):
-        raise InputError(path, f"expected a 3x3 affine matrix, found shape {matrix.shape}")
+    if len(rows) != 3 or any(len(row) != 3 for row in rows):
+        raise InputError(path, f"expected a 3x3 affine matrix, found {len(rows)} row(s) of "
+                               f"{sorted({len(r) for r in rows})} value(s)")
+    matrix = np.asarray(rows, dtype=float)
     if not np.all(np.isfinite(matrix)):
         raise InputError(path, "alignment matrix contains NaN or infinite values")
     if not np.allclose(matrix[2], [0, 0, 1]):

@@ -1,25 +1,32 @@
 """Xenium output bundles (Xenium Onboard Analysis 1.x-3.x) as published.
 
 A bundle is the `outs/` folder: `experiment.xenium` (JSON, with `pixel_size`),
-`cells.parquet` or only `cells.csv.gz` (centroids in microns), `cell_feature_matrix.h5`
-(10x HDF5, cells as barcodes) and optionally `analysis/clustering/...`. Cell ids were
+`cells.parquet` or, in some early bundles, only `cells.csv.gz` (centroids in microns),
+`cell_feature_matrix.h5` (10x HDF5, cells as barcodes) and optionally `analysis/clustering/...`,
+or `analysis.tar.gz` as the public `*_outs.zip` downloads ship it. Cell ids were
 integers in early releases and strings later, and may be stored as bytes; they are
 returned as `str` everywhere.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 
 from tissuekd.errors import InputError
 
+if TYPE_CHECKING:  # the workflow's parse imports this module for its layout; anndata takes 1.4 s
+    import anndata as ad
+
 MATRIX = "cell_feature_matrix.h5"
 CLUSTERS = "analysis/clustering/gene_expression_graphclust/clusters.csv"
+ANALYSIS_TAR = "analysis.tar.gz"  # the public downloads pack analysis/ into it
 
 
 def _as_str_ids(values) -> pd.Index:
@@ -42,7 +49,7 @@ def read_experiment(bundle: str | Path) -> dict:
 
 
 def cells_path(bundle: str | Path) -> Path:
-    """The cell table a bundle has: `cells.parquet`, else `cells.csv.gz` (XOA 1.0-1.3)."""
+    """The cell table a bundle has: `cells.parquet`, else `cells.csv.gz` (some early bundles)."""
     bundle = Path(bundle)
     for name in ("cells.parquet", "cells.csv.gz"):
         if (bundle / name).exists():
@@ -93,26 +100,48 @@ def read_counts(bundle: str | Path) -> ad.AnnData:
     return adata
 
 
+def clusters_path(bundle: str | Path) -> Path | None:
+    """Where a bundle's graph-based clusters are: the unpacked `analysis/` folder, else the
+    `analysis.tar.gz` of a public download; None where neither is."""
+    for path in (Path(bundle) / CLUSTERS, Path(bundle) / ANALYSIS_TAR):
+        if path.exists():
+            return path
+    return None
+
+
 def read_clusters(bundle: str | Path) -> pd.Series | None:
     """Xenium's own graph-based clusters (`Barcode,Cluster`), or None where absent."""
-    path = Path(bundle) / CLUSTERS
-    if not path.exists():
+    path = clusters_path(bundle)
+    if path is None:
         return None
-    return read_labels(path, value_column="Cluster", id_column="Barcode")
+    if path.name != ANALYSIS_TAR:
+        return read_labels(path, value_column="Cluster", id_column="Barcode")
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            member = next((m for m in tar if m.isfile() and m.name.endswith(CLUSTERS)), None)
+            if member is None:
+                raise InputError(path, f"holds no {CLUSTERS}")
+            text = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise InputError(path, f"not a readable tar.gz archive ({err})") from None
+    return read_labels(path, value_column="Cluster", id_column="Barcode", text=text)
 
 
-def read_labels(path: str | Path, value_column: str | None = None, id_column: str | None = None) -> pd.Series:
-    """A per-cell label table (CSV/TSV/parquet): an id column and a label column.
+def read_labels(path: str | Path, value_column: str | None = None, id_column: str | None = None,
+                text: bytes | None = None) -> pd.Series:
+    """A per-cell label table (CSV/TSV/parquet) with a header row: an id column and a label column.
 
-    Without names, the first column holds ids and the second the labels.
+    Without names, the first column holds ids and the second the labels. `text`: the table's
+    bytes, read from an archive at `path`.
     """
     path = Path(path)
-    if not path.exists():
+    if text is None and not path.exists():
         raise InputError(path, "label file does not exist")
     if path.suffix == ".parquet":
         table = pd.read_parquet(path)
     else:
-        table = pd.read_csv(path, sep=None, engine="python")
+        table = pd.read_csv(io.BytesIO(text) if text is not None else path, sep=None, engine="python",
+                            encoding="utf-8-sig")
     if table.shape[1] < 2:
         raise InputError(path, "expected at least two columns: cell id and label")
     id_column = id_column or table.columns[0]

@@ -146,6 +146,19 @@ def test_a_gene_the_fold_scores_missing_from_the_test_sample_is_named(hest, tmp_
     assert err.value.where.endswith("hest/st/S_A.h5ad")  # the user's file, not the prepared copy
 
 
+def test_training_samples_that_name_genes_differently_are_named(hest, tmp_path):
+    """Some HEST samples name genes by Ensembl id, the others by symbol: the genes the training
+    samples share would be none, and the fold is an error naming them, not scored on nothing."""
+    root, names = hest
+    other = ad.read_h5ad(root / "S_B.h5ad")
+    other.var_names = [f"ENSG{i:011d}" for i in range(other.n_vars)]
+    other.write_h5ad(tmp_path / "ensembl.h5ad")
+    with pytest.raises(InputError, match=r"the training samples share 0 genes only; do they name genes the same way "
+                                         r"\(symbols or Ensembl ids\)\? .*ENSG00000000000"):
+        fit(root, names, "ridge", tmp_path / "out", [str(root / "S_A.h5ad"), str(tmp_path / "ensembl.h5ad"),
+                                                     str(root / "S_C.h5ad")])
+
+
 def broken(root, tmp_path, change):
     adata = ad.read_h5ad(root / "hest/st/S_A.h5ad")
     meta = json.loads((root / "hest/metadata/S_A.json").read_text())
@@ -162,13 +175,74 @@ def shift(adata, dx):
 @pytest.mark.parametrize("change, message", [
     (lambda a, m: m.pop("pixel_size_um_estimated") and m.pop("pixel_size_um_embedded"), "meta.json: no pixel size"),
     (lambda a, m: a.obsm.pop("spatial"), r'st.h5ad: no obsm\["spatial"\]'),
-    (lambda a, m: shift(a, 1e6), "st.h5ad: no spot lies on the image"),
-    (lambda a, m: shift(a, np.where(np.arange(a.n_obs)[:, None] == 0, 1e6, 0)), "st.h5ad: 1 of .* outside the image"),
+    (lambda a, m: m.update(pixel_size_um_estimated=float("nan"), pixel_size_um_embedded=None),
+     "meta.json: no pixel size"),
+    (lambda a, m: shift(a, 1e6), r"st.h5ad: (\d+) of \1 spot centres lie off the image"),
+    (lambda a, m: shift(a, np.where(np.arange(a.n_obs)[:, None] % 3 > 0, 1e6, 0)), "st.h5ad: .* lie off the image"),
     (lambda a, m: setattr(a, "X", -a.X), "st.h5ad: counts must be finite and non-negative"),
 ])
 def test_bad_hest_samples_are_named(hest, tmp_path, change, message):
     with pytest.raises(InputError, match=message):
         broken(hest[0], tmp_path, change)
+
+
+def test_a_few_spots_off_the_image_are_left_out_as_hest_does(hest, tmp_path, caplog):
+    """Some HEST releases list spots a little beyond the scan (TENX92: x down to -139 px);
+    HEST's own patching drops them. NaN pixel sizes fall through to the next key."""
+    def change(adata, meta):
+        shift(adata, np.where(np.arange(adata.n_obs)[:, None] < 2, -500.0, 0))
+        meta["pixel_size_um_estimated"] = float("nan")
+
+    full = ad.read_h5ad(hest[0] / "hest/st/S_A.h5ad")
+    sample = broken(hest[0], tmp_path, change)
+    assert list(sample.barcodes) == list(full.obs_names[2:])
+    assert sample.mpp == json.loads((hest[0] / "hest/metadata/S_A.json").read_text())["pixel_size_um_embedded"]
+    assert f"2 of {full.n_obs} spot centres lie off the image" in caplog.text
+
+
+def test_a_hest_benchmark_sample_reads_without_image_and_metadata(hest):
+    """HEST-benchmark ships the h5ad and the patches only: no pixel size, nothing to check against."""
+    root = hest[0]
+    full = ad.read_h5ad(root / "hest/st/S_A.h5ad")
+    sample = read_hest(root / "hest/st/S_A.h5ad", None, None)
+    assert np.isnan(sample.mpp) and list(sample.barcodes) == list(full.obs_names)
+
+
+def test_hest_pseudo_spots_keep_tissue_and_genes_only(hest, tmp_path, caplog):
+    """HEST's Xenium and Visium HD samples set in_tissue for every bin and keep Xenium's control
+    features as genes: the tissue_seg contours choose the spots, controls are left out, a NaN
+    in_tissue is kept (logged), and counts that are not whole numbers are warned about."""
+    from tissuekd.io.hest import inside_contours
+
+    root = hest[0]
+    full = ad.read_h5ad(root / "hest/st/S_A.h5ad")
+    x, y = full.obsm["spatial"].T
+    half = x < np.median(x)
+    box = [[x.min() - 1, y.min() - 1], [np.median(x), y.min() - 1], [np.median(x), y.max() + 1],
+           [x.min() - 1, y.max() + 1], [x.min() - 1, y.min() - 1]]
+    hole = [[x.min() - 1, y.min() - 1], [x.max() + 1, y.min() - 1], [x.max() + 1, np.median(y) - 1e-3],
+            [x.min() - 1, np.median(y) - 1e-3], [x.min() - 1, y.min() - 1]]
+    geojson = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [box, hole]}}]}
+    (tmp_path / "contours.geojson").write_text(json.dumps(geojson))
+    expected = half & (y >= np.median(y))
+    np.testing.assert_array_equal(inside_contours(full.obsm["spatial"], tmp_path / "contours.geojson"), expected)
+
+    genes = pd.DataFrame(index=[*full.var_names[:-3], "BLANK_0001", "NegControlProbe_00042",
+                                "UnassignedCodeword_0007"])
+    odd = ad.AnnData(full.X.astype(np.float32) * 0.5, obs=full.obs.assign(in_tissue=np.nan), var=genes,
+                     obsm={"spatial": full.obsm["spatial"]})
+    odd.write_h5ad(tmp_path / "st.h5ad")
+    sample = read_hest(tmp_path / "st.h5ad", root / "hest/metadata/S_A.json", root / "hest/wsis/S_A.tif",
+                       tissue_seg=tmp_path / "contours.geojson")
+    assert list(sample.barcodes) == list(full.obs_names[expected])
+    assert list(sample.genes) == list(full.var_names[:-3])
+    assert "in_tissue is missing or not a number" in caplog.text and "not whole numbers" in caplog.text
+    far = {"type": "Polygon", "coordinates": [[[-9, -9], [-8, -9], [-8, -8], [-9, -9]]]}
+    (tmp_path / "far.geojson").write_text(json.dumps({"type": "FeatureCollection",
+                                                      "features": [{"type": "Feature", "geometry": far}]}))
+    with pytest.raises(InputError, match="far.geojson: no spot centre lies inside its tissue polygons"):
+        inside_contours(full.obsm["spatial"], tmp_path / "far.geojson")
 
 
 def test_an_unknown_format_is_named(hest, tmp_path):

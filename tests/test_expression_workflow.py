@@ -135,18 +135,24 @@ def test_a_value_outside_the_sheet_schema_names_its_line(tmp_path):
 
 def test_a_hest_patch_file_replaces_the_image_as_the_features_input(tmp_path):
     """A sheet's `patches` file is what expression_features reads instead of the image
-    (tests/test_expression.py checks its features); a missing one is named before any job."""
+    (tests/test_expression.py checks its features), and then the image and metadata may be
+    left out, as HEST-benchmark ships neither; a missing patch file is named before any job."""
     workdir = expression_workdir(tmp_path)
     sheet = pd.read_csv(workdir / "config/expression_samples.tsv", sep="\t")
     (tmp_path / "IDC_P1.h5").write_bytes(b"")
     sheet["patches"] = ""
-    sheet.loc[sheet["sample"] == "IDC_P1", "patches"] = str(tmp_path / "IDC_P1.h5")
+    p1_row = sheet["sample"] == "IDC_P1"
+    sheet.loc[p1_row, "patches"] = str(tmp_path / "IDC_P1.h5")
+    sheet.loc[p1_row, ["image", "metadata"]] = ""
     sheet.to_csv(workdir / "config/expression_samples.tsv", sep="\t", index=False)
     out = snakemake("-n", "--until", "expression_features", cwd=workdir).stdout
     features = [block for block in out.split("\n\n") if "rule expression_features:" in block]
     p1 = [block for block in features if "sample=IDC_P1\n" in block + "\n"]
     assert len(features) == 7 and len(p1) == 1, out[-3000:]
     assert str(tmp_path / "IDC_P1.h5") in p1[0] and "IDC_P1.tif" not in p1[0]
+    prepare = [block for block in out.split("\n\n")
+               if "rule expression_prepare:" in block and "sample=IDC_P1\n" in block + "\n"]
+    assert len(prepare) == 1 and "IDC_P1.json" not in prepare[0] and "IDC_P1.tif" not in prepare[0], prepare
     (tmp_path / "IDC_P1.h5").unlink()
     result = snakemake("-n", cwd=workdir, check=False)
     assert result.returncode != 0

@@ -764,6 +764,7 @@ EXPR_SAMPLES = pd.DataFrame(columns=["sample", "dataset", "patient"])
 
 
 EXPR_FORMAT_COLUMNS = {"hest": ("st", "image", "metadata"), "visium": ("outs", "image"), "xenium": ("niche_slide",)}
+EXPR_OPTIONAL_WITH_PATCHES = ("image", "metadata")  # HEST-benchmark ships patches and h5ad only
 
 
 def check_expression_sheet(sheet, path):
@@ -774,8 +775,11 @@ def check_expression_sheet(sheet, path):
         raise WorkflowError(f"{path}: duplicate sample name(s) {dupes[:10]}")
     for row_no, row in enumerate(sheet.itertuples(index=False), start=2):
         where = f"{path} line {row_no} (sample {row.sample})"
+        patches = getattr(row, "patches", "")
         for column in EXPR_FORMAT_COLUMNS[row.format]:
             value = getattr(row, column)
+            if not value and patches and column in EXPR_OPTIONAL_WITH_PATCHES:
+                continue
             if not value:
                 raise WorkflowError(f"{where}: format {row.format} needs {column!r}")
             if column == "niche_slide":
@@ -786,11 +790,12 @@ def check_expression_sheet(sheet, path):
                     )
             elif not os.path.exists(value) and not made_by_demo(value):
                 raise WorkflowError(f"{where}: column {column!r} names {value}, which does not exist")
-        patches = getattr(row, "patches", "")
-        if patches and row.format != "hest":
-            raise WorkflowError(f"{where}: a patches file is read for format hest only")
-        if patches and not os.path.exists(patches):
-            raise WorkflowError(f"{where}: column 'patches' names {patches}, which does not exist")
+        for column in ("patches", "tissue_seg"):
+            value = getattr(row, column, "")
+            if value and row.format != "hest":
+                raise WorkflowError(f"{where}: column {column!r} is read for format hest only")
+            if value and not os.path.exists(value):
+                raise WorkflowError(f"{where}: column {column!r} names {value}, which does not exist")
     patients = sheet.groupby("dataset")["patient"].nunique()
     if (patients < 2).any():
         raise WorkflowError(
@@ -822,8 +827,9 @@ def expression_value(column):
 def expression_sample_inputs(wildcards):
     """The files prepare reads: HEST's three, or Space Ranger's matrix, positions and scale factors."""
     row = EXPR_SAMPLES.loc[wildcards.sample]
-    if row["format"] == "hest":
-        return {"image": row["image"], "st": row["st"], "metadata": row["metadata"]}
+    if row["format"] == "hest":  # with a patch file, image and metadata may be absent (HEST-benchmark)
+        files = {k: row.get(k, "") for k in ("image", "st", "metadata", "tissue_seg")}
+        return {k: v for k, v in files.items() if v}
     if row["format"] == "xenium":
         niche = f"{RESULTS}/niche/{row['niche_slide']}"
         return {

@@ -30,18 +30,20 @@ TRAINED = ("cmrcnet", "contrastive")
 
 # ---- per sample ----------------------------------------------------------------------------
 
-def prepare_sample(fmt: str, image: str, out_spots: str, out_expression: str, out_sample: str, *,
-                   st: str | None = None, metadata: str | None = None, outs: str | None = None,
+def prepare_sample(fmt: str, image: str | None, out_spots: str, out_expression: str, out_sample: str, *,
+                   st: str | None = None, metadata: str | None = None, tissue_seg: str | None = None,
+                   outs: str | None = None,
                    cells: str | None = None, cell_counts: str | None = None, slide: str | None = None,
                    name: str = "", pseudo_spots: dict | None = None, backend: str = "auto") -> None:
     """The rule expression_prepare: spots under tissue (barcode, x, y in level-0 px), their
     expression normalised once (total counts to 1e4, then log1p; scanpy), and the sample's scale.
-    `fmt` "hest" reads `st` and `metadata`; "visium" reads Space Ranger's `outs` folder;
-    "xenium" pools a niche slide's ingested `cells` and `cell_counts` into pseudo-spots."""
+    `fmt` "hest" reads `st`, `metadata` and `tissue_seg` (metadata and image optional where the
+    sheet gives the release's patch file: HEST-benchmark ships neither); "visium" reads Space
+    Ranger's `outs` folder; "xenium" pools a niche slide's ingested `cells` and `cell_counts` into pseudo-spots."""
     import scanpy as sc
 
     if fmt == "hest":
-        sample = read_hest(st, metadata, image, backend)
+        sample = read_hest(st, metadata, image, backend, tissue_seg)
     elif fmt == "visium":
         sample = read_spaceranger(outs, image, backend)
     elif fmt == "xenium":
@@ -181,6 +183,22 @@ def dense(adatas: list[ad.AnnData], genes: list[str], paths: list[str]) -> np.nd
     return np.concatenate(out)
 
 
+def common_genes(adatas: list[ad.AnnData], paths: list[str]) -> list[str]:
+    """The genes every training sample measures. Fewer than half of the smallest sample's genes
+    means the samples name genes differently (e.g. Ensembl ids beside symbols, as some HEST
+    samples do): an error naming the samples, not a fold scored on a handful of genes."""
+    common = sorted(set.intersection(*(set(a.var_names) for a in adatas)))
+    smallest = min(a.n_vars for a in adatas)
+    if len(common) < smallest / 2:
+        named = [f"{a.uns.get('source', p)} ({a.n_vars} genes, e.g. {list(a.var_names[:2])})"
+                 for a, p in zip(adatas, paths)]
+        raise InputError(named[0], f"the training samples share {len(common)} genes only; do they name genes the "
+                                   f"same way (symbols or Ensembl ids)? {'; '.join(named)}")
+    log.info("%d genes measured by every training sample (of %d to %d per sample)", len(common), smallest,
+             max(a.n_vars for a in adatas))
+    return common
+
+
 def gene_moments(adatas: list[ad.AnnData], genes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per-gene mean and variance over every spot of the samples, from sums of x and x² taken
     sample by sample on the sparse matrices: no dense spots x all-genes matrix."""
@@ -216,7 +234,7 @@ def fit_fold(method: str, fold: str, samples: list[str], patients: list[str], fe
     train_args = [pick(xs, train_idx) for xs in (samples, features, expressions)]
     x_train, ad_train, _ = load_samples(*train_args)
     x_test, ad_test, owner = load_samples(*[pick(xs, test_idx) for xs in (samples, features, expressions)])
-    common = sorted(set.intersection(*(set(a.var_names) for a in ad_train)))
+    common = common_genes(ad_train, pick(expressions, train_idx))
     lists = gene_lists(*gene_moments(ad_train, common), np.array(common), markers)
     genes = sorted({g for names in lists.values() for g in names})
     y_train = dense(ad_train, genes, pick(expressions, train_idx))

@@ -1,23 +1,34 @@
 """Spot-level spatial transcriptomics samples in the HEST-1k layout (mahmoodlab/HEST):
 `st/<id>.h5ad` (spots x genes, raw counts; spot centres in level-0 pixels of the WSI as (x, y)
 in `obsm["spatial"]`), `wsis/<id>.tif` and `metadata/<id>.json` (`pixel_size_um_estimated`, µm
-per level-0 pixel; `spot_diameter` and `inter_spot_dist` in µm)."""
+per level-0 pixel; `spot_diameter` and `inter_spot_dist` in µm), and optionally
+`tissue_seg/<id>_contours.geojson` (the tissue's outline in level-0 pixels). HEST's `in_tissue`
+is True for every pseudo-spot of its Xenium and Visium HD samples (bins over the transcripts'
+bounding box): there the contours are what tells tissue from background."""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
 import h5py
 import numpy as np
+import pandas as pd
 from scipy import sparse
 
 from tissuekd.errors import InputError
 from tissuekd.io.wsi import open_slide
 
+log = logging.getLogger(__name__)
 MPP_KEYS = ("pixel_size_um_estimated", "pixel_size_um_embedded")  # HEST's own reader uses the first
+# Xenium's control features, which HEST's pooled pseudo-spots keep as genes
+CONTROL_FEATURES = re.compile(r"^(BLANK|NegControl|NegPrb|Unassigned|Deprecated|Intergenic|antisense_)", re.I)
+MAX_OFF_IMAGE = 0.5  # above this share of spots off the image, the coordinates belong to another image
 
 
 @dataclass
@@ -32,19 +43,26 @@ class SpotSample:
     spot_diameter_um: float
 
 
-def read_hest(st: str | Path, metadata: str | Path, image: str | Path, backend: str = "auto") -> SpotSample:
-    """One HEST sample; spots with `in_tissue` 0 (where the column exists) are left out.
+def read_hest(st: str | Path, metadata: str | Path | None, image: str | Path | None, backend: str = "auto",
+              tissue_seg: str | Path | None = None) -> SpotSample:
+    """One HEST sample: spots with `in_tissue` 0 (where the column exists), outside the
+    `tissue_seg` contours (where given) or off the image are left out (logged), and Xenium's
+    control features. Without `metadata` and `image` (a sheet that gives the release's patch
+    file) the pixel size is unknown (NaN) and nothing is checked against the image.
 
     Raises
     ------
     InputError
         Naming the file: no pixel size in the metadata, no `obsm["spatial"]`, negative or
-        non-finite counts, duplicate genes, no spots, or spot centres outside the image.
+        non-finite counts, duplicate genes, no spots, or most spot centres off the image.
     """
-    meta = read_metadata(metadata)
-    mpp = next((float(meta[k]) for k in MPP_KEYS if meta.get(k)), None)
-    if mpp is None or not mpp > 0:
-        raise InputError(metadata, f"no pixel size: needs one of {list(MPP_KEYS)} (µm per level-0 pixel)")
+    mpp = math.nan
+    if metadata:
+        meta = read_metadata(metadata)
+        mpp = next((float(v) for v in (meta.get(k) for k in MPP_KEYS) if positive(v)), math.nan)
+        if not mpp > 0:
+            raise InputError(metadata, f"no pixel size: needs one of {list(MPP_KEYS)} (µm per level-0 pixel, "
+                                       "a positive number)")
     try:
         adata = ad.read_h5ad(st)
     except OSError as err:
@@ -54,19 +72,75 @@ def read_hest(st: str | Path, metadata: str | Path, image: str | Path, backend: 
     xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] != 2 or not np.isfinite(xy).all():
         raise InputError(st, f'obsm["spatial"] must be finite (spots, 2) pixel coordinates, got shape {xy.shape}')
-    if "in_tissue" in adata.obs:
-        keep = adata.obs["in_tissue"].astype(int).to_numpy() == 1
-        adata, xy = adata[keep], xy[keep]
+    keep = in_tissue(adata, st)
+    if tissue_seg:
+        keep &= inside_contours(xy, tissue_seg)
+    if image:
+        keep &= on_image(xy, image, st, backend)
+    adata, xy = adata[keep], xy[keep]
     if adata.n_obs == 0:
         raise InputError(st, "no spots under tissue")
+    controls = adata.var_names.str.match(CONTROL_FEATURES)
+    if controls.any():
+        log.info("%s: %d control features left out (e.g. %s)", st, controls.sum(), adata.var_names[controls][0])
+        adata = adata[:, ~controls]
     if adata.var_names.duplicated().any():
         raise InputError(st, f"duplicate gene names, e.g. {adata.var_names[adata.var_names.duplicated()][:3].tolist()}")
     counts = sparse.csr_matrix(adata.X, dtype=np.float32)
     if counts.nnz and (not np.isfinite(counts.data).all() or counts.data.min() < 0):
         raise InputError(st, "counts must be finite and non-negative (raw counts are expected)")
-    check_inside_image(xy, image, st, backend)
+    if counts.nnz and not np.array_equal(counts.data[:10000], np.round(counts.data[:10000])):
+        log.warning("%s: counts are not whole numbers: normalised as raw counts are (total counts, log1p), "
+                    "so already normalised values are normalised twice", st)
+    diameter = meta.get("spot_diameter") if metadata else None
     return SpotSample(np.asarray(adata.obs_names, dtype=str), xy, counts, np.asarray(adata.var_names, dtype=str),
-                      mpp, float(meta.get("spot_diameter") or 55.0))
+                      mpp, float(diameter) if positive(diameter) else 55.0)
+
+
+def positive(value) -> bool:
+    """A positive finite number (metadata values may be null, NaN or text)."""
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def in_tissue(adata: ad.AnnData, where: str | Path) -> np.ndarray:
+    """`obs["in_tissue"]` == 1 where the column exists; a missing value (HEST's merges leave
+    NaN) counts as under tissue, logged."""
+    if "in_tissue" not in adata.obs:
+        return np.ones(adata.n_obs, bool)
+    flag = pd.to_numeric(adata.obs["in_tissue"], errors="coerce").to_numpy()
+    if np.isnan(flag).any():
+        log.warning("%s: in_tissue is missing or not a number for %d spots: kept as under tissue", where,
+                    np.isnan(flag).sum())
+    return (flag == 1) | np.isnan(flag)
+
+
+def inside_contours(xy: np.ndarray, path: str | Path) -> np.ndarray:
+    """Spots whose centre lies in the tissue: inside a polygon of the GeoJSON (level-0 pixels,
+    HEST's tissue_seg contours) and outside its holes."""
+    from matplotlib.path import Path as Polygon
+
+    try:
+        geojson = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(path, f"not a readable GeoJSON file ({err})") from None
+    features = geojson.get("features", [geojson]) if isinstance(geojson, dict) else []
+    inside = np.zeros(len(xy), bool)
+    for feature in features:
+        geometry = (feature or {}).get("geometry") or {}
+        polygons = {"Polygon": [geometry.get("coordinates")],
+                    "MultiPolygon": geometry.get("coordinates")}.get(geometry.get("type"), [])
+        for rings in polygons:
+            if not rings:
+                continue
+            part = Polygon(np.asarray(rings[0], float)[:, :2]).contains_points(xy)
+            for hole in rings[1:]:
+                part &= ~Polygon(np.asarray(hole, float)[:, :2]).contains_points(xy)
+            inside |= part
+    if not features or not inside.any():
+        raise InputError(path, f"no spot centre lies inside its tissue polygons ({len(features)} feature(s)): "
+                               "are they the contours of this sample, in level-0 pixels?")
+    log.info("%s: %d of %d spots inside the tissue contours", path, inside.sum(), len(xy))
+    return inside
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -79,17 +153,21 @@ def read_metadata(path: str | Path) -> dict:
     return meta
 
 
-def check_inside_image(xy: np.ndarray, image: str | Path, where: str | Path, backend: str = "auto") -> None:
-    """Every spot centre lies on the image (level-0 pixels); else name how many do not."""
+def on_image(xy: np.ndarray, image: str | Path, where: str | Path, backend: str = "auto") -> np.ndarray:
+    """Which spot centres lie on the image (level-0 pixels). A few off it are left out, logged,
+    as HEST's own patching does (some releases list spots a little beyond the scan); most or
+    all off it is an error: the coordinates belong to another image or resolution."""
     with open_slide(image, backend) as slide:
         width, height = slide.dimensions
-    outside = (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= width) | (xy[:, 1] >= height)
-    if outside.all():
-        raise InputError(where, f"no spot lies on the image {image} ({width} x {height} px): do the coordinates "
-                                "belong to another image or resolution?")
-    if outside.any():
-        raise InputError(where, f"{outside.sum()} of {len(xy)} spot centres lie outside the image {image} "
-                                f"({width} x {height} px), e.g. {xy[outside][0].round(1).tolist()}")
+    inside = (xy[:, 0] >= 0) & (xy[:, 1] >= 0) & (xy[:, 0] < width) & (xy[:, 1] < height)
+    if inside.mean() < 1 - MAX_OFF_IMAGE:
+        raise InputError(where, f"{(~inside).sum()} of {len(xy)} spot centres lie off the image {image} "
+                                f"({width} x {height} px), e.g. {xy[~inside][0].round(1).tolist()}: do the "
+                                "coordinates belong to another image or resolution?")
+    if not inside.all():
+        log.warning("%s: %d of %d spot centres lie off the image %s (%d x %d px); left out", where,
+                    (~inside).sum(), len(xy), image, width, height)
+    return inside
 
 
 # ---- patches/<id>.h5: the release's patches, cut around each spot ----------------------------

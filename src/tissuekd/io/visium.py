@@ -24,7 +24,7 @@ import pandas as pd
 from scipy import sparse
 
 from tissuekd.errors import InputError
-from tissuekd.io.hest import SpotSample, check_inside_image
+from tissuekd.io.hest import SpotSample, on_image
 
 SPOT_DIAMETER_UM = 55.0  # the capture spot itself
 SPOT_SPACING_UM = 100.0  # centre to centre between neighbours of an array row
@@ -79,7 +79,7 @@ def read_spaceranger(outs: str | Path, image: str | Path, backend: str = "auto")
     ------
     InputError
         Naming the file: no positions file, barcodes of the matrix without a position, neither
-        neighbouring spots nor a spot diameter in the scale factors, or spot centres outside the image.
+        neighbouring spots nor a spot diameter in the scale factors, or most spot centres off the image.
     """
     import scanpy as sc
 
@@ -103,7 +103,8 @@ def read_spaceranger(outs: str | Path, image: str | Path, backend: str = "auto")
     if adata.n_obs == 0:
         raise InputError(pos_path, f"no spot of {matrix} is under tissue (in_tissue is 0 for every one)")
     xy = positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
-    check_inside_image(xy, image, pos_path, backend)
+    keep = on_image(xy, image, pos_path, backend)
+    adata, xy = adata[keep], xy[keep]
     counts = sparse.csr_matrix(adata.X, dtype=np.float32)
     return SpotSample(np.asarray(adata.obs_names, dtype=str), xy, counts, np.asarray(adata.var_names, dtype=str),
                       mpp, SPOT_DIAMETER_UM)

@@ -98,8 +98,11 @@ def read_hest(st: str | Path, metadata: str | Path | None, image: str | Path | N
 
 
 def positive(value) -> bool:
-    """A positive finite number (metadata values may be null, NaN or text)."""
-    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+    """A positive finite number, or text of one (metadata values may be null, NaN or text)."""
+    try:
+        return math.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 def in_tissue(adata: ad.AnnData, where: str | Path) -> np.ndarray:

@@ -31,6 +31,35 @@ def test_weights_load_from_a_local_file(tmp_path, suffix):
     assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
 
 
+def test_the_files_bytes_not_its_name_say_how_to_read_it(tmp_path):
+    """UNI2-h is published as pytorch_model.bin: saved under a .safetensors name (or the reverse)
+    it still loads; fp16 weights load as float32; the model is never initialised at random first."""
+    state = _reference_weights()
+    reference = build_encoder(EncoderSpec.from_config("ref", {**SMALL, "weights": "random", "seed": 42}))
+    x = torch.rand(2, 3, 224, 224)
+    torch.save(state, tmp_path / "pytorch_model.safetensors")
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "model.bin")
+    for name, atol in (("pytorch_model.safetensors", 1e-5), ("model.bin", 5e-2)):
+        loaded = build_encoder(EncoderSpec.from_config("mine", {**SMALL, "weights": str(tmp_path / name)}))
+        assert all(p.dtype == torch.float32 and not p.is_meta for p in loaded.parameters()), name
+        assert torch.allclose(loaded(x), reference(x), atol=atol), name
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 2\n", "Git LFS pointer, not the weights"),
+    (b"<html>not found</html>", "neither a torch checkpoint .zip or pickle. nor a safetensors file"),
+    (None, "holds a Tensor, not a state dict"),
+])
+def test_a_file_that_is_not_weights_is_named(tmp_path, content, message):
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(torch.zeros(3), path) if content is None else path.write_bytes(content)
+    with pytest.raises(InputError, match=message) as err:
+        build_encoder(EncoderSpec.from_config("m", {**SMALL, "weights": str(path)}))
+    assert "pytorch_model.bin" in str(err.value)
+    with pytest.raises(InputError, match="is a folder: name the weights file in it"):
+        build_encoder(EncoderSpec.from_config("m", {**SMALL, "weights": str(tmp_path)}))
+
+
 def test_missing_weights_file_is_named(tmp_path):
     spec = EncoderSpec.from_config("uni", {"preset": "uni2-h", "weights": str(tmp_path / "uni2-h.safetensors")})
     with pytest.raises(InputError, match="uni2-h.safetensors.*does not exist"):
@@ -44,6 +73,11 @@ def test_weights_of_another_architecture(tmp_path):
     with pytest.raises(InputError, match="do not match architecture mobilenetv3_small_050") as err:
         build_encoder(EncoderSpec.from_config("m", {**SMALL, "weights": str(path)}))
     assert "resnet.safetensors" in str(err.value)
+    wider = EncoderSpec.from_config("w", {"model": "mobilenetv3_small_075", "weights": "random"})
+    save_file({k: v.contiguous() for k, v in create_model(wider).state_dict().items()}, path)
+    with pytest.raises(InputError, match=r"192 with the wrong shape \(e.g. \['blocks.0.0.conv_pw.weight: file "
+                                         r"\(16, 16, 1, 1\), model \(8, 16, 1, 1\)'"):
+        build_encoder(EncoderSpec.from_config("m", {**SMALL, "weights": str(path)}))
 
 
 def test_unknown_encoder_name():

@@ -109,7 +109,12 @@ def load_encoders(names, key):
             )
         except InputError as err:
             raise WorkflowError(str(err)) from None
-        if spec.weights != "random" and not os.path.exists(spec.weights):
+        if spec.weights != "random" and os.path.isdir(spec.weights):
+            raise WorkflowError(
+                f"config encoders.{name}.weights: {spec.weights} is a folder; name the weights file in it "
+                "(e.g. pytorch_model.bin or model.safetensors)"
+            )
+        if spec.weights != "random" and not os.path.isfile(spec.weights):
             raise WorkflowError(f"config encoders.{name}.weights: {spec.weights} does not exist")
         specs[name] = spec
     return specs
@@ -183,6 +188,15 @@ wildcard_constraints:
 def encoder_input_px(wildcards):
     """Param: the encoder's input side in pixels (`input_px`): crops are cut to it."""
     return ENCODERS[wildcards.encoder].input_px
+
+
+def encoder_mem_mb(wildcards, attempt):
+    """A features job's memory: 6 GB (the crop reader, the batches, a small encoder), or 3 GB plus
+    twice the weights file where that is more (float32 weights are held once, the model being built
+    on the meta device; an fp16 file is read, then upcast)."""
+    weights = ENCODERS[wildcards.encoder].weights
+    file_mb = os.path.getsize(weights) / 1e6 if os.path.isfile(weights) else 0
+    return round(max(6000, 3000 + 2 * file_mb)) * attempt
 
 
 def encoder_precision(wildcards):
@@ -897,6 +911,13 @@ def expression_train_inputs(wildcards):
 def expression_fold_mb(input):
     """Megabytes a fold job holds: its features and expression (patch files are read a batch at a time)."""
     return sum(split_bytes(f) for f in [*input.features, *input.expression]) / 1e6
+
+
+def expression_train_mb(wildcards, input, attempt):
+    """A trained method's fold: its features and expression three times over, and with
+    fine-tuning the encoder too (as a features job holds it, less that job's crop reader)."""
+    tuning = encoder_mem_mb(wildcards, 1) - 3000 if EXPRESSION["cmrcnet"].get("finetune_blocks", 0) else 0
+    return round(2000 + 3 * expression_fold_mb(input) + tuning) * attempt
 
 
 def expression_fold_params(wildcards):

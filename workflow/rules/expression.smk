@@ -68,7 +68,7 @@ rule expression_features:
         "../../envs/torch-gpu.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wildcards, attempt: 6000 * attempt,
+        mem_mb=encoder_mem_mb,
         runtime=lambda wildcards, attempt: 30 * attempt,
         gpu=1,
     params:
@@ -171,7 +171,7 @@ rule expression_train:
         "../../envs/torch-gpu.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, input, attempt: round(2000 + 3 * expression_fold_mb(input)) * attempt,
+        mem_mb=expression_train_mb,
         runtime=lambda wildcards, input, attempt: round(10 + input.size_mb / 100) * attempt,
         gpu=1,
     params:

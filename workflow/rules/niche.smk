@@ -88,7 +88,7 @@ rule niche_features:
         "../../envs/torch-gpu.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: 6000 * attempt,
+        mem_mb=encoder_mem_mb,
         runtime=minutes_per_cell(30, 120),
         gpu=1,
     params:

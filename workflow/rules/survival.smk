@@ -70,7 +70,7 @@ rule survival_features:
     priority: CHAIN_PRIORITY
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: 6000 * attempt,
+        mem_mb=encoder_mem_mb,
         runtime=120,
         gpu=1,
     params:

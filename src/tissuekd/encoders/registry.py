@@ -1,13 +1,14 @@
 """Encoders from timm by name, plus presets for pathology foundation models.
 
 Weights only ever come from a local file named in the config (safetensors, or a
-`torch.load(weights_only=True)` checkpoint); `weights: random` gives seeded random
+`torch.load(weights_only=True)` checkpoint, whatever the file's name); `weights: random` gives seeded random
 weights (the demo). Nothing here downloads anything.
 """
 
 from __future__ import annotations
 
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -199,33 +200,54 @@ def _cls_and_mean_patch(model, tokens: torch.Tensor, pre_logits: bool = False) -
 
 def require_weights(path: str | Path, arch: str) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise InputError(path, f"is a folder: name the weights file in it (e.g. pytorch_model.bin or "
+                               f"model.safetensors) for {arch}")
     if not path.is_file():
         raise InputError(path, f"encoder weights file does not exist (needed for {arch})")
     return path
 
 
-def load_weights(model: torch.nn.Module, path: str | Path, arch: str) -> None:
-    """Load a local state dict strictly; any missing, extra or mis-shaped tensor is an error."""
+def read_state(path: Path) -> dict:
+    """A state dict from a torch checkpoint (zip or pickle) or a safetensors file, told apart by
+    their first bytes, not the file's name; a Git LFS pointer (a clone without git-lfs) is named."""
     import torch
 
-    path = require_weights(path, arch)
+    with path.open("rb") as fh:
+        head = fh.read(64)
+    if head.startswith(b"version https://git-lfs"):
+        raise InputError(path, "is a Git LFS pointer, not the weights: fetch them (git lfs pull, or hf download)")
     try:
-        if path.suffix == ".safetensors":
+        if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+            with path.open("rb") as fh:  # a file object: torch.load would read a *.safetensors name as safetensors
+                state = torch.load(fh, map_location="cpu", weights_only=True)
+        elif head[8:9] == b"{":  # safetensors: an 8-byte header length, then its JSON header
             from safetensors.torch import load_file
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            raise ValueError("neither a torch checkpoint (zip or pickle) nor a safetensors file")
     except Exception as err:
         raise InputError(path, f"cannot read encoder weights: {err}") from None
     for key in ("state_dict", "model"):
-        if isinstance(state, dict) and set(state) == {key}:
+        if isinstance(state, Mapping) and set(state) == {key}:
             state = state[key]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not isinstance(state, Mapping):
+        raise InputError(path, f"holds a {type(state).__name__}, not a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, arch: str) -> None:
+    """Load a local state dict strictly; any missing, extra or mis-shaped tensor is an error.
+    A model built on the meta device (no memory, no initialisation) takes the file's tensors
+    as its own, in float32: the weights are held once, not beside a random copy."""
+    path = require_weights(path, arch)
+    state = read_state(path)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    mis_shaped = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    mis_shaped = [f"{k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}" for k in expected
+                  if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or mis_shaped:
         raise InputError(
             path,
@@ -233,17 +255,29 @@ def load_weights(model: torch.nn.Module, path: str | Path, arch: str) -> None:
             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(mis_shaped)} with the wrong shape "
             f"(e.g. {mis_shaped[:3]})",
         )
-    model.load_state_dict(state, strict=True)
+    on_meta = any(t.is_meta for t in expected.values())
+    if on_meta:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=on_meta)
 
 
 def build_encoder(spec: EncoderSpec) -> torch.nn.Module:
     """A frozen encoder in eval mode, weights loaded as the spec says (a missing weights file is
-    named before the model is built: a foundation model takes a while to build)."""
+    named before the model is built). With a weights file the model is built on the meta device
+    and takes the file's tensors: a billion-parameter model is neither initialised at random
+    first nor held twice."""
+    import torch
+
     if spec.weights != "random":
         require_weights(spec.weights, spec.arch)
-    model = create_model(spec)
-    if spec.weights != "random":
+        with torch.device("meta"):
+            model = create_model(spec)
         load_weights(model, spec.weights, spec.arch)
+        if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):  # a buffer the file does not hold
+            model = create_model(spec)
+            load_weights(model, spec.weights, spec.arch)
+    else:
+        model = create_model(spec)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -93,6 +93,15 @@ def test_blank_labels_in_a_cell_type_table_are_no_labels_not_a_class_nan(tmp_pat
     assert labels.to_dict() == {"aaa-1": "T cell", "aad-1": "B cell"}
 
 
+def test_numeric_labels_with_blanks_stay_as_written(tmp_path):
+    """A column of numbers with a blank reads as floats: labels '1.0' and ids '7.0' beside
+    clusters '1' and cells '7'. Read as written, from CSV and from parquet."""
+    (tmp_path / "types.csv").write_text("cell_id,type\n7,1\n8,\n9,2\n")
+    assert read_labels(tmp_path / "types.csv").to_dict() == {"7": "1", "9": "2"}
+    pd.DataFrame({"cell_id": [7, 8, 9], "type": [1, None, 2]}).to_parquet(tmp_path / "types.parquet")
+    assert read_labels(tmp_path / "types.parquet").to_dict() == {"7": "1", "9": "2"}
+
+
 def test_clusters_read_from_the_downloads_analysis_archive(bundle_copy):
     """The public *_outs.zip ships analysis/ packed as analysis.tar.gz: its clusters are the same."""
     import shutil

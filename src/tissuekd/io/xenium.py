@@ -137,11 +137,12 @@ def read_labels(path: str | Path, value_column: str | None = None, id_column: st
     path = Path(path)
     if text is None and not path.exists():
         raise InputError(path, "label file does not exist")
+    # labels and ids as written: numbers in a column with blanks would otherwise read as floats ("1.0")
     if path.suffix == ".parquet":
-        table = pd.read_parquet(path)
+        table = pd.read_parquet(path).convert_dtypes()
     else:
         table = pd.read_csv(io.BytesIO(text) if text is not None else path, sep=None, engine="python",
-                            encoding="utf-8-sig")
+                            encoding="utf-8-sig", dtype=str)
     if table.shape[1] < 2:
         raise InputError(path, "expected at least two columns: cell id and label")
     id_column = id_column or table.columns[0]

@@ -1,5 +1,5 @@
 # An external teacher's maps of one shard of the training images, in the cached layout the
-# students read (rule segmentation_teacher_probs, segmentation.teacher external).
+# students read (rule segmentation_teacher_maps_external).
 from tissuekd.logs import run_logged
 from tissuekd.segmentation.steps import external_probs, read_split
 

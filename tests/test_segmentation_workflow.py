@@ -199,6 +199,9 @@ def test_an_external_teachers_maps_are_distilled_and_scored_as_the_oracle(tmp_pa
                            "nuclear": 0, "membrane": 1, "target": "whole-cell", "role": "train",
                            "teacher_maps": data / "maps.npz"}])
     sheet.to_csv(workdir / "config/segmentation_datasets.tsv", sep="\t", index=False)
+    plan = snakemake("-n", "--cores", "1", cwd=workdir).stdout
+    cuts = [b for b in plan.split("\n\n") if "rule segmentation_teacher_maps_external:" in b]
+    assert len(cuts) == 2 and not any("gpu=" in b for b in cuts)  # a CPU job, under SLURM too
     snakemake("--cores", "2", cwd=workdir)
     out = workdir / "results/segmentation/tn"
     assert not (out / "teacher/multiplex/model.pt").exists()

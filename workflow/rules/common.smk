@@ -755,8 +755,10 @@ def segmentation_benchmarks():
         files += expand(str(rules.segmentation_teacher.benchmark), dataset=SEG_TRAIN, view=views)
     if SEG["teacher"] == "sam":
         files += expand(str(rules.segmentation_sam_test_maps.benchmark), dataset=SEG_TRAIN, view=views)
+    external = SEG["teacher"] == "external"
+    probs = rules.segmentation_teacher_maps_external if external else rules.segmentation_teacher_probs
     files += expand(
-        str(rules.segmentation_teacher_probs.benchmark),
+        str(probs.benchmark),
         dataset=SEG_TRAIN,
         view=views,
         shard=range(SEG["teacher_shards"]),

@@ -67,9 +67,10 @@ if SEG["teacher"] == "unet-multiplex":
 
 elif SEG["teacher"] == "external":
 
-    rule segmentation_teacher_probs:
+    rule segmentation_teacher_maps_external:
         # an external teacher (segmentation.teacher external): its maps of one shard of the training
-        # images, from the file the sheet names, in the U-Net teacher's cached layout
+        # images, from the file the sheet names, in the U-Net teacher's cached layout; its own
+        # name, so that the SLURM profile's GPU for segmentation_teacher_probs is not asked
         input:
             unpack(seg_split_inputs),
             unpack(seg_external_maps),

@@ -54,8 +54,8 @@ def prepare_sample(fmt: str, image: str | None, out_spots: str, out_expression: 
     adata.uns["source"] = str(st or outs or cells)  # named in errors about this sample's genes
     sc.pp.normalize_total(adata, target_sum=TARGET_SUM)
     sc.pp.log1p(adata)
-    log.info("%s: %d spots under tissue, %d genes, %.3f µm/px", st or outs or cells, adata.n_obs, adata.n_vars,
-             sample.mpp)
+    scale = f"{sample.mpp:.3f} µm/px" if sample.mpp > 0 else "no pixel size (the release's patches are encoded)"
+    log.info("%s: %d spots under tissue, %d genes, %s", st or outs or cells, adata.n_obs, adata.n_vars, scale)
     with atomic_path(out_spots) as tmp:
         pd.DataFrame({"barcode": sample.barcodes, "x": sample.xy[:, 0], "y": sample.xy[:, 1]}).to_parquet(tmp)
     with atomic_path(out_expression) as tmp:

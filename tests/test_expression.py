@@ -159,6 +159,17 @@ def test_training_samples_that_name_genes_differently_are_named(hest, tmp_path):
                                                      str(root / "S_C.h5ad")])
 
 
+def test_the_sample_that_names_genes_otherwise_is_the_one_named():
+    symbols = [ad.AnnData(np.zeros((2, 4), np.float32), var=pd.DataFrame(index=list("ABCD")), uns={"source": s})
+               for s in ("one.h5ad", "two.h5ad")]
+    ensembl = ad.AnnData(np.zeros((2, 4), np.float32), var=pd.DataFrame(index=[f"ENSG{i}" for i in range(4)]),
+                         uns={"source": "odd.h5ad"})
+    with pytest.raises(InputError, match=r"share 0 genes only") as err:
+        steps.common_genes([symbols[0], ensembl, symbols[1]], ["a", "b", "c"])
+    assert str(err.value.where) == "odd.h5ad"
+    assert steps.common_genes(symbols, ["a", "c"]) == list("ABCD")
+
+
 def broken(root, tmp_path, change):
     adata = ad.read_h5ad(root / "hest/st/S_A.h5ad")
     meta = json.loads((root / "hest/metadata/S_A.json").read_text())

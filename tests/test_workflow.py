@@ -132,7 +132,8 @@ def test_one_teacher_and_radius_per_slide_whatever_the_encoders(tmp_path):
 
 def test_a_features_jobs_memory_follows_the_encoders_weights_file(tmp_path):
     """6 GB for the demo's encoder; 3 GB + twice the weights file for a large one (a sparse 2 GB
-    file here: only its size is read at plan time); a folder named as weights is refused."""
+    file here: only its size is read at plan time); a folder or a Git LFS pointer named as weights
+    is refused before any job."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     with open(tmp_path / "pytorch_model.bin", "wb") as fh:
         fh.truncate(2_000_000_000)
@@ -143,10 +144,12 @@ def test_a_features_jobs_memory_follows_the_encoders_weights_file(tmp_path):
     mem = {re.search(r"encoder=([\w-]+)", b)[1]: int(re.search(r"mem_mb=(\d+)", b)[1])
            for b in out.split("\n\n") if "rule niche_features:" in b}
     assert mem == {"demo-mobilenet": 6000, "big": 7000}, mem
-    big["weights"] = str(tmp_path)
-    make_workdir(tmp_path / "w", encoders={**config["encoders"], "big": big}, niche__encoders=["big"])
-    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
-    assert result.returncode != 0 and f"encoders.big.weights: {tmp_path} is a folder" in result.stdout + result.stderr
+    (tmp_path / "pointer.bin").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n")
+    for weights, message in ((tmp_path, "is a folder"), (tmp_path / "pointer.bin", "is a Git LFS pointer")):
+        big["weights"] = str(weights)
+        make_workdir(tmp_path / "w", encoders={**config["encoders"], "big": big}, niche__encoders=["big"])
+        result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+        assert result.returncode != 0 and f"encoders.big.weights: {weights} {message}" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(

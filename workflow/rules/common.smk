@@ -7,7 +7,7 @@ import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.io import regex_from_filepattern
 
-from tissuekd.encoders.registry import EncoderSpec
+from tissuekd.encoders.registry import EncoderSpec, is_lfs_pointer
 from tissuekd.errors import InputError
 from tissuekd.io.xenium import CLUSTERS, clusters_path
 from tissuekd.niche import methods as niche_methods
@@ -116,6 +116,11 @@ def load_encoders(names, key):
             )
         if spec.weights != "random" and not os.path.isfile(spec.weights):
             raise WorkflowError(f"config encoders.{name}.weights: {spec.weights} does not exist")
+        if spec.weights != "random" and is_lfs_pointer(spec.weights):
+            raise WorkflowError(
+                f"config encoders.{name}.weights: {spec.weights} is a Git LFS pointer, not the weights: "
+                "fetch them (git lfs pull, or hf download)"
+            )
         specs[name] = spec
     return specs
 

@@ -7,6 +7,7 @@ weights (the demo). Nothing here downloads anything.
 
 from __future__ import annotations
 
+import logging
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tissuekd.errors import InputError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -208,6 +211,15 @@ def require_weights(path: str | Path, arch: str) -> Path:
     return path
 
 
+def is_lfs_pointer(path: str | Path) -> bool:
+    """A Git LFS pointer file (a hub clone without git-lfs) in place of the weights."""
+    with open(path, "rb") as fh:
+        return fh.read(len(LFS_POINTER)) == LFS_POINTER
+
+
+LFS_POINTER = b"version https://git-lfs"
+
+
 def read_state(path: Path) -> dict:
     """A state dict from a torch checkpoint (zip or pickle) or a safetensors file, told apart by
     their first bytes, not the file's name; a Git LFS pointer (a clone without git-lfs) is named."""
@@ -215,16 +227,18 @@ def read_state(path: Path) -> dict:
 
     with path.open("rb") as fh:
         head = fh.read(64)
-    if head.startswith(b"version https://git-lfs"):
+    if head.startswith(LFS_POINTER):
         raise InputError(path, "is a Git LFS pointer, not the weights: fetch them (git lfs pull, or hf download)")
     try:
         if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
             with path.open("rb") as fh:  # a file object: torch.load would read a *.safetensors name as safetensors
                 state = torch.load(fh, map_location="cpu", weights_only=True)
+            log.info("%s: read as a torch checkpoint", path)
         elif head[8:9] == b"{":  # safetensors: an 8-byte header length, then its JSON header
             from safetensors.torch import load_file
 
             state = load_file(str(path))
+            log.info("%s: read as safetensors", path)
         else:
             raise ValueError("neither a torch checkpoint (zip or pickle) nor a safetensors file")
     except Exception as err:

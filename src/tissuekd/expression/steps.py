@@ -190,10 +190,15 @@ def common_genes(adatas: list[ad.AnnData], paths: list[str]) -> list[str]:
     common = sorted(set.intersection(*(set(a.var_names) for a in adatas)))
     smallest = min(a.n_vars for a in adatas)
     if len(common) < smallest / 2:
-        named = [f"{a.uns.get('source', p)} ({a.n_vars} genes, e.g. {list(a.var_names[:2])})"
-                 for a, p in zip(adatas, paths)]
-        raise InputError(named[0], f"the training samples share {len(common)} genes only; do they name genes the "
-                                   f"same way (symbols or Ensembl ids)? {'; '.join(named)}")
+        # the odd one first: the sample sharing fewest of its genes with the others
+        shared = [len(set(a.var_names) & set().union(*(set(b.var_names) for b in adatas if b is not a)))
+                  for a in adatas]
+        order = np.argsort(shared, kind="stable")
+        named = [f"{adatas[i].uns.get('source', paths[i])} ({adatas[i].n_vars} genes, e.g. "
+                 f"{list(adatas[i].var_names[:2])})" for i in order]
+        raise InputError(adatas[order[0]].uns.get("source", paths[order[0]]),
+                         f"the training samples share {len(common)} genes only; do they name genes the same way "
+                         f"(symbols or Ensembl ids)? {'; '.join(named)}")
     log.info("%d genes measured by every training sample (of %d to %d per sample)", len(common), smallest,
              max(a.n_vars for a in adatas))
     return common

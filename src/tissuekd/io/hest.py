@@ -59,10 +59,12 @@ def read_hest(st: str | Path, metadata: str | Path | None, image: str | Path | N
     mpp = math.nan
     if metadata:
         meta = read_metadata(metadata)
-        mpp = next((float(v) for v in (meta.get(k) for k in MPP_KEYS) if positive(v)), math.nan)
-        if not mpp > 0:
+        key = next((k for k in MPP_KEYS if positive(meta.get(k))), None)
+        if key is None:
             raise InputError(metadata, f"no pixel size: needs one of {list(MPP_KEYS)} (µm per level-0 pixel, "
                                        "a positive number)")
+        mpp = float(meta[key])
+        log.info("%s: %s µm per pixel from %s", metadata, mpp, key)
     try:
         adata = ad.read_h5ad(st)
     except OSError as err:

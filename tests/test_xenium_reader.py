@@ -116,3 +116,13 @@ def test_clusters_read_from_the_downloads_analysis_archive(bundle_copy):
     (outs / "analysis.tar.gz").write_bytes(b"not gzip")
     with pytest.raises(InputError, match="analysis.tar.gz: not a readable tar.gz"):
         read_clusters(outs)
+
+
+def test_a_label_table_without_a_header_row_is_named(tmp_path):
+    """Read with a header, its first cell would silently become the column names."""
+    (tmp_path / "types.csv").write_text("aaabbbcc-1,T cell\naaabbbcd-1,B cell\n")
+    with pytest.raises(InputError, match=r"types.csv: the first row \(aaabbbcc-1, T cell\) looks like a cell"):
+        read_labels(tmp_path / "types.csv")
+    (tmp_path / "ids.csv").write_text("17,T cell\n18,B cell\n")
+    with pytest.raises(InputError, match="needs a header row"):
+        read_labels(tmp_path / "ids.csv")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # the workflow's parse imports this module for its layout; an
 MATRIX = "cell_feature_matrix.h5"
 CLUSTERS = "analysis/clustering/gene_expression_graphclust/clusters.csv"
 ANALYSIS_TAR = "analysis.tar.gz"  # the public downloads pack analysis/ into it
+XENIUM_ID = re.compile(r"[a-p]{8}-\d+|\d+")  # a cell id as XOA writes it (or an early integer one)
 
 
 def _as_str_ids(values) -> pd.Index:
@@ -145,6 +147,9 @@ def read_labels(path: str | Path, value_column: str | None = None, id_column: st
                             encoding="utf-8-sig", dtype=str)
     if table.shape[1] < 2:
         raise InputError(path, "expected at least two columns: cell id and label")
+    if id_column is None and XENIUM_ID.fullmatch(str(table.columns[0]).strip()):
+        raise InputError(path, f"the first row ({', '.join(map(str, table.columns[:2]))}) looks like a cell, not a "
+                               "header: the table needs a header row (cell id, label)")
     id_column = id_column or table.columns[0]
     value_column = value_column or table.columns[1]
     for col in (id_column, value_column):

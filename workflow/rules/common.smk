@@ -7,7 +7,7 @@ import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.io import regex_from_filepattern
 
-from tissuekd.encoders.registry import EncoderSpec, is_lfs_pointer
+from tissuekd.encoders.registry import EncoderSpec, require_weights
 from tissuekd.errors import InputError
 from tissuekd.io.xenium import CLUSTERS, clusters_path
 from tissuekd.niche import methods as niche_methods
@@ -109,18 +109,11 @@ def load_encoders(names, key):
             )
         except InputError as err:
             raise WorkflowError(str(err)) from None
-        if spec.weights != "random" and os.path.isdir(spec.weights):
-            raise WorkflowError(
-                f"config encoders.{name}.weights: {spec.weights} is a folder; name the weights file in it "
-                "(e.g. pytorch_model.bin or model.safetensors)"
-            )
-        if spec.weights != "random" and not os.path.isfile(spec.weights):
-            raise WorkflowError(f"config encoders.{name}.weights: {spec.weights} does not exist")
-        if spec.weights != "random" and is_lfs_pointer(spec.weights):
-            raise WorkflowError(
-                f"config encoders.{name}.weights: {spec.weights} is a Git LFS pointer, not the weights: "
-                "fetch them (git lfs pull, or hf download)"
-            )
+        try:  # the job's own check, before any job: missing, a folder, a Git LFS pointer
+            if spec.weights != "random":
+                require_weights(spec.weights, spec.arch)
+        except InputError as err:
+            raise WorkflowError(f"config encoders.{name}.weights: {err.where} {err.problem}") from None
         specs[name] = spec
     return specs
 
@@ -267,10 +260,10 @@ def xenium_inputs(wildcards):
     for optional in ("cell_types", "pathology", "niche_truth"):
         if row[optional]:
             inputs[optional] = row[optional]
-    if not row["cell_types"] and made_by_demo(bundle):
-        inputs["clusters"] = bundle / CLUSTERS
-    elif not row["cell_types"] and clusters_path(bundle):  # unpacked, or the download's analysis.tar.gz
-        inputs["clusters"] = clusters_path(bundle)
+    if not row["cell_types"]:  # unpacked, or the download's analysis.tar.gz (the demo's: made by its rule)
+        clusters = bundle / CLUSTERS if made_by_demo(bundle) else clusters_path(bundle)
+        if clusters:
+            inputs["clusters"] = clusters
     return {k: str(v) for k, v in inputs.items()}
 
 

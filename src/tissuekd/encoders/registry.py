@@ -201,34 +201,31 @@ def _cls_and_mean_patch(model, tokens: torch.Tensor, pre_logits: bool = False) -
     return torch.cat([tokens[:, 0], tokens[:, model.num_prefix_tokens:].mean(1)], dim=-1)
 
 
+LFS_POINTER = b"version https://git-lfs"  # what a hub clone without git-lfs leaves in place of the weights
+
+
 def require_weights(path: str | Path, arch: str) -> Path:
+    """The weights file, checked before anything is built (by the workflow at plan time too):
+    it exists, is a file, and is not a Git LFS pointer."""
     path = Path(path)
     if path.is_dir():
         raise InputError(path, f"is a folder: name the weights file in it (e.g. pytorch_model.bin or "
                                f"model.safetensors) for {arch}")
     if not path.is_file():
-        raise InputError(path, f"encoder weights file does not exist (needed for {arch})")
+        raise InputError(path, f"does not exist (the encoder weights for {arch})")
+    with path.open("rb") as fh:
+        if fh.read(len(LFS_POINTER)) == LFS_POINTER:
+            raise InputError(path, "is a Git LFS pointer, not the weights: fetch them (git lfs pull, or hf download)")
     return path
-
-
-def is_lfs_pointer(path: str | Path) -> bool:
-    """A Git LFS pointer file (a hub clone without git-lfs) in place of the weights."""
-    with open(path, "rb") as fh:
-        return fh.read(len(LFS_POINTER)) == LFS_POINTER
-
-
-LFS_POINTER = b"version https://git-lfs"
 
 
 def read_state(path: Path) -> dict:
     """A state dict from a torch checkpoint (zip or pickle) or a safetensors file, told apart by
-    their first bytes, not the file's name; a Git LFS pointer (a clone without git-lfs) is named."""
+    their first bytes, not the file's name."""
     import torch
 
     with path.open("rb") as fh:
         head = fh.read(64)
-    if head.startswith(LFS_POINTER):
-        raise InputError(path, "is a Git LFS pointer, not the weights: fetch them (git lfs pull, or hf download)")
     try:
         if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
             with path.open("rb") as fh:  # a file object: torch.load would read a *.safetensors name as safetensors

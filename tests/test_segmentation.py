@@ -300,6 +300,21 @@ def test_the_four_students_take_one_channel_and_give_two_maps():
         build_unet("vgg", 1, 64)
     with pytest.raises(ValueError, match="multiple of 32"):
         build_unet("resnet18", 1, 50)
+    with pytest.raises(ValueError, match="five positive integers"):
+        build_unet("resnet18", 1, 64, (128, 64, 32, 16))
+
+
+def test_a_checkpoint_rebuilds_with_its_decoder_widths_and_an_older_one_with_smps(tissuenet, tmp_path):
+    from tissuekd.segmentation.steps import load_model
+
+    cfg = SegTrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, tile=32, decoder_channels=[64, 32, 16, 8, 4])
+    fit_model(read_split("tissuenet", str(tissuenet), nuclear_only=True), "resnet18", str(tmp_path / "m.pt"), cfg)
+    model, checkpoint = load_model(str(tmp_path / "m.pt"))
+    assert model.decoder.blocks[0].conv1[0].out_channels == 64
+    assert parameter_count(model) == checkpoint["parameters"] < parameter_count(build_unet("resnet18", 1, 32))
+    del checkpoint["config"]["decoder_channels"]  # written before the setting existed
+    torch.save({**checkpoint, "state": build_unet("resnet18", 1, 32).state_dict()}, tmp_path / "old.pt")
+    assert parameter_count(load_model(str(tmp_path / "old.pt"))[0]) == parameter_count(build_unet("resnet18", 1, 32))
 
 
 def test_crops_turn_and_flip_images_targets_and_teacher_maps_alike():
@@ -392,11 +407,12 @@ def test_steps_chain_teacher_cached_probabilities_student_and_per_image_scores(t
 def test_the_throughput_benchmark_prints_each_students_speed_against_the_teacher(capsys):
     from tissuekd.bench import segmentation as bench
 
-    bench.main(["--size", "64", "--images", "1", "--tile", "32"])
+    bench.main(["--size", "64", "--images", "1", "--tile", "32", "--batch", "2", "--steps", "1"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("teacher resnet18 (2 channels):") and lines[1].endswith("MP/s")
     students = [line for line in lines if line.startswith("student")]
-    assert len(students) == 4 and all("x the teacher" in line for line in students)
+    assert len(students) == 8 and all("x the teacher" in line for line in students[:4])
+    assert all("x faster" in line for line in students[4:])
 
 
 def test_training_reads_images_targets_and_teacher_maps_one_image_at_a_time(tmp_path):

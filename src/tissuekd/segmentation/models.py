@@ -18,20 +18,25 @@ BACKBONES = {
     "mobilenetv3": "tu-mobilenetv3_large_100",
 }
 OUTPUTS = ("foreground", "boundary")
+# smp's decoder widths, deepest stage first: the default, and what a checkpoint without its own was built with
+DECODER = (256, 128, 64, 32, 16)
 
 
-def build_unet(backbone: str, in_channels: int, tile: int) -> nn.Module:
+def build_unet(backbone: str, in_channels: int, tile: int, decoder: tuple[int, ...] = DECODER) -> nn.Module:
     """A U-Net with `backbone`'s encoder, `in_channels` inputs and the OUTPUTS logit maps.
-    `tile` (px, a multiple of 32) fixes Swin's input size; the others take any multiple of 32."""
+    `tile` (px, a multiple of 32) fixes Swin's input size; the others take any multiple of 32.
+    `decoder`: the five decoder stages' widths, deepest first (smp's default DECODER)."""
     import segmentation_models_pytorch as smp
 
     if backbone not in BACKBONES:
         raise ValueError(f"unknown segmentation backbone {backbone!r} (one of {', '.join(BACKBONES)})")
     if tile % 32:
         raise ValueError(f"tile {tile} px: U-Net inputs must be a multiple of 32 px")
+    if len(decoder) != len(DECODER) or min(decoder) < 1:
+        raise ValueError(f"decoder widths {list(decoder)}: five positive integers, deepest stage first")
     extra = {"img_size": tile} if backbone == "swin-tiny" else {}
     return smp.Unet(encoder_name=BACKBONES[backbone], encoder_weights=None, in_channels=in_channels,
-                    classes=len(OUTPUTS), **extra)
+                    classes=len(OUTPUTS), decoder_channels=tuple(decoder), **extra)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -29,7 +29,7 @@ from tissuekd.io.segmentation import (
 )
 from tissuekd.logs import log_progress
 from tissuekd.segmentation.evaluate import dice, instances, object_f1
-from tissuekd.segmentation.models import build_unet, parameter_count
+from tissuekd.segmentation.models import DECODER, build_unet, parameter_count
 from tissuekd.segmentation.train import SegTrainConfig, fit, predict
 
 FORMATS = ("tissuenet", "bbbc038", "tiff")
@@ -126,8 +126,9 @@ def fit_model(data: SegSet, backbone: str, out: str, cfg: SegTrainConfig, mode: 
 
 def load_model(path: str) -> tuple[torch.nn.Module, dict]:
     checkpoint = torch.load(path, weights_only=False)
-    tile = checkpoint["config"]["tile"]
-    model = build_unet(checkpoint["backbone"], len(checkpoint["channels"]), tile)
+    cfg = checkpoint["config"]
+    model = build_unet(checkpoint["backbone"], len(checkpoint["channels"]), cfg["tile"],
+                       cfg.get("decoder_channels", DECODER))
     model.load_state_dict(checkpoint["state"])
     return model.eval(), checkpoint
 

@@ -28,7 +28,7 @@ from tissuekd.compute import CPU, Compute
 from tissuekd.distill.losses import UncertaintyWeights, probability_mse
 from tissuekd.logs import log_progress
 from tissuekd.segmentation.losses import boundary_weighted, label_targets, supervised
-from tissuekd.segmentation.models import build_unet, probabilities
+from tissuekd.segmentation.models import DECODER, build_unet, probabilities
 from tissuekd.training import optimise
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class SegTrainConfig:
     steps_per_epoch: int = 20  # batches of random crops per epoch
     batch_size: int = 8
     tile: int = 64  # crop side (px), a multiple of 32
+    decoder_channels: tuple[int, ...] = DECODER  # the U-Net decoder's widths, deepest stage first
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
@@ -116,7 +117,7 @@ def fit(backbone: str, images: np.ndarray, labels: np.ndarray, cfg: SegTrainConf
     images = PerImage(images, rows, lambda image: normalise(image.astype(np.float32)))
     targets = PerImage(labels, rows, label_targets)
     extra = teacher_probs if mode == "kd" else None  # kd: every image, in order
-    model = build_unet(backbone, images.shape[-1], cfg.tile).to(compute.device)
+    model = build_unet(backbone, images.shape[-1], cfg.tile, cfg.decoder_channels).to(compute.device)
     weighting = UncertaintyWeights(("mse", "boundary", "label")).to(compute.device) if mode == "kd" else None
 
     def batches(epoch):

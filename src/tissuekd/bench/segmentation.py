@@ -6,7 +6,7 @@ AdamW) at smp's decoder widths and at `--decoder`, and the ratio. Models are unt
 does not depend on the weights).
 
     python -m tissuekd.bench.segmentation [--size 512 --images 4 --tile 64 --threads 1
-                                           --decoder 128 64 32 16 8 --batch 8 --steps 5]
+                                           --decoder 128 64 32 16 16 --batch 8 --steps 5]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tile", type=int, default=64, help="the window the models were trained on")
     parser.add_argument("--teacher", default="resnet18", choices=sorted(BACKBONES))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--decoder", type=int, nargs=5, default=[128, 64, 32, 16, 8],
+    parser.add_argument("--decoder", type=int, nargs=5, default=[128, 64, 32, 16, 16],
                         help="decoder widths compared with smp's default in a training step (the demo's)")
     parser.add_argument("--batch", type=int, default=8, help="crops per training step")
     parser.add_argument("--steps", type=int, default=5, help="training steps timed per model")

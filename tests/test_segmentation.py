@@ -167,6 +167,14 @@ def test_bad_tiff_folder_input_names_the_file_and_the_problem(tissuenet, tmp_pat
     assert names in str(err.value)
 
 
+def test_crops_larger_than_the_training_images_are_refused_with_both_sizes(tissuenet, tmp_path):
+    data = read_split("tissuenet", str(tissuenet), nuclear_only=True)
+    with pytest.raises(ValueError, match="images are 96 x 96 px, smaller than the crops: segmentation.train.tile "
+                                         "128 must be at most 96"):
+        fit_model(data, "mobilenetv3", str(tmp_path / "m.pt"), SegTrainConfig(epochs=1, steps_per_epoch=1, tile=128))
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_a_tiff_training_set_of_mixed_sizes_names_the_odd_image(tissuenet, tmp_path):
     folder = write_tiff_folder(tissuenet, tmp_path / "tiffs")
     tifffile.imwrite(folder / "img05.tif", np.zeros((64, 64, 2), np.float32))

@@ -136,6 +136,19 @@ def test_a_bad_cross_or_test_set_stops_before_any_training(tmp_path, row, column
     assert result.returncode != 0 and problem.format(tmp=tmp_path) in result.stderr + result.stdout
 
 
+def test_training_crops_larger_than_the_images_stop_the_plan_naming_the_split(tmp_path):
+    """Every teacher and student would fail on its first batch (numpy's 'high <= 0' before)."""
+    workdir = make_workdir(tmp_path / "w", **SMALL)
+    sheet = workdir / "config/segmentation_datasets.tsv"
+    rows = pd.read_csv(sheet, sep="\t", dtype=str).fillna("")
+    rows.loc[0, "train"] = str(_npz(tmp_path / "tiny.npz", 2))  # 8 px images, 32 px crops
+    rows.to_csv(sheet, sep="\t", index=False)
+    result = snakemake("-n", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert (f"line 2 (dataset tissuenet_demo): {tmp_path}/tiny.npz: images are 8 x 8 px, smaller than the "
+            "training crops (segmentation.train.tile 32)") in result.stderr + result.stdout
+
+
 def _npz(path, n, labels_px=8):
     np.savez(path, X=np.zeros((n, 8, 8, 2), np.float32), y=np.zeros((n, labels_px, labels_px, 2), np.int32))
     return path
@@ -143,9 +156,10 @@ def _npz(path, n, labels_px=8):
 
 @pytest.mark.parametrize("fmt", ["tissuenet", "tiff"])
 def test_memory_and_runtime_follow_the_splits_size(tmp_path, fmt):
-    """A 2 GB training split, an npz or a TIFF folder (sparse files: only sizes, and an npz's array
-    headers, are read while planning), asks 8x its size in memory for training and 30 min per GB
-    of each teacher-maps shard."""
+    """A 2 GB training split, a compressed npz (2.1 GB of arrays in a small file: a compressed
+    member is read whole) or a TIFF folder (sparse files: only sizes, and an npz's headers, are
+    read while planning), asks 2 GB + 2x its arrays in memory for training and 30 min per GB of
+    each teacher-maps shard."""
     workdir = make_workdir(tmp_path, **SMALL)
     big = tmp_path / "tissuenet_v1.1_train.npz"
     if fmt == "tiff":
@@ -154,20 +168,18 @@ def test_memory_and_runtime_follow_the_splits_size(tmp_path, fmt):
         for name in ("a.tif", "a_whole-cell.tif"):
             with open(big / name, "wb") as f:
                 f.truncate(1_000_000_000)
-    else:  # 2 GB of nothing, then a small npz: a zip archive may follow other data
-        np.savez(tmp_path / "small.npz", X=np.zeros((1, 8, 8, 2), np.float32), y=np.zeros((1, 8, 8, 2), np.int32))
-        with open(big, "wb") as f:
-            f.truncate(2_000_000_000)
-            f.seek(0, 2)
-            f.write((tmp_path / "small.npz").read_bytes())
+    else:  # zeros compress to ~2 MB; X and y hold 2 x 2000 x 256^2 x 2 x 4 bytes = 2,097 MB
+        shape = (2000, 256, 256, 2)
+        np.savez_compressed(big, X=np.zeros(shape, np.float32), y=np.zeros(shape, np.int32))
     sheet = workdir / "config/segmentation_datasets.tsv"
     rows = pd.read_csv(sheet, sep="\t", dtype=str).fillna("")
     rows.loc[rows["dataset"] == "tissuenet_demo", ["format", "train"]] = fmt, str(big)
     rows.to_csv(sheet, sep="\t", index=False)
     out = snakemake("-n", "--cores", "1", cwd=workdir).stdout
     jobs = dict(re.findall(r"rule (\w+):\n(?:    .*\n)*?    resources: (.*)", out))  # rule -> its resources
-    assert "mem_mb=18000" in jobs["segmentation_teacher"]
-    assert "runtime=35" in jobs["segmentation_teacher_probs"]  # 5 + 30 x 2 GB / 2 shards
+    memory, minutes = (6194, 36) if fmt == "tissuenet" else (6000, 35)  # 5 + 30 x GB / 2 shards
+    assert f"mem_mb={memory}" in jobs["segmentation_teacher"], jobs["segmentation_teacher"]
+    assert f"runtime={minutes}" in jobs["segmentation_teacher_probs"], jobs["segmentation_teacher_probs"]
 
 
 def test_training_runtime_follows_the_configured_steps(tmp_path):

@@ -112,6 +112,10 @@ def fit(backbone: str, images: np.ndarray, labels: np.ndarray, cfg: SegTrainConf
         raise ValueError("no annotated image to train on")
     rows = np.flatnonzero(labelled) if mode == "no-kd" else np.arange(len(labels))  # no-kd: annotated only
     labelled = labelled[rows]
+    height, width = np.shape(images[0])[:2]
+    if cfg.tile > min(height, width):
+        raise ValueError(f"training images are {height} x {width} px, smaller than the crops: "
+                         f"segmentation.train.tile {cfg.tile} must be at most {min(height, width) // 32 * 32}")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     images = PerImage(images, rows, lambda image: normalise(image.astype(np.float32)))

@@ -540,26 +540,19 @@ def seg_external_maps(wildcards):
     return {"maps": teacher_test_maps(wildcards.dataset, wildcards.view)}
 
 
-def check_tissuenet_split_row(row, split, where):
+def check_tissuenet_split_row(row, split, where, training=False):
     """Sizes and channels of a TissueNet split from its headers, so a bad test or cross split
-    stops before any model is trained on the others."""
+    stops before any model is trained on the others; a `training` split's images must also hold
+    the training crops (else every teacher and student job would fail on its first batch)."""
     from tissuekd.io.segmentation import check_tissuenet_split
 
     membrane = int(row["membrane"]) if row["membrane"] else None
     try:
-        check_tissuenet_split(split, int(row["nuclear"]), membrane, row["target"])
+        height, width = check_tissuenet_split(split, int(row["nuclear"]), membrane, row["target"])[1:3]
     except InputError as err:
         raise WorkflowError(f"{where}: {err}") from None
-
-
-def check_tile_fits(split, where):
-    """Training crops of segmentation.train.tile px must fit in the training images (else every
-    teacher and student job would fail on its first batch)."""
-    from tissuekd.io.segmentation import npz_shape
-
-    height, width = npz_shape(Path(split), "X")[1:3]
     tile = SEG["train"]["tile"]
-    if tile > min(height, width):
+    if training and tile > min(height, width):
         raise WorkflowError(
             f"{where}: {split}: images are {height} x {width} px, smaller than the training crops "
             f"(segmentation.train.tile {tile}); set a tile of at most {min(height, width) // 32 * 32}"
@@ -598,9 +591,7 @@ def check_segmentation_sheet(sheet, path):
             if value and not os.path.exists(value) and not made_by_demo(value):
                 raise WorkflowError(f"{where}: column {column!r} names {value}, which does not exist")
             if value and row["format"] == "tissuenet" and column in ("train", "test") and not made_by_demo(value):
-                check_tissuenet_split_row(row, value, where)
-        if row["role"] == "train" and row["format"] == "tissuenet" and not made_by_demo(row["train"]):
-            check_tile_fits(row["train"], where)
+                check_tissuenet_split_row(row, value, where, training=column == "train" and row["role"] == "train")
     if not (sheet["role"] == "train").any():
         raise WorkflowError(f"{path}: no data set with role train")
     sam_weights = SEG["sam"]["checkpoint"]

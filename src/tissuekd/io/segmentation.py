@@ -122,12 +122,14 @@ class IntegerLabels(Sequence):
 
 
 def check_tissuenet_split(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
-                          target: str = "whole-cell") -> None:
+                          target: str = "whole-cell") -> tuple[int, ...]:
     """read_tissuenet's checks of sizes and channels from the arrays' headers alone (cheap, even
-    compressed): the workflow makes them on every split before any job runs."""
+    compressed): the workflow makes them on every split before any job runs. Returns X's shape."""
     path = Path(path)
     channels = (nuclear,) if membrane is None else (nuclear, membrane)
-    _check_shapes(path, npz_shape(path, "X"), npz_shape(path, "y"), channels, target)
+    shape = npz_shape(path, "X")
+    _check_shapes(path, shape, npz_shape(path, "y"), channels, target)
+    return shape
 
 
 def npz_shape(path: Path, name: str) -> tuple[int, ...]:

@@ -117,8 +117,21 @@ def test_bbbc038_folders_become_one_instance_image_each(tmp_path):
         assert image.shape == (*labels.shape, 1) and labels.max() == len(masks)
         assert np.array_equal(labels == 2, np.asarray(Image.open(masks[1])) > 0)
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(folder / data.ids[0] / "masks" / "zzz.png")
-    with pytest.raises(InputError, match="mask is"):
-        read_bbbc038(folder)
+    with pytest.raises(InputError, match="zzz.png: mask is"):
+        read_bbbc038(folder).labels[0]
+    for mask in (folder / data.ids[1] / "masks").glob("*.png"):
+        mask.unlink()
+    with pytest.raises(InputError, match=f"{data.ids[1]}/masks: no mask files"):
+        read_bbbc038(folder)  # before any image is read
+
+
+def test_a_bbbc038_folder_is_read_one_image_at_a_time(tmp_path):
+    folder = write_bbbc038(tmp_path / "stage1_train", n_images=3)
+    data = read_bbbc038(folder)
+    (folder / data.ids[0] / "images" / f"{data.ids[0]}.png").unlink()  # read when asked for, not before
+    assert data.images[1].shape == (*data.labels[1].shape, 1)
+    with pytest.raises(InputError, match=f"{data.ids[0]}.png: unreadable image"):
+        data.images[0]
 
 
 def write_tiff_folder(npz, folder):

@@ -5,14 +5,16 @@ tables; reruns and bad sheets."""
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from conftest import make_workdir, planned_jobs, runtime_table, snakemake
 
-from tissuekd.demo.segmentation import write_tissuenet
+from tissuekd.demo.segmentation import write_bbbc038, write_tissuenet
 from tissuekd.segmentation.evaluate import dice
 
 pytestmark = pytest.mark.workflow
@@ -116,21 +118,26 @@ def test_a_bad_sheet_names_its_line(tmp_path):
         in result.stderr + result.stdout
 
 
-@pytest.mark.parametrize(("row", "column", "value", "problem"), [
-    (1, "target", lambda tmp: "whole-cell",
+@pytest.mark.parametrize(("row", "changes", "problem"), [
+    (1, lambda tmp: {"target": "whole-cell"},
      "line 3 (dataset bbbc038_demo): bbbc038 images are one nuclear channel with nuclear labels"),
-    (0, "test", lambda tmp: str(_npz(tmp / "empty.npz", 0)),
+    (0, lambda tmp: {"test": str(_npz(tmp / "empty.npz", 0))},
      "line 2 (dataset tissuenet_demo): {tmp}/empty.npz: no images (X has 0 rows)"),
-    (0, "test", lambda tmp: str(_npz(tmp / "small.npz", 2, labels_px=6)),
+    (0, lambda tmp: {"test": str(_npz(tmp / "small.npz", 2, labels_px=6))},
      "line 2 (dataset tissuenet_demo): {tmp}/small.npz: labels and images differ in size"),
+    (1, lambda tmp: {"test": str(_bbbc038_without_masks(tmp / "stage1_test"))},
+     "line 3 (dataset bbbc038_demo): {tmp}/stage1_test/demo00/masks: no mask files"),
+    (1, lambda tmp: {"format": "tiff", "test": str(_tiff_without_labels(tmp / "tiffs"))},
+     "line 3 (dataset bbbc038_demo): {tmp}/tiffs/a.tif: has no nuclear labels: expected a_nuclear.tif"),
 ])
-def test_a_bad_cross_or_test_set_stops_before_any_training(tmp_path, row, column, value, problem):
-    """Checked while planning (a TissueNet split from its array headers): not after the models
-    trained on the other sets."""
+def test_a_bad_cross_or_test_set_stops_before_any_training(tmp_path, row, changes, problem):
+    """Checked while planning (a TissueNet split from its array headers, a folder from its files'
+    headers): not after the models trained on the other sets."""
     workdir = make_workdir(tmp_path / "w", **SMALL)
     sheet = workdir / "config/segmentation_datasets.tsv"
     rows = pd.read_csv(sheet, sep="\t", dtype=str).fillna("")
-    rows.loc[row, column] = value(tmp_path)
+    for column, value in changes(tmp_path).items():
+        rows.loc[row, column] = value
     rows.to_csv(sheet, sep="\t", index=False)
     result = snakemake("-n", cwd=workdir, check=False)
     assert result.returncode != 0 and problem.format(tmp=tmp_path) in result.stderr + result.stdout
@@ -145,8 +152,21 @@ def test_training_crops_larger_than_the_images_stop_the_plan_naming_the_split(tm
     rows.to_csv(sheet, sep="\t", index=False)
     result = snakemake("-n", cwd=workdir, check=False)
     assert result.returncode != 0
-    assert (f"line 2 (dataset tissuenet_demo): {tmp_path}/tiny.npz: images are 8 x 8 px, smaller than the "
-            "training crops (segmentation.train.tile 32)") in result.stderr + result.stdout
+    assert (f"line 2 (dataset tissuenet_demo): {tmp_path}/tiny.npz: its smallest image side is 8 px, less than "
+            "the training crops (segmentation.train.tile 32)") in result.stderr + result.stdout
+
+
+def _bbbc038_without_masks(folder):
+    """The stage-1 test release's shape: images, no masks (its labels are a separate CSV)."""
+    write_bbbc038(folder, n_images=2)
+    shutil.rmtree(folder / "demo00" / "masks")
+    return folder
+
+
+def _tiff_without_labels(folder):
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", np.zeros((2, 8, 8), np.float32))
+    return folder
 
 
 def _npz(path, n, labels_px=8):
@@ -156,30 +176,32 @@ def _npz(path, n, labels_px=8):
 
 @pytest.mark.parametrize("fmt", ["tissuenet", "tiff"])
 def test_memory_and_runtime_follow_the_splits_size(tmp_path, fmt):
-    """A 2 GB training split, a compressed npz (2.1 GB of arrays in a small file: a compressed
-    member is read whole) or a TIFF folder (sparse files: only sizes, and an npz's headers, are
-    read while planning), asks 2 GB + 2x its arrays in memory for training and 30 min per GB of
+    """A 2 GB split, a compressed npz (2.1 GB of arrays in a small file: a compressed member is
+    read whole) or a TIFF folder (sparse files: only sizes and headers are read while planning),
+    asks 2 GB + 2x its arrays in memory for training and for scoring on it, and 30 min per GB of
     each teacher-maps shard."""
     workdir = make_workdir(tmp_path, **SMALL)
     big = tmp_path / "tissuenet_v1.1_train.npz"
-    if fmt == "tiff":
+    if fmt == "tiff":  # 12 bytes a pixel (2 float32 channels, int32 labels) and headers: 2.0025 GB, sparse
         big = tmp_path / "tiffs"
         big.mkdir()
-        for name in ("a.tif", "a_whole-cell.tif"):
-            with open(big / name, "wb") as f:
-                f.truncate(1_000_000_000)
+        tifffile.memmap(big / "a.tif", shape=(12910, 12910, 2), dtype=np.float32)._mmap.close()
+        tifffile.memmap(big / "a_whole-cell.tif", shape=(12910, 12910), dtype=np.int32)._mmap.close()
     else:  # zeros compress to ~2 MB; X and y hold 2 x 2000 x 256^2 x 2 x 4 bytes = 2,097 MB
         shape = (2000, 256, 256, 2)
         np.savez_compressed(big, X=np.zeros(shape, np.float32), y=np.zeros(shape, np.int32))
     sheet = workdir / "config/segmentation_datasets.tsv"
     rows = pd.read_csv(sheet, sep="\t", dtype=str).fillna("")
-    rows.loc[rows["dataset"] == "tissuenet_demo", ["format", "train"]] = fmt, str(big)
+    rows.loc[rows["dataset"] == "tissuenet_demo", ["format", "train", "test"]] = fmt, str(big), str(big)
     rows.to_csv(sheet, sep="\t", index=False)
     out = snakemake("-n", "--cores", "1", cwd=workdir).stdout
     jobs = dict(re.findall(r"rule (\w+):\n(?:    .*\n)*?    resources: (.*)", out))  # rule -> its resources
-    memory, minutes = (6194, 36) if fmt == "tissuenet" else (6000, 35)  # 5 + 30 x GB / 2 shards
+    memory, minutes = (6194, 36) if fmt == "tissuenet" else (6005, 35)  # 5 + 30 x GB / 2 shards
     assert f"mem_mb={memory}" in jobs["segmentation_teacher"], jobs["segmentation_teacher"]
     assert f"runtime={minutes}" in jobs["segmentation_teacher_probs"], jobs["segmentation_teacher_probs"]
+    scoring = re.findall(r"rule segmentation_evaluate:\n(?:    .*\n)*?    wildcards: .*on=(\w+).*\n"
+                         r"(?:    .*\n)*?    resources: .*mem_mb=(\d+)", out)
+    assert {on: int(mb) for on, mb in scoring} == {"tissuenet_demo": memory, "bbbc038_demo": 2000}, scoring
 
 
 def test_training_runtime_follows_the_configured_steps(tmp_path):

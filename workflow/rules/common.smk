@@ -540,22 +540,23 @@ def seg_external_maps(wildcards):
     return {"maps": teacher_test_maps(wildcards.dataset, wildcards.view)}
 
 
-def check_tissuenet_split_row(row, split, where, training=False):
-    """Sizes and channels of a TissueNet split from its headers, so a bad test or cross split
-    stops before any model is trained on the others; a `training` split's images must also hold
-    the training crops (else every teacher and student job would fail on its first batch)."""
-    from tissuekd.io.segmentation import check_tissuenet_split
+def check_split_row(row, split, where, training=False):
+    """A split's layout, sizes and channels from its headers (every image and label file of a
+    BBBC038 or TIFF folder), so a bad test or cross split stops before any model is trained on
+    the others; a `training` split's images must also hold the training crops (else every
+    teacher and student job would fail on its first batch)."""
+    from tissuekd.io.segmentation import check_split
 
     membrane = int(row["membrane"]) if row["membrane"] else None
     try:
-        height, width = check_tissuenet_split(split, int(row["nuclear"]), membrane, row["target"])[1:3]
+        side = check_split(row["format"], split, row["target"], int(row["nuclear"] or 0), membrane)
     except InputError as err:
         raise WorkflowError(f"{where}: {err}") from None
     tile = SEG["train"]["tile"]
-    if training and tile > min(height, width):
+    if training and tile > side:
         raise WorkflowError(
-            f"{where}: {split}: images are {height} x {width} px, smaller than the training crops "
-            f"(segmentation.train.tile {tile}); set a tile of at most {min(height, width) // 32 * 32}"
+            f"{where}: {split}: its smallest image side is {side} px, less than the training crops "
+            f"(segmentation.train.tile {tile}); set a tile of at most {side // 32 * 32}"
         )
 
 
@@ -590,8 +591,8 @@ def check_segmentation_sheet(sheet, path):
             value = row[column]
             if value and not os.path.exists(value) and not made_by_demo(value):
                 raise WorkflowError(f"{where}: column {column!r} names {value}, which does not exist")
-            if value and row["format"] == "tissuenet" and column in ("train", "test") and not made_by_demo(value):
-                check_tissuenet_split_row(row, value, where, training=column == "train" and row["role"] == "train")
+            if value and column in ("train", "test") and not made_by_demo(value):
+                check_split_row(row, value, where, training=column == "train" and row["role"] == "train")
     if not (sheet["role"] == "train").any():
         raise WorkflowError(f"{path}: no data set with role train")
     sam_weights = SEG["sam"]["checkpoint"]
@@ -676,13 +677,13 @@ def split_held_bytes(path):
     return split_bytes(path)
 
 
-def mem_per_image(base_mb):
-    """mem_mb = (base + 2 x the training split's arrays) x attempt: training and inference read one
+def mem_per_image(base_mb, split="train"):
+    """mem_mb = (base + 2 x the split's arrays) x attempt: training, inference and scoring read one
     image at a time (bounded caches), so the split counts only through its mapped or decompressed
     pages; measured 1.1-1.6 MB per MB of split (2026-12-04, 5-302 MB TissueNet-layout splits)."""
 
     def mem(wildcards, input, attempt):
-        return round(base_mb + 2 * split_held_bytes(input.train) / 1e6) * attempt
+        return round(base_mb + 2 * split_held_bytes(getattr(input, split)) / 1e6) * attempt
 
     return mem
 

@@ -114,7 +114,7 @@ elif SEG["teacher"] == "sam":
             "../../envs/torch-gpu.yaml"
         threads: 1
         resources:
-            mem_mb=lambda wildcards, attempt: 12000 * attempt,
+            mem_mb=mem_per_image(12000),
             runtime=minutes_per_gb(10, 15, shards=SEG["teacher_shards"]),  # GPU: ~2 s an image
             gpu=1,
         params:
@@ -142,7 +142,7 @@ elif SEG["teacher"] == "sam":
             "../../envs/torch-gpu.yaml"
         threads: 1
         resources:
-            mem_mb=lambda wildcards, attempt: 12000 * attempt,
+            mem_mb=mem_per_image(12000, split="test"),
             runtime=minutes_per_gb(10, 15, split="test"),
             gpu=1,
         params:
@@ -171,7 +171,7 @@ if SEG["teacher"] != "unet-multiplex":
         conda:
             "../../envs/torch-gpu.yaml"
         resources:
-            mem_mb=lambda wildcards, attempt: 2000 * attempt,
+            mem_mb=mem_per_image(2000, split="test"),
             runtime=minutes_per_gb(5, 10, split="test"),
         params:
             split=seg_test_split,
@@ -224,7 +224,7 @@ rule segmentation_evaluate:
         f"{BENCH}/segmentation/evaluate/{{dataset}}/{{model}}/{{on}}.tsv"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        mem_mb=mem_per_image(2000, split="test"),
         runtime=minutes_per_gb(5, 30, split="test"),
     params:
         split=seg_test_split,
@@ -259,7 +259,7 @@ rule segmentation_panel:
         "../../envs/torch-gpu.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        mem_mb=mem_per_image(2000, split="test"),
         runtime=10,
     params:
         split=lambda wildcards: seg_split_kwargs(wildcards.dataset, "test"),

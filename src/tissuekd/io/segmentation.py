@@ -4,9 +4,9 @@ plain folders of multichannel TIFFs with label TIFFs beside them.
 All are read into the same `SegSet`: images (N, H, W, C) with the sheet's channel order, one
 instance-label image per image (0 = background), and per-image ids, tissues and platforms.
 TissueNet's npz members are memory-mapped where the archive stores them uncompressed (as the
-published files are), so a 2,580-image training split is never read whole; BBBC038's images
-differ in size, so its set is a list read image by image; a TIFF folder is read file by file
-when an image is asked for (`TiffFolder`), so it is never held whole either.
+published files are), so a 2,580-image training split is never read whole; BBBC038 folders and
+TIFF folders are read file by file when an image is asked for (`ImageFiles`), so they are never
+held whole either (BBBC038's images also differ in size).
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ from tissuekd.errors import InputError
 log = logging.getLogger(__name__)
 
 TARGETS = {"whole-cell": 0, "nuclear": 1}  # TissueNet's y[..., 0] and y[..., 1]
+FORMATS = ("tissuenet", "bbbc038", "tiff")
 
 
 @dataclass
 class SegSet:
     """Images (each H x W x C, float32 as stored), instance labels (H x W, int32), and per image:
-    id, tissue, platform. `images`/`labels` are arrays (N, ...) or lists of arrays."""
+    id, tissue, platform. `images`/`labels` are arrays (N, ...) or sequences of arrays read
+    when asked for (`ImageFiles`)."""
 
     images: np.ndarray | list[np.ndarray]
     labels: np.ndarray | list[np.ndarray]
@@ -70,6 +72,30 @@ def npz_member(path: str | Path, name: str) -> np.ndarray:
         name_len, extra_len = np.frombuffer(raw.read(4), "<u2")
     offset = info.header_offset + 30 + int(name_len) + int(extra_len) + header
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+def read_split(fmt: str, path: str, target: str = "whole-cell", nuclear_only: bool = False, nuclear: int = 0,
+               membrane: int | None = 1) -> SegSet:
+    """One split of a data set in its published layout; `nuclear_only` keeps the nuclear channel
+    (`nuclear`, `membrane`: channel indices, the sheet's)."""
+    if fmt == "tissuenet":
+        return read_tissuenet(path, nuclear, None if nuclear_only else membrane, target=target)
+    if fmt == "bbbc038":
+        return read_bbbc038(path)
+    if fmt == "tiff":
+        return read_tiff_folder(path, nuclear, None if nuclear_only else membrane, target=target)
+    raise InputError(path, f"unknown segmentation format {fmt!r} (one of {', '.join(FORMATS)})")
+
+
+def check_split(fmt: str, path: str, target: str = "whole-cell", nuclear: int = 0,
+                membrane: int | None = 1) -> int:
+    """read_split's checks that need no pixels (a TissueNet split's array headers; every image
+    and label file of a BBBC038 or TIFF folder, by their headers), so the workflow can make them
+    on every split before any job runs. Returns the smallest image side, in pixels."""
+    if fmt == "tissuenet":
+        return min(check_tissuenet_split(path, nuclear, membrane, target)[1:3])
+    data = read_split(fmt, path, target, nuclear=nuclear, membrane=membrane)
+    return min(min(shape) for shape in data.images.shapes)
 
 
 def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1, target: str = "whole-cell") -> SegSet:
@@ -190,26 +216,54 @@ def read_bbbc038(folder: str | Path, ids: Sequence[str] | None = None, tissue: s
     """BBBC038 / 2018 Data Science Bowl stage-1 training layout: `<id>/images/<id>.png` and
     `<id>/masks/*.png`, one binary mask per nucleus. Grey or RGB(A) images become one nuclear
     channel (the mean of the colour channels); masks become one instance image (1..n, in the
-    order of the sorted mask names)."""
+    order of the sorted mask names). Images are read when asked for (`ImageFiles`); every id is
+    checked here for its image (size from the PNG header) and at least one mask, so a folder
+    without masks (the stage-1 test release) is named before any job runs."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "is not a BBBC038 folder (<id>/images/<id>.png, <id>/masks/*.png)")
     ids = sorted(p.name for p in folder.iterdir() if (p / "images").is_dir()) if ids is None else list(ids)
     if not ids:
         raise InputError(folder, "no images: expected <id>/images/<id>.png folders")
-    images, labels = [], []
+    shapes = []
     for name in ids:
-        image = _grey(folder / name / "images" / f"{name}.png")
-        masks = sorted((folder / name / "masks").glob("*.png"))
-        if not masks:
-            raise InputError(folder / name / "masks", "no mask files")
-        label = np.zeros(image.shape, np.int32)
-        for k, mask_path in enumerate(masks, start=1):
+        shapes.append(_png_shape(folder / name / "images" / f"{name}.png"))
+        masks = folder / name / "masks"
+        if not any(masks.glob("*.png")):
+            raise InputError(masks, "no mask files (BBBC038 labels are <id>/masks/*.png, one per nucleus)")
+    images = [folder / name / "images" / f"{name}.png" for name in ids]
+    labels = ImageFiles([folder / name / "masks" for name in ids], _bbbc038_labels, shapes)
+    return SegSet(ImageFiles(images, _nuclear_png, shapes), labels, ids,
+                  [tissue] * len(ids), [platform] * len(ids), ("nuclear",))
+
+
+def _nuclear_png(path: Path) -> np.ndarray:
+    return _grey(path)[..., None]
+
+
+def _png_shape(path: Path) -> tuple[int, int]:
+    """(H, W) of an image from its header (no pixels read)."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"unreadable image ({err})") from None
+
+
+def _bbbc038_labels(masks: Path) -> np.ndarray:
+    """One instance image from a BBBC038 masks folder: mask k (sorted by name) is label k."""
+    name = masks.parent.name
+    shape = _png_shape(masks.parent / "images" / f"{name}.png")
+    label = np.zeros(shape, np.int32)
+    for k, mask_path in enumerate(sorted(masks.glob("*.png")), start=1):
+        try:
             mask = np.asarray(Image.open(mask_path))
-            if mask.shape[:2] != image.shape:
-                raise InputError(mask_path, f"mask is {mask.shape[:2]}, its image {image.shape}")
-            label[(mask if mask.ndim == 2 else mask[..., 0]) > 0] = k
-        images.append(image[..., None])
-        labels.append(label)
-    return SegSet(images, labels, ids, [tissue] * len(ids), [platform] * len(ids), ("nuclear",))
+        except (OSError, ValueError) as err:
+            raise InputError(mask_path, f"unreadable mask ({err})") from None
+        if mask.shape[:2] != shape:
+            raise InputError(mask_path, f"mask is {mask.shape[:2]}, its image {shape}")
+        label[(mask if mask.ndim == 2 else mask[..., 0]) > 0] = k
+    return label
 
 
 def _grey(path: Path) -> np.ndarray:
@@ -228,8 +282,8 @@ def _grey(path: Path) -> np.ndarray:
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-class TiffFolder(Sequence):
-    """The images (or label images) of a TIFF folder, each read from its file when asked for:
+class ImageFiles(Sequence):
+    """The images (or label images) of a folder, each read from its file when asked for:
     `folder[i]` is one array, `folder[a:b]` a list of them."""
 
     def __init__(self, paths: list[Path], read, shapes: list[tuple[int, int]] | None = None):
@@ -320,7 +374,7 @@ def read_tiff_folder(folder: str | Path, nuclear: int = 0, membrane: int | None 
         shapes.append((height, width))
     ids = [p.stem for p in images]
     names = ("nuclear",) if membrane is None else ("nuclear", "membrane")
-    return SegSet(TiffFolder(images, read_image, shapes), TiffFolder(labels, read_labels, shapes), ids,
+    return SegSet(ImageFiles(images, read_image, shapes), ImageFiles(labels, read_labels, shapes), ids,
                   [folder.name] * len(ids), ["tiff"] * len(ids), names)
 
 

@@ -20,33 +20,17 @@ from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
 from tissuekd.io.segmentation import (
     ExternalMaps,
+    ImageFiles,
     SegSet,
-    TiffFolder,
     npz_member,
-    read_bbbc038,
-    read_tiff_folder,
-    read_tissuenet,
+    read_split,
 )
 from tissuekd.logs import log_progress
 from tissuekd.segmentation.evaluate import dice, instances, object_f1
 from tissuekd.segmentation.models import DECODER, build_unet, parameter_count
 from tissuekd.segmentation.train import SegTrainConfig, fit, predict
 
-FORMATS = ("tissuenet", "bbbc038", "tiff")
 log = logging.getLogger(__name__)
-
-
-def read_split(fmt: str, path: str, target: str = "whole-cell", nuclear_only: bool = False, nuclear: int = 0,
-               membrane: int | None = 1) -> SegSet:
-    """One split of a data set in its published layout; `nuclear_only` keeps the nuclear channel
-    (`nuclear`, `membrane`: channel indices, the sheet's)."""
-    if fmt == "tissuenet":
-        return read_tissuenet(path, nuclear, None if nuclear_only else membrane, target=target)
-    if fmt == "bbbc038":
-        return read_bbbc038(path)
-    if fmt == "tiff":
-        return read_tiff_folder(path, nuclear, None if nuclear_only else membrane, target=target)
-    raise InputError(path, f"unknown segmentation format {fmt!r} (one of {', '.join(FORMATS)})")
 
 
 def annotated(groups: list[str], share: float, by: str = "order") -> np.ndarray:
@@ -104,7 +88,7 @@ def fit_model(data: SegSet, backbone: str, out: str, cfg: SegTrainConfig, mode: 
     """Train on a split (teacher: every channel; student: the nuclear one) and save the checkpoint.
     `teacher_probs`: the teacher's cached shards (kd); `labelled_share`, `labelled_by`: see `annotated`;
     `teacher` names the teacher in the checkpoint (kd modes)."""
-    if isinstance(data.images, TiffFolder):
+    if isinstance(data.images, ImageFiles):
         data.images.require_one_size()
     probs = None
     if teacher_probs is not None:

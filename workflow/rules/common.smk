@@ -1,6 +1,6 @@
 # Sheets, validation beyond the schemas, and input functions shared by the rules.
+import functools
 import os
-import zipfile
 import re
 from pathlib import Path
 
@@ -667,14 +667,13 @@ def split_bytes(path):
     return path.stat().st_size if path.exists() else 0
 
 
+@functools.cache
 def split_held_bytes(path):
-    """Bytes of a split a job may hold: an npz's arrays as stored (a compressed one is read whole,
-    a stored one memory-mapped, whose pages count while touched), or a folder's files (read one by one)."""
-    path = Path(path)
-    if path.suffix == ".npz" and path.is_file():
-        with zipfile.ZipFile(path) as archive:
-            return sum(info.file_size for info in archive.infolist())
-    return split_bytes(path)
+    """Bytes of a split's arrays (tissuekd.io.segmentation.split_array_bytes; 0 before the demo
+    makes it), once per split however many jobs ask."""
+    from tissuekd.io.segmentation import split_array_bytes
+
+    return split_array_bytes(path) if os.path.exists(path) else 0
 
 
 def mem_per_image(base_mb, split="train"):
@@ -701,7 +700,7 @@ def minutes_per_step(base_min):
 
 def minutes_per_gb(base_min, per_gb, split="train", shards=1):
     """runtime (minutes) = base + per GB of the split a job predicts (its share of `shards`), x
-    attempt: inference time follows the pixels (an npz's arrays as stored, a folder's files)."""
+    attempt: inference time follows the pixels (split_held_bytes: the split's arrays)."""
 
     def runtime(wildcards, input, attempt):
         return round(base_min + per_gb * split_held_bytes(getattr(input, split)) / 1e9 / shards) * attempt

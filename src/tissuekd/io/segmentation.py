@@ -98,6 +98,23 @@ def check_split(fmt: str, path: str, target: str = "whole-cell", nuclear: int = 
     return min(min(shape) for shape in data.images.shapes)
 
 
+def split_array_bytes(path: str | Path) -> int:
+    """Bytes of a split's images and labels as arrays, from headers alone (what a job sizes its
+    memory and time by): an npz's members as stored uncompressed (a compressed one is read
+    whole, a stored one memory-mapped); a TIFF folder's files, each its shape x item size (a
+    compressed TIFF holds more than its file); a BBBC038 folder's images, 8 bytes a pixel
+    (float32 image, int32 labels: PNGs are far smaller than what is read from them)."""
+    path = Path(path)
+    if path.is_file():
+        with zipfile.ZipFile(path) as archive:
+            return sum(info.file_size for info in archive.infolist())
+    tiffs = [p for p in path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES]
+    if tiffs:
+        return sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in map(_tiff_shape, tiffs))
+    pngs = [p / "images" / f"{p.name}.png" for p in path.iterdir() if (p / "images").is_dir()]
+    return sum(8 * height * width for height, width in map(_png_shape, pngs))
+
+
 def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1, target: str = "whole-cell") -> SegSet:
     """One split of TissueNet v1.1 (`tissuenet_v1.1_{train,val,test}.npz`).
 

@@ -155,11 +155,13 @@ def test_a_features_jobs_memory_follows_the_encoders_weights_file(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"niche__target_neighbors": "twenty"}, "target_neighbors"),
+        ({"niche__target_neighbors": "twenty"},
+         "config/config.yaml (and any --config): niche.target_neighbors: 'twenty' is not of type 'number'"),
         ({"niche__encoders": ["not-defined"]}, "unknown encoder 'not-defined'"),
         ({"encoders__demo-mobilenet__model": "no_such_timm_model"}, "unknown encoder 'no_such_timm_model'"),
         ({"niche__encoders": ["uni2-h"]}, "encoders.uni2-h.weights"),
-        ({"niche__wsi_backend": "bioformats"}, "wsi_backend"),
+        ({"niche__wsi_backend": "bioformats"},
+         "config/config.yaml (and any --config): niche.wsi_backend: 'bioformats' is not one of"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, override, message):

@@ -48,3 +48,15 @@ def _scalar(value: str, schema: dict) -> Any:
     if "null" in types and text.lower() in ("null", "none", "~", ""):
         return None
     return value
+
+
+def config_problem(config: dict, schema: dict) -> str | None:
+    """What is wrong with `config` under `schema`, in one line led by the dotted key
+    (`niche.k: 'ten' is not of type 'array'`), or None; jsonschema picks the most relevant error."""
+    import jsonschema
+
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is None:
+        return None
+    return f"{'.'.join(map(str, error.absolute_path)) or '(top level)'}: {error.message}"

@@ -64,3 +64,13 @@ def test_progress_is_logged_about_ten_times_whatever_the_length(caplog):
                 log_progress(logger, "images", done, total)
         assert len(caplog.records) == min(total, 10)
         assert caplog.records[-1].getMessage() == f"images: {total} of {total} (100%)"
+
+
+def test_in_process_steps_use_one_blas_thread(tmp_path):
+    """They run side by side in Snakemake's threads, each scheduled as one core."""
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    run_in_process(str(tmp_path / "a.log"), lambda: seen.extend(
+        pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"))
+    assert seen and set(seen) == {1}

@@ -4,6 +4,7 @@ rule's log file, and an InputError also reaches the console as one clear line.""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 import threading
@@ -83,6 +84,7 @@ def run_in_process(log_path: str, step: Callable[[], object], *, exclusive: bool
     process's) run one at a time. An error is logged there and raised, so Snakemake names
     the rule and wildcards."""
     logger = logging.getLogger("tissuekd")
+    _one_blas_thread()
     lock = _EXCLUSIVE if exclusive else contextlib.nullcontext()
     with lock, open(log_path, "a", buffering=1) as stream, _info_level(logger):
         handler = logging.StreamHandler(stream)
@@ -99,6 +101,17 @@ def run_in_process(log_path: str, step: Callable[[], object], *, exclusive: bool
             raise
         finally:
             logger.removeHandler(handler)
+
+
+@functools.cache
+def _one_blas_thread() -> None:
+    """numpy's and scipy's BLAS in Snakemake's process runs on one thread from the first
+    in-process step on: those steps run side by side, each scheduled as one core (a ridge fold
+    on OpenBLAS's two threads beside another job ran ~10x slower on two cores). Torch's own
+    thread pool is apart (its steps set it and run exclusively)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
 
 
 def log_progress(logger: logging.Logger, what: str, done: int, total: int, share: float = 0.1) -> None:

@@ -95,11 +95,11 @@ def prepare(root, sample):
                          metadata=root / f"hest/metadata/{sample}.json")
 
 
-def fit(root, names, method, out, expression=None):
+def fit(root, names, method, out, expression=None, markers=()):
     samples = list(names)
     expression = expression or [str(root / f"{s}.h5ad") for s in samples]
     steps.fit_fold(method, "A", samples, list(names.values()), [str(root / f"{s}.h5") for s in samples], expression,
-                   [], FAST, out / "pred.parquet", out / "pcc.tsv", out / "summary.tsv",
+                   list(markers), FAST, out / "pred.parquet", out / "pcc.tsv", out / "summary.tsv",
                    out / "model.pt" if method in steps.TRAINED else None, device="cpu")
 
 
@@ -144,6 +144,16 @@ def test_a_gene_the_fold_scores_missing_from_the_test_sample_is_named(hest, tmp_
         fit(root, names, "ridge", tmp_path / "out", [str(tmp_path / "short.h5ad"), str(root / "S_B.h5ad"),
                                                      str(root / "S_C.h5ad")])
     assert err.value.where.endswith("hest/st/S_A.h5ad")  # the user's file, not the prepared copy
+
+
+def test_markers_the_data_does_not_measure_name_the_config_key(hest, tmp_path):
+    """The shipped markers are the demo's genes: a real dataset of the same name has others, and
+    the fold must say so, not blame the samples."""
+    root, names = hest
+    genes = ad.read_h5ad(root / "S_B.h5ad").var_names
+    with pytest.raises(InputError, match=r"config expression.markers: 2 of the 3 marker genes of fold A's dataset "
+                                         r"are not measured by all its training samples, e.g. \['ERBB2', 'ESR1'\]"):
+        fit(root, names, "ridge", tmp_path / "out", markers=[genes[0], "ERBB2", "ESR1"])
 
 
 def test_training_samples_that_name_genes_differently_are_named(hest, tmp_path):

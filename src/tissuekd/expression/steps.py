@@ -218,6 +218,17 @@ def gene_moments(adatas: list[ad.AnnData], genes: list[str]) -> tuple[np.ndarray
     return mean, squares / n - mean**2
 
 
+def require_markers(markers: list[str], common: list[str], fold: str) -> None:
+    """The configured markers must be genes every training sample measures: name the config key
+    (the shipped markers are the demo's; a real dataset of the same name has other genes)."""
+    unmeasured = [g for g in markers if g not in set(common)]
+    if unmeasured:
+        raise InputError("config expression.markers",
+                         f"{len(unmeasured)} of the {len(markers)} marker genes of fold {fold}'s dataset are not "
+                         f"measured by all its training samples, e.g. {unmeasured[:5]} (the shipped markers are "
+                         "the demo's: list your dataset's, or remove its entry)")
+
+
 def fit_fold(method: str, fold: str, samples: list[str], patients: list[str], features: list[str],
              expressions: list[str], markers: list[str], settings: dict, out_predictions: str, out_pcc: str,
              out_summary: str, out_model: str | None = None, seed: int = 0, device: str = "auto",
@@ -240,6 +251,7 @@ def fit_fold(method: str, fold: str, samples: list[str], patients: list[str], fe
     x_train, ad_train, _ = load_samples(*train_args)
     x_test, ad_test, owner = load_samples(*[pick(xs, test_idx) for xs in (samples, features, expressions)])
     common = common_genes(ad_train, pick(expressions, train_idx))
+    require_markers(markers, common, fold)
     lists = gene_lists(*gene_moments(ad_train, common), np.array(common), markers)
     genes = sorted({g for names in lists.values() for g in names})
     y_train = dense(ad_train, genes, pick(expressions, train_idx))

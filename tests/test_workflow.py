@@ -186,6 +186,19 @@ def test_bad_sheet_row_is_named(tmp_path):
     assert result.returncode != 0 and "he_image" in result.stdout + result.stderr
 
 
+def test_sheet_comments_keep_line_numbers_and_a_hash_inside_a_path(tmp_path):
+    """Only lines starting with # are comments: a path may hold one (a run folder `run#1`)."""
+    workdir = make_workdir(tmp_path)
+    path = workdir / "config" / "niche_slides.tsv"
+    sheet = pd.read_csv(path, sep="\t", dtype=str).fillna("")
+    sheet.loc[1, "he_image"] = "/nowhere/run#1/slide_he_image.ome.tif"
+    path.write_text("# slides of the demo\n\n" + sheet.to_csv(sep="\t", index=False))
+    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "line 5 (slide colon_demo)" in text and "/nowhere/run#1/slide_he_image.ome.tif" in text, text
+
+
 def demo_metrics(workdir: Path) -> pd.DataFrame:
     paths = sorted((workdir / "results" / "niche").glob("*/demo-mobilenet/k10/metrics.tsv"))
     return pd.concat([pd.read_csv(p, sep="\t") for p in paths]).set_index(["slide", "method"])

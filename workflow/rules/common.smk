@@ -1,5 +1,6 @@
 # Sheets, validation beyond the schemas, and input functions shared by the rules.
 import functools
+import io
 import os
 import re
 from pathlib import Path
@@ -44,11 +45,20 @@ os.environ.setdefault("TISSUEKD_ROOT", str(Path(workflow.basedir).parent))
 
 
 def load_sheet(path, schema):
-    """A tab-separated sample sheet, validated against its schema (defaults filled); a row that
-    fails is named by its line in the file, with the schema's one-line reason."""
+    """A tab-separated sample sheet, validated against its schema (defaults filled), indexed by
+    each row's line in the file (errors name it). Lines starting with # are comments; a # inside
+    a value is kept (a path may hold one). A row that fails the schema is named by its line,
+    with the schema's one-line reason."""
     if not os.path.exists(path):
         raise WorkflowError(f"sample sheet {path} does not exist")
-    sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#").fillna("")
+    with open(path, encoding="utf-8-sig") as f:
+        lines = f.read().splitlines()
+    kept = [i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")]
+    if not kept:
+        raise WorkflowError(f"sample sheet {path} is empty")
+    text = "\n".join(lines[i] for i in kept)
+    sheet = pd.read_csv(io.StringIO(text), sep="\t", dtype=str).fillna("")
+    sheet.index = [i + 1 for i in kept[1:]]  # 1-based lines of the rows (the first kept line is the header)
     sheet.columns = sheet.columns.str.strip()
     try:
         validate(sheet, schema)
@@ -58,7 +68,7 @@ def load_sheet(path, schema):
         column = re.search(r"On instance\['([^']+)'\]", str(err))
         if not (row and reason):
             raise
-        where = f"{path} line {int(row.group(1)) + 2}" + (f", column {column.group(1)!r}" if column else "")
+        where = f"{path} line {sheet.index[int(row.group(1))]}" + (f", column {column.group(1)!r}" if column else "")
         raise WorkflowError(f"{where}: {reason.group(1)}") from None
     return sheet
 
@@ -72,7 +82,7 @@ def check_slide_rows(sheet, sheet_path):
     dupes = sheet["slide"][sheet["slide"].duplicated()].tolist()
     if dupes:
         raise WorkflowError(f"{sheet_path}: duplicate slide name(s) {dupes}")
-    for row_no, row in enumerate(sheet.itertuples(index=False), start=2):
+    for row_no, row in zip(sheet.index, sheet.itertuples(index=False)):
         where = f"{sheet_path} line {row_no} (slide {row.slide})"
         if NICHE["teacher"] == "external" and not row.teacher_logits:
             raise WorkflowError(f"{where}: niche.teacher is 'external' but the row has no teacher_logits")
@@ -354,7 +364,7 @@ def check_survival_sheets(cohorts, slides):
         (cohorts, SURVIVAL["cohorts"], ["clinical", "rna", "gene_sets"]),
         (slides, SURVIVAL["slides"], ["image", "features"]),
     ):
-        for row_no, row in enumerate(sheet.to_dict("records"), start=2):
+        for row_no, row in zip(sheet.index, sheet.to_dict("records")):
             for column in columns:
                 value = row[column]
                 if value and not os.path.exists(value) and not made_by_demo(value):
@@ -566,7 +576,7 @@ def check_segmentation_sheet(sheet, path):
     dupes = sheet["dataset"][sheet["dataset"].duplicated()].tolist()
     if dupes:
         raise WorkflowError(f"{path}: duplicate dataset name(s) {dupes}")
-    for row_no, row in enumerate(sheet.to_dict("records"), start=2):
+    for row_no, row in zip(sheet.index, sheet.to_dict("records")):
         where = f"{path} line {row_no} (dataset {row['dataset']})"
         if row["role"] == "train":
             if row["format"] not in ("tissuenet", "tiff"):
@@ -806,7 +816,7 @@ def check_expression_sheet(sheet, path):
     dupes = sheet["sample"][sheet["sample"].duplicated()].tolist()
     if dupes:
         raise WorkflowError(f"{path}: duplicate sample name(s) {dupes[:10]}")
-    for row_no, row in enumerate(sheet.itertuples(index=False), start=2):
+    for row_no, row in zip(sheet.index, sheet.itertuples(index=False)):
         where = f"{path} line {row_no} (sample {row.sample})"
         patches = getattr(row, "patches", "")
         for column in EXPR_FORMAT_COLUMNS[row.format]:

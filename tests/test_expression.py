@@ -518,3 +518,15 @@ def test_fine_tuning_trains_the_tail_and_never_sees_the_test_sample(hest, patch_
             assert torch.equal(value, two[part][key]), (part, key)
     first, second = (pd.read_parquet(tmp_path / run / "pred.parquet") for run in ("one", "two"))
     assert not np.allclose(first.iloc[:, 2:].to_numpy(), second.iloc[:, 2:].to_numpy())
+
+
+def test_the_overall_table_counts_the_datasets_each_mean_covers():
+    """A dataset without markers (the demo's XENIUM) is not counted in the markers row."""
+    from tissuekd.report.expression import COLUMNS, overall
+
+    rows = [("A", "HVG", 0.6), ("B", "HVG", 0.4), ("A", "markers", 0.5)]
+    table = pd.DataFrame([{"dataset": d, "encoder": "e", "method": "ridge", "gene_list": g,
+                           **dict.fromkeys(COLUMNS, r)} for d, g, r in rows])
+    across = overall(table).set_index("gene_list")
+    assert across.loc["HVG", "n_datasets"] == 2 and across.loc["markers", "n_datasets"] == 1
+    assert across.loc["HVG", "pcc_per_sample_mean_over_datasets"] == pytest.approx(0.5)

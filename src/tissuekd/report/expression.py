@@ -12,10 +12,12 @@ COLUMNS = ["pcc_per_sample_mean", "pcc_pooled_mean", "gene_gene_r_mean"]
 
 
 def overall(table: pd.DataFrame) -> pd.DataFrame:
-    """Per encoder, method and gene list: the mean and SD over datasets of each dataset's mean."""
-    agg = table.groupby(["encoder", "method", "gene_list"])[COLUMNS].agg(["mean", "std"])
+    """Per encoder, method and gene list: the mean and SD over datasets of each dataset's mean, and
+    how many datasets that is (a gene list some datasets lack, as markers, counts only those)."""
+    groups = table.groupby(["encoder", "method", "gene_list"])
+    agg = groups[COLUMNS].agg(["mean", "std"])
     agg.columns = [f"{a}_{'over_datasets' if b == 'mean' else 'sd_over_datasets'}" for a, b in agg.columns]
-    return agg.reset_index().assign(n_datasets=table["dataset"].nunique())
+    return agg.assign(n_datasets=groups["dataset"].nunique()).reset_index()
 
 
 def write_expression_benchmark(metrics: list[str], out: dict) -> None:

@@ -810,6 +810,21 @@ EXPR_FORMAT_COLUMNS = {"hest": ("st", "image", "metadata"), "visium": ("outs", "
 EXPR_OPTIONAL_WITH_PATCHES = ("image", "metadata")  # HEST-benchmark ships patches and h5ad only
 
 
+def spaceranger_files(outs):
+    """Space Ranger's files that prepare reads: the matrix, the positions (2.0's name or the older
+    one), and the scale factors where present (needed only when no two neighbouring spots are
+    listed: the reader then names it)."""
+    spatial = Path(outs) / "spatial"
+    positions = spatial / "tissue_positions.csv"
+    if not positions.exists() and (spatial / "tissue_positions_list.csv").exists():
+        positions = spatial / "tissue_positions_list.csv"
+    files = {"matrix": f"{outs}/filtered_feature_bc_matrix.h5", "positions": str(positions)}
+    factors = spatial / "scalefactors_json.json"
+    if factors.exists() or made_by_demo(outs):
+        files["scalefactors"] = str(factors)
+    return files
+
+
 def check_expression_sheet(sheet, path):
     """Names unique, the format's files present (demo files are made by rules), two patients per
     dataset at least."""
@@ -833,6 +848,11 @@ def check_expression_sheet(sheet, path):
                     )
             elif not os.path.exists(value) and not made_by_demo(value):
                 raise WorkflowError(f"{where}: column {column!r} names {value}, which does not exist")
+        if row.format == "visium" and not made_by_demo(row.outs):
+            for name, file in spaceranger_files(row.outs).items():
+                if not os.path.exists(file):
+                    raise WorkflowError(f"{where}: {row.outs} is not a Space Ranger outs/ folder: no {file}"
+                                        + (" (or tissue_positions_list.csv)" if name == "positions" else ""))
         for column in ("patches", "tissue_seg"):
             value = getattr(row, column, "")
             if value and row.format != "hest":
@@ -881,16 +901,7 @@ def expression_sample_inputs(wildcards):
             "cell_counts": f"{niche}/expression.h5ad",
             "slide": f"{niche}/slide.json",
         }
-    spatial = Path(row["outs"]) / "spatial"
-    positions = spatial / "tissue_positions.csv"
-    if not positions.exists() and (spatial / "tissue_positions_list.csv").exists():
-        positions = spatial / "tissue_positions_list.csv"
-    return {
-        "image": row["image"],
-        "matrix": f"{row['outs']}/filtered_feature_bc_matrix.h5",
-        "positions": str(positions),
-        "scalefactors": str(spatial / "scalefactors_json.json"),
-    }
+    return {"image": row["image"], **spaceranger_files(row["outs"])}
 
 
 def expression_feature_inputs(wildcards):

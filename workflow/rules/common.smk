@@ -851,8 +851,10 @@ def check_expression_sheet(sheet, path):
         if row.format == "visium" and not made_by_demo(row.outs):
             for name, file in spaceranger_files(row.outs).items():
                 if not os.path.exists(file):
-                    raise WorkflowError(f"{where}: {row.outs} is not a Space Ranger outs/ folder: no {file}"
-                                        + (" (or tissue_positions_list.csv)" if name == "positions" else ""))
+                    raise WorkflowError(
+                        f"{where}: {row.outs} is not a Space Ranger outs/ folder: no {file}"
+                        + (" (or tissue_positions_list.csv)" if name == "positions" else "")
+                    )
         for column in ("patches", "tissue_seg"):
             value = getattr(row, column, "")
             if value and row.format != "hest":

@@ -83,6 +83,8 @@ def extract_spot_features(spots: str, sample: str, image: str | None, spec, out:
     run = compute.resolve(device, precision, threads)
     table, batches, attrs = spot_batches(spots, sample, image, spec, crop_px, batch_size, backend, run.device,
                                          patches, patch_mpp)
+    log.info("%s: %d spots, %s patches for %s (%s, %s)", sample, len(table),
+             "stored" if patches else f"{crop_px}-px", spec.name, run.device, run.precision)
     encoder = Encoder((cached_encoder if reuse_encoder else build_encoder)(spec), spec, run)
     write_features(out, batches, encoder, table[["x", "y"]].to_numpy().astype("f4"),
                    {**attrs, "precision": run.precision}, progress, extra={"barcode": table["barcode"].to_numpy()})

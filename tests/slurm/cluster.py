@@ -60,6 +60,14 @@ def _wait(check, what: str, timeout: float = 60) -> None:
     raise TimeoutError(f"SLURM harness: {what} did not happen within {timeout:.0f} s")
 
 
+def _die_with_parent() -> None:
+    """In the daemon's child before exec: SIGTERM when the process that started the cluster
+    dies, so a killed test run leaves no daemons holding SLURM's ports for the next one."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _ok(*cmd: str) -> bool:
     return subprocess.run(cmd, capture_output=True).returncode == 0
 
@@ -145,9 +153,15 @@ StorageLoc=slurm_acct_db
     # ---- daemons ----
     def _start(self, name: str, *cmd: str) -> None:
         log = open(self.root / "log" / f"{name}.out", "ab")
-        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
 
     def start(self) -> LocalSlurm:
+        running = [pid for name in ("slurmctld", "slurmd", "slurmdbd")
+                   for pid in subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.split()]
+        if running:
+            raise RuntimeError(f"SLURM harness: SLURM daemons already run here (pids {' '.join(running)}), e.g. "
+                               "left by an older harness's killed run: they hold SLURM's ports; stop them")
         self.write_configs()
         self._start("munged", "munged", "--foreground", "--force", f"--socket={self.munge_socket}",
                     f"--key-file={self.root}/munge/munge.key", f"--pid-file={self.root}/munge/munged.pid",

@@ -20,9 +20,12 @@ from tissuekd.survival.cohort import (
     build_cohort,
     complete_genes,
     count_patches,
+    prepare_cohort,
     read_clinical,
     read_gene_sets,
+    read_layout,
     read_rna,
+    require_one_encoder,
 )
 from tissuekd.survival.patches import make_patches, read_patches
 
@@ -204,6 +207,20 @@ def test_blank_rows_of_a_spreadsheet_export_are_skipped(tables):
     assert list(read_clinical(tables / "export.csv", "OS").index) == list(table["bcr_patient_barcode"])
 
 
+def test_a_cohort_without_usable_patients_says_why_they_were_dropped(tables):
+    """With the sheet's patient column holding slide ids, every patient was dropped and the error
+    named only the count."""
+    tmp_path = tables
+    slides = pd.DataFrame({"slide": [p + "-01Z-00-DX1" for p in PATIENTS], "cohort": "c"})
+    slides["patient"] = slides["slide"]
+    slides["features"] = [features_file(tmp_path / f"{i}.h5", 3) for i in range(len(slides))]
+    out = {k: str(tmp_path / f"{k}.out") for k in ("out_patients", "out_rna", "out_dropped")}
+    with pytest.raises(InputError, match=rf"cohort c: 0 usable patients .* too few .*; dropped: {len(PATIENTS)} "
+                                         rf"barcode not in the clinical table \(e.g. {PATIENTS[0]}-01Z-00-DX1\)"):
+        prepare_cohort("c", slides, str(tmp_path / "clinical.tsv"), None, endpoint="OS", folds=2, seed=0,
+                       cross_validate=True, **out)
+
+
 def test_too_few_censored_patients_for_the_folds_are_named_as_such():
     with pytest.raises(InputError, match=r"10 usable patients \(8 events, 2 censored\) are too few for 5-fold"):
         assign_folds(np.array([1] * 8 + [0] * 2), 5, seed=0)
@@ -229,11 +246,47 @@ def test_rna_orientation_is_detected_and_sample_barcodes_map_to_patients(tables,
         read_rna(tables / "rna.tsv", {"TCGA-XX-0000"})
 
 
-def features_file(path, n):
+def features_file(path, n, width=8, encoder=None):
     with h5py.File(path, "w") as h5:
-        h5["features"] = np.zeros((n, 8), np.float32)
+        h5["features"] = np.zeros((n, width), np.float32)
         h5["coords"] = np.zeros((n, 2), np.int64)
+        if encoder:
+            h5.attrs["encoder"] = encoder
     return str(path)
+
+
+def test_a_cohort_of_features_from_two_encoders_is_named_by_its_odd_file(tmp_path):
+    """Features of another width failed inside the models after fold 0, naming no file."""
+    files = [features_file(tmp_path / f"s{i}.h5", 4, width) for i, width in enumerate([8, 8, 6])]
+    with pytest.raises(InputError, match=r"s2.h5: features of width 6, where the cohort's other slides' are 8 "
+                                         r"\(e.g. .*s0.h5\): a cohort's slides need features of one encoder"):
+        require_one_encoder(files, [read_layout(f) for f in files])
+    files = [features_file(tmp_path / f"e{i}.h5", 4, 8, name) for i, name in enumerate(["uni_v2", None, "conch"])]
+    with pytest.raises(InputError, match=r"e2.h5: features of encoder 'conch', where the cohort's other slides' "
+                                         r"are 'uni_v2'"):
+        require_one_encoder(files, [read_layout(f) for f in files])
+    require_one_encoder(files[:2], [read_layout(f) for f in files[:2]])  # one stated, one silent (CLAM): fine
+
+
+def test_a_clinical_table_from_a_spreadsheet_reads_with_a_bom_and_as_xlsx(tables):
+    """Excel's "CSV UTF-8" starts with a BOM; TCGA-CDR itself is published as an .xlsx workbook."""
+    table = pd.read_csv(tables / "clinical.tsv", sep="\t")
+    (tables / "bom.csv").write_bytes(b"\xef\xbb\xbf" + table.to_csv(index=False).encode())
+    table.to_excel(tables / "TCGA-CDR-SupplementalTableS1.xlsx", sheet_name="TCGA-CDR")
+    expected = read_clinical(tables / "clinical.tsv", "OS")
+    pd.testing.assert_frame_equal(read_clinical(tables / "bom.csv", "OS"), expected)
+    pd.testing.assert_frame_equal(read_clinical(tables / "TCGA-CDR-SupplementalTableS1.xlsx", "OS"), expected)
+    (tables / "latin1.tsv").write_bytes("bcr_patient_barcode\tOS\tOS.time\nTCGA-\x85\t1\t2\n".encode("latin-1"))
+    with pytest.raises(InputError, match="latin1.tsv: not a readable TSV, CSV or .xlsx table"):
+        read_clinical(tables / "latin1.tsv", "OS")
+
+
+def test_stars_read_summaries_are_not_genes(tmp_path):
+    samples = [p + "-01A" for p in PATIENTS]
+    ids = ["N_unmapped", "N_multimapping", "N_noFeature", "N_ambiguous", "ENSG00000141510.17"]
+    pd.DataFrame(np.arange(15, dtype=float).reshape(5, 3), index=pd.Index(ids, name="gene_id"),
+                 columns=samples).to_csv(tmp_path / "star.tsv", sep="\t")
+    assert list(read_rna(tmp_path / "star.tsv", set(PATIENTS)).columns) == ["ENSG00000141510"]
 
 
 def test_unusable_patients_are_dropped_with_their_reason(tmp_path):

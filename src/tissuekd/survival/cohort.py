@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import re
+import zipfile
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -48,16 +50,22 @@ class Drops:
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=["patient", "slide", "reason"])
 
-    def summary(self) -> str:
-        counts = self.table()["reason"].value_counts()
-        return "; ".join(f"{n} {reason}" for reason, n in counts.items()) or "none"
+    def summary(self, examples: bool = False) -> str:
+        """Counts per reason ("3 barcode not in the clinical table; …"), `examples`: with one each."""
+        table = self.table()
+        first = table.groupby("reason").first()
+        parts = []
+        for reason, n in table["reason"].value_counts().items():
+            example = first.loc[reason, "slide"] or first.loc[reason, "patient"]
+            parts.append(f"{n} {reason}" + (f" (e.g. {example})" if examples else ""))
+        return "; ".join(parts) or "none"
 
 
 def read_clinical(path: str, endpoint: str) -> pd.DataFrame:
     """patient, time, event for `endpoint` (e.g. OS -> columns OS and OS.time); rows without
     both values are kept with NaN (dropped later, by name); negative times are an error."""
-    table = pd.read_csv(path, sep=None, engine="python", dtype={"bcr_patient_barcode": str})
-    table = table.loc[:, ~table.columns.str.startswith("Unnamed")]
+    table = _clinical_table(path)
+    table = table.loc[:, ~table.columns.astype(str).str.startswith("Unnamed")]
     needed = ["bcr_patient_barcode", endpoint, f"{endpoint}.time"]
     missing = [c for c in needed if c not in table.columns]
     if missing:
@@ -85,10 +93,26 @@ def read_clinical(path: str, endpoint: str) -> pd.DataFrame:
     return out.set_index("patient")
 
 
+def _clinical_table(path: str) -> pd.DataFrame:
+    """The table as text: TSV or CSV (separator sniffed, a spreadsheet's UTF-8 BOM dropped), or
+    TCGA-CDR as published, an Excel workbook (its first sheet, TCGA-CDR)."""
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    try:
+        if magic.startswith(b"PK\x03\x04"):  # .xlsx is a zip archive
+            return pd.read_excel(path, sheet_name=0, dtype={"bcr_patient_barcode": str})
+        if magic.startswith(b"\xd0\xcf\x11\xe0"):  # the legacy .xls container
+            raise InputError(path, "a legacy Excel .xls workbook: save it as .xlsx, TSV or CSV")
+        return pd.read_csv(path, sep=None, engine="python", encoding="utf-8-sig",
+                           dtype={"bcr_patient_barcode": str})
+    except (UnicodeDecodeError, ValueError, pd.errors.ParserError, zipfile.BadZipFile) as err:
+        raise InputError(path, f"not a readable TSV, CSV or .xlsx table ({err})") from None
+
+
 def _numbers(column: pd.Series, patient: pd.Series, path: str) -> pd.Series:
     """A column as numbers, its missing-value markers (`[Not Available]`, `#N/A`, `NA`, empty) as
     NaN; any other text (a typo such as `12O` or `1,234`) is an error naming the patients."""
-    values = pd.to_numeric(column, errors="coerce")
+    values = pd.to_numeric(column, errors="coerce").astype(float)  # float whatever the reader inferred
     text = column.astype(str).str.strip()
     bad = values.isna() & column.notna() & ~text.str.fullmatch(MISSING, case=False)
     if bad.any():
@@ -147,11 +171,23 @@ def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
         bad = out.columns[text.any(axis=0)].tolist()
         samples = out.index[text.any(axis=1)].tolist()
         raise InputError(path, f"non-numeric values in gene(s) {bad[:10]} (patient(s) {samples[:10]})")
-    out = _unversioned(_symbols(out, path), path)
+    out = _unversioned(_symbols(_without_star_summaries(out, path), path), path)
     empty = out.index[out.isna().all(axis=1)]
     if len(empty):  # a sample column of NAs: that patient has no RNA (dropped later, with the reason)
         log.warning("%s: %d patient(s) with no value at all, not used: %s", path, len(empty), empty[:10].tolist())
     return out.drop(index=empty)  # genes missing for some patients stay NaN: complete_genes, per cohort
+
+
+STAR_SUMMARIES = ("N_unmapped", "N_multimapping", "N_noFeature", "N_ambiguous")
+
+
+def _without_star_summaries(rna: pd.DataFrame, path: str) -> pd.DataFrame:
+    """GDC's STAR gene counts start with four read summaries (N_unmapped, …), not genes: a
+    matrix built from them keeps those rows, which are dropped here (logged)."""
+    summaries = rna.columns.intersection(STAR_SUMMARIES)
+    if len(summaries):
+        log.info("%s: STAR's read summaries %s are not genes: dropped", path, summaries.tolist())
+    return rna.drop(columns=summaries)
 
 
 def _unversioned(rna: pd.DataFrame, path: str) -> pd.DataFrame:
@@ -256,16 +292,24 @@ def read_gene_sets(path: str, genes: list[str]) -> dict[str, list[int]]:
     return sets
 
 
-def count_patches(path: str) -> int:
-    """Rows of a features file; checks the TRIDENT/CLAM layout (`features` 2-D, `coords` (n, 2))
-    and, where `coords` carries patch geometry (TRIDENT's magnifications or our mpp; CLAM's
-    feature files carry none), that it is usable (layout.patch_geometry)."""
+class FeatureFile(NamedTuple):
+    patches: int
+    width: int
+    encoder: str  # the file's `encoder` attribute ("" where it names none: CLAM's files)
+
+
+def read_layout(path: str) -> FeatureFile:
+    """Rows, width and stated encoder of a features file; checks the TRIDENT/CLAM layout
+    (`features` 2-D, `coords` (n, 2)) and, where `coords` carries patch geometry (TRIDENT's
+    magnifications or our mpp; CLAM's feature files carry none), that it is usable
+    (layout.patch_geometry)."""
     try:
         with h5py.File(path, "r") as h5:
             if "features" not in h5 or "coords" not in h5:
                 raise InputError(path, f"a features file needs datasets `features` and `coords`; has {list(h5)}")
             features, shape = h5["features"].shape, h5["coords"].shape
             attrs = coords_attrs(h5)
+            encoder = h5.attrs.get("encoder", h5["features"].attrs.get("encoder", ""))
     except OSError as err:
         raise InputError(path, f"not a readable HDF5 file: {err}") from None
     if len(features) != 2:  # e.g. (1, n, d), a batch axis left in by some extractors
@@ -274,7 +318,25 @@ def count_patches(path: str) -> int:
     if len(shape) != 2 or shape[0] != n or (n and shape[1] != 2):
         raise InputError(path, f"`coords` has shape {shape}, expected ({n}, 2)")
     patch_geometry(attrs, path, required=False)
-    return n
+    return FeatureFile(n, features[1], encoder.decode() if isinstance(encoder, bytes) else str(encoder))
+
+
+def count_patches(path: str) -> int:
+    """Rows of a features file (read_layout's checks)."""
+    return read_layout(path).patches
+
+
+def require_one_encoder(files: list[str], layouts: list[FeatureFile]) -> None:
+    """A cohort's slides must carry features of one encoder: one width, and at most one stated
+    encoder name; the odd file is named (mixed files failed inside the models, naming none)."""
+    for what, values in (("width", [f.width for f in layouts]), ("encoder", [f.encoder for f in layouts])):
+        stated = [v for v in values if v != ""]
+        if len(set(stated)) > 1:
+            usual = max(stated, key=stated.count)  # ties: the first slide's
+            odd = next(i for i, v in enumerate(values) if v != "" and v != usual)
+            raise InputError(files[odd], f"features of {what} {values[odd]!r}, where the cohort's other slides' "
+                                         f"are {usual!r} (e.g. {files[values.index(usual)]}): a cohort's slides "
+                                         "need features of one encoder")
 
 
 def build_cohort(slides: pd.DataFrame, clinical: pd.DataFrame, rna: pd.DataFrame | None, *, folds: int, seed: int,
@@ -383,13 +445,15 @@ def prepare_cohort(name: str, slides: pd.DataFrame, clinical: str, rna: str | No
     """
     table = read_clinical(clinical, endpoint)
     matrix = read_rna(rna, set(table.index)) if rna else None
-    slides = slides.assign(n_patches=[count_patches(p) for p in slides["features"]])
+    layouts = [read_layout(p) for p in slides["features"]]
+    require_one_encoder(list(slides["features"]), layouts)
+    slides = slides.assign(n_patches=[f.patches for f in layouts])
     drops = Drops()
     try:
         patients = build_cohort(slides, table, matrix, folds=folds, seed=seed,
                                 cross_validate=cross_validate, drops=drops)
-    except InputError as err:
-        raise InputError(f"cohort {name}", err.problem) from None
+    except InputError as err:  # too few patients: say why the others were dropped
+        raise InputError(f"cohort {name}", f"{err.problem}; dropped: {drops.summary(examples=True)}") from None
     log.info("cohort %s: %d usable patients, %d events, %d dropped (%s; see %s)", name, len(patients),
              patients["event"].sum(), len(drops.rows), drops.summary(), out_dropped)
     with atomic_path(out_dropped) as tmp:

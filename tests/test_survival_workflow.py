@@ -153,6 +153,20 @@ def test_negative_survival_time_stops_the_cohort_naming_the_patient(tmp_path):
     assert not (workdir / "results/survival/mine/demo-mobilenet-224/patients.tsv").exists()
 
 
+def test_a_cohort_whose_patients_are_none_of_its_clinical_tables_stops_the_plan(tmp_path):
+    """The sheet's patient column holding slide ids: every slide would be encoded first, then
+    every patient dropped."""
+    workdir = brought_features(tmp_path)
+    sheet = pd.read_csv(workdir / "config/survival_slides.tsv", sep="\t", dtype=str).fillna("")
+    sheet["patient"] = sheet["slide"]
+    sheet.to_csv(workdir / "config/survival_slides.tsv", sep="\t", index=False)
+    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert (f"no patient of cohort mine (e.g. ['TCGA-XY-0000-01Z-00-DX1', 'TCGA-XY-0001-01Z-00-DX1']) is in its "
+            f"clinical table {tmp_path}/clinical.tsv (bcr_patient_barcode, e.g. ['TCGA-XY-0000', 'TCGA-XY-0001']): "
+            "does the `patient` column hold patient barcodes?") in result.stderr + result.stdout
+
+
 @pytest.mark.parametrize("breakage, message", [
     (lambda d: d.joinpath("config/survival_slides.tsv").write_text(
         d.joinpath("config/survival_slides.tsv").read_text().replace("\tdemo_cptac\t", "\tnowhere\t", 1)),

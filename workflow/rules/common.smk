@@ -371,6 +371,7 @@ def check_survival_sheets(cohorts, slides):
                     raise WorkflowError(f"{path} line {row_no}: column {column!r} names {value}, which does not exist")
             if "image" in columns and not row["image"] and not row["features"]:
                 raise WorkflowError(f"{path} line {row_no} (slide {row['slide']}): needs `image` or `features`")
+    check_patients_in_clinical(cohorts, slides)
     for pair in SURVIVAL["external"]:
         for role in ("train", "test"):
             if pair[role] not in set(cohorts["cohort"]):
@@ -380,6 +381,28 @@ def check_survival_sheets(cohorts, slides):
         if not cohort_value(pair["train"], "cross_validate"):
             raise WorkflowError(
                 f"config survival.external: {pair['train']} is not cross-validated, so it has no models"
+            )
+
+
+def check_patients_in_clinical(cohorts, slides):
+    """A cohort none of whose slides' patients is in its clinical table (e.g. the sheet's
+    `patient` column holding slide ids) stops the plan, before any slide is encoded; partial
+    overlaps are the cohort job's drops."""
+    from tissuekd.survival.cohort import clinical_barcodes
+
+    for cohort in cohorts.to_dict("records"):
+        if not cohort["clinical"] or made_by_demo(cohort["clinical"]):
+            continue
+        try:
+            barcodes = clinical_barcodes(cohort["clinical"])
+        except InputError as err:
+            raise WorkflowError(f"{SURVIVAL['cohorts']} (cohort {cohort['cohort']}): {err}") from None
+        patients = sorted(set(slides.loc[slides["cohort"] == cohort["cohort"], "patient"]))
+        if barcodes is not None and patients and not barcodes & set(patients):
+            raise WorkflowError(
+                f"{SURVIVAL['slides']}: no patient of cohort {cohort['cohort']} (e.g. {patients[:2]}) is in its "
+                f"clinical table {cohort['clinical']} (bcr_patient_barcode, e.g. {sorted(barcodes)[:2]}): "
+                "does the `patient` column hold patient barcodes?"
             )
 
 

@@ -93,6 +93,18 @@ def read_clinical(path: str, endpoint: str) -> pd.DataFrame:
     return out.set_index("patient")
 
 
+def clinical_barcodes(path: str) -> set[str] | None:
+    """The patient barcodes of a clinical table, cheaply, for checks while planning; None for a
+    workbook (openpyxl parses a whole TCGA-CDR sheet in seconds: the cohort job checks it)."""
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            return None
+    table = _clinical_table(path)
+    if "bcr_patient_barcode" not in table.columns:
+        return None  # named by the cohort job, with the endpoint's columns
+    return set(table["bcr_patient_barcode"].dropna().astype(str).str.strip())
+
+
 def _clinical_table(path: str) -> pd.DataFrame:
     """The table as text: TSV or CSV (separator sniffed, a spreadsheet's UTF-8 BOM dropped), or
     TCGA-CDR as published, an Excel workbook (its first sheet, TCGA-CDR)."""

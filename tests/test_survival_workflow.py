@@ -175,6 +175,10 @@ def test_a_cohort_whose_patients_are_none_of_its_clinical_tables_stops_the_plan(
         d.joinpath("config/survival_cohorts.tsv").read_text().replace("data/demo/survival/demo_tcga/clinical.tsv",
                                                                       "/nonexistent/clinical.tsv")),
      "column 'clinical' names /nonexistent/clinical.tsv, which does not exist"),
+    (lambda d: d.joinpath("config/survival_slides.tsv").write_text(
+        d.joinpath("config/survival_slides.tsv").read_text() + "# repeated below\n"
+        + d.joinpath("config/survival_slides.tsv").read_text().splitlines(keepends=True)[1]),
+     "config/survival_slides.tsv lines 2, 87: duplicate slide name 'TCGA-DM-A000-01Z-00-DX1'"),
 ])
 def test_bad_sheets_stop_before_any_job(tmp_path, breakage, message):
     workdir = make_workdir(tmp_path, studies=("survival",))

@@ -73,15 +73,23 @@ def load_sheet(path, schema):
     return sheet
 
 
+def require_unique(sheet, column, path):
+    """A sheet's names are unique: the first repeated one is named with its lines."""
+    repeated = sheet[column][sheet[column].duplicated()]
+    if len(repeated):
+        name = repeated.iloc[0]
+        lines = sheet.index[sheet[column] == name].tolist()
+        more = f" ({len(repeated.unique())} names repeated)" if repeated.nunique() > 1 else ""
+        raise WorkflowError(f"{path} lines {', '.join(map(str, lines))}: duplicate {column} name {name!r}{more}")
+
+
 def made_by_demo(path):
     """Demo inputs do not exist until the demo rules write them."""
     return Path(path).resolve().is_relative_to(Path(DEMO_DIR).resolve())
 
 
 def check_slide_rows(sheet, sheet_path):
-    dupes = sheet["slide"][sheet["slide"].duplicated()].tolist()
-    if dupes:
-        raise WorkflowError(f"{sheet_path}: duplicate slide name(s) {dupes}")
+    require_unique(sheet, "slide", sheet_path)
     for row_no, row in zip(sheet.index, sheet.itertuples(index=False)):
         where = f"{sheet_path} line {row_no} (slide {row.slide})"
         if NICHE["teacher"] == "external" and not row.teacher_logits:
@@ -354,9 +362,7 @@ def check_survival_sheets(cohorts, slides):
     """Names unique, every slide's cohort listed, files present (demo files are made by rules),
     external pairs naming known cohorts."""
     for sheet, column, path in ((cohorts, "cohort", SURVIVAL["cohorts"]), (slides, "slide", SURVIVAL["slides"])):
-        dupes = sheet[column][sheet[column].duplicated()].tolist()
-        if dupes:
-            raise WorkflowError(f"{path}: duplicate {column} name(s) {dupes[:10]}")
+        require_unique(sheet, column, path)
     unknown = sorted(set(slides["cohort"]) - set(cohorts["cohort"]))
     if unknown:
         raise WorkflowError(f"{SURVIVAL['slides']}: cohort(s) {unknown} are not in {SURVIVAL['cohorts']}")
@@ -596,9 +602,7 @@ def check_split_row(row, split, where, training=False):
 def check_segmentation_sheet(sheet, path):
     """Names unique, a training set with a membrane channel and a train split, files present
     (demo files are made by rules)."""
-    dupes = sheet["dataset"][sheet["dataset"].duplicated()].tolist()
-    if dupes:
-        raise WorkflowError(f"{path}: duplicate dataset name(s) {dupes}")
+    require_unique(sheet, "dataset", path)
     for row_no, row in zip(sheet.index, sheet.to_dict("records")):
         where = f"{path} line {row_no} (dataset {row['dataset']})"
         if row["role"] == "train":
@@ -851,9 +855,7 @@ def spaceranger_files(outs):
 def check_expression_sheet(sheet, path):
     """Names unique, the format's files present (demo files are made by rules), two patients per
     dataset at least."""
-    dupes = sheet["sample"][sheet["sample"].duplicated()].tolist()
-    if dupes:
-        raise WorkflowError(f"{path}: duplicate sample name(s) {dupes[:10]}")
+    require_unique(sheet, "sample", path)
     for row_no, row in zip(sheet.index, sheet.itertuples(index=False)):
         where = f"{path} line {row_no} (sample {row.sample})"
         patches = getattr(row, "patches", "")

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tissuekd.compute import CPU
+from tissuekd.errors import InputError
 from tissuekd.survival import losses
 from tissuekd.survival.cohort import assign_folds
 from tissuekd.survival.evaluate import c_index, fold_metrics
@@ -25,6 +26,7 @@ from tissuekd.survival.train import (
     fit_fold,
     load_fold_model,
     predict,
+    predict_external,
 )
 
 
@@ -260,3 +262,13 @@ def test_bootstrap_of_a_cohort_without_events_gives_no_interval():
                          "risk": [0.1, 0.2, 0.3]})
     table = bootstrap_c_index({"student": pred, "pathology": pred}, n_boot=20)
     assert list(table["method"]) == ["student", "pathology"] and table["c_index_low"].isna().all()
+
+
+def test_an_external_cohort_of_another_feature_width_is_refused_by_name():
+    """Models trained on one encoder's features met another's inside torch, naming no file."""
+    data = synthetic_cohort()
+    bundle, _ = cross_validate("pathology", data, FAST)
+    other = synthetic_cohort(seed=1)
+    other.bags = [bag[:, :8] for bag in other.bags]
+    with pytest.raises(InputError, match=r"external cohort: features are 8-d, the pathology models take 16-d"):
+        predict_external(bundle, CohortData(other.patients, other.bags, other.rna, other.genes, other.gene_sets))

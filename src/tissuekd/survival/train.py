@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from tissuekd.compute import CPU, Compute
 from tissuekd.encoders.reduce import iter_chunks
+from tissuekd.errors import InputError
 from tissuekd.survival import losses
 from tissuekd.survival import methods as survival_methods
 from tissuekd.survival.methods import SurvivalMethod
@@ -606,6 +607,12 @@ def load_fold_model(bundle: dict, fold: int, member: int, data: CohortData) -> t
 
 
 def predict_external(bundle: dict, data: CohortData, compute: Compute = CPU) -> np.ndarray:
-    """Risk on another cohort without retraining: the mean risk of all the bundle's models."""
+    """Risk on another cohort without retraining: the mean risk of all the bundle's models. The
+    cohort's features must have the width the models were trained on (one encoder)."""
+    if data.bags is not None and bundle.get("dim") and data.dim != bundle["dim"]:
+        files = getattr(data.bags, "files", None)
+        raise InputError(files[0][0] if files else "external cohort",
+                         f"features are {data.dim}-d, the {bundle['method']} models take {bundle['dim']}-d: an "
+                         "external cohort needs features of the training cohort's encoder")
     model = build_model(bundle_method(bundle), data, TrainConfig(**bundle["config"]))
     return predict_mean(model, data, bundle["folds"], compute)

@@ -223,7 +223,8 @@ def gene_moments(adatas: list[ad.AnnData], genes: list[str]) -> tuple[np.ndarray
 def require_markers(markers: list[str], common: list[str], fold: str) -> None:
     """The configured markers must be genes every training sample measures: name the config key
     (the shipped markers are the demo's; a real dataset of the same name has other genes)."""
-    unmeasured = [g for g in markers if g not in set(common)]
+    measured = set(common)
+    unmeasured = [g for g in markers if g not in measured]
     if unmeasured:
         raise InputError("config expression.markers",
                          f"{len(unmeasured)} of the {len(markers)} marker genes of fold {fold}'s dataset are not "

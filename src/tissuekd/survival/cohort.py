@@ -93,12 +93,19 @@ def read_clinical(path: str, endpoint: str) -> pd.DataFrame:
     return out.set_index("patient")
 
 
+XLSX, XLS = b"PK\x03\x04", b"\xd0\xcf\x11\xe0"  # a zip archive (.xlsx); the legacy .xls container
+
+
+def _first_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(8)
+
+
 def clinical_barcodes(path: str) -> set[str] | None:
     """The patient barcodes of a clinical table, cheaply, for checks while planning; None for a
     workbook (openpyxl parses a whole TCGA-CDR sheet in seconds: the cohort job checks it)."""
-    with open(path, "rb") as f:
-        if f.read(4) == b"PK\x03\x04":
-            return None
+    if _first_bytes(path).startswith(XLSX):
+        return None
     table = _clinical_table(path)
     if "bcr_patient_barcode" not in table.columns:
         return None  # named by the cohort job, with the endpoint's columns
@@ -108,12 +115,11 @@ def clinical_barcodes(path: str) -> set[str] | None:
 def _clinical_table(path: str) -> pd.DataFrame:
     """The table as text: TSV or CSV (separator sniffed, a spreadsheet's UTF-8 BOM dropped), or
     TCGA-CDR as published, an Excel workbook (its first sheet, TCGA-CDR)."""
-    with open(path, "rb") as f:
-        magic = f.read(8)
+    magic = _first_bytes(path)
     try:
-        if magic.startswith(b"PK\x03\x04"):  # .xlsx is a zip archive
+        if magic.startswith(XLSX):
             return pd.read_excel(path, sheet_name=0, dtype={"bcr_patient_barcode": str})
-        if magic.startswith(b"\xd0\xcf\x11\xe0"):  # the legacy .xls container
+        if magic.startswith(XLS):
             raise InputError(path, "a legacy Excel .xls workbook: save it as .xlsx, TSV or CSV")
         return pd.read_csv(path, sep=None, engine="python", encoding="utf-8-sig",
                            dtype={"bcr_patient_barcode": str})

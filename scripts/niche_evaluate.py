@@ -9,5 +9,5 @@ run_logged(
     snakemake.log[0],
     lambda: evaluate_slide(i.cells, i.split, i.teacher, {m: i[m] for m in methods}, snakemake.output[0],
                            slide=w.slide, tissue=snakemake.params.tissue, k=int(w.k), encoder=w.encoder,
-                           methods=methods),
+                           labels=i.labels, methods=methods),
 )

@@ -13,8 +13,7 @@ run_logged(
         o.expression,
         o.slide,
         cell_types=i.get("cell_types"),
-        pathology=i.get("pathology"),
-        truth=i.get("niche_truth"),
         backend=snakemake.params.wsi_backend,
+        mpp_tolerance=snakemake.params.mpp_tolerance,
     ),
 )

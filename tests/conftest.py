@@ -42,8 +42,7 @@ def ingested(demo_slide, tmp_path_factory) -> dict:
     paths = {k: out / n for k, n in [("cells", "cells.parquet"), ("expression", "expression.h5ad"),
                                      ("slide", "slide.json")]}
     ingest_slide(str(demo_slide / "outs"), str(he_image(demo_slide)), str(he_alignment(demo_slide)),
-                 str(paths["cells"]), str(paths["expression"]), str(paths["slide"]),
-                 pathology=str(demo_slide / "pathology.csv"), truth=str(demo_slide / "niche_truth.csv"))
+                 str(paths["cells"]), str(paths["expression"]), str(paths["slide"]))
     return paths
 
 

@@ -92,17 +92,53 @@ def test_crop_reach_grows_with_rotation():
     assert crop_reach_um(rotated, 1.0, 10) == pytest.approx(10 * np.sqrt(2))
 
 
-def test_known_niches_reach_the_cell_table(ingested, demo_slide, tmp_path):
-    from tissuekd.errors import InputError
-    from tissuekd.niche.ingest import known_niches
+def test_the_sheets_labels_reach_the_labels_table_in_the_cells_order(ingested, demo_slide, tmp_path, caplog):
+    from tissuekd.niche.ingest import write_labels
 
     cells = pd.read_parquet(ingested["cells"])
+    out = tmp_path / "labels.parquet"
+    pathology = tmp_path / "pathology.csv"
+    given = pd.read_csv(demo_slide / "pathology.csv")
+    pd.concat([given, pd.DataFrame({"cell_id": ["stranger-1"], given.columns[1]: ["tumour"]})]).to_csv(pathology,
+                                                                                                      index=False)
+    write_labels(str(ingested["cells"]), str(out), pathology=str(pathology), truth=str(demo_slide / "niche_truth.csv"))
+    labels = pd.read_parquet(out)
     truth = pd.read_csv(demo_slide / "niche_truth.csv").set_index("cell_id")["niche"]
-    assert (cells["truth"].to_numpy() == truth.loc[cells["cell_id"]].to_numpy()).all()
-    stranger = tmp_path / "truth.csv"
-    stranger.write_text("cell_id,niche\nnot-a-cell,tumour\n")
-    with pytest.raises(InputError, match="truth.csv: no cell id matches"):
-        known_niches(cells.set_index("cell_id"), str(stranger))
+    assert list(labels["cell_id"]) == list(cells["cell_id"])
+    assert (labels["truth"].to_numpy() == truth.loc[cells["cell_id"]].to_numpy()).all()
+    assert "pathology.csv: 1 of its" in caplog.text and "name no cell of this slide" in caplog.text
+
+
+@pytest.mark.parametrize("column", ["pathology", "truth"])
+def test_a_label_table_matching_no_cell_is_named(ingested, tmp_path, column):
+    """A pathology table of another slide gave an empty probe without a word, before."""
+    from tissuekd.niche.ingest import write_labels
+
+    stranger = tmp_path / f"{column}.csv"
+    stranger.write_text("cell_id,label\nnot-a-cell,tumour\n")
+    with pytest.raises(InputError, match=f"{column}.csv: no cell id matches the Xenium cells"):
+        write_labels(str(ingested["cells"]), str(tmp_path / "labels.parquet"), **{column: str(stranger)})
+    assert not (tmp_path / "labels.parquet").exists()
+
+
+def test_an_alignment_of_another_scale_than_the_image_is_refused(ingested, demo_slide, tmp_path):
+    """An identity alignment (0.2125 um/px) for the demo's 0.25 um/px H&E: every cell lands up to
+    18% of its distance from the origin off, and no other check sees it."""
+    import json
+
+    from tissuekd.niche.ingest import check_he_scale, ingest_slide
+
+    assert json.loads(ingested["slide"].read_text())["he_image_mpp"] == pytest.approx(0.25, rel=1e-3)
+    identity = tmp_path / "identity_he_imagealignment.csv"
+    identity.write_text("1,0,0\n0,1,0\n0,0,1\n")
+    outs = [str(tmp_path / n) for n in ("cells.parquet", "expression.h5ad", "slide.json")]
+    with pytest.raises(InputError, match=r"identity_he_imagealignment.csv: implies 0.2125 um per H&E pixel, but "
+                                         r".*he_image.ome.tif states 0.2500 \(0.85x\)"):
+        ingest_slide(str(demo_slide / "outs"), str(he_image(demo_slide)), str(identity), *outs)
+    assert not any((tmp_path / n).exists() for n in ("cells.parquet", "expression.h5ad", "slide.json"))
+    check_he_scale(np.eye(3), 0.2125, 0.25, None, identity, "he.tif")  # tolerance null: not compared
+    check_he_scale(np.eye(3), 0.2125, None, 0.1, identity, "he.tif")  # no resolution in the image
+    check_he_scale(np.eye(3) * 1.05, 0.2125, 0.2125, 0.1, identity, "he.tif")  # within 10%
 
 
 def test_explorer_keypoints_table_is_named_as_such(tmp_path):

@@ -24,8 +24,8 @@ from tissuekd.niche.methods import METHODS
 pytestmark = pytest.mark.workflow
 
 AGGREGATES = {"benchmark_niche": 1, "benchmark_runtimes": 1, "all": 1}
-SLIDE_JOBS = {f"niche_{step}": 1 for step in ("ingest", "radius", "split", "features", "scvi", "teacher", "evaluate",
-                                              "maps")} | Counter(m.rule for m in METHODS.values())  # a job per method
+STEPS = ("ingest", "labels", "radius", "split", "features", "scvi", "teacher", "evaluate", "maps")
+SLIDE_JOBS = {f"niche_{step}": 1 for step in STEPS} | Counter(m.rule for m in METHODS.values())  # a job per method
 
 
 @pytest.fixture
@@ -90,14 +90,27 @@ def test_changing_one_slides_input_reruns_that_slide_and_the_aggregates(run_copy
 def test_changing_one_sheet_row_reruns_that_slide_only(run_copy):
     sheet_path = run_copy / "config" / "niche_slides.tsv"
     sheet = pd.read_csv(sheet_path, sep="\t", dtype=str).fillna("")
-    moved = run_copy / "annotations" / "colon_pathology.csv"
+    moved = run_copy / "alignments" / "colon_he_imagealignment.csv"
     moved.parent.mkdir()
-    shutil.copy(run_copy / "data" / "demo" / "colon_demo" / "pathology.csv", moved)
-    sheet.loc[sheet["slide"] == "colon_demo", "pathology"] = str(moved)
+    row = sheet["slide"] == "colon_demo"
+    shutil.copy(run_copy / sheet.loc[row, "he_alignment"].iloc[0], moved)
+    sheet.loc[row, "he_alignment"] = str(moved)
     sheet.to_csv(sheet_path, sep="\t", index=False)
     jobs, slides = dry_run_slides(run_copy)
     assert slides == {"colon_demo"}
     assert jobs == SLIDE_JOBS | AGGREGATES, jobs
+
+
+def test_editing_a_slides_annotations_reruns_its_evaluation_only(run_copy):
+    """Pathology and known niches are read by evaluation alone: an edited label must not rerun
+    features, scVI and the models (14 jobs a slide before, hours with a foundation encoder)."""
+    path = run_copy / "data" / "demo" / "colon_demo" / "pathology.csv"
+    table = pd.read_csv(path, dtype=str)
+    table.iloc[0, 1] = "edited"
+    table.to_csv(path, index=False)
+    jobs, slides = dry_run_slides(run_copy)
+    assert slides == {"colon_demo"}
+    assert jobs == {"niche_labels": 1, "niche_evaluate": SLIDE_JOBS["niche_evaluate"]} | AGGREGATES, jobs
 
 
 def test_a_new_slide_row_runs_only_the_new_slide(run_copy):

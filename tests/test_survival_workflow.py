@@ -179,6 +179,10 @@ def test_a_cohort_whose_patients_are_none_of_its_clinical_tables_stops_the_plan(
         d.joinpath("config/survival_slides.tsv").read_text() + "# repeated below\n"
         + d.joinpath("config/survival_slides.tsv").read_text().splitlines(keepends=True)[1]),
      "config/survival_slides.tsv lines 2, 87: duplicate slide name 'TCGA-DM-A000-01Z-00-DX1'"),
+    (lambda d: d.joinpath("config/survival_slides.tsv").write_text(
+        d.joinpath("config/survival_slides.tsv").read_text().replace(".svs", ".jpg", 1)),
+     "config/survival_slides.tsv line 2: column 'image': data/demo/survival/demo_tcga/slides/"
+     "TCGA-DM-A000-01Z-00-DX1.jpg: is a flat picture"),
 ])
 def test_bad_sheets_stop_before_any_job(tmp_path, breakage, message):
     workdir = make_workdir(tmp_path, studies=("survival",))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -186,6 +187,40 @@ def test_bad_sheet_row_is_named(tmp_path):
     assert result.returncode != 0 and "he_image" in result.stdout + result.stderr
 
 
+def _rewrite_sheet(workdir: Path, change) -> None:
+    path = workdir / "config" / "niche_slides.tsv"
+    sheet = pd.read_csv(path, sep="\t", dtype=str).fillna("")
+    path.write_text(change(sheet))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.rename(columns={"niche_truth": "niche_truths"}).to_csv(sep="\t", index=False),
+     "niche_slides.tsv line 1: unknown column 'niche_truths'; did you mean 'niche_truth'?"),
+    (lambda s: s.rename(columns={"he_alignment": "alignment"}).to_csv(sep="\t", index=False),
+     "niche_slides.tsv line 1: unknown column 'alignment'; did you mean 'he_alignment'?"),
+    (lambda s: s.drop(columns="he_alignment").to_csv(sep="\t", index=False),
+     "niche_slides.tsv line 1: the header lacks the required column(s) ['he_alignment']"),
+    (lambda s: s.to_csv(index=False),
+     "niche_slides.tsv line 1: the header has no tab; sheets are tab-separated (this one looks comma-separated)"),
+    (lambda s: s.assign(he_image="/scans/breast.png").to_csv(sep="\t", index=False),
+     "niche_slides.tsv line 2 (slide breast_demo): column 'he_image': /scans/breast.png: is a flat picture"),
+])
+def test_a_sheet_header_or_image_format_problem_is_named_before_any_job(tmp_path, change, message):
+    """A misspelt optional column was ignored without a word (the truth scores vanished), a missing
+    required one blamed line 2, a comma-separated sheet had no hint, a PNG failed in its job."""
+    workdir = make_workdir(tmp_path)
+    _rewrite_sheet(workdir, change)
+    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+    assert result.returncode != 0 and message in result.stdout + result.stderr, result.stderr[-2000:]
+
+
+def test_a_column_the_workflow_does_not_read_is_a_warning(tmp_path):
+    workdir = make_workdir(tmp_path)
+    _rewrite_sheet(workdir, lambda s: s.assign(notes="rescanned").to_csv(sep="\t", index=False))
+    result = snakemake("-n", "--cores", "1", cwd=workdir)
+    assert "niche_slides.tsv line 1: column(s) ['notes'] are not read" in result.stdout + result.stderr
+
+
 def test_sheet_comments_keep_line_numbers_and_a_hash_inside_a_path(tmp_path):
     """Only lines starting with # are comments: a path may hold one (a run folder `run#1`)."""
     workdir = make_workdir(tmp_path)
@@ -239,7 +274,9 @@ def test_demo_run_writes_every_output(demo_run):
     for slide in ("breast_demo", "colon_demo", "lung_demo"):
         cells = pd.read_parquet(results / "niche" / slide / "cells.parquet")
         assert len(cells) >= DEMO_TEST_CELLS
-        assert {"cell_id", "x_um", "y_um", "x_he", "y_he", "cell_type", "pathology"} <= set(cells.columns)
+        assert {"cell_id", "x_um", "y_um", "x_he", "y_he", "cell_type"} <= set(cells.columns)
+        labels = pd.read_parquet(results / "niche" / slide / "labels.parquet")  # the sheet's, apart
+        assert list(labels.columns) == ["cell_id", "pathology", "truth"] and labels["cell_id"].equals(cells["cell_id"])
         radius = json.loads((results / "niche" / slide / "radius.json").read_text())
         assert radius["mean_neighbors"] == pytest.approx(20, rel=0.10)
         split = pd.read_parquet(results / "niche" / slide / "demo-mobilenet" / "split.parquet")
@@ -255,7 +292,8 @@ def test_demo_run_writes_every_output(demo_run):
             logits = pd.read_parquet(model / "logits.parquet")
             assert list(logits["cell_id"]) == list(cells["cell_id"]) and logits.shape[1] == 2 + 10
         assert (k10 / "maps.png").read_bytes()[:4] == b"\x89PNG"
-        for step in ("ingest", "radius", "split", "features", "scvi", "teacher", *NICHE_METHODS, "evaluate", "maps"):
+        for step in ("ingest", "labels", "radius", "split", "features", "scvi", "teacher", *NICHE_METHODS, "evaluate",
+                     "maps"):
             assert list((results / "logs" / "niche" / step).rglob(f"{slide}.log")), step
             assert list((results / "benchmarks" / "niche" / step).rglob(f"{slide}.tsv")), step
 
@@ -273,7 +311,9 @@ def test_bad_input_stops_the_job_and_leaves_nothing_finished(demo_run, tmp_path)
     src = demo_run / "data" / "demo" / "breast_demo"
     shutil.copytree(src, workdir / "data" / "demo" / "breast_demo")
     bad = workdir / "bad_he_imagealignment.csv"
-    bad.write_text("1,0,50000\n0,1,0\n0,0,1\n")
+    affine = np.loadtxt(src / "breast_demo_he_imagealignment.csv", delimiter=",")
+    affine[0, 2] += 50000  # the right scale, shifted off the image
+    np.savetxt(bad, affine, delimiter=",")
     sheet = pd.read_csv(workdir / "config" / "niche_slides.tsv", sep="\t", dtype=str).fillna("")
     sheet.loc[:, "he_alignment"] = str(bad)
     sheet.to_csv(workdir / "config" / "niche_slides.tsv", sep="\t", index=False)

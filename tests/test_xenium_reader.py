@@ -126,3 +126,44 @@ def test_a_label_table_without_a_header_row_is_named(tmp_path):
     (tmp_path / "ids.csv").write_text("17,T cell\n18,B cell\n")
     with pytest.raises(InputError, match="needs a header row"):
         read_labels(tmp_path / "ids.csv")
+
+
+def _set_data(bundle, change):
+    with h5py.File(bundle / "outs" / "cell_feature_matrix.h5", "r+") as h5:
+        data = change(h5["matrix/data"][:], h5["matrix/indptr"][:])
+        del h5["matrix/data"]
+        h5["matrix/data"] = data
+
+
+def test_a_matrix_without_counts_is_refused_and_empty_cells_are_counted(bundle_copy, caplog):
+    """An all-zero matrix ran to the end before, every cell in one niche."""
+    def first_cells_empty(data, indptr):
+        data[: indptr[40]] = 0
+        return data
+
+    caplog.set_level("INFO")
+    _set_data(bundle_copy, first_cells_empty)
+    cells, _, _ = load_bundle(bundle_copy / "outs")
+    assert f"40 of {len(cells)} cells have no gene count" in caplog.text
+    _set_data(bundle_copy, lambda data, indptr: np.zeros_like(data))
+    with pytest.raises(InputError, match=rf"cell_feature_matrix.h5: {len(cells)} of {len(cells)} cells have no gene"):
+        load_bundle(bundle_copy / "outs")
+
+
+def test_an_hdf5_file_that_is_not_a_10x_matrix_names_what_it_lacks(bundle_copy):
+    path = bundle_copy / "outs" / "cell_feature_matrix.h5"
+    path.unlink()
+    with h5py.File(path, "w") as h5:
+        h5["matrix"] = np.zeros((3, 3))  # a dense array where 10x has a group
+    with pytest.raises(InputError, match=r"not a 10x HDF5 matrix: matrix/ lacks \['barcodes'"):
+        load_bundle(bundle_copy / "outs")
+
+
+def test_feature_names_that_are_not_ascii_are_named(bundle_copy):
+    with h5py.File(bundle_copy / "outs" / "cell_feature_matrix.h5", "r+") as h5:
+        names = h5["matrix/features/name"][:]
+        names[0] = "Gène".encode()
+        del h5["matrix/features/name"]
+        h5["matrix/features/name"] = names.astype(object)
+    with pytest.raises(InputError, match="cell_feature_matrix.h5: barcodes or feature names are not ASCII"):
+        load_bundle(bundle_copy / "outs")

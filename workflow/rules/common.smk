@@ -1,4 +1,5 @@
 # Sheets, validation beyond the schemas, and input functions shared by the rules.
+import difflib
 import functools
 import io
 import os
@@ -6,11 +7,14 @@ import re
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.io import regex_from_filepattern
 
 from tissuekd.encoders.registry import EncoderSpec, require_weights
 from tissuekd.errors import InputError
+from tissuekd.io.wsi import require_slide_format
 from tissuekd.io.xenium import CLUSTERS, clusters_path
 from tissuekd.niche import methods as niche_methods
 from tissuekd.survival import methods as survival_methods
@@ -60,6 +64,7 @@ def load_sheet(path, schema):
     sheet = pd.read_csv(io.StringIO(text), sep="\t", dtype=str).fillna("")
     sheet.index = [i + 1 for i in kept[1:]]  # 1-based lines of the rows (the first kept line is the header)
     sheet.columns = sheet.columns.str.strip()
+    check_header(list(sheet.columns), schema, f"{path} line {kept[0] + 1}")
     try:
         validate(sheet, schema)
     except WorkflowError as err:
@@ -71,6 +76,28 @@ def load_sheet(path, schema):
         where = f"{path} line {sheet.index[int(row.group(1))]}" + (f", column {column.group(1)!r}" if column else "")
         raise WorkflowError(f"{where}: {reason.group(1)}") from None
     return sheet
+
+
+def check_header(columns, schema, where):
+    """The header names the schema's columns: a near miss of a known name is an error naming it
+    (an optional column misspelt would be ignored without a word), a required one missing is named
+    at the header, other columns are ignored with a warning."""
+    spec = yaml.safe_load(Path(workflow.basedir, "schemas", Path(schema).name).read_text())
+    known, required = list(spec["properties"]), spec.get("required", [])
+    if len(columns) == 1 and "," in columns[0]:
+        raise WorkflowError(
+            f"{where}: the header has no tab; sheets are tab-separated (this one looks comma-separated)"
+        )
+    unknown = [c for c in columns if c not in known]
+    for column in unknown:
+        near = difflib.get_close_matches(column, [k for k in known if k not in columns], n=1, cutoff=0.75)
+        if near:
+            raise WorkflowError(f"{where}: unknown column {column!r}; did you mean {near[0]!r}?")
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise WorkflowError(f"{where}: the header lacks the required column(s) {missing} (has {columns})")
+    if unknown:
+        logger.warning(f"{where}: column(s) {unknown} are not read (the sheet's columns: {known})")
 
 
 def require_unique(sheet, column, path):
@@ -94,6 +121,10 @@ def check_slide_rows(sheet, sheet_path):
         where = f"{sheet_path} line {row_no} (slide {row.slide})"
         if NICHE["teacher"] == "external" and not row.teacher_logits:
             raise WorkflowError(f"{where}: niche.teacher is 'external' but the row has no teacher_logits")
+        try:
+            require_slide_format(row.he_image)
+        except InputError as err:
+            raise WorkflowError(f"{where}: column 'he_image': {err}") from None
         for column in SLIDE_PATH_COLUMNS:
             path = getattr(row, column)
             if path and not os.path.exists(path) and not made_by_demo(path):
@@ -276,14 +307,20 @@ def xenium_inputs(wildcards):
         "he_image": row["he_image"],
         "he_alignment": row["he_alignment"],
     }
-    for optional in ("cell_types", "pathology", "niche_truth"):
-        if row[optional]:
-            inputs[optional] = row[optional]
-    if not row["cell_types"]:  # unpacked, or the download's analysis.tar.gz (the demo's: made by its rule)
+    if row["cell_types"]:
+        inputs["cell_types"] = row["cell_types"]
+    else:  # unpacked, or the download's analysis.tar.gz (the demo's: made by its rule)
         clusters = bundle / CLUSTERS if made_by_demo(bundle) else clusters_path(bundle)
         if clusters:
             inputs["clusters"] = clusters
     return {k: str(v) for k, v in inputs.items()}
+
+
+def label_inputs(wildcards):
+    """The slide's cells and the sheet's optional annotations niche_labels puts on them."""
+    row = SLIDES.loc[wildcards.slide]
+    inputs = {"cells": f"{RESULTS}/niche/{wildcards.slide}/cells.parquet"}
+    return inputs | {column: row[column] for column in ("pathology", "niche_truth") if row[column]}
 
 
 def niche_predictions(wildcards):
@@ -326,7 +363,7 @@ def niche_benchmarks():
     if not NICHE["enabled"]:
         return []
     models = ["niche_teacher_external"] if NICHE["teacher"] == "external" else ["niche_scvi", "niche_teacher"]
-    steps = ["niche_ingest", "niche_radius", "niche_split", "niche_features", *models]
+    steps = ["niche_ingest", "niche_labels", "niche_radius", "niche_split", "niche_features", *models]
     patterns = [str(getattr(rules, step).benchmark) for step in steps]
     patterns += [method_file(getattr(rules, m.rule).benchmark, name) for name, m in NICHE_METHODS.items()]
     patterns += [str(rules.niche_evaluate.benchmark), str(rules.niche_maps.benchmark)]
@@ -371,6 +408,11 @@ def check_survival_sheets(cohorts, slides):
         (slides, SURVIVAL["slides"], ["image", "features"]),
     ):
         for row_no, row in zip(sheet.index, sheet.to_dict("records")):
+            if "image" in columns and row["image"]:
+                try:
+                    require_slide_format(row["image"])
+                except InputError as err:
+                    raise WorkflowError(f"{path} line {row_no}: column 'image': {err}") from None
             for column in columns:
                 value = row[column]
                 if value and not os.path.exists(value) and not made_by_demo(value):

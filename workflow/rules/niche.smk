@@ -24,8 +24,28 @@ rule niche_ingest:
         bundle=slide_value("bundle"),
         tissue=slide_value("tissue"),
         wsi_backend=NICHE["wsi_backend"],
+        mpp_tolerance=NICHE["he_mpp_tolerance"],
     script:
         "../../scripts/niche_ingest.py"
+
+
+# The sheet's annotations apart from cells.parquet: editing them reruns evaluation only.
+rule niche_labels:
+    input:
+        unpack(label_inputs),
+    output:
+        f"{RESULTS}/niche/{{slide}}/labels.parquet",
+    log:
+        f"{LOGS}/niche/labels/{{slide}}.log",
+    benchmark:
+        f"{BENCH}/niche/labels/{{slide}}.tsv"
+    conda:
+        "../../envs/scverse.yaml"
+    resources:
+        mem_mb=mem_per_cell(1000, 1),
+        runtime=minutes_per_cell(5, 5),
+    script:
+        "../../scripts/niche_labels.py"
 
 
 rule niche_radius:
@@ -277,6 +297,7 @@ rule niche_hist_leiden:
 rule niche_evaluate:
     input:
         unpack(niche_predictions),
+        labels=rules.niche_labels.output[0],
     output:
         ensure(f"{KDIR}/metrics.tsv", non_empty=True),
     log:

@@ -188,12 +188,24 @@ def _ome_mpp(tif) -> float | None:
     return float(size.group(1)) * UM_PER_UNIT[unit]
 
 
+FLAT_PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # decoded whole, never tiled: no slide reader opens them
+
+
+def require_slide_format(path: str | Path) -> None:
+    """Refuse a flat picture by its name, so that a sheet can be checked before any job runs."""
+    if Path(path).suffix.lower() in FLAT_PICTURES:
+        raise InputError(path, "is a flat picture, which the slide readers (OpenSlide, tifffile) do not open: "
+                               "convert it to a tiled pyramidal TIFF, e.g. `vips tiffsave in.png out.tif --tile "
+                               "--pyramid --compression jpeg`")
+
+
 def open_slide(path: str | Path, backend: str = "auto") -> Slide:
     """Open a whole-slide image; `auto` uses tifffile for OME-TIFF and OpenSlide otherwise (tifffile
     again for a .tif OpenSlide refuses)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "image file does not exist")
+    require_slide_format(path)
     if backend == "auto":
         name = path.name.lower()
         if name.endswith((".ome.tif", ".ome.tiff")):

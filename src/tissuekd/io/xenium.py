@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import tarfile
 from pathlib import Path
@@ -22,12 +23,16 @@ import pandas as pd
 
 from tissuekd.errors import InputError
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:  # the workflow's parse imports this module for its layout; anndata takes 1.4 s
     import anndata as ad
 
 MATRIX = "cell_feature_matrix.h5"
+MATRIX_MEMBERS = ["barcodes", "data", "indices", "indptr", "shape", "features/name", "features/feature_type"]
 CLUSTERS = "analysis/clustering/gene_expression_graphclust/clusters.csv"
 ANALYSIS_TAR = "analysis.tar.gz"  # the public downloads pack analysis/ into it
+MAX_EMPTY = 0.5  # share of cells without a count above which the matrix is taken for a wrong one
 XENIUM_ID = re.compile(r"[a-p]{8}-\d+|\d+")  # a cell id as XOA writes it (or an early integer one)
 
 
@@ -86,8 +91,11 @@ def read_counts(bundle: str | Path) -> ad.AnnData:
     path = Path(bundle) / MATRIX
     if not path.exists():
         raise InputError(path, "missing cell_feature_matrix.h5")
+    _check_10x_layout(path)
     try:
         adata = sc.read_10x_h5(path, gex_only=True)  # keeps feature_type == "Gene Expression"
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"barcodes or feature names are not ASCII, as 10x writes them ({err})") from None
     except Exception as err:  # h5py/scanpy raise many types for a malformed file
         raise InputError(path, f"not a readable 10x HDF5 matrix: {err}") from None
     adata.obs_names = _as_str_ids(adata.obs_names)
@@ -100,6 +108,20 @@ def read_counts(bundle: str | Path) -> ad.AnnData:
     if adata.n_vars == 0:
         raise InputError(path, "no 'Gene Expression' features in the matrix")
     return adata
+
+
+def _check_10x_layout(path: Path) -> None:
+    """The members a 10x HDF5 matrix (Cell Ranger 3+, Xenium) has, named when absent."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            group, top = h5.get("matrix"), sorted(h5.keys())
+            missing = [m for m in MATRIX_MEMBERS if not isinstance(group, h5py.Group) or m not in group]
+    except OSError as err:
+        raise InputError(path, f"not a readable HDF5 file: {err}") from None
+    if missing:
+        raise InputError(path, f"not a 10x HDF5 matrix: matrix/ lacks {missing} (the file holds {top})")
 
 
 def clusters_path(bundle: str | Path) -> Path | None:
@@ -177,4 +199,17 @@ def load_bundle(bundle: str | Path) -> tuple[pd.DataFrame, ad.AnnData, dict]:
             f"(e.g. {list(only_cells[:3])}), {len(only_matrix)} matrix barcodes are not cells "
             f"(e.g. {list(only_matrix[:3])})",
         )
-    return cells, counts[cells.index].copy(), meta
+    counts = counts[cells.index].copy()
+    check_empty_cells(counts, Path(bundle) / MATRIX)
+    return cells, counts, meta
+
+
+def check_empty_cells(counts: ad.AnnData, path: Path) -> None:
+    """Cells without a single count are kept (the H&E still sees them) and counted; more than
+    MAX_EMPTY of them is an error: an empty or wrong matrix would give one niche for every cell."""
+    empty = int((np.asarray(counts.X.sum(axis=1)).ravel() == 0).sum())
+    if empty > MAX_EMPTY * counts.n_obs:
+        raise InputError(path, f"{empty} of {counts.n_obs} cells have no gene count: is this the matrix of "
+                               "these cells, with its counts?")
+    (log.warning if empty > 0.05 * counts.n_obs else log.info)(
+        "%s: %d of %d cells have no gene count", path, empty, counts.n_obs)

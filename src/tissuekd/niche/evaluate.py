@@ -18,7 +18,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.svm import LinearSVC
 
 from tissuekd.io.atomic import atomic_path
-from tissuekd.io.columns import CELL_ID, X_UM, Y_UM
+from tissuekd.io.columns import CELL_ID, UNANNOTATED, UNKNOWN_TYPE, X_UM, Y_UM
 from tissuekd.niche.methods import METHODS, REFERENCE, NicheMethod
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,6 @@ def composition_jsd(labels: np.ndarray, reference: np.ndarray, cell_types: np.nd
     n = len(labels)
     jsd = float((forward + backward) / (2 * n)) if len(set(types) - {UNKNOWN_TYPE}) >= 2 else float("nan")
     return {"JSD": jsd, "matched_coverage": float(covered / (2 * n))}
-
-
-UNANNOTATED = "unannotated"
-UNKNOWN_TYPE = "unknown"  # niche_ingest's cell type where the sheet and the bundle give none
 
 
 def probe_f1(labels: np.ndarray, annotation: np.ndarray, seed: int = 0, folds: int = 5) -> float:
@@ -157,8 +153,15 @@ def _assignments(path: str, cells: pd.DataFrame) -> np.ndarray:
     return frame.loc[cells[CELL_ID], "niche"].to_numpy()
 
 
+def _in_order(table: pd.DataFrame, cells: pd.DataFrame, path: str) -> pd.DataFrame:
+    """A per-cell table whose rows must be the cells', in their order (a stale one is an error)."""
+    if not table[CELL_ID].equals(cells[CELL_ID]):
+        raise ValueError(f"{path}: its cells are not those of the slide's cells.parquet (rerun niche_labels)")
+    return table
+
+
 def evaluate_slide(cells_path: str, split_path: str, teacher: str, predictions: dict[str, str], out: str, *,
-                   slide: str, tissue: str, k: int, encoder: str,
+                   slide: str, tissue: str, k: int, encoder: str, labels: str | None = None,
                    methods: Mapping[str, NicheMethod] | None = None) -> pd.DataFrame:
     """The rule niche_evaluate: the teacher's row and one row per method (niche_metrics), scored
     on the slide's test-strip cells only.
@@ -166,7 +169,7 @@ def evaluate_slide(cells_path: str, split_path: str, teacher: str, predictions: 
     Parameters
     ----------
     cells_path : str
-        The slide's cells.parquet: `cell_type`, and `pathology` and `truth` where the sheet gave them.
+        The slide's cells.parquet: `cell_id`, `cell_type`.
     split_path : str
         The encoder's split.parquet; cells with `role` "test" are scored.
     teacher : str
@@ -179,6 +182,9 @@ def evaluate_slide(cells_path: str, split_path: str, teacher: str, predictions: 
         Written to the columns of the same name.
     k : int
         Number of niches, written to column `k`.
+    labels : str or None
+        The slide's labels.parquet (niche_labels: `pathology` and `truth` where the sheet gave them, in
+        the cells' order); None: those columns are read from `cells_path`, where present.
     methods : mapping of str to NicheMethod or None
         The method table (niche/methods.py, with the config's variants); an entry's `matched` says whether
         its cluster ids are Hungarian-matched to the teacher's niches for the JSD. None: the built-in table.
@@ -192,10 +198,11 @@ def evaluate_slide(cells_path: str, split_path: str, teacher: str, predictions: 
     test = pd.read_parquet(split_path)["role"].to_numpy() == "test"
     reference = _assignments(teacher, cells)[test]
     types = cells["cell_type"].to_numpy()[test]
+    given = cells if labels is None else _in_order(pd.read_parquet(labels), cells, labels)
     annotation = None
-    if "pathology" in cells and (cells["pathology"] != UNANNOTATED).any():
-        annotation = cells["pathology"].to_numpy()[test]
-    truth = cells["truth"].to_numpy()[test] if "truth" in cells and (cells["truth"] != "").any() else None
+    if "pathology" in given and (given["pathology"] != UNANNOTATED).any():
+        annotation = given["pathology"].to_numpy()[test]
+    truth = given["truth"].to_numpy()[test] if "truth" in given and (given["truth"] != "").any() else None
     methods = METHODS if methods is None else methods
     rows = [niche_metrics(m, _assignments(predictions[m], cells)[test], reference, types, annotation,
                           methods[m].matched, truth) for m in predictions]

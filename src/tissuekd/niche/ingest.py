@@ -12,7 +12,7 @@ import pandas as pd
 from tissuekd.errors import InputError
 from tissuekd.io.alignment import he_mpp, read_alignment, um_to_he
 from tissuekd.io.atomic import atomic_path
-from tissuekd.io.columns import XY_UM
+from tissuekd.io.columns import CELL_ID, UNANNOTATED, UNKNOWN_TYPE, XY_UM
 from tissuekd.io.wsi import open_slide
 from tissuekd.io.xenium import load_bundle, read_clusters, read_labels
 
@@ -71,6 +71,22 @@ def register_cells(cells: pd.DataFrame, affine: np.ndarray, pixel_size: float, i
     return he, ~outside
 
 
+def matched_labels(cells: pd.Index, labels: pd.Series, source: str | Path, fill: str) -> pd.Series:
+    """A label table on the slide's cells, `fill` where it has none. A table that matches no
+    cell is an error (ids of another slide, or another id style); rows that match no cell are
+    counted in a warning (a partly wrong table would otherwise pass unseen)."""
+    covered = cells.isin(labels.index)
+    if not covered.any():
+        raise InputError(source, f"no cell id matches the Xenium cells (e.g. {list(labels.index[:2])} vs "
+                                 f"{list(cells[:2])})")
+    strangers = (~labels.index.isin(cells)).sum()
+    if strangers:
+        log.warning("%s: %d of its %d rows name no cell of this slide; they are ignored", source, strangers,
+                    len(labels))
+    log.info("%s: labels for %d of %d cells (%d classes)", source, covered.sum(), len(cells), labels.nunique())
+    return labels.reindex(cells).fillna(fill)
+
+
 def cell_type_labels(cells: pd.DataFrame, bundle: str | Path, cell_types: str | None) -> pd.Series:
     """The sheet's annotation if given, else Xenium's graph clusters, else 'unknown'."""
     if cell_types:
@@ -81,31 +97,57 @@ def cell_type_labels(cells: pd.DataFrame, bundle: str | Path, cell_types: str | 
         source = f"{bundle} graph-based clusters"
         if labels is None:
             log.warning("no cell-type annotation and no clusters.csv in %s: cell types are 'unknown'", bundle)
-            return pd.Series("unknown", index=cells.index)
+            return pd.Series(UNKNOWN_TYPE, index=cells.index)
         labels = "cluster_" + labels
-    covered = cells.index.isin(labels.index)
-    if not covered.any():
-        raise InputError(source, "no cell id matches the Xenium cells")
-    if not covered.all():
-        log.warning("%s: %d cells have no label; they are 'unknown'", source, (~covered).sum())
-    return labels.reindex(cells.index).fillna("unknown")
+    return matched_labels(cells.index, labels, source, UNKNOWN_TYPE)
 
 
-def known_niches(cells: pd.DataFrame, path: str) -> pd.Series:
-    """The sheet's known niche per cell ('' where the table has none)."""
-    labels = read_labels(path).astype(str)
-    covered = cells.index.isin(labels.index)
-    if not covered.any():
-        raise InputError(path, "no cell id matches the Xenium cells")
-    log.info("%s: known niches for %d of %d cells (%d niches)", path, covered.sum(), len(cells), labels.nunique())
-    return labels.reindex(cells.index).fillna("")
+def write_labels(cells_path: str, out: str, pathology: str | None = None, truth: str | None = None) -> None:
+    """The rule niche_labels: the sheet's per-cell annotations in the row order of cells.parquet,
+    apart from it so that editing them reruns only evaluation (nothing else reads them).
+
+    Parameters
+    ----------
+    cells_path : str
+        The slide's cells.parquet (ingest).
+    out : str
+        labels.parquet written: `cell_id`, and `pathology` (cells absent: "unannotated") and `truth`
+        (cells absent: "") where given.
+    pathology, truth : str or None
+        Tables of cell_id -> pathology annotation (the region a pathologist drew) / known niche.
+    """
+    cells = pd.Index(pd.read_parquet(cells_path, columns=[CELL_ID])[CELL_ID], name=CELL_ID)
+    table = pd.DataFrame(index=cells)
+    if pathology:
+        table["pathology"] = matched_labels(cells, read_labels(pathology), pathology, UNANNOTATED)
+    if truth:
+        table["truth"] = matched_labels(cells, read_labels(truth).astype(str), truth, "")
+    with atomic_path(out) as tmp:
+        table.reset_index().to_parquet(tmp, index=False)
+
+
+def check_he_scale(affine: np.ndarray, pixel_size: float, image_mpp: float | None, tolerance: float | None,
+                   alignment_path: str | Path, image_path: str | Path) -> None:
+    """The alignment's µm per H&E pixel must agree with the image's own (its OME or OpenSlide
+    metadata) within `tolerance` (a share): a wrong scale moves cells by that share of their
+    distance from the origin, millimetres on a slide, and no other check sees it. None (or an
+    image without a resolution): not checked."""
+    implied = he_mpp(affine, pixel_size)
+    if image_mpp is None or tolerance is None:
+        log.info("%s: %.4f um per H&E pixel (the image states %s; not compared)", alignment_path, implied, image_mpp)
+        return
+    if abs(implied / image_mpp - 1) > tolerance:
+        raise InputError(alignment_path, f"implies {implied:.4f} um per H&E pixel, but {image_path} states "
+                                         f"{image_mpp:.4f} ({implied / image_mpp:.2f}x): is this the alignment of "
+                                         "this image at full resolution? (If the image's metadata is wrong, set "
+                                         "niche.he_mpp_tolerance: null)")
 
 
 def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, out_expression: str,
-                 out_slide: str, cell_types: str | None = None, pathology: str | None = None,
-                 truth: str | None = None, backend: str = "auto") -> None:
-    """The rule niche_ingest: one Xenium slide's cells placed on its H&E, with cell types and
-    the sheet's optional annotations, its counts, and its metadata.
+                 out_slide: str, cell_types: str | None = None, backend: str = "auto",
+                 mpp_tolerance: float | None = 0.1) -> None:
+    """The rule niche_ingest: one Xenium slide's cells placed on its H&E, with cell types, its
+    counts, and its metadata (the sheet's other annotations: write_labels).
 
     Parameters
     ----------
@@ -113,12 +155,12 @@ def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, 
         The Xenium output folder (`outs/`: experiment.xenium, cells.parquet or cells.csv.gz,
         cell_feature_matrix.h5).
     he_image : str
-        The slide's post-Xenium H&E image; only its level-0 size is read here.
+        The slide's post-Xenium H&E image; only its level-0 size and resolution are read here.
     he_alignment : str
         Xenium's `*_he_imagealignment.csv`: a 3x3 affine, H&E level-0 px -> morphology-image px.
     out_cells : str
         cells.parquet written: `cell_id`, `x_um`, `y_um` (µm, Xenium frame), `x_he`, `y_he` (H&E level-0 px),
-        `cell_type`, and `pathology` and `truth` when given.
+        `cell_type`.
     out_expression : str
         expression.h5ad written: gene counts, cells x genes, with `cell_type` in obs.
     out_slide : str
@@ -126,26 +168,21 @@ def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, 
         `he_size` (level-0 width, height in px), `n_cells`, `n_genes`, ...
     cell_types : str or None
         Table of cell_id -> cell type (CSV, TSV or parquet); None: Xenium's graph-based clusters, else "unknown".
-    pathology : str or None
-        Table of cell_id -> pathology annotation (the region a pathologist drew); cells absent are "unannotated".
-    truth : str or None
-        Table of cell_id -> known niche; cells absent get "".
     backend : str, default "auto"
         Slide reader: "auto" (tifffile for OME-TIFF, OpenSlide otherwise), "openslide" or "tifffile".
+    mpp_tolerance : float or None, default 0.1
+        How far (a share) the alignment's µm per H&E pixel may be from the image's own (check_he_scale).
     """
     affine = read_alignment(he_alignment)  # the small inputs first: a bad one stops before the matrix is read
     with open_slide(he_image, backend) as slide:
-        image_size = slide.dimensions
+        image_size, image_mpp = slide.dimensions, slide.mpp
     cells, counts, meta = load_bundle(bundle)
     pixel_size = float(meta["pixel_size"])
+    check_he_scale(affine, pixel_size, image_mpp, mpp_tolerance, he_alignment, he_image)
     he, inside = register_cells(cells, affine, pixel_size, image_size, he_alignment)
     if not inside.all():
         cells, counts, he = cells[inside], counts[inside].copy(), he[inside]
     table = cells.assign(x_he=he[:, 0], y_he=he[:, 1], cell_type=cell_type_labels(cells, bundle, cell_types))
-    if pathology:
-        table["pathology"] = read_labels(pathology).reindex(cells.index).fillna("unannotated")
-    if truth:
-        table["truth"] = known_niches(cells, truth)
     counts.obs["cell_type"] = table["cell_type"].to_numpy()
     log.info("%s: %d cells, %d genes, H&E %.4f um/px", bundle, len(table), counts.n_vars, he_mpp(affine, pixel_size))
 
@@ -155,8 +192,8 @@ def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, 
         counts.write_h5ad(tmp)
     info = {
         "bundle": str(bundle), "he_image": str(he_image), "pixel_size": pixel_size,
-        "affine": affine.tolist(), "he_mpp": he_mpp(affine, pixel_size), "he_size": list(image_size),
-        "n_cells": len(table), "n_genes": int(counts.n_vars),
+        "affine": affine.tolist(), "he_mpp": he_mpp(affine, pixel_size), "he_image_mpp": image_mpp,
+        "he_size": list(image_size), "n_cells": len(table), "n_genes": int(counts.n_vars),
         "xenium_version": meta.get("analysis_sw_version"),
     }
     with atomic_path(out_slide) as tmp:

@@ -14,6 +14,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -75,6 +77,31 @@ def test_resources_follow_the_slides_cell_count(run_copy):
     for rule in small:
         assert int(large[rule]["mem_mb"]) > int(small[rule]["mem_mb"]), (rule, small[rule], large[rule])
         assert int(large[rule]["runtime"]) >= int(small[rule]["runtime"])
+
+
+def _tile_counts(path: Path, member: str, times: int) -> int:
+    """The stored counts of an HDF5 matrix made `times` as many (only its header is read while
+    planning); returns how many there were."""
+    with h5py.File(path, "r+") as h5:
+        data = h5[member][:]
+        del h5[member]
+        h5[member] = np.tile(data, times)
+    return len(data)
+
+
+def test_ingest_and_scvi_memory_follow_the_stored_counts(run_copy):
+    """A 5,000-gene panel stores ~10x the counts of the demo's per cell: ingest holds them twice
+    (24 B per count measured), scVI once (9 B)."""
+    rules = ("niche_ingest", "niche_scvi")
+    small = planned_resources(run_copy, rules, "breast_demo")
+    stored = {"niche_ingest": _tile_counts(run_copy / "data" / "demo" / "breast_demo" / "outs" /
+                                           "cell_feature_matrix.h5", "matrix/data", 10),
+              "niche_scvi": _tile_counts(run_copy / "results" / "niche" / "breast_demo" / "expression.h5ad",
+                                         "X/data", 10)}
+    large = planned_resources(run_copy, rules, "breast_demo")
+    for rule, per_count in (("niche_ingest", 30), ("niche_scvi", 12)):
+        grown = int(large[rule]["mem_mb"]) - int(small[rule]["mem_mb"])
+        assert grown == pytest.approx(per_count * 9 * stored[rule] / 1e6, abs=1), (rule, small[rule], large[rule])
 
 
 @pytest.mark.parametrize("changed", ["breast_demo/breast_demo_he_image.ome.tif", "breast_demo/outs/cells.parquet"])

@@ -267,10 +267,29 @@ def n_cells(path):
         return os.path.getsize(path) // 40
 
 
-def mem_per_cell(base_mb, kb_per_cell):
-    """mem_mb = (base + kB per cell x cells) x attempt: grows with the slide and on retry (a retry
-    asks an exact multiple of the first request)."""
-    return lambda wildcards, input, attempt: round(base_mb + kb_per_cell * n_cells(input.cells) / 1000) * attempt
+def n_counts(path):
+    """Stored counts (nonzeros) of a sparse matrix from its HDF5 header, a 10x matrix's or an
+    h5ad's; 0 while it does not exist yet."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            data = h5.get("matrix/data") or h5.get("X/data")
+            return data.shape[0] if data is not None else 0
+    except OSError:
+        return 0
+
+
+def mem_per_cell(base_mb, kb_per_cell, bytes_per_count=0, counts="matrix"):
+    """mem_mb = (base + kB per cell x cells + bytes per stored count x counts of input `counts`)
+    x attempt: grows with the slide, with its panel (a 5,000-gene panel stores ~10x the counts of
+    a 480-gene one per cell) and on retry (an exact multiple of the first request)."""
+
+    def mem_mb(wildcards, input, attempt):
+        stored = n_counts(input[counts]) if bytes_per_count else 0
+        return round(base_mb + kb_per_cell * n_cells(input.cells) / 1000 + bytes_per_count * stored / 1e6) * attempt
+
+    return mem_mb
 
 
 def minutes_per_cell(base_min, per_million):

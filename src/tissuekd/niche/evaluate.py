@@ -287,16 +287,19 @@ def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[
         ax.invert_yaxis()
         ax.set_xticks([])
         ax.set_yticks([])
-        _composition_heatmap(heat, compositions(labels[test], cells["cell_type"].to_numpy()[test], types), palette)
+        image = _composition_heatmap(heat, compositions(labels[test], cells["cell_type"].to_numpy()[test], types),
+                                     palette)
+    fig.colorbar(image, ax=axes[1, -1], label="share of the niche's cells", fraction=0.08)
     fig.suptitle(f"{title} (test strip between dashed lines; below: cell-type share per niche on it)", fontsize=11)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
-def _composition_heatmap(ax, shares: pd.DataFrame, palette: np.ndarray) -> None:
-    ax.imshow(shares.to_numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto")
+def _composition_heatmap(ax, shares: pd.DataFrame, palette: np.ndarray):
+    image = ax.imshow(shares.to_numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(np.arange(shares.shape[1]), shares.columns, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(np.arange(shares.shape[0]), [f"niche {n}" for n in shares.index], fontsize=7)
     for tick, niche in zip(ax.get_yticklabels(), shares.index):
         tick.set_color(palette[int(niche) % 20])
+    return image

@@ -156,3 +156,19 @@ def test_a_tiff_openslide_refuses_is_read_with_tifffile(tmp_path):
     (tmp_path / "junk.tif").write_bytes(b"not a tiff")
     with pytest.raises(InputError, match="junk.tif: OpenSlide cannot open this image"):
         open_slide(tmp_path / "junk.tif")
+
+
+@pytest.mark.parametrize(("resolution", "unit", "mpp"), [((72, 72), "INCH", None), ((1, 1), "CENTIMETER", None),
+                                                          ((40000, 40000), "CENTIMETER", 0.25)])
+def test_a_resolution_no_scanner_gives_is_no_resolution(tmp_path, caplog, resolution, unit, mpp):
+    """OpenSlide 4 reads a generic TIFF's resolution tags, which writers fill with defaults (72 dpi:
+    353 um per pixel): taken as a resolution, it would refuse a right alignment or grid the patches
+    at 1/700 of the magnification."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "tiled.tif", np.zeros((256, 256, 3), np.uint8), photometric="rgb", tile=(128, 128),
+                     resolution=resolution, resolutionunit=unit)
+    with open_slide(tmp_path / "tiled.tif") as slide:
+        assert type(slide).__name__ == "OpenSlideSlide"
+        assert slide.mpp == (pytest.approx(mpp) if mpp else None)
+    assert ("which no slide scanner gives" in caplog.text) == (mpp is None)

@@ -97,7 +97,7 @@ class OpenSlideSlide(Slide):
         self.levels = [tuple(d) for d in self._slide.level_dimensions]
         self.downsamples = [float(d) for d in self._slide.level_downsamples]
         mpp = self._slide.properties.get("openslide.mpp-x")
-        self.mpp = float(mpp) if mpp else None
+        self.mpp = plausible_mpp(float(mpp), path) if mpp else None
         power = self._slide.properties.get("openslide.objective-power")
         self.objective_power = float(power) if power else None
 
@@ -141,7 +141,8 @@ class TiffSlide(Slide):
         self.levels = [(s[2], s[1]) if self._planar else (s[1], s[0]) for s in shapes]
         self.downsamples = [self.levels[0][0] / w for w, _ in self.levels]
         self._arrays = [zarr.open(self._tif.aszarr(level=i), mode="r") for i in range(len(shapes))]
-        self.mpp = _ome_mpp(self._tif)
+        mpp = _ome_mpp(self._tif)
+        self.mpp = plausible_mpp(mpp, path) if mpp is not None else None
 
     def _read_inside(self, level, x, y, width, height):
         if self._planar:
@@ -164,6 +165,20 @@ def _eight_bit(region: np.ndarray) -> np.ndarray:
     if region.dtype == np.uint16:
         return ((region.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     return region.astype(np.uint8, copy=False)
+
+
+SCANNER_MPP = (0.05, 10.0)  # µm per pixel a slide scan can have (100x oil to 1x)
+
+
+def plausible_mpp(mpp: float, path: Path) -> float | None:
+    """A resolution from the file's metadata, or None where no scanner would give it: a writer's
+    default (72 dpi: 353 µm/px; 1 pixel per cm) is no resolution. OpenSlide 4 reads a generic
+    TIFF's resolution tags, which such defaults fill."""
+    if SCANNER_MPP[0] <= mpp <= SCANNER_MPP[1]:
+        return mpp
+    log.warning("%s: its metadata states %.4g um per pixel, which no slide scanner gives (a default of the "
+                "software that wrote it?): treated as no resolution", path, mpp)
+    return None
 
 
 UM_PER_UNIT = {"µm": 1.0, "\u03bcm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,

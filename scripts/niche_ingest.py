@@ -12,8 +12,10 @@ run_logged(
         o.cells,
         o.expression,
         o.slide,
-        cell_types=i.get("cell_types"),
         backend=snakemake.params.wsi_backend,
-        mpp_tolerance=snakemake.params.mpp_tolerance,
+        # read here, not a param: it only decides whether ingest may pass, so changing it must not
+        # rerun the slides that passed (a param would rerun every slide's whole chain)
+        mpp_tolerance=snakemake.config["niche"]["he_mpp_tolerance"],
+        sheet_mpp=float(snakemake.params.he_mpp) if snakemake.params.he_mpp else None,
     ),
 )

@@ -8,5 +8,5 @@ methods = from_config(snakemake.config["niche"])
 run_logged(
     snakemake.log[0],
     lambda: plot_maps(i.cells, i.split, i.teacher, {m: i[m] for m in methods}, snakemake.output[0],
-                      title=f"{w.slide}, K={w.k}, {w.encoder}", methods=methods),
+                      title=f"{w.slide}, K={w.k}, {w.encoder}", labels=i.labels, methods=methods),
 )

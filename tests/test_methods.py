@@ -212,3 +212,22 @@ def test_evaluation_scores_every_method_of_the_table_it_is_given(tmp_path):
     # one cell type per teacher niche: matched, the shifted clusters have the teacher's compositions
     assert table.loc["leiden_again", "JSD"] == table.loc["hist_leiden", "JSD"] == pytest.approx(0)
     assert table.loc["leiden_again", "matched_coverage"] == 1.0
+
+
+def test_a_probe_that_cannot_be_fitted_says_why(tmp_path, caplog):
+    """A pathology table of one class gave an empty probe_F1 without a word."""
+    from tissuekd.niche.evaluate import evaluate_slide
+
+    n = 200
+    cells = pd.DataFrame({"cell_id": [f"c{i}" for i in range(n)], "cell_type": ["a", "b"] * (n // 2)})
+    cells.to_parquet(tmp_path / "cells.parquet")
+    cells.assign(pathology="tumour").to_parquet(tmp_path / "labels.parquet")
+    pd.DataFrame({"cell_id": cells["cell_id"], "role": "test"}).to_parquet(tmp_path / "split.parquet")
+    pd.DataFrame({"cell_id": cells["cell_id"], "niche": np.arange(n) % 3}).to_parquet(tmp_path / "teacher.parquet")
+    table = evaluate_slide(str(tmp_path / "cells.parquet"), str(tmp_path / "split.parquet"),
+                           str(tmp_path / "teacher.parquet"), {"student": str(tmp_path / "teacher.parquet")},
+                           str(tmp_path / "metrics.tsv"), slide="s", tissue="t", k=3, encoder="e",
+                           labels=str(tmp_path / "labels.parquet"))
+    assert table["probe_F1"].isna().all()
+    assert "probe_F1 not computed: it needs two annotated classes of at least 2 cells each on the test strip, " \
+           "which has tumour:200" in caplog.text

@@ -101,8 +101,10 @@ def test_the_sheets_labels_reach_the_labels_table_in_the_cells_order(ingested, d
     given = pd.read_csv(demo_slide / "pathology.csv")
     pd.concat([given, pd.DataFrame({"cell_id": ["stranger-1"], given.columns[1]: ["tumour"]})]).to_csv(pathology,
                                                                                                       index=False)
-    write_labels(str(ingested["cells"]), str(out), pathology=str(pathology), truth=str(demo_slide / "niche_truth.csv"))
+    write_labels(str(ingested["cells"]), str(out), str(demo_slide / "outs"), pathology=str(pathology),
+                 truth=str(demo_slide / "niche_truth.csv"))
     labels = pd.read_parquet(out)
+    assert labels["cell_type"].str.startswith("cluster_").all()  # the bundle's clusters, without a cell-type table
     truth = pd.read_csv(demo_slide / "niche_truth.csv").set_index("cell_id")["niche"]
     assert list(labels["cell_id"]) == list(cells["cell_id"])
     assert (labels["truth"].to_numpy() == truth.loc[cells["cell_id"]].to_numpy()).all()
@@ -110,14 +112,15 @@ def test_the_sheets_labels_reach_the_labels_table_in_the_cells_order(ingested, d
 
 
 @pytest.mark.parametrize("column", ["pathology", "truth"])
-def test_a_label_table_matching_no_cell_is_named(ingested, tmp_path, column):
+def test_a_label_table_matching_no_cell_is_named(ingested, demo_slide, tmp_path, column):
     """A pathology table of another slide gave an empty probe without a word, before."""
     from tissuekd.niche.ingest import write_labels
 
     stranger = tmp_path / f"{column}.csv"
     stranger.write_text("cell_id,label\nnot-a-cell,tumour\n")
     with pytest.raises(InputError, match=f"{column}.csv: no cell id matches the Xenium cells"):
-        write_labels(str(ingested["cells"]), str(tmp_path / "labels.parquet"), **{column: str(stranger)})
+        write_labels(str(ingested["cells"]), str(tmp_path / "labels.parquet"), str(demo_slide / "outs"),
+                     **{column: str(stranger)})
     assert not (tmp_path / "labels.parquet").exists()
 
 
@@ -136,6 +139,11 @@ def test_an_alignment_of_another_scale_than_the_image_is_refused(ingested, demo_
                                          r".*he_image.ome.tif states 0.2500 \(0.85x\)"):
         ingest_slide(str(demo_slide / "outs"), str(he_image(demo_slide)), str(identity), *outs)
     assert not any((tmp_path / n).exists() for n in ("cells.parquet", "expression.h5ad", "slide.json"))
+
+    # the sheet's he_mpp where the image's metadata is wrong: here it says 0.25 and the scan is 0.2125
+    ingest_slide(str(demo_slide / "outs"), str(he_image(demo_slide)), str(identity), *outs, sheet_mpp=0.2125,
+                 mpp_tolerance=0.1)
+    assert json.loads((tmp_path / "slide.json").read_text())["he_image_mpp"] == 0.2125
     check_he_scale(np.eye(3), 0.2125, 0.25, None, identity, "he.tif")  # tolerance null: not compared
     check_he_scale(np.eye(3), 0.2125, None, 0.1, identity, "he.tif")  # no resolution in the image
     check_he_scale(np.eye(3) * 1.05, 0.2125, 0.2125, 0.1, identity, "he.tif")  # within 10%

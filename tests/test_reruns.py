@@ -128,16 +128,39 @@ def test_changing_one_sheet_row_reruns_that_slide_only(run_copy):
     assert jobs == SLIDE_JOBS | AGGREGATES, jobs
 
 
-def test_editing_a_slides_annotations_reruns_its_evaluation_only(run_copy):
-    """Pathology and known niches are read by evaluation alone: an edited label must not rerun
-    features, scVI and the models (14 jobs a slide before, hours with a foundation encoder)."""
-    path = run_copy / "data" / "demo" / "colon_demo" / "pathology.csv"
+def _edit_first_label(path: Path) -> None:
     table = pd.read_csv(path, dtype=str)
     table.iloc[0, 1] = "edited"
     table.to_csv(path, index=False)
+
+
+CLUSTERS = "outs/analysis/clustering/gene_expression_graphclust/clusters.csv"
+
+
+@pytest.mark.parametrize("table", ["pathology.csv", CLUSTERS])
+def test_editing_a_slides_annotations_reruns_its_evaluation_and_maps_only(run_copy, table):
+    """Cell types, pathology and known niches are read by evaluation and maps alone: an edited
+    label must not rerun features, scVI and the models (14 jobs a slide before, hours with a
+    foundation encoder)."""
+    _edit_first_label(run_copy / "data" / "demo" / "colon_demo" / table)
     jobs, slides = dry_run_slides(run_copy)
     assert slides == {"colon_demo"}
-    assert jobs == {"niche_labels": 1, "niche_evaluate": SLIDE_JOBS["niche_evaluate"]} | AGGREGATES, jobs
+    assert jobs == {"niche_labels": 1, "niche_evaluate": SLIDE_JOBS["niche_evaluate"],
+                    "niche_maps": SLIDE_JOBS["niche_maps"]} | AGGREGATES, jobs
+
+
+def test_renaming_a_tissue_reruns_its_evaluation_and_the_tolerance_reruns_nothing(run_copy):
+    sheet_path = run_copy / "config" / "niche_slides.tsv"
+    sheet = pd.read_csv(sheet_path, sep="\t", dtype=str).fillna("")
+    sheet.loc[sheet["slide"] == "colon_demo", "tissue"] = "colon_adenocarcinoma"
+    sheet.to_csv(sheet_path, sep="\t", index=False)
+    jobs, slides = dry_run_slides(run_copy)
+    assert slides == {"colon_demo"}
+    assert jobs == {"niche_evaluate": SLIDE_JOBS["niche_evaluate"]} | AGGREGATES, jobs  # maps: the report's group
+    sheet.loc[sheet["slide"] == "colon_demo", "tissue"] = "colon"
+    sheet.to_csv(sheet_path, sep="\t", index=False)
+    result = snakemake("-n", "--cores", "1", "--config", "niche={'he_mpp_tolerance': None}", cwd=run_copy)
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
 
 
 def test_a_new_slide_row_runs_only_the_new_slide(run_copy):

@@ -214,11 +214,40 @@ def test_a_sheet_header_or_image_format_problem_is_named_before_any_job(tmp_path
     assert result.returncode != 0 and message in result.stdout + result.stderr, result.stderr[-2000:]
 
 
-def test_a_column_the_workflow_does_not_read_is_a_warning(tmp_path):
+def test_a_column_the_workflow_does_not_read_is_a_warning_unless_it_names_files(tmp_path):
     workdir = make_workdir(tmp_path)
     _rewrite_sheet(workdir, lambda s: s.assign(notes="rescanned").to_csv(sep="\t", index=False))
     result = snakemake("-n", "--cores", "1", cwd=workdir)
     assert "niche_slides.tsv line 1: column(s) ['notes'] are not read" in result.stdout + result.stderr
+    table = tmp_path / "truth.csv"
+    table.write_text("cell_id,niche\n")
+    _rewrite_sheet(workdir, lambda s: s.assign(truth=str(table)).to_csv(sep="\t", index=False))
+    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert f"niche_slides.tsv line 1: column 'truth' names files (e.g. {table})" in result.stdout + result.stderr
+
+
+def test_spaces_and_a_trailing_tab_are_read_as_meant(tmp_path):
+    """A trailing tab shifted every value one column ("he_alignment ... should be non-empty"), a
+    trailing space made a path "not exist"; a filled extra field, and a bundle shared by two
+    slides (a copied row), are named."""
+    workdir = make_workdir(tmp_path)
+    path = workdir / "config" / "niche_slides.tsv"
+    clean = path.read_text()
+    _rewrite_sheet(workdir, lambda s: "\n".join(
+        [s.to_csv(sep="\t", index=False).splitlines()[0]]
+        + [line + "\t" for line in s.assign(bundle=s["bundle"] + " ").to_csv(sep="\t", index=False).splitlines()[1:]]))
+    snakemake("-n", "--cores", "1", cwd=workdir)
+    path.write_text(clean)
+    _rewrite_sheet(workdir, lambda s: s.to_csv(sep="\t", index=False).replace("\n", "\tstray\n", 2)
+                   .replace("\tstray\n", "\n", 1))  # a filled field past the header on line 2
+    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert "niche_slides.tsv line 2: 9 tab-separated fields, but the header names 8 columns" in result.stdout
+    path.write_text(clean)
+    _rewrite_sheet(workdir, lambda s: s.assign(bundle=s["bundle"].iloc[0]).to_csv(sep="\t", index=False))
+    result = snakemake("-n", "--cores", "1", cwd=workdir)
+    assert "niche_slides.tsv lines 2, 3: slides share the bundle" in result.stdout + result.stderr
 
 
 def test_sheet_comments_keep_line_numbers_and_a_hash_inside_a_path(tmp_path):
@@ -274,9 +303,10 @@ def test_demo_run_writes_every_output(demo_run):
     for slide in ("breast_demo", "colon_demo", "lung_demo"):
         cells = pd.read_parquet(results / "niche" / slide / "cells.parquet")
         assert len(cells) >= DEMO_TEST_CELLS
-        assert {"cell_id", "x_um", "y_um", "x_he", "y_he", "cell_type"} <= set(cells.columns)
-        labels = pd.read_parquet(results / "niche" / slide / "labels.parquet")  # the sheet's, apart
-        assert list(labels.columns) == ["cell_id", "pathology", "truth"] and labels["cell_id"].equals(cells["cell_id"])
+        assert {"cell_id", "x_um", "y_um", "x_he", "y_he"} <= set(cells.columns)
+        labels = pd.read_parquet(results / "niche" / slide / "labels.parquet")  # annotations, apart
+        assert list(labels.columns) == ["cell_id", "cell_type", "pathology", "truth"]
+        assert labels["cell_id"].equals(cells["cell_id"])
         radius = json.loads((results / "niche" / slide / "radius.json").read_text())
         assert radius["mean_neighbors"] == pytest.approx(20, rel=0.10)
         split = pd.read_parquet(results / "niche" / slide / "demo-mobilenet" / "split.parquet")
@@ -338,6 +368,10 @@ def test_bundle_without_cell_table_is_named_before_any_job(demo_slide, tmp_path)
     text = result.stdout + result.stderr
     assert result.returncode != 0 and "line 2 (slide breast_demo)" in text
     assert "has no cells.parquet or cells.csv.gz" in text
+    sheet.loc[:, "bundle"] = str(bundle.parent)  # the folder a download unpacks, above outs/
+    sheet.to_csv(workdir / "config" / "niche_slides.tsv", sep="\t", index=False)
+    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+    assert f"the Xenium bundle {bundle.parent} has no experiment.xenium (did you mean {bundle}?)" in result.stdout
 
 
 def test_external_teacher_needs_a_logits_path_per_row(tmp_path):

@@ -172,3 +172,23 @@ def test_a_resolution_no_scanner_gives_is_no_resolution(tmp_path, caplog, resolu
         assert type(slide).__name__ == "OpenSlideSlide"
         assert slide.mpp == (pytest.approx(mpp) if mpp else None)
     assert ("which no slide scanner gives" in caplog.text) == (mpp is None)
+
+
+def test_a_single_channel_image_is_read_with_a_warning(tmp_path, caplog):
+    """A DAPI morphology image given as the H&E ran without a word."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "dapi.ome.tif", np.zeros((64, 64), np.uint16), metadata={"axes": "YX"})
+    with open_slide(tmp_path / "dapi.ome.tif") as slide:
+        assert slide.read(0, 0, 0, 8, 8).shape == (8, 8, 3)
+    assert "dapi.ome.tif: one channel, read as grey RGB: is this the H&E" in caplog.text
+
+
+def test_an_ome_pixel_size_of_zero_is_no_pixel_size(tmp_path):
+    """Some converters write PhysicalSizeX="0.0": the scale check divided by it."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "z.ome.tif", np.zeros((64, 64, 3), np.uint8), photometric="rgb",
+                     metadata={"axes": "YXS", "PhysicalSizeX": 0.0, "PhysicalSizeY": 0.0})
+    with open_slide(tmp_path / "z.ome.tif") as slide:
+        assert slide.mpp is None

@@ -167,3 +167,40 @@ def test_feature_names_that_are_not_ascii_are_named(bundle_copy):
         h5["matrix/features/name"] = names.astype(object)
     with pytest.raises(InputError, match="cell_feature_matrix.h5: barcodes or feature names are not ASCII"):
         load_bundle(bundle_copy / "outs")
+
+
+def test_label_tables_as_pathology_groups_keep_them(tmp_path, caplog):
+    """Excel reads; a third column is named in a warning; GeoJSON polygons and a header without rows
+    are refused by name (a raw UnicodeDecodeError and 'no cell id matches ... e.g. []' before)."""
+    table = pd.DataFrame({"cell_id": ["aaaabbbb-1", "aaaacccc-1"], "region": ["tumour", "stroma"]})
+    table.to_excel(tmp_path / "pathology.xlsx", index=False)
+    assert read_labels(tmp_path / "pathology.xlsx").to_dict() == {"aaaabbbb-1": "tumour", "aaaacccc-1": "stroma"}
+    table.assign(score="0.9").to_csv(tmp_path / "three.csv", index=False)
+    assert read_labels(tmp_path / "three.csv").tolist() == ["tumour", "stroma"]
+    assert "three.csv: the labels are its second column, 'region'; ['score'] ignored" in caplog.text
+    (tmp_path / "regions.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    with pytest.raises(InputError, match="regions.geojson: polygon annotations"):
+        read_labels(tmp_path / "regions.geojson")
+    (tmp_path / "empty.csv").write_text("cell_id,niche\n")
+    with pytest.raises(InputError, match="empty.csv: has a header but no rows"):
+        read_labels(tmp_path / "empty.csv")
+    (tmp_path / "latin1.csv").write_bytes("cell_id,region\naaaabbbb-1,tumeur \xe5\n".encode("latin-1"))
+    with pytest.raises(InputError, match="latin1.csv: not a UTF-8 text table"):
+        read_labels(tmp_path / "latin1.csv")
+
+
+def test_bad_centroids_and_repeated_ids_are_counted_with_examples(bundle_copy, tmp_path):
+    path = bundle_copy / "outs" / "cells.parquet"
+    table = pd.read_parquet(path)
+    first = table["cell_id"][0]
+    table.loc[[3, 5], "x_centroid"] = np.nan
+    table.to_parquet(path)
+    with pytest.raises(InputError, match=r"2 cell\(s\) with NaN or infinite centroid coordinates, e.g. \["):
+        load_bundle(bundle_copy / "outs")
+    table.loc[1, "cell_id"] = first
+    table.to_parquet(path)
+    with pytest.raises(InputError, match=rf"1 cell_id value\(s\) repeated, e.g. \['{first}'\]"):
+        load_bundle(bundle_copy / "outs")
+    (tmp_path / "dup.csv").write_text("cell_id,label\na-1,x\na-1,y\n")
+    with pytest.raises(InputError, match=r"dup.csv: duplicate cell ids: 1 repeated, e.g. \['a-1'\]"):
+        read_labels(tmp_path / "dup.csv")

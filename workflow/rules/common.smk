@@ -51,8 +51,9 @@ os.environ.setdefault("TISSUEKD_ROOT", str(Path(workflow.basedir).parent))
 def load_sheet(path, schema):
     """A tab-separated sample sheet, validated against its schema (defaults filled), indexed by
     each row's line in the file (errors name it). Lines starting with # are comments; a # inside
-    a value is kept (a path may hold one). A row that fails the schema is named by its line,
-    with the schema's one-line reason."""
+    a value is kept (a path may hold one). Values are stripped of spaces, and empty fields past
+    the header's (a trailing tab) dropped. A row that fails the schema is named by its line, with
+    the schema's one-line reason."""
     if not os.path.exists(path):
         raise WorkflowError(f"sample sheet {path} does not exist")
     with open(path, encoding="utf-8-sig") as f:
@@ -60,11 +61,13 @@ def load_sheet(path, schema):
     kept = [i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")]
     if not kept:
         raise WorkflowError(f"sample sheet {path} is empty")
-    text = "\n".join(lines[i] for i in kept)
-    sheet = pd.read_csv(io.StringIO(text), sep="\t", dtype=str).fillna("")
+    width = len(lines[kept[0]].split("\t"))
+    rows = [fit_fields(lines[i], width, f"{path} line {i + 1}") for i in kept]
+    sheet = pd.read_csv(io.StringIO("\n".join(rows)), sep="\t", dtype=str).fillna("")
+    sheet = sheet.apply(lambda column: column.str.strip())  # a trailing space made a path "not exist"
     sheet.index = [i + 1 for i in kept[1:]]  # 1-based lines of the rows (the first kept line is the header)
     sheet.columns = sheet.columns.str.strip()
-    check_header(list(sheet.columns), schema, f"{path} line {kept[0] + 1}")
+    check_header(sheet, schema, f"{path} line {kept[0] + 1}")
     try:
         validate(sheet, schema)
     except WorkflowError as err:
@@ -78,12 +81,24 @@ def load_sheet(path, schema):
     return sheet
 
 
-def check_header(columns, schema, where):
+def fit_fields(line, width, where):
+    """A row with empty fields past the header's (an editor's trailing tab) loses them: pandas
+    would shift every value one column. Filled extra fields are an error."""
+    fields = line.split("\t")
+    if len(fields) > width:
+        if any(f.strip() for f in fields[width:]):
+            raise WorkflowError(f"{where}: {len(fields)} tab-separated fields, but the header names {width} columns")
+        return "\t".join(fields[:width])
+    return line
+
+
+def check_header(sheet, schema, where):
     """The header names the schema's columns: a near miss of a known name is an error naming it
-    (an optional column misspelt would be ignored without a word), a required one missing is named
-    at the header, other columns are ignored with a warning."""
+    (an optional column misspelt would be ignored without a word), as is an unknown one naming
+    files; a required one missing is named at the header; other columns are ignored with a warning."""
     spec = yaml.safe_load(Path(workflow.basedir, "schemas", Path(schema).name).read_text())
     known, required = list(spec["properties"]), spec.get("required", [])
+    columns = list(sheet.columns)
     if len(columns) == 1 and "," in columns[0]:
         raise WorkflowError(
             f"{where}: the header has no tab; sheets are tab-separated (this one looks comma-separated)"
@@ -96,6 +111,13 @@ def check_header(columns, schema, where):
     missing = [c for c in required if c not in columns]
     if missing:
         raise WorkflowError(f"{where}: the header lacks the required column(s) {missing} (has {columns})")
+    for column in unknown:
+        files = [v for v in sheet[column] if v and os.path.isfile(v)]
+        if files:
+            raise WorkflowError(
+                f"{where}: column {column!r} names files (e.g. {files[0]}) but is not a column the "
+                f"workflow reads (its columns: {known})"
+            )
     if unknown:
         logger.warning(f"{where}: column(s) {unknown} are not read (the sheet's columns: {known})")
 
@@ -117,6 +139,12 @@ def made_by_demo(path):
 
 def check_slide_rows(sheet, sheet_path):
     require_unique(sheet, "slide", sheet_path)
+    shared = sheet[sheet["bundle"].duplicated(keep=False)]
+    if len(shared):  # a copied row, most likely: one section would count twice in the tissue means
+        logger.warning(
+            f"{sheet_path} lines {', '.join(map(str, shared.index))}: slides share the bundle "
+            f"{shared['bundle'].iloc[0]}"
+        )
     for row_no, row in zip(sheet.index, sheet.itertuples(index=False)):
         where = f"{sheet_path} line {row_no} (slide {row.slide})"
         if NICHE["teacher"] == "external" and not row.teacher_logits:
@@ -139,7 +167,9 @@ def check_bundle(bundle, where):
     needed = [["experiment.xenium"], ["cells.parquet", "cells.csv.gz"], ["cell_feature_matrix.h5"]]
     for names in needed:
         if not any((bundle / n).exists() for n in names):
-            raise WorkflowError(f"{where}: the Xenium bundle {bundle} has no {' or '.join(names)}")
+            inner = (bundle / "outs" / names[0]).exists()  # the folder above the bundle, as downloads unpack
+            hint = f" (did you mean {bundle / 'outs'}?)" if inner else ""
+            raise WorkflowError(f"{where}: the Xenium bundle {bundle} has no {' or '.join(names)}{hint}")
 
 
 TIMM_NAMES = ".snakemake/tissuekd/timm_models.txt"  # names timm knew, per version: dry runs skip the import
@@ -326,20 +356,22 @@ def xenium_inputs(wildcards):
         "he_image": row["he_image"],
         "he_alignment": row["he_alignment"],
     }
-    if row["cell_types"]:
-        inputs["cell_types"] = row["cell_types"]
-    else:  # unpacked, or the download's analysis.tar.gz (the demo's: made by its rule)
-        clusters = bundle / CLUSTERS if made_by_demo(bundle) else clusters_path(bundle)
-        if clusters:
-            inputs["clusters"] = clusters
     return {k: str(v) for k, v in inputs.items()}
 
 
 def label_inputs(wildcards):
-    """The slide's cells and the sheet's optional annotations niche_labels puts on them."""
+    """The slide's cells and the annotations niche_labels puts on them: the sheet's tables, and
+    without a cell-type table the bundle's clusters (unpacked, or the download's analysis.tar.gz;
+    the demo's made by its rule)."""
     row = SLIDES.loc[wildcards.slide]
     inputs = {"cells": f"{RESULTS}/niche/{wildcards.slide}/cells.parquet"}
-    return inputs | {column: row[column] for column in ("pathology", "niche_truth") if row[column]}
+    inputs |= {column: row[column] for column in ("cell_types", "pathology", "niche_truth") if row[column]}
+    if not row["cell_types"]:
+        bundle = Path(row["bundle"])
+        clusters = bundle / CLUSTERS if made_by_demo(bundle) else clusters_path(bundle)
+        if clusters:
+            inputs["clusters"] = str(clusters)
+    return inputs
 
 
 def niche_predictions(wildcards):

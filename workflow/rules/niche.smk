@@ -23,14 +23,13 @@ rule niche_ingest:
         runtime=minutes_per_cell(10, 20),
     params:
         bundle=slide_value("bundle"),
-        tissue=slide_value("tissue"),
         wsi_backend=NICHE["wsi_backend"],
-        mpp_tolerance=NICHE["he_mpp_tolerance"],
+        he_mpp=slide_value("he_mpp"),
     script:
         "../../scripts/niche_ingest.py"
 
 
-# The sheet's annotations apart from cells.parquet: editing them reruns evaluation only.
+# The slide's annotations apart from cells.parquet: editing them reruns evaluation and maps only.
 rule niche_labels:
     input:
         unpack(label_inputs),
@@ -45,6 +44,8 @@ rule niche_labels:
     resources:
         mem_mb=mem_per_cell(1000, 1),
         runtime=minutes_per_cell(5, 5),
+    params:
+        bundle=slide_value("bundle"),
     script:
         "../../scripts/niche_labels.py"
 
@@ -320,6 +321,7 @@ rule niche_evaluate:
 rule niche_maps:
     input:
         unpack(niche_predictions),
+        labels=rules.niche_labels.output[0],
     output:
         report(
             f"{KDIR}/maps.png",

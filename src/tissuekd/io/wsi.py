@@ -138,6 +138,8 @@ class TiffSlide(Slide):
             raise InputError(path, f"expected 8- or 16-bit pixels, found {series.dtype}")
         if series.dtype == np.uint16:
             log.info("%s: 16-bit pixels, read as 8-bit (value / 257)", path)
+        if self._axes == "YX":
+            log.warning("%s: one channel, read as grey RGB: is this the H&E, not a fluorescence image?", path)
         self.levels = [(s[2], s[1]) if self._planar else (s[1], s[0]) for s in shapes]
         self.downsamples = [self.levels[0][0] / w for w, _ in self.levels]
         self._arrays = [zarr.open(self._tif.aszarr(level=i), mode="r") for i in range(len(shapes))]

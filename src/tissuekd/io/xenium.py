@@ -76,9 +76,12 @@ def read_cells(bundle: str | Path) -> pd.DataFrame:
         index=_as_str_ids(table["cell_id"]),
     )
     if cells.index.has_duplicates:
-        raise InputError(path, "duplicate cell_id values")
-    if not np.isfinite(cells.to_numpy()).all():
-        raise InputError(path, "NaN or infinite centroid coordinates")
+        repeated = cells.index[cells.index.duplicated()].unique()
+        raise InputError(path, f"{len(repeated)} cell_id value(s) repeated, e.g. {list(repeated[:3])}")
+    bad = ~np.isfinite(cells.to_numpy()).all(axis=1)
+    if bad.any():
+        raise InputError(path, f"{bad.sum()} cell(s) with NaN or infinite centroid coordinates, e.g. "
+                               f"{list(cells.index[bad][:3])}")
     if cells.empty:
         raise InputError(path, "no cells")
     return cells
@@ -161,17 +164,17 @@ def read_labels(path: str | Path, value_column: str | None = None, id_column: st
     path = Path(path)
     if text is None and not path.exists():
         raise InputError(path, "label file does not exist")
-    # labels and ids as written: numbers in a column with blanks would otherwise read as floats ("1.0")
-    if path.suffix == ".parquet":
-        table = pd.read_parquet(path).convert_dtypes()
-    else:
-        table = pd.read_csv(io.BytesIO(text) if text is not None else path, sep=None, engine="python",
-                            encoding="utf-8-sig", dtype=str)
+    table = _label_table(path, text)
     if table.shape[1] < 2:
         raise InputError(path, "expected at least two columns: cell id and label")
+    if table.empty:
+        raise InputError(path, "has a header but no rows")
     if id_column is None and XENIUM_ID.fullmatch(str(table.columns[0]).strip()):
         raise InputError(path, f"the first row ({', '.join(map(str, table.columns[:2]))}) looks like a cell, not a "
                                "header: the table needs a header row (cell id, label)")
+    if value_column is None and table.shape[1] > 2:
+        log.warning("%s: the labels are its second column, %r; %s ignored", path, table.columns[1],
+                    list(table.columns[2:]))
     id_column = id_column or table.columns[0]
     value_column = value_column or table.columns[1]
     for col in (id_column, value_column):
@@ -181,8 +184,26 @@ def read_labels(path: str | Path, value_column: str | None = None, id_column: st
     table = table[given]  # a blank label is no label: such cells stay unknown, not a class "nan"
     labels = pd.Series(table[value_column].astype(str).to_numpy(), index=_as_str_ids(table[id_column]))
     if labels.index.has_duplicates:
-        raise InputError(path, "duplicate cell ids")
+        repeated = labels.index[labels.index.duplicated()].unique()
+        raise InputError(path, f"duplicate cell ids: {len(repeated)} repeated, e.g. {list(repeated[:3])}")
     return labels
+
+
+def _label_table(path: Path, text: bytes | None) -> pd.DataFrame:
+    """A label table as written: ids and labels as strings (numbers in a column with blanks would
+    otherwise read as floats, "1.0"), from parquet, Excel or delimited text."""
+    if path.suffix.lower() in (".geojson", ".json"):
+        raise InputError(path, "polygon annotations (GeoJSON, e.g. QuPath's) are not read: give a table with one row "
+                               "per cell (cell id, label), e.g. each cell labelled with the region its centroid is in")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path).convert_dtypes()
+    if path.suffix.lower() in (".xlsx", ".xls"):
+        return pd.read_excel(path, dtype=str)  # the first sheet
+    try:
+        return pd.read_csv(io.BytesIO(text) if text is not None else path, sep=None, engine="python",
+                           encoding="utf-8-sig", dtype=str)
+    except UnicodeDecodeError:
+        raise InputError(path, "not a UTF-8 text table (CSV/TSV); Excel workbooks need the .xlsx ending") from None
 
 
 def load_bundle(bundle: str | Path) -> tuple[pd.DataFrame, ad.AnnData, dict]:

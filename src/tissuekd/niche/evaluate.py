@@ -153,8 +153,12 @@ def _assignments(path: str, cells: pd.DataFrame) -> np.ndarray:
     return frame.loc[cells[CELL_ID], "niche"].to_numpy()
 
 
-def _in_order(table: pd.DataFrame, cells: pd.DataFrame, path: str) -> pd.DataFrame:
-    """A per-cell table whose rows must be the cells', in their order (a stale one is an error)."""
+def _labels(cells: pd.DataFrame, path: str | None) -> pd.DataFrame:
+    """The slide's labels.parquet, whose rows must be the cells', in their order (a stale one is
+    an error); None: the columns of `cells` itself."""
+    if path is None:
+        return cells
+    table = pd.read_parquet(path)
     if not table[CELL_ID].equals(cells[CELL_ID]):
         raise ValueError(f"{path}: its cells are not those of the slide's cells.parquet (rerun niche_labels)")
     return table
@@ -169,7 +173,7 @@ def evaluate_slide(cells_path: str, split_path: str, teacher: str, predictions: 
     Parameters
     ----------
     cells_path : str
-        The slide's cells.parquet: `cell_id`, `cell_type`.
+        The slide's cells.parquet: `cell_id`.
     split_path : str
         The encoder's split.parquet; cells with `role` "test" are scored.
     teacher : str
@@ -183,8 +187,8 @@ def evaluate_slide(cells_path: str, split_path: str, teacher: str, predictions: 
     k : int
         Number of niches, written to column `k`.
     labels : str or None
-        The slide's labels.parquet (niche_labels: `pathology` and `truth` where the sheet gave them, in
-        the cells' order); None: those columns are read from `cells_path`, where present.
+        The slide's labels.parquet (niche_labels: `cell_type`, and `pathology` and `truth` where the
+        sheet gave them, in the cells' order); None: those columns are read from `cells_path`.
     methods : mapping of str to NicheMethod or None
         The method table (niche/methods.py, with the config's variants); an entry's `matched` says whether
         its cluster ids are Hungarian-matched to the teacher's niches for the JSD. None: the built-in table.
@@ -197,8 +201,8 @@ def evaluate_slide(cells_path: str, split_path: str, teacher: str, predictions: 
     cells = pd.read_parquet(cells_path)
     test = pd.read_parquet(split_path)["role"].to_numpy() == "test"
     reference = _assignments(teacher, cells)[test]
-    types = cells["cell_type"].to_numpy()[test]
-    given = cells if labels is None else _in_order(pd.read_parquet(labels), cells, labels)
+    given = _labels(cells, labels)
+    types = given["cell_type"].to_numpy()[test]
     annotation = None
     if "pathology" in given and (given["pathology"] != UNANNOTATED).any():
         annotation = given["pathology"].to_numpy()[test]
@@ -213,6 +217,9 @@ def evaluate_slide(cells_path: str, split_path: str, teacher: str, predictions: 
     log.info("\n%s", table.drop(columns="probe_classes").to_string(index=False))
     if annotation is not None:
         log.info("probe: annotated test cells per class %s", table["probe_classes"].iloc[0])
+        if table["probe_F1"].isna().all():
+            log.warning("probe_F1 not computed: it needs two annotated classes of at least 2 cells each on the "
+                        "test strip, which has %s", table["probe_classes"].iloc[0] or "none")
     with atomic_path(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
     return table
@@ -230,7 +237,7 @@ def _matched_colours(labels: np.ndarray, reference: np.ndarray, test: np.ndarray
 
 
 def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[str, str], out: str, *,
-              title: str, methods: Mapping[str, NicheMethod] | None = None) -> None:
+              title: str, labels: str | None = None, methods: Mapping[str, NicheMethod] | None = None) -> None:
     """Teacher, student and baselines side by side; matched niches share a colour. Below each
     map, its niches' cell-type compositions on the test strip (what the JSD compares), rows
     in the teacher's niche order.
@@ -238,7 +245,7 @@ def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[
     Parameters
     ----------
     cells_path : str
-        The slide's cells.parquet: `x_um`, `y_um` (µm, Xenium frame; the maps' axes, y downwards) and `cell_type`.
+        The slide's cells.parquet: `x_um`, `y_um` (µm, Xenium frame; the maps' axes, y downwards).
     split_path : str
         The encoder's split.parquet; the test strip is marked with dashed lines.
     teacher : str
@@ -250,6 +257,8 @@ def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[
         PNG written.
     title : str
         Start of the figure's title.
+    labels : str or None
+        The slide's labels.parquet (`cell_type`); None: read from `cells_path`.
     methods : mapping of str to NicheMethod or None
         The method table (niche/methods.py, with the config's variants): `matched`, and `label` as the
         panel's title. None: the built-in table.
@@ -260,26 +269,27 @@ def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[
     import matplotlib.pyplot as plt
 
     cells = pd.read_parquet(cells_path)
+    cell_types = _labels(cells, labels)["cell_type"].to_numpy()
     role = pd.read_parquet(split_path)["role"].to_numpy()
     reference = _assignments(teacher, cells)
     methods = METHODS if methods is None else methods
     panels = {"teacher (transcriptomics)": reference}
     for method, path in predictions.items():
-        labels = _assignments(path, cells)
+        niches = _assignments(path, cells)
         if methods[method].matched:
-            labels = _matched_colours(labels, reference, role == "test")
-        panels[methods[method].label] = labels
+            niches = _matched_colours(niches, reference, role == "test")
+        panels[methods[method].label] = niches
     # tab20's strong colours first, then its pale partners: K=10 maps use only strong ones
     palette = np.array(plt.get_cmap("tab20").colors)[np.r_[0:20:2, 1:20:2]]
     y = cells[Y_UM].to_numpy()
     test = role == "test"
-    types = np.unique(cells["cell_type"].to_numpy()[test])
+    types = np.unique(cell_types[test])
     heatmap_height = 0.25 * (int(reference.max()) + 4)  # a row per teacher niche, plus the labels
     fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 4.6 + heatmap_height),
                              constrained_layout=True, height_ratios=[4.6, heatmap_height])
-    for ax, heat, (name, labels) in zip(axes[0], axes[1], panels.items()):
-        labels = np.asarray(labels)
-        ax.scatter(cells[X_UM], y, c=palette[labels % 20], s=1.2, linewidths=0, rasterized=True)
+    for ax, heat, (name, niches) in zip(axes[0], axes[1], panels.items()):
+        niches = np.asarray(niches)
+        ax.scatter(cells[X_UM], y, c=palette[niches % 20], s=1.2, linewidths=0, rasterized=True)
         for edge in (y[test].min(), y[test].max()):
             ax.axhline(edge, color="black", lw=0.8, ls="--")
         ax.set_title(name, fontsize=10)
@@ -287,8 +297,7 @@ def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[
         ax.invert_yaxis()
         ax.set_xticks([])
         ax.set_yticks([])
-        image = _composition_heatmap(heat, compositions(labels[test], cells["cell_type"].to_numpy()[test], types),
-                                     palette)
+        image = _composition_heatmap(heat, compositions(niches[test], cell_types[test], types), palette)
     fig.colorbar(image, ax=axes[1, -1], label="share of the niche's cells", fraction=0.08)
     fig.suptitle(f"{title} (test strip between dashed lines; below: cell-type share per niche on it)", fontsize=11)
     with atomic_path(out) as tmp:

@@ -84,6 +84,8 @@ def matched_labels(cells: pd.Index, labels: pd.Series, source: str | Path, fill:
         log.warning("%s: %d of its %d rows name no cell of this slide; they are ignored", source, strangers,
                     len(labels))
     log.info("%s: labels for %d of %d cells (%d classes)", source, covered.sum(), len(cells), labels.nunique())
+    if labels.nunique() == 1:
+        log.warning("%s: every row has the one label %r (is the label its second column?)", source, labels.iloc[0])
     return labels.reindex(cells).fillna(fill)
 
 
@@ -102,22 +104,27 @@ def cell_type_labels(cells: pd.DataFrame, bundle: str | Path, cell_types: str | 
     return matched_labels(cells.index, labels, source, UNKNOWN_TYPE)
 
 
-def write_labels(cells_path: str, out: str, pathology: str | None = None, truth: str | None = None) -> None:
-    """The rule niche_labels: the sheet's per-cell annotations in the row order of cells.parquet,
-    apart from it so that editing them reruns only evaluation (nothing else reads them).
+def write_labels(cells_path: str, out: str, bundle: str, cell_types: str | None = None, pathology: str | None = None,
+                 truth: str | None = None) -> None:
+    """The rule niche_labels: the slide's per-cell annotations in the row order of cells.parquet,
+    apart from it so that editing them reruns only evaluation and maps (nothing else reads them).
 
     Parameters
     ----------
     cells_path : str
         The slide's cells.parquet (ingest).
     out : str
-        labels.parquet written: `cell_id`, and `pathology` (cells absent: "unannotated") and `truth`
-        (cells absent: "") where given.
+        labels.parquet written: `cell_id`, `cell_type`, and `pathology` (cells absent: "unannotated")
+        and `truth` (cells absent: "") where given.
+    bundle : str
+        The Xenium output folder, whose graph-based clusters are the cell types without `cell_types`.
+    cell_types : str or None
+        Table of cell_id -> cell type (CSV, TSV, parquet or Excel); None: Xenium's clusters, else "unknown".
     pathology, truth : str or None
         Tables of cell_id -> pathology annotation (the region a pathologist drew) / known niche.
     """
     cells = pd.Index(pd.read_parquet(cells_path, columns=[CELL_ID])[CELL_ID], name=CELL_ID)
-    table = pd.DataFrame(index=cells)
+    table = pd.DataFrame({"cell_type": cell_type_labels(pd.DataFrame(index=cells), bundle, cell_types)}, index=cells)
     if pathology:
         table["pathology"] = matched_labels(cells, read_labels(pathology), pathology, UNANNOTATED)
     if truth:
@@ -128,26 +135,27 @@ def write_labels(cells_path: str, out: str, pathology: str | None = None, truth:
 
 def check_he_scale(affine: np.ndarray, pixel_size: float, image_mpp: float | None, tolerance: float | None,
                    alignment_path: str | Path, image_path: str | Path) -> None:
-    """The alignment's µm per H&E pixel must agree with the image's own (its OME or OpenSlide
-    metadata) within `tolerance` (a share): a wrong scale moves cells by that share of their
+    """The alignment's µm per H&E pixel must agree with the image's (its metadata's, or the sheet's
+    `he_mpp`) within `tolerance` (a share): a wrong scale moves cells by that share of their
     distance from the origin, millimetres on a slide, and no other check sees it. None (or an
-    image without a resolution): not checked."""
+    image without a resolution): not checked, with a warning."""
     implied = he_mpp(affine, pixel_size)
     if image_mpp is None or tolerance is None:
-        log.info("%s: %.4f um per H&E pixel (the image states %s; not compared)", alignment_path, implied, image_mpp)
+        log.warning("%s: %.4f um per H&E pixel, not compared with the image (%s)", alignment_path, implied,
+                    "no resolution in its metadata" if image_mpp is None else "niche.he_mpp_tolerance: null")
         return
     if abs(implied / image_mpp - 1) > tolerance:
         raise InputError(alignment_path, f"implies {implied:.4f} um per H&E pixel, but {image_path} states "
                                          f"{image_mpp:.4f} ({implied / image_mpp:.2f}x): is this the alignment of "
-                                         "this image at full resolution? (If the image's metadata is wrong, set "
-                                         "niche.he_mpp_tolerance: null)")
+                                         "this image at full resolution, and the image the H&E? (If the image's "
+                                         "metadata is wrong, give the slide's he_mpp in the sheet)")
 
 
 def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, out_expression: str,
-                 out_slide: str, cell_types: str | None = None, backend: str = "auto",
-                 mpp_tolerance: float | None = 0.1) -> None:
-    """The rule niche_ingest: one Xenium slide's cells placed on its H&E, with cell types, its
-    counts, and its metadata (the sheet's other annotations: write_labels).
+                 out_slide: str, backend: str = "auto", mpp_tolerance: float | None = 0.1,
+                 sheet_mpp: float | None = None) -> None:
+    """The rule niche_ingest: one Xenium slide's cells placed on its H&E, its counts, and its
+    metadata (the slide's annotations, cell types included: write_labels).
 
     Parameters
     ----------
@@ -159,31 +167,29 @@ def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, 
     he_alignment : str
         Xenium's `*_he_imagealignment.csv`: a 3x3 affine, H&E level-0 px -> morphology-image px.
     out_cells : str
-        cells.parquet written: `cell_id`, `x_um`, `y_um` (µm, Xenium frame), `x_he`, `y_he` (H&E level-0 px),
-        `cell_type`.
+        cells.parquet written: `cell_id`, `x_um`, `y_um` (µm, Xenium frame), `x_he`, `y_he` (H&E level-0 px).
     out_expression : str
-        expression.h5ad written: gene counts, cells x genes, with `cell_type` in obs.
+        expression.h5ad written: gene counts, cells x genes.
     out_slide : str
         slide.json written: `pixel_size` (µm per morphology px), `affine`, `he_mpp` (µm per H&E level-0 px),
         `he_size` (level-0 width, height in px), `n_cells`, `n_genes`, ...
-    cell_types : str or None
-        Table of cell_id -> cell type (CSV, TSV or parquet); None: Xenium's graph-based clusters, else "unknown".
     backend : str, default "auto"
         Slide reader: "auto" (tifffile for OME-TIFF, OpenSlide otherwise), "openslide" or "tifffile".
     mpp_tolerance : float or None, default 0.1
-        How far (a share) the alignment's µm per H&E pixel may be from the image's own (check_he_scale).
+        How far (a share) the alignment's µm per H&E pixel may be from the image's (check_he_scale).
+    sheet_mpp : float or None
+        The sheet's `he_mpp`: the H&E's µm per pixel where its metadata lacks it or is wrong.
     """
     affine = read_alignment(he_alignment)  # the small inputs first: a bad one stops before the matrix is read
     with open_slide(he_image, backend) as slide:
-        image_size, image_mpp = slide.dimensions, slide.mpp
+        image_size, image_mpp = slide.dimensions, sheet_mpp or slide.mpp
     cells, counts, meta = load_bundle(bundle)
     pixel_size = float(meta["pixel_size"])
     check_he_scale(affine, pixel_size, image_mpp, mpp_tolerance, he_alignment, he_image)
     he, inside = register_cells(cells, affine, pixel_size, image_size, he_alignment)
     if not inside.all():
         cells, counts, he = cells[inside], counts[inside].copy(), he[inside]
-    table = cells.assign(x_he=he[:, 0], y_he=he[:, 1], cell_type=cell_type_labels(cells, bundle, cell_types))
-    counts.obs["cell_type"] = table["cell_type"].to_numpy()
+    table = cells.assign(x_he=he[:, 0], y_he=he[:, 1])
     log.info("%s: %d cells, %d genes, H&E %.4f um/px", bundle, len(table), counts.n_vars, he_mpp(affine, pixel_size))
 
     with atomic_path(out_cells) as tmp:

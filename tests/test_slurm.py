@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -108,7 +109,7 @@ def test_changing_one_slide_plans_only_that_slide_and_the_aggregates(slurm_run):
     slides = {line.split("slide=")[1].split(",")[0].strip() for line in out.splitlines() if "slide=" in line}
     assert slides == {"colon_demo"}, out[-2000:]
     per_slide = [j for j in jobs if j.startswith("niche_")]
-    assert len(per_slide) == 11  # ingest ... maps, K=10
+    assert len(per_slide) == 12  # ingest, labels ... maps, K=10
     assert set(jobs) - set(per_slide) <= {"benchmark_niche", "benchmark_runtimes", "all"}
 
 
@@ -118,7 +119,9 @@ def test_a_failing_job_is_retried_then_named_with_its_slurm_log(cluster, slurm_r
     shutil.copytree(slurm_run[0] / demo, workdir / demo)
     sheet = pd.read_csv(workdir / "config" / "niche_slides.tsv", sep="\t", dtype=str).fillna("")
     bad = workdir / "shifted_alignment.csv"
-    bad.write_text("1,0,90000\n0,1,0\n0,0,1\n")  # maps every cell off the H&E: ingest fails
+    affine = np.loadtxt(workdir / demo / "breast_demo_he_imagealignment.csv", delimiter=",")
+    affine[0, 2] += 90000  # maps every cell off the H&E: ingest fails
+    np.savetxt(bad, affine, delimiter=",")
     sheet["he_alignment"] = str(bad)
     sheet.to_csv(workdir / "config" / "niche_slides.tsv", sep="\t", index=False)
     before = {r["JobID"] for r in cluster.sacct("JobID")}

@@ -199,6 +199,7 @@ def test_evaluation_scores_every_method_of_the_table_it_is_given(tmp_path):
     cells = pd.DataFrame({"cell_id": [f"c{i}" for i in range(n)], "cell_type": np.array(list("abcd"))[teacher],
                           "x_um": rng.uniform(0, 100, n), "y_um": rng.uniform(0, 100, n)})
     cells.to_parquet(tmp_path / "cells.parquet")
+    cells[["cell_id", "cell_type"]].to_parquet(tmp_path / "labels.parquet")
     pd.DataFrame({"cell_id": cells["cell_id"], "role": "test"}).to_parquet(tmp_path / "split.parquet")
     for name, niche in (("teacher", teacher), ("student", teacher), ("hist_leiden", (teacher + 1) % 4)):
         pd.DataFrame({"cell_id": cells["cell_id"], "niche": niche}).to_parquet(tmp_path / f"{name}.parquet")
@@ -207,7 +208,8 @@ def test_evaluation_scores_every_method_of_the_table_it_is_given(tmp_path):
                    for m in ("student", "hist_leiden", "leiden_again")}
     table = evaluate_slide(str(tmp_path / "cells.parquet"), str(tmp_path / "split.parquet"),
                            str(tmp_path / "teacher.parquet"), predictions, str(tmp_path / "metrics.tsv"),
-                           slide="s", tissue="t", k=4, encoder="e", methods=methods).set_index("method")
+                           labels=str(tmp_path / "labels.parquet"), slide="s", tissue="t", k=4, encoder="e",
+                           methods=methods).set_index("method")
     assert list(table.index) == ["teacher", "student", "hist_leiden", "leiden_again"]
     # one cell type per teacher niche: matched, the shifted clusters have the teacher's compositions
     assert table.loc["leiden_again", "JSD"] == table.loc["hist_leiden", "JSD"] == pytest.approx(0)

@@ -375,10 +375,11 @@ def label_inputs(wildcards):
 
 
 def niche_predictions(wildcards):
-    """Everything evaluation and maps compare: the teacher and every method of the table (the
-    output its entry names, of the rule its entry names)."""
+    """Everything evaluation and maps compare: the cells and their labels, the teacher and every
+    method of the table (the output its entry names, of the rule its entry names)."""
     inputs = {
         "cells": f"{RESULTS}/niche/{wildcards.slide}/cells.parquet",
+        "labels": f"{RESULTS}/niche/{wildcards.slide}/labels.parquet",
         "split": f"{RESULTS}/niche/{wildcards.slide}/{wildcards.encoder}/split.parquet",
         "teacher": f"{RESULTS}/niche/{wildcards.slide}/k{wildcards.k}/teacher/logits.parquet",
     }

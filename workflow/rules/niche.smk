@@ -300,7 +300,6 @@ rule niche_hist_leiden:
 rule niche_evaluate:
     input:
         unpack(niche_predictions),
-        labels=rules.niche_labels.output[0],
     output:
         ensure(f"{KDIR}/metrics.tsv", non_empty=True),
     log:
@@ -321,7 +320,6 @@ rule niche_evaluate:
 rule niche_maps:
     input:
         unpack(niche_predictions),
-        labels=rules.niche_labels.output[0],
     output:
         report(
             f"{KDIR}/maps.png",

@@ -47,8 +47,9 @@ def make_slide(folder: Path, n: int, dim: int, seed: int = 0) -> None:
     ctype = np.array([rng.choice(6, p=mix[v]) for v in niche])
     ids = np.char.add("c", np.arange(n).astype(str))
     pd.DataFrame({CELL_ID: ids, X_UM: xy[:, 0], Y_UM: xy[:, 1], XY_HE[0]: xy[:, 0] / 0.2125,
-                  XY_HE[1]: xy[:, 1] / 0.2125, "cell_type": ctype.astype(str),
-                  "pathology": np.where(niche < 4, "tumour", "stroma")}).to_parquet(folder / "cells.parquet")
+                  XY_HE[1]: xy[:, 1] / 0.2125}).to_parquet(folder / "cells.parquet")
+    pd.DataFrame({CELL_ID: ids, "cell_type": ctype.astype(str),
+                  "pathology": np.where(niche < 4, "tumour", "stroma")}).to_parquet(folder / "labels.parquet")
     (folder / "slide.json").write_text(json.dumps({"pixel_size": 0.2125, "affine": np.eye(3).tolist(),
                                                    "he_mpp": 0.2125}))
     type_codes = rng.normal(0, 1, (6, 10))
@@ -73,7 +74,8 @@ def niche_step(step: str, folder: Path, epochs: int) -> None:
     from tissuekd.niche import baselines, evaluate, split, steps
     from tissuekd.niche.train import NolanConfig, StudentConfig
 
-    f = {name: str(folder / name) for name in ("cells.parquet", "slide.json", "radius.json", "split.parquet",
+    f = {name: str(folder / name) for name in ("cells.parquet", "labels.parquet", "slide.json", "radius.json",
+                                                "split.parquet",
                                                 "latent.parquet", "features.h5", "teacher.parquet",
                                                 *(f"{m}.parquet" for m in NICHE_METHODS))}
     nolan = NolanConfig(epochs=epochs)
@@ -102,11 +104,11 @@ def niche_step(step: str, folder: Path, epochs: int) -> None:
         predictions = {m: f[f"{m}.parquet"] for m in NICHE_METHODS}
         if step == "evaluate":
             evaluate.evaluate_slide(f["cells.parquet"], f["split.parquet"], f["teacher.parquet"], predictions,
-                                    str(folder / "metrics.tsv"), slide="scale", tissue="synthetic", k=K,
-                                    encoder="synthetic")
+                                    str(folder / "metrics.tsv"), labels=f["labels.parquet"], slide="scale",
+                                    tissue="synthetic", k=K, encoder="synthetic")
         else:
             evaluate.plot_maps(f["cells.parquet"], f["split.parquet"], f["teacher.parquet"], predictions,
-                               str(folder / "maps.png"), title="scale")
+                               str(folder / "maps.png"), labels=f["labels.parquet"], title="scale")
 
 
 def make_cohort(folder: Path, patients: int, patches: int, dim: int, seed: int = 0) -> Path:

@@ -153,11 +153,9 @@ def _assignments(path: str, cells: pd.DataFrame) -> np.ndarray:
     return frame.loc[cells[CELL_ID], "niche"].to_numpy()
 
 
-def _labels(cells: pd.DataFrame, path: str | None) -> pd.DataFrame:
+def _labels(cells: pd.DataFrame, path: str) -> pd.DataFrame:
     """The slide's labels.parquet, whose rows must be the cells', in their order (a stale one is
-    an error); None: the columns of `cells` itself."""
-    if path is None:
-        return cells
+    an error)."""
     table = pd.read_parquet(path)
     if not table[CELL_ID].equals(cells[CELL_ID]):
         raise ValueError(f"{path}: its cells are not those of the slide's cells.parquet (rerun niche_labels)")
@@ -165,7 +163,7 @@ def _labels(cells: pd.DataFrame, path: str | None) -> pd.DataFrame:
 
 
 def evaluate_slide(cells_path: str, split_path: str, teacher: str, predictions: dict[str, str], out: str, *,
-                   slide: str, tissue: str, k: int, encoder: str, labels: str | None = None,
+                   labels: str, slide: str, tissue: str, k: int, encoder: str,
                    methods: Mapping[str, NicheMethod] | None = None) -> pd.DataFrame:
     """The rule niche_evaluate: the teacher's row and one row per method (niche_metrics), scored
     on the slide's test-strip cells only.
@@ -186,9 +184,9 @@ def evaluate_slide(cells_path: str, split_path: str, teacher: str, predictions: 
         Written to the columns of the same name.
     k : int
         Number of niches, written to column `k`.
-    labels : str or None
+    labels : str
         The slide's labels.parquet (niche_labels: `cell_type`, and `pathology` and `truth` where the
-        sheet gave them, in the cells' order); None: those columns are read from `cells_path`.
+        sheet gave them, in the cells' order).
     methods : mapping of str to NicheMethod or None
         The method table (niche/methods.py, with the config's variants); an entry's `matched` says whether
         its cluster ids are Hungarian-matched to the teacher's niches for the JSD. None: the built-in table.
@@ -237,7 +235,7 @@ def _matched_colours(labels: np.ndarray, reference: np.ndarray, test: np.ndarray
 
 
 def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[str, str], out: str, *,
-              title: str, labels: str | None = None, methods: Mapping[str, NicheMethod] | None = None) -> None:
+              labels: str, title: str, methods: Mapping[str, NicheMethod] | None = None) -> None:
     """Teacher, student and baselines side by side; matched niches share a colour. Below each
     map, its niches' cell-type compositions on the test strip (what the JSD compares), rows
     in the teacher's niche order.
@@ -257,8 +255,8 @@ def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[
         PNG written.
     title : str
         Start of the figure's title.
-    labels : str or None
-        The slide's labels.parquet (`cell_type`); None: read from `cells_path`.
+    labels : str
+        The slide's labels.parquet (`cell_type`).
     methods : mapping of str to NicheMethod or None
         The method table (niche/methods.py, with the config's variants): `matched`, and `label` as the
         panel's title. None: the built-in table.

@@ -89,7 +89,7 @@ def matched_labels(cells: pd.Index, labels: pd.Series, source: str | Path, fill:
     return labels.reindex(cells).fillna(fill)
 
 
-def cell_type_labels(cells: pd.DataFrame, bundle: str | Path, cell_types: str | None) -> pd.Series:
+def cell_type_labels(cells: pd.Index, bundle: str | Path, cell_types: str | None) -> pd.Series:
     """The sheet's annotation if given, else Xenium's graph clusters, else 'unknown'."""
     if cell_types:
         labels = read_labels(cell_types)
@@ -99,9 +99,9 @@ def cell_type_labels(cells: pd.DataFrame, bundle: str | Path, cell_types: str | 
         source = f"{bundle} graph-based clusters"
         if labels is None:
             log.warning("no cell-type annotation and no clusters.csv in %s: cell types are 'unknown'", bundle)
-            return pd.Series(UNKNOWN_TYPE, index=cells.index)
+            return pd.Series(UNKNOWN_TYPE, index=cells)
         labels = "cluster_" + labels
-    return matched_labels(cells.index, labels, source, UNKNOWN_TYPE)
+    return matched_labels(cells, labels, source, UNKNOWN_TYPE)
 
 
 def write_labels(cells_path: str, out: str, bundle: str, cell_types: str | None = None, pathology: str | None = None,
@@ -124,7 +124,7 @@ def write_labels(cells_path: str, out: str, bundle: str, cell_types: str | None 
         Tables of cell_id -> pathology annotation (the region a pathologist drew) / known niche.
     """
     cells = pd.Index(pd.read_parquet(cells_path, columns=[CELL_ID])[CELL_ID], name=CELL_ID)
-    table = pd.DataFrame({"cell_type": cell_type_labels(pd.DataFrame(index=cells), bundle, cell_types)}, index=cells)
+    table = pd.DataFrame({"cell_type": cell_type_labels(cells, bundle, cell_types)}, index=cells)
     if pathology:
         table["pathology"] = matched_labels(cells, read_labels(pathology), pathology, UNANNOTATED)
     if truth:

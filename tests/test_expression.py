@@ -13,6 +13,7 @@ import pytest
 import scipy.stats
 import torch
 import torch.nn.functional as F
+from scipy import sparse
 
 from tissuekd.demo.expression import make_sample, make_spaceranger_sample
 from tissuekd.encoders.registry import EncoderSpec
@@ -201,6 +202,11 @@ def shift(adata, dx):
     (lambda a, m: shift(a, 1e6), r"st.h5ad: (\d+) of \1 spot centres lie off the image"),
     (lambda a, m: shift(a, np.where(np.arange(a.n_obs)[:, None] % 3 > 0, 1e6, 0)), "st.h5ad: .* lie off the image"),
     (lambda a, m: setattr(a, "X", -a.X), "st.h5ad: counts must be finite and non-negative"),
+    (lambda a, m: m.update(pixel_size_um_estimated=250.0), "meta.json: pixel_size_um_estimated 250 µm per pixel, "
+                                                           "outside what a slide scan has"),
+    (lambda a, m: m.update(pixel_size_um_estimated=0.001), "meta.json: pixel_size_um_estimated 0.001 µm per pixel"),
+    (lambda a, m: a.obsm["spatial"].__setitem__((3, 1), np.nan),
+     r'st.h5ad: 1 of \d+ spots have no finite obsm\["spatial"\] centre \(NaN or inf\), e.g. \[.S_A-'),
 ])
 def test_bad_hest_samples_are_named(hest, tmp_path, change, message):
     with pytest.raises(InputError, match=message):
@@ -219,6 +225,42 @@ def test_a_few_spots_off_the_image_are_left_out_as_hest_does(hest, tmp_path, cap
     assert list(sample.barcodes) == list(full.obs_names[2:])
     assert sample.mpp == json.loads((hest[0] / "hest/metadata/S_A.json").read_text())["pixel_size_um_embedded"]
     assert f"2 of {full.n_obs} spot centres lie off the image" in caplog.text
+
+
+def test_a_pixel_size_given_as_text_or_at_odds_with_the_spot_spacing_is_said(hest, tmp_path, caplog):
+    meta = json.loads((hest[0] / "hest/metadata/S_A.json").read_text())
+    with caplog.at_level("WARNING"):
+        sample = broken(hest[0], tmp_path, lambda a, m: m.update(pixel_size_um_estimated="0.5 um"))
+    assert sample.mpp == meta["pixel_size_um_embedded"]
+    assert "meta.json: pixel_size_um_estimated is '0.5 um', not a positive number of µm per pixel: ignored" \
+        in caplog.text
+    assert "is the pixel size right" not in caplog.text  # the demo's spacing fits its pixel size
+    broken(hest[0], tmp_path, lambda a, m: m.update(pixel_size_um_estimated=2 * meta["pixel_size_um_estimated"]))
+    assert f"apart at {2 * meta['pixel_size_um_estimated']:.4g} µm per pixel, but inter_spot_dist is 100 µm: " \
+           "is the pixel size right?" in caplog.text
+
+
+def test_spots_without_a_count_are_left_out_and_a_matrix_of_mostly_empty_spots_is_refused(hest, tmp_path, caplog):
+    root = hest[0]
+    adata = ad.read_h5ad(root / "hest/st/S_A.h5ad")
+    for share in (0.1, 0.6):
+        changed = adata.copy()
+        changed.X = sparse.csr_matrix(changed.X)
+        empty = np.arange(changed.n_obs) < share * changed.n_obs
+        changed.X = sparse.diags((~empty).astype(np.float32)) @ changed.X
+        changed.write_h5ad(tmp_path / "st.h5ad")
+        run = lambda: steps.prepare_sample(  # noqa: E731
+            "hest", root / "hest/wsis/S_A.tif", tmp_path / "s.parquet", tmp_path / "s.h5ad", tmp_path / "s.json",
+            st=tmp_path / "st.h5ad", metadata=root / "hest/metadata/S_A.json")
+        if share < 0.5:
+            with caplog.at_level("WARNING"):
+                run()
+            assert f"st.h5ad: {empty.sum()} of {adata.n_obs} spots have no count: left out" in caplog.text
+            assert len(pd.read_parquet(tmp_path / "s.parquet")) == adata.n_obs - empty.sum()
+        else:
+            with pytest.raises(InputError, match=rf"st.h5ad: {empty.sum()} of {adata.n_obs} spots under tissue "
+                                                 "have no count"):
+                run()
 
 
 def test_a_hest_benchmark_sample_reads_without_image_and_metadata(hest):
@@ -294,6 +336,10 @@ def test_a_space_ranger_sample_reads_as_its_hest_twin(tmp_path):
     listed.assign(in_tissue=0).to_csv(outs / "spatial/tissue_positions_list.csv", header=False, index=False)
     with pytest.raises(InputError, match=r"tissue_positions_list.csv: no spot of .*filtered_feature_bc_matrix.h5 is "
                                          r"under tissue"):
+        read_spaceranger(outs, tmp_path / "sr/S/S.tif")
+    listed.assign(pxl_row_in_fullres=listed.pxl_row_in_fullres // 1000, pxl_col_in_fullres=listed.pxl_col_in_fullres
+                  // 1000).to_csv(outs / "spatial/tissue_positions_list.csv", header=False, index=False)
+    with pytest.raises(InputError, match=r"tissue_positions_list.csv: the spot pitch gives .* µm per pixel, outside "):
         read_spaceranger(outs, tmp_path / "sr/S/S.tif")
 
 

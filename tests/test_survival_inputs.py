@@ -12,6 +12,7 @@ import pytest
 import tifffile
 
 from tissuekd.demo.survival import lymphoid_aggregates, make_cohort_tables, make_slide
+from tissuekd.encoders.registry import EncoderSpec
 from tissuekd.errors import InputError
 from tissuekd.io.wsi import open_slide
 from tissuekd.survival.cohort import (
@@ -27,7 +28,7 @@ from tissuekd.survival.cohort import (
     read_rna,
     require_one_encoder,
 )
-from tissuekd.survival.patches import make_patches, read_patches
+from tissuekd.survival.patches import extract_patch_features, make_patches, read_patches
 
 PATIENTS = ["TCGA-DM-A000", "TCGA-DM-A001", "TCGA-DM-A002"]
 
@@ -84,6 +85,12 @@ def test_blank_slide_gets_no_patches_and_a_warning(tmp_path, caplog):
         make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.png")
     assert len(read_patches(tmp_path / "p.h5")[0]) == 0
     assert "blank.svs: no tissue found" in caplog.text
+    # the features step writes an empty file (the cohort step drops the slide), it does not crash
+    spec = EncoderSpec.from_config("demo", {"model": "mobilenetv3_small_050", "mpp": 0.5, "weights": "random"})
+    extract_patch_features(str(tmp_path / "p.h5"), str(path), spec, str(tmp_path / "f.h5"), device="cpu",
+                           precision="fp32", progress=False)
+    with h5py.File(tmp_path / "f.h5") as h5:
+        assert h5["features"].shape[0] == 0 and h5["coords"].shape == (0, 2)
 
 
 def test_slide_without_resolution_needs_the_sheet_mpp(tmp_path):

@@ -17,6 +17,7 @@ from tissuekd.errors import InputError
 from tissuekd.survival import losses
 from tissuekd.survival.cohort import assign_folds
 from tissuekd.survival.evaluate import c_index, fold_metrics
+from tissuekd.survival.steps import load_cohort
 from tissuekd.survival.train import (
     AMKDConfig,
     CohortData,
@@ -272,3 +273,19 @@ def test_an_external_cohort_of_another_feature_width_is_refused_by_name():
     other.bags = [bag[:, :8] for bag in other.bags]
     with pytest.raises(InputError, match=r"external cohort: features are 8-d, the pathology models take 16-d"):
         predict_external(bundle, CohortData(other.patients, other.bags, other.rna, other.genes, other.gene_sets))
+
+
+def test_external_rna_with_other_gene_ids_stops_and_a_few_missing_genes_warn(tmp_path, caplog):
+    patients = tmp_path / "patients.tsv"
+    pd.DataFrame({"patient": ["P1", "P2"], "time": [10, 20], "event": [1, 0], "fold": [-1, -1],
+                  "features": ["", ""]}).to_csv(patients, sep="\t", index=False)
+    genes = [f"G{i}" for i in range(10)]
+    rna = tmp_path / "rna.parquet"
+    pd.DataFrame(np.ones((2, 10)), index=["P1", "P2"], columns=[f"ENSG{i}" for i in range(10)]).to_parquet(rna)
+    with pytest.raises(InputError, match=r"rna.parquet: 10 of the model's 10 genes are missing.*ENSG0"):
+        load_cohort(str(patients), str(rna), "rna", genes=genes)
+    pd.DataFrame(np.ones((2, 9)), index=["P1", "P2"], columns=genes[:9]).to_parquet(rna)
+    with caplog.at_level("WARNING"):
+        data = load_cohort(str(patients), str(rna), "rna", genes=genes)
+    assert data.genes == genes and np.isnan(data.rna[:, 9]).all()
+    assert "1 of the model's 10 genes are missing, e.g. ['G9']" in caplog.text

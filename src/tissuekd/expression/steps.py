@@ -19,7 +19,7 @@ from tissuekd.errors import InputError
 from tissuekd.expression.evaluate import dataset_table, gene_lists, score_fold
 from tissuekd.expression.pseudospots import read_pseudospots
 from tissuekd.io.atomic import atomic_path
-from tissuekd.io.hest import HEST_PATCH_MPP, StoredPatchBatches, read_hest, read_patch_index
+from tissuekd.io.hest import HEST_PATCH_MPP, StoredPatchBatches, drop_empty_spots, read_hest, read_patch_index
 from tissuekd.io.visium import read_spaceranger
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def prepare_sample(fmt: str, image: str | None, out_spots: str, out_expression: 
         sample = read_pseudospots(cells, cell_counts, slide, name, **(pseudo_spots or {}))
     else:
         raise InputError(st or outs or image, f"unknown format {fmt!r} (known: hest, visium, xenium)")
+    sample = drop_empty_spots(sample, st or outs or cells)
     adata = ad.AnnData(sample.counts, obs=pd.DataFrame(index=sample.barcodes), var=pd.DataFrame(index=sample.genes))
     adata.uns["source"] = str(st or outs or cells)  # named in errors about this sample's genes
     sc.pp.normalize_total(adata, target_sum=TARGET_SUM)

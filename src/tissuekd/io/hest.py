@@ -22,7 +22,7 @@ import pandas as pd
 from scipy import sparse
 
 from tissuekd.errors import InputError
-from tissuekd.io.wsi import open_slide
+from tissuekd.io.wsi import SCANNER_MPP, open_slide
 
 log = logging.getLogger(__name__)
 MPP_KEYS = ("pixel_size_um_estimated", "pixel_size_um_embedded")  # HEST's own reader uses the first
@@ -59,12 +59,7 @@ def read_hest(st: str | Path, metadata: str | Path | None, image: str | Path | N
     mpp = math.nan
     if metadata:
         meta = read_metadata(metadata)
-        key = next((k for k in MPP_KEYS if positive(meta.get(k))), None)
-        if key is None:
-            raise InputError(metadata, f"no pixel size: needs one of {list(MPP_KEYS)} (µm per level-0 pixel, "
-                                       "a positive number)")
-        mpp = float(meta[key])
-        log.info("%s: %s µm per pixel from %s", metadata, mpp, key)
+        mpp = metadata_pixel_size(meta, metadata)
     try:
         adata = ad.read_h5ad(st)
     except OSError as err:
@@ -72,8 +67,14 @@ def read_hest(st: str | Path, metadata: str | Path | None, image: str | Path | N
     if "spatial" not in adata.obsm:
         raise InputError(st, 'no obsm["spatial"] (spot centres in level-0 pixels)')
     xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
-    if xy.ndim != 2 or xy.shape[1] != 2 or not np.isfinite(xy).all():
-        raise InputError(st, f'obsm["spatial"] must be finite (spots, 2) pixel coordinates, got shape {xy.shape}')
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise InputError(st, f'obsm["spatial"] must hold (x, y) pixel coordinates per spot, got shape {xy.shape}')
+    bad = ~np.isfinite(xy).all(axis=1)
+    if bad.any():
+        raise InputError(st, f'{bad.sum()} of {len(xy)} spots have no finite obsm["spatial"] centre (NaN or inf), '
+                             f"e.g. {adata.obs_names[bad][:3].tolist()}")
+    if metadata and positive(meta.get("inter_spot_dist")):
+        check_spot_spacing(xy, mpp, float(meta["inter_spot_dist"]), metadata)
     keep = in_tissue(adata, st)
     if tissue_seg:
         keep &= inside_contours(xy, tissue_seg)
@@ -97,6 +98,68 @@ def read_hest(st: str | Path, metadata: str | Path | None, image: str | Path | N
     diameter = meta.get("spot_diameter") if metadata else None
     return SpotSample(np.asarray(adata.obs_names, dtype=str), xy, counts, np.asarray(adata.var_names, dtype=str),
                       mpp, float(diameter) if positive(diameter) else 55.0)
+
+
+MAX_EMPTY_SPOTS = 0.5  # above this share of spots without a count, the matrix is not these spots
+
+
+def drop_empty_spots(sample: SpotSample, path: str | Path) -> SpotSample:
+    """Spots without a single count are left out (as scanpy's filter_cells(min_counts=1) would):
+    their normalised expression is no measurement. Counted in the log; more than
+    MAX_EMPTY_SPOTS of them is an error."""
+    totals = np.asarray(sample.counts.sum(axis=1)).ravel()
+    empty = totals == 0
+    if empty.sum() > MAX_EMPTY_SPOTS * len(totals):
+        raise InputError(path, f"{empty.sum()} of {len(totals)} spots under tissue have no count: is this the "
+                               "matrix of these spots, with its counts?")
+    if empty.any():
+        (log.warning if empty.mean() > 0.05 else log.info)(
+            "%s: %d of %d spots have no count: left out", path, empty.sum(), len(totals))
+    keep = ~empty
+    return SpotSample(sample.barcodes[keep], sample.xy[keep], sample.counts[keep], sample.genes, sample.mpp,
+                      sample.spot_diameter_um)
+
+
+def metadata_pixel_size(meta: dict, path: str | Path) -> float:
+    """µm per level-0 pixel: the first of MPP_KEYS that holds a positive number (a value that is
+    not one is named in a warning), checked against what a slide scan can have."""
+    for key in MPP_KEYS:
+        value = meta.get(key)
+        if positive(value):
+            mpp = check_pixel_size(float(value), path, key)
+            log.info("%s: %s µm per pixel from %s", path, mpp, key)
+            return mpp
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):  # None, NaN: not given
+            log.warning("%s: %s is %r, not a positive number of µm per pixel: ignored", path, key, value)
+    raise InputError(path, f"no pixel size: needs one of {list(MPP_KEYS)} (µm per level-0 pixel, a positive number)")
+
+
+def check_pixel_size(mpp: float, path: str | Path, what: str) -> float:
+    """A sample's stated pixel size, refused where no slide scan has it: patches of 112 µm would
+    span under one pixel, or a whole image (upsampled to the encoder's pixels: out of memory)."""
+    low, high = SCANNER_MPP
+    if not low <= mpp <= high:
+        raise InputError(path, f"{what} {mpp:.4g} µm per pixel, outside what a slide scan has ({low}-{high}; "
+                               "H&E at 20x: ~0.5, 40x: ~0.25): is it in µm per level-0 pixel?")
+    return mpp
+
+
+SPACING_TOLERANCE = 1.5  # the spot pitch in pixels times the pixel size vs the metadata's inter_spot_dist
+
+
+def check_spot_spacing(xy: np.ndarray, mpp: float, inter_spot_dist: float, path: str | Path) -> None:
+    """Warn when the spots' median nearest-neighbour distance, in µm at `mpp`, is not the
+    metadata's `inter_spot_dist`: one of the two (most often the pixel size) is wrong, and the
+    patches would span another size than the protocol's."""
+    from scipy.spatial import cKDTree
+
+    if len(xy) < 10:
+        return
+    distance, _ = cKDTree(xy).query(xy, k=2)
+    pitch_um = float(np.median(distance[:, 1])) * mpp
+    if pitch_um > 0 and max(pitch_um, inter_spot_dist) / min(pitch_um, inter_spot_dist) > SPACING_TOLERANCE:
+        log.warning("%s: neighbouring spots lie %.4g µm apart at %.4g µm per pixel, but inter_spot_dist is %.4g µm: "
+                    "is the pixel size right? (patches are cut at it)", path, pitch_um, mpp, inter_spot_dist)
 
 
 def positive(value) -> bool:

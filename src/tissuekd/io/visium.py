@@ -24,7 +24,7 @@ import pandas as pd
 from scipy import sparse
 
 from tissuekd.errors import InputError
-from tissuekd.io.hest import SpotSample, on_image
+from tissuekd.io.hest import SpotSample, check_pixel_size, on_image
 
 SPOT_DIAMETER_UM = 55.0  # the capture spot itself
 SPOT_SPACING_UM = 100.0  # centre to centre between neighbours of an array row
@@ -92,7 +92,8 @@ def read_spaceranger(outs: str | Path, image: str | Path, backend: str = "auto")
     adata.var_names_make_unique()
     pos_path = positions_file(outs)
     positions = read_positions(pos_path)
-    mpp = pixel_size(positions, outs / "spatial" / "scalefactors_json.json")
+    mpp = check_pixel_size(pixel_size(positions, outs / "spatial" / "scalefactors_json.json"), pos_path,
+                           "the spot pitch gives")
     missing = ~adata.obs_names.isin(positions.index)
     if missing.any():
         raise InputError(pos_path, f"{missing.sum()} barcodes of {matrix} have no position, "

@@ -92,6 +92,8 @@ def iter_crop_batches(
     crops : torch.Tensor
         (B, 3, crop_px, crop_px) uint8.
     """
+    if len(centers) == 0:  # e.g. a slide without tissue
+        return
     s, c = geometry.source_px, geometry.crop_px
     pts = np.asarray(centers, dtype=float) / geometry.level_downsample  # level pixels
     block_of = np.floor_divide(np.floor(pts - s / 2), block_px).astype(np.int64)

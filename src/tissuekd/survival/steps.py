@@ -63,15 +63,29 @@ def load_cohort(patients: str, rna: str, method: str | SurvivalMethod, gene_sets
         if matrix.shape[1] == 0:
             raise InputError(rna, f"method {method.name} needs RNA but the cohort has no RNA matrix")
         if genes is not None:
-            missing = [g for g in genes if g not in matrix.columns]
-            if missing:
-                log.warning("%s: %d of the model's %d genes are missing; they are set to the training mean",
-                            rna, len(missing), len(genes))
+            check_model_genes(rna, matrix.columns, genes)
             matrix = matrix.reindex(columns=genes)
         data.rna, data.genes = matrix.to_numpy(np.float64), list(matrix.columns)
         if gene_sets:
             data.gene_sets = cohorts.read_gene_sets(gene_sets, data.genes)
     return data
+
+
+# An external cohort may lack a few of the model's genes (set to the training mean); lacking more than
+# this share, its RNA is not the RNA the model learnt from and its C-index would not be the model's.
+MAX_MISSING_GENES = 0.2
+
+
+def check_model_genes(rna: str, measured, genes: list[str]) -> None:
+    """Warn about the model's genes an external cohort lacks; stop when more than MAX_MISSING_GENES are."""
+    missing = [g for g in genes if g not in set(measured)]
+    if not missing:
+        return
+    what = f"{len(missing)} of the model's {len(genes)} genes are missing, e.g. {missing[:5]}"
+    if len(missing) > MAX_MISSING_GENES * len(genes):
+        raise InputError(rna, f"{what}; the cohort's RNA has e.g. {list(measured[:5])}: gene ids of another kind "
+                              f"(Ensembl ids vs symbols)? Give the external cohort the training cohort's gene ids")
+    log.warning("%s: %s; they are set to the training mean", rna, what)
 
 
 def train_method(method: str | SurvivalMethod, patients: str, rna: str, out_models: str, out_predictions: str, *,

@@ -99,6 +99,8 @@ def test_slide_without_resolution_needs_the_sheet_mpp(tmp_path):
     with pytest.raises(InputError, match=r"nores.tif: no resolution.*`mpp` column"):
         make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.png")
     make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.png", mpp=0.25)  # 20x patch = 512 px here
+    with pytest.raises(InputError, match=r"nores.tif: the slide sheet's mpp 250 µm per pixel, outside what a slide"):
+        make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.png", mpp=250)
     assert read_patches(tmp_path / "p.h5")[1]["patch_size_level0"] == 512
 
 

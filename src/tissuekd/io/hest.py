@@ -22,7 +22,7 @@ import pandas as pd
 from scipy import sparse
 
 from tissuekd.errors import InputError
-from tissuekd.io.wsi import SCANNER_MPP, open_slide
+from tissuekd.io.wsi import check_pixel_size, open_slide
 
 log = logging.getLogger(__name__)
 MPP_KEYS = ("pixel_size_um_estimated", "pixel_size_um_embedded")  # HEST's own reader uses the first
@@ -132,16 +132,6 @@ def metadata_pixel_size(meta: dict, path: str | Path) -> float:
         if value is not None and not (isinstance(value, float) and math.isnan(value)):  # None, NaN: not given
             log.warning("%s: %s is %r, not a positive number of µm per pixel: ignored", path, key, value)
     raise InputError(path, f"no pixel size: needs one of {list(MPP_KEYS)} (µm per level-0 pixel, a positive number)")
-
-
-def check_pixel_size(mpp: float, path: str | Path, what: str) -> float:
-    """A sample's stated pixel size, refused where no slide scan has it: patches of 112 µm would
-    span under one pixel, or a whole image (upsampled to the encoder's pixels: out of memory)."""
-    low, high = SCANNER_MPP
-    if not low <= mpp <= high:
-        raise InputError(path, f"{what} {mpp:.4g} µm per pixel, outside what a slide scan has ({low}-{high}; "
-                               "H&E at 20x: ~0.5, 40x: ~0.25): is it in µm per level-0 pixel?")
-    return mpp
 
 
 SPACING_TOLERANCE = 1.5  # the spot pitch in pixels times the pixel size vs the metadata's inter_spot_dist

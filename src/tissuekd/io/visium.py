@@ -24,7 +24,8 @@ import pandas as pd
 from scipy import sparse
 
 from tissuekd.errors import InputError
-from tissuekd.io.hest import SpotSample, check_pixel_size, on_image
+from tissuekd.io.hest import SpotSample, on_image
+from tissuekd.io.wsi import check_pixel_size
 
 SPOT_DIAMETER_UM = 55.0  # the capture spot itself
 SPOT_SPACING_UM = 100.0  # centre to centre between neighbours of an array row

@@ -183,6 +183,17 @@ def plausible_mpp(mpp: float, path: Path) -> float | None:
     return None
 
 
+def check_pixel_size(mpp: float, path: str | Path, what: str) -> float:
+    """A pixel size a user states (a sheet, HEST metadata), refused where no slide scan has it:
+    a 112 µm crop would span under one pixel, or a whole image (upsampled to the encoder's pixels:
+    out of memory). `what` names where it comes from."""
+    low, high = SCANNER_MPP
+    if not low <= mpp <= high:
+        raise InputError(path, f"{what} {mpp:.4g} µm per pixel, outside what a slide scan has ({low}-{high}; "
+                               "H&E at 20x: ~0.5, 40x: ~0.25): is it in µm per level-0 pixel?")
+    return mpp
+
+
 UM_PER_UNIT = {"µm": 1.0, "\u03bcm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
                "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}  # OME's default unit is µm
 

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
-from tissuekd.io.wsi import open_slide
+from tissuekd.io.wsi import check_pixel_size, open_slide
 from tissuekd.survival.layout import coords_attrs, patch_geometry, slide_name, trident_coords_attrs
 from tissuekd.survival.tissue import Grid, grid_for_slide
 
@@ -63,6 +63,8 @@ def make_patches(image: str, out_h5: str, out_png: str, *, magnification: float 
     backend : str, default "auto"
         Slide reader: "auto" (tifffile for OME-TIFF, OpenSlide otherwise), "openslide" or "tifffile".
     """
+    if mpp is not None:
+        check_pixel_size(mpp, image, "the slide sheet's mpp")
     with open_slide(image, backend) as slide:
         grid, thumb, mask, downsample = grid_for_slide(slide, magnification, patch_px, min_tissue, mpp)
         level0_size = slide.dimensions

@@ -153,6 +153,19 @@ def test_unreadable_survival_values_stop_naming_the_patient_while_missing_marker
         read_clinical(tables / "typo.tsv", "OS")
 
 
+def test_linear_rna_values_are_log_scaled_and_log_or_centred_ones_kept(tmp_path, caplog):
+    samples = [p + "-01A-11R-A00Z-07" for p in PATIENTS[:3]]
+    counts = np.array([[0, 3, 1023], [7, 0, 15]], dtype=float)
+    for values, expected in ((counts, np.log2(counts + 1)), (np.log2(counts + 1), np.log2(counts + 1)),
+                             (counts - 500, counts - 500)):
+        pd.DataFrame(values, index=pd.Index(["TP53", "MKI67"], name="gene_id"), columns=samples).to_csv(
+            tmp_path / "rna.tsv", sep="\t")
+        with caplog.at_level(logging.INFO):
+            rna = read_rna(tmp_path / "rna.tsv", set(PATIENTS))
+        np.testing.assert_allclose(rna.to_numpy(), expected.T)
+    assert caplog.text.count("values up to 1023 look linear (counts, RSEM or TPM): used as log2(x + 1)") == 1
+
+
 def test_pancan_gene_ids_become_symbols_and_a_repeated_id_stops(tmp_path, caplog):
     samples = [p + "-01A-11R-A00Z-07" for p in PATIENTS[:3]]
     ids = ["TP53|7157", "?|100130426", "SLC35E2|728661", "SLC35E2|9906", "MKI67|4288"]
@@ -164,6 +177,10 @@ def test_pancan_gene_ids_become_symbols_and_a_repeated_id_stops(tmp_path, caplog
     np.testing.assert_allclose(rna["SLC35E2"], values[2:4].mean(axis=0))  # the ids sharing a symbol, averaged
     (tmp_path / "sets.gmt").write_text("PROLIFERATION\tna\tMKI67\tTOP2A\n")
     assert read_gene_sets(tmp_path / "sets.gmt", list(rna.columns)) == {"PROLIFERATION": [2]}
+    for separator in (" ", ","):  # a GMT that is not tab-separated loses sets: named, with its line
+        (tmp_path / "sets.gmt").write_text(f"# sets\n\nA\tna\tTP53\nPROLIFERATION{separator}na{separator}MKI67\n")
+        with pytest.raises(InputError, match=r"sets.gmt: line 4 has 1 tab-separated field\(s\), 'PROLIFERATION"):
+            read_gene_sets(tmp_path / "sets.gmt", list(rna.columns))
 
     repeated = pd.DataFrame(values, index=pd.Index(ids[:4] + ["TP53|7157"], name="gene_id"), columns=samples)
     repeated.to_csv(tmp_path / "rows.tsv", sep="\t")

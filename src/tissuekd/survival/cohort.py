@@ -189,11 +189,27 @@ def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
         bad = out.columns[text.any(axis=0)].tolist()
         samples = out.index[text.any(axis=1)].tolist()
         raise InputError(path, f"non-numeric values in gene(s) {bad[:10]} (patient(s) {samples[:10]})")
-    out = _unversioned(_symbols(_without_star_summaries(out, path), path), path)
+    out = _log_scale(_unversioned(_symbols(_without_star_summaries(out, path), path), path), path)
     empty = out.index[out.isna().all(axis=1)]
     if len(empty):  # a sample column of NAs: that patient has no RNA (dropped later, with the reason)
         log.warning("%s: %d patient(s) with no value at all, not used: %s", path, len(empty), empty[:10].tolist())
     return out.drop(index=empty)  # genes missing for some patients stay NaN: complete_genes, per cohort
+
+
+LINEAR_ABOVE = 50.0  # log2(TPM + 1) stays below ~20 (a million TPM); counts, RSEM and TPM exceed this
+
+
+def _log_scale(rna: pd.DataFrame, path: str) -> pd.DataFrame:
+    """Linear values (STAR counts, PanCan's RSEM, TPM: none negative, some above LINEAR_ABOVE)
+    become log2(x + 1), logged: the models z-score each gene, which on linear values a few
+    patients' outliers would dominate. Log-scale and centred matrices are used as given."""
+    values = rna.to_numpy(dtype=float)
+    top = np.nanmax(values) if np.isfinite(values).any() else 0.0
+    if top <= LINEAR_ABOVE or np.nanmin(values) < 0:
+        return rna
+    log.info("%s: values up to %.4g look linear (counts, RSEM or TPM): used as log2(x + 1); give log-scale "
+                "values to have them used as they are", path, top)
+    return np.log2(rna + 1)
 
 
 STAR_SUMMARIES = ("N_unmapped", "N_multimapping", "N_noFeature", "N_ambiguous")
@@ -291,15 +307,19 @@ def _symbols(rna: pd.DataFrame, path: str) -> pd.DataFrame:
 
 
 def read_gene_sets(path: str, genes: list[str]) -> dict[str, list[int]]:
-    """GMT (name, description, genes...) -> column indices of the matrix's genes; sets with
-    no gene in the matrix are skipped (logged); none left is an error."""
+    """GMT (name, description, genes..., tab-separated) -> column indices of the matrix's genes;
+    sets with no gene in the matrix are skipped (logged); none left is an error, and so is a line
+    that is not tab-separated (a set would be lost, or every set, as no set sharing a gene)."""
     where = {g: i for i, g in enumerate(genes)}
     sets = {}
     with open(path) as gmt:
-        for line in gmt:
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) < 3:
+        for number, line in enumerate(gmt, 1):
+            fields = line.rstrip("\r\n").split("\t")
+            if not line.strip() or line.startswith("#"):
                 continue
+            if len(fields) < 3:
+                raise InputError(path, f"line {number} has {len(fields)} tab-separated field(s), {line[:60]!r}: "
+                                       "a GMT line is name<TAB>description<TAB>gene<TAB>gene...")
             members = [where[g] for g in fields[2:] if g in where]
             if members:
                 sets[fields[0]] = members
@@ -307,6 +327,8 @@ def read_gene_sets(path: str, genes: list[str]) -> dict[str, list[int]]:
                 log.warning("%s: gene set %s has no gene of the RNA matrix; skipped", path, fields[0])
     if not sets:
         raise InputError(path, f"no gene set shares a gene with the RNA matrix (its genes: e.g. {genes[:3]})")
+    log.info("%s: %d gene sets, %d to %d genes of the RNA matrix each", path, len(sets),
+             min(map(len, sets.values())), max(map(len, sets.values())))
     return sets
 
 

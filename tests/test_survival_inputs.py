@@ -93,6 +93,20 @@ def test_blank_slide_gets_no_patches_and_a_warning(tmp_path, caplog):
         assert h5["features"].shape[0] == 0 and h5["coords"].shape == (0, 2)
 
 
+@pytest.mark.parametrize("backend", ["tifffile", "openslide"])
+def test_a_slide_without_a_small_level_gets_its_thumbnail_in_bands(tmp_path, caplog, backend):
+    """A flat TIFF: the thumbnail is the box average of the whole level, read band by band."""
+    from tissuekd.survival.tissue import thumbnail
+
+    rgb = np.random.default_rng(0).integers(0, 256, (700, 1000, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "flat.tif", rgb, tile=(256, 256), photometric="rgb")
+    expected = rgb[:699, :999].reshape(233, 3, 333, 3, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+    with open_slide(tmp_path / "flat.tif", backend) as slide, caplog.at_level(logging.INFO):
+        image, downsample = thumbnail(slide, max_px=400, band_bytes=50_000)  # bands of 15 rows
+    np.testing.assert_array_equal(image, expected)
+    assert downsample == 3 and "no level of at most 400 px (coarsest 1000 x 700)" in caplog.text
+
+
 def test_slide_without_resolution_needs_the_sheet_mpp(tmp_path):
     path = tmp_path / "nores.tif"
     tifffile.imwrite(path, np.full((512, 512, 3), 200, np.uint8), tile=(256, 256), photometric="rgb")

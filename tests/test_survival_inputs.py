@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from PIL import Image
 
 from tissuekd.demo.survival import lymphoid_aggregates, make_cohort_tables, make_slide
 from tissuekd.encoders.registry import EncoderSpec
@@ -64,8 +65,8 @@ def test_demo_lymphocyte_clusters_cover_more_stroma_as_b_rises():
 
 
 def test_patch_grid_at_20x_and_10x(demo_svs, tmp_path):
-    make_patches(str(demo_svs), tmp_path / "p20.h5", tmp_path / "p20.png")
-    make_patches(str(demo_svs), tmp_path / "p10.h5", tmp_path / "p10.png", magnification=10)
+    make_patches(str(demo_svs), tmp_path / "p20.h5", tmp_path / "p20.jpg")
+    make_patches(str(demo_svs), tmp_path / "p10.h5", tmp_path / "p10.jpg", magnification=10)
     coords20, attrs20 = read_patches(tmp_path / "p20.h5")
     coords10, attrs10 = read_patches(tmp_path / "p10.h5")
     assert attrs20["patch_size_level0"] == 256 and attrs10["patch_size_level0"] == 512
@@ -74,6 +75,8 @@ def test_patch_grid_at_20x_and_10x(demo_svs, tmp_path):
     with open_slide(demo_svs) as slide:  # kept patches are mostly stained, i.e. not glass
         means = [slide.read(0, x, y, 256, 256).mean() for x, y in coords20]
     assert max(means) < 235
+    with Image.open(tmp_path / "p20.jpg") as drawn:  # the report holds one per slide: small
+        assert drawn.format == "JPEG" and max(drawn.size) <= 1024
 
 
 def test_blank_slide_gets_no_patches_and_a_warning(tmp_path, caplog):
@@ -82,7 +85,7 @@ def test_blank_slide_gets_no_patches_and_a_warning(tmp_path, caplog):
 
     write_svs(path, np.full((1024, 1024, 3), 246, np.uint8))
     with caplog.at_level(logging.WARNING):
-        make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.png")
+        make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.jpg")
     assert len(read_patches(tmp_path / "p.h5")[0]) == 0
     assert "blank.svs: no tissue found" in caplog.text
     # the features step writes an empty file (the cohort step drops the slide), it does not crash
@@ -111,10 +114,10 @@ def test_slide_without_resolution_needs_the_sheet_mpp(tmp_path):
     path = tmp_path / "nores.tif"
     tifffile.imwrite(path, np.full((512, 512, 3), 200, np.uint8), tile=(256, 256), photometric="rgb")
     with pytest.raises(InputError, match=r"nores.tif: no resolution.*`mpp` column"):
-        make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.png")
-    make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.png", mpp=0.25)  # 20x patch = 512 px here
+        make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.jpg")
+    make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.jpg", mpp=0.25)  # 20x patch = 512 px here
     with pytest.raises(InputError, match=r"nores.tif: the slide sheet's mpp 250 µm per pixel, outside what a slide"):
-        make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.png", mpp=250)
+        make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.jpg", mpp=250)
     assert read_patches(tmp_path / "p.h5")[1]["patch_size_level0"] == 512
 
 
@@ -124,7 +127,7 @@ def test_a_slide_without_mpp_takes_it_from_its_magnification_and_says_so(tmp_pat
     tifffile.imwrite(path, np.full((512, 512, 3), 200, np.uint8), tile=(256, 256), photometric="rgb",
                      compression="jpeg", description=head, metadata=None)
     with caplog.at_level(logging.WARNING):
-        make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.png")
+        make_patches(str(path), tmp_path / "p.h5", tmp_path / "p.jpg")
     assert "nompp.svs: no mpp in the file; 0.25 µm/px assumed from its objective power (40x)" in caplog.text
     assert read_patches(tmp_path / "p.h5")[1]["patch_size_level0"] == 512
 

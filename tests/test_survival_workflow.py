@@ -66,7 +66,7 @@ def test_features_have_the_trident_layout_and_slides_their_thumbnail(survival_ru
     with h5py.File(path, "r") as h5:
         assert h5["features"].shape[0] == h5["coords"].shape[0] > 0
         assert h5["coords"].attrs["patch_size"] == 256 and h5["coords"].attrs["target_magnification"] == 20
-    assert (survival_run / "results/survival/thumbnails/C3L-00100-21.png").stat().st_size > 10_000
+    assert (survival_run / "results/survival/thumbnails/C3L-00100-21.jpg").stat().st_size > 10_000
     assert (survival_run / SDIR / "km.png").exists()
     assert pd.read_csv(survival_run / SDIR / "dropped.tsv", sep="\t").empty
 

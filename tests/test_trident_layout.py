@@ -112,7 +112,7 @@ def test_our_patch_file_has_every_trident_attribute_with_its_type(tmp_path):
     rgb[256:768, 256:1024] = (200, 120, 170)
     slide = tmp_path / "TCGA-XX-0002-01Z-00-DX1.svs"
     write_svs(slide, rgb)  # 0.5 µm/px, 20x
-    make_patches(str(slide), tmp_path / "patches" / "p.h5", tmp_path / "p.png", magnification=20, patch_px=256)
+    make_patches(str(slide), tmp_path / "patches" / "p.h5", tmp_path / "p.jpg", magnification=20, patch_px=256)
     with h5py.File(tmp_path / "patches" / "p.h5") as h5:
         attrs = {k: h5["coords"].attrs[k] for k in h5["coords"].attrs}
         assert h5["coords"].dtype == np.int64 and len(h5["coords"]) > 0

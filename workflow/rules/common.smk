@@ -606,7 +606,7 @@ def survival_metrics():
 
 def survival_targets():
     images = SURVIVAL_SLIDES[SURVIVAL_SLIDES["features"] == ""]["slide"]
-    thumbs = expand(f"{RESULTS}/survival/thumbnails/{{wsi}}.png", wsi=images)
+    thumbs = expand(f"{RESULTS}/survival/thumbnails/{{wsi}}.jpg", wsi=images)
     kms = [m.replace("metrics.tsv", "km.png") for m in survival_metrics()]
     return thumbs + survival_metrics() + kms
 

@@ -11,7 +11,7 @@ rule survival_patches:
     output:
         patches=f"{RESULTS}/survival/patches/{{wsi}}.h5",
         thumbnail=report(
-            f"{RESULTS}/survival/thumbnails/{{wsi}}.png",
+            f"{RESULTS}/survival/thumbnails/{{wsi}}.jpg",
             caption="../report/thumbnail.rst",
             category="Survival slides",
             subcategory=lambda wildcards: SURVIVAL_SLIDES.loc[wildcards.wsi, "cohort"],

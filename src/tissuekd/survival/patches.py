@@ -37,9 +37,9 @@ def grid_attrs(grid: Grid, *, level0_size: tuple[int, int], name: str, savetodir
     return {**trident, "target_mpp": grid.target_mpp, "level0_mpp": grid.slide_mpp}
 
 
-def make_patches(image: str, out_h5: str, out_png: str, *, magnification: float = 20, patch_px: int = 256,
+def make_patches(image: str, out_h5: str, out_thumbnail: str, *, magnification: float = 20, patch_px: int = 256,
                  min_tissue: float = 0.5, mpp: float | None = None, backend: str = "auto") -> None:
-    """Tissue mask + patch grid of one slide -> `out_h5`; the thumbnail with both drawn -> `out_png`.
+    """Tissue mask + patch grid of one slide -> `out_h5`; the thumbnail with both drawn -> `out_thumbnail`.
     A slide without tissue gets an empty grid and a warning (the cohort step drops it, naming it).
 
     Parameters
@@ -49,7 +49,7 @@ def make_patches(image: str, out_h5: str, out_png: str, *, magnification: float 
     out_h5 : str
         Patch file written: `coords` (n, 2) int64 top-left corners in level-0 px with TRIDENT's attributes
         plus `target_mpp` and `level0_mpp`, and `tissue_fraction` (n,).
-    out_png : str
+    out_thumbnail : str
         Thumbnail written, the tissue mask tinted and each kept patch outlined.
     magnification : float, default 20
         Magnification the patches are taken at; µm/px = 10 / magnification (20: 0.5 µm/px).
@@ -78,16 +78,24 @@ def make_patches(image: str, out_h5: str, out_png: str, *, magnification: float 
         h5.create_dataset("tissue_fraction", data=grid.tissue_fraction)
         h5["coords"].attrs.update(grid_attrs(grid, level0_size=level0_size, name=slide_name(image),
                                              savetodir=str(Path(out_h5).parent)))
-    with atomic_path(out_png) as tmp:
-        draw_grid(thumb, mask, grid, downsample).save(tmp)
+    with atomic_path(out_thumbnail) as tmp:
+        draw_grid(thumb, mask, grid, downsample).save(tmp, format="JPEG", quality=85)
+
+
+DRAWN_PX = 1024  # longest side of the drawn thumbnail (a JPEG of ~100-200 KB: the report holds one per slide)
 
 
 def draw_grid(thumb: np.ndarray, mask: np.ndarray, grid: Grid, downsample: float) -> Image.Image:
-    """The thumbnail with the mask tinted green and each kept patch outlined."""
+    """The thumbnail, at most DRAWN_PX on its longest side, with the mask tinted green and each
+    kept patch outlined."""
     rgb = thumb.astype(np.float32)
     rgb[mask] = 0.7 * rgb[mask] + 0.3 * np.array([60, 200, 90])
     image = Image.fromarray(rgb.astype(np.uint8))
+    shrink = max(1.0, max(image.size) / DRAWN_PX)
+    if shrink > 1:
+        image = image.resize((round(image.width / shrink), round(image.height / shrink)), Image.Resampling.BOX)
     pen = ImageDraw.Draw(image)
+    downsample *= shrink
     side = grid.patch_level0 / downsample
     for x, y in grid.coords / downsample:
         pen.rectangle([x, y, x + side, y + side], outline=(20, 20, 20))

@@ -16,10 +16,12 @@ from tissuekd.demo.survival import lymphoid_aggregates, make_cohort_tables, make
 from tissuekd.encoders.registry import EncoderSpec
 from tissuekd.errors import InputError
 from tissuekd.io.wsi import open_slide
+from tissuekd.survival import cohort as cohort_module
 from tissuekd.survival.cohort import (
     Drops,
     assign_folds,
     build_cohort,
+    clinical_barcodes,
     complete_genes,
     count_patches,
     prepare_cohort,
@@ -311,7 +313,7 @@ def test_a_cohort_of_features_from_two_encoders_is_named_by_its_odd_file(tmp_pat
     require_one_encoder(files[:2], [read_layout(f) for f in files[:2]])  # one stated, one silent (CLAM): fine
 
 
-def test_a_clinical_table_from_a_spreadsheet_reads_with_a_bom_and_as_xlsx(tables):
+def test_a_clinical_table_from_a_spreadsheet_reads_with_a_bom_and_as_xlsx(tables, monkeypatch):
     """Excel's "CSV UTF-8" starts with a BOM; TCGA-CDR itself is published as an .xlsx workbook."""
     table = pd.read_csv(tables / "clinical.tsv", sep="\t")
     (tables / "bom.csv").write_bytes(b"\xef\xbb\xbf" + table.to_csv(index=False).encode())
@@ -319,6 +321,14 @@ def test_a_clinical_table_from_a_spreadsheet_reads_with_a_bom_and_as_xlsx(tables
     expected = read_clinical(tables / "clinical.tsv", "OS")
     pd.testing.assert_frame_equal(read_clinical(tables / "bom.csv", "OS"), expected)
     pd.testing.assert_frame_equal(read_clinical(tables / "TCGA-CDR-SupplementalTableS1.xlsx", "OS"), expected)
+    # the plan's check reads the workbook's barcodes once; a changed workbook is read again
+    workbook, cache = tables / "TCGA-CDR-SupplementalTableS1.xlsx", tables / "cache"
+    assert clinical_barcodes(workbook, cache) == set(table["bcr_patient_barcode"])
+    with monkeypatch.context() as patched:
+        patched.setattr(cohort_module, "_clinical_table", lambda path: pytest.fail("read again"))
+        assert clinical_barcodes(workbook, cache) == set(table["bcr_patient_barcode"])
+    table.head(2).to_excel(workbook, sheet_name="TCGA-CDR")
+    assert clinical_barcodes(workbook, cache) == set(table["bcr_patient_barcode"][:2])
     (tables / "latin1.tsv").write_bytes("bcr_patient_barcode\tOS\tOS.time\nTCGA-\x85\t1\t2\n".encode("latin-1"))
     with pytest.raises(InputError, match="latin1.tsv: not a readable TSV, CSV or .xlsx table"):
         read_clinical(tables / "latin1.tsv", "OS")

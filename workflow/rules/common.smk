@@ -494,7 +494,7 @@ def check_patients_in_clinical(cohorts, slides):
         if not cohort["clinical"] or made_by_demo(cohort["clinical"]):
             continue
         try:
-            barcodes = clinical_barcodes(cohort["clinical"])
+            barcodes = clinical_barcodes(cohort["clinical"], cache_dir=".snakemake/tissuekd")
         except InputError as err:
             raise WorkflowError(f"{SURVIVAL['cohorts']} (cohort {cohort['cohort']}): {err}") from None
         patients = sorted(set(slides.loc[slides["cohort"] == cohort["cohort"], "patient"]))

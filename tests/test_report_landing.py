@@ -1,0 +1,35 @@
+"""The report's landing page (workflow/report/workflow.rst, a Jinja template Snakemake renders
+with the run's config) says, for every study that ran, what ran with which settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import jinja2
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = {"niche": "Niche study", "survival": "Survival study", "expression": "Expression study",
+           "segmentation": "Segmentation study"}
+
+
+def landing(enabled: set[str]) -> str:
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    for study in STUDIES:
+        config[study]["enabled"] = study in enabled
+    template = jinja2.Template((ROOT / "workflow/report/workflow.rst").read_text(), undefined=jinja2.StrictUndefined)
+    return template.render(snakemake=SimpleNamespace(config=config))
+
+
+@pytest.mark.parametrize("study", list(STUDIES))
+def test_the_landing_page_describes_each_study_that_ran_with_its_settings(study):
+    page = landing({study})
+    assert f"**{STUDIES[study]}**" in page
+    assert not any(f"**{name}**" in page for other, name in STUDIES.items() if other != study)
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    sheet = {"niche": "slides", "survival": "cohorts", "expression": "samples", "segmentation": "datasets"}[study]
+    assert config[study][sheet] in page  # the sheet it read
+    if study == "expression":
+        assert f"top {config['expression']['cmrcnet']['top_k']} training spots" in page

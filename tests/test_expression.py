@@ -155,6 +155,11 @@ def test_markers_the_data_does_not_measure_name_the_config_key(hest, tmp_path):
     with pytest.raises(InputError, match=r"config expression.markers: 2 of the 3 marker genes of fold A's dataset "
                                          r"are not measured by all its training samples, e.g. \['ERBB2', 'ESR1'\]"):
         fit(root, names, "ridge", tmp_path / "out", markers=[genes[0], "ERBB2", "ESR1"])
+    with pytest.raises(InputError, match=r"config expression.markers: 1 of the 2 marker genes of dataset IDC are not "
+                                         r"measured by sample .*S_A.h5ad, e.g. \['ERBB2'\]"):  # before its features
+        steps.prepare_sample("hest", root / "hest/wsis/S_A.tif", tmp_path / "s.parquet", tmp_path / "s.h5ad",
+                             tmp_path / "s.json", st=root / "hest/st/S_A.h5ad",
+                             metadata=root / "hest/metadata/S_A.json", markers=[genes[0], "ERBB2"], dataset="IDC")
 
 
 def test_training_samples_that_name_genes_differently_are_named(hest, tmp_path):

@@ -49,6 +49,9 @@ rule expression_prepare:
                 name=wildcards.sample,
                 pseudo_spots=params.pseudo_spots,
                 backend=params.wsi_backend,
+                # read here, not a param: editing the markers reruns the folds only
+                markers=EXPRESSION["markers"].get(EXPR_SAMPLES.loc[wildcards.sample, "dataset"], []),
+                dataset=EXPR_SAMPLES.loc[wildcards.sample, "dataset"],
             ),
         )
 

@@ -34,12 +34,15 @@ def prepare_sample(fmt: str, image: str | None, out_spots: str, out_expression: 
                    st: str | None = None, metadata: str | None = None, tissue_seg: str | None = None,
                    outs: str | None = None,
                    cells: str | None = None, cell_counts: str | None = None, slide: str | None = None,
-                   name: str = "", pseudo_spots: dict | None = None, backend: str = "auto") -> None:
+                   name: str = "", pseudo_spots: dict | None = None, backend: str = "auto",
+                   markers: list[str] = (), dataset: str = "") -> None:
     """The rule expression_prepare: spots under tissue (barcode, x, y in level-0 px), their
     expression normalised once (total counts to 1e4, then log1p; scanpy), and the sample's scale.
     `fmt` "hest" reads `st`, `metadata` and `tissue_seg` (metadata and image optional where the
     sheet gives the release's patch file: HEST-benchmark ships neither); "visium" reads Space
-    Ranger's `outs` folder; "xenium" pools a niche slide's ingested `cells` and `cell_counts` into pseudo-spots."""
+    Ranger's `outs` folder; "xenium" pools a niche slide's ingested `cells` and `cell_counts` into pseudo-spots.
+    `markers`, the config's for the sample's `dataset`, must be measured here (each sample trains
+    some fold): checked now, before the features, as well as in each fold."""
     import scanpy as sc
 
     if fmt == "hest":
@@ -51,6 +54,7 @@ def prepare_sample(fmt: str, image: str | None, out_spots: str, out_expression: 
     else:
         raise InputError(st or outs or image, f"unknown format {fmt!r} (known: hest, visium, xenium)")
     sample = drop_empty_spots(sample, st or outs or cells)
+    require_markers(markers, list(sample.genes), f"dataset {dataset}", f"sample {st or outs or cells}")
     adata = ad.AnnData(sample.counts, obs=pd.DataFrame(index=sample.barcodes), var=pd.DataFrame(index=sample.genes))
     adata.uns["source"] = str(st or outs or cells)  # named in errors about this sample's genes
     sc.pp.normalize_total(adata, target_sum=TARGET_SUM)
@@ -221,16 +225,16 @@ def gene_moments(adatas: list[ad.AnnData], genes: list[str]) -> tuple[np.ndarray
     return mean, squares / n - mean**2
 
 
-def require_markers(markers: list[str], common: list[str], fold: str) -> None:
+def require_markers(markers: list[str], common: list[str], whose: str, by: str) -> None:
     """The configured markers must be genes every training sample measures: name the config key
     (the shipped markers are the demo's; a real dataset of the same name has other genes)."""
     measured = set(common)
     unmeasured = [g for g in markers if g not in measured]
     if unmeasured:
         raise InputError("config expression.markers",
-                         f"{len(unmeasured)} of the {len(markers)} marker genes of fold {fold}'s dataset are not "
-                         f"measured by all its training samples, e.g. {unmeasured[:5]} (the shipped markers are "
-                         "the demo's: list your dataset's, or remove its entry)")
+                         f"{len(unmeasured)} of the {len(markers)} marker genes of {whose} are not measured by "
+                         f"{by}, e.g. {unmeasured[:5]} (the shipped markers are the demo's: list your dataset's, "
+                         "or remove its entry)")
 
 
 def fit_fold(method: str, fold: str, samples: list[str], patients: list[str], features: list[str],
@@ -255,7 +259,7 @@ def fit_fold(method: str, fold: str, samples: list[str], patients: list[str], fe
     x_train, ad_train, _ = load_samples(*train_args)
     x_test, ad_test, owner = load_samples(*[pick(xs, test_idx) for xs in (samples, features, expressions)])
     common = common_genes(ad_train, pick(expressions, train_idx))
-    require_markers(markers, common, fold)
+    require_markers(markers, common, f"fold {fold}'s dataset", "all its training samples")
     lists = gene_lists(*gene_moments(ad_train, common), np.array(common), markers)
     genes = sorted({g for names in lists.values() for g in names})
     y_train = dense(ad_train, genes, pick(expressions, train_idx))

@@ -95,6 +95,18 @@ def test_a_changed_slide_reruns_that_slide_and_its_cohort_only(survival_run):
     assert "demo_survival_slide" not in jobs
 
 
+def test_changed_gene_sets_rerun_the_methods_that_read_rna_only(survival_run):
+    gmt = survival_run / "data/demo/survival/demo_tcga/programs.gmt"
+    original = gmt.read_text()
+    try:
+        gmt.write_text("".join(original.splitlines(keepends=True)[:-1]))  # one set fewer
+        jobs = planned_jobs(survival_run)
+    finally:
+        gmt.write_text(original)
+    # teacher and RNA-only, and the student the teacher teaches; not pathology-only
+    assert jobs["survival_fit"] == 2 and jobs["survival_student"] == 1, jobs
+
+
 # ---- features brought from TRIDENT / CLAM: no images, a small cohort ----
 
 def brought_features(tmp_path: Path, n_patients=20, negative_time=False) -> Path:

@@ -563,7 +563,11 @@ def cohort_slides(wildcards):
 
 
 def gene_sets(wildcards):
-    return cohort_value(wildcards.cohort, "gene_sets") or []
+    """The cohort's GMT, for a method that reads RNA or is taught by one (builds its teacher):
+    the others do not rerun when it changes."""
+    method = SURVIVAL_METHODS[wildcards.method]
+    reader = SURVIVAL_METHODS[method.teacher] if method.distilled else method
+    return (cohort_value(wildcards.cohort, "gene_sets") or []) if reader.rna else []
 
 
 SDIR = f"{RESULTS}/survival/{{cohort}}/{{encoder}}"

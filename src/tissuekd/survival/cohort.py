@@ -54,14 +54,19 @@ class Drops:
         return pd.DataFrame(self.rows, columns=["patient", "slide", "reason"])
 
     def summary(self, examples: bool = False) -> str:
-        """Counts per reason ("3 barcode not in the clinical table; …"), `examples`: with one each."""
+        """Counts per reason ("2 patients, no survival time…; 3 slides of 2 patients, barcode not in
+        the clinical table; …"), `examples`: with one each."""
         table = self.table()
         first = table.groupby("reason").first()
         parts = []
-        for reason, n in table["reason"].value_counts().items():
+        for reason, rows in table.groupby("reason", sort=False):
             example = first.loc[reason, "slide"] or first.loc[reason, "patient"]
-            parts.append(f"{n} {reason}" + (f" (e.g. {example})" if examples else ""))
-        return "; ".join(parts) or "none"
+            patients = rows["patient"].nunique()
+            count = f"{patients} patient{'s' * (patients != 1)}"
+            if rows["slide"].ne("").any():  # a reason given per slide
+                count = f"{len(rows)} slide{'s' * (len(rows) != 1)} of {count}"
+            parts.append((len(rows), f"{count}, {reason}" + (f" (e.g. {example})" if examples else "")))
+        return "; ".join(part for _, part in sorted(parts, key=lambda p: -p[0])) or "none"
 
 
 def read_clinical(path: str, endpoint: str) -> pd.DataFrame:

@@ -192,3 +192,29 @@ def test_an_ome_pixel_size_of_zero_is_no_pixel_size(tmp_path):
                      metadata={"axes": "YXS", "PhysicalSizeX": 0.0, "PhysicalSizeY": 0.0})
     with open_slide(tmp_path / "z.ome.tif") as slide:
         assert slide.mpp is None
+
+
+def test_a_tiff_with_its_pyramid_in_subifds_is_read_with_its_levels_and_resolution(tmp_path, caplog):
+    """OpenSlide sees level 0 only of a SubIFD pyramid: auto reads it with tifffile instead, which
+    takes the resolution tags as OpenSlide does."""
+    import logging
+
+    import tifffile
+
+    rgb = np.random.default_rng(0).integers(0, 256, (1024, 1536, 3), dtype=np.uint8)
+    opts = dict(tile=(256, 256), photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    with tifffile.TiffWriter(tmp_path / "sub.tif") as tif:
+        tif.write(rgb, subifds=2, **opts)
+        tif.write(rgb[::2, ::2], subfiletype=1, **opts)
+        tif.write(rgb[::4, ::4], subfiletype=1, **opts)
+    tifffile.imwrite(tmp_path / "flat.tif", rgb, **opts)
+    with caplog.at_level(logging.INFO):
+        with open_slide(tmp_path / "sub.tif") as slide:
+            assert type(slide).__name__ == "TiffSlide" and slide.downsamples == [1.0, 2.0, 4.0]
+            assert slide.mpp == pytest.approx(0.5)
+            np.testing.assert_array_equal(slide.read(1, 10, 20, 30, 40), rgb[::2, ::2][20:60, 10:40])
+        with open_slide(tmp_path / "flat.tif") as slide:  # no pyramid anywhere: OpenSlide's, as before
+            assert type(slide).__name__ == "OpenSlideSlide" and slide.mpp == pytest.approx(0.5)
+        with open_slide(tmp_path / "flat.tif", "tifffile") as slide:
+            assert slide.mpp == pytest.approx(0.5)
+    assert "sub.tif: its pyramid (3 levels) is in SubIFDs" in caplog.text

@@ -144,6 +144,8 @@ class TiffSlide(Slide):
         self.downsamples = [self.levels[0][0] / w for w, _ in self.levels]
         self._arrays = [zarr.open(self._tif.aszarr(level=i), mode="r") for i in range(len(shapes))]
         mpp = _ome_mpp(self._tif)
+        if mpp is None:
+            mpp = _tag_mpp(self._tif.pages[0])
         self.mpp = plausible_mpp(mpp, path) if mpp is not None else None
 
     def _read_inside(self, level, x, y, width, height):
@@ -198,6 +200,19 @@ UM_PER_UNIT = {"µm": 1.0, "\u03bcm": 1.0, "um": 1.0, "micron": 1.0, "microns": 
                "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}  # OME's default unit is µm
 
 
+TIFF_UNIT_UM = {2: 25_400.0, 3: 10_000.0}  # ResolutionUnit: inch, centimetre (1: none)
+
+
+def _tag_mpp(page) -> float | None:
+    """µm per pixel from the TIFF's XResolution and ResolutionUnit tags, as OpenSlide 4 reads a
+    generic TIFF's; None without them."""
+    resolution, unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
+    if resolution is None or unit is None or int(unit.value) not in TIFF_UNIT_UM:
+        return None
+    numerator, denominator = resolution.value
+    return TIFF_UNIT_UM[int(unit.value)] * denominator / numerator if numerator and denominator else None
+
+
 def _ome_mpp(tif) -> float | None:
     """µm per pixel of the first OME Pixels element, in its PhysicalSizeXUnit; None without one."""
     if not tif.is_ome:
@@ -227,6 +242,23 @@ def require_slide_format(path: str | Path) -> None:
                                "--pyramid --compression jpeg`")
 
 
+def _subifd_pyramid(slide: OpenSlideSlide) -> Slide | None:
+    """The same TIFF through tifffile where it keeps a pyramid in SubIFDs (OME-TIFF writers,
+    tifffile's `subifds`), which OpenSlide does not see: one full-resolution level would be read
+    for every thumbnail and downsampled crop."""
+    try:
+        tiff = TiffSlide(slide.path)
+    except InputError:
+        return None
+    if len(tiff.levels) == 1:
+        tiff.close()
+        return None
+    log.info("%s: its pyramid (%d levels) is in SubIFDs, which OpenSlide does not read: read with tifffile",
+             slide.path, len(tiff.levels))
+    slide.close()
+    return tiff
+
+
 def open_slide(path: str | Path, backend: str = "auto") -> Slide:
     """Open a whole-slide image; `auto` uses tifffile for OME-TIFF and OpenSlide otherwise (tifffile
     again for a .tif OpenSlide refuses)."""
@@ -239,7 +271,7 @@ def open_slide(path: str | Path, backend: str = "auto") -> Slide:
         if name.endswith((".ome.tif", ".ome.tiff")):
             return TiffSlide(path)
         try:
-            return OpenSlideSlide(path)
+            slide = OpenSlideSlide(path)
         except InputError as openslide_error:
             if not name.endswith((".tif", ".tiff")):
                 raise
@@ -249,6 +281,9 @@ def open_slide(path: str | Path, backend: str = "auto") -> Slide:
                 raise openslide_error from None
             log.info("%s: OpenSlide cannot open it; read with tifffile", path)
             return slide
+        if len(slide.levels) == 1 and name.endswith((".tif", ".tiff")):
+            return _subifd_pyramid(slide) or slide
+        return slide
     if backend == "tifffile":
         return TiffSlide(path)
     if backend == "openslide":

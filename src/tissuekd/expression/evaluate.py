@@ -110,7 +110,8 @@ def plot_maps(predictions: list[str], spots: dict[str, str], expressions: dict[s
             r_value = pearson_per_gene(true[:, [g]], pred[:, None])[0]
             for c, (values, label) in enumerate(((true[:, g], "measured"), (pred, f"{method}, r = {r_value:.2f}"))):
                 ax = axes[r, 2 * g + c]
-                ax.scatter(xy[:, 0], xy[:, 1], c=values, s=6, cmap="viridis")
+                points = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=6, cmap="viridis")
+                fig.colorbar(points, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
                 ax.set_title(f"{sample} {gene}\n{label}", fontsize=7)
                 ax.set_aspect("equal")
                 ax.invert_yaxis()

@@ -509,3 +509,44 @@ def test_recovery_is_the_students_dice_over_the_teachers_and_undefined_without_a
     table = summarise(scores(0.8), ["on"]).set_index("model")
     assert table.loc["r kd", "recovery"] == pytest.approx(0.4 / 0.8) and table.loc["r kd", "parameter_ratio"] == 2
     assert summarise(scores(0.0), ["on"]).set_index("model")["recovery"].isna().all()
+
+
+def test_nan_pixels_are_named_with_the_file_and_a_nan_loss_stops_training(tissuenet, tmp_path):
+    """One NaN made its image's normalisation NaN: every loss NaN, every score 0, exit 0."""
+    with np.load(tissuenet) as split:
+        arrays = dict(split)
+    arrays["X"] = arrays["X"].astype(np.float32)
+    arrays["X"][5, 10:20, 10:20, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", **arrays)
+    with pytest.raises(InputError, match=r"nan.npz: X has NaN or infinite pixels, first in image 5"):
+        read_tissuenet(tmp_path / "nan.npz")
+    folder = write_tiff_folder(tmp_path / "nan.npz", tmp_path / "tiffs")
+    data = read_tiff_folder(folder)  # headers only
+    with pytest.raises(InputError, match=r"img05.tif: 100 NaN or infinite pixels"):
+        data.images[5]
+    from tissuekd.training import optimise
+
+    weight = torch.nn.Parameter(torch.ones(1))
+    with pytest.raises(FloatingPointError, match=r"fit: the loss is nan at epoch 1, step 2"):
+        optimise([weight], 1, lambda epoch: [1.0, np.nan], lambda b: weight.sum() * b, lr=0.1, weight_decay=0.0,
+                 desc="fit")
+
+
+def test_images_without_objects_are_left_out_of_the_scores_and_0_1_masks_split_into_components(tissuenet, caplog):
+    from tissuekd.segmentation.steps import score
+
+    data = read_tissuenet(tissuenet)
+    labels = np.array(data.labels)
+    labels[1] = 0
+    labels[2] = labels[2] > 0
+    data.labels = labels
+    truth = lambda i: np.stack([(labels[i] > 0).astype(float), np.zeros(labels[i].shape)])  # noqa: E731
+    with caplog.at_level("WARNING"):
+        table = score(data, truth)
+    assert len(table) == len(data) - 1 and data.ids[1] not in set(table["image"])
+    assert "1 of 8 images have no labelled object" in caplog.text
+    assert "1 of 8 images are labelled with a 0/1 mask" in caplog.text
+    assert table["dice"].eq(1).all()
+    data.labels = np.zeros_like(labels)
+    with pytest.raises(InputError, match="the split: none of the 8 images has a labelled object"):
+        score(data, truth)

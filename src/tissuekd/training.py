@@ -79,6 +79,9 @@ def optimise(
             loss = loss_of(batch)
             if loss is None:
                 continue
+            if not torch.isfinite(loss):  # every later step would be NaN too: stop, not a model of NaNs
+                raise FloatingPointError(f"{desc}: the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                                         "(non-finite inputs, or a learning rate too high?)")
             opt.zero_grad()
             scaler.scale(loss).backward()
             scaler.step(opt)

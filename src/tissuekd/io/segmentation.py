@@ -58,7 +58,7 @@ def npz_member(path: str | Path, name: str) -> np.ndarray:
             raise InputError(path, f"has no array {name!r} (arrays: {', '.join(n[:-4] for n in archive.namelist())})")
         info = archive.getinfo(member)
         if info.compress_type != zipfile.ZIP_STORED:
-            log.warning("%s: %s is compressed, so it is read whole (%.1f GB)", path, name, info.file_size / 1e9)
+            log.info("%s: %s is compressed, so it is read whole (%.1f GB)", path, name, info.file_size / 1e9)
             with archive.open(member) as f:
                 return np.lib.format.read_array(f, allow_pickle=name.endswith("_list"))
         with archive.open(member) as f:
@@ -143,11 +143,25 @@ def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
     # a slice of consecutive channels is a view of the memory map; an index list would read X whole
     images = x[..., first:first + len(channels)] if channels == tuple(range(first, first + len(channels))) \
         else x[..., list(channels)]
+    _require_finite_pixels(path, images)
     labels = y[..., TARGETS[target]]
     if not np.issubdtype(labels.dtype, np.integer):
         labels = IntegerLabels(labels)  # whole numbers stored as floats (checked above)
     return SegSet(images, labels, [f"{path.stem}:{i}" for i in range(n)], tissues, platforms,
                   ("nuclear",) if membrane is None else ("nuclear", "membrane"))
+
+
+def _require_finite_pixels(path: Path, images: np.ndarray, chunk: int = 64) -> None:
+    """Float images must hold no NaN or inf: one such pixel makes its image's normalisation NaN,
+    and training or scoring silently yields NaN losses and zero scores. Read in chunks of images
+    (a memory-mapped split is never held whole)."""
+    if not np.issubdtype(images.dtype, np.floating):
+        return
+    for start in range(0, len(images), chunk):
+        bad = ~np.isfinite(images[start:start + chunk]).all(axis=tuple(range(1, images.ndim)))
+        if bad.any():
+            raise InputError(path, f"X has NaN or infinite pixels, first in image {start + int(np.argmax(bad))} "
+                                   "(of the channels the sheet names)")
 
 
 class IntegerLabels(Sequence):
@@ -372,7 +386,11 @@ def read_tiff_folder(folder: str | Path, nuclear: int = 0, membrane: int | None 
         (_, _, n_channels), channels_first = _layout(image.shape, path)
         check_channels(path, n_channels)
         image = np.moveaxis(image, 0, -1) if channels_first else image.reshape(*image.shape[:2], -1)
-        return image[..., list(channels)].astype(np.float32)
+        image = image[..., list(channels)].astype(np.float32)
+        if not np.isfinite(image).all():
+            raise InputError(path, f"{(~np.isfinite(image)).sum()} NaN or infinite pixels (of the channels the "
+                                   "sheet names)")
+        return image
 
     def read_labels(path: Path) -> np.ndarray:
         labels = np.squeeze(tifffile.imread(path))

@@ -164,24 +164,46 @@ def sam_maps(data: SegSet, sam: dict, out: str, shard: int = 0, shards: int = 1,
             np.savez(f, probs=np.stack(maps), ids=np.array(ids))
 
 
-def score(data: SegSet, probs_of) -> pd.DataFrame:
+def score(data: SegSet, probs_of, source: str = "the split") -> pd.DataFrame:
     """Per image: foreground Dice and object F1 at IoU 0.5 (instances: watershed of foreground
-    minus boundary probability); `probs_of(i)` gives image i's (2, H, W) maps."""
-    rows = []
+    minus boundary probability); `probs_of(i)` gives image i's (2, H, W) maps. Images without a
+    labelled object are left out (both scores are undefined there; counted in a warning), none
+    left is an error; labels that are 0/1 masks, not instance ids, are split into connected
+    components (touching objects merge; counted in a warning)."""
+    from skimage.measure import label as components
+
+    rows, empty, binary = [], [], []
     for i, labels in enumerate(data.labels):
-        probs, labels = probs_of(i), np.asarray(labels)
+        labels = np.asarray(labels)
+        if not labels.any():
+            empty.append(data.ids[i])
+            continue
+        if labels.max() == 1:
+            labels = components(labels > 0)
+            binary += [data.ids[i]] if labels.max() > 1 else []
+        probs = probs_of(i)
         rows.append({"image": data.ids[i], "tissue": data.tissues[i], "platform": data.platforms[i],
                      "dice": dice(probs[0] >= 0.5, labels > 0),
                      "f1": object_f1(instances(probs[0] - probs[1]), labels)["f1"]})
         log_progress(log, "scored images", i + 1, len(data.labels))
+    if empty:
+        log.warning("%d of %d images have no labelled object, e.g. %s: left out of the scores", len(empty),
+                    len(data.ids), empty[:3])
+    if binary:
+        log.warning("%d of %d images are labelled with a 0/1 mask, not instance ids, e.g. %s: objects taken as "
+                    "connected components (touching ones merge)", len(binary), len(data.ids), binary[:3])
+    if not rows:
+        raise InputError(source, f"none of the {len(data.ids)} images has a labelled object (e.g. {data.ids[:3]}): "
+                                 "are these the split's labels?")
     return pd.DataFrame(rows)
 
 
-def evaluate(data: SegSet, model_path: str, out: str, run: compute.Compute = compute.CPU) -> pd.DataFrame:
+def evaluate(data: SegSet, model_path: str, out: str, run: compute.Compute = compute.CPU,
+             source: str = "the split") -> pd.DataFrame:
     """`score` of a checkpoint's predictions, with the model's backbone, mode and parameter count."""
     model, checkpoint = load_model(model_path)
     tile = checkpoint["config"]["tile"]
-    table = score(data, lambda i: predict(model, np.asarray(data.images[i])[None], tile, compute=run)[0])
+    table = score(data, lambda i: predict(model, np.asarray(data.images[i])[None], tile, compute=run)[0], source)
     table = table.assign(backbone=checkpoint["backbone"], mode=checkpoint["mode"],
                          teacher=checkpoint.get("teacher", ""), seed=checkpoint["config"]["seed"],
                          parameters=checkpoint["parameters"])
@@ -196,7 +218,7 @@ def evaluate_maps(split: dict, maps_path: str, out: str) -> pd.DataFrame:
     data = read_split(**split)
     maps = ExternalMaps(maps_path)
     maps.require(data.ids)
-    table = score(data, lambda i: maps.get(data.ids[i], np.shape(data.labels[i])))
+    table = score(data, lambda i: maps.get(data.ids[i], np.shape(data.labels[i])), split["path"])
     table = table.assign(backbone="", mode="teacher", teacher="external", seed=0, parameters=np.nan)
     with atomic_path(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
@@ -208,7 +230,8 @@ def evaluate_model(split: dict, model_path: str, out: str, threads: int = 1, dev
     """`evaluate` on a test split (read_split's arguments) read with the channels the model takes."""
     run = compute.resolve(device, precision, threads, workload="model")
     channels = load_model(model_path)[1]["channels"]
-    return evaluate(read_split(**split, nuclear_only=tuple(channels) == ("nuclear",)), model_path, out, run)
+    return evaluate(read_split(**split, nuclear_only=tuple(channels) == ("nuclear",)), model_path, out, run,
+                    split["path"])
 
 
 def _stack(images) -> np.ndarray:

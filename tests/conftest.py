@@ -139,7 +139,9 @@ def planned_jobs(workdir: Path, *extra: str) -> dict[str, int]:
 
 
 def job_stats(out: str) -> dict[str, int]:
-    """Job counts from a dry run's output (its summary table)."""
+    """Job counts from a dry run's output (its summary table; none when nothing is to be done)."""
+    if "Job stats:" not in out and "Nothing to be done" in out:
+        return {}
     table = out.split("Job stats:")[1].split("total")[0]
     return {parts[0]: int(parts[1]) for line in table.splitlines() if len(parts := line.split()) == 2
             and parts[1].isdigit()}

@@ -54,6 +54,14 @@ def test_on_the_demo_kd_beats_no_kd_and_the_multiplex_teacher_the_nuclear_only_o
     assert dice["mobilenetv3 kd"] > dice["mobilenetv3 no-kd"] + 0.01, dice
 
 
+def test_only_the_teacher_a_mode_distils_from_maps_the_training_set(seg_run):
+    """The nuclear-only teacher is trained and scored as a reference; with no
+    kd-nuclear-teacher mode nothing reads its maps of the training set, so none are made."""
+    assert len(list((seg_run / GDIR / "teacher/multiplex/probs").glob("*.npz"))) == 2
+    assert (seg_run / GDIR / "teacher/nuclear/model.pt").exists()
+    assert not (seg_run / GDIR / "teacher/nuclear/probs").exists()
+
+
 def test_every_model_is_scored_on_its_test_split_and_the_cross_set(seg_run):
     table = pd.read_csv(seg_run / "results/benchmark/segmentation_by_dataset.tsv", sep="\t")
     own = table[table["evaluated_on"] == "tissuenet_demo"].set_index("model")
@@ -107,6 +115,24 @@ def test_a_student_setting_reruns_only_students_and_the_teacher_maps_stay_cached
     assert jobs["segmentation_evaluate"] == 2 + 2 * 2  # the teachers and every student, on the own split
 
 
+def test_a_file_rewritten_inside_a_folder_set_rescores_on_it(seg_run):
+    """A folder's modification time changes when a file is added or removed, not rewritten: the
+    jobs that read a BBBC038 folder carry its files' fingerprint and rerun when one changes."""
+    image = seg_run / "data/demo/segmentation/bbbc038/demo01/images/demo01.png"
+    original = image.read_bytes()
+    scored = list((seg_run / "results/segmentation").rglob("scores_on_bbbc038_demo.tsv"))
+    before = planned_jobs(seg_run).get("segmentation_evaluate", 0)  # e.g. a test split changed above
+    try:
+        pixels = np.asarray(Image.open(image)).copy()
+        pixels[:8, :8] = 255 - pixels[:8, :8]
+        Image.fromarray(pixels).save(image)
+        jobs = planned_jobs(seg_run)
+    finally:
+        image.write_bytes(original)
+    assert jobs["segmentation_evaluate"] - before == len(scored) > 0, jobs
+    assert "segmentation_student" not in jobs and "segmentation_teacher" not in jobs  # a cross set trains none
+
+
 def test_a_bad_sheet_names_its_line(tmp_path):
     workdir = make_workdir(tmp_path, **SMALL)
     sheet = workdir / "config/segmentation_datasets.tsv"
@@ -130,6 +156,10 @@ def test_a_bad_sheet_names_its_line(tmp_path):
      "line 3 (dataset bbbc038_demo): {tmp}/stage1_test/demo00/masks: no mask files"),
     (1, lambda tmp: {"format": "tiff", "test": str(_tiff_without_labels(tmp / "tiffs"))},
      "line 3 (dataset bbbc038_demo): {tmp}/tiffs/a.tif: has no nuclear labels: expected a_nuclear.tif"),
+    (1, lambda tmp: {"test": str(_bbbc038_mask_of_another_size(tmp / "stage1_test"))},
+     "line 3 (dataset bbbc038_demo): {tmp}/stage1_test/demo01/masks/small.png: mask is (5, 5), its image"),
+    (0, lambda tmp: {"test": str(_npz(tmp / "fractional.npz", 2, label_value=0.5))},
+     "line 2 (dataset tissuenet_demo): {tmp}/fractional.npz: labels are not integer ids"),
 ])
 def test_a_bad_cross_or_test_set_stops_before_any_training(tmp_path, row, changes, problem):
     """Checked while planning (a TissueNet split from its array headers, a folder from its files'
@@ -170,8 +200,15 @@ def _tiff_without_labels(folder):
     return folder
 
 
-def _npz(path, n, labels_px=8):
-    np.savez(path, X=np.zeros((n, 8, 8, 2), np.float32), y=np.zeros((n, labels_px, labels_px, 2), np.int32))
+def _bbbc038_mask_of_another_size(folder):
+    write_bbbc038(folder, n_images=2)
+    Image.fromarray(np.full((5, 5), 255, np.uint8)).save(folder / "demo01" / "masks" / "small.png")
+    return folder
+
+
+def _npz(path, n, labels_px=8, label_value=0):
+    y = np.full((n, labels_px, labels_px, 2), label_value, np.float32 if label_value % 1 else np.int32)
+    np.savez(path, X=np.zeros((n, 8, 8, 2), np.float32), y=y)
     return path
 
 

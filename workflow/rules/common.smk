@@ -654,6 +654,11 @@ def seg_teacher_views():
     reference); an external or SAM teacher only those the modes distil from."""
     if SEG["teacher"] == "unet-multiplex":
         return ["multiplex", "nuclear"]
+    return seg_distilled_views()
+
+
+def seg_distilled_views():
+    """The teacher views a mode distils from: the only ones whose maps on the training set are made."""
     return [SEG_TEACHERS[m] for m in SEG["modes"] if SEG_TEACHERS[m]]
 
 
@@ -755,7 +760,8 @@ wildcard_constraints:
 
 
 def seg_split_kwargs(dataset, split):
-    """read_split's arguments for a split ("train" or "test") of a sheet row."""
+    """read_split's arguments for a split ("train" or "test") of a sheet row; a folder's
+    `contents` (its files' fingerprint) makes the jobs that read it rerun when one changes."""
     row = SEG_SETS.loc[dataset]
     return {
         "fmt": row["format"],
@@ -763,7 +769,22 @@ def seg_split_kwargs(dataset, split):
         "target": row["target"],
         "nuclear": int(row["nuclear"] or 0),
         "membrane": int(row["membrane"]) if row["membrane"] else None,
+        **({"contents": folder_fingerprint(row[split])} if os.path.isdir(row[split]) else {}),
     }
+
+
+@functools.cache
+def folder_fingerprint(folder):
+    """A digest of the names, sizes and modification times of every file under `folder`: a folder
+    as an input changes only when a file is added or removed, not when one is rewritten."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def seg_split(split):
@@ -912,7 +933,7 @@ def segmentation_benchmarks():
     files += expand(
         str(probs.benchmark),
         dataset=SEG_TRAIN,
-        view=views,
+        view=seg_distilled_views(),
         shard=range(SEG["teacher_shards"]),
     )
     files += expand(

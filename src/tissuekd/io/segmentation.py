@@ -75,9 +75,10 @@ def npz_member(path: str | Path, name: str) -> np.ndarray:
 
 
 def read_split(fmt: str, path: str, target: str = "whole-cell", nuclear_only: bool = False, nuclear: int = 0,
-               membrane: int | None = 1) -> SegSet:
+               membrane: int | None = 1, contents: str | None = None) -> SegSet:
     """One split of a data set in its published layout; `nuclear_only` keeps the nuclear channel
-    (`nuclear`, `membrane`: channel indices, the sheet's)."""
+    (`nuclear`, `membrane`: channel indices, the sheet's). `contents` is not read: the workflow's
+    fingerprint of a folder's files, passed in the jobs' params so that they rerun when one changes."""
     if fmt == "tissuenet":
         return read_tissuenet(path, nuclear, None if nuclear_only else membrane, target=target)
     if fmt == "bbbc038":
@@ -180,20 +181,27 @@ class IntegerLabels(Sequence):
 
 def check_tissuenet_split(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
                           target: str = "whole-cell") -> tuple[int, ...]:
-    """read_tissuenet's checks of sizes and channels from the arrays' headers alone (cheap, even
-    compressed): the workflow makes them on every split before any job runs. Returns X's shape."""
+    """read_tissuenet's checks of sizes and channels from the arrays' headers (cheap, even
+    compressed), and of label values where they are stored as floats: the workflow makes them on
+    every split before any job runs. Returns X's shape."""
     path = Path(path)
     channels = (nuclear,) if membrane is None else (nuclear, membrane)
     shape = npz_shape(path, "X")
     _check_shapes(path, shape, npz_shape(path, "y"), channels, target)
+    if not np.issubdtype(_npz_header(path, "y")[2], np.integer):  # labels stored as floats (rare): read them
+        _require_whole_numbers(path, npz_member(path, "y"), TARGETS[target])
     return shape
 
 
 def npz_shape(path: Path, name: str) -> tuple[int, ...]:
     """The shape of array `name` of an npz, from its .npy header."""
+    return _npz_header(path, name)[0]
+
+
+def _npz_header(path: Path, name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     try:
         with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as f:
-            return _npy_header(f)[0]
+            return _npy_header(f)
     except KeyError:
         raise InputError(path, f"has no array {name!r}") from None
     except (OSError, ValueError, zipfile.BadZipFile) as err:
@@ -248,8 +256,8 @@ def read_bbbc038(folder: str | Path, ids: Sequence[str] | None = None, tissue: s
     `<id>/masks/*.png`, one binary mask per nucleus. Grey or RGB(A) images become one nuclear
     channel (the mean of the colour channels); masks become one instance image (1..n, in the
     order of the sorted mask names). Images are read when asked for (`ImageFiles`); every id is
-    checked here for its image (size from the PNG header) and at least one mask, so a folder
-    without masks (the stage-1 test release) is named before any job runs."""
+    checked here for its image and masks of its size (from the PNG headers), so a folder without
+    masks (the stage-1 test release) or with a mask of another size is named before any job runs."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "is not a BBBC038 folder (<id>/images/<id>.png, <id>/masks/*.png)")
@@ -259,9 +267,13 @@ def read_bbbc038(folder: str | Path, ids: Sequence[str] | None = None, tissue: s
     shapes = []
     for name in ids:
         shapes.append(_png_shape(folder / name / "images" / f"{name}.png"))
-        masks = folder / name / "masks"
-        if not any(masks.glob("*.png")):
-            raise InputError(masks, "no mask files (BBBC038 labels are <id>/masks/*.png, one per nucleus)")
+        masks = sorted((folder / name / "masks").glob("*.png"))
+        if not masks:
+            raise InputError(folder / name / "masks", "no mask files (BBBC038 labels are <id>/masks/*.png, one per "
+                                                      "nucleus)")
+        for mask in masks:  # headers only: ~0.1 ms a mask
+            if _png_shape(mask) != shapes[-1]:
+                raise InputError(mask, f"mask is {_png_shape(mask)}, its image {shapes[-1]}")
     images = [folder / name / "images" / f"{name}.png" for name in ids]
     labels = ImageFiles([folder / name / "masks" for name in ids], _bbbc038_labels, shapes)
     return SegSet(ImageFiles(images, _nuclear_png, shapes), labels, ids,

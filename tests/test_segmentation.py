@@ -60,6 +60,7 @@ def _npz(path, **arrays):
 
 @pytest.mark.parametrize(("arrays", "problem"), [
     ({"X": np.zeros((2, 8, 8, 2)), "y": np.zeros((2, 8, 9, 2), int)}, "labels and images differ in size"),
+    ({"X": np.zeros((2, 3, 32, 32)), "y": np.zeros((2, 2, 32, 32), int)}, r"look channels-first, \(N, C, H, W\)"),
     ({"X": np.zeros((0, 8, 8, 2)), "y": np.zeros((0, 8, 8, 2), int)}, "no images"),
     ({"X": np.zeros((1, 8, 8, 1)), "y": np.zeros((1, 8, 8, 2), int)}, "channel index 1 out of range"),
     ({"X": np.zeros((1, 8, 8, 2)), "y": np.full((1, 8, 8, 2), 0.5)}, "not integer ids"),

@@ -219,7 +219,9 @@ def _check_shapes(path: Path, x: tuple[int, ...], y: tuple[int, ...], channels: 
     if len(x) != 4 or len(y) != 4:
         raise InputError(path, f"X and y must be (N, H, W, C); got X {x}, y {y}")
     if x[:3] != y[:3]:
-        raise InputError(path, f"labels and images differ in size: X {x[:3]}, y {y[:3]}")
+        first = " (X and y look channels-first, (N, C, H, W): TissueNet's layout is (N, H, W, C))" \
+            if x[1] <= 16 < x[3] and y[1] <= 16 < y[3] else ""
+        raise InputError(path, f"labels and images differ in size: X {x[:3]}, y {y[:3]}{first}")
     if x[0] == 0:
         raise InputError(path, "no images (X has 0 rows)")
     bad = [c for c in channels if not 0 <= c < x[3]]

@@ -249,6 +249,7 @@ rule segmentation_panel:
             f"{GDIR}/panel.png",
             caption="../report/segmentation_panel.rst",
             category="Segmentation",
+            subcategory="{dataset}",
             labels={"dataset": "{dataset}"},
         ),
     log:

@@ -312,6 +312,8 @@ def test_a_cohort_of_features_from_two_encoders_is_named_by_its_odd_file(tmp_pat
                                          r"are 'uni_v2'"):
         require_one_encoder(files, [read_layout(f) for f in files])
     require_one_encoder(files[:2], [read_layout(f) for f in files[:2]])  # one stated, one silent (CLAM): fine
+    files.append(features_file(tmp_path / "blank.h5", 0, 0, "uni_v2"))  # a slide without tissue, as ours are
+    require_one_encoder(files[:2] + files[3:], [read_layout(f) for f in files[:2] + files[3:]])
 
 
 def test_a_clinical_table_from_a_spreadsheet_reads_with_a_bom_and_as_xlsx(tables, monkeypatch):

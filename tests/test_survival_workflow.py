@@ -123,7 +123,7 @@ def brought_features(tmp_path: Path, n_patients=20, negative_time=False) -> Path
         path.parent.mkdir(exist_ok=True)
         n = 0 if i == 3 else 6
         with h5py.File(path, "w") as h5:
-            h5["features"] = rng.normal(r, 1, (n, 32)).astype("f4")
+            h5["features"] = rng.normal(r, 1, (n, 32 if n else 0)).astype("f4")  # no tissue: (0, 0), as ours
             h5["coords"] = np.zeros((n, 2), np.int64)
         rows.append({"slide": path.stem, "cohort": "mine", "patient": patient, "image": "", "mpp": "",
                      "features": str(path)})

@@ -394,8 +394,10 @@ def count_patches(path: str) -> int:
 
 def require_one_encoder(files: list[str], layouts: list[FeatureFile]) -> None:
     """A cohort's slides must carry features of one encoder: one width, and at most one stated
-    encoder name; the odd file is named (mixed files failed inside the models, naming none)."""
-    for what, values in (("width", [f.width for f in layouts]), ("encoder", [f.encoder for f in layouts])):
+    encoder name; the odd file is named (mixed files failed inside the models, naming none). A
+    slide without tissue has no rows, so it states no width (ours: 0)."""
+    widths = [f.width if f.patches else "" for f in layouts]
+    for what, values in (("width", widths), ("encoder", [f.encoder for f in layouts])):
         stated = [v for v in values if v != ""]
         if len(set(stated)) > 1:
             usual = max(stated, key=stated.count)  # ties: the first slide's

@@ -284,6 +284,8 @@ def test_external_rna_with_other_gene_ids_stops_and_a_few_missing_genes_warn(tmp
     pd.DataFrame(np.ones((2, 10)), index=["P1", "P2"], columns=[f"ENSG{i}" for i in range(10)]).to_parquet(rna)
     with pytest.raises(InputError, match=r"rna.parquet: 10 of the model's 10 genes are missing.*ENSG0"):
         load_cohort(str(patients), str(rna), "rna", genes=genes)
+    with pytest.raises(InputError, match=r"rna.parquet: \(cohort ext's RNA, for the rna models\) 10 of the"):
+        load_cohort(str(patients), str(rna), "rna", genes=genes, whose="cohort ext's RNA, for the rna models")
     pd.DataFrame(np.ones((2, 9)), index=["P1", "P2"], columns=genes[:9]).to_parquet(rna)
     with caplog.at_level("WARNING"):
         data = load_cohort(str(patients), str(rna), "rna", genes=genes)

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def load_cohort(patients: str, rna: str, method: str | SurvivalMethod, gene_sets: str | None = None,
-                genes: list[str] | None = None) -> CohortData:
+                genes: list[str] | None = None, whose: str = "") -> CohortData:
     """Inputs a method needs; `genes` (a trained model's) reorders the RNA columns to match.
 
     Parameters
@@ -47,6 +47,8 @@ def load_cohort(patients: str, rna: str, method: str | SurvivalMethod, gene_sets
     genes : list of str or None
         A trained model's genes: the RNA columns are put in their order, missing genes as NaN (scaled to the
         training mean); None: the matrix's own columns.
+    whose : str
+        Named in messages about missing genes (e.g. "cohort X, the teacher's models").
 
     Returns
     -------
@@ -63,7 +65,7 @@ def load_cohort(patients: str, rna: str, method: str | SurvivalMethod, gene_sets
         if matrix.shape[1] == 0:
             raise InputError(rna, f"method {method.name} needs RNA but the cohort has no RNA matrix")
         if genes is not None:
-            check_model_genes(rna, matrix.columns, genes)
+            check_model_genes(rna, matrix.columns, genes, whose)
             matrix = matrix.reindex(columns=genes)
         data.rna, data.genes = matrix.to_numpy(np.float64), list(matrix.columns)
         if gene_sets:
@@ -76,12 +78,13 @@ def load_cohort(patients: str, rna: str, method: str | SurvivalMethod, gene_sets
 MAX_MISSING_GENES = 0.2
 
 
-def check_model_genes(rna: str, measured, genes: list[str]) -> None:
+def check_model_genes(rna: str, measured, genes: list[str], whose: str = "") -> None:
     """Warn about the model's genes an external cohort lacks; stop when more than MAX_MISSING_GENES are."""
     missing = [g for g in genes if g not in set(measured)]
     if not missing:
         return
-    what = f"{len(missing)} of the model's {len(genes)} genes are missing, e.g. {missing[:5]}"
+    what = f"{f'({whose}) ' if whose else ''}{len(missing)} of the model's {len(genes)} genes are missing, " \
+           f"e.g. {missing[:5]}"
     if len(missing) > MAX_MISSING_GENES * len(genes):
         raise InputError(rna, f"{what}; the cohort's RNA has e.g. {list(measured[:5])}: gene ids of another kind "
                               f"(Ensembl ids vs symbols)? Give the external cohort the training cohort's gene ids")
@@ -220,7 +223,9 @@ def evaluate_external(models: dict[str, str], patients: str, rna: str, out_metri
     rows, preds, bundles = [], {}, {}
     for method, path in models.items():
         bundle = bundles[method] = torch.load(path, weights_only=False)
-        data = load_cohort(patients, rna, bundle_method(bundle), genes=bundle["genes"] or None)
+        data = load_cohort(patients, rna, bundle_method(bundle), genes=bundle["genes"] or None,
+                           whose=f"cohort {cohort}'s RNA, as its sheet's rna file gave it, for the {method} models "
+                                 f"trained on {trained_on}")
         data.gene_sets = bundle["gene_sets"]
         risk = predict_external(bundle, data, run)
         table = data.patients

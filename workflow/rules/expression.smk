@@ -31,6 +31,7 @@ rule expression_prepare:
         from tissuekd.expression.steps import prepare_sample
         from tissuekd.logs import run_in_process
 
+        dataset = EXPR_SAMPLES.loc[wildcards.sample, "dataset"]
         run_in_process(
             log[0],
             lambda: prepare_sample(
@@ -50,8 +51,8 @@ rule expression_prepare:
                 pseudo_spots=params.pseudo_spots,
                 backend=params.wsi_backend,
                 # read here, not a param: editing the markers reruns the folds only
-                markers=EXPRESSION["markers"].get(EXPR_SAMPLES.loc[wildcards.sample, "dataset"], []),
-                dataset=EXPR_SAMPLES.loc[wildcards.sample, "dataset"],
+                markers=EXPRESSION["markers"].get(dataset, []),
+                dataset=dataset,
             ),
         )
 

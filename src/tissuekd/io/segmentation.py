@@ -274,8 +274,8 @@ def read_bbbc038(folder: str | Path, ids: Sequence[str] | None = None, tissue: s
             raise InputError(folder / name / "masks", "no mask files (BBBC038 labels are <id>/masks/*.png, one per "
                                                       "nucleus)")
         for mask in masks:  # headers only: ~0.1 ms a mask
-            if _png_shape(mask) != shapes[-1]:
-                raise InputError(mask, f"mask is {_png_shape(mask)}, its image {shapes[-1]}")
+            if (shape := _png_shape(mask)) != shapes[-1]:
+                raise InputError(mask, f"mask is {shape}, its image {shapes[-1]}")
     images = [folder / name / "images" / f"{name}.png" for name in ids]
     labels = ImageFiles([folder / name / "masks" for name in ids], _bbbc038_labels, shapes)
     return SegSet(ImageFiles(images, _nuclear_png, shapes), labels, ids,

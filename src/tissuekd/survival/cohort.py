@@ -56,11 +56,9 @@ class Drops:
     def summary(self, examples: bool = False) -> str:
         """Counts per reason ("2 patients, no survival time…; 3 slides of 2 patients, barcode not in
         the clinical table; …"), `examples`: with one each."""
-        table = self.table()
-        first = table.groupby("reason").first()
         parts = []
-        for reason, rows in table.groupby("reason", sort=False):
-            example = first.loc[reason, "slide"] or first.loc[reason, "patient"]
+        for reason, rows in self.table().groupby("reason", sort=False):
+            example = rows["slide"].iloc[0] or rows["patient"].iloc[0]
             patients = rows["patient"].nunique()
             count = f"{patients} patient{'s' * (patients != 1)}"
             if rows["slide"].ne("").any():  # a reason given per slide
@@ -234,7 +232,7 @@ def _log_scale(rna: pd.DataFrame, path: str) -> pd.DataFrame:
     if top <= LINEAR_ABOVE or np.nanmin(values) < 0:
         return rna
     log.info("%s: values up to %.4g look linear (counts, RSEM or TPM): used as log2(x + 1); give log-scale "
-                "values to have them used as they are", path, top)
+             "values to have them used as they are", path, top)
     return np.log2(rna + 1)
 
 

@@ -80,7 +80,8 @@ MAX_MISSING_GENES = 0.2
 
 def check_model_genes(rna: str, measured, genes: list[str], whose: str = "") -> None:
     """Warn about the model's genes an external cohort lacks; stop when more than MAX_MISSING_GENES are."""
-    missing = [g for g in genes if g not in set(measured)]
+    measured_set = set(measured)
+    missing = [g for g in genes if g not in measured_set]
     if not missing:
         return
     what = f"{f'({whose}) ' if whose else ''}{len(missing)} of the model's {len(genes)} genes are missing, " \

@@ -26,7 +26,14 @@ def contrastive_loss(image: torch.Tensor, gene: torch.Tensor, temperature: float
     return ((genes_loss + images_loss) / 2).mean()
 
 
-def reconstruction_loss(reconstructed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """L_rec = mean (R − Z)² over tokens and channels: the masked image tokens, rebuilt through
-    cross-attention to the gene tokens, against the unmasked tokens Z."""
-    return F.mse_loss(reconstructed, tokens)
+def reconstruction_loss(reconstructed: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """L_rec = mean over masked tokens and channels of (R − sg(Z))²: the masked image tokens,
+    rebuilt through cross-attention to the gene tokens, against the unmasked tokens Z.
+
+    Masked tokens only (MAE's choice: a visible token passes the residual path as it is). sg is
+    stop-gradient: Z = reshape(W f) is learnt, and a target the loss can move lets it shrink or
+    flatten W's tokens instead of reading them from the genes; the contrastive term alone shapes W."""
+    masked = ~keep
+    if not masked.any():  # mask_ratio 0: nothing to rebuild (an empty mean would be NaN)
+        return reconstructed.new_zeros(())
+    return F.mse_loss(reconstructed[masked], tokens.detach()[masked])

@@ -17,6 +17,7 @@ from tissuekd.expression.models import CMRCNet
 from tissuekd.training import optimise, shuffled_batches
 
 log = logging.getLogger(__name__)
+CHECK_SPOTS = 2048  # training spots on which the trained reconstruction is checked to read the genes
 
 
 @dataclass
@@ -27,12 +28,18 @@ class CMRCNetConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-3
     temperature: float = 1.0  # the paper's
-    mask_ratio: float = 0.5  # the paper's
+    mask_ratio: float = 0.5  # the paper's: the share of each spot's image tokens masked in stage 2
     top_k: int = 50  # training spots averaged per test spot (the paper: 50 and 500)
     index: str = "auto"  # retrieval: exact, ivf (faiss), or auto (ivf above retrieval.AUTO_IVF_BANK spots)
     nprobe: int = 32  # ivf lists visited per query
     finetune_blocks: int = 0  # the encoder's last blocks trained too (finetune.py; meant for GPUs); 0: frozen features
     finetune_lr: float = 1e-5  # their learning rate (the schedule's peak, as `lr` is the head's)
+
+
+def token_mask(n: int, tokens: int, ratio: float, gen: torch.Generator) -> torch.Tensor:
+    """(n, tokens) bool, False on round(ratio · tokens) tokens per spot, drawn anew per spot."""
+    permutation = torch.rand(n, tokens, generator=gen).argsort(1)  # a random permutation per spot
+    return permutation >= round(ratio * tokens)
 
 
 def fit_cmrcnet(features: torch.Tensor, expression: torch.Tensor, cfg: CMRCNetConfig, *, reconstruct: bool = True,
@@ -74,9 +81,9 @@ def fit_cmrcnet(features: torch.Tensor, expression: torch.Tensor, cfg: CMRCNetCo
             gene_tokens, gene = model.gene_encoder(expression[rows])
             loss = contrastive_loss(image.float(), gene.float(), cfg.temperature)
             if reconstruct and epoch >= cfg.stage1_epochs:
-                keep = (torch.rand(tokens.shape, generator=gen) >= cfg.mask_ratio).to(dev)
-                rebuilt = model.reconstruct(tokens * keep, gene_tokens)
-                loss = loss + reconstruction_loss(rebuilt.float(), tokens.float())
+                keep = token_mask(len(rows), tokens.shape[1], cfg.mask_ratio, gen).to(dev)
+                rebuilt = model.reconstruct(tokens, keep, gene_tokens)
+                loss = loss + reconstruction_loss(rebuilt.float(), tokens.float(), keep)
         return loss
 
     steps = epochs * int(np.ceil(n / cfg.batch_size))
@@ -84,4 +91,25 @@ def fit_cmrcnet(features: torch.Tensor, expression: torch.Tensor, cfg: CMRCNetCo
              compute=compute, total_steps=steps, desc="cmrcnet" if reconstruct else "contrastive", progress=progress)
     if tuned is not None:
         encoder.eval()
-    return model.eval()
+    model.eval()
+    if reconstruct and cfg.stage2_epochs:
+        with torch.no_grad():
+            rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:CHECK_SPOTS]
+            image_in = features[rows.to(dev)] if tuned is None else encoder(bank(rows.numpy()).to(dev))
+            own, shuffled = gene_reliance(model, image_in.float(), expression[rows.to(dev)], cfg.mask_ratio, seed)
+        log.info("reconstruction loss on %d training spots: %.3f with their genes, %.3f with the genes shuffled "
+                 "across them (alike: the reconstruction does not read the genes)", len(rows), own, shuffled)
+    return model
+
+
+def gene_reliance(model: CMRCNet, image_in: torch.Tensor, expression: torch.Tensor, mask_ratio: float,
+                  seed: int) -> tuple[float, float]:
+    """L_rec of spots rebuilt from their own gene tokens and from another spot's (a permutation):
+    what stage 2 takes from the genes. One mask for both, drawn from `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens, genes = model.image_tokens(image_in), model.gene_encoder(expression)[0]
+    keep = token_mask(len(tokens), tokens.shape[1], mask_ratio, gen).to(tokens.device)
+    other = torch.randperm(len(tokens), generator=gen).to(tokens.device)
+    own, shuffled = (reconstruction_loss(model.reconstruct(tokens, keep, g), tokens, keep).item()
+                     for g in (genes, genes[other]))
+    return own, shuffled

@@ -98,7 +98,8 @@ def fit_cmrcnet(features: torch.Tensor, expression: torch.Tensor, cfg: CMRCNetCo
             image_in = features[rows.to(dev)] if tuned is None else encoder(bank(rows.numpy()).to(dev))
             own, shuffled = gene_reliance(model, image_in.float(), expression[rows.to(dev)], cfg.mask_ratio, seed)
         log.info("reconstruction loss on %d training spots: %.3f with their genes, %.3f with the genes shuffled "
-                 "across them (were they alike, the reconstruction would not be reading the genes)", len(rows), own, shuffled)
+                 "across them (were they alike, the reconstruction would not be reading the genes)",
+                 len(rows), own, shuffled)
     return model
 
 

@@ -302,7 +302,7 @@ def test_spots_without_a_count_are_left_out_and_a_matrix_of_mostly_empty_spots_i
         if share < 0.5:
             with caplog.at_level("WARNING"):
                 run()
-            assert f"st.h5ad: {empty.sum()} of {adata.n_obs} spots have no count: left out" in caplog.text
+            assert f"st.h5ad: {empty.sum()} of {adata.n_obs} spots under tissue have no count: left out" in caplog.text
             assert len(pd.read_parquet(tmp_path / "s.parquet")) == adata.n_obs - empty.sum()
         else:
             with pytest.raises(InputError, match=rf"st.h5ad: {empty.sum()} of {adata.n_obs} spots under tissue "

@@ -144,9 +144,9 @@ def test_a_matrix_without_counts_is_refused_and_empty_cells_are_counted(bundle_c
     caplog.set_level("INFO")
     _set_data(bundle_copy, first_cells_empty)
     cells, _, _ = load_bundle(bundle_copy / "outs")
-    assert f"40 of {len(cells)} cells have no gene count" in caplog.text
+    assert f"40 of {len(cells)} cells have no count: kept" in caplog.text
     _set_data(bundle_copy, lambda data, indptr: np.zeros_like(data))
-    with pytest.raises(InputError, match=rf"cell_feature_matrix.h5: {len(cells)} of {len(cells)} cells have no gene"):
+    with pytest.raises(InputError, match=rf"cell_feature_matrix.h5: {len(cells)} of {len(cells)} cells have no count"):
         load_bundle(bundle_copy / "outs")
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 from scipy import sparse
 
 from tissuekd.errors import InputError
+from tissuekd.io.counts import empty_rows
 from tissuekd.io.wsi import check_pixel_size, open_slide
 
 log = logging.getLogger(__name__)
@@ -100,22 +101,11 @@ def read_hest(st: str | Path, metadata: str | Path | None, image: str | Path | N
                       mpp, float(diameter) if positive(diameter) else 55.0)
 
 
-MAX_EMPTY_SPOTS = 0.5  # above this share of spots without a count, the matrix is not these spots
-
-
 def drop_empty_spots(sample: SpotSample, path: str | Path) -> SpotSample:
     """Spots without a single count are left out (as scanpy's filter_cells(min_counts=1) would):
-    their normalised expression is no measurement. Counted in the log; more than
-    MAX_EMPTY_SPOTS of them is an error."""
-    totals = np.asarray(sample.counts.sum(axis=1)).ravel()
-    empty = totals == 0
-    if empty.sum() > MAX_EMPTY_SPOTS * len(totals):
-        raise InputError(path, f"{empty.sum()} of {len(totals)} spots under tissue have no count: is this the "
-                               "matrix of these spots, with its counts?")
-    if empty.any():
-        (log.warning if empty.mean() > 0.05 else log.info)(
-            "%s: %d of %d spots have no count: left out", path, empty.sum(), len(totals))
-    keep = ~empty
+    their normalised expression is no measurement. Counted in the log; most spots empty is an
+    error (io.counts)."""
+    keep = ~empty_rows(sample.counts, path, "spots under tissue", "left out")
     return SpotSample(sample.barcodes[keep], sample.xy[keep], sample.counts[keep], sample.genes, sample.mpp,
                       sample.spot_diameter_um)
 

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tissuekd.errors import InputError
+from tissuekd.io.counts import empty_rows
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ MATRIX = "cell_feature_matrix.h5"
 MATRIX_MEMBERS = ["barcodes", "data", "indices", "indptr", "shape", "features/name", "features/feature_type"]
 CLUSTERS = "analysis/clustering/gene_expression_graphclust/clusters.csv"
 ANALYSIS_TAR = "analysis.tar.gz"  # the public downloads pack analysis/ into it
-MAX_EMPTY = 0.5  # share of cells without a count above which the matrix is taken for a wrong one
 XENIUM_ID = re.compile(r"[a-p]{8}-\d+|\d+")  # a cell id as XOA writes it (or an early integer one)
 
 
@@ -226,11 +226,6 @@ def load_bundle(bundle: str | Path) -> tuple[pd.DataFrame, ad.AnnData, dict]:
 
 
 def check_empty_cells(counts: ad.AnnData, path: Path) -> None:
-    """Cells without a single count are kept (the H&E still sees them) and counted; more than
-    MAX_EMPTY of them is an error: an empty or wrong matrix would give one niche for every cell."""
-    empty = int((np.asarray(counts.X.sum(axis=1)).ravel() == 0).sum())
-    if empty > MAX_EMPTY * counts.n_obs:
-        raise InputError(path, f"{empty} of {counts.n_obs} cells have no gene count: is this the matrix of "
-                               "these cells, with its counts?")
-    (log.warning if empty > 0.05 * counts.n_obs else log.info)(
-        "%s: %d of %d cells have no gene count", path, empty, counts.n_obs)
+    """Cells without a single count are kept (the H&E still sees them) and counted; most cells
+    empty is an error (io.counts): an empty or wrong matrix would give one niche for every cell."""
+    empty_rows(counts.X, path, "cells", "kept")

@@ -95,7 +95,8 @@ def fit_cmrcnet(features: torch.Tensor, expression: torch.Tensor, cfg: CMRCNetCo
     if reconstruct and cfg.stage2_epochs:
         with torch.no_grad():
             rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:CHECK_SPOTS]
-            image_in = features[rows.to(dev)] if tuned is None else encoder(bank(rows.numpy()).to(dev))
+            image_in = (features[rows.to(dev)] if tuned is None else  # the encoder reads a batch at a time
+                        torch.cat([encoder(bank(part.numpy()).to(dev)) for part in rows.split(cfg.batch_size)]))
             own, shuffled = gene_reliance(model, image_in.float(), expression[rows.to(dev)], cfg.mask_ratio, seed)
         log.info("reconstruction loss on %d training spots: %.3f with their genes, %.3f with the genes shuffled "
                  "across them (were they alike, the reconstruction would not be reading the genes)",

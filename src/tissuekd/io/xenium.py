@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import tarfile
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -195,15 +196,19 @@ def _label_table(path: Path, text: bytes | None) -> pd.DataFrame:
     if path.suffix.lower() in (".geojson", ".json"):
         raise InputError(path, "polygon annotations (GeoJSON, e.g. QuPath's) are not read: give a table with one row "
                                "per cell (cell id, label), e.g. each cell labelled with the region its centroid is in")
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path).convert_dtypes()
-    if path.suffix.lower() in (".xlsx", ".xls"):
-        return pd.read_excel(path, dtype=str)  # the first sheet
     try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path).convert_dtypes()
+        if path.suffix.lower() in (".xlsx", ".xls"):
+            return pd.read_excel(path, dtype=str)  # the first sheet
         return pd.read_csv(io.BytesIO(text) if text is not None else path, sep=None, engine="python",
                            encoding="utf-8-sig", dtype=str)
     except UnicodeDecodeError:
         raise InputError(path, "not a UTF-8 text table (CSV/TSV); Excel workbooks need the .xlsx ending") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError, zipfile.BadZipFile) as err:
+        # truncated or malformed files (an open quote, a cut parquet footer, a workbook that is no zip)
+        raise InputError(path, f"not a readable {path.suffix.lstrip('.') or 'text'} table: "
+                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
 
 def load_bundle(bundle: str | Path) -> tuple[pd.DataFrame, ad.AnnData, dict]:

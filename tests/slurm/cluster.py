@@ -8,8 +8,9 @@ shipped profile's GPU requests can be scheduled unchanged. SLURM's commands and 
 job step read the compiled-in /etc/slurm/slurm.conf (the plugin strips SLURM_CONF), so the
 config files are symlinked there while the cluster runs, and removed afterwards.
 
-Standalone: `python tests/slurm/cluster.py start DIR` / `stop DIR` (needs root and Debian's
-slurmctld slurmd slurm-client slurmdbd munge mariadb-server).
+Standalone: `python tests/slurm/cluster.py start DIR` runs until Ctrl-C or SIGTERM, then stops
+the daemons and removes the links (needs root and Debian's slurmctld slurmd slurm-client
+slurmdbd munge mariadb-server).
 """
 
 from __future__ import annotations
@@ -216,15 +217,19 @@ def _port_open(port: int) -> bool:
 
 
 if __name__ == "__main__":
-    action, folder = sys.argv[1], Path(sys.argv[2])
+    if len(sys.argv) != 3 or sys.argv[1] != "start":
+        sys.exit("usage: cluster.py start DIR  (runs until Ctrl-C or SIGTERM, then stops the daemons and "
+                 "removes the /etc/slurm links)")
     reason = missing_reason()
     if reason:
         sys.exit(reason)
-    cluster = LocalSlurm(folder)
-    if action == "start":
-        cluster.start()
-        print(f"cluster up; daemons' PIDs: {[p.pid for p in cluster.procs.values()]}; stop it with Ctrl-C")
-        try:
-            signal.pause()
-        finally:
-            cluster.stop()
+    cluster = LocalSlurm(Path(sys.argv[2]))
+    # a backgrounded job ignores SIGINT: SIGTERM (kill PID) must clean up too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    cluster.start()
+    print(f"cluster up; daemons' PIDs: {[p.pid for p in cluster.procs.values()]}; stop it with Ctrl-C or "
+          f"`kill {os.getpid()}`")
+    try:
+        signal.pause()
+    finally:
+        cluster.stop()

@@ -168,8 +168,8 @@ def predict(model: nn.Module, images: np.ndarray, tile: int, batch_size: int = 1
             compute: Compute = CPU, progress: str = "") -> np.ndarray:
     """(N, 2, H, W) float32 foreground and boundary probabilities of whole images (N, H, W, C),
     from `tile`-px windows at half-tile steps, averaged where they overlap with `window_weights`
-    (Swin takes only its fixed size, and a large image never goes through the network whole). Edges are padded by
-    reflection and cropped back. Runs on `compute`'s device and precision; logs `progress`
+    (Swin takes only its fixed size, and a large image never goes through the network whole).
+    Edges are padded by reflection and cropped back. Runs on `compute`'s device and precision; logs `progress`
     (a name) every tenth of the images where given."""
     model = model.to(compute.device)
     images = normalise(np.asarray(images, np.float32))

@@ -23,7 +23,7 @@ from tissuekd.expression import steps
 from tissuekd.expression.evaluate import gene_gene_agreement, pearson_per_gene
 from tissuekd.expression.losses import contrastive_loss, reconstruction_loss
 from tissuekd.expression.models import CMRCNet
-from tissuekd.expression.retrieval import topk_cosine
+from tissuekd.expression.retrieval import distinct_neighbourhoods, topk_cosine
 from tissuekd.expression.train import CMRCNetConfig, fit_cmrcnet, gene_reliance, token_mask
 from tissuekd.io.hest import read_hest
 from tissuekd.io.visium import read_spaceranger
@@ -104,6 +104,14 @@ def test_chunked_top_k_equals_brute_force():
     brute = (F.normalize(queries, dim=-1) @ F.normalize(bank, dim=-1).T).argsort(dim=-1, descending=True)[:, :7]
     assert torch.equal(topk_cosine(queries, bank, 7, chunk=5), brute)
 
+
+
+def test_collapsed_queries_retrieve_one_neighbourhood():
+    gen = torch.Generator().manual_seed(0)
+    bank = torch.randn(100, 8, generator=gen)
+    spread, collapsed = torch.randn(20, 8, generator=gen), torch.ones(20, 8) + 1e-4 * torch.randn(20, 8, generator=gen)
+    assert distinct_neighbourhoods(topk_cosine(spread, bank, 10).numpy()) > 10
+    assert distinct_neighbourhoods(topk_cosine(collapsed, bank, 10).numpy()) == 1
 
 def test_the_ivf_index_visiting_every_list_finds_the_exact_top_k():
     """faiss IVF over normalised vectors with inner product is cosine search: with every list

@@ -70,3 +70,9 @@ def retrieve(queries: torch.Tensor, bank: torch.Tensor, k: int, index: str = "au
 def mean_of_neighbours(index: np.ndarray, values: np.ndarray) -> np.ndarray:
     """(Q, genes): the mean of `values` over each query's retrieved rows `index` (Q, k)."""
     return values[index].mean(axis=1)
+
+
+def distinct_neighbourhoods(index: np.ndarray) -> int:
+    """How many different sets of training spots the queries retrieved: 1 for several queries
+    means the query embeddings collapsed to one point and every prediction is the same."""
+    return len({tuple(sorted(row)) for row in np.asarray(index).tolist()})

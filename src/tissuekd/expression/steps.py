@@ -326,7 +326,7 @@ def predict(method, x_train, z_train, y_train, x_test, z_test, genes, lists, set
     from tissuekd import compute
     from tissuekd.expression import baselines
     from tissuekd.expression.finetune import PatchBank, embed_patches
-    from tissuekd.expression.retrieval import mean_of_neighbours, retrieve
+    from tissuekd.expression.retrieval import distinct_neighbourhoods, mean_of_neighbours, retrieve
     from tissuekd.expression.train import CMRCNetConfig, fit_cmrcnet
 
     cfg = CMRCNetConfig(**settings)
@@ -357,6 +357,10 @@ def predict(method, x_train, z_train, y_train, x_test, z_test, genes, lists, set
         with torch.no_grad():
             bank = model.embed_genes(y_train_t.to(run.device))
             index = retrieve(query, bank, cfg.top_k, cfg.index, cfg.nprobe)
+        if len(index) > 1 and distinct_neighbourhoods(index) == 1:
+            log.warning("every one of the %d test spots retrieved the same %d training spots: the image embedding "
+                        "collapsed to one point, so every prediction is the same (with fine-tuning: lower "
+                        "expression.cmrcnet.finetune_lr)", len(index), index.shape[1])
         state.update(state_dict=model.state_dict(), config=asdict(cfg))
         return by_list(mean_of_neighbours(index, y_train)), state
     if method == "knn":

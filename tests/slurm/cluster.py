@@ -226,10 +226,10 @@ if __name__ == "__main__":
     cluster = LocalSlurm(Path(sys.argv[2]))
     # a backgrounded job ignores SIGINT: SIGTERM (kill PID) must clean up too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    cluster.start()
-    print(f"cluster up; daemons' PIDs: {[p.pid for p in cluster.procs.values()]}; stop it with Ctrl-C or "
-          f"`kill {os.getpid()}`")
-    try:
+    try:  # a signal while starting stops what has started
+        cluster.start()
+        print(f"cluster up; daemons' PIDs: {[p.pid for p in cluster.procs.values()]}; stop it with Ctrl-C or "
+              f"`kill {os.getpid()}`")
         signal.pause()
     finally:
         cluster.stop()

@@ -17,12 +17,12 @@ WARN_EMPTY = 0.05  # above this share the count is logged as a warning
 
 def empty_rows(counts, path: str | Path, rows: str, fate: str) -> np.ndarray:
     """Boolean mask of the rows of `counts` (sparse or dense) without a count, logged with
-    their number (where any) and `fate` (what the caller does with them); more than MAX_EMPTY of them is an
-    error naming `path`. `rows` names them in messages ("cells", "spots under tissue")."""
+    their number (where any) and `fate` (what the caller does with them); more than MAX_EMPTY of
+    them is an error naming `path`. `rows` names them in messages ("cells", "spots under tissue")."""
     empty = np.asarray(counts.sum(axis=1)).ravel() == 0
     n, total = int(empty.sum()), len(empty)
     if n > MAX_EMPTY * total:
-        raise InputError(path, f"{n} of {total} {rows} have no count: is this the matrix of these {rows.split()[0]}, "
+        raise InputError(path, f"{n} of {total} {rows} have no count: is this the matrix of these {rows}, "
                                "with its counts?")
     if n:
         say = log.warning if n > WARN_EMPTY * total else log.info

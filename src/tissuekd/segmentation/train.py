@@ -169,8 +169,8 @@ def predict(model: nn.Module, images: np.ndarray, tile: int, batch_size: int = 1
     """(N, 2, H, W) float32 foreground and boundary probabilities of whole images (N, H, W, C),
     from `tile`-px windows at half-tile steps, averaged where they overlap with `window_weights`
     (Swin takes only its fixed size, and a large image never goes through the network whole).
-    Edges are padded by reflection and cropped back. Runs on `compute`'s device and precision; logs `progress`
-    (a name) every tenth of the images where given."""
+    Edges are padded by reflection and cropped back. Runs on `compute`'s device and precision;
+    logs `progress` (a name) every tenth of the images where given."""
     model = model.to(compute.device)
     images = normalise(np.asarray(images, np.float32))
     n, h, w = images.shape[:3]
@@ -180,9 +180,9 @@ def predict(model: nn.Module, images: np.ndarray, tile: int, batch_size: int = 1
     windows = [(r, c) for r in range(0, size[0] - tile + 1, step) for c in range(0, size[1] - tile + 1, step)]
     total = np.zeros((n, 2, *size), np.float32)
     weight = window_weights(tile)
-    count = np.zeros(size, np.float32)
+    weight_sum = np.zeros(size, np.float32)
     for r, c in windows:
-        count[r:r + tile, c:c + tile] += weight
+        weight_sum[r:r + tile, c:c + tile] += weight
     for i in range(n):
         for start in range(0, len(windows), batch_size):
             chunk = windows[start:start + batch_size]
@@ -193,4 +193,4 @@ def predict(model: nn.Module, images: np.ndarray, tile: int, batch_size: int = 1
                 total[i, :, r:r + tile, c:c + tile] += p * weight
         if progress:
             log_progress(log, progress, i + 1, n)
-    return (total / count)[:, :, :h, :w]
+    return (total / weight_sum)[:, :, :h, :w]

@@ -174,6 +174,35 @@ def test_a_bad_cross_or_test_set_stops_before_any_training(tmp_path, row, change
     assert result.returncode != 0 and problem.format(tmp=tmp_path) in result.stderr + result.stdout
 
 
+def _nan_pixels(arrays):
+    arrays["X"][1, :4, :4, 0] = np.nan
+
+
+def _no_labels(arrays):
+    arrays["y"][:] = 0
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (_nan_pixels, "tissuenet_v1.1_test.npz: X has NaN or infinite pixels, first in image 1"),
+    (_no_labels, "tissuenet_v1.1_test.npz: none of the 2 images has a labelled object"),
+])
+def test_a_test_split_bad_in_its_pixels_or_labels_stops_before_any_training(tmp_path, change, problem):
+    """What planning cannot see from headers is read by one job per test split that every
+    training job waits for (it was found at scoring, after every model)."""
+    workdir = make_workdir(tmp_path, **SMALL)
+    snakemake("--cores", "1", "demo_segmentation", cwd=workdir)
+    test = workdir / "data/demo/segmentation/tissuenet/tissuenet_v1.1_test.npz"
+    with np.load(test) as split:
+        arrays = dict(split)
+    change(arrays)
+    with open(test, "wb") as f:
+        np.savez(f, **arrays)
+    result = snakemake("--cores", "2", cwd=workdir, check=False)
+    assert result.returncode != 0 and problem in result.stderr + result.stdout
+    assert not list((workdir / "results/segmentation").rglob("model.pt"))
+    assert not (workdir / "results/segmentation/checked/tissuenet_demo.txt").exists()
+
+
 def test_training_crops_larger_than_the_images_stop_the_plan_naming_the_split(tmp_path):
     """Every teacher and student would fail on its first batch (numpy's 'high <= 0' before)."""
     workdir = make_workdir(tmp_path / "w", **SMALL)

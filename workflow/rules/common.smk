@@ -793,7 +793,23 @@ def seg_split(split):
 
 
 def seg_split_inputs(wildcards):
-    return {"train": SEG_SETS.loc[wildcards.dataset, "train"]}
+    """A training job's split, and the checks of the test splits its models will be scored on."""
+    return {"train": SEG_SETS.loc[wildcards.dataset, "train"], "checked": seg_test_checks(wildcards.dataset)}
+
+
+def seg_scored_sets(dataset):
+    """The sets a data set's models are scored on: its own and every cross set."""
+    return [on for on in SEG_SETS["dataset"] if on == dataset or SEG_SETS.loc[on, "role"] == "cross"]
+
+
+def seg_test_checks(dataset):
+    return [f"{RESULTS}/segmentation/checked/{on}.txt" for on in seg_scored_sets(dataset)]
+
+
+def seg_test_to_check(wildcards):
+    """The check's test split, ancient: a test split rewritten later reruns its scoring (which
+    checks it again), never the check, so never a training job."""
+    return {"test": ancient(SEG_SETS.loc[wildcards.on, "test"])}
 
 
 def seg_test_split(wildcards):
@@ -880,9 +896,8 @@ def segmentation_evaluations():
     nuclear-input ones, on every cross set."""
     runs = []
     for dataset in SEG_TRAIN:
-        for on in SEG_SETS["dataset"]:
-            if on == dataset or SEG_SETS.loc[on, "role"] == "cross":
-                runs += [(dataset, m, on) for m in seg_models(with_membrane=on == dataset)]
+        for on in seg_scored_sets(dataset):
+            runs += [(dataset, m, on) for m in seg_models(with_membrane=on == dataset)]
     return runs
 
 

@@ -3,6 +3,29 @@
 GDIR = f"{RESULTS}/segmentation/{{dataset}}"
 
 
+rule segmentation_check_test:
+    # a test split's pixels and labels, read once before any model to be scored on it trains
+    # (planning reads headers only); its arguments are taken here, not as params, and its split
+    # is ancient, so a later change of either reruns only the scoring, never the training
+    input:
+        unpack(seg_test_to_check),
+    output:
+        f"{RESULTS}/segmentation/checked/{{on}}.txt",
+    log:
+        f"{LOGS}/segmentation/check_test/{{on}}.log",
+    benchmark:
+        f"{BENCH}/segmentation/check_test/{{on}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_per_image(1000, split="test"),
+        runtime=minutes_per_gb(5, 2, split="test"),
+    run:
+        from tissuekd.logs import run_in_process
+        from tissuekd.segmentation.steps import check_test_split
+
+        run_in_process(log[0], lambda: check_test_split(seg_split_kwargs(wildcards.on, "test"), output[0]))
+
+
 if SEG["teacher"] == "unet-multiplex":
 
     rule segmentation_teacher:

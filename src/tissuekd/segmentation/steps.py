@@ -164,6 +164,24 @@ def sam_maps(data: SegSet, sam: dict, out: str, shard: int = 0, shards: int = 1,
             np.savez(f, probs=np.stack(maps), ids=np.array(ids))
 
 
+def check_test_split(split: dict, out: str) -> None:
+    """What scoring needs of a test split and planning (headers only) cannot see: finite pixels in
+    every image and a labelled object in at least one. Made before any model to be scored on the
+    split trains (found at scoring, the first time, after every model had trained); `out` notes
+    what was read."""
+    data = read_split(**split)  # a TissueNet split's pixels are scanned here, in chunks
+    if split["fmt"] != "tissuenet":
+        for i in range(len(data.images)):  # a folder's images are read, and checked, one by one
+            _ = data.images[i]
+            log_progress(log, "images checked", i + 1, len(data.images))
+    labelled = next((i for i, labels in enumerate(data.labels) if np.asarray(labels).any()), None)
+    if labelled is None:
+        raise InputError(split["path"], f"none of the {len(data)} images has a labelled object: "
+                                        "are these the split's labels?")
+    with atomic_path(out) as tmp, open(tmp, "w") as f:
+        f.write(f"{split['path']}: {len(data)} images, pixels finite, labelled objects from image {labelled}\n")
+
+
 def score(data: SegSet, probs_of, source: str = "the split") -> pd.DataFrame:
     """Per image: foreground Dice and object F1 at IoU 0.5 (instances: watershed of foreground
     minus boundary probability); `probs_of(i)` gives image i's (2, H, W) maps. Images without a

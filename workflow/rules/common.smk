@@ -807,9 +807,21 @@ def seg_test_checks(dataset):
 
 
 def seg_test_to_check(wildcards):
-    """The check's test split, ancient: a test split rewritten later reruns its scoring (which
-    checks it again), never the check, so never a training job."""
-    return {"test": ancient(SEG_SETS.loc[wildcards.on, "test"])}
+    """The check's input: a demo test split only (a rule makes it, so it must come first). A
+    user's split is no input and its arguments no params, so the check runs once: neither a
+    rewritten split nor a new path in the sheet reruns it, hence no training job (the scoring
+    reruns and reads the split again)."""
+    path = SEG_SETS.loc[wildcards.on, "test"]
+    return {"test": ancient(path)} if made_by_demo(path) else {}
+
+
+def seg_check_mem_mb(wildcards, attempt):
+    """The check reads its test split as scoring does (mem_per_image), from the sheet's path."""
+    return round(1000 + 2 * split_held_bytes(SEG_SETS.loc[wildcards.on, "test"]) / 1e6) * attempt
+
+
+def seg_check_runtime(wildcards, attempt):
+    return round(5 + 2 * split_held_bytes(SEG_SETS.loc[wildcards.on, "test"]) / 1e9) * attempt
 
 
 def seg_test_split(wildcards):

@@ -5,8 +5,8 @@ GDIR = f"{RESULTS}/segmentation/{{dataset}}"
 
 rule segmentation_check_test:
     # a test split's pixels and labels, read once before any model to be scored on it trains
-    # (planning reads headers only); its arguments are taken here, not as params, and its split
-    # is ancient, so a later change of either reruns only the scoring, never the training
+    # (planning reads headers only); its arguments are taken here, not as params, and a user's
+    # split is no input (seg_test_to_check), so a later change reruns only the scoring
     input:
         unpack(seg_test_to_check),
     output:
@@ -17,8 +17,8 @@ rule segmentation_check_test:
         f"{BENCH}/segmentation/check_test/{{on}}.tsv"
     threads: 1
     resources:
-        mem_mb=mem_per_image(1000, split="test"),
-        runtime=minutes_per_gb(5, 2, split="test"),
+        mem_mb=seg_check_mem_mb,
+        runtime=seg_check_runtime,
     run:
         from tissuekd.logs import run_in_process
         from tissuekd.segmentation.steps import check_test_split

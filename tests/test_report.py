@@ -3,6 +3,7 @@ opened in headless Chromium, clicked through to the summary table and a niche ma
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from chromium import Chromium, find_chromium
 from conftest import runtime_table, snakemake
 
-from tissuekd.report.summary import by_tissue, paper_table, runtimes
+from tissuekd.report.summary import by_tissue, paper_table, runtimes, write_html
 
 CLICK = """(text => { const el = [...document.querySelectorAll('a, button, li, span, div')].reverse()
   .find(e => e.textContent.trim() === text); if (!el) return false; el.click(); return true; })(%r)"""
@@ -44,6 +45,17 @@ def test_tables_are_mean_and_sd_over_slides():
                 f"ARI vs truth K={k}", f"NMI vs truth K={k}"} <= set(paper.columns)
     truth = summary[(summary["k"] == 20) & (summary["method"] == "student")]["ARI_truth"].dropna()  # tissue a only
     assert paper.loc["student", "ARI vs truth K=20"] == f"{truth.mean():.3f} ± {truth.std(ddof=1):.3f} (3 of 6 slides)"
+
+
+def test_a_pivoted_table_keeps_each_heading_over_its_values(tmp_path):
+    """A pivot's columns carry a name, which to_html(index=False) wrote as an extra header cell:
+    every heading of the expression study's first table sat one column off."""
+    long = pd.DataFrame({"dataset": ["COAD", "COAD", "IDC", "IDC"], "method": ["cmrcnet", "ridge"] * 2,
+                         "r": [0.6, 0.5, 0.7, 0.4]})
+    wide = long.pivot(index="dataset", columns="method", values="r").reset_index()
+    write_html([("HVG", wide, "t")], str(tmp_path / "t.html"))
+    head = (tmp_path / "t.html").read_text().split("<thead>")[1].split("</thead>")[0]
+    assert re.findall(r"<th[^>]*>(.*?)</th>", head) == ["dataset", "cmrcnet", "ridge"]
 
 
 def test_runtime_table_sums_benchmark_files(tmp_path):

@@ -137,7 +137,9 @@ def write_html(sections: list[tuple[str, pd.DataFrame, str]], out: str) -> None:
     """Tables (heading, frame, table id) as one HTML page, for the report (which shows it in a frame)."""
     style = ("<style>body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse;margin:8px 0 24px}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style>")
-    body = "".join(f"<h2>{heading}</h2>" + frame.to_html(index=False, table_id=table_id)
+    # a pivot's columns keep their name ("method"), which to_html(index=False) writes as one more
+    # header cell, shifting every heading one column off its values
+    body = "".join(f"<h2>{heading}</h2>" + frame.rename_axis(columns=None).to_html(index=False, table_id=table_id)
                    for heading, frame, table_id in sections)
     with atomic_path(out) as tmp:
         Path(tmp).write_text(f"<html><head><meta charset='utf-8'>{style}</head><body>{body}</body></html>")

@@ -94,7 +94,7 @@ def test_report_renders_the_summary_table_and_a_niche_map(demo_run, tmp_path):
     try:
         page = browser.open(report.as_uri())
         browser.wait_for(page, "document.querySelector('#app') && document.body.innerText.includes('RESULTS')")
-        assert "distilled spatial transcriptomics" in browser.evaluate(page, "document.body.innerText")
+        assert "tissuekd distilled expensive tissue measurements" in browser.evaluate(page, "document.body.innerText")
         for step in ("Benchmark", "Niche study"):
             assert browser.evaluate(page, CLICK % step), step
             time.sleep(0.3)

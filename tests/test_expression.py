@@ -105,13 +105,13 @@ def test_chunked_top_k_equals_brute_force():
     assert torch.equal(topk_cosine(queries, bank, 7, chunk=5), brute)
 
 
-
 def test_collapsed_queries_retrieve_one_neighbourhood():
     gen = torch.Generator().manual_seed(0)
     bank = torch.randn(100, 8, generator=gen)
     spread, collapsed = torch.randn(20, 8, generator=gen), torch.ones(20, 8) + 1e-4 * torch.randn(20, 8, generator=gen)
     assert distinct_neighbourhoods(topk_cosine(spread, bank, 10).numpy()) > 10
     assert distinct_neighbourhoods(topk_cosine(collapsed, bank, 10).numpy()) == 1
+
 
 def test_the_ivf_index_visiting_every_list_finds_the_exact_top_k():
     """faiss IVF over normalised vectors with inner product is cosine search: with every list

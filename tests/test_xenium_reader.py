@@ -128,7 +128,6 @@ def test_a_label_table_without_a_header_row_is_named(tmp_path):
         read_labels(tmp_path / "ids.csv")
 
 
-
 @pytest.mark.parametrize("name, content", [
     ("types.csv", b'cell_id,type\naaabbbcc-1,"T cell\naaabbbcd-1,B cell\n'),  # an open quote: a cut file
     ("types.parquet", b"PAR1 not really"),
@@ -139,6 +138,7 @@ def test_a_malformed_label_table_is_named(tmp_path, name, content):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(InputError, match=rf"{name}: not a readable"):
         read_labels(tmp_path / name)
+
 
 def _set_data(bundle, change):
     with h5py.File(bundle / "outs" / "cell_feature_matrix.h5", "r+") as h5:

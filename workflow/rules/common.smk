@@ -811,17 +811,12 @@ def seg_test_to_check(wildcards):
     user's split is no input and its arguments no params, so the check runs once: neither a
     rewritten split nor a new path in the sheet reruns it, hence no training job (the scoring
     reruns and reads the split again)."""
-    path = SEG_SETS.loc[wildcards.on, "test"]
+    path = seg_test_path(wildcards)
     return {"test": ancient(path)} if made_by_demo(path) else {}
 
 
-def seg_check_mem_mb(wildcards, attempt):
-    """The check reads its test split as scoring does (mem_per_image), from the sheet's path."""
-    return round(1000 + 2 * split_held_bytes(SEG_SETS.loc[wildcards.on, "test"]) / 1e6) * attempt
-
-
-def seg_check_runtime(wildcards, attempt):
-    return round(5 + 2 * split_held_bytes(SEG_SETS.loc[wildcards.on, "test"]) / 1e9) * attempt
+def seg_test_path(wildcards):
+    return SEG_SETS.loc[wildcards.on, "test"]
 
 
 def seg_test_split(wildcards):
@@ -860,13 +855,19 @@ def split_held_bytes(path):
     return split_array_bytes(path) if os.path.exists(path) else 0
 
 
-def mem_per_image(base_mb, split="train"):
+def split_of_job(wildcards, input, split, path_of):
+    """The split a job reads: its input named `split`, or `path_of(wildcards)` for a job that
+    has it as no input (segmentation_check_test)."""
+    return path_of(wildcards) if path_of else getattr(input, split)
+
+
+def mem_per_image(base_mb, split="train", path_of=None):
     """mem_mb = (base + 2 x the split's arrays) x attempt: training, inference and scoring read one
     image at a time (bounded caches), so the split counts only through its mapped or decompressed
     pages; measured 1.1-1.6 MB per MB of split (2026-12-04, 5-302 MB TissueNet-layout splits)."""
 
     def mem(wildcards, input, attempt):
-        return round(base_mb + 2 * split_held_bytes(getattr(input, split)) / 1e6) * attempt
+        return round(base_mb + 2 * split_held_bytes(split_of_job(wildcards, input, split, path_of)) / 1e6) * attempt
 
     return mem
 
@@ -882,12 +883,13 @@ def minutes_per_step(base_min):
     return lambda wildcards, attempt: round(base_min + pixels / TRAIN_PIXELS_PER_MINUTE) * attempt
 
 
-def minutes_per_gb(base_min, per_gb, split="train", shards=1):
+def minutes_per_gb(base_min, per_gb, split="train", shards=1, path_of=None):
     """runtime (minutes) = base + per GB of the split a job predicts (its share of `shards`), x
     attempt: inference time follows the pixels (split_held_bytes: the split's arrays)."""
 
     def runtime(wildcards, input, attempt):
-        return round(base_min + per_gb * split_held_bytes(getattr(input, split)) / 1e9 / shards) * attempt
+        held = split_held_bytes(split_of_job(wildcards, input, split, path_of))
+        return round(base_min + per_gb * held / 1e9 / shards) * attempt
 
     return runtime
 

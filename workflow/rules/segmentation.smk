@@ -17,8 +17,8 @@ rule segmentation_check_test:
         f"{BENCH}/segmentation/check_test/{{on}}.tsv"
     threads: 1
     resources:
-        mem_mb=seg_check_mem_mb,
-        runtime=seg_check_runtime,
+        mem_mb=mem_per_image(1000, path_of=seg_test_path),
+        runtime=minutes_per_gb(5, 2, path_of=seg_test_path),
     run:
         from tissuekd.logs import run_in_process
         from tissuekd.segmentation.steps import check_test_split

@@ -29,7 +29,7 @@ def write_expression_benchmark(metrics: list[str], out: dict) -> None:
             frame.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
     hvg = table[table["gene_list"] == "HVG"].pivot(index=["dataset", "encoder"], columns="method",
                                                     values="pcc_per_sample_mean").round(3).reset_index()
-    hvg = hvg[["dataset", "encoder", *pd.unique(table["method"])]]  # the methods in the config's order
+    hvg = hvg[["dataset", "encoder", *pd.unique(table["method"])]]  # methods in the metrics' order, not sorted
     write_html([("Expression study: mean Pearson r on HVG genes per dataset (per test sample, mean over folds)", hvg,
                  "expression-hvg"),
                 ("Every dataset, method and gene list (mean ± SD over folds)", table.round(4), "expression-table"),

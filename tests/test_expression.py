@@ -24,7 +24,7 @@ from tissuekd.expression.evaluate import gene_gene_agreement, pearson_per_gene
 from tissuekd.expression.losses import contrastive_loss, reconstruction_loss
 from tissuekd.expression.models import CMRCNet
 from tissuekd.expression.retrieval import distinct_neighbourhoods, topk_cosine
-from tissuekd.expression.train import CMRCNetConfig, fit_cmrcnet, gene_reliance, token_mask
+from tissuekd.expression.train import CMRCNetConfig, effective_rank, fit_cmrcnet, gene_reliance, token_mask
 from tissuekd.io.hest import read_hest
 from tissuekd.io.visium import read_spaceranger
 
@@ -84,7 +84,15 @@ def test_trained_reconstruction_reads_the_genes_and_says_so(caplog):
         model = fit_cmrcnet(features, expression, cfg, seed=0)
     own, shuffled = gene_reliance(model, features, expression, 0.5, seed=1)
     assert own < 0.7 * shuffled, (own, shuffled)
-    assert "with their genes" in caplog.text and "shuffled" in caplog.text
+    assert "with their genes" in caplog.text and "shuffled" in caplog.text and "effective rank" in caplog.text
+
+
+def test_effective_rank_counts_the_directions_spots_spread_over():
+    gen = torch.Generator().manual_seed(0)
+    line = torch.randn(500, 1, generator=gen) * torch.randn(1, 16, generator=gen)
+    assert effective_rank(line) == pytest.approx(1.0, abs=1e-3)
+    assert effective_rank(torch.ones(50, 16)) == 0.0
+    assert 14 < effective_rank(torch.randn(5000, 16, generator=gen)) <= 16
 
 def test_pearson_per_gene_equals_scipy_and_is_nan_for_a_constant_gene():
     rng = np.random.default_rng(0)

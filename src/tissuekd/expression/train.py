@@ -13,7 +13,7 @@ import torch
 from tissuekd.compute import CPU, Compute
 from tissuekd.expression.finetune import PatchBank, TunedEncoder
 from tissuekd.expression.losses import contrastive_loss, reconstruction_loss
-from tissuekd.expression.models import CMRCNet
+from tissuekd.expression.models import DIM, CMRCNet
 from tissuekd.training import optimise, shuffled_batches
 
 log = logging.getLogger(__name__)
@@ -92,15 +92,17 @@ def fit_cmrcnet(features: torch.Tensor, expression: torch.Tensor, cfg: CMRCNetCo
     if tuned is not None:
         encoder.eval()
     model.eval()
-    if reconstruct and cfg.stage2_epochs:
-        with torch.no_grad():
-            rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:CHECK_SPOTS]
-            image_in = (features[rows.to(dev)] if tuned is None else  # the encoder reads a batch at a time
-                        torch.cat([encoder(bank(part.numpy()).to(dev)) for part in rows.split(cfg.batch_size)]))
-            own, shuffled = gene_reliance(model, image_in.float(), expression[rows.to(dev)], cfg.mask_ratio, seed)
-        log.info("reconstruction loss on %d training spots: %.3f with their genes, %.3f with the genes shuffled "
-                 "across them (were they alike, the reconstruction would not be reading the genes)",
-                 len(rows), own, shuffled)
+    with torch.no_grad():
+        rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:CHECK_SPOTS]
+        image_in = (features[rows.to(dev)] if tuned is None else  # the encoder reads a batch at a time
+                    torch.cat([encoder(bank(part.numpy()).to(dev)) for part in rows.split(cfg.batch_size)])).float()
+        log.info("image embedding of %d training spots: effective rank %.1f of %d (a collapsing embedding "
+                 "falls towards 1)", len(rows), effective_rank(model.embed_image(image_in)), DIM)
+        if reconstruct and cfg.stage2_epochs:
+            own, shuffled = gene_reliance(model, image_in, expression[rows.to(dev)], cfg.mask_ratio, seed)
+            log.info("reconstruction loss on %d training spots: %.3f with their genes, %.3f with the genes "
+                     "shuffled across them (were they alike, the reconstruction would not be reading the genes)",
+                     len(rows), own, shuffled)
     return model
 
 
@@ -115,3 +117,14 @@ def gene_reliance(model: CMRCNet, image_in: torch.Tensor, expression: torch.Tens
     own, shuffled = (reconstruction_loss(model.reconstruct(tokens, keep, g), tokens, keep).item()
                      for g in (genes, genes[other]))
     return own, shuffled
+
+
+def effective_rank(embedding: torch.Tensor) -> float:
+    """exp of the entropy of the centred embedding's normalised singular values (Roy & Vetterli
+    2007): how many directions the spots spread over; 1 when every spot embeds to one line, 0 to
+    one point."""
+    s = torch.linalg.svdvals(embedding - embedding.mean(0))
+    if s.sum() == 0:
+        return 0.0
+    p = s / s.sum()
+    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))

@@ -24,7 +24,14 @@ from tissuekd.expression.evaluate import gene_gene_agreement, pearson_per_gene
 from tissuekd.expression.losses import contrastive_loss, reconstruction_loss
 from tissuekd.expression.models import CMRCNet
 from tissuekd.expression.retrieval import distinct_neighbourhoods, topk_cosine
-from tissuekd.expression.train import CMRCNetConfig, effective_rank, fit_cmrcnet, gene_reliance, token_mask
+from tissuekd.expression.train import (
+    CMRCNetConfig,
+    effective_rank,
+    fit_cmrcnet,
+    gene_reliance,
+    image_side_gradients,
+    token_mask,
+)
 from tissuekd.io.hest import read_hest
 from tissuekd.io.visium import read_spaceranger
 
@@ -88,6 +95,9 @@ def test_trained_reconstruction_reads_the_genes_and_says_so(caplog):
     own, shuffled = gene_reliance(model, features, expression, 0.5, seed=1)
     assert own < 0.7 * shuffled, (own, shuffled)
     assert "with their genes" in caplog.text and "shuffled" in caplog.text and "effective rank" in caplog.text
+    con, rec = image_side_gradients(model, features, expression, cfg, seed=0)  # the fold log's draw
+    assert con > 0 and rec > 0 and "from the reconstruction" in caplog.text
+    assert all(p.grad is None for p in model.parameters())  # the check leaves no gradient behind
 
 
 def test_effective_rank_counts_the_directions_spots_spread_over():

@@ -96,14 +96,28 @@ def fit_cmrcnet(features: torch.Tensor, expression: torch.Tensor, cfg: CMRCNetCo
         rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:CHECK_SPOTS]
         image_in = (features[rows.to(dev)] if tuned is None else  # the encoder reads a batch at a time
                     torch.cat([encoder(bank(part.numpy()).to(dev)) for part in rows.split(cfg.batch_size)])).float()
-        log.info("image embedding of %d training spots: effective rank %.1f of %d (a collapsing embedding "
-                 "falls towards 1)", len(rows), effective_rank(model.embed_image(image_in)), DIM)
-        if reconstruct and cfg.stage2_epochs:
-            own, shuffled = gene_reliance(model, image_in, expression[rows.to(dev)], cfg.mask_ratio, seed)
-            log.info("reconstruction loss on %d training spots: %.3f with their genes, %.3f with the genes "
-                     "shuffled across them (were they alike, the reconstruction would not be reading the genes)",
-                     len(rows), own, shuffled)
+    log_checks(model, image_in, expression[rows.to(dev)], cfg, seed, reconstruct and cfg.stage2_epochs > 0)
     return model
+
+
+def log_checks(model: CMRCNet, image_in: torch.Tensor, expression: torch.Tensor, cfg: CMRCNetConfig, seed: int,
+               stage2: bool) -> None:
+    """What the fold's log says of the trained model, on training spots only: the image
+    embedding's spread and, after stage 2, whether the reconstruction reads the genes and how
+    much of the image side's gradient it gives."""
+    with torch.no_grad():
+        log.info("image embedding of %d training spots: effective rank %.1f of %d (a collapsing embedding "
+                 "falls towards 1)", len(image_in), effective_rank(model.embed_image(image_in)), DIM)
+        if not stage2:
+            return
+        own, shuffled = gene_reliance(model, image_in, expression, cfg.mask_ratio, seed)
+    log.info("reconstruction loss on %d training spots: %.3f with their genes, %.3f with the genes shuffled "
+             "across them (were they alike, the reconstruction would not be reading the genes)",
+             len(image_in), own, shuffled)
+    con, rec = image_side_gradients(model, image_in, expression, cfg, seed)
+    log.info("gradient norm on the image tokens' weights over those spots: %.3f from the contrastive loss, %.3f "
+             "from the reconstruction (%.0f%%): how much stage 2 shapes what embeds a test spot",
+             con, rec, 100 * rec / max(con, 1e-12))
 
 
 def gene_reliance(model: CMRCNet, image_in: torch.Tensor, expression: torch.Tensor, mask_ratio: float,
@@ -117,6 +131,29 @@ def gene_reliance(model: CMRCNet, image_in: torch.Tensor, expression: torch.Tens
     own, shuffled = (reconstruction_loss(model.reconstruct(tokens, keep, g), tokens, keep).item()
                      for g in (genes, genes[other]))
     return own, shuffled
+
+
+def image_side_gradients(model: CMRCNet, image_in: torch.Tensor, expression: torch.Tensor, cfg: CMRCNetConfig,
+                         seed: int) -> tuple[float, float]:
+    """|∇_W L_con| and |∇_W L_rec| on the image tokens' weights W, each summed over batches of
+    the given spots (the trained model, dropout off, one mask per spot drawn from `seed`)."""
+    gen = torch.Generator().manual_seed(seed)
+    norms = []
+    for part in ("contrastive", "reconstruction"):
+        model.zero_grad()
+        for rows in torch.arange(len(image_in)).split(cfg.batch_size):
+            rows = rows.to(image_in.device)
+            tokens = model.image_tokens(image_in[rows])
+            gene_tokens, gene = model.gene_encoder(expression[rows])
+            if part == "contrastive":
+                loss = contrastive_loss(model.image_head(tokens.mean(1)), gene, cfg.temperature)
+            else:
+                keep = token_mask(len(rows), tokens.shape[1], cfg.mask_ratio, gen).to(tokens.device)
+                loss = reconstruction_loss(model.reconstruct(tokens, keep, gene_tokens), tokens, keep)
+            loss.backward()
+        norms.append(model.tokens.weight.grad.norm().item())
+    model.zero_grad()
+    return norms[0], norms[1]
 
 
 def effective_rank(embedding: torch.Tensor) -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import make_workdir, planned_jobs, runtime_table, snakemake
+from conftest import make_workdir, planned_jobs, runtime_table, snakemake, uncounted_jobs
 
 pytestmark = pytest.mark.workflow
 METHODS = {"cmrcnet", "contrastive", "ridge", "knn", "random"}
@@ -69,6 +69,7 @@ def test_tables_report_both_ways_of_averaging_for_every_gene_list(expression_run
 def test_the_runtime_table_names_the_rules_and_leaves_out_memory_snakemake_measured_for_itself(expression_run):
     """Training jobs run in their own process; the baselines run inside Snakemake's (`run:`)."""
     runtime = runtime_table(expression_run)
+    assert uncounted_jobs(expression_run) == 0
     assert runtime.loc["expression_train", "jobs"] == 2 * 7 and runtime.loc["expression_train", "max_rss_mb"] > 0
     assert runtime.loc["expression_baseline", "jobs"] > 0
     assert pd.isna(runtime.loc["expression_baseline", "max_rss_mb"])

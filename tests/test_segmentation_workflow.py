@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from conftest import make_workdir, planned_jobs, runtime_table, snakemake
+from conftest import make_workdir, planned_jobs, runtime_table, snakemake, uncounted_jobs
 from PIL import Image
 
 from tissuekd.demo.segmentation import write_bbbc038, write_tissuenet
@@ -81,6 +81,7 @@ def test_the_runtime_table_leaves_out_the_memory_of_jobs_run_in_snakemakes_proce
     benchmark reports); the rules that run a script in their own process keep theirs."""
     runtime = runtime_table(seg_run)
     assert runtime.loc["segmentation_evaluate", "jobs"] > 0
+    assert uncounted_jobs(seg_run) == 0
     assert np.isnan(runtime.loc["segmentation_evaluate", "max_rss_mb"])
     for rule in ("segmentation_student", "segmentation_teacher"):
         assert runtime.loc[rule, "max_rss_mb"] > 0, rule

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_workdir, planned_jobs, runtime_table, snakemake
+from conftest import make_workdir, planned_jobs, runtime_table, snakemake, uncounted_jobs
 
 from tissuekd.survival.methods import METHODS
 
@@ -75,6 +75,7 @@ def test_the_runtime_table_leaves_out_memory_snakemake_measured_for_itself(survi
     """Patches and features are `run:` jobs inside Snakemake's process (whose memory their
     benchmark files report); the cohort tables and the fits run in their own."""
     runtime = runtime_table(survival_run)
+    assert uncounted_jobs(survival_run) == 0
     assert runtime.loc["survival_features", "jobs"] == 84
     for rule in ("survival_patches", "survival_features"):
         assert np.isnan(runtime.loc[rule, "max_rss_mb"]), rule

@@ -973,6 +973,9 @@ def segmentation_benchmarks():
         seed=SEG["seeds"],
     )
     files += expand(str(rules.segmentation_panel.benchmark), dataset=SEG_TRAIN)
+    files += expand(
+        str(rules.segmentation_check_test.benchmark), on=sorted({on for d in SEG_TRAIN for on in seg_scored_sets(d)})
+    )
     bench = str(rules.segmentation_evaluate.benchmark)
     return files + [bench.format(dataset=d, model=m, on=on) for d, m, on in segmentation_evaluations()]
 

@@ -269,9 +269,9 @@ rule expression_maps:
         report(
             f"{XDIR}/{{task}}/{{encoder}}/maps.png",
             caption="../report/expression_maps.rst",
-            category="Expression study",
+            category="Expression maps",
             subcategory="{task}",
-            labels={"figure": "maps", "encoder": "{encoder}"},
+            labels={"result": "maps", "encoder": "{encoder}"},
         ),
     log:
         f"{LOGS}/expression/maps/{{encoder}}/{{task}}.log",

@@ -301,9 +301,15 @@ rule benchmark_segmentation:
             caption="../report/segmentation_tables.rst",
             category="Benchmark",
             subcategory="Segmentation study",
-            labels={"table": "every test set, student and mode"},
+            labels={"result": "every test set, student and mode"},
         ),
-        overall=f"{RESULTS}/benchmark/segmentation_overall.tsv",
+        overall=report(
+            f"{RESULTS}/benchmark/segmentation_overall.tsv",
+            caption="../report/segmentation_overall.rst",
+            category="Benchmark",
+            subcategory="Segmentation study",
+            labels={"result": "mean ± SD per model over its own test sets"},
+        ),
     log:
         f"{LOGS}/benchmark/segmentation.log",
     benchmark:

@@ -115,7 +115,7 @@ rule survival_cohort:
             caption="../report/dropped.rst",
             category="Survival",
             subcategory=lambda wildcards: wildcards.cohort,
-            labels=lambda wildcards: {"figure": "patients left out, with the reason", "encoder": wildcards.encoder},
+            labels=lambda wildcards: {"result": "patients left out, with the reason", "encoder": wildcards.encoder},
         ),
     log:
         f"{LOGS}/survival/cohort/{{encoder}}/{{cohort}}.log",
@@ -212,7 +212,7 @@ rule survival_evaluate:
             caption="../report/km.rst",
             category="Survival",
             subcategory=lambda wildcards: wildcards.cohort,
-            labels=lambda wildcards: {"figure": "Kaplan-Meier, cross-validation", "encoder": wildcards.encoder},
+            labels=lambda wildcards: {"result": "Kaplan-Meier, cross-validation", "encoder": wildcards.encoder},
         ),
     log:
         f"{LOGS}/survival/evaluate/{{encoder}}/{{cohort}}.log",
@@ -243,7 +243,7 @@ rule survival_external:
             category="Survival",
             subcategory=lambda wildcards: wildcards.test,
             labels=lambda wildcards: {
-                "figure": f"Kaplan-Meier, trained on {wildcards.cohort}",
+                "result": f"Kaplan-Meier, trained on {wildcards.cohort}",
                 "encoder": wildcards.encoder,
             },
         ),

@@ -45,6 +45,22 @@ def test_the_files_bytes_not_its_name_say_how_to_read_it(tmp_path):
         assert torch.allclose(loaded(x), reference(x), atol=atol), name
 
 
+def test_a_model_with_buffers_the_file_does_not_hold_loads_and_reads_the_file_once(tmp_path, monkeypatch):
+    """Swin computes its relative position index at construction and does not save it: the meta
+    build cannot take it from the file, so the model is built for real, from the same tensors."""
+    from tissuekd.encoders import registry
+
+    swin = {"model": "swin_tiny_patch4_window7_224", "mpp": 0.5}
+    reference = create_model(EncoderSpec.from_config("ref", {**swin, "weights": "random", "seed": 3}))
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, tmp_path / "swin.safetensors")
+    reads = []
+    monkeypatch.setattr(registry, "read_state", lambda path, read=registry.read_state: reads.append(path) or read(path))
+    loaded = build_encoder(EncoderSpec.from_config("mine", {**swin, "weights": str(tmp_path / "swin.safetensors")}))
+    assert len(reads) == 1 and not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    x = torch.rand(1, 3, 224, 224)
+    assert torch.allclose(loaded(x), reference.eval()(x), atol=1e-5)
+
+
 @pytest.mark.parametrize("content, message", [
     (b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 2\n", "Git LFS pointer, not the weights"),
     (b"<html>not found</html>", "neither a torch checkpoint .zip or pickle. nor a safetensors file"),

@@ -248,12 +248,13 @@ def read_state(path: Path) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_weights(model: torch.nn.Module, path: str | Path, arch: str) -> None:
+def load_weights(model: torch.nn.Module, path: str | Path, arch: str, state: dict | None = None) -> None:
     """Load a local state dict strictly; any missing, extra or mis-shaped tensor is an error.
     A model built on the meta device (no memory, no initialisation) takes the file's tensors
-    as its own, in float32: the weights are held once, not beside a random copy."""
+    as its own, in float32: the weights are held once, not beside a random copy. `state`: the
+    file's tensors when already read (`path` then only names it in errors)."""
     path = require_weights(path, arch)
-    state = read_state(path)
+    state = read_state(path) if state is None else state
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -280,13 +281,16 @@ def build_encoder(spec: EncoderSpec) -> torch.nn.Module:
     import torch
 
     if spec.weights != "random":
-        require_weights(spec.weights, spec.arch)
+        state = read_state(require_weights(spec.weights, spec.arch))
         with torch.device("meta"):
             model = create_model(spec)
-        load_weights(model, spec.weights, spec.arch)
-        if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):  # a buffer the file does not hold
+        load_weights(model, spec.weights, spec.arch, state)
+        if any(t.is_meta for t in model.buffers()):
+            # a buffer computed at construction, not saved (e.g. Swin's relative position index):
+            # build the model for real and copy the same tensors in (the file is read once)
+            state = model.state_dict()
             model = create_model(spec)
-            load_weights(model, spec.weights, spec.arch)
+            load_weights(model, spec.weights, spec.arch, state)
     else:
         model = create_model(spec)
     model.eval()

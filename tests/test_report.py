@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from chromium import Chromium, find_chromium
-from conftest import runtime_table, snakemake
+from conftest import runtime_table, snakemake, uncounted_jobs
 
 from tissuekd.report.summary import by_tissue, paper_table, runtimes, write_html
 
@@ -81,6 +81,7 @@ def test_summary_has_a_row_per_slide_k_and_method(demo_run):
     assert {"ARI", "NMI", "JSD", "matched_coverage", "probe_F1", "ARI_truth", "tissue"} <= set(summary.columns)
     runtime = runtime_table(demo_run)
     assert runtime.loc["niche_features", "jobs"] == 3 and runtime.loc["niche_student", "total_s"] > 0
+    assert uncounted_jobs(demo_run) == 0
 
 
 @pytest.mark.workflow

@@ -419,6 +419,21 @@ def test_a_space_ranger_sample_reads_as_its_hest_twin(tmp_path):
         read_spaceranger(outs, tmp_path / "sr/S/S.tif")
 
 
+def test_a_space_ranger_folder_without_what_squidpy_reads_is_named(tmp_path):
+    """squidpy.read.visium reads the positions only with the PNGs, and merges them into the
+    matrix's spots: a missing image, or a barcode without a position, is named before."""
+    make_spaceranger_sample(tmp_path / "sr", "S", "IDC", 0)
+    outs, image = tmp_path / "sr/S/outs", tmp_path / "sr/S/S.tif"
+    listed = pd.read_csv(outs / "spatial/tissue_positions.csv")
+    listed.iloc[1:].to_csv(outs / "spatial/tissue_positions.csv", index=False)
+    with pytest.raises(InputError, match=rf"tissue_positions.csv: 1 barcodes of .*filtered_feature_bc_matrix.h5 have "
+                                         rf"no position, e.g. \['{listed.barcode[0]}'\]"):
+        read_spaceranger(outs, image)
+    (outs / "spatial/tissue_lowres_image.png").unlink()
+    with pytest.raises(InputError, match="spatial: no tissue_lowres_image.png"):
+        read_spaceranger(outs, image)
+
+
 def test_visium_pixel_size_comes_from_the_spot_spacing_else_from_a_65_um_spot(tmp_path):
     """Neighbours in an array row lie 100 µm apart; Space Ranger's spot_diameter_fullres spans a
     theoretical 65 µm spot (10x's definition), used only when no two neighbours are listed. At a

@@ -1,24 +1,26 @@
-"""Visium samples as Space Ranger leaves them: `outs/filtered_feature_bc_matrix.h5` (10x HDF5,
-read by scanpy), `outs/spatial/tissue_positions.csv` (Space Ranger >= 2.0, with a header) or
-`tissue_positions_list.csv` (older, without), columns barcode, in_tissue, array_row, array_col,
-pxl_row_in_fullres, pxl_col_in_fullres, and `outs/spatial/scalefactors_json.json`.
+"""Visium samples as Space Ranger leaves them, read by `squidpy.read.visium`:
+`outs/filtered_feature_bc_matrix.h5` (10x HDF5, through scanpy), `outs/spatial/tissue_positions.csv`
+(Space Ranger >= 2.0, with a header) or `tissue_positions_list.csv` (older, without), columns
+barcode, in_tissue, array_row, array_col, pxl_row_in_fullres, pxl_col_in_fullres,
+`outs/spatial/scalefactors_json.json` and the hires/lowres PNGs (squidpy reads the positions only
+with the images; Space Ranger always writes them). What squidpy leaves to its caller is checked
+here first, so that a bad folder is named in one line: the files, the positions' columns, and
+barcodes of the matrix without a position.
 
 The pixel size comes from the spot grid, as HEST estimates it: neighbours in an array row
 (`array_col` two apart) lie 100 µm apart centre to centre, so µm per pixel = 100 / their median
 distance in full-resolution pixels. Only where no two neighbours are listed does it come from
 `spot_diameter_fullres`, which spans "a theoretical 65 µm spot" in 10x's definition (not the
 55 µm of the spot itself: taking 55 made pixels ~15% too small on real Space Ranger output).
-
-squidpy.read.visium reads the same files, but squidpy 1.8 requires imagecodecs < 2026 against
-this project's pinned imagecodecs 2026.3.6, and it needs the hires/lowres PNGs to place spots;
-the positions are read here directly, in both Space Ranger versions.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 from scipy import sparse
@@ -41,19 +43,41 @@ def positions_file(outs: str | Path) -> Path:
     raise InputError(spatial, "no tissue_positions.csv or tissue_positions_list.csv")
 
 
-def read_positions(path: Path) -> pd.DataFrame:
-    """Both layouts: with the Space Ranger 2.0 header, or the older headerless list."""
-    head = path.read_text().split("\n", 1)[0]
-    table = pd.read_csv(path, header=0 if head.startswith("barcode") else None)
-    if table.shape[1] != len(POSITION_COLUMNS):
-        raise InputError(path, f"expected {len(POSITION_COLUMNS)} columns {POSITION_COLUMNS}, got {table.shape[1]}")
-    table.columns = POSITION_COLUMNS
-    return table.set_index("barcode")
+def check_outs(outs: Path) -> Path:
+    """The files squidpy.read.visium opens, and the positions' column count (squidpy would stop
+    on a bare length mismatch): the positions file, or an InputError naming what is wrong."""
+    path = positions_file(outs)
+    for name in ("scalefactors_json.json", "tissue_hires_image.png", "tissue_lowres_image.png"):
+        if not (outs / "spatial" / name).exists():
+            raise InputError(outs / "spatial", f"no {name} (Space Ranger writes it; squidpy.read.visium reads "
+                                               "the spot positions only with the images)")
+    with open(path) as f:
+        columns = len(f.readline().split(","))
+    if columns != len(POSITION_COLUMNS):
+        raise InputError(path, f"expected {len(POSITION_COLUMNS)} columns {POSITION_COLUMNS}, got {columns}")
+    return path
+
+
+def read_outs(outs: Path, library_id: str) -> tuple[ad.AnnData, Path]:
+    """squidpy.read.visium on a checked outs/ folder: the filtered matrix (gene expression only),
+    each spot's `in_tissue`, `array_row`, `array_col` in obs and its full-resolution centre
+    (x, y) in obsm["spatial"]; and the positions file read."""
+    pos_path = check_outs(outs)
+    with warnings.catch_warnings():  # docrep's docstring warnings at import, not ours to act on
+        warnings.simplefilter("ignore", SyntaxWarning)
+        import squidpy as sq
+    matrix = outs / "filtered_feature_bc_matrix.h5"
+    try:
+        adata = sq.read.visium(outs, counts_file=matrix.name, library_id=library_id, gex_only=True)
+    except (OSError, KeyError) as err:
+        raise InputError(matrix, f"not a readable 10x HDF5 matrix ({err})") from None
+    adata.var_names_make_unique()
+    return adata, pos_path
 
 
 def pixel_size(positions: pd.DataFrame, factors_path: Path) -> float:
-    """µm per full-resolution pixel: from the median distance between row neighbours of every
-    listed spot (under tissue or not), else from the scale factors' spot diameter."""
+    """µm per full-resolution pixel: from the median distance between row neighbours of the
+    matrix's spots, else from the scale factors' spot diameter."""
     grid = positions.set_index(["array_row", "array_col"])[["pxl_col_in_fullres", "pxl_row_in_fullres"]]
     right = grid.set_axis(pd.MultiIndex.from_arrays([grid.index.get_level_values(0),
                                                      grid.index.get_level_values(1) - 2]))
@@ -82,29 +106,21 @@ def read_spaceranger(outs: str | Path, image: str | Path, backend: str = "auto")
         Naming the file: no positions file, barcodes of the matrix without a position, neither
         neighbouring spots nor a spot diameter in the scale factors, or most spot centres off the image.
     """
-    import scanpy as sc
-
     outs = Path(outs)
+    adata, pos_path = read_outs(outs, library_id=outs.parent.name)
     matrix = outs / "filtered_feature_bc_matrix.h5"
-    try:
-        adata = sc.read_10x_h5(matrix, gex_only=True)
-    except (OSError, KeyError) as err:
-        raise InputError(matrix, f"not a readable 10x HDF5 matrix ({err})") from None
-    adata.var_names_make_unique()
-    pos_path = positions_file(outs)
-    positions = read_positions(pos_path)
-    mpp = check_pixel_size(pixel_size(positions, outs / "spatial" / "scalefactors_json.json"), pos_path,
-                           "the spot pitch gives")
-    missing = ~adata.obs_names.isin(positions.index)
+    missing = adata.obs["in_tissue"].isna().to_numpy()
     if missing.any():
         raise InputError(pos_path, f"{missing.sum()} barcodes of {matrix} have no position, "
                                    f"e.g. {adata.obs_names[missing][:3].tolist()}")
-    positions = positions.loc[adata.obs_names]
-    keep = positions["in_tissue"].to_numpy() == 1
-    adata, positions = adata[keep], positions[keep]
+    spots = adata.obs[["array_row", "array_col"]].assign(
+        pxl_col_in_fullres=adata.obsm["spatial"][:, 0], pxl_row_in_fullres=adata.obsm["spatial"][:, 1])
+    mpp = check_pixel_size(pixel_size(spots, outs / "spatial" / "scalefactors_json.json"), pos_path,
+                           "the spot pitch gives")
+    adata = adata[adata.obs["in_tissue"].to_numpy() == 1]
     if adata.n_obs == 0:
         raise InputError(pos_path, f"no spot of {matrix} is under tissue (in_tissue is 0 for every one)")
-    xy = positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     keep = on_image(xy, image, pos_path, backend)
     adata, xy = adata[keep], xy[keep]
     counts = sparse.csr_matrix(adata.X, dtype=np.float32)

@@ -136,24 +136,21 @@ def gene_reliance(model: CMRCNet, image_in: torch.Tensor, expression: torch.Tens
 def image_side_gradients(model: CMRCNet, image_in: torch.Tensor, expression: torch.Tensor, cfg: CMRCNetConfig,
                          seed: int) -> tuple[float, float]:
     """|∇_W L_con| and |∇_W L_rec| on the image tokens' weights W, each summed over batches of
-    the given spots (the trained model, dropout off, one mask per spot drawn from `seed`)."""
+    the given spots (the trained model, dropout off, one mask per spot drawn from `seed`);
+    torch.autograd.grad, so no parameter's .grad is touched."""
     gen = torch.Generator().manual_seed(seed)
-    norms = []
-    for part in ("contrastive", "reconstruction"):
-        model.zero_grad()
-        for rows in torch.arange(len(image_in)).split(cfg.batch_size):
-            rows = rows.to(image_in.device)
-            tokens = model.image_tokens(image_in[rows])
-            gene_tokens, gene = model.gene_encoder(expression[rows])
-            if part == "contrastive":
-                loss = contrastive_loss(model.image_head(tokens.mean(1)), gene, cfg.temperature)
-            else:
-                keep = token_mask(len(rows), tokens.shape[1], cfg.mask_ratio, gen).to(tokens.device)
-                loss = reconstruction_loss(model.reconstruct(tokens, keep, gene_tokens), tokens, keep)
-            loss.backward()
-        norms.append(model.tokens.weight.grad.norm().item())
-    model.zero_grad()
-    return norms[0], norms[1]
+    weight = model.tokens.weight
+    totals = [torch.zeros_like(weight), torch.zeros_like(weight)]
+    for rows in torch.arange(len(image_in)).split(cfg.batch_size):
+        rows = rows.to(image_in.device)
+        tokens = model.image_tokens(image_in[rows])
+        gene_tokens, gene = model.gene_encoder(expression[rows])
+        keep = token_mask(len(rows), tokens.shape[1], cfg.mask_ratio, gen).to(tokens.device)
+        losses = (contrastive_loss(model.image_head(tokens.mean(1)), gene, cfg.temperature),
+                  reconstruction_loss(model.reconstruct(tokens, keep, gene_tokens), tokens, keep))
+        for total, loss in zip(totals, losses):
+            total += torch.autograd.grad(loss, weight, retain_graph=True)[0]
+    return totals[0].norm().item(), totals[1].norm().item()
 
 
 def effective_rank(embedding: torch.Tensor) -> float:

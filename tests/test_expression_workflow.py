@@ -167,13 +167,16 @@ def test_pseudo_spots_need_their_niche_slide(tmp_path):
     assert "niche_slide 'breast_demo' is not a slide of the niche sheet" in result.stdout + result.stderr
 
 
-def test_a_space_ranger_folder_needs_its_matrix_and_positions_but_not_its_scale_factors(tmp_path):
-    """The scale factors are read only where no two neighbouring spots are listed (the reader
-    names the file then); a folder without matrix or positions is named with its sheet line."""
+def test_a_space_ranger_folder_without_a_file_squidpy_reads_is_named_before_any_job(tmp_path):
+    """Prepare reads the matrix, the positions (either name), the scale factors and the two PNGs
+    (squidpy.read.visium reads positions only with them): all are its inputs, and a folder
+    without one is named with its sheet line when the workflow is planned."""
     workdir = expression_workdir(tmp_path)
     outs = tmp_path / "run1/outs"
     (outs / "spatial").mkdir(parents=True)
-    for name in ("filtered_feature_bc_matrix.h5", "spatial/tissue_positions_list.csv", "../he.tif"):
+    needed = ["filtered_feature_bc_matrix.h5", "spatial/tissue_positions_list.csv", "spatial/scalefactors_json.json",
+              "spatial/tissue_hires_image.png", "spatial/tissue_lowres_image.png"]
+    for name in [*needed, "../he.tif"]:
         (outs / name).write_bytes(b"")
     sheet = pd.read_csv(workdir / "config/expression_samples.tsv", sep="\t")
     sheet.loc[sheet["sample"] == "IDC_P3", ["outs", "image"]] = str(outs), str(tmp_path / "run1/he.tif")
@@ -181,9 +184,11 @@ def test_a_space_ranger_folder_needs_its_matrix_and_positions_but_not_its_scale_
     out = snakemake("-n", "--until", "expression_prepare", cwd=workdir).stdout
     prepare = [block for block in out.split("\n\n")
                if "rule expression_prepare:" in block and "sample=IDC_P3\n" in block + "\n"]
-    assert len(prepare) == 1 and "tissue_positions_list.csv" in prepare[0] and "scalefactors" not in prepare[0]
-    (outs / "spatial/tissue_positions_list.csv").unlink()
-    result = snakemake("-n", cwd=workdir, check=False)
-    assert result.returncode != 0
-    assert (f"line 4 (sample IDC_P3): {outs} is not a Space Ranger outs/ folder: no {outs}/spatial/"
-            "tissue_positions.csv (or tissue_positions_list.csv)") in result.stdout + result.stderr
+    assert len(prepare) == 1 and all(Path(name).name in prepare[0] for name in needed), prepare
+    for name, named in (("spatial/tissue_lowres_image.png", "tissue_lowres_image.png"),
+                        ("spatial/tissue_positions_list.csv", "tissue_positions.csv (or tissue_positions_list.csv)")):
+        (outs / name).unlink()
+        result = snakemake("-n", cwd=workdir, check=False)
+        assert result.returncode != 0
+        assert (f"line 4 (sample IDC_P3): {outs} is not a Space Ranger outs/ folder: no {outs}/spatial/{named}"
+                in result.stdout + result.stderr), name

@@ -989,17 +989,16 @@ EXPR_OPTIONAL_WITH_PATCHES = ("image", "metadata")  # HEST-benchmark ships patch
 
 
 def spaceranger_files(outs):
-    """Space Ranger's files that prepare reads: the matrix, the positions (2.0's name or the older
-    one), and the scale factors where present (needed only when no two neighbouring spots are
-    listed: the reader then names it)."""
+    """Space Ranger's files that prepare reads (squidpy.read.visium): the matrix, the positions
+    (2.0's name or the older one), the scale factors and the two PNGs, without which squidpy
+    reads no position."""
     spatial = Path(outs) / "spatial"
     positions = spatial / "tissue_positions.csv"
     if not positions.exists() and (spatial / "tissue_positions_list.csv").exists():
         positions = spatial / "tissue_positions_list.csv"
     files = {"matrix": f"{outs}/filtered_feature_bc_matrix.h5", "positions": str(positions)}
-    factors = spatial / "scalefactors_json.json"
-    if factors.exists() or made_by_demo(outs):
-        files["scalefactors"] = str(factors)
+    files["scalefactors"] = str(spatial / "scalefactors_json.json")
+    files |= {res: str(spatial / f"tissue_{res}_image.png") for res in ("hires", "lowres")}
     return files
 
 

@@ -150,6 +150,8 @@ rule demo_expression_spaceranger:
         matrix=f"{DEMO_DIR}/expression/spaceranger/{{sample}}/outs/filtered_feature_bc_matrix.h5",
         positions=f"{DEMO_DIR}/expression/spaceranger/{{sample}}/outs/spatial/tissue_positions.csv",
         scalefactors=f"{DEMO_DIR}/expression/spaceranger/{{sample}}/outs/spatial/scalefactors_json.json",
+        hires=f"{DEMO_DIR}/expression/spaceranger/{{sample}}/outs/spatial/tissue_hires_image.png",
+        lowres=f"{DEMO_DIR}/expression/spaceranger/{{sample}}/outs/spatial/tissue_lowres_image.png",
         truth=f"{DEMO_DIR}/expression/spaceranger/{{sample}}/truth.parquet",
     log:
         f"{LOGS}/demo/expression/{{sample}}.log",

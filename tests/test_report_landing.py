@@ -3,6 +3,7 @@ with the run's config) says, for every study that ran, what ran with which setti
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,3 +34,17 @@ def test_the_landing_page_describes_each_study_that_ran_with_its_settings(study)
     assert config[study][sheet] in page  # the sheet it read
     if study == "expression":
         assert f"top {config['expression']['cmrcnet']['top_k']} training spots" in page
+
+
+def test_every_place_the_landing_page_points_to_is_a_report_category_of_the_rules():
+    """'Start at **Benchmark → X**, then **Y**': X must be a subcategory of Benchmark and Y a
+    category that some rule's report() names (a renamed one once left the page pointing nowhere)."""
+    rules = "".join(p.read_text() for p in (ROOT / "workflow/rules").glob("*.smk"))
+    page = (ROOT / "workflow/report/workflow.rst").read_text()
+    places = [name for name in re.findall(r"\*\*(.+?)\*\*", page) if name not in STUDIES.values()]  # not headings
+    assert len(places) >= 9, places
+    for name in places:
+        if name.startswith("Benchmark → "):
+            assert re.search(rf'category="Benchmark",\s*subcategory="{name.removeprefix("Benchmark → ")}"', rules), name
+        else:  # a top-level category (subcategory="..." does not count)
+            assert f'category="{name}"' in rules.replace("subcategory=", ""), name

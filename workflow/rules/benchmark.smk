@@ -112,7 +112,7 @@ rule benchmark_expression:
             ensure(f"{RESULTS}/benchmark/expression_by_dataset.tsv", non_empty=True),
             caption="../report/expression.rst",
             category="Benchmark",
-            subcategory="Expression maps",
+            subcategory="Expression study",
             labels={"result": "Pearson r per dataset, method and gene list"},
         ),
         overall=f"{RESULTS}/benchmark/expression_overall.tsv",
@@ -120,7 +120,7 @@ rule benchmark_expression:
             f"{RESULTS}/benchmark/expression_tables.html",
             caption="../report/expression.rst",
             category="Benchmark",
-            subcategory="Expression maps",
+            subcategory="Expression study",
             labels={"result": "Pearson r per dataset and across datasets"},
         ),
     log:

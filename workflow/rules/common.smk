@@ -989,17 +989,10 @@ EXPR_OPTIONAL_WITH_PATCHES = ("image", "metadata")  # HEST-benchmark ships patch
 
 
 def spaceranger_files(outs):
-    """Space Ranger's files that prepare reads (squidpy.read.visium): the matrix, the positions
-    (2.0's name or the older one), the scale factors and the two PNGs, without which squidpy
-    reads no position."""
-    spatial = Path(outs) / "spatial"
-    positions = spatial / "tissue_positions.csv"
-    if not positions.exists() and (spatial / "tissue_positions_list.csv").exists():
-        positions = spatial / "tissue_positions_list.csv"
-    files = {"matrix": f"{outs}/filtered_feature_bc_matrix.h5", "positions": str(positions)}
-    files["scalefactors"] = str(spatial / "scalefactors_json.json")
-    files |= {res: str(spatial / f"tissue_{res}_image.png") for res in ("hires", "lowres")}
-    return files
+    """Space Ranger's files that prepare reads (tissuekd.io.visium.outs_files), as inputs."""
+    from tissuekd.io.visium import outs_files
+
+    return {name: str(path) for name, path in outs_files(outs).items()}
 
 
 def check_expression_sheet(sheet, path):

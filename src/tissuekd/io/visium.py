@@ -19,15 +19,20 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import anndata as ad
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 from tissuekd.errors import InputError
-from tissuekd.io.hest import SpotSample, on_image
 from tissuekd.io.wsi import check_pixel_size
+
+# anndata (also through io.hest) is imported by the readers only: the workflow plans with
+# outs_files, and planning should not pay 0.75 s for it
+if TYPE_CHECKING:
+    import anndata as ad
+
+    from tissuekd.io.hest import SpotSample
 
 SPOT_DIAMETER_UM = 55.0  # the capture spot itself
 SPOT_SPACING_UM = 100.0  # centre to centre between neighbours of an array row
@@ -35,44 +40,52 @@ SCALEFACTOR_SPOT_UM = 65.0  # what spot_diameter_fullres spans (10x's "theoretic
 POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
 
 
-def positions_file(outs: str | Path) -> Path:
+def outs_files(outs: str | Path) -> dict[str, Path]:
+    """The files of an outs/ folder that squidpy.read.visium opens: the matrix, the positions
+    (2.0's name, or the older one where only that exists), the scale factors and the two PNGs
+    (squidpy reads positions only with them). The workflow plans with these as inputs."""
     spatial = Path(outs) / "spatial"
-    for name in ("tissue_positions.csv", "tissue_positions_list.csv"):
-        if (spatial / name).exists():
-            return spatial / name
-    raise InputError(spatial, "no tissue_positions.csv or tissue_positions_list.csv")
+    positions = spatial / "tissue_positions.csv"
+    if not positions.exists() and (spatial / "tissue_positions_list.csv").exists():
+        positions = spatial / "tissue_positions_list.csv"
+    return {"matrix": Path(outs) / "filtered_feature_bc_matrix.h5", "positions": positions,
+            "scalefactors": spatial / "scalefactors_json.json",
+            **{res: spatial / f"tissue_{res}_image.png" for res in ("hires", "lowres")}}
 
 
-def check_outs(outs: Path) -> Path:
-    """The files squidpy.read.visium opens, and the positions' column count (squidpy would stop
-    on a bare length mismatch): the positions file, or an InputError naming what is wrong."""
-    path = positions_file(outs)
-    for name in ("scalefactors_json.json", "tissue_hires_image.png", "tissue_lowres_image.png"):
-        if not (outs / "spatial" / name).exists():
-            raise InputError(outs / "spatial", f"no {name} (Space Ranger writes it; squidpy.read.visium reads "
-                                               "the spot positions only with the images)")
-    with open(path) as f:
+def check_outs(outs: Path) -> dict[str, Path]:
+    """Every file of `outs_files` present, and the positions' column count (squidpy would stop
+    on a bare length mismatch): the files, or an InputError naming what is wrong."""
+    files = outs_files(outs)
+    if not files["positions"].exists():
+        raise InputError(outs / "spatial", "no tissue_positions.csv or tissue_positions_list.csv")
+    for name, path in files.items():
+        if not path.exists():
+            png = name in ("hires", "lowres")
+            why = " (Space Ranger writes it; squidpy.read.visium reads positions only with it)" if png else ""
+            raise InputError(path.parent, f"no {path.name}{why}")
+    with open(files["positions"]) as f:
         columns = len(f.readline().split(","))
     if columns != len(POSITION_COLUMNS):
-        raise InputError(path, f"expected {len(POSITION_COLUMNS)} columns {POSITION_COLUMNS}, got {columns}")
-    return path
+        raise InputError(files["positions"], f"expected {len(POSITION_COLUMNS)} columns {POSITION_COLUMNS}, "
+                                             f"got {columns}")
+    return files
 
 
-def read_outs(outs: Path, library_id: str) -> tuple[ad.AnnData, Path]:
+def read_outs(outs: Path, library_id: str) -> tuple[ad.AnnData, dict[str, Path]]:
     """squidpy.read.visium on a checked outs/ folder: the filtered matrix (gene expression only),
     each spot's `in_tissue`, `array_row`, `array_col` in obs and its full-resolution centre
-    (x, y) in obsm["spatial"]; and the positions file read."""
-    pos_path = check_outs(outs)
+    (x, y) in obsm["spatial"]; and the files read (`outs_files`)."""
+    files = check_outs(outs)
     with warnings.catch_warnings():  # docrep's docstring warnings at import, not ours to act on
         warnings.simplefilter("ignore", SyntaxWarning)
         import squidpy as sq
-    matrix = outs / "filtered_feature_bc_matrix.h5"
     try:
-        adata = sq.read.visium(outs, counts_file=matrix.name, library_id=library_id, gex_only=True)
+        adata = sq.read.visium(outs, counts_file=files["matrix"].name, library_id=library_id, gex_only=True)
     except (OSError, KeyError) as err:
-        raise InputError(matrix, f"not a readable 10x HDF5 matrix ({err})") from None
+        raise InputError(files["matrix"], f"not a readable 10x HDF5 matrix ({err})") from None
     adata.var_names_make_unique()
-    return adata, pos_path
+    return adata, files
 
 
 def pixel_size(positions: pd.DataFrame, factors_path: Path) -> float:
@@ -106,16 +119,20 @@ def read_spaceranger(outs: str | Path, image: str | Path, backend: str = "auto")
         Naming the file: no positions file, barcodes of the matrix without a position, neither
         neighbouring spots nor a spot diameter in the scale factors, or most spot centres off the image.
     """
+    from scipy import sparse
+
+    from tissuekd.io.hest import SpotSample, on_image
+
     outs = Path(outs)
-    adata, pos_path = read_outs(outs, library_id=outs.parent.name)
-    matrix = outs / "filtered_feature_bc_matrix.h5"
+    adata, files = read_outs(outs, library_id=outs.parent.name)
+    matrix, pos_path = files["matrix"], files["positions"]
     missing = adata.obs["in_tissue"].isna().to_numpy()
     if missing.any():
         raise InputError(pos_path, f"{missing.sum()} barcodes of {matrix} have no position, "
                                    f"e.g. {adata.obs_names[missing][:3].tolist()}")
     spots = adata.obs[["array_row", "array_col"]].assign(
         pxl_col_in_fullres=adata.obsm["spatial"][:, 0], pxl_row_in_fullres=adata.obsm["spatial"][:, 1])
-    mpp = check_pixel_size(pixel_size(spots, outs / "spatial" / "scalefactors_json.json"), pos_path,
+    mpp = check_pixel_size(pixel_size(spots, files["scalefactors"]), pos_path,
                            "the spot pitch gives")
     adata = adata[adata.obs["in_tissue"].to_numpy() == 1]
     if adata.n_obs == 0:

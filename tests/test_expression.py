@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -285,10 +287,20 @@ def shift(adata, dx):
     (lambda a, m: m.update(pixel_size_um_estimated=0.001), "meta.json: pixel_size_um_estimated 0.001 µm per pixel"),
     (lambda a, m: a.obsm["spatial"].__setitem__((3, 1), np.nan),
      r'st.h5ad: 1 of \d+ spots have no finite obsm\["spatial"\] centre \(NaN or inf\), e.g. \[.S_A-'),
+    (lambda a, m: setattr(a, "X", None), r"st.h5ad: no counts in X \(layers: none\)"),
+    (lambda a, m: setattr(a, "obs_names", ["S_A-0"] * a.n_obs), r"st.h5ad: duplicate spot barcodes .*\['S_A-0'"),
 ])
 def test_bad_hest_samples_are_named(hest, tmp_path, change, message):
     with pytest.raises(InputError, match=message):
         broken(hest[0], tmp_path, change)
+
+
+def test_an_st_file_that_is_not_an_h5ad_is_named(hest, tmp_path):
+    root, _ = hest
+    with h5py.File(tmp_path / "st.h5ad", "w") as h5:  # a patch file given as the counts
+        h5["img"] = np.zeros((1, 4, 4, 3), np.uint8)
+    with pytest.raises(InputError, match="st.h5ad: not a readable AnnData h5ad file"):
+        read_hest(tmp_path / "st.h5ad", root / "hest/metadata/S_A.json", root / "hest/wsis/S_A.tif")
 
 
 def test_a_few_spots_off_the_image_are_left_out_as_hest_does(hest, tmp_path, caplog):
@@ -434,6 +446,52 @@ def test_a_space_ranger_folder_without_what_squidpy_reads_is_named(tmp_path):
     (outs / "spatial/tissue_lowres_image.png").unlink()
     with pytest.raises(InputError, match="spatial: no tissue_lowres_image.png"):
         read_spaceranger(outs, image)
+
+
+def corrupt(path):
+    path.write_bytes(path.read_bytes()[:40])
+
+
+def reorder(positions):
+    listed = pd.read_csv(positions)
+    listed[[*listed.columns[:4], "pxl_col_in_fullres", "pxl_row_in_fullres"]].to_csv(positions, index=False)
+
+
+def relist(positions, change):
+    listed = pd.read_csv(positions)
+    change(listed).to_csv(positions, index=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda outs: corrupt(outs / "spatial/tissue_hires_image.png"), "tissue_hires_image.png: not a readable image"),
+    (lambda outs: corrupt(outs / "spatial/scalefactors_json.json"), "scalefactors_json.json: not a readable JSON"),
+    (lambda outs: h5py.File(outs / "filtered_feature_bc_matrix.h5", "w").close(),
+     "filtered_feature_bc_matrix.h5: not a readable 10x HDF5 matrix"),
+    (lambda outs: reorder(outs / "spatial/tissue_positions.csv"),
+     r"tissue_positions.csv: columns \[.*'pxl_col_in_fullres', 'pxl_row_in_fullres'\]: squidpy reads them by position"),
+    (lambda outs: relist(outs / "spatial/tissue_positions.csv", lambda t: pd.concat([t, t.iloc[:1]])),
+     "tissue_positions.csv: barcodes listed twice"),
+    (lambda outs: relist(outs / "spatial/tissue_positions.csv",
+                         lambda t: t.assign(pxl_row_in_fullres=t.pxl_row_in_fullres.where(t.index != 0))),
+     r"tissue_positions.csv: 1 of \d+ spots have no finite pixel centre"),
+])
+def test_a_bad_space_ranger_file_is_the_one_named(tmp_path, change, message):
+    """squidpy takes the positions' header and barcodes on trust and raises bare errors on a
+    broken file: each is named before, or its error named after."""
+    make_spaceranger_sample(tmp_path / "sr", "S", "IDC", 0)
+    change(tmp_path / "sr/S/outs")
+    with pytest.raises(InputError, match=message):
+        read_spaceranger(tmp_path / "sr/S/outs", tmp_path / "sr/S/S.tif")
+
+
+def test_space_ranger_positions_at_another_scale_than_the_image_are_said(tmp_path, caplog):
+    make_spaceranger_sample(tmp_path / "sr", "S", "IDC", 0)
+    positions = tmp_path / "sr/S/outs/spatial/tissue_positions.csv"
+    relist(positions, lambda t: t.assign(pxl_row_in_fullres=t.pxl_row_in_fullres // 2,
+                                         pxl_col_in_fullres=t.pxl_col_in_fullres // 2))
+    read_spaceranger(tmp_path / "sr/S/outs", tmp_path / "sr/S/S.tif")
+    assert re.search(r"tissue_positions.csv: the spot pitch gives .* µm per pixel, but .*S.tif states .* \(2.0\dx\)",
+                     caplog.text)
 
 
 def test_visium_pixel_size_comes_from_the_spot_spacing_else_from_a_65_um_spot(tmp_path):

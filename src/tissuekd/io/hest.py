@@ -61,19 +61,13 @@ def read_hest(st: str | Path, metadata: str | Path | None, image: str | Path | N
     if metadata:
         meta = read_metadata(metadata)
         mpp = metadata_pixel_size(meta, metadata)
-    try:
-        adata = ad.read_h5ad(st)
-    except OSError as err:
-        raise InputError(st, f"not a readable h5ad file ({err})") from None
+    adata = read_st(st)
     if "spatial" not in adata.obsm:
         raise InputError(st, 'no obsm["spatial"] (spot centres in level-0 pixels)')
     xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] != 2:
         raise InputError(st, f'obsm["spatial"] must hold (x, y) pixel coordinates per spot, got shape {xy.shape}')
-    bad = ~np.isfinite(xy).all(axis=1)
-    if bad.any():
-        raise InputError(st, f'{bad.sum()} of {len(xy)} spots have no finite obsm["spatial"] centre (NaN or inf), '
-                             f"e.g. {adata.obs_names[bad][:3].tolist()}")
+    check_centres(xy, adata.obs_names, st, 'obsm["spatial"]')
     if metadata and positive(meta.get("inter_spot_dist")):
         check_spot_spacing(xy, mpp, float(meta["inter_spot_dist"]), metadata)
     keep = in_tissue(adata, st)
@@ -90,15 +84,43 @@ def read_hest(st: str | Path, metadata: str | Path | None, image: str | Path | N
         adata = adata[:, ~controls]
     if adata.var_names.duplicated().any():
         raise InputError(st, f"duplicate gene names, e.g. {adata.var_names[adata.var_names.duplicated()][:3].tolist()}")
-    counts = sparse.csr_matrix(adata.X, dtype=np.float32)
-    if counts.nnz and (not np.isfinite(counts.data).all() or counts.data.min() < 0):
-        raise InputError(st, "counts must be finite and non-negative (raw counts are expected)")
-    if counts.nnz and not np.array_equal(counts.data[:10000], np.round(counts.data[:10000])):
-        log.warning("%s: counts are not whole numbers: normalised as raw counts are (total counts, log1p), "
-                    "so already normalised values are normalised twice", st)
+    counts = check_counts(sparse.csr_matrix(adata.X, dtype=np.float32), st)
     diameter = meta.get("spot_diameter") if metadata else None
     return SpotSample(np.asarray(adata.obs_names, dtype=str), xy, counts, np.asarray(adata.var_names, dtype=str),
                       mpp, float(diameter) if positive(diameter) else 55.0)
+
+
+def read_st(st: str | Path) -> ad.AnnData:
+    """The h5ad of spots: one AnnData with counts in X and one row per barcode."""
+    try:
+        adata = ad.read_h5ad(st)
+    except Exception as err:  # noqa: BLE001 - h5py and anndata raise many kinds on a file that is not one
+        raise InputError(st, f"not a readable AnnData h5ad file ({type(err).__name__}: {err})") from None
+    if adata.X is None:
+        raise InputError(st, f"no counts in X (layers: {list(adata.layers) or 'none'}): HEST keeps raw counts in X")
+    if adata.obs_names.duplicated().any():
+        raise InputError(st, f"duplicate spot barcodes (obs_names), "
+                             f"e.g. {adata.obs_names[adata.obs_names.duplicated()][:3].tolist()}")
+    return adata
+
+
+def check_centres(xy: np.ndarray, barcodes, path: str | Path, what: str) -> None:
+    """Every spot centre finite: a NaN one cannot be cut, and would pass as 'off the image'."""
+    bad = ~np.isfinite(xy).all(axis=1)
+    if bad.any():
+        raise InputError(path, f"{bad.sum()} of {len(xy)} spots have no finite {what} centre (NaN or inf), "
+                               f"e.g. {np.asarray(barcodes)[bad][:3].tolist()}")
+
+
+def check_counts(counts: sparse.csr_matrix, path: str | Path) -> sparse.csr_matrix:
+    """Raw counts: finite and non-negative (an error naming `path`); not whole numbers is logged,
+    since they are normalised as raw counts are."""
+    if counts.nnz and (not np.isfinite(counts.data).all() or counts.data.min() < 0):
+        raise InputError(path, "counts must be finite and non-negative (raw counts are expected)")
+    if counts.nnz and not np.array_equal(counts.data[:10000], np.round(counts.data[:10000])):
+        log.warning("%s: counts are not whole numbers: normalised as raw counts are (total counts, log1p), "
+                    "so already normalised values are normalised twice", path)
+    return counts
 
 
 def drop_empty_spots(sample: SpotSample, path: str | Path) -> SpotSample:

@@ -4,8 +4,9 @@
 barcode, in_tissue, array_row, array_col, pxl_row_in_fullres, pxl_col_in_fullres,
 `outs/spatial/scalefactors_json.json` and the hires/lowres PNGs (squidpy reads the positions only
 with the images; Space Ranger always writes them). What squidpy leaves to its caller is checked
-here first, so that a bad folder is named in one line: the files, the positions' columns, and
-barcodes of the matrix without a position.
+here first, so that a bad folder is named in one line: the files (each readable), the positions'
+columns (squidpy names them by position, whatever a header says) and barcodes (listed once; every
+one of the matrix listed).
 
 The pixel size comes from the spot grid, as HEST estimates it: neighbours in an array row
 (`array_col` two apart) lie 100 µm apart centre to centre, so µm per pixel = 100 / their median
@@ -17,18 +18,22 @@ distance in full-resolution pixels. Only where no two neighbours are listed does
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from tissuekd.errors import InputError
-from tissuekd.io.wsi import check_pixel_size
+from tissuekd.io.wsi import check_pixel_size, open_slide
 
 # anndata (also through io.hest) is imported by the readers only: the workflow plans with
 # outs_files, and planning should not pay 0.75 s for it
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     import anndata as ad
 
@@ -37,6 +42,7 @@ if TYPE_CHECKING:
 SPOT_DIAMETER_UM = 55.0  # the capture spot itself
 SPOT_SPACING_UM = 100.0  # centre to centre between neighbours of an array row
 SCALEFACTOR_SPOT_UM = 65.0  # what spot_diameter_fullres spans (10x's "theoretical 65 µm spot")
+MPP_RATIO = 1.25  # image-stated vs spot-pitch pixel size beyond which ingest warns
 POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
 
 
@@ -64,12 +70,33 @@ def check_outs(outs: Path) -> dict[str, Path]:
             png = name in ("hires", "lowres")
             why = " (Space Ranger writes it; squidpy.read.visium reads positions only with it)" if png else ""
             raise InputError(path.parent, f"no {path.name}{why}")
-    with open(files["positions"]) as f:
-        columns = len(f.readline().split(","))
-    if columns != len(POSITION_COLUMNS):
-        raise InputError(files["positions"], f"expected {len(POSITION_COLUMNS)} columns {POSITION_COLUMNS}, "
-                                             f"got {columns}")
+    check_positions(files["positions"])
+    try:
+        json.loads(files["scalefactors"].read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(files["scalefactors"], f"not a readable JSON file ({err})") from None
+    for res in ("hires", "lowres"):
+        try:
+            with Image.open(files[res]) as png:
+                png.verify()
+        except Exception as err:  # noqa: BLE001 - PIL raises many kinds on a broken image
+            raise InputError(files[res], f"not a readable image ({type(err).__name__}: {err})") from None
     return files
+
+
+def check_positions(path: Path) -> None:
+    """What squidpy takes on trust: six columns, in 10x's order where a header names them
+    (squidpy names them by position), and each barcode once (squidpy's merge would repeat a spot)."""
+    with open(path) as f:
+        first = [cell.strip() for cell in f.readline().split(",")]
+    if len(first) != len(POSITION_COLUMNS):
+        raise InputError(path, f"expected {len(POSITION_COLUMNS)} columns {POSITION_COLUMNS}, got {len(first)}")
+    header = first[0].lower() == "barcode"  # squidpy's test for a header
+    if header and first != POSITION_COLUMNS:
+        raise InputError(path, f"columns {first}: squidpy reads them by position, as {POSITION_COLUMNS}")
+    barcodes = pd.read_csv(path, header=0 if header else None, usecols=[0], dtype=str).iloc[:, 0]
+    if barcodes.duplicated().any():
+        raise InputError(path, f"barcodes listed twice, e.g. {barcodes[barcodes.duplicated()][:3].tolist()}")
 
 
 def read_outs(outs: Path, library_id: str) -> tuple[ad.AnnData, dict[str, Path]]:
@@ -82,8 +109,8 @@ def read_outs(outs: Path, library_id: str) -> tuple[ad.AnnData, dict[str, Path]]
         import squidpy as sq
     try:
         adata = sq.read.visium(outs, counts_file=files["matrix"].name, library_id=library_id, gex_only=True)
-    except (OSError, KeyError) as err:
-        raise InputError(files["matrix"], f"not a readable 10x HDF5 matrix ({err})") from None
+    except Exception as err:  # noqa: BLE001 - the other files are checked: scanpy's reader raises many kinds
+        raise InputError(files["matrix"], f"not a readable 10x HDF5 matrix ({type(err).__name__}: {err})") from None
     adata.var_names_make_unique()
     return adata, files
 
@@ -110,18 +137,31 @@ def pixel_size(positions: pd.DataFrame, factors_path: Path) -> float:
     return SCALEFACTOR_SPOT_UM / diameter_px
 
 
+def compare_image_mpp(mpp: float, image: str | Path, positions: Path, backend: str) -> None:
+    """A warning where the image states a pixel size MPP_RATIO or more away from the spot pitch's:
+    the positions are then likely of another image or resolution (Space Ranger's full-resolution
+    pixels are the image's). Not an error: a scanner may state a wrong size, and the pitch decides."""
+    with open_slide(image, backend) as slide:
+        stated = slide.mpp
+    if stated and max(mpp / stated, stated / mpp) > MPP_RATIO:
+        log.warning("%s: the spot pitch gives %.4f µm per pixel, but %s states %.4f (%.2fx): are the positions "
+                    "in this image's full-resolution pixels? The pitch's is used", positions, mpp, image, stated,
+                    mpp / stated)
+
+
 def read_spaceranger(outs: str | Path, image: str | Path, backend: str = "auto") -> SpotSample:
     """The spots of the filtered matrix that lie under tissue, with their full-resolution centres.
 
     Raises
     ------
     InputError
-        Naming the file: no positions file, barcodes of the matrix without a position, neither
-        neighbouring spots nor a spot diameter in the scale factors, or most spot centres off the image.
-    """
+        Naming the file: a missing or unreadable file, positions with a barcode twice or columns
+        out of 10x's order, barcodes of the matrix without a position, a non-finite centre, negative
+        counts, neither neighbouring spots nor a spot diameter in the scale factors, or most spot
+        centres off the image. A pixel size the image states far from the spot pitch's is a warning."""
     from scipy import sparse
 
-    from tissuekd.io.hest import SpotSample, on_image
+    from tissuekd.io.hest import SpotSample, check_centres, check_counts, on_image
 
     outs = Path(outs)
     adata, files = read_outs(outs, library_id=outs.parent.name)
@@ -130,16 +170,18 @@ def read_spaceranger(outs: str | Path, image: str | Path, backend: str = "auto")
     if missing.any():
         raise InputError(pos_path, f"{missing.sum()} barcodes of {matrix} have no position, "
                                    f"e.g. {adata.obs_names[missing][:3].tolist()}")
+    check_centres(np.asarray(adata.obsm["spatial"], dtype=np.float64), adata.obs_names, pos_path, "pixel")
     spots = adata.obs[["array_row", "array_col"]].assign(
         pxl_col_in_fullres=adata.obsm["spatial"][:, 0], pxl_row_in_fullres=adata.obsm["spatial"][:, 1])
     mpp = check_pixel_size(pixel_size(spots, files["scalefactors"]), pos_path,
                            "the spot pitch gives")
+    compare_image_mpp(mpp, image, pos_path, backend)
     adata = adata[adata.obs["in_tissue"].to_numpy() == 1]
     if adata.n_obs == 0:
         raise InputError(pos_path, f"no spot of {matrix} is under tissue (in_tissue is 0 for every one)")
     xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     keep = on_image(xy, image, pos_path, backend)
     adata, xy = adata[keep], xy[keep]
-    counts = sparse.csr_matrix(adata.X, dtype=np.float32)
+    counts = check_counts(sparse.csr_matrix(adata.X, dtype=np.float32), matrix)
     return SpotSample(np.asarray(adata.obs_names, dtype=str), xy, counts, np.asarray(adata.var_names, dtype=str),
                       mpp, SPOT_DIAMETER_UM)

@@ -543,6 +543,24 @@ def test_xenium_pseudo_spots_sum_the_counts_of_the_cells_under_each_spot(ingeste
     assert len(pd.read_parquet(tmp_path / "s.parquet")) == len(spots.xy)
 
 
+def test_pseudo_spots_read_the_counts_a_chunk_of_cells_at_a_time(ingested):
+    """Pooling chunk by chunk (a 1,000,000-cell slide's counts are never held whole) sums the
+    same counts as pooling at once; a chunk of cells all between spots is skipped, not lost."""
+    from tissuekd.expression.pseudospots import pooled_counts
+
+    ids = pd.read_parquet(ingested["cells"])["cell_id"].astype(str).to_numpy()
+    counts = ad.read_h5ad(ingested["expression"]).X.toarray()
+    spot_of_cell = np.random.default_rng(0).integers(-1, 20, len(ids))
+    spot_of_cell[100:300] = -1
+    for chunk in (97, 100, len(ids)):
+        pooled, genes = pooled_counts(ingested["expression"], ids, spot_of_cell, 20, "cells.parquet", chunk=chunk)
+        expected = np.stack([counts[spot_of_cell == s].sum(0) for s in range(20)])
+        np.testing.assert_array_equal(pooled.toarray(), expected)
+    assert len(genes) == counts.shape[1]
+    with pytest.raises(InputError, match="expression.h5ad: cells are not those of cells.parquet, in its order"):
+        pooled_counts(ingested["expression"], ids[::-1], spot_of_cell, 20, "cells.parquet")
+
+
 def write_patch_file(path, root, sample, drop=0, keep=None, order_seed=0, **replace):
     """A HEST patch file of the demo sample: 224-px patches at 0.5 µm/px around each spot (the
     1 µm/px image read at level 0 and upsampled twice), in shuffled order, `drop` spots without

@@ -192,3 +192,25 @@ def test_a_space_ranger_folder_without_a_file_squidpy_reads_is_named_before_any_
         assert result.returncode != 0
         assert (f"line 4 (sample IDC_P3): {outs} is not a Space Ranger outs/ folder: no {outs}/spatial/{named}"
                 in result.stdout + result.stderr), name
+
+
+def test_a_xenium_sample_asks_memory_for_its_cells_and_one_chunk_of_counts(tmp_path):
+    """Pseudo-spots read a slide's counts a chunk of cells at a time: prepare's ask grows with
+    the cells and with one chunk's stored counts, not with the whole counts file (a 1,000,000-cell
+    slide of a 5,000-gene panel stores ~10^9 counts: ~8 GB read whole)."""
+    import anndata as ad
+    import numpy as np
+    from scipy import sparse
+
+    workdir = make_workdir(tmp_path, slides=("breast", "colon", "lung"), studies=("niche", "expression"))
+    niche = workdir / "results/niche/breast_demo"
+    niche.mkdir(parents=True)
+    n, per_cell = 200_000, 50
+    pd.DataFrame({"cell_id": np.arange(n).astype(str)}).to_parquet(niche / "cells.parquet")
+    counts = sparse.csr_matrix((np.ones(n * per_cell, np.float32), np.tile(np.arange(per_cell), n),
+                                np.arange(0, n * per_cell + 1, per_cell)), shape=(n, per_cell))
+    ad.AnnData(counts).write_h5ad(niche / "expression.h5ad")
+    out = snakemake("-n", "--until", "expression_prepare", cwd=workdir).stdout
+    block = next(b for b in out.split("\n\n") if "rule expression_prepare:" in b and "sample=XEN_breast\n" in b + "\n")
+    chunk = 50_000 * per_cell  # tissuekd.spatial.spots.POOL_CHUNK_CELLS cells' counts
+    assert f"mem_mb={round(1000 + 0.5 * n / 1000 + 16 * chunk / 1e6)}," in block, block

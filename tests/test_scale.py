@@ -172,6 +172,7 @@ def test_scale_benchmark_steps_run_on_a_small_synthetic_slide_and_cohort(tmp_pat
 
     slide = tmp_path / "slide"
     scale.make_slide(slide, 2500, 48)
+    scale.write_counts(slide, 2500)
     for step in scale.NICHE_STEPS:
         scale.niche_step(step, slide, epochs=1)
     metrics = pd.read_csv(slide / "metrics.tsv", sep="\t")

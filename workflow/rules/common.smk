@@ -1083,10 +1083,23 @@ def expression_feature_inputs(wildcards):
     return {"spots": f"{prepared}/spots.parquet", "sample": f"{prepared}/sample.json", **patches}
 
 
-def expression_input_mb(input):
-    """Megabytes of the counts prepare reads (not the image, of which only the header is read)."""
-    counts = input.get("st") or input.get("matrix") or input.get("cell_counts")
-    return split_bytes(counts) / 1e6 + (split_bytes(input.cells) / 1e6 if "cells" in input.keys() else 0)
+# a Xenium sample's prepare, measured (python -m tissuekd.bench.scale --niche-steps pseudospots):
+# 1,000,000 cells x 118 counts peaked 480 MB above the process's 800, 200,000 x 787 460 MB
+PSEUDO_KB_PER_CELL = 0.5
+PSEUDO_BYTES_PER_COUNT = 16  # of one chunk of cells (10 measured)
+
+
+def expression_prepare_mb(wildcards, input, attempt):
+    """A sample's prepare (the image's header only is read): a HEST or Space Ranger sample's
+    counts file six times over (read whole); a Xenium sample's cells, and its counts one chunk
+    of cells at a time (tissuekd.spatial.spots.POOL_CHUNK_CELLS)."""
+    if "cell_counts" not in input.keys():
+        return round(1000 + 6 * split_bytes(input.get("st") or input.get("matrix")) / 1e6) * attempt
+    from tissuekd.spatial.spots import POOL_CHUNK_CELLS
+
+    cells = n_cells(input.cells)
+    chunk_counts = n_counts(input.cell_counts) * min(1.0, POOL_CHUNK_CELLS / cells) if cells else 0
+    return round(1000 + PSEUDO_KB_PER_CELL * cells / 1000 + PSEUDO_BYTES_PER_COUNT * chunk_counts / 1e6) * attempt
 
 
 def expression_image(wildcards):

@@ -20,8 +20,7 @@ rule expression_prepare:
     conda:
         "../../envs/scverse.yaml"
     resources:
-        # follows the counts file (the image's header only is read)
-        mem_mb=lambda wildcards, input, attempt: round(1000 + 6 * expression_input_mb(input)) * attempt,
+        mem_mb=expression_prepare_mb,
         runtime=10,
     params:
         format=expression_value("format"),

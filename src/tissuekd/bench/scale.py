@@ -2,8 +2,9 @@
 process, printing wall time, peak memory and their growth.
 
 Niche: a synthetic slide of N cells (positions at Xenium density, spatial niches, cell types,
-d-dim H&E-like features on disk, 10-d scVI-like latents) through radius, split, teacher,
-student, Histology NOLAN, Histology Leiden, evaluation and maps. Survival: a cohort of P
+d-dim H&E-like features on disk, 10-d scVI-like latents, 300-gene counts) through radius, split,
+teacher, student, Histology NOLAN, Histology Leiden, evaluation and maps, and the expression
+study's pooling of the slide into pseudo-spots. Survival: a cohort of P
 patients x M patches of d-dim fp16 features on disk through `survival_fit` (pathology-only,
 5 folds). No H&E is rendered: the steps measured read only these files.
 
@@ -30,7 +31,8 @@ import pandas as pd
 from tissuekd.io.columns import CELL_ID, X_UM, XY_HE, Y_UM
 from tissuekd.niche.methods import METHODS as NICHE_METHODS
 
-NICHE_STEPS = ("radius", "split", "teacher", *NICHE_METHODS, "evaluate", "maps")
+NICHE_STEPS = ("radius", "split", "teacher", *NICHE_METHODS, "evaluate", "maps", "pseudospots")
+GENES = 300  # the synthetic panel: ~150 counts a cell over 300 genes
 DENSITY_UM2 = 120.0  # µm² per cell, about Xenium's in dense tissue
 K = 10
 
@@ -69,6 +71,20 @@ def make_slide(folder: Path, n: int, dim: int, seed: int = 0) -> None:
         h5.create_dataset(CELL_ID, data=ids.astype(object), dtype=h5py.string_dtype())
 
 
+def write_counts(folder: Path, n: int, seed: int = 0) -> None:
+    """expression.h5ad: Poisson counts (n cells x GENES, CSR) in the cells' order, as niche_ingest
+    writes it (the expression study pools it into pseudo-spots)."""
+    import anndata as ad
+    from scipy import sparse
+
+    rng = np.random.default_rng(seed)
+    chunks = [sparse.csr_matrix(rng.poisson(0.5, (min(65536, n - start), GENES)).astype(np.float32))
+              for start in range(0, n, 65536)]
+    ids = np.char.add("c", np.arange(n).astype(str))
+    ad.AnnData(sparse.vstack(chunks, format="csr"), obs=pd.DataFrame(index=ids),
+               var=pd.DataFrame(index=[f"G{g}" for g in range(GENES)])).write_h5ad(folder / "expression.h5ad")
+
+
 def niche_step(step: str, folder: Path, epochs: int) -> None:
     """One step of the niche study on a synthetic slide (run in a fresh process)."""
     from tissuekd.niche import baselines, evaluate, split, steps
@@ -79,7 +95,11 @@ def niche_step(step: str, folder: Path, epochs: int) -> None:
                                                 "latent.parquet", "features.h5", "teacher.parquet",
                                                 *(f"{m}.parquet" for m in NICHE_METHODS))}
     nolan = NolanConfig(epochs=epochs)
-    if step == "radius":
+    if step == "pseudospots":  # the expression study's prepare of a Xenium sample (format xenium)
+        from tissuekd.expression.pseudospots import read_pseudospots
+
+        read_pseudospots(f["cells.parquet"], str(folder / "expression.h5ad"), f["slide.json"], "scale")
+    elif step == "radius":
         split.fit_radius(f["cells.parquet"], f["radius.json"], target=20, n_strips=4, test_strip=1)
     elif step == "split":
         split.write_split(f["cells.parquet"], f["slide.json"], f["radius.json"], f["split.parquet"], crop_px=224,
@@ -246,16 +266,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dim", type=int, default=1536)
     parser.add_argument("--epochs", type=int, default=1, help="teacher/student/NOLAN passes and survival epochs")
     parser.add_argument("--dag", type=int, default=1000, help="TCGA slides in the dry-run DAG (0: skip)")
+    parser.add_argument("--niche-steps", nargs="+", choices=NICHE_STEPS, default=list(NICHE_STEPS),
+                        help="the niche steps to measure (in their order; each needs the ones before it)")
     parser.add_argument("--skip-niche", action="store_true")
     parser.add_argument("--skip-survival", action="store_true")
     args = parser.parse_args(argv)
     if not args.skip_niche:
-        rows: dict[str, list] = {s: [] for s in NICHE_STEPS}
+        rows: dict[str, list] = {s: [] for s in NICHE_STEPS if s in args.niche_steps}
         for n in args.cells:
             folder = args.workdir / f"niche_{n}_{args.dim}"
             if not (folder / "features.h5").exists():
                 make_slide(folder, n, args.dim)
-            for step in NICHE_STEPS:
+            if not (folder / "expression.h5ad").exists():
+                write_counts(folder, n)
+            for step in rows:
                 rows[step].append(measured(f"niche_step({step!r}, Path({str(folder)!r}), {args.epochs})"))
                 print(f"    {n:,d} cells {step}: {rows[step][-1][0]:.1f} s, {rows[step][-1][1]:.0f} MB", flush=True)
         report(f"niche study, {args.dim}-d features, {args.epochs} epoch(s), one process per step:", "cells",

@@ -10,10 +10,11 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from tissuekd.errors import InputError
 from tissuekd.io.hest import SpotSample
-from tissuekd.spatial.spots import assign_to_spots, hex_grid, pool_counts
+from tissuekd.spatial.spots import POOL_CHUNK_CELLS, assign_to_spots, hex_grid, pool_counts
 
 
 def read_pseudospots(cells: str | Path, expression: str | Path, slide: str | Path, name: str,
@@ -23,9 +24,6 @@ def read_pseudospots(cells: str | Path, expression: str | Path, slide: str | Pat
     spots holding fewer than `min_cells` cells are left out."""
     table = pd.read_parquet(cells, columns=["cell_id", "x_he", "y_he"])
     mpp = float(json.loads(Path(slide).read_text())["he_mpp"])
-    counts = ad.read_h5ad(expression)
-    if not np.array_equal(np.asarray(counts.obs_names, dtype=str), table["cell_id"].astype(str).to_numpy()):
-        raise InputError(expression, f"cells are not those of {cells}, in its order")
     xy = table[["x_he", "y_he"]].to_numpy(dtype=np.float64)
     lo, hi = xy.min(0), xy.max(0)
     centres, rc = hex_grid(lo[0], lo[1], hi[0], hi[1], spacing_um / mpp)
@@ -34,6 +32,25 @@ def read_pseudospots(cells: str | Path, expression: str | Path, slide: str | Pat
     keep = n_cells >= min_cells
     if not keep.any():
         raise InputError(cells, f"no {diameter_um:g}-µm spot holds {min_cells} cell(s)")
-    pooled = pool_counts(counts.X, spot_of_cell, len(centres))[keep]
+    pooled, genes = pooled_counts(expression, table["cell_id"].astype(str).to_numpy(), spot_of_cell, len(centres),
+                                  cells)
     barcodes = np.array([f"{name}-{r:03d}x{c:03d}" for r, c in rc[keep]])
-    return SpotSample(barcodes, centres[keep], pooled, np.asarray(counts.var_names, dtype=str), mpp, diameter_um)
+    return SpotSample(barcodes, centres[keep], pooled[keep], genes, mpp, diameter_um)
+
+
+def pooled_counts(expression: str | Path, cell_ids: np.ndarray, spot_of_cell: np.ndarray, n_spots: int,
+                  cells: str | Path, chunk: int = POOL_CHUNK_CELLS) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """(spots, genes) summed counts and the genes, read from the h5ad `chunk` cells at a time
+    (backed): a slide's counts are never held whole, only its spots'."""
+    counts = ad.read_h5ad(expression, backed="r")
+    try:
+        if not np.array_equal(np.asarray(counts.obs_names, dtype=str), cell_ids):
+            raise InputError(expression, f"cells are not those of {cells}, in its order")
+        pooled = sparse.csr_matrix((n_spots, counts.n_vars), dtype=np.float32)
+        for start in range(0, counts.n_obs, chunk):
+            stop = min(start + chunk, counts.n_obs)
+            if (spot_of_cell[start:stop] >= 0).any():  # cells between spots are not read into any
+                pooled += pool_counts(counts.X[start:stop], spot_of_cell[start:stop], n_spots)
+        return pooled.tocsr(), np.asarray(counts.var_names, dtype=str)
+    finally:
+        counts.file.close()

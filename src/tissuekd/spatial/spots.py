@@ -29,6 +29,9 @@ def assign_to_spots(cells: np.ndarray, spots: np.ndarray, radius: float) -> np.n
     return np.where(np.isfinite(dist), nearest, -1)
 
 
+POOL_CHUNK_CELLS = 50_000  # cells pooled at a time from a slide's counts (expression.pseudospots)
+
+
 def pool_counts(counts: sparse.spmatrix, spot_of_cell: np.ndarray, n_spots: int) -> sparse.csr_matrix:
     """(spots, genes): the summed counts of each spot's cells."""
     inside = np.flatnonzero(spot_of_cell >= 0)

@@ -154,7 +154,8 @@ def test_clinical_table_errors_name_the_file_and_the_problem(tables):
         read_clinical(tables / "no_time.tsv", "OS")
     table.loc[1, "OS.time"] = -5
     table.to_csv(tables / "negative.tsv", sep="\t", index=False)
-    with pytest.raises(InputError, match=r"negative.tsv: negative OS.time for patient\(s\) \['TCGA-DM-A001'\]"):
+    with pytest.raises(InputError,
+                       match=r"negative.tsv: negative or infinite OS.time for patient\(s\) \['TCGA-DM-A001'\]"):
         read_clinical(tables / "negative.tsv", "OS")
 
 
@@ -406,3 +407,55 @@ def test_a_non_tcga_sample_id_is_used_and_a_normal_only_patient_is_not(tmp_path)
     table.set_axis(["G1", "G1"], axis=1).to_csv(tmp_path / "twice.tsv.gz", sep="\t")
     with pytest.raises(InputError, match=r"twice.tsv.gz: gene id\(s\) listed twice: \['G1'\]"):
         read_rna(tmp_path / "twice.tsv.gz", {"C3L-00001"})
+
+
+def test_rna_sample_ids_are_text_and_bad_matrices_are_named(tmp_path):
+    """Sample ids that look like numbers keep their leading zeros (0123 is not 123); an empty
+    file, a header without values, a sample listed twice and infinite values (log2 of 0 as -inf:
+    scaling would zero the gene; +inf would make a log-scale matrix look linear) are named."""
+    table = pd.DataFrame({"G1": [1.0, 2.0], "G2": [3.0, 4.0]}, index=pd.Index(["0123", "0456"], name="sample"))
+    table.to_csv(tmp_path / "rna.tsv", sep="\t")
+    assert sorted(read_rna(tmp_path / "rna.tsv", {"0123", "0456"}).index) == ["0123", "0456"]
+    cases = {
+        "empty.tsv": ("", "empty.tsv: not a readable TSV or CSV matrix"),
+        "header.tsv": ("sample\tG1\tG2\n", r"header.tsv: no values: 0 row\(s\)"),
+        "twice.tsv": (table.iloc[[0, 0, 1]].to_csv(sep="\t"), r"twice.tsv: sample\(s\) listed twice: \['0123'\]"),
+        "inf.tsv": (table.assign(G2=[3.0, -np.inf]).to_csv(sep="\t"),
+                    r"inf.tsv: infinite values in gene\(s\) \['G2'\] \(patient\(s\) \['0456'\]\)"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputError, match=message):
+            read_rna(tmp_path / name, {"0123", "0456"})
+
+
+def test_an_empty_clinical_table_and_an_infinite_time_are_named(tables, tmp_path):
+    (tmp_path / "empty.tsv").write_text("")
+    with pytest.raises(InputError, match="empty.tsv: not a readable TSV, CSV or .xlsx table"):
+        read_clinical(tmp_path / "empty.tsv", "OS")
+    table = pd.read_csv(tables / "clinical.tsv", sep="\t")
+    table.loc[0, "OS.time"] = np.inf
+    table.to_csv(tmp_path / "inf.tsv", sep="\t", index=False)
+    with pytest.raises(InputError, match=rf"inf.tsv: negative or infinite OS.time for patient\(s\) "
+                                         rf"\['{table.loc[0, 'bcr_patient_barcode']}'\]"):
+        read_clinical(tmp_path / "inf.tsv", "OS")
+
+
+def test_gene_sets_name_each_set_once_and_each_gene_once(tmp_path):
+    genes = ["A", "B", "C"]
+    (tmp_path / "sets.gmt").write_text("S1\tx\tA\tC\tA\nS2\tx\tB\n")
+    assert read_gene_sets(tmp_path / "sets.gmt", genes) == {"S1": [0, 2], "S2": [1]}
+    (tmp_path / "twice.gmt").write_text("S1\tx\tA\nS2\tx\tB\nS1\tx\tC\n")
+    with pytest.raises(InputError, match="twice.gmt: line 3: gene set 'S1' is named twice"):
+        read_gene_sets(tmp_path / "twice.gmt", genes)
+    (tmp_path / "latin.gmt").write_bytes("S1\tcaf\xe9\tA\n".encode("latin-1"))
+    with pytest.raises(InputError, match="latin.gmt: not a UTF-8 text GMT file"):
+        read_gene_sets(tmp_path / "latin.gmt", genes)
+
+
+def test_a_features_file_whose_features_are_a_group_is_named(tmp_path):
+    with h5py.File(tmp_path / "grouped.h5", "w") as h5:
+        h5.create_group("features").create_dataset("uni", data=np.zeros((3, 4), np.float32))
+        h5["coords"] = np.zeros((3, 2), np.int64)
+    with pytest.raises(InputError, match=r"grouped.h5: `features` is a group \(holding \['uni'\]\), expected an array"):
+        read_layout(str(tmp_path / "grouped.h5"))

@@ -162,7 +162,7 @@ def test_negative_survival_time_stops_the_cohort_naming_the_patient(tmp_path):
     workdir = brought_features(tmp_path, negative_time=True)
     result = snakemake("--cores", "2", cwd=workdir, check=False)
     assert result.returncode != 0
-    assert "clinical.tsv: negative OS.time for patient(s) ['TCGA-XY-0005']" in result.stderr + result.stdout
+    assert "clinical.tsv: negative or infinite OS.time for patient(s) ['TCGA-XY-0005']" in result.stderr + result.stdout
     assert not (workdir / "results/survival/mine/demo-mobilenet-224/patients.tsv").exists()
 
 
@@ -192,6 +192,18 @@ def test_a_cohort_whose_patients_are_none_of_its_clinical_tables_stops_the_plan(
         d.joinpath("config/survival_slides.tsv").read_text() + "# repeated below\n"
         + d.joinpath("config/survival_slides.tsv").read_text().splitlines(keepends=True)[1]),
      "config/survival_slides.tsv lines 2, 87: duplicate slide name 'TCGA-DM-A000-01Z-00-DX1'"),
+    (lambda d: d.joinpath("config/survival_slides.tsv").write_text(
+        d.joinpath("config/survival_slides.tsv").read_text()
+        + d.joinpath("config/survival_slides.tsv").read_text().splitlines(keepends=True)[1].replace(
+            "TCGA-DM-A000-01Z-00-DX1\t", "copied\t", 1)),
+     "config/survival_slides.tsv lines 2, 86: duplicate slide image name "
+     "'data/demo/survival/demo_tcga/slides/TCGA-DM-A000-01Z-00-DX1.svs'"),
+    (lambda d: d.joinpath("config/survival_slides.tsv").write_text(
+        d.joinpath("config/survival_slides.tsv").read_text().replace(
+            "TCGA-DM-A000-01Z-00-DX1\t", "slide01\t", 1).replace("TCGA-DM-A000-01Z-00-DX1.svs",
+                                                                  "TCGA-DM-A000-11A-01-TS1.svs", 1)),
+     "config/survival_slides.tsv line 2 (slide slide01): data/demo/survival/demo_tcga/slides/"
+     "TCGA-DM-A000-11A-01-TS1.svs is a normal-tissue or control sample of TCGA-DM-A000"),
     (lambda d: d.joinpath("config/survival_slides.tsv").write_text(
         d.joinpath("config/survival_slides.tsv").read_text().replace(".svs", ".jpg", 1)),
      "config/survival_slides.tsv line 2: column 'image': data/demo/survival/demo_tcga/slides/"

@@ -67,6 +67,19 @@ def test_trident_features_file_goes_through_cohort_and_training_readers(tmp_path
     assert read_patches(path)[1]["level0_mpp"] == 0.25  # its `coords` is a patch file's
 
 
+def test_non_finite_features_are_named_with_their_file(tmp_path):
+    """An extractor's NaN or fp16 overflow would turn the fit's loss to NaN, naming no file."""
+    path = trident_features(tmp_path / "TCGA-XX-0001-01Z-00-DX1.h5", n=5, dim=8)
+    with h5py.File(path, "r+") as h5:
+        h5["features"][3, 2] = np.nan
+    bags = FileBags([path])
+    for read in (lambda: bags.moments(0), lambda: bags.rows(0, np.array([2, 3]))):
+        with pytest.raises(InputError, match=r"DX1.h5: `features` holds NaN or infinite values \(1 of the \d+ rows"):
+            read()
+    streamed = FileBags([path], cache_bytes=0)  # reads only the rows a step samples
+    assert streamed.rows(0, np.array([0, 1])).shape == (2, 8)
+
+
 def test_bad_or_missing_trident_attributes_name_the_file(tmp_path):
     with h5py.File(tmp_path / "nomag.h5", "w") as h5:
         trident_coords(h5, np.zeros((2, 2)), target_magnification=None)

@@ -18,6 +18,7 @@ from tissuekd.io.wsi import require_slide_format
 from tissuekd.io.xenium import CLUSTERS, clusters_path
 from tissuekd.niche import methods as niche_methods
 from tissuekd.survival import methods as survival_methods
+from tissuekd.survival.barcodes import normal_file
 
 RESULTS = config["results"]
 LOGS = f"{RESULTS}/logs"
@@ -460,17 +461,11 @@ def check_survival_sheets(cohorts, slides):
         (slides, SURVIVAL["slides"], ["image", "features"]),
     ):
         for row_no, row in zip(sheet.index, sheet.to_dict("records")):
-            if "image" in columns and row["image"]:
-                try:
-                    require_slide_format(row["image"])
-                except InputError as err:
-                    raise WorkflowError(f"{path} line {row_no}: column 'image': {err}") from None
             for column in columns:
                 value = row[column]
                 if value and not os.path.exists(value) and not made_by_demo(value):
                     raise WorkflowError(f"{path} line {row_no}: column {column!r} names {value}, which does not exist")
-            if "image" in columns and not row["image"] and not row["features"]:
-                raise WorkflowError(f"{path} line {row_no} (slide {row['slide']}): needs `image` or `features`")
+    check_slide_files(slides, SURVIVAL["slides"])
     check_patients_in_clinical(cohorts, slides)
     for pair in SURVIVAL["external"]:
         for role in ("train", "test"):
@@ -482,6 +477,30 @@ def check_survival_sheets(cohorts, slides):
             raise WorkflowError(
                 f"config survival.external: {pair['train']} is not cross-validated, so it has no models"
             )
+
+
+def check_slide_files(slides, path):
+    """Each slide has an image (a whole-slide format) or features, of its own, and is not a
+    normal-tissue sample under another name (it would join its patient's tumour bag)."""
+    for row_no, row in zip(slides.index, slides.to_dict("records")):
+        where = f"{path} line {row_no} (slide {row['slide']})"
+        if not row["image"] and not row["features"]:
+            raise WorkflowError(f"{where}: needs `image` or `features`")
+        if row["image"]:
+            try:
+                require_slide_format(row["image"])
+            except InputError as err:
+                raise WorkflowError(f"{path} line {row_no}: column 'image': {err}") from None
+        normal = normal_file(row["slide"], row["patient"], [row["image"], row["features"]])
+        if normal:
+            raise WorkflowError(
+                f"{where}: {normal} is a normal-tissue or control sample of {row['patient']} (TCGA sample "
+                "type 10-29), which would join the tumour slides' bag: give the slide its barcode as its name "
+                "(the study then leaves it out) or remove the row"
+            )
+    for column in ("image", "features"):  # one file for two slides: a copied row, its patient's bag twice
+        given = slides[slides[column] != ""]
+        require_unique(given.assign(**{f"slide {column}": given[column]}), f"slide {column}", path)
 
 
 def check_patients_in_clinical(cohorts, slides):

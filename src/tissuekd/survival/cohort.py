@@ -10,6 +10,7 @@ no barcode) stop the step with an error naming the file.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -26,12 +27,11 @@ from sklearn.model_selection import StratifiedKFold
 
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
+from tissuekd.survival.barcodes import normal_slide, patient_of, sample_rank
 from tissuekd.survival.layout import coords_attrs, patch_geometry
 
 log = logging.getLogger(__name__)
 
-TUMOUR_SAMPLE = re.compile(r"^-0\d")  # TCGA sample types 01-09 are tumours,
-NORMAL_SAMPLE = re.compile(r"^-[12]\d")  # 10-19 normal tissue, 20-29 controls
 # how TCGA-CDR and spreadsheets write a missing value: [Not Available], [Discrepancy], #N/A, NA, ...
 MISSING = r"\[.*\]|#N/A|N/?A|NaN|null|none|"
 ENSEMBL_VERSIONED = re.compile(r"^(ENS[A-Z]*G\d{11})\.\d+$")  # GENCODE gene ids with their version
@@ -90,9 +90,9 @@ def read_clinical(path: str, endpoint: str) -> pd.DataFrame:
     dupes = out["patient"][out["patient"].duplicated()].unique().tolist()
     if dupes:
         raise InputError(path, f"patient(s) listed twice: {dupes[:10]}")
-    negative = out.loc[out["time"] < 0, "patient"].tolist()
+    negative = out.loc[(out["time"] < 0) | np.isinf(out["time"]), "patient"].tolist()
     if negative:
-        raise InputError(path, f"negative {endpoint}.time for patient(s) {negative[:10]}")
+        raise InputError(path, f"negative or infinite {endpoint}.time for patient(s) {negative[:10]}")
     bad_event = out.loc[out["event"].notna() & ~out["event"].isin([0, 1]), "patient"].tolist()
     if bad_event:
         raise InputError(path, f"{endpoint} must be 0 (censored) or 1 (event); not so for {bad_event[:10]}")
@@ -147,7 +147,8 @@ def _clinical_table(path: str) -> pd.DataFrame:
             raise InputError(path, "a legacy Excel .xls workbook: save it as .xlsx, TSV or CSV")
         return pd.read_csv(path, sep=None, engine="python", encoding="utf-8-sig",
                            dtype={"bcr_patient_barcode": str})
-    except (UnicodeDecodeError, ValueError, pd.errors.ParserError, zipfile.BadZipFile) as err:
+    except (UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error,
+            zipfile.BadZipFile) as err:
         raise InputError(path, f"not a readable TSV, CSV or .xlsx table ({err})") from None
 
 
@@ -164,25 +165,18 @@ def _numbers(column: pd.Series, patient: pd.Series, path: str) -> pd.Series:
     return values
 
 
-def _patient_of(key: str, patients: set[str]) -> str | None:
-    """The patient a sample barcode belongs to: itself, or its prefix before a `-` suffix
-    (TCGA-XX-XXXX-01A -> TCGA-XX-XXXX)."""
-    if key in patients:
-        return key
-    parts = key.split("-")
-    for cut in range(len(parts) - 1, 0, -1):
-        if (prefix := "-".join(parts[:cut])) in patients:
-            return prefix
-    return None
-
-
 def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
     """Patients x genes. The orientation is detected from which axis holds the barcodes and
     logged; with several samples per patient the tumour sample (-01..-09) sorting first is used."""
     sep = _separator(path)
-    raw = pd.read_csv(path, sep=sep, index_col=0)  # the C parser: a PanCan matrix is ~2e8 values
-    by_columns = sum(_patient_of(str(c), patients) is not None for c in raw.columns)
-    by_rows = sum(_patient_of(str(i), patients) is not None for i in raw.index)
+    try:  # the C parser: a PanCan matrix is ~2e8 values; the labels as text (sample id 0123 is not 123)
+        raw = pd.read_csv(path, sep=sep, index_col=0, dtype={0: str})
+    except (UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise InputError(path, f"not a readable TSV or CSV matrix ({err})") from None
+    if raw.empty:
+        raise InputError(path, f"no values: {raw.shape[0]} row(s), {raw.shape[1]} column(s) besides the labels")
+    by_columns = sum(patient_of(str(c), patients) is not None for c in raw.columns)
+    by_rows = sum(patient_of(str(i), patients) is not None for i in raw.index)
     if max(by_columns, by_rows) == 0:
         raise InputError(path, f"no row or column label matches a patient barcode of the cohort "
                                f"(e.g. {sorted(patients)[:3]}); is this the cohort's RNA matrix?")
@@ -195,8 +189,11 @@ def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
     if repeated:
         raise InputError(path, f"gene id(s) listed twice: {repeated[:10]}")
     matrix.index = matrix.index.astype(str)
-    owner = pd.Series({s: _patient_of(s, patients) for s in matrix.index}).dropna()
-    rank = [(_sample_rank(s[len(p):]) if s != p else 0, s) for s, p in owner.items()]
+    twice = matrix.index[matrix.index.duplicated()].unique().tolist()
+    if twice:
+        raise InputError(path, f"sample(s) listed twice: {twice[:10]}")
+    owner = pd.Series({s: patient_of(s, patients) for s in matrix.index}).dropna()
+    rank = [(sample_rank(s[len(p):]) if s != p else 0, s) for s, p in owner.items()]
     chosen = pd.DataFrame(rank, index=owner.index, columns=["rank", "sample"]).assign(patient=owner)
     chosen = chosen.sort_values(["rank", "sample"]).drop_duplicates("patient")
     normal_only = chosen.loc[chosen["rank"] == 2, "patient"].tolist()
@@ -213,6 +210,11 @@ def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
         bad = out.columns[text.any(axis=0)].tolist()
         samples = out.index[text.any(axis=1)].tolist()
         raise InputError(path, f"non-numeric values in gene(s) {bad[:10]} (patient(s) {samples[:10]})")
+    infinite = np.isinf(out.to_numpy(dtype=float))
+    if infinite.any():  # log2(0) as -inf, or +inf: scaling would zero the gene, or take the matrix for linear
+        raise InputError(path, f"infinite values in gene(s) {out.columns[infinite.any(axis=0)][:10].tolist()} "
+                               f"(patient(s) {out.index[infinite.any(axis=1)][:10].tolist()}); give NA for a "
+                               "missing value")
     out = _log_scale(_unversioned(_symbols(_without_star_summaries(out, path), path), path), path)
     empty = out.index[out.isna().all(axis=1)]
     if len(empty):  # a sample column of NAs: that patient has no RNA (dropped later, with the reason)
@@ -297,19 +299,6 @@ def _separator(path: str) -> str:
     return next((sep for sep in ("\t", ",", ";") if sep in first), r"\s+")
 
 
-def _normal_slide(slide: str, patient: str) -> bool:
-    """A TCGA slide of normal tissue or a control (TCGA-XX-XXXX-11A-01-TS1: sample type 10-29), which
-    would otherwise join the patient's tumour slides in one bag."""
-    tcga = slide.startswith("TCGA-") and slide.startswith(f"{patient}-")  # other ids: -21 may be a slide number
-    return tcga and bool(NORMAL_SAMPLE.match(slide[len(patient):]))
-
-
-def _sample_rank(suffix: str) -> int:
-    """0 a TCGA tumour sample (-01..-09), 2 a normal or control one (-10..-29, never used), 1 any
-    other suffix (a non-TCGA sample id: used when the patient has no tumour-coded sample)."""
-    return 0 if TUMOUR_SAMPLE.match(suffix) else 2 if NORMAL_SAMPLE.match(suffix) else 1
-
-
 def _header(path: str, sep: str) -> pd.Index:
     """The first line's labels as written (pandas renames a repeated column `X` to `X.1`)."""
     first = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str)
@@ -331,29 +320,40 @@ def _symbols(rna: pd.DataFrame, path: str) -> pd.DataFrame:
 
 
 def read_gene_sets(path: str, genes: list[str]) -> dict[str, list[int]]:
-    """GMT (name, description, genes..., tab-separated) -> column indices of the matrix's genes;
-    sets with no gene in the matrix are skipped (logged); none left is an error, and so is a line
-    that is not tab-separated (a set would be lost, or every set, as no set sharing a gene)."""
+    """GMT (name, description, genes..., tab-separated) -> column indices of the matrix's genes,
+    each once, in the file's order; sets with no gene in the matrix are skipped (logged); none
+    left is an error, and so is a line that is not tab-separated (a set would be lost, or every
+    set, as no set sharing a gene) and a set named twice (the later would replace the earlier)."""
     where = {g: i for i, g in enumerate(genes)}
-    sets = {}
-    with open(path) as gmt:
-        for number, line in enumerate(gmt, 1):
-            fields = line.rstrip("\r\n").split("\t")
-            if not line.strip() or line.startswith("#"):
-                continue
-            if len(fields) < 3:
-                raise InputError(path, f"line {number} has {len(fields)} tab-separated field(s), {line[:60]!r}: "
-                                       "a GMT line is name<TAB>description<TAB>gene<TAB>gene...")
-            members = [where[g] for g in fields[2:] if g in where]
-            if members:
-                sets[fields[0]] = members
-            else:
-                log.warning("%s: gene set %s has no gene of the RNA matrix; skipped", path, fields[0])
+    sets, skipped = {}, set()
+    for number, line in enumerate(_text_lines(path, "GMT"), 1):
+        fields = line.rstrip("\r\n").split("\t")
+        if not line.strip() or line.startswith("#"):
+            continue
+        if len(fields) < 3:
+            raise InputError(path, f"line {number} has {len(fields)} tab-separated field(s), {line[:60]!r}: "
+                                   "a GMT line is name<TAB>description<TAB>gene<TAB>gene...")
+        if fields[0] in sets or fields[0] in skipped:
+            raise InputError(path, f"line {number}: gene set {fields[0]!r} is named twice")
+        members = list(dict.fromkeys(where[g] for g in fields[2:] if g in where))
+        if members:
+            sets[fields[0]] = members
+        else:
+            skipped.add(fields[0])
+            log.warning("%s: gene set %s has no gene of the RNA matrix; skipped", path, fields[0])
     if not sets:
         raise InputError(path, f"no gene set shares a gene with the RNA matrix (its genes: e.g. {genes[:3]})")
     log.info("%s: %d gene sets, %d to %d genes of the RNA matrix each", path, len(sets),
              min(map(len, sets.values())), max(map(len, sets.values())))
     return sets
+
+
+def _text_lines(path: str, kind: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readlines()
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"not a UTF-8 text {kind} file ({err}); a gzipped one: unpack it") from None
 
 
 class FeatureFile(NamedTuple):
@@ -371,6 +371,9 @@ def read_layout(path: str) -> FeatureFile:
         with h5py.File(path, "r") as h5:
             if "features" not in h5 or "coords" not in h5:
                 raise InputError(path, f"a features file needs datasets `features` and `coords`; has {list(h5)}")
+            for key in ("features", "coords"):
+                if not isinstance(h5[key], h5py.Dataset):
+                    raise InputError(path, f"`{key}` is a group (holding {list(h5[key])[:5]}), expected an array")
             features, shape = h5["features"].shape, h5["coords"].shape
             attrs = coords_attrs(h5)
             encoder = h5.attrs.get("encoder", h5["features"].attrs.get("encoder", ""))
@@ -432,7 +435,7 @@ def build_cohort(slides: pd.DataFrame, clinical: pd.DataFrame, rna: pd.DataFrame
     pandas.DataFrame
         patient, time, event, fold (-1 without cross-validation), slides, features (`;`-joined).
     """
-    normal = np.array([_normal_slide(str(r.slide), str(r.patient)) for r in slides.itertuples()], bool)
+    normal = np.array([normal_slide(str(r.slide), str(r.patient)) for r in slides.itertuples()], bool)
     for row, is_normal in zip(slides.itertuples(), normal):
         if row.patient not in clinical.index:
             drops.add(row.patient, "barcode not in the clinical table", row.slide)

@@ -149,6 +149,16 @@ class MemoryBags(list):
         return Moments.of(self[i].double().numpy())
 
 
+def finite(features: np.ndarray, path: str) -> np.ndarray:
+    """Features as read, refused with their file where one is NaN or infinite (an extractor's
+    fp16 overflow, say): they would turn the fit's loss to NaN, naming no file."""
+    if not np.isfinite(features).all():
+        bad = int((~np.isfinite(features).all(axis=1)).sum())
+        raise InputError(path, f"`features` holds NaN or infinite values ({bad} of the {len(features)} rows read): "
+                               "re-extract the slide's features")
+    return features
+
+
 class FileBags:
     """Each patient's bag read from their feature files (`;`-joined paths) when a step needs
     it, so a cohort of 1,000 patients x 10,000 patches never sits in memory; a training step
@@ -197,7 +207,7 @@ class FileBags:
             if bounds[f + 1] == bounds[f] or (idx is not None and len(own) == 0):
                 continue  # nothing wanted there (or a slide without tissue, stored as (0, 0))
             with h5py.File(path, "r") as h5:
-                parts.append(h5["features"][own])
+                parts.append(finite(h5["features"][own], path))
         return np.concatenate(parts) if parts else np.empty((0, self.dim), self.dtype)
 
     def moments(self, i: int) -> Moments:
@@ -208,7 +218,7 @@ class FileBags:
             for path in self.files[i]:
                 with h5py.File(path, "r") as h5:
                     for _, chunk in iter_chunks(h5["features"]):
-                        total = total.merge(Moments.of(chunk.astype(np.float64)))
+                        total = total.merge(Moments.of(finite(chunk, path).astype(np.float64)))
             self._moments[i] = total
         return self._moments[i]
 

@@ -60,13 +60,18 @@ def _npz(path, **arrays):
 
 @pytest.mark.parametrize(("arrays", "problem"), [
     ({"X": np.zeros((2, 8, 8, 2)), "y": np.zeros((2, 8, 9, 2), int)}, "labels and images differ in size"),
-    ({"X": np.zeros((2, 3, 32, 32)), "y": np.zeros((2, 2, 32, 32), int)}, r"look channels-first, \(N, C, H, W\)"),
+    ({"X": np.zeros((2, 3, 32, 32)), "y": np.zeros((2, 2, 32, 32), int)}, r"looks channels-first, \(N, C, H, W\)"),
+    # both channels-first, so their shapes agree: read as 2-px-high strips of 32 channels before
+    ({"X": np.zeros((2, 2, 32, 32)), "y": np.zeros((2, 2, 32, 32), int)}, r"looks channels-first, \(N, C, H, W\)"),
+    ({"X": np.zeros((2, 8, 8, 2)), "y": -np.ones((2, 8, 8, 2), int)},
+     r"y is int64 with negative values, first in image 0"),
+    ({"X": np.zeros((1, 8, 8, 2)), "y": np.full((1, 8, 8, 2), np.nan)}, "NaN or infinite values"),
     ({"X": np.zeros((0, 8, 8, 2)), "y": np.zeros((0, 8, 8, 2), int)}, "no images"),
     ({"X": np.zeros((1, 8, 8, 1)), "y": np.zeros((1, 8, 8, 2), int)}, "channel index 1 out of range"),
-    ({"X": np.zeros((1, 8, 8, 2)), "y": np.full((1, 8, 8, 2), 0.5)}, "not integer ids"),
+    ({"X": np.zeros((1, 8, 8, 2)), "y": np.full((1, 8, 8, 2), 0.5)}, "not instance ids"),
     # every image is checked, not a sample of the first ones: only image 70 has a fraction here
     ({"X": np.zeros((80, 8, 8, 2)), "y": np.zeros((80, 8, 8, 2)) + (np.arange(80) == 70)[:, None, None, None] * 0.5},
-     r"not integer ids \(y is float64 with fractional values, first in image 70\)"),
+     r"not instance ids \(y is float64 with fractional values, first in image 70\)"),
     ({"y": np.zeros((1, 8, 8, 2), int)}, "has no array 'X'"),
 ])
 def test_bad_tissuenet_input_names_the_file_and_the_problem(tmp_path, arrays, problem):
@@ -121,6 +126,8 @@ def test_bbbc038_folders_become_one_instance_image_each(tmp_path):
     with pytest.raises(InputError, match=r"zzz.png: mask is \(5, 5\), its image"):
         read_bbbc038(folder)  # from the headers, before any image is read
     (folder / data.ids[0] / "masks" / "zzz.png").unlink()
+    (folder / data.ids[0] / "masks" / "._zzz.png").write_bytes(bytes(82))  # a Mac's AppleDouble file: not a mask
+    assert np.array_equal(read_bbbc038(folder).labels[0], data.labels[0])
     for mask in (folder / data.ids[1] / "masks").glob("*.png"):
         mask.unlink()
     with pytest.raises(InputError, match=f"{data.ids[1]}/masks: no mask files"):
@@ -168,10 +175,14 @@ def test_a_tiff_folder_reads_as_the_same_split_and_trains_the_same_weights(tissu
     (lambda f: tifffile.imwrite(f / "img01_whole-cell.tif", np.zeros((96, 95), np.int32)), "labels are",
      "img01_whole-cell"),
     (lambda f: (f / "img02_whole-cell.tif").unlink(), "has no whole-cell labels", "img02.tif"),
-    (lambda f: tifffile.imwrite(f / "img03_whole-cell.tif", np.full((96, 96), 0.5, np.float32)), "not integer ids",
+    (lambda f: tifffile.imwrite(f / "img03_whole-cell.tif", np.full((96, 96), 0.5, np.float32)), "not instance ids",
      "img03_whole-cell"),
     (lambda f: tifffile.imwrite(f / "img04.tif", np.zeros((96, 96), np.float32)), "channel index 1 out of range",
      "img04.tif"),
+    (lambda f: tifffile.imwrite(f / "img05_whole-cell.tif", -np.ones((96, 96), np.int32)),
+     r"not instance ids \(int32 with negative values\)", "img05_whole-cell"),
+    (lambda f: f.joinpath("img06_whole-cell.tif").write_bytes(f.joinpath("img06_whole-cell.tif").read_bytes()[:-5000]),
+     "unreadable TIFF", "img06_whole-cell.tif"),
     (lambda f: [p.unlink() for p in f.glob("*.tif")], "no images", "tiffs"),
 ])
 def test_bad_tiff_folder_input_names_the_file_and_the_problem(tissuenet, tmp_path, spoil, problem, names):
@@ -180,6 +191,22 @@ def test_bad_tiff_folder_input_names_the_file_and_the_problem(tissuenet, tmp_pat
     with pytest.raises(InputError, match=problem) as err:
         read_tiff_folder(folder)
     assert names in str(err.value)
+
+
+def test_macos_appledouble_files_beside_the_images_and_masks_are_not_read(tissuenet, tmp_path):
+    """A folder copied from a Mac holds `._<name>` resource files: not images, not labels."""
+    folder = write_tiff_folder(tissuenet, tmp_path / "tiffs")
+    for name in ("img00.tif", "img00_whole-cell.tif"):
+        (folder / f"._{name}").write_bytes(b"\x00\x05\x16\x07" + bytes(80))
+    assert read_tiff_folder(folder).ids == read_tiff_folder(write_tiff_folder(tissuenet, tmp_path / "clean")).ids
+
+
+def test_a_truncated_tiff_image_is_named_when_read(tissuenet, tmp_path):
+    folder = write_tiff_folder(tissuenet, tmp_path / "tiffs")
+    folder.joinpath("img03.tif").write_bytes(folder.joinpath("img03.tif").read_bytes()[:-5000])
+    split = read_tiff_folder(folder)
+    with pytest.raises(InputError, match="img03.tif: unreadable TIFF"):
+        split.images[3]
 
 
 def test_crops_larger_than_the_training_images_are_refused_with_both_sizes(tissuenet, tmp_path):

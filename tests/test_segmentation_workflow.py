@@ -160,7 +160,7 @@ def test_a_bad_sheet_names_its_line(tmp_path):
     (1, lambda tmp: {"test": str(_bbbc038_mask_of_another_size(tmp / "stage1_test"))},
      "line 3 (dataset bbbc038_demo): {tmp}/stage1_test/demo01/masks/small.png: mask is (5, 5), its image"),
     (0, lambda tmp: {"test": str(_npz(tmp / "fractional.npz", 2, label_value=0.5))},
-     "line 2 (dataset tissuenet_demo): {tmp}/fractional.npz: labels are not integer ids"),
+     "line 2 (dataset tissuenet_demo): {tmp}/fractional.npz: labels are not instance ids"),
 ])
 def test_a_bad_cross_or_test_set_stops_before_any_training(tmp_path, row, changes, problem):
     """Checked while planning (a TissueNet split from its array headers, a folder from its files'

@@ -109,7 +109,7 @@ def split_array_bytes(path: str | Path) -> int:
     if path.is_file():
         with zipfile.ZipFile(path) as archive:
             return sum(info.file_size for info in archive.infolist())
-    tiffs = [p for p in path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES]
+    tiffs = [p for p in shown(path.iterdir()) if p.suffix.lower() in TIFF_SUFFIXES]
     if tiffs:
         return sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in map(_tiff_shape, tiffs))
     pngs = [p / "images" / f"{p.name}.png" for p in path.iterdir() if (p / "images").is_dir()]
@@ -135,8 +135,7 @@ def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
     x, y = npz_member(path, "X"), npz_member(path, "y")
     channels = (nuclear,) if membrane is None else (nuclear, membrane)
     _check_shapes(path, x.shape, y.shape, channels, target)
-    if not np.issubdtype(y.dtype, np.integer):
-        _require_whole_numbers(path, y, TARGETS[target])
+    _require_instance_ids(path, y, TARGETS[target])
     n = len(x)
     tissues = _names(path, "tissue_list", n)
     platforms = _names(path, "platform_list", n)
@@ -189,7 +188,7 @@ def check_tissuenet_split(path: str | Path, nuclear: int = 0, membrane: int | No
     shape = npz_shape(path, "X")
     _check_shapes(path, shape, npz_shape(path, "y"), channels, target)
     if not np.issubdtype(_npz_header(path, "y")[2], np.integer):  # labels stored as floats (rare): read them
-        _require_whole_numbers(path, npz_member(path, "y"), TARGETS[target])
+        _require_instance_ids(path, npz_member(path, "y"), TARGETS[target])
     return shape
 
 
@@ -218,10 +217,10 @@ def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
 def _check_shapes(path: Path, x: tuple[int, ...], y: tuple[int, ...], channels: tuple[int, ...], target: str) -> None:
     if len(x) != 4 or len(y) != 4:
         raise InputError(path, f"X and y must be (N, H, W, C); got X {x}, y {y}")
+    if x[1] <= 16 < x[3]:  # images of at most 16 px a side, or channels first: TissueNet's are 256 px
+        raise InputError(path, f"X looks channels-first, (N, C, H, W) = {x}: TissueNet's layout is (N, H, W, C)")
     if x[:3] != y[:3]:
-        first = " (X and y look channels-first, (N, C, H, W): TissueNet's layout is (N, H, W, C))" \
-            if x[1] <= 16 < x[3] and y[1] <= 16 < y[3] else ""
-        raise InputError(path, f"labels and images differ in size: X {x[:3]}, y {y[:3]}{first}")
+        raise InputError(path, f"labels and images differ in size: X {x[:3]}, y {y[:3]}")
     if x[0] == 0:
         raise InputError(path, "no images (X has 0 rows)")
     bad = [c for c in channels if not 0 <= c < x[3]]
@@ -231,14 +230,32 @@ def _check_shapes(path: Path, x: tuple[int, ...], y: tuple[int, ...], channels: 
         raise InputError(path, f"no {target} labels: y has {y[3]} channels")
 
 
-def _require_whole_numbers(path: Path, y: np.ndarray, channel: int, chunk: int = 64) -> None:
-    """Float labels must hold instance ids: every image is checked, `chunk` at a time (y may be memory-mapped)."""
+def _require_instance_ids(path: Path, y: np.ndarray, channel: int, chunk: int = 64) -> None:
+    """Labels must be instance ids (0 background): whole, finite and not negative (a negative id
+    reads as no object in training, and stops scoring). Every image is checked, `chunk` at a time
+    (y may be memory-mapped); unsigned integers need no look."""
+    if np.issubdtype(y.dtype, np.unsignedinteger) or y.dtype == bool:
+        return
     for start in range(0, len(y), chunk):
-        part = np.asarray(y[start : start + chunk, ..., channel])
-        fractional = (part != np.round(part)).reshape(len(part), -1).any(axis=1)
+        part = np.asarray(y[start : start + chunk, ..., channel]).reshape(min(chunk, len(y) - start), -1)
+        problem = _id_problem(part)
+        if problem:
+            bad, what = problem
+            raise InputError(path, f"labels are not instance ids (y is {y.dtype} with {what}, first in image "
+                                   f"{start + int(np.argmax(bad))})")
+
+
+def _id_problem(part: np.ndarray) -> tuple[np.ndarray, str] | None:
+    """(images with the problem, what it is) for rows of label pixels that are not instance ids."""
+    if np.issubdtype(part.dtype, np.floating):
+        infinite = ~np.isfinite(part).all(axis=1)
+        if infinite.any():
+            return infinite, "NaN or infinite values"
+        fractional = (part != np.round(part)).any(axis=1)
         if fractional.any():
-            raise InputError(path, f"labels are not integer ids (y is {y.dtype} with fractional values, first in "
-                                   f"image {start + int(np.argmax(fractional))})")
+            return fractional, "fractional values"
+    negative = (part < 0).any(axis=1)
+    return (negative, "negative values") if negative.any() else None
 
 
 def _names(path: Path, member: str, n: int) -> list[str]:
@@ -269,7 +286,7 @@ def read_bbbc038(folder: str | Path, ids: Sequence[str] | None = None, tissue: s
     shapes = []
     for name in ids:
         shapes.append(_png_shape(folder / name / "images" / f"{name}.png"))
-        masks = sorted((folder / name / "masks").glob("*.png"))
+        masks = sorted(shown((folder / name / "masks").glob("*.png")))
         if not masks:
             raise InputError(folder / name / "masks", "no mask files (BBBC038 labels are <id>/masks/*.png, one per "
                                                       "nucleus)")
@@ -300,7 +317,7 @@ def _bbbc038_labels(masks: Path) -> np.ndarray:
     name = masks.parent.name
     shape = _png_shape(masks.parent / "images" / f"{name}.png")
     label = np.zeros(shape, np.int32)
-    for k, mask_path in enumerate(sorted(masks.glob("*.png")), start=1):
+    for k, mask_path in enumerate(sorted(shown(masks.glob("*.png"))), start=1):
         try:
             mask = np.asarray(Image.open(mask_path))
         except (OSError, ValueError) as err:
@@ -370,7 +387,6 @@ def read_tiff_folder(folder: str | Path, nuclear: int = 0, membrane: int | None 
     target : str
         "whole-cell" or "nuclear": the suffix of the label files.
     """
-    import tifffile
 
     folder = Path(folder)
     if target not in TARGETS:
@@ -378,7 +394,7 @@ def read_tiff_folder(folder: str | Path, nuclear: int = 0, membrane: int | None 
     if not folder.is_dir():
         raise InputError(folder, "is not a folder of TIFF images")
     label_suffixes = tuple(f"_{t}" for t in TARGETS)
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in TIFF_SUFFIXES
+    images = sorted(p for p in shown(folder.iterdir()) if p.suffix.lower() in TIFF_SUFFIXES
                     and not p.stem.endswith(label_suffixes))
     if not images:
         raise InputError(folder, "no images: expected <id>.tif with <id>_whole-cell.tif / <id>_nuclear.tif labels")
@@ -396,7 +412,7 @@ def read_tiff_folder(folder: str | Path, nuclear: int = 0, membrane: int | None 
             raise InputError(path, f"channel index {bad[0]} out of range: the image has {n_channels} channels")
 
     def read_image(path: Path) -> np.ndarray:
-        image = np.squeeze(tifffile.imread(path))
+        image = read_tiff(path)
         (_, _, n_channels), channels_first = _layout(image.shape, path)
         check_channels(path, n_channels)
         image = np.moveaxis(image, 0, -1) if channels_first else image.reshape(*image.shape[:2], -1)
@@ -407,7 +423,7 @@ def read_tiff_folder(folder: str | Path, nuclear: int = 0, membrane: int | None 
         return image
 
     def read_labels(path: Path) -> np.ndarray:
-        labels = np.squeeze(tifffile.imread(path))
+        labels = read_tiff(path)
         _check_labels(path, labels.shape, labels)
         return labels.astype(np.int32)
 
@@ -416,8 +432,7 @@ def read_tiff_folder(folder: str | Path, nuclear: int = 0, membrane: int | None 
         (height, width, n_channels), _ = _layout(_tiff_shape(image)[0], image)
         check_channels(image, n_channels)
         label_shape, dtype = _tiff_shape(label)
-        _check_labels(label, label_shape, None if np.issubdtype(dtype, np.integer) else np.squeeze(
-            tifffile.imread(label)))
+        _check_labels(label, label_shape, None if np.issubdtype(dtype, np.unsignedinteger) else read_tiff(label))
         if label_shape != (height, width):
             raise InputError(label, f"labels are {label_shape}, their image {(height, width)}")
         shapes.append((height, width))
@@ -425,6 +440,22 @@ def read_tiff_folder(folder: str | Path, nuclear: int = 0, membrane: int | None 
     names = ("nuclear",) if membrane is None else ("nuclear", "membrane")
     return SegSet(ImageFiles(images, read_image, shapes), ImageFiles(labels, read_labels, shapes), ids,
                   [folder.name] * len(ids), ["tiff"] * len(ids), names)
+
+
+def read_tiff(path: Path) -> np.ndarray:
+    """A TIFF's pixels, squeezed; a truncated or broken file named."""
+    import tifffile
+
+    try:
+        return np.squeeze(tifffile.imread(path))
+    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as err:
+        raise InputError(path, f"unreadable TIFF ({err})") from None
+
+
+def shown(paths) -> list[Path]:
+    """Paths without hidden files: macOS copies carry AppleDouble `._<name>` files beside each
+    file (not images), and `.DS_Store`."""
+    return [p for p in paths if not p.name.startswith(".")]
 
 
 def _tiff_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -453,12 +484,12 @@ def _layout(shape: tuple[int, ...], path: Path) -> tuple[tuple[int, int, int], b
 
 
 def _check_labels(path: Path, shape: tuple[int, ...], values: np.ndarray | None) -> None:
-    """One (H, W) image of instance ids; `values` (when given) must be whole numbers."""
+    """One (H, W) image of instance ids; `values` (when given) must be whole, finite, not negative."""
     if len(shape) != 2:
         raise InputError(path, f"labels must be one (H, W) image of instance ids; got shape {shape}")
-    if values is not None and not np.issubdtype(values.dtype, np.integer) \
-            and not np.array_equal(values, np.round(values)):
-        raise InputError(path, f"labels are not integer ids ({values.dtype} with fractional values)")
+    problem = _id_problem(values.reshape(1, -1)) if values is not None and values.dtype != bool else None
+    if problem:
+        raise InputError(path, f"labels are not instance ids ({values.dtype} with {problem[1]})")
 
 
 class ExternalMaps:

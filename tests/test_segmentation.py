@@ -201,6 +201,20 @@ def test_macos_appledouble_files_beside_the_images_and_masks_are_not_read(tissue
     assert read_tiff_folder(folder).ids == read_tiff_folder(write_tiff_folder(tissuenet, tmp_path / "clean")).ids
 
 
+def test_a_40_plex_image_reads_its_channels_whichever_axis_holds_them(tmp_path):
+    """Multiplexed panels (CODEX, CyCIF) reach ~60 markers: a (40, H, W) or (H, W, 40) image reads
+    the sheet's channels from the right axis."""
+    rng = np.random.default_rng(0)
+    plex = rng.random((40, 48, 48)).astype(np.float32)
+    for name, image in (("first", plex), ("last", np.moveaxis(plex, 0, -1))):
+        folder = tmp_path / name
+        folder.mkdir()
+        tifffile.imwrite(folder / "a.tif", image)
+        tifffile.imwrite(folder / "a_whole-cell.tif", np.zeros((48, 48), np.uint16))
+        split = read_tiff_folder(folder, nuclear=7, membrane=31)
+        np.testing.assert_array_equal(split.images[0], np.stack([plex[7], plex[31]], axis=-1))
+
+
 def test_a_truncated_tiff_image_is_named_when_read(tissuenet, tmp_path):
     folder = write_tiff_folder(tissuenet, tmp_path / "tiffs")
     folder.joinpath("img03.tif").write_bytes(folder.joinpath("img03.tif").read_bytes()[:-5000])

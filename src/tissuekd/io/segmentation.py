@@ -372,11 +372,12 @@ def read_tiff_folder(folder: str | Path, nuclear: int = 0, membrane: int | None 
     """A folder of multichannel TIFFs `<id>.tif` with instance labels `<id>_<target>.tif` beside
     them (`<id>_whole-cell.tif`, `<id>_nuclear.tif`: the sheet's target picks one).
 
-    An image is (H, W) (one channel), (H, W, C) or (C, H, W): the axis of at most 16 entries is the
-    channel axis, the last one where both are. Images may differ in size (an evaluation set);
-    labels must match their image. Every pair is checked here from the TIFF headers (shapes,
-    channel range; label values only where the labels are stored as floats), so errors name the
-    file before any training starts without reading the pixels twice.
+    An image is (H, W) (one channel), (H, W, C) or (C, H, W): the channel axis has at most
+    MAX_CHANNELS entries and fewer than either side, the last axis where both ends qualify
+    (a 40-plex (40, H, W) reads). Images may differ in size (an evaluation set); labels must
+    match their image. Every pair is checked here from the TIFF headers (shapes, channel range;
+    label values where the labels are stored signed or as floats, which may hold non-ids), so
+    errors name the file before any training starts.
 
     Parameters
     ----------
@@ -470,17 +471,21 @@ def _tiff_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
         raise InputError(path, f"unreadable TIFF ({err})") from None
 
 
+MAX_CHANNELS = 64  # multiplexed panels (CODEX, CyCIF) reach ~60 markers
+
+
 def _layout(shape: tuple[int, ...], path: Path) -> tuple[tuple[int, int, int], bool]:
     """(H, W, C) of a squeezed image shape, and whether its channels come first."""
     if len(shape) == 2:
         return (*shape, 1), False
     if len(shape) != 3:
         raise InputError(path, f"expected a (H, W), (H, W, C) or (C, H, W) image; got shape {shape}")
-    if shape[-1] <= 16:
+    if shape[-1] <= MAX_CHANNELS and shape[-1] < min(shape[:2]):
         return shape, False
-    if shape[0] <= 16:
+    if shape[0] <= MAX_CHANNELS and shape[0] < min(shape[1:]):
         return (*shape[1:], shape[0]), True
-    raise InputError(path, f"no channel axis of at most 16 entries in shape {shape}")
+    raise InputError(path, f"no channel axis in shape {shape}: expected (H, W, C) or (C, H, W) with at most "
+                           f"{MAX_CHANNELS} channels, fewer than the image's pixels a side")
 
 
 def _check_labels(path: Path, shape: tuple[int, ...], values: np.ndarray | None) -> None:

@@ -336,6 +336,10 @@ def test_a_clinical_table_from_a_spreadsheet_reads_with_a_bom_and_as_xlsx(tables
     (tables / "latin1.tsv").write_bytes("bcr_patient_barcode\tOS\tOS.time\nTCGA-\x85\t1\t2\n".encode("latin-1"))
     with pytest.raises(InputError, match="latin1.tsv: not a readable TSV, CSV or .xlsx table"):
         read_clinical(tables / "latin1.tsv", "OS")
+    (tables / "old.xls").write_bytes(b"\xd0\xcf\x11\xe0" + bytes(60))  # the legacy container's magic
+    with pytest.raises(InputError) as err:
+        read_clinical(tables / "old.xls", "OS")
+    assert str(err.value) == f"{tables / 'old.xls'}: a legacy Excel .xls workbook: save it as .xlsx, TSV or CSV"
 
 
 def test_stars_read_summaries_are_not_genes(tmp_path):

@@ -140,11 +140,11 @@ def _clinical_table(path: str) -> pd.DataFrame:
     """The table as text: TSV or CSV (separator sniffed, a spreadsheet's UTF-8 BOM dropped), or
     TCGA-CDR as published, an Excel workbook (its first sheet, TCGA-CDR)."""
     magic = _first_bytes(path)
+    if magic.startswith(XLS):
+        raise InputError(path, "a legacy Excel .xls workbook: save it as .xlsx, TSV or CSV")
     try:
         if magic.startswith(XLSX):
             return pd.read_excel(path, sheet_name=0, dtype={"bcr_patient_barcode": str})
-        if magic.startswith(XLS):
-            raise InputError(path, "a legacy Excel .xls workbook: save it as .xlsx, TSV or CSV")
         return pd.read_csv(path, sep=None, engine="python", encoding="utf-8-sig",
                            dtype={"bcr_patient_barcode": str})
     except (UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error,

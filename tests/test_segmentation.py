@@ -134,6 +134,22 @@ def test_bbbc038_folders_become_one_instance_image_each(tmp_path):
         read_bbbc038(folder)  # before any image is read
 
 
+def test_the_test_split_check_reads_every_mask_before_any_model_trains(tmp_path):
+    """A corrupt mask of the last image was found at scoring, after every model had trained."""
+    from tissuekd.segmentation.steps import check_test_split
+
+    folder = write_bbbc038(tmp_path / "stage1_test", n_images=3)
+    split = {"fmt": "bbbc038", "path": str(folder)}
+    check_test_split(split, str(tmp_path / "ok.txt"))
+    assert (tmp_path / "ok.txt").read_text().endswith("3 images readable, pixels finite, 3 with labelled objects\n")
+    last = sorted(folder.iterdir())[-1]
+    mask = sorted((last / "masks").glob("*.png"))[-1]
+    mask.write_bytes(mask.read_bytes()[:-40])  # its header intact: planning reads it as fine
+    with pytest.raises(InputError, match=f"{mask.name}: unreadable"):
+        check_test_split(split, str(tmp_path / "bad.txt"))
+    assert not (tmp_path / "bad.txt").exists()
+
+
 def test_a_bbbc038_folder_is_read_one_image_at_a_time(tmp_path):
     folder = write_bbbc038(tmp_path / "stage1_train", n_images=3)
     data = read_bbbc038(folder)

@@ -165,21 +165,22 @@ def sam_maps(data: SegSet, sam: dict, out: str, shard: int = 0, shards: int = 1,
 
 
 def check_test_split(split: dict, out: str) -> None:
-    """What scoring needs of a test split and planning (headers only) cannot see: finite pixels in
-    every image and a labelled object in at least one. Made before any model to be scored on the
-    split trains (found at scoring, the first time, after every model had trained); `out` notes
-    what was read."""
+    """What scoring needs of a test split and planning (headers only) cannot see: every image and
+    label file readable, finite pixels, and a labelled object in at least one image. Made before
+    any model to be scored on the split trains (found at scoring, the first time, after every
+    model had trained); `out` notes what was read."""
     data = read_split(**split)  # a TissueNet split's pixels are scanned here, in chunks
-    if split["fmt"] != "tissuenet":
-        for i in range(len(data.images)):  # a folder's images are read, and checked, one by one
+    labelled = 0
+    for i in range(len(data)):  # a folder's images and labels are read, and checked, one by one
+        if split["fmt"] != "tissuenet":
             _ = data.images[i]
-            log_progress(log, "images checked", i + 1, len(data.images))
-    labelled = next((i for i, labels in enumerate(data.labels) if np.asarray(labels).any()), None)
-    if labelled is None:
+        labelled += bool(np.asarray(data.labels[i]).any())
+        log_progress(log, "images checked", i + 1, len(data))
+    if not labelled:
         raise InputError(split["path"], f"none of the {len(data)} images has a labelled object: "
                                         "are these the split's labels?")
     with atomic_path(out) as tmp, open(tmp, "w") as f:
-        f.write(f"{split['path']}: {len(data)} images, pixels finite, labelled objects from image {labelled}\n")
+        f.write(f"{split['path']}: {len(data)} images readable, pixels finite, {labelled} with labelled objects\n")
 
 
 def score(data: SegSet, probs_of, source: str = "the split") -> pd.DataFrame:

@@ -85,6 +85,15 @@ def test_alignment_with_header_row(tmp_path):
     assert um_to_he(np.array([[5 * 0.5 + 2 * 0.5 * 3, 7 * 0.5]]), affine, 0.5)[0] == pytest.approx([3, 0])
 
 
+def test_an_alignment_saved_by_numpy_or_with_quotes_reads_the_same(tmp_path):
+    """numpy.savetxt separates by spaces, in scientific notation (its first row was taken for a header)."""
+    affine = np.array([[2.0, 0.1, 5.0], [-0.1, 2.0, 7.0], [0.0, 0.0, 1.0]])
+    np.savetxt(tmp_path / "numpy.csv", affine)
+    (tmp_path / "quoted.csv").write_text('"2","0.1","5",\n"-0.1","2","7",\n"0","0","1",\n')
+    for name in ("numpy.csv", "quoted.csv"):
+        np.testing.assert_allclose(read_alignment(tmp_path / name), affine)
+
+
 def test_crop_reach_grows_with_rotation():
     theta = np.deg2rad(45)
     rotated = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
@@ -147,6 +156,15 @@ def test_an_alignment_of_another_scale_than_the_image_is_refused(ingested, demo_
     check_he_scale(np.eye(3), 0.2125, 0.25, None, identity, "he.tif")  # tolerance null: not compared
     check_he_scale(np.eye(3), 0.2125, None, 0.1, identity, "he.tif")  # no resolution in the image
     check_he_scale(np.eye(3) * 1.05, 0.2125, 0.2125, 0.1, identity, "he.tif")  # within 10%
+    # the inverse matrix (morphology -> H&E) of a 0.5 um/px scan is said to be one
+    inverse = np.linalg.inv(np.diag([0.5 / 0.2125, 0.5 / 0.2125, 1.0]))
+    with pytest.raises(InputError, match=r"he.tif states 0.5000 \(0.18x\): it looks inverted \(morphology -> H&E\)"):
+        check_he_scale(inverse, 0.2125, 0.5, 0.1, identity, "he.tif")
+    with pytest.raises(InputError, match=r"the sheet's he_mpp for he.tif is 0.3000 .*Is the sheet's he_mpp right"):
+        check_he_scale(np.eye(3), 0.2125, 0.3, 0.1, identity, "he.tif", from_sheet=True)
+    for wrong in (0.0, 250.0):  # 0 was taken for no value; 250 was called the image's
+        with pytest.raises(InputError, match=r"he_image.ome.tif: the sheet's he_mpp for it, .* µm per pixel, outside"):
+            ingest_slide(str(demo_slide / "outs"), str(he_image(demo_slide)), str(identity), *outs, sheet_mpp=wrong)
 
 
 def test_explorer_keypoints_table_is_named_as_such(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import h5py
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from tissuekd.demo.layout import make_panel
 from tissuekd.errors import InputError
-from tissuekd.io.xenium import load_bundle, read_clusters, read_labels
+from tissuekd.io.xenium import load_bundle, read_cells, read_clusters, read_counts, read_labels
 
 
 def test_demo_bundle_reads_with_controls_dropped(demo_slide):
@@ -189,7 +190,7 @@ def test_label_tables_as_pathology_groups_keep_them(tmp_path, caplog):
     assert read_labels(tmp_path / "pathology.xlsx").to_dict() == {"aaaabbbb-1": "tumour", "aaaacccc-1": "stroma"}
     table.assign(score="0.9").to_csv(tmp_path / "three.csv", index=False)
     assert read_labels(tmp_path / "three.csv").tolist() == ["tumour", "stroma"]
-    assert "three.csv: the labels are its second column, 'region'; ['score'] ignored" in caplog.text
+    assert "three.csv: the labels are its column 'region'; ['score'] ignored" in caplog.text
     (tmp_path / "regions.geojson").write_text('{"type": "FeatureCollection", "features": []}')
     with pytest.raises(InputError, match="regions.geojson: polygon annotations"):
         read_labels(tmp_path / "regions.geojson")
@@ -199,6 +200,56 @@ def test_label_tables_as_pathology_groups_keep_them(tmp_path, caplog):
     (tmp_path / "latin1.csv").write_bytes("cell_id,region\naaaabbbb-1,tumeur \xe5\n".encode("latin-1"))
     with pytest.raises(InputError, match="latin1.csv: not a UTF-8 text table"):
         read_labels(tmp_path / "latin1.csv")
+
+
+def test_label_tables_as_pandas_writes_them_or_with_spaces_read_by_the_id_columns_name(tmp_path):
+    """pandas' `to_csv` writes its row numbers first: taken for the ids, every cell had another
+    cell's label. `a, b` separators left a space in every label (' Tumor' is not 'Tumor')."""
+    table = pd.DataFrame({"cell_id": ["7", "3", "5"], "cell_type": ["T", "B", "T"]})
+    table.to_csv(tmp_path / "indexed.csv")  # ,cell_id,cell_type / 0,7,T / ...
+    assert read_labels(tmp_path / "indexed.csv").to_dict() == {"7": "T", "3": "B", "5": "T"}
+    (tmp_path / "spaced.csv").write_text("cell_id, cell_type\n7, T\n3, B\n")
+    assert read_labels(tmp_path / "spaced.csv").to_dict() == {"7": "T", "3": "B"}
+    (tmp_path / "r.csv").write_text('"","cell_type"\n"7","T"\n"3","B"\n')  # R's write.csv: ids as row names
+    assert read_labels(tmp_path / "r.csv").to_dict() == {"7": "T", "3": "B"}
+    (tmp_path / "one.csv").write_text("cell_id\naaaabbbb-1\n")
+    with pytest.raises(InputError, match="one.csv: expected at least two columns"):
+        read_labels(tmp_path / "one.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(InputError, match="empty.csv: not a readable"):
+        read_labels(tmp_path / "empty.csv")
+
+
+@pytest.mark.parametrize(("meta", "problem"), [
+    ({"pixel_size": float("nan")}, r"`pixel_size` must be µm per morphology-image pixel \(Xenium: 0.2125\), found nan"),
+    ({"pixel_size": 212.5}, "found 212.5"),
+    ({"pixel_size": True}, "found True"),
+    ([0.2125], "must be a JSON object, found a list"),
+])
+def test_an_experiment_file_without_a_plausible_pixel_size_is_named(tmp_path, meta, problem):
+    """A NaN pixel size passed and put every cell at NaN on the H&E; nm, or a boolean, blamed the alignment."""
+    from tissuekd.io.xenium import read_experiment
+
+    (tmp_path / "experiment.xenium").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=f"experiment.xenium: .*{problem}"):
+        read_experiment(tmp_path)
+
+
+def test_a_cell_table_that_is_no_table_or_lacks_ids_and_a_matrix_with_a_barcode_twice_are_named(bundle_copy):
+    outs = bundle_copy / "outs"
+    table = pd.read_parquet(outs / "cells.parquet")
+    (outs / "cells.parquet").write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n")
+    with pytest.raises(InputError, match=r"cells.parquet: not a readable cell table \(a Git LFS pointer"):
+        read_cells(outs)
+    table.assign(cell_id=table["cell_id"].where(table.index != 4)).to_parquet(outs / "cells.parquet")
+    with pytest.raises(InputError, match=r"cells.parquet: 1 cell\(s\) without a cell_id, e.g. row 4"):
+        read_cells(outs)
+    with h5py.File(outs / "cell_feature_matrix.h5", "r+") as h5:
+        barcodes = h5["matrix/barcodes"][:]
+        barcodes[1] = barcodes[0]
+        h5["matrix/barcodes"][...] = barcodes
+    with pytest.raises(InputError, match=r"cell_feature_matrix.h5: 1 barcode\(s\) listed twice"):
+        read_counts(outs)
 
 
 def test_bad_centroids_and_repeated_ids_are_counted_with_examples(bundle_copy, tmp_path):

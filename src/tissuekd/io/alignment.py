@@ -7,17 +7,20 @@ morphology-image pixels; morphology pixels are microns / `pixel_size` (from
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 from tissuekd.errors import InputError
 
+SEPARATORS = re.compile(r"[,;\s]+")
 KEYPOINT_COLUMNS = {"fixedx", "fixedy", "alignmentx", "alignmenty"}  # Xenium Explorer's keypoints export
 
 
 def read_alignment(path: str | Path) -> np.ndarray:
-    """Read a 3x3 H&E-px -> morphology-px affine (comma-separated, at most one header row)."""
+    """Read a 3x3 H&E-px -> morphology-px affine (values separated by commas, semicolons or
+    spaces, as Explorer or numpy.savetxt write it; at most one header row)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "H&E alignment file does not exist")
@@ -29,7 +32,7 @@ def read_alignment(path: str | Path) -> np.ndarray:
     rows = []
     for number, line in enumerate(lines):
         try:
-            rows.append([float(v) for v in line.replace(";", ",").split(",")])
+            rows.append([float(v.strip("'\"")) for v in SEPARATORS.split(line.strip().strip(",;"))])
         except ValueError:
             if number > 0 or not any(c.isalpha() for c in line):  # one leading header row only
                 raise InputError(path, f"non-numeric row in alignment matrix: {line!r}") from None

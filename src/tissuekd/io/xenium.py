@@ -10,9 +10,11 @@ returned as `str` everywhere.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
+import math
 import re
 import tarfile
 import zipfile
@@ -30,10 +32,14 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:  # the workflow's parse imports this module for its layout; anndata takes 1.4 s
     import anndata as ad
 
+PIXEL_SIZE_UM = (0.05, 5.0)  # what a morphology image can have (Xenium writes 0.2125)
+LFS_POINTER = b"version https://git-lfs"  # what a repository holds in place of a large file not fetched
 MATRIX = "cell_feature_matrix.h5"
-MATRIX_MEMBERS = ["barcodes", "data", "indices", "indptr", "shape", "features/name", "features/feature_type"]
+MATRIX_MEMBERS = ["barcodes", "data", "indices", "indptr", "shape", "features/id", "features/name",
+                  "features/feature_type"]
 CLUSTERS = "analysis/clustering/gene_expression_graphclust/clusters.csv"
 ANALYSIS_TAR = "analysis.tar.gz"  # the public downloads pack analysis/ into it
+ID_NAMES = {"cell_id", "cellid", "cell", "barcode", "barcodes", "cell_ids"}  # an id column's names in exports
 XENIUM_ID = re.compile(r"[a-p]{8}-\d+|\d+")  # a cell id as XOA writes it (or an early integer one)
 
 
@@ -50,9 +56,13 @@ def read_experiment(bundle: str | Path) -> dict:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise InputError(path, f"not valid JSON: {err}") from None
+    if not isinstance(meta, dict):
+        raise InputError(path, f"must be a JSON object, found a {type(meta).__name__}")
     size = meta.get("pixel_size")
-    if not isinstance(size, int | float) or size <= 0:
-        raise InputError(path, f"`pixel_size` must be a positive number, found {size!r}")
+    if isinstance(size, bool) or not isinstance(size, int | float) or not math.isfinite(size) \
+            or not PIXEL_SIZE_UM[0] <= size <= PIXEL_SIZE_UM[1]:
+        raise InputError(path, f"`pixel_size` must be µm per morphology-image pixel (Xenium: 0.2125), found "
+                               f"{size!r}")
     return meta
 
 
@@ -68,10 +78,18 @@ def cells_path(bundle: str | Path) -> Path:
 def read_cells(bundle: str | Path) -> pd.DataFrame:
     """Cell centroids in microns, indexed by string cell_id."""
     path = cells_path(bundle)
-    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    try:
+        table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except (OSError, ValueError, EOFError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        lfs = " (a Git LFS pointer: fetch the file itself)" if _first_line(path).startswith(LFS_POINTER) else ""
+        raise InputError(path, f"not a readable cell table{lfs} ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0] if str(err) else ''})") from None
     missing = {"cell_id", "x_centroid", "y_centroid"} - set(table.columns)
     if missing:
         raise InputError(path, f"missing column(s) {sorted(missing)}")
+    blank = table["cell_id"].isna().to_numpy()
+    if blank.any():
+        raise InputError(path, f"{blank.sum()} cell(s) without a cell_id, e.g. row {int(np.argmax(blank))}")
     cells = pd.DataFrame(
         {"x_um": table["x_centroid"].to_numpy(float), "y_um": table["y_centroid"].to_numpy(float)},
         index=_as_str_ids(table["cell_id"]),
@@ -86,6 +104,11 @@ def read_cells(bundle: str | Path) -> pd.DataFrame:
     if cells.empty:
         raise InputError(path, "no cells")
     return cells
+
+
+def _first_line(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.readline(64)
 
 
 def read_counts(bundle: str | Path) -> ad.AnnData:
@@ -103,6 +126,9 @@ def read_counts(bundle: str | Path) -> ad.AnnData:
     except Exception as err:  # h5py/scanpy raise many types for a malformed file
         raise InputError(path, f"not a readable 10x HDF5 matrix: {err}") from None
     adata.obs_names = _as_str_ids(adata.obs_names)
+    if adata.obs_names.has_duplicates:
+        repeated = adata.obs_names[adata.obs_names.duplicated()].unique()
+        raise InputError(path, f"{len(repeated)} barcode(s) listed twice, e.g. {list(repeated[:3])}")
     adata.var_names_make_unique()
     data = adata.X.data if hasattr(adata.X, "data") else np.asarray(adata.X)
     if np.isnan(data).any():
@@ -159,8 +185,10 @@ def read_labels(path: str | Path, value_column: str | None = None, id_column: st
                 text: bytes | None = None) -> pd.Series:
     """A per-cell label table (CSV/TSV/parquet) with a header row: an id column and a label column.
 
-    Without names, the first column holds ids and the second the labels. `text`: the table's
-    bytes, read from an archive at `path`.
+    Without names, the id column is the first one named like an id (cell_id, barcode, cell), else
+    the first column, and the labels are the next column that is neither it nor an unnamed row
+    index (pandas' `to_csv` writes one first). Ids and labels are stripped of spaces (`a, b`
+    separators). `text`: the table's bytes, read from an archive at `path`.
     """
     path = Path(path)
     if text is None and not path.exists():
@@ -173,17 +201,22 @@ def read_labels(path: str | Path, value_column: str | None = None, id_column: st
     if id_column is None and XENIUM_ID.fullmatch(str(table.columns[0]).strip()):
         raise InputError(path, f"the first row ({', '.join(map(str, table.columns[:2]))}) looks like a cell, not a "
                                "header: the table needs a header row (cell id, label)")
-    if value_column is None and table.shape[1] > 2:
-        log.warning("%s: the labels are its second column, %r; %s ignored", path, table.columns[1],
-                    list(table.columns[2:]))
-    id_column = id_column or table.columns[0]
-    value_column = value_column or table.columns[1]
+    id_column = id_column or next((c for c in table.columns if str(c).strip().lower() in ID_NAMES), table.columns[0])
+    if value_column is None:
+        index = table.columns[0] if str(table.columns[0]).startswith("Unnamed: ") else None  # pandas' row numbers
+        rest = [c for c in table.columns if c not in (id_column, index)]
+        if not rest:
+            raise InputError(path, f"no label column beside the ids ({id_column!r}; has {list(table.columns)})")
+        value_column = rest[0]
+        if len(rest) > 1:
+            log.warning("%s: the labels are its column %r; %s ignored", path, value_column, rest[1:])
     for col in (id_column, value_column):
         if col not in table.columns:
             raise InputError(path, f"missing column {col!r} (has {list(table.columns)})")
     given = table[value_column].notna() & (table[value_column].astype(str).str.strip() != "")
     table = table[given]  # a blank label is no label: such cells stay unknown, not a class "nan"
-    labels = pd.Series(table[value_column].astype(str).to_numpy(), index=_as_str_ids(table[id_column]))
+    labels = pd.Series(table[value_column].astype(str).str.strip().to_numpy(),
+                       index=pd.Index([i.strip() for i in _as_str_ids(table[id_column])], name="cell_id"))
     if labels.index.has_duplicates:
         repeated = labels.index[labels.index.duplicated()].unique()
         raise InputError(path, f"duplicate cell ids: {len(repeated)} repeated, e.g. {list(repeated[:3])}")
@@ -201,14 +234,29 @@ def _label_table(path: Path, text: bytes | None) -> pd.DataFrame:
             return pd.read_parquet(path).convert_dtypes()
         if path.suffix.lower() in (".xlsx", ".xls"):
             return pd.read_excel(path, dtype=str)  # the first sheet
-        return pd.read_csv(io.BytesIO(text) if text is not None else path, sep=None, engine="python",
-                           encoding="utf-8-sig", dtype=str)
+        source = io.BytesIO(text) if text is not None else path
+        return pd.read_csv(source, sep=_separator(text if text is not None else path), encoding="utf-8-sig",
+                           dtype=str)
     except UnicodeDecodeError:
         raise InputError(path, "not a UTF-8 text table (CSV/TSV); Excel workbooks need the .xlsx ending") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError, zipfile.BadZipFile) as err:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error, ValueError, OSError,
+            zipfile.BadZipFile) as err:
         # truncated or malformed files (an open quote, a cut parquet footer, a workbook that is no zip)
         raise InputError(path, f"not a readable {path.suffix.lstrip('.') or 'text'} table: "
                                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
+def _separator(source: bytes | Path) -> str:
+    """A delimited table's separator from its header line: tab, comma, semicolon or pipe (a
+    sniffer guessing from one line of a one-column file picked a letter)."""
+    from pandas.io.common import get_handle
+
+    if isinstance(source, bytes):
+        first = source.split(b"\n", 1)[0].decode("utf-8", "replace")
+    else:
+        with get_handle(source, "r", compression="infer", errors="replace") as handles:
+            first = handles.handle.readline()
+    return next((sep for sep in ("\t", ",", ";", "|") if sep in first), ",")
 
 
 def load_bundle(bundle: str | Path) -> tuple[pd.DataFrame, ad.AnnData, dict]:

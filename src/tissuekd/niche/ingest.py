@@ -13,7 +13,7 @@ from tissuekd.errors import InputError
 from tissuekd.io.alignment import he_mpp, read_alignment, um_to_he
 from tissuekd.io.atomic import atomic_path
 from tissuekd.io.columns import CELL_ID, UNANNOTATED, UNKNOWN_TYPE, XY_UM
-from tissuekd.io.wsi import open_slide
+from tissuekd.io.wsi import check_pixel_size, open_slide
 from tissuekd.io.xenium import load_bundle, read_clusters, read_labels
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def write_labels(cells_path: str, out: str, bundle: str, cell_types: str | None 
 
 
 def check_he_scale(affine: np.ndarray, pixel_size: float, image_mpp: float | None, tolerance: float | None,
-                   alignment_path: str | Path, image_path: str | Path) -> None:
+                   alignment_path: str | Path, image_path: str | Path, from_sheet: bool = False) -> None:
     """The alignment's µm per H&E pixel must agree with the image's (its metadata's, or the sheet's
     `he_mpp`) within `tolerance` (a share): a wrong scale moves cells by that share of their
     distance from the origin, millimetres on a slide, and no other check sees it. None (or an
@@ -145,10 +145,15 @@ def check_he_scale(affine: np.ndarray, pixel_size: float, image_mpp: float | Non
                     "no resolution in its metadata" if image_mpp is None else "niche.he_mpp_tolerance: null")
         return
     if abs(implied / image_mpp - 1) > tolerance:
-        raise InputError(alignment_path, f"implies {implied:.4f} um per H&E pixel, but {image_path} states "
-                                         f"{image_mpp:.4f} ({implied / image_mpp:.2f}x): is this the alignment of "
-                                         "this image at full resolution, and the image the H&E? (If the image's "
-                                         "metadata is wrong, give the slide's he_mpp in the sheet)")
+        stated = f"the sheet's he_mpp for {image_path} is" if from_sheet else f"{image_path} states"
+        if abs(pixel_size**2 / implied / image_mpp - 1) <= tolerance:  # the inverse matrix: 1/scale
+            hint = "it looks inverted (morphology -> H&E): give the H&E -> morphology matrix Xenium writes"
+        else:
+            hint = ("is this the alignment of this image at full resolution, and the image the H&E? "
+                    + ("(Is the sheet's he_mpp right?)" if from_sheet
+                       else "(If the image's metadata is wrong, give the slide's he_mpp in the sheet)"))
+        raise InputError(alignment_path, f"implies {implied:.4f} um per H&E pixel, but {stated} {image_mpp:.4f} "
+                                         f"({implied / image_mpp:.2f}x): {hint}")
 
 
 def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, out_expression: str,
@@ -181,11 +186,13 @@ def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, 
         The sheet's `he_mpp`: the H&E's µm per pixel where its metadata lacks it or is wrong.
     """
     affine = read_alignment(he_alignment)  # the small inputs first: a bad one stops before the matrix is read
+    if sheet_mpp is not None:
+        check_pixel_size(sheet_mpp, he_image, "the sheet's he_mpp for it,")
     with open_slide(he_image, backend) as slide:
-        image_size, image_mpp = slide.dimensions, sheet_mpp or slide.mpp
+        image_size, image_mpp = slide.dimensions, sheet_mpp if sheet_mpp is not None else slide.mpp
     cells, counts, meta = load_bundle(bundle)
     pixel_size = float(meta["pixel_size"])
-    check_he_scale(affine, pixel_size, image_mpp, mpp_tolerance, he_alignment, he_image)
+    check_he_scale(affine, pixel_size, image_mpp, mpp_tolerance, he_alignment, he_image, sheet_mpp is not None)
     he, inside = register_cells(cells, affine, pixel_size, image_size, he_alignment)
     if not inside.all():
         cells, counts, he = cells[inside], counts[inside].copy(), he[inside]

@@ -133,14 +133,16 @@ def test_16_bit_and_rgba_ome_tiffs_read_as_8_bit_rgb_and_float_pixels_are_refuse
 
 
 @pytest.mark.parametrize(("unit", "size"), [(None, 0.25), ("µm", 0.25), ("\u03bcm", 0.25), ("nm", 250.0),
-                                            ("mm", 0.00025)])
-def test_ome_pixel_size_is_read_in_its_unit(tmp_path, unit, size):
+                                            ("mm", 0.00025), ("Å", 2500.0)])
+@pytest.mark.parametrize("name", ["s.ome.tif", "s.tif"])  # an OME-TIFF named .tif: OpenSlide opens it, reads no OME
+def test_ome_pixel_size_is_read_in_its_unit(tmp_path, unit, size, name):
     import tifffile
 
     units = {"PhysicalSizeXUnit": unit, "PhysicalSizeYUnit": unit} if unit else {}
-    tifffile.imwrite(tmp_path / "s.ome.tif", np.zeros((64, 64, 3), np.uint8), photometric="rgb",
+    tifffile.imwrite(tmp_path / "w.ome.tif", np.zeros((256, 256, 3), np.uint8), photometric="rgb", tile=(128, 128),
                      metadata={"axes": "YXS", "PhysicalSizeX": size, "PhysicalSizeY": size, **units})
-    with open_slide(tmp_path / "s.ome.tif") as slide:
+    (tmp_path / "w.ome.tif").rename(tmp_path / name)  # tifffile writes OME only under the .ome.tif name
+    with open_slide(tmp_path / name) as slide:
         assert slide.mpp == pytest.approx(0.25)
 
 

@@ -197,7 +197,8 @@ def check_pixel_size(mpp: float, path: str | Path, what: str) -> float:
 
 
 UM_PER_UNIT = {"µm": 1.0, "\u03bcm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
-               "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}  # OME's default unit is µm
+               "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4, "\u212b": 1e-4, "pm": 1e-6,
+               "in": 25_400.0}  # OME's default unit is µm
 
 
 TIFF_UNIT_UM = {2: 25_400.0, 3: 10_000.0}  # ResolutionUnit: inch, centimetre (1: none)
@@ -211,6 +212,17 @@ def _tag_mpp(page) -> float | None:
         return None
     numerator, denominator = resolution.value
     return TIFF_UNIT_UM[int(unit.value)] * denominator / numerator if numerator and denominator else None
+
+
+def _file_ome_mpp(path: Path) -> float | None:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            mpp = _ome_mpp(tif)
+    except (OSError, ValueError, tifffile.TiffFileError):
+        return None
+    return plausible_mpp(mpp, path) if mpp is not None else None
 
 
 def _ome_mpp(tif) -> float | None:
@@ -281,8 +293,11 @@ def open_slide(path: str | Path, backend: str = "auto") -> Slide:
                 raise openslide_error from None
             log.info("%s: OpenSlide cannot open it; read with tifffile", path)
             return slide
-        if len(slide.levels) == 1 and name.endswith((".tif", ".tiff")):
-            return _subifd_pyramid(slide) or slide
+        if name.endswith((".tif", ".tiff")):
+            if len(slide.levels) == 1:
+                slide = _subifd_pyramid(slide) or slide
+            if slide.mpp is None:  # an OME-TIFF named .tif: OpenSlide reads no OME metadata
+                slide.mpp = _file_ome_mpp(path)
         return slide
     if backend == "tifffile":
         return TiffSlide(path)

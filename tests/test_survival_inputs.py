@@ -166,6 +166,9 @@ def test_unreadable_survival_values_stop_naming_the_patient_while_missing_marker
     table.to_csv(tables / "markers.tsv", sep="\t", index=False)
     clinical = read_clinical(tables / "markers.tsv", "OS")
     assert clinical["time"].isna().sum() == 2 and clinical["time"].notna().sum() == len(PATIENTS) - 2
+    table.loc[2, "OS.time"] = "'--"  # the GDC portal's clinical.tsv
+    table.to_csv(tables / "gdc.tsv", sep="\t", index=False)
+    assert read_clinical(tables / "gdc.tsv", "OS")["time"].isna().sum() == 2
     table.loc[1, "OS.time"] = "12O"  # a typo, not a missing value
     table.to_csv(tables / "typo.tsv", sep="\t", index=False)
     with pytest.raises(InputError, match=r"typo.tsv: column OS.time has values that are neither numbers .*"

@@ -4,6 +4,8 @@ TRIDENT's files (magnifications only, no mpp) go through our readers."""
 
 from __future__ import annotations
 
+import logging
+
 import h5py
 import numpy as np
 import pytest
@@ -80,7 +82,7 @@ def test_non_finite_features_are_named_with_their_file(tmp_path):
     assert streamed.rows(0, np.array([0, 1])).shape == (2, 8)
 
 
-def test_bad_or_missing_trident_attributes_name_the_file(tmp_path):
+def test_bad_or_missing_trident_attributes_name_the_file(tmp_path, caplog):
     with h5py.File(tmp_path / "nomag.h5", "w") as h5:
         trident_coords(h5, np.zeros((2, 2)), target_magnification=None)
     with pytest.raises(InputError, match=r"nomag.h5: `coords` lacks `target_magnification` \(or `target_mpp`\)"):
@@ -89,9 +91,13 @@ def test_bad_or_missing_trident_attributes_name_the_file(tmp_path):
         trident_coords(h5, np.zeros((2, 2)), level0_magnification="None")
     with pytest.raises(InputError, match=r"none.h5: `coords` attribute `level0_magnification` is 'None'"):
         read_patches(str(tmp_path / "none.h5"))
-    bad = trident_features(tmp_path / "zero.h5", level0_magnification=0)
-    with pytest.raises(InputError, match=r"zero.h5: `coords` attribute `level0_magnification` is 0"):
-        count_patches(bad)
+    # a features file's geometry is never read: a bad value there (TRIDENT's 0 for an unknown
+    # magnification, a 1-element array) is a warning, not a refused slide
+    bad = trident_features(tmp_path / "zero.h5", level0_magnification=0, patch_size=np.array([256]))
+    with caplog.at_level(logging.WARNING):
+        assert count_patches(bad) == 5
+    assert "zero.h5: `coords` attribute `level0_magnification` is 0; it must be a positive number; not used" \
+        in caplog.text
     (tmp_path / "text.h5").write_text("not hdf5")
     with pytest.raises(InputError, match="text.h5: not a readable HDF5 file"):
         read_patches(str(tmp_path / "text.h5"))

@@ -32,8 +32,8 @@ from tissuekd.survival.layout import coords_attrs, patch_geometry
 
 log = logging.getLogger(__name__)
 
-# how TCGA-CDR and spreadsheets write a missing value: [Not Available], [Discrepancy], #N/A, NA, ...
-MISSING = r"\[.*\]|#N/A|N/?A|NaN|null|none|"
+# how TCGA-CDR, the GDC portal ('--) and spreadsheets write a missing value: [Not Available], #N/A, NA, ...
+MISSING = r"\[.*\]|#N/A|N/?A|NaN|null|none|'?--|"
 ENSEMBL_VERSIONED = re.compile(r"^(ENS[A-Z]*G\d{11})\.\d+$")  # GENCODE gene ids with their version
 PANCAN_ID = re.compile(r"^([^|]*)\|[^|]+$")  # TCGA PanCan gene ids: SYMBOL|ENTREZ (`?` without a symbol)
 

@@ -25,6 +25,7 @@ derived, one with mpp only gets its magnifications.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -32,6 +33,8 @@ import h5py
 import numpy as np
 
 from tissuekd.errors import InputError
+
+log = logging.getLogger(__name__)
 
 # name -> type, as trident.IO.coords_to_h5 writes them
 TRIDENT_COORDS_ATTRS: dict[str, type] = {
@@ -106,17 +109,22 @@ def coords_attrs(h5: h5py.File) -> dict:
     return {k: _plain(v) for k, v in {**dict(h5.attrs), **dict(h5["coords"].attrs)}.items()}
 
 
-def _number(attrs: dict, key: str, where: str) -> float | None:
+def _number(attrs: dict, key: str, where: str, strict: bool = True) -> float | None:
     value = attrs.get(key)
     if value is None:
         return None
     try:
-        number = float(value)
+        number = float(np.asarray(value).reshape(-1)[0]) if np.size(value) == 1 else float(value)
     except (TypeError, ValueError):
-        raise InputError(where, f"`coords` attribute `{key}` is {value!r}, not a number") from None
-    if not math.isfinite(number) or number <= 0:
-        raise InputError(where, f"`coords` attribute `{key}` is {value!r}; it must be a positive number")
-    return number
+        problem = f"`coords` attribute `{key}` is {value!r}, not a number"
+    else:
+        if math.isfinite(number) and number > 0:
+            return number
+        problem = f"`coords` attribute `{key}` is {value!r}; it must be a positive number"
+    if strict:
+        raise InputError(where, problem)
+    log.warning("%s: %s; not used (a features file's patch geometry is not read)", where, problem)
+    return None
 
 
 def patch_geometry(attrs: dict, where: str | Path, required: bool = True) -> dict:
@@ -125,10 +133,11 @@ def patch_geometry(attrs: dict, where: str | Path, required: bool = True) -> dic
     `patch_size_level0` from the patch size and both resolutions.
 
     Present but bad values (not a number, not positive) are an error naming the file; so are
-    missing ones when `required` (a patch file; a CLAM feature file carries none)."""
+    missing ones when `required` (a patch file; a CLAM feature file carries none). Where not
+    required (a features file, whose geometry nothing reads) a bad value is a warning, and unused."""
     where = str(where)
     out = dict(attrs)
-    numbers = {key: _number(attrs, key, where) for key in
+    numbers = {key: _number(attrs, key, where, strict=required) for key in
                ("patch_size", "patch_size_level0", "level0_mpp", "target_mpp", "level0_magnification",
                 "target_magnification")}
     for level in ("level0", "target"):

@@ -4,6 +4,9 @@ and the four U-Net students."""
 
 from __future__ import annotations
 
+import logging
+import shutil
+
 import numpy as np
 import pytest
 import tifffile
@@ -148,6 +151,18 @@ def test_the_test_split_check_reads_every_mask_before_any_model_trains(tmp_path)
     with pytest.raises(InputError, match=f"{mask.name}: unreadable"):
         check_test_split(split, str(tmp_path / "bad.txt"))
     assert not (tmp_path / "bad.txt").exists()
+
+
+def test_overlapping_bbbc038_masks_are_counted_in_a_warning(tmp_path, caplog):
+    folder = write_bbbc038(tmp_path / "stage1_train", n_images=1)
+    image = sorted(folder.iterdir())[0]
+    first = sorted((image / "masks").glob("*.png"))[0]
+    shutil.copy(first, image / "masks" / "zzz_copy.png")  # the same nucleus twice
+    with caplog.at_level(logging.WARNING):
+        labels = read_bbbc038(folder).labels[0]
+    overlap = int((np.asarray(Image.open(first)) > 0).sum())
+    assert f"masks overlap on {overlap} pixels; each goes to the later mask" in caplog.text
+    assert not (labels == 1).any()  # the first mask lost its pixels to its copy
 
 
 def test_a_bbbc038_folder_is_read_one_image_at_a_time(tmp_path):

@@ -313,10 +313,13 @@ def _png_shape(path: Path) -> tuple[int, int]:
 
 
 def _bbbc038_labels(masks: Path) -> np.ndarray:
-    """One instance image from a BBBC038 masks folder: mask k (sorted by name) is label k."""
+    """One instance image from a BBBC038 masks folder: mask k (sorted by name) is label k. The
+    release's masks do not overlap; where a folder's do, the later mask takes the pixels, counted
+    in a warning (an object may then lose most of itself)."""
     name = masks.parent.name
     shape = _png_shape(masks.parent / "images" / f"{name}.png")
     label = np.zeros(shape, np.int32)
+    overlap = 0
     for k, mask_path in enumerate(sorted(shown(masks.glob("*.png"))), start=1):
         try:
             mask = np.asarray(Image.open(mask_path))
@@ -324,7 +327,11 @@ def _bbbc038_labels(masks: Path) -> np.ndarray:
             raise InputError(mask_path, f"unreadable mask ({err})") from None
         if mask.shape[:2] != shape:
             raise InputError(mask_path, f"mask is {mask.shape[:2]}, its image {shape}")
-        label[(mask if mask.ndim == 2 else mask[..., 0]) > 0] = k
+        inside = (mask if mask.ndim == 2 else mask[..., 0]) > 0
+        overlap += int(np.count_nonzero(label[inside]))
+        label[inside] = k
+    if overlap:
+        log.warning("%s: masks overlap on %d pixels; each goes to the later mask", masks, overlap)
     return label
 
 

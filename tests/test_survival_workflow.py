@@ -205,6 +205,11 @@ def test_a_cohort_whose_patients_are_none_of_its_clinical_tables_stops_the_plan(
      "config/survival_slides.tsv line 2 (slide slide01): data/demo/survival/demo_tcga/slides/"
      "TCGA-DM-A000-11A-01-TS1.svs is a normal-tissue or control sample of TCGA-DM-A000"),
     (lambda d: d.joinpath("config/survival_slides.tsv").write_text(
+        d.joinpath("config/survival_slides.tsv").read_text().replace("\tdemo_cptac\tC3L-00100\t",
+                                                                     "\tdemo_cptac\tTCGA-DM-A000\t", 1)),
+     "config survival.external: 1 patient(s) of demo_cptac are also in demo_tcga, which trains the models "
+     "(e.g. ['TCGA-DM-A000'])"),
+    (lambda d: d.joinpath("config/survival_slides.tsv").write_text(
         d.joinpath("config/survival_slides.tsv").read_text().replace(".svs", ".jpg", 1)),
      "config/survival_slides.tsv line 2: column 'image': data/demo/survival/demo_tcga/slides/"
      "TCGA-DM-A000-01Z-00-DX1.jpg: is a flat picture"),

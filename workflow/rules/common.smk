@@ -477,6 +477,13 @@ def check_survival_sheets(cohorts, slides):
             raise WorkflowError(
                 f"config survival.external: {pair['train']} is not cross-validated, so it has no models"
             )
+        patients = [set(slides.loc[slides["cohort"] == pair[role], "patient"]) for role in ("train", "test")]
+        shared = sorted(patients[0] & patients[1])
+        if shared:  # the models would be scored on patients they trained on
+            raise WorkflowError(
+                f"config survival.external: {len(shared)} patient(s) of {pair['test']} are also in "
+                f"{pair['train']}, which trains the models (e.g. {shared[:3]}): an external cohort must be new patients"
+            )
 
 
 def check_slide_files(slides, path):

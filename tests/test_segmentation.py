@@ -76,6 +76,10 @@ def _npz(path, **arrays):
     ({"X": np.zeros((80, 8, 8, 2)), "y": np.zeros((80, 8, 8, 2)) + (np.arange(80) == 70)[:, None, None, None] * 0.5},
      r"not instance ids \(y is float64 with fractional values, first in image 70\)"),
     ({"y": np.zeros((1, 8, 8, 2), int)}, "has no array 'X'"),
+    ({"X": np.zeros((2, 8, 8, 2)), "y": np.zeros((2, 8, 8, 2), int), "tissue_list": np.array("breast")},
+     r"tissue_list must list one name per image \(2\), found shape \(\)"),
+    ({"X": np.zeros((2, 8, 8, 2)), "y": np.zeros((2, 8, 8, 2), int), "tissue_list": np.array(["breast"] * 3)},
+     r"tissue_list must list one name per image \(2\), found shape \(3,\)"),
 ])
 def test_bad_tissuenet_input_names_the_file_and_the_problem(tmp_path, arrays, problem):
     path = _npz(tmp_path / "bad.npz", **arrays)

@@ -264,8 +264,8 @@ def _names(path: Path, member: str, n: int) -> list[str]:
     except InputError:
         log.info("%s: no %s; its images are 'unknown' there", path, member)
         return ["unknown"] * n
-    if len(values) != n:
-        raise InputError(path, f"{member} has {len(values)} entries for {n} images")
+    if np.ndim(values) != 1 or len(values) != n:
+        raise InputError(path, f"{member} must list one name per image ({n}), found shape {np.shape(values)}")
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 

@@ -144,8 +144,8 @@ def test_a_variant_changes_only_its_own_jobs_settings():
     assert t4.rule == "niche_student" and t4.distilled and not t4.matched
     assert t4.settings(niche)["student"] == {"temperature": 4.0, "epochs": 8}
     # an entry without `like` and an existing name changes that method
-    relabelled = niche_methods.from_config({"methods": {"hist_leiden": {"label": "Histology Leiden"}}})
-    assert list(relabelled) == list(niche_methods.METHODS) and relabelled["hist_leiden"].label == "Histology Leiden"
+    relabelled = niche_methods.from_config({"methods": {"hist_leiden": {"label": "Leiden on H&E"}}})
+    assert list(relabelled) == list(niche_methods.METHODS) and relabelled["hist_leiden"].label == "Leiden on H&E"
 
 
 @pytest.mark.parametrize("entries, message", [

@@ -44,8 +44,8 @@ class NicheMethod:
 
 METHODS = table(
     NicheMethod("student", "niche_student", "logits", distilled=True, label="student"),
-    NicheMethod("hist_nolan", "niche_hist_nolan", "logits", distilled=False, label="hist nolan"),
-    NicheMethod("hist_leiden", "niche_hist_leiden", "clusters", distilled=False, label="hist leiden"),
+    NicheMethod("hist_nolan", "niche_hist_nolan", "logits", distilled=False, label="Histology NOLAN"),
+    NicheMethod("hist_leiden", "niche_hist_leiden", "clusters", distilled=False, label="Histology Leiden"),
 )
 REFERENCE = "teacher"  # the row every method is scored against (not a method)
 # the study's steps and evaluation's other inputs (folders, log folders, input names)

@@ -89,7 +89,8 @@ def read_cells(bundle: str | Path) -> pd.DataFrame:
         raise InputError(path, f"missing column(s) {sorted(missing)}")
     blank = table["cell_id"].isna().to_numpy()
     if blank.any():
-        raise InputError(path, f"{blank.sum()} cell(s) without a cell_id, e.g. row {int(np.argmax(blank))}")
+        raise InputError(path, f"{blank.sum()} cell(s) without a cell_id, e.g. data row {int(np.argmax(blank)) + 1} "
+                               "(counting from 1 below the header)")
     cells = pd.DataFrame(
         {"x_um": table["x_centroid"].to_numpy(float), "y_um": table["y_centroid"].to_numpy(float)},
         index=_as_str_ids(table["cell_id"]),
@@ -103,6 +104,7 @@ def read_cells(bundle: str | Path) -> pd.DataFrame:
                                f"{list(cells.index[bad][:3])}")
     if cells.empty:
         raise InputError(path, "no cells")
+    log.info("%s: %d cells", path, len(cells))
     return cells
 
 

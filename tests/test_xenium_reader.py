@@ -242,7 +242,8 @@ def test_a_cell_table_that_is_no_table_or_lacks_ids_and_a_matrix_with_a_barcode_
     with pytest.raises(InputError, match=r"cells.parquet: not a readable cell table \(a Git LFS pointer"):
         read_cells(outs)
     table.assign(cell_id=table["cell_id"].where(table.index != 4)).to_parquet(outs / "cells.parquet")
-    with pytest.raises(InputError, match=r"cells.parquet: 1 cell\(s\) without a cell_id, e.g. data row 5 \(counting from 1"):
+    with pytest.raises(InputError,
+                       match=r"cells.parquet: 1 cell\(s\) without a cell_id, e.g. data row 5 \(counting from 1"):
         read_cells(outs)
     with h5py.File(outs / "cell_feature_matrix.h5", "r+") as h5:
         barcodes = h5["matrix/barcodes"][:]

@@ -163,6 +163,10 @@ def test_a_features_jobs_memory_follows_the_encoders_weights_file(tmp_path):
         ({"niche__encoders": ["uni2-h"]}, "encoders.uni2-h.weights"),
         ({"niche__wsi_backend": "bioformats"},
          "config/config.yaml (and any --config): niche.wsi_backend: 'bioformats' is not one of"),
+        ({"niche__test_strip": 4}, "config niche.test_strip: 4 names no strip of 4 (niche.n_strips"),
+        ({"results": "config/config.yaml"}, "config results: config/config.yaml is a file; it must name a folder"),
+        ({"survival__enabled": True, "survival__folds": 100},
+         "config survival.folds: 100 folds for cohort demo_tcga, which lists 60 patient(s)"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, override, message):
@@ -170,6 +174,18 @@ def test_bad_config_fails_before_any_job(tmp_path, override, message):
     result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
+
+
+def test_a_method_variant_given_with_config_on_the_command_line_is_typed_as_the_schema_says(tmp_path):
+    """--config hands nested values over as strings: a variant's temperature 4.0 was refused as
+    '4.0'; a bad one is named with its key in one line."""
+    workdir = make_workdir(tmp_path)
+    variant = "niche={'methods': {'t4': {'like': 'student', 'config': {'student': {'temperature': %s}}}}}"
+    assert snakemake("-n", "--cores", "1", "--config", variant % "4.0", cwd=workdir, check=False).returncode == 0
+    result = snakemake("-n", "--cores", "1", "--config", variant % "-1", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert ("config niche.methods.t4.config: niche.student.temperature: -1.0 is less than or equal to the minimum "
+            "of 0") in result.stdout + result.stderr
 
 
 def test_bad_sheet_row_is_named(tmp_path):

@@ -21,6 +21,8 @@ from tissuekd.survival import methods as survival_methods
 from tissuekd.survival.barcodes import normal_file
 
 RESULTS = config["results"]
+if os.path.exists(RESULTS) and not os.path.isdir(RESULTS):
+    raise WorkflowError(f"config results: {RESULTS} is a file; it must name a folder (made where absent)")
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 DEMO_DIR = config["demo"]["outdir"]
@@ -200,6 +202,11 @@ def load_encoders(names, key):
 
 
 NICHE = config["niche"]
+if NICHE["test_strip"] >= NICHE["n_strips"]:
+    raise WorkflowError(
+        f"config niche.test_strip: {NICHE['test_strip']} names no strip of {NICHE['n_strips']} "
+        f"(niche.n_strips; strips count from 0)"
+    )
 SLIDES = pd.DataFrame(columns=["slide"])
 if NICHE["enabled"]:
     SLIDES = load_sheet(NICHE["slides"], "../schemas/niche_slides.schema.yaml")
@@ -227,10 +234,12 @@ def load_methods(study, module):
         raise WorkflowError(str(err)) from None
     for name, method in methods.items():
         if method.config:
-            try:
-                validate({**config, study: method.settings(config[study])}, "../schemas/config.schema.yaml")
-            except WorkflowError as err:
-                raise WorkflowError(f"config {study}.methods.{name}.config: {err}") from None
+            # a variant given with --config arrives as strings ('4.0'), as the rest of --config does:
+            # typed in place, so that its jobs' settings hold numbers too
+            typed(method.config, CONFIG_SCHEMA["properties"][study])
+            problem = config_problem({**config, study: method.settings(config[study])}, CONFIG_SCHEMA)
+            if problem:
+                raise WorkflowError(f"config {study}.methods.{name}.config: {problem}")
     return methods
 
 
@@ -537,8 +546,20 @@ def cohort_value(cohort, column):
     return value.lower() not in ("no", "false", "0") if column == "cross_validate" else value
 
 
+def check_folds(cohorts, slides):
+    """A cross-validated cohort has at least one patient per fold (survival.folds)."""
+    for cohort in cohorts["cohort"]:
+        patients = slides.loc[slides["cohort"] == cohort, "patient"].nunique()
+        if cohort_value(cohort, "cross_validate") and patients < SURVIVAL["folds"]:
+            raise WorkflowError(
+                f"config survival.folds: {SURVIVAL['folds']} folds for cohort {cohort}, which lists "
+                f"{patients} patient(s) in {SURVIVAL['slides']}"
+            )
+
+
 if SURVIVAL["enabled"]:
     check_survival_sheets(SURVIVAL_COHORTS, SURVIVAL_SLIDES)
+    check_folds(SURVIVAL_COHORTS, SURVIVAL_SLIDES)
     SURVIVAL_SLIDES = SURVIVAL_SLIDES.set_index("slide", drop=False)
 
 
@@ -1068,6 +1089,11 @@ if EXPRESSION["enabled"]:
     check_expression_sheet(EXPR_SAMPLES, EXPRESSION["samples"])
     EXPR_SAMPLES = EXPR_SAMPLES.set_index("sample", drop=False)
 EXPR_DATASETS = sorted(EXPR_SAMPLES["dataset"].unique())
+if EXPRESSION["enabled"] and set(EXPRESSION["markers"]) - set(EXPR_DATASETS):
+    logger.warning(
+        f"config expression.markers: dataset(s) {sorted(set(EXPRESSION['markers']) - set(EXPR_DATASETS))} are not "
+        f"in {EXPRESSION['samples']} (its datasets: {EXPR_DATASETS}); their markers are not used"
+    )
 EXPR_TRAINED = [m for m in EXPRESSION["methods"] if m in ("cmrcnet", "contrastive")]
 EXPR_BASELINES = [m for m in EXPRESSION["methods"] if m not in EXPR_TRAINED]
 XDIR = f"{RESULTS}/expression"

@@ -51,6 +51,6 @@ def pooled_counts(expression: str | Path, cell_ids: np.ndarray, spot_of_cell: np
             stop = min(start + chunk, counts.n_obs)
             if (spot_of_cell[start:stop] >= 0).any():  # cells between spots are not read into any
                 pooled += pool_counts(counts.X[start:stop], spot_of_cell[start:stop], n_spots)
-        return pooled.tocsr(), np.asarray(counts.var_names, dtype=str)
+        return pooled, np.asarray(counts.var_names, dtype=str)
     finally:
         counts.file.close()

@@ -30,10 +30,10 @@ from PIL import Image
 from tissuekd.errors import InputError
 from tissuekd.io.wsi import check_pixel_size, open_slide
 
-# anndata (also through io.hest) is imported by the readers only: the workflow plans with
-# outs_files, and planning should not pay 0.75 s for it
 log = logging.getLogger(__name__)
 
+# anndata (also through io.hest) is imported by the readers only: the workflow plans with
+# outs_files, and planning should not pay 0.75 s for it
 if TYPE_CHECKING:
     import anndata as ad
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 SPOT_DIAMETER_UM = 55.0  # the capture spot itself
 SPOT_SPACING_UM = 100.0  # centre to centre between neighbours of an array row
 SCALEFACTOR_SPOT_UM = 65.0  # what spot_diameter_fullres spans (10x's "theoretical 65 µm spot")
-MPP_RATIO = 1.25  # image-stated vs spot-pitch pixel size beyond which ingest warns
+MPP_RATIO = 1.25  # image-stated vs spot-pitch pixel size beyond which the reader warns
 POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
 
 

@@ -10,7 +10,6 @@ returned as `str` everywhere.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -26,6 +25,7 @@ import pandas as pd
 
 from tissuekd.errors import InputError
 from tissuekd.io.counts import empty_rows
+from tissuekd.io.delimited import header_separator
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def read_labels(path: str | Path, value_column: str | None = None, id_column: st
     given = table[value_column].notna() & (table[value_column].astype(str).str.strip() != "")
     table = table[given]  # a blank label is no label: such cells stay unknown, not a class "nan"
     labels = pd.Series(table[value_column].astype(str).str.strip().to_numpy(),
-                       index=pd.Index([i.strip() for i in _as_str_ids(table[id_column])], name="cell_id"))
+                       index=_as_str_ids(table[id_column]).str.strip())
     if labels.index.has_duplicates:
         repeated = labels.index[labels.index.duplicated()].unique()
         raise InputError(path, f"duplicate cell ids: {len(repeated)} repeated, e.g. {list(repeated[:3])}")
@@ -237,28 +237,14 @@ def _label_table(path: Path, text: bytes | None) -> pd.DataFrame:
         if path.suffix.lower() in (".xlsx", ".xls"):
             return pd.read_excel(path, dtype=str)  # the first sheet
         source = io.BytesIO(text) if text is not None else path
-        return pd.read_csv(source, sep=_separator(text if text is not None else path), encoding="utf-8-sig",
-                           dtype=str)
+        sep = header_separator(text if text is not None else path, ("\t", ",", ";", "|"))
+        return pd.read_csv(source, sep=sep, encoding="utf-8-sig", dtype=str)
     except UnicodeDecodeError:
         raise InputError(path, "not a UTF-8 text table (CSV/TSV); Excel workbooks need the .xlsx ending") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error, ValueError, OSError,
-            zipfile.BadZipFile) as err:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError, zipfile.BadZipFile) as err:
         # truncated or malformed files (an open quote, a cut parquet footer, a workbook that is no zip)
         raise InputError(path, f"not a readable {path.suffix.lstrip('.') or 'text'} table: "
                                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-
-
-def _separator(source: bytes | Path) -> str:
-    """A delimited table's separator from its header line: tab, comma, semicolon or pipe (a
-    sniffer guessing from one line of a one-column file picked a letter)."""
-    from pandas.io.common import get_handle
-
-    if isinstance(source, bytes):
-        first = source.split(b"\n", 1)[0].decode("utf-8", "replace")
-    else:
-        with get_handle(source, "r", compression="infer", errors="replace") as handles:
-            first = handles.handle.readline()
-    return next((sep for sep in ("\t", ",", ";", "|") if sep in first), ",")
 
 
 def load_bundle(bundle: str | Path) -> tuple[pd.DataFrame, ad.AnnData, dict]:

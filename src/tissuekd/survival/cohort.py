@@ -27,6 +27,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
+from tissuekd.io.delimited import header_separator
 from tissuekd.survival.barcodes import normal_slide, patient_of, sample_rank
 from tissuekd.survival.layout import coords_attrs, patch_geometry
 
@@ -168,7 +169,7 @@ def _numbers(column: pd.Series, patient: pd.Series, path: str) -> pd.Series:
 def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
     """Patients x genes. The orientation is detected from which axis holds the barcodes and
     logged; with several samples per patient the tumour sample (-01..-09) sorting first is used."""
-    sep = _separator(path)
+    sep = header_separator(path, fallback=r"\s+")  # tab, comma, semicolon or whitespace
     try:  # the C parser: a PanCan matrix is ~2e8 values; the labels as text (sample id 0123 is not 123)
         raw = pd.read_csv(path, sep=sep, index_col=0, dtype={0: str})
     except (UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
@@ -288,15 +289,6 @@ def complete_genes(rna: pd.DataFrame, path: str) -> pd.DataFrame:
         log.warning("%s: %d gene(s) with missing values in some patient dropped, e.g. %s", path, len(missing),
                     missing[:10].tolist())
     return rna.drop(columns=missing)
-
-
-def _separator(path: str) -> str:
-    """Tab, comma, semicolon or whitespace, from the first line (compression as pandas infers it)."""
-    from pandas.io.common import get_handle
-
-    with get_handle(path, "r", compression="infer") as handles:
-        first = handles.handle.readline()
-    return next((sep for sep in ("\t", ",", ";") if sep in first), r"\s+")
 
 
 def _header(path: str, sep: str) -> pd.Index:

@@ -167,6 +167,9 @@ def test_a_features_jobs_memory_follows_the_encoders_weights_file(tmp_path):
         ({"results": "config/config.yaml"}, "config results: config/config.yaml is a file; it must name a folder"),
         ({"survival__enabled": True, "survival__folds": 100},
          "config survival.folds: 100 folds for cohort demo_tcga, which lists 60 patient(s)"),
+        ({"niche__k": [10, 10]}, "config/config.yaml (and any --config): niche.k: [10, 10] has non-unique elements"),
+        ({"expression__pseudo_spots": {"diameter_um": 120}},
+         "config expression.pseudo_spots.diameter_um: 120 exceeds spacing_um 100; pseudo-spots may not overlap"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, override, message):

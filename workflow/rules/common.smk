@@ -1089,6 +1089,12 @@ if EXPRESSION["enabled"]:
     check_expression_sheet(EXPR_SAMPLES, EXPRESSION["samples"])
     EXPR_SAMPLES = EXPR_SAMPLES.set_index("sample", drop=False)
 EXPR_DATASETS = sorted(EXPR_SAMPLES["dataset"].unique())
+PSEUDO_SPOTS = EXPRESSION["pseudo_spots"]
+if PSEUDO_SPOTS["diameter_um"] > PSEUDO_SPOTS["spacing_um"]:  # each cell is pooled into its nearest spot only
+    raise WorkflowError(
+        f"config expression.pseudo_spots.diameter_um: {PSEUDO_SPOTS['diameter_um']:g} exceeds spacing_um "
+        f"{PSEUDO_SPOTS['spacing_um']:g}; pseudo-spots may not overlap (a cell is pooled into one spot)"
+    )
 if EXPRESSION["enabled"] and set(EXPRESSION["markers"]) - set(EXPR_DATASETS):
     logger.warning(
         f"config expression.markers: dataset(s) {sorted(set(EXPRESSION['markers']) - set(EXPR_DATASETS))} are not "

@@ -160,11 +160,18 @@ def test_a_hest_patch_file_replaces_the_image_as_the_features_input(tmp_path):
         result.stdout + result.stderr)
 
 
-def test_pseudo_spots_need_their_niche_slide(tmp_path):
-    workdir = make_workdir(tmp_path, studies=("expression",))
+def test_pseudo_spots_need_their_niche_slide_and_only_its_ingest(tmp_path):
+    """With the niche study off, pseudo-spot rows still read the niche sheet (they stopped the
+    plan, naming a slide the sheet had) and ingest their slides, and nothing else of the niche study
+    runs; a slide the sheet lacks is named."""
+    workdir = make_workdir(tmp_path, slides=("breast", "colon"), studies=("expression",))
     result = snakemake("-n", cwd=workdir, check=False)
     assert result.returncode != 0
-    assert "niche_slide 'breast_demo' is not a slide of the niche sheet" in result.stdout + result.stderr
+    assert ("niche_slide 'lung_demo' is not a slide of the niche sheet config/niche_slides.tsv"
+            in result.stdout + result.stderr)
+    jobs = planned_jobs(make_workdir(tmp_path, slides=("breast", "colon", "lung"), studies=("expression",)))
+    assert jobs["niche_ingest"] == 3 and jobs["expression_prepare"] == 10
+    assert not [rule for rule in jobs if rule.startswith("niche_") and rule != "niche_ingest"], jobs
 
 
 def test_a_space_ranger_folder_without_a_file_squidpy_reads_is_named_before_any_job(tmp_path):

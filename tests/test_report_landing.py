@@ -16,10 +16,11 @@ STUDIES = {"niche": "Niche study", "survival": "Survival study", "expression": "
            "segmentation": "Segmentation study"}
 
 
-def landing(enabled: set[str]) -> str:
+def landing(enabled: set[str], teacher: str | None = None) -> str:
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     for study in STUDIES:
         config[study]["enabled"] = study in enabled
+    config["segmentation"]["teacher"] = teacher or config["segmentation"]["teacher"]
     template = jinja2.Template((ROOT / "workflow/report/workflow.rst").read_text(), undefined=jinja2.StrictUndefined)
     return template.render(snakemake=SimpleNamespace(config=config))
 
@@ -48,3 +49,13 @@ def test_every_place_the_landing_page_points_to_is_a_report_category_of_the_rule
             assert re.search(rf'category="Benchmark",\s*subcategory="{name.removeprefix("Benchmark → ")}"', rules), name
         else:  # a top-level category (subcategory="..." does not count)
             assert f'category="{name}"' in rules.replace("subcategory=", ""), name
+
+
+@pytest.mark.parametrize("teacher, says", [("unet-multiplex", "a frozen U-Net teacher on every channel"),
+                                           ("external", "a frozen teacher's maps, made elsewhere"),
+                                           ("sam", "Segment Anything (a local checkpoint) as the frozen teacher")])
+def test_the_landing_page_names_the_segmentation_teacher_that_ran(teacher, says):
+    """It said 'a frozen U-Net teacher on every channel' whatever `segmentation.teacher` was."""
+    page = " ".join(landing({"segmentation"}, teacher).split())
+    assert says in page
+    assert ("U-Net teacher" in page) == (teacher == "unet-multiplex")

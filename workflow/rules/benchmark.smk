@@ -1,5 +1,6 @@
-# Aggregates across slides for the report: the niche benchmark tables and figures, and the
-# runtime of every rule. They rerun whenever any slide changes (they read every slide).
+# Aggregates for the report: the niche, survival and expression benchmark tables and figures
+# (segmentation's are in segmentation.smk), and the runtime of every rule. Each reruns whenever
+# any slide or sample of its study changes (it reads them all).
 
 
 rule benchmark_niche:

@@ -207,15 +207,26 @@ if NICHE["test_strip"] >= NICHE["n_strips"]:
         f"config niche.test_strip: {NICHE['test_strip']} names no strip of {NICHE['n_strips']} "
         f"(niche.n_strips; strips count from 0)"
     )
+EXPRESSION = config["expression"]
+
+
+def expression_pools_niche_slides():
+    """Whether the expression sheet has pseudo-spot rows (format xenium): their slides are the
+    niche sheet's, which is then read, and its slides ingested, with the niche study off too."""
+    if not EXPRESSION["enabled"]:
+        return False
+    samples = load_sheet(EXPRESSION["samples"], "../schemas/expression_samples.schema.yaml")
+    return bool((samples["format"] == "xenium").any())
+
+
 SLIDES = pd.DataFrame(columns=["slide"])
-if NICHE["enabled"]:
+if NICHE["enabled"] or expression_pools_niche_slides():
     SLIDES = load_sheet(NICHE["slides"], "../schemas/niche_slides.schema.yaml")
     check_slide_rows(SLIDES, NICHE["slides"])
     SLIDES = SLIDES.set_index("slide", drop=False)
 NICHE_ENCODERS = NICHE["encoders"] if NICHE["enabled"] else []
 SURVIVAL = config["survival"]
 SURVIVAL_ENCODERS = SURVIVAL["encoders"] if SURVIVAL["enabled"] else []
-EXPRESSION = config["expression"]
 EXPRESSION_ENCODERS = EXPRESSION["encoders"] if EXPRESSION["enabled"] else []
 ENCODERS = {
     **load_encoders(NICHE_ENCODERS, "niche.encoders"),
@@ -1058,8 +1069,8 @@ def check_expression_sheet(sheet, path):
             if column == "niche_slide":
                 if value not in SLIDES.index:
                     raise WorkflowError(
-                        f"{where}: niche_slide {value!r} is not a slide of the niche sheet "
-                        f"({NICHE['slides']}; the niche study must be enabled to ingest it)"
+                        f"{where}: niche_slide {value!r} is not a slide of the niche sheet {NICHE['slides']} "
+                        f"(its pseudo-spots pool that sheet's slides: add the slide there, or remove this row)"
                     )
             elif not os.path.exists(value) and not made_by_demo(value):
                 raise WorkflowError(f"{where}: column {column!r} names {value}, which does not exist")

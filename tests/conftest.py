@@ -81,6 +81,30 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: order kept within a rank
 
 
+def as_mex(bundle: Path) -> None:
+    """Replace a bundle's cell_feature_matrix.h5 by the same matrix as 10x's MEX folder
+    (cell_feature_matrix/: matrix.mtx.gz genes x cells, features.tsv.gz, barcodes.tsv.gz)."""
+    import gzip
+
+    import h5py
+    from scipy import io, sparse
+
+    with h5py.File(bundle / "cell_feature_matrix.h5") as h5:
+        m = h5["matrix"]
+        counts = sparse.csc_matrix((m["data"][:], m["indices"][:], m["indptr"][:]), shape=tuple(m["shape"][:]))
+        features = zip(*(m[f"features/{key}"][:].astype(str) for key in ("id", "name", "feature_type")))
+        barcodes = m["barcodes"][:].astype(str)
+    folder = bundle / "cell_feature_matrix"
+    folder.mkdir()
+    with gzip.open(folder / "matrix.mtx.gz", "wb") as fh:
+        io.mmwrite(fh, counts.tocoo())
+    with gzip.open(folder / "features.tsv.gz", "wt") as fh:
+        fh.writelines("\t".join(row) + "\n" for row in features)
+    with gzip.open(folder / "barcodes.tsv.gz", "wt") as fh:
+        fh.writelines(f"{b}\n" for b in barcodes)
+    (bundle / "cell_feature_matrix.h5").unlink()
+
+
 def he_image(slide_dir: Path) -> Path:
     return slide_dir / f"{slide_dir.name}_he_image.ome.tif"
 

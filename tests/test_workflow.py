@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import shutil
@@ -12,9 +13,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import DEMO_TEST_CELLS, REPO, make_workdir, planned_jobs, snakemake
+from conftest import DEMO_TEST_CELLS, REPO, as_mex, he_alignment, he_image, make_workdir, planned_jobs, snakemake
 
 from tissuekd.cli_config import typed
 from tissuekd.niche.methods import METHODS as NICHE_METHODS
@@ -391,6 +393,30 @@ def test_bundle_without_cell_table_is_named_before_any_job(demo_slide, tmp_path)
     sheet.to_csv(workdir / "config" / "niche_slides.tsv", sep="\t", index=False)
     result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
     assert f"the Xenium bundle {bundle.parent} has no experiment.xenium (did you mean {bundle}?)" in result.stdout
+
+
+def test_a_bundle_with_the_mex_matrix_only_plans_with_its_files_and_their_memory(demo_slide, tmp_path):
+    """Ingest reads the MEX folder's three files (its inputs, so editing one reruns the slide) and
+    asks 60 B per stored count from the matrix header (scipy parses 64-bit coordinates)."""
+    workdir = make_workdir(tmp_path / "wd", slides=("breast",))
+    bundle = tmp_path / "xenium" / "outs"
+    shutil.copytree(demo_slide / "outs", bundle)
+    as_mex(bundle)
+    sheet = pd.read_csv(workdir / "config" / "niche_slides.tsv", sep="\t", dtype=str).fillna("")
+    sheet.loc[:, ["bundle", "he_image", "he_alignment", "pathology"]] = (
+        str(bundle), str(he_image(demo_slide)), str(he_alignment(demo_slide)), "")
+    sheet.to_csv(workdir / "config" / "niche_slides.tsv", sep="\t", index=False)
+    out = snakemake("-n", "--cores", "1", "--until", "niche_ingest", cwd=workdir).stdout
+    (block,) = [b for b in out.split("\n\n") if "rule niche_ingest:" in b]
+    assert all(f"{bundle}/cell_feature_matrix/{name}" in block
+               for name in ("matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz"))
+    with gzip.open(bundle / "cell_feature_matrix" / "matrix.mtx.gz", "rt") as fh:
+        stored = int(next(line for line in fh if not line.startswith("%")).split()[2])
+    cells = pq.read_metadata(bundle / "cells.parquet").num_rows
+    assert f"mem_mb={round(2000 + 8 * cells / 1000 + 60 * stored / 1e6)}," in block
+    (bundle / "cell_feature_matrix" / "features.tsv.gz").unlink()
+    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+    assert f"the Xenium bundle {bundle} has no cell_feature_matrix/features.tsv.gz" in result.stdout + result.stderr
 
 
 def test_external_teacher_needs_a_logits_path_per_row(tmp_path):

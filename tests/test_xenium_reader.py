@@ -9,6 +9,8 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import as_mex
+from scipy import sparse
 
 from tissuekd.demo.layout import make_panel
 from tissuekd.errors import InputError
@@ -27,6 +29,31 @@ def test_demo_bundle_reads_with_controls_dropped(demo_slide):
     assert list(counts.obs_names) == list(cells.index)
     clusters = read_clusters(demo_slide / "outs")
     assert clusters.index.isin(cells.index).all()
+
+
+def test_a_bundle_with_the_mex_folder_only_reads_as_its_hdf5_matrix(demo_slide, bundle_copy):
+    """10x offers the matrix as HDF5 and as a MEX folder, each downloadable alone; a bundle with
+    only the folder was refused for lacking the .h5."""
+    as_mex(bundle_copy / "outs")
+    cells, counts, _ = load_bundle(bundle_copy / "outs")
+    want_cells, want, _ = load_bundle(demo_slide / "outs")
+    assert cells.equals(want_cells) and list(counts.var_names) == list(want.var_names)
+    assert list(counts.obs_names) == list(want.obs_names) and sparse.isspmatrix_csr(counts.X)
+    assert (counts.X != want.X).nnz == 0
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda d: (d / "barcodes.tsv.gz").unlink(), "barcodes.tsv.gz: missing"),
+    (lambda d: (d / "matrix.mtx.gz").write_bytes(gzip.compress(b"%%MatrixMarket matrix coordinate integer general\n")),
+     "matrix.mtx.gz: not a readable 10x MEX matrix"),
+    (lambda d: (d / "features.tsv.gz").write_bytes(gzip.compress(b"G1\tA\tGene Expression\n")),
+     "matrix.mtx.gz: not a readable 10x MEX matrix"),
+], ids=["no barcodes", "no size line", "one feature for many rows"])
+def test_a_broken_mex_folder_names_the_file(bundle_copy, damage, named):
+    as_mex(bundle_copy / "outs")
+    damage(bundle_copy / "outs" / "cell_feature_matrix")
+    with pytest.raises(InputError, match=named.replace(".", r"\.")):
+        load_bundle(bundle_copy / "outs")
 
 
 def _as_xoa1(bundle):

@@ -15,7 +15,7 @@ from snakemake.io import regex_from_filepattern
 from tissuekd.encoders.registry import EncoderSpec, require_weights
 from tissuekd.errors import InputError
 from tissuekd.io.wsi import require_slide_format
-from tissuekd.io.xenium import CLUSTERS, clusters_path
+from tissuekd.io.xenium import CLUSTERS, MATRIX, MEX, clusters_path, matrix_files
 from tissuekd.niche import methods as niche_methods
 from tissuekd.survival import methods as survival_methods
 from tissuekd.survival.barcodes import normal_file
@@ -167,7 +167,9 @@ def check_slide_rows(sheet, sheet_path):
 def check_bundle(bundle, where):
     """A Xenium bundle must hold what ingest reads; say which file is missing."""
     bundle = Path(bundle)
-    needed = [["experiment.xenium"], ["cells.parquet", "cells.csv.gz"], ["cell_feature_matrix.h5"]]
+    matrix = matrix_files(bundle)  # the HDF5 matrix, else every file of a MEX folder
+    matrix = [[MATRIX, f"{MEX[0]}/"]] if len(matrix) == 1 else [[os.path.relpath(f, bundle)] for f in matrix]
+    needed = [["experiment.xenium"], ["cells.parquet", "cells.csv.gz"], *matrix]
     for names in needed:
         if not any((bundle / n).exists() for n in names):
             inner = (bundle / "outs" / names[0]).exists()  # the folder above the bundle, as downloads unpack
@@ -319,10 +321,19 @@ def n_cells(path):
 
 
 def n_counts(path):
-    """Stored counts (nonzeros) of a sparse matrix from its HDF5 header, a 10x matrix's or an
-    h5ad's; 0 while it does not exist yet."""
+    """Stored counts (nonzeros) of a sparse matrix from its header: a 10x HDF5 matrix's or an
+    h5ad's, or a MEX matrix.mtx.gz's size line; 0 while it does not exist yet."""
+    import gzip
+
     import h5py
 
+    if str(path).endswith(".mtx.gz"):
+        try:
+            with gzip.open(path, "rt") as fh:
+                size = next(line for line in fh if not line.startswith("%"))
+            return int(size.split()[2])
+        except (OSError, EOFError, StopIteration, IndexError, ValueError):
+            return 0
     try:
         with h5py.File(path, "r") as h5:
             data = h5.get("matrix/data") or h5.get("X/data")
@@ -341,6 +352,14 @@ def mem_per_cell(base_mb, kb_per_cell, bytes_per_count=0, counts="matrix"):
         return round(base_mb + kb_per_cell * n_cells(input.cells) / 1000 + bytes_per_count * stored / 1e6) * attempt
 
     return mem_mb
+
+
+def ingest_mem_mb(wildcards, input, attempt):
+    """niche_ingest: mem_per_cell with 30 B per stored count read from the HDF5 matrix (measured
+    24: the counts are held twice while read), 60 B from a MEX folder (measured 55: scipy parses
+    its coordinates as 64-bit integers before the sparse matrix is built)."""
+    per_count = 60 if str(input.matrix).endswith(".mtx.gz") else 30
+    return mem_per_cell(2000, 8, bytes_per_count=per_count)(wildcards, input, attempt)
 
 
 def minutes_per_cell(base_min, per_million):
@@ -373,7 +392,7 @@ def xenium_inputs(wildcards):
     inputs = {
         "experiment": bundle / "experiment.xenium",
         "cells": cells,
-        "matrix": bundle / "cell_feature_matrix.h5",
+        **dict(zip(("matrix", "features", "barcodes"), matrix_files(bundle))),  # the HDF5 matrix, else MEX
         "he_image": row["he_image"],
         "he_alignment": row["he_alignment"],
     }

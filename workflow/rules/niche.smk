@@ -18,8 +18,7 @@ rule niche_ingest:
     conda:
         "../../envs/scverse.yaml"
     resources:
-        # the counts are held twice while read (measured: 24 B per stored count)
-        mem_mb=mem_per_cell(2000, 8, bytes_per_count=30),
+        mem_mb=ingest_mem_mb,  # 2 GB + 8 kB a cell + 30 B a stored count (60 from a MEX folder)
         runtime=minutes_per_cell(10, 20),
     params:
         bundle=slide_value("bundle"),

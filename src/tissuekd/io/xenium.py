@@ -2,7 +2,8 @@
 
 A bundle is the `outs/` folder: `experiment.xenium` (JSON, with `pixel_size`),
 `cells.parquet` or, in some early bundles, only `cells.csv.gz` (centroids in microns),
-`cell_feature_matrix.h5` (10x HDF5, cells as barcodes) and optionally `analysis/clustering/...`,
+`cell_feature_matrix.h5` (10x HDF5, cells as barcodes; else the same matrix as 10x's MEX folder
+`cell_feature_matrix/`, as it is downloaded on its own) and optionally `analysis/clustering/...`,
 or `analysis.tar.gz` as the public `*_outs.zip` downloads ship it. Cell ids were
 integers in early releases and strings later, and may be stored as bytes; they are
 returned as `str` everywhere.
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # the workflow's parse imports this module for its layout; an
 PIXEL_SIZE_UM = (0.05, 5.0)  # what a morphology image can have (Xenium writes 0.2125)
 LFS_POINTER = b"version https://git-lfs"  # what a repository holds in place of a large file not fetched
 MATRIX = "cell_feature_matrix.h5"
+MEX = ("cell_feature_matrix", ("matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz"))  # folder, its files
 MATRIX_MEMBERS = ["barcodes", "data", "indices", "indptr", "shape", "features/id", "features/name",
                   "features/feature_type"]
 CLUSTERS = "analysis/clustering/gene_expression_graphclust/clusters.csv"
@@ -113,20 +115,25 @@ def _first_line(path: Path) -> bytes:
         return f.readline(64)
 
 
-def read_counts(bundle: str | Path) -> ad.AnnData:
-    """Gene counts per cell from the 10x HDF5 matrix; control features are dropped."""
-    import scanpy as sc  # heavy import, only where counts are read
+def matrix_files(bundle: str | Path) -> list[Path]:
+    """The bundle's cell-feature matrix: `cell_feature_matrix.h5`, else the three files of the
+    MEX folder `cell_feature_matrix/` (matrix first)."""
+    bundle = Path(bundle)
+    if (bundle / MATRIX).exists() or not (bundle / MEX[0]).is_dir():
+        return [bundle / MATRIX]
+    return [bundle / MEX[0] / name for name in MEX[1]]
 
-    path = Path(bundle) / MATRIX
-    if not path.exists():
-        raise InputError(path, "missing cell_feature_matrix.h5")
-    _check_10x_layout(path)
-    try:
-        adata = sc.read_10x_h5(path, gex_only=True)  # keeps feature_type == "Gene Expression"
-    except UnicodeDecodeError as err:
-        raise InputError(path, f"barcodes or feature names are not ASCII, as 10x writes them ({err})") from None
-    except Exception as err:  # h5py/scanpy raise many types for a malformed file
-        raise InputError(path, f"not a readable 10x HDF5 matrix: {err}") from None
+
+def read_counts(bundle: str | Path) -> ad.AnnData:
+    """Gene counts per cell (CSR) from the 10x HDF5 matrix, else its MEX folder; control features
+    are dropped (both of scanpy's readers keep feature_type == "Gene Expression")."""
+    files = matrix_files(bundle)
+    for file in files:
+        if not file.exists():
+            raise InputError(file, f"missing (a bundle holds {MATRIX}, or the MEX folder {MEX[0]}/ with "
+                                   f"{', '.join(MEX[1])})")
+    path = files[0]
+    adata = _read_10x_h5(path) if len(files) == 1 else _read_mex(path)
     adata.obs_names = _as_str_ids(adata.obs_names)
     if adata.obs_names.has_duplicates:
         repeated = adata.obs_names[adata.obs_names.duplicated()].unique()
@@ -139,6 +146,32 @@ def read_counts(bundle: str | Path) -> ad.AnnData:
         raise InputError(path, "counts contain negative values")
     if adata.n_vars == 0:
         raise InputError(path, "no 'Gene Expression' features in the matrix")
+    return adata
+
+
+def _read_10x_h5(path: Path) -> ad.AnnData:
+    import scanpy as sc  # heavy import, only where counts are read
+
+    _check_10x_layout(path)
+    try:
+        return sc.read_10x_h5(path, gex_only=True)
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"barcodes or feature names are not ASCII, as 10x writes them ({err})") from None
+    except Exception as err:  # h5py/scanpy raise many types for a malformed file
+        raise InputError(path, f"not a readable 10x HDF5 matrix: {err}") from None
+
+
+def _read_mex(matrix: Path) -> ad.AnnData:
+    """A MEX folder (`matrix`: its matrix.mtx.gz, genes x cells), as CSR cells x genes."""
+    import scanpy as sc
+
+    try:
+        adata = sc.read_10x_mtx(matrix.parent, gex_only=True)
+    except Exception as err:  # scipy, pandas and gzip raise many types for a malformed folder
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(matrix, f"not a readable 10x MEX matrix (with features.tsv.gz, barcodes.tsv.gz): "
+                                 f"{first}") from None
+    adata.X = adata.X.tocsr()  # the transposed coordinates arrive as CSC
     return adata
 
 
@@ -256,13 +289,13 @@ def load_bundle(bundle: str | Path) -> tuple[pd.DataFrame, ad.AnnData, dict]:
     only_matrix = counts.obs_names.difference(cells.index)
     if len(only_cells) or len(only_matrix):
         raise InputError(
-            Path(bundle) / MATRIX,
+            matrix_files(bundle)[0],
             f"barcodes do not match the cell table: {len(only_cells)} cells have no matrix column "
             f"(e.g. {list(only_cells[:3])}), {len(only_matrix)} matrix barcodes are not cells "
             f"(e.g. {list(only_matrix[:3])})",
         )
     counts = counts[cells.index].copy()
-    check_empty_cells(counts, Path(bundle) / MATRIX)
+    check_empty_cells(counts, matrix_files(bundle)[0])
     return cells, counts, meta
 
 

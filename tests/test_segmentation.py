@@ -250,6 +250,18 @@ def test_a_40_plex_image_reads_its_channels_whichever_axis_holds_them(tmp_path):
         np.testing.assert_array_equal(split.images[0], np.stack([plex[7], plex[31]], axis=-1))
 
 
+def test_channels_stored_as_separate_tiff_series_are_named_as_such(tmp_path):
+    """Each channel written as its own image (one series each) reads as a one-channel image: the
+    error said only that channel 1 was out of range."""
+    with tifffile.TiffWriter(tmp_path / "a.tif") as tif:
+        for value in (0, 1):
+            tif.write(np.full((48, 48), value, np.uint16), metadata={"axes": "YX"})
+    tifffile.imwrite(tmp_path / "a_whole-cell.tif", np.zeros((48, 48), np.uint16))
+    with pytest.raises(InputError, match=r"a\.tif: channel index 1 out of range: the image has 1 channels \(the "
+                                         r"file holds 2 image series and only the first is read"):
+        read_tiff_folder(tmp_path)
+
+
 def test_a_truncated_tiff_image_is_named_when_read(tissuenet, tmp_path):
     folder = write_tiff_folder(tissuenet, tmp_path / "tiffs")
     folder.joinpath("img03.tif").write_bytes(folder.joinpath("img03.tif").read_bytes()[:-5000])

@@ -417,7 +417,8 @@ def read_tiff_folder(folder: str | Path, nuclear: int = 0, membrane: int | None 
     def check_channels(path: Path, n_channels: int) -> None:
         bad = [c for c in channels if not 0 <= c < n_channels]
         if bad:
-            raise InputError(path, f"channel index {bad[0]} out of range: the image has {n_channels} channels")
+            raise InputError(path, f"channel index {bad[0]} out of range: the image has {n_channels} channels"
+                                   f"{_other_series(path)}")
 
     def read_image(path: Path) -> np.ndarray:
         image = read_tiff(path)
@@ -476,6 +477,17 @@ def _tiff_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
             return tuple(d for d in series.shape if d != 1), series.dtype
     except (OSError, ValueError, IndexError, tifffile.TiffFileError) as err:
         raise InputError(path, f"unreadable TIFF ({err})") from None
+
+
+def _other_series(path: Path) -> str:
+    """A hint where a TIFF holds several series (e.g. one per channel, each written as its own
+    image): only the first is read."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        n = len(tif.series)
+    return f" (the file holds {n} image series and only the first is read: store the channels as one " \
+           "(H, W, C) or (C, H, W) image)" if n > 1 else ""
 
 
 MAX_CHANNELS = 64  # multiplexed panels (CODEX, CyCIF) reach ~60 markers

@@ -181,3 +181,18 @@ def test_the_registry_reads_without_torch_and_a_job_skips_the_timm_check():
             "s = r.EncoderSpec.from_config('m', {'model': 'any_name', 'weights': 'random'}, check_arch=False); "
             "assert s.arch == 'any_name' and 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_encoder_with_random_weights_says_so_in_its_jobs_log(tmp_path, caplog):
+    """A user running the demo's encoder on real slides saw only device and precision logged."""
+    from tissuekd.compute import CPU
+    from tissuekd.encoders.extract import Encoder
+
+    state = _reference_weights()
+    save_file(state, tmp_path / "enc.safetensors")
+    for weights, warned in (("random", True), (str(tmp_path / "enc.safetensors"), False)):
+        spec = EncoderSpec.from_config("mine", {**SMALL, "weights": weights})
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="tissuekd"):
+            Encoder(build_encoder(spec), spec, CPU)
+        assert ("has seeded random weights: its features carry no learnt histology" in caplog.text) == warned

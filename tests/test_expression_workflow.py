@@ -163,12 +163,14 @@ def test_a_hest_patch_file_replaces_the_image_as_the_features_input(tmp_path):
 def test_pseudo_spots_need_their_niche_slide_and_only_its_ingest(tmp_path):
     """With the niche study off, pseudo-spot rows still read the niche sheet (they stopped the
     plan, naming a slide the sheet had) and ingest their slides, and nothing else of the niche study
-    runs; a slide the sheet lacks is named."""
-    workdir = make_workdir(tmp_path, slides=("breast", "colon"), studies=("expression",))
+    runs; every row naming a slide the sheet lacks is named, with the ways out."""
+    workdir = make_workdir(tmp_path, slides=("breast",), studies=("expression",))
     result = snakemake("-n", cwd=workdir, check=False)
     assert result.returncode != 0
-    assert ("niche_slide 'lung_demo' is not a slide of the niche sheet config/niche_slides.tsv"
-            in result.stdout + result.stderr)
+    assert ("config/expression_samples.tsv: pseudo-spot rows name slides that are not in the niche sheet "
+            "config/niche_slides.tsv: line 10 (XEN_colon: 'colon_demo'), line 11 (XEN_lung: 'lung_demo'). Add "
+            "those slides there") in result.stdout + result.stderr
+    assert "turn the expression study off" in result.stdout + result.stderr
     jobs = planned_jobs(make_workdir(tmp_path, slides=("breast", "colon", "lung"), studies=("expression",)))
     assert jobs["niche_ingest"] == 3 and jobs["expression_prepare"] == 10
     assert not [rule for rule in jobs if rule.startswith("niche_") and rule != "niche_ingest"], jobs

@@ -1072,10 +1072,24 @@ def spaceranger_files(outs):
     return {name: str(path) for name, path in outs_files(outs).items()}
 
 
+def check_pooled_slides(sheet, path):
+    """Pseudo-spot rows must name slides of the niche sheet; every row that does not is named."""
+    xenium = sheet[(sheet["format"] == "xenium") & (sheet["niche_slide"] != "")]
+    unknown = xenium[~xenium["niche_slide"].isin(SLIDES.index)]
+    if len(unknown):
+        rows = ", ".join(f"line {i} ({r['sample']}: {r['niche_slide']!r})" for i, r in unknown.iterrows())
+        raise WorkflowError(
+            f"{path}: pseudo-spot rows name slides that are not in the niche sheet {NICHE['slides']}: {rows}. "
+            "Add those slides there, point the rows at its slides or remove them, or turn the expression "
+            "study off (expression.enabled: false)"
+        )
+
+
 def check_expression_sheet(sheet, path):
     """Names unique, the format's files present (demo files are made by rules), two patients per
     dataset at least."""
     require_unique(sheet, "sample", path)
+    check_pooled_slides(sheet, path)
     for row_no, row in zip(sheet.index, sheet.itertuples(index=False)):
         where = f"{path} line {row_no} (sample {row.sample})"
         patches = getattr(row, "patches", "")
@@ -1086,12 +1100,8 @@ def check_expression_sheet(sheet, path):
             if not value:
                 raise WorkflowError(f"{where}: format {row.format} needs {column!r}")
             if column == "niche_slide":
-                if value not in SLIDES.index:
-                    raise WorkflowError(
-                        f"{where}: niche_slide {value!r} is not a slide of the niche sheet {NICHE['slides']} "
-                        f"(its pseudo-spots pool that sheet's slides: add the slide there, or remove this row)"
-                    )
-            elif not os.path.exists(value) and not made_by_demo(value):
+                continue  # check_pooled_slides
+            if not os.path.exists(value) and not made_by_demo(value):
                 raise WorkflowError(f"{where}: column {column!r} names {value}, which does not exist")
         if row.format == "visium" and not made_by_demo(row.outs):
             for name, file in spaceranger_files(row.outs).items():

@@ -31,6 +31,9 @@ class Encoder:
         shape = (1, 3, 1, 1)
         self.mean = torch.tensor(spec.mean, device=device).view(shape) * 255
         self.std = torch.tensor(spec.std, device=device).view(shape) * 255
+        if spec.weights == "random":  # the demo's stand-in; said in every job's log that uses one
+            log.warning("encoder %s (%s) has seeded random weights: its features carry no learnt histology; for "
+                        "real data name a local weights file (README, 'Encoders and weights')", spec.name, spec.arch)
 
     @torch.inference_mode()
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:

@@ -146,6 +146,7 @@ def read_counts(bundle: str | Path) -> ad.AnnData:
         raise InputError(path, "counts contain negative values")
     if adata.n_vars == 0:
         raise InputError(path, "no 'Gene Expression' features in the matrix")
+    log.info("%s: %d cells x %d genes (control features dropped)", path, adata.n_obs, adata.n_vars)
     return adata
 
 

@@ -88,6 +88,18 @@ def test_bad_tissuenet_input_names_the_file_and_the_problem(tmp_path, arrays, pr
     assert str(path) in str(err.value)
 
 
+def test_label_channels_stored_nuclear_first_are_named_as_swapped(tissuenet, tmp_path):
+    """y[..., 0] is whole-cell, y[..., 1] nuclear: swapped, every model learnt nuclei as cells
+    and scored well on the swapped test split, without a word."""
+    with np.load(tissuenet) as src:
+        arrays = {k: src[k] for k in src.files}
+    path = _npz(tmp_path / "swapped.npz", **{**arrays, "y": arrays["y"][..., ::-1]})
+    with pytest.raises(InputError, match=r"swapped\.npz: y's label channels look swapped: the nuclear labels "
+                                         r"\(channel 1\) cover \d+ pixels of the first 8 images"):
+        read_tissuenet(path)
+    assert len(read_tissuenet(_npz(tmp_path / "cells_only.npz", **{**arrays, "y": arrays["y"][..., :1]}))) == 8
+
+
 def test_whole_number_float_labels_are_read_as_integers(tissuenet, tmp_path):
     """Scoring needs integer labels (scikit-image): float-stored ones come as int32 image by image."""
     with np.load(tissuenet) as src:

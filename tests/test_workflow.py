@@ -208,6 +208,16 @@ def test_bad_sheet_row_is_named(tmp_path):
     assert result.returncode != 0 and "he_image" in result.stdout + result.stderr
 
 
+def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path):
+    """Relative sheet paths are read from the folder Snakemake runs in, not the sheet's."""
+    workdir = make_workdir(tmp_path)
+    _rewrite_sheet(workdir, lambda s: s.assign(he_image="scans/breast.ome.tif").to_csv(sep="\t", index=False))
+    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert (f"column 'he_image' names scans/breast.ome.tif, which does not exist (relative paths are read from "
+            f"{workdir})") in result.stdout + result.stderr
+
+
 def _rewrite_sheet(workdir: Path, change) -> None:
     path = workdir / "config" / "niche_slides.tsv"
     sheet = pd.read_csv(path, sep="\t", dtype=str).fillna("")

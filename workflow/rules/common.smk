@@ -84,6 +84,13 @@ def load_sheet(path, schema):
     return sheet
 
 
+def not_there(path):
+    """How a sheet's missing path is said: a relative one with the folder it was looked for in
+    (the one Snakemake runs in, not the sheet's)."""
+    where = "" if os.path.isabs(path) else f" (relative paths are read from {os.getcwd()})"
+    return f"which does not exist{where}"
+
+
 def fit_fields(line, width, where):
     """A row with empty fields past the header's (an editor's trailing tab) loses them: pandas
     would shift every value one column. Filled extra fields are an error."""
@@ -159,7 +166,7 @@ def check_slide_rows(sheet, sheet_path):
         for column in SLIDE_PATH_COLUMNS:
             path = getattr(row, column)
             if path and not os.path.exists(path) and not made_by_demo(path):
-                raise WorkflowError(f"{where}: column {column!r} names {path}, which does not exist")
+                raise WorkflowError(f"{where}: column {column!r} names {path}, {not_there(path)}")
         if not made_by_demo(row.bundle):
             check_bundle(row.bundle, where)
 
@@ -503,7 +510,7 @@ def check_survival_sheets(cohorts, slides):
             for column in columns:
                 value = row[column]
                 if value and not os.path.exists(value) and not made_by_demo(value):
-                    raise WorkflowError(f"{path} line {row_no}: column {column!r} names {value}, which does not exist")
+                    raise WorkflowError(f"{path} line {row_no}: column {column!r} names {value}, {not_there(value)}")
     check_slide_files(slides, SURVIVAL["slides"])
     check_patients_in_clinical(cohorts, slides)
     for pair in SURVIVAL["external"]:
@@ -807,7 +814,7 @@ def check_segmentation_sheet(sheet, path):
         for column in ("train", "test", *external_map_columns()):
             value = row[column]
             if value and not os.path.exists(value) and not made_by_demo(value):
-                raise WorkflowError(f"{where}: column {column!r} names {value}, which does not exist")
+                raise WorkflowError(f"{where}: column {column!r} names {value}, {not_there(value)}")
             if value and column in ("train", "test") and not made_by_demo(value):
                 check_split_row(row, value, where, training=column == "train" and row["role"] == "train")
     if not (sheet["role"] == "train").any():
@@ -1102,7 +1109,7 @@ def check_expression_sheet(sheet, path):
             if column == "niche_slide":
                 continue  # check_pooled_slides
             if not os.path.exists(value) and not made_by_demo(value):
-                raise WorkflowError(f"{where}: column {column!r} names {value}, which does not exist")
+                raise WorkflowError(f"{where}: column {column!r} names {value}, {not_there(value)}")
         if row.format == "visium" and not made_by_demo(row.outs):
             for name, file in spaceranger_files(row.outs).items():
                 if not os.path.exists(file):
@@ -1115,7 +1122,7 @@ def check_expression_sheet(sheet, path):
             if value and row.format != "hest":
                 raise WorkflowError(f"{where}: column {column!r} is read for format hest only")
             if value and not os.path.exists(value):
-                raise WorkflowError(f"{where}: column {column!r} names {value}, which does not exist")
+                raise WorkflowError(f"{where}: column {column!r} names {value}, {not_there(value)}")
     patients = sheet.groupby("dataset")["patient"].nunique()
     if (patients < 2).any():
         raise WorkflowError(

@@ -136,6 +136,7 @@ def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
     channels = (nuclear,) if membrane is None else (nuclear, membrane)
     _check_shapes(path, x.shape, y.shape, channels, target)
     _require_instance_ids(path, y, TARGETS[target])
+    _require_label_order(path, y)
     n = len(x)
     tissues = _names(path, "tissue_list", n)
     platforms = _names(path, "platform_list", n)
@@ -149,6 +150,20 @@ def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
         labels = IntegerLabels(labels)  # whole numbers stored as floats (checked above)
     return SegSet(images, labels, [f"{path.stem}:{i}" for i in range(n)], tissues, platforms,
                   ("nuclear",) if membrane is None else ("nuclear", "membrane"))
+
+
+def _require_label_order(path: Path, y: np.ndarray, sample: int = 64) -> None:
+    """y's channels in TissueNet's order, whole-cell then nuclear: a cell holds its nucleus, so
+    nuclear labels covering more pixels than the whole-cell ones (over the first `sample`
+    images) mean they were swapped, and a model would silently learn the other target."""
+    if y.shape[-1] < 2:
+        return
+    part = np.asarray(y[:sample, ..., :2])
+    cells, nuclei = (int((part[..., c] > 0).sum()) for c in (0, 1))
+    if nuclei > cells:
+        raise InputError(path, f"y's label channels look swapped: the nuclear labels (channel 1) cover {nuclei} "
+                               f"pixels of the first {len(part)} images, the whole-cell ones (channel 0) {cells}; "
+                               "TissueNet stores whole-cell labels in y[..., 0] and nuclear ones in y[..., 1]")
 
 
 def _require_finite_pixels(path: Path, images: np.ndarray, chunk: int = 64) -> None:

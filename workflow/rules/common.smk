@@ -217,19 +217,13 @@ if NICHE["test_strip"] >= NICHE["n_strips"]:
         f"(niche.n_strips; strips count from 0)"
     )
 EXPRESSION = config["expression"]
-
-
-def expression_pools_niche_slides():
-    """Whether the expression sheet has pseudo-spot rows (format xenium): their slides are the
-    niche sheet's, which is then read, and its slides ingested, with the niche study off too."""
-    if not EXPRESSION["enabled"]:
-        return False
-    samples = load_sheet(EXPRESSION["samples"], "../schemas/expression_samples.schema.yaml")
-    return bool((samples["format"] == "xenium").any())
-
-
+# read here, checked with the expression study below: its pseudo-spot rows (format xenium) pool
+# slides of the niche sheet, which is then read, and those slides ingested, with the niche study off too
+EXPR_SAMPLES = pd.DataFrame(columns=["sample", "dataset", "patient", "format"])
+if EXPRESSION["enabled"]:
+    EXPR_SAMPLES = load_sheet(EXPRESSION["samples"], "../schemas/expression_samples.schema.yaml")
 SLIDES = pd.DataFrame(columns=["slide"])
-if NICHE["enabled"] or expression_pools_niche_slides():
+if NICHE["enabled"] or (EXPR_SAMPLES["format"] == "xenium").any():
     SLIDES = load_sheet(NICHE["slides"], "../schemas/niche_slides.schema.yaml")
     check_slide_rows(SLIDES, NICHE["slides"])
     SLIDES = SLIDES.set_index("slide", drop=False)
@@ -1064,8 +1058,7 @@ def segmentation_benchmarks():
     return files + [bench.format(dataset=d, model=m, on=on) for d, m, on in segmentation_evaluations()]
 
 
-# ---- expression study (docs/architecture.md) ----
-EXPR_SAMPLES = pd.DataFrame(columns=["sample", "dataset", "patient"])
+# ---- expression study (docs/architecture.md); its sheet is read above, with the niche sheet ----
 
 
 EXPR_FORMAT_COLUMNS = {"hest": ("st", "image", "metadata"), "visium": ("outs", "image"), "xenium": ("niche_slide",)}
@@ -1132,7 +1125,6 @@ def check_expression_sheet(sheet, path):
 
 
 if EXPRESSION["enabled"]:
-    EXPR_SAMPLES = load_sheet(EXPRESSION["samples"], "../schemas/expression_samples.schema.yaml")
     check_expression_sheet(EXPR_SAMPLES, EXPRESSION["samples"])
     EXPR_SAMPLES = EXPR_SAMPLES.set_index("sample", drop=False)
 EXPR_DATASETS = sorted(EXPR_SAMPLES["dataset"].unique())

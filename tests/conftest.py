@@ -191,3 +191,44 @@ def demo_run(tmp_path_factory) -> Path:
     workdir = make_workdir(tmp_path_factory.mktemp("run"), slides=ALL_SLIDES, cells=None, niche__k=[10])
     snakemake("--cores", "2", cwd=workdir)
     return workdir
+
+
+STAR_HEADER = ["gene_id", "gene_name", "gene_type", "unstranded", "stranded_first", "stranded_second",
+               "tpm_unstranded", "fpkm_unstranded", "fpkm_uq_unstranded"]
+
+
+def as_gdc_download(rna: pd.DataFrame, folder: Path, flat: bool = False) -> Path:
+    """Samples x genes (linear values) written as the GDC portal hands RNA-seq out: one STAR
+    gene-count file per sample at `<File ID>/<File Name>` (`flat`: beside the sheet), the values
+    as `tpm_unstranded` beside other columns, STAR's read summaries, a `_PAR_Y` copy; and the
+    cart's sample sheet, which also lists a slide. Returns the sheet's path."""
+    import uuid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n, (sample, values) in enumerate(rna.iterrows()):
+        file_id, name = str(uuid.UUID(int=n + 1)), f"{uuid.UUID(int=1000 + n)}.rna_seq.augmented_star_gene_counts.tsv"
+        genes = pd.DataFrame({"gene_id": [f"ENSG{j:011d}.{j % 7 + 1}" for j in range(len(values))],
+                              "gene_name": rna.columns, "gene_type": "protein_coding",
+                              "unstranded": (values * 10).round(), "stranded_first": (values * 5).round(),
+                              "stranded_second": (values * 5).round(), "tpm_unstranded": values.round(4),
+                              "fpkm_unstranded": (values / 3).round(4), "fpkm_uq_unstranded": (values / 2).round(4)})
+        par_y = genes.iloc[:1].assign(gene_id=lambda t: t["gene_id"] + "_PAR_Y", unstranded=0, tpm_unstranded=0.0)
+        summaries = pd.DataFrame({"gene_id": ["N_unmapped", "N_multimapping", "N_noFeature", "N_ambiguous"],
+                                  "unstranded": [81, 44, 14, 55], "stranded_first": [81, 44, 245, 14],
+                                  "stranded_second": [81, 44, 247, 14]})
+        path = folder / name if flat else folder / file_id / name
+        path.parent.mkdir(exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write("# gene-model: GENCODE v36\n")
+            pd.concat([summaries, genes, par_y])[STAR_HEADER].to_csv(fh, sep="\t", index=False)
+        rows.append([file_id, name, "Transcriptome Profiling", "Gene Expression Quantification", "TCGA-XY",
+                     sample.rsplit("-", 1)[0], sample, "Tumor" if sample[-3] == "0" else "Normal", "Primary",
+                     "Solid Tissue", "Unknown"])
+    rows.append([str(uuid.UUID(int=9999)), "TCGA-XY-0000-01Z-00-DX1.svs", "Biospecimen", "Slide Image", "TCGA-XY",
+                 "TCGA-XY-0000", "TCGA-XY-0000-01Z", "Tumor", "Primary", "Solid Tissue", "FFPE"])
+    sheet = folder / "gdc_sample_sheet.2026-12-05.tsv"
+    pd.DataFrame(rows, columns=["File ID", "File Name", "Data Category", "Data Type", "Project ID", "Case ID",
+                                "Sample ID", "Tissue Type", "Tumor Descriptor", "Specimen Type",
+                                "Preservation Method"]).to_csv(sheet, sep="\t", index=False)
+    return sheet

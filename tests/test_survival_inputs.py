@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import as_gdc_download
 from PIL import Image
 
 from tissuekd.demo.survival import lymphoid_aggregates, make_cohort_tables, make_slide
@@ -466,3 +467,43 @@ def test_a_features_file_whose_features_are_a_group_is_named(tmp_path):
         h5["coords"] = np.zeros((3, 2), np.int64)
     with pytest.raises(InputError, match=r"grouped.h5: `features` is a group \(holding \['uni'\]\), expected an array"):
         read_layout(str(tmp_path / "grouped.h5"))
+
+
+def gdc_download(tables, folder, flat=False):
+    """The fixture's RNA as a GDC download (linear TPM, as STAR files hold it), plus a normal
+    sample of the first patient and a second aliquot of the last one's tumour sample."""
+    rna = 2 ** pd.read_csv(tables / "rna.tsv", sep="\t", index_col=0).T - 1
+    extra = pd.concat([rna.iloc[[0]].rename(index=lambda s: s.replace("-01A", "-11A")) * 0 + 7, rna.iloc[[-1]]])
+    return as_gdc_download(pd.concat([rna, extra]), folder, flat=flat)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_a_gdc_download_reads_as_its_matrix_does(tables, tmp_path, caplog, flat):
+    sheet = gdc_download(tables, tmp_path / "gdc", flat=flat)
+    with caplog.at_level(logging.INFO):
+        given = read_rna(sheet, set(PATIENTS))
+    expected = read_rna(tables / "rna.tsv", set(PATIENTS))
+    pd.testing.assert_frame_equal(given.sort_index(), expected.sort_index(), atol=1e-4, check_dtype=False)
+    assert "reading 5 of 5 STAR files" in caplog.text  # the slide of the cart is no STAR file
+    assert f"1 sample(s) with several STAR files (aliquots), their mean used: ['{PATIENTS[-1]}-01A']" in caplog.text
+    counts = read_rna(sheet, set(PATIENTS), "unstranded")  # another column of the STAR files
+    linear = 2 ** pd.read_csv(tables / "rna.tsv", sep="\t", index_col=0)[PATIENTS[0] + "-01A"] - 1
+    np.testing.assert_allclose(counts.loc[PATIENTS[0]], np.log2((linear * 10).round() + 1), atol=1e-4)
+
+
+def test_a_gdc_download_with_a_missing_or_foreign_file_is_named(tables, tmp_path):
+    sheet = gdc_download(tables, tmp_path / "gdc")
+    files = sorted((tmp_path / "gdc").glob("*/*.tsv"))
+    star = pd.read_csv(files[1], sep="\t", comment="#").drop(columns="tpm_unstranded")
+    star.to_csv(files[1], sep="\t", index=False)
+    with pytest.raises(InputError, match=rf"{files[1]}: not a GDC STAR gene-count table: no column\(s\) "
+                                         r"\['tpm_unstranded'\]"):
+        read_rna(sheet, set(PATIENTS))
+    files[0].unlink()
+    with pytest.raises(InputError, match=rf"{sheet}: 1 of its 5 STAR files are in neither {tmp_path}/gdc/<File ID>/"
+                                         r"<File Name> \(gdc-client's layout\) nor"):
+        read_rna(sheet, set(PATIENTS))
+    table = pd.read_csv(sheet, sep="\t")
+    table[table["Data Type"] == "Slide Image"].to_csv(sheet, sep="\t", index=False)
+    with pytest.raises(InputError, match="lists no STAR gene-count file"):
+        read_rna(sheet, set(PATIENTS))

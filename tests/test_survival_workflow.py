@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_workdir, planned_jobs, runtime_table, snakemake, uncounted_jobs
+from conftest import as_gdc_download, make_workdir, planned_jobs, runtime_table, snakemake, uncounted_jobs
 
 from tissuekd.survival.methods import METHODS
 
@@ -110,9 +110,9 @@ def test_changed_gene_sets_rerun_the_methods_that_read_rna_only(survival_run):
 
 # ---- features brought from TRIDENT / CLAM: no images, a small cohort ----
 
-def brought_features(tmp_path: Path, n_patients=20, negative_time=False) -> Path:
+def brought_features(tmp_path: Path, n_patients=20, negative_time=False, gdc=False) -> Path:
     """A cohort given as feature files only; one patient's slide has no patches, one clinical
-    row has no slide."""
+    row has no slide. `gdc`: its RNA (+ 5, linear) as a GDC download (`gdc/`, the sheet's `rna`)."""
     rng = np.random.default_rng(0)
     workdir = make_workdir(tmp_path, studies=("survival",), survival__external=[], survival__folds=2,
                            survival__train={"epochs": 2, "hidden": 16, "members": 1, "n_bins": 2})
@@ -139,7 +139,8 @@ def brought_features(tmp_path: Path, n_patients=20, negative_time=False) -> Path
     rna = pd.DataFrame(rng.normal(size=(n_patients, 12)) + risk[:, None] * (np.arange(12) < 4),
                        index=[p + "-01A" for p in patients], columns=[f"G{j}" for j in range(12)])
     rna.T.to_csv(tmp_path / "rna.tsv", sep="\t")
-    pd.DataFrame([{"cohort": "mine", "clinical": str(tmp_path / "clinical.tsv"), "rna": str(tmp_path / "rna.tsv"),
+    rna_path = as_gdc_download(2 ** (rna + 5) - 1, tmp_path / "gdc") if gdc else tmp_path / "rna.tsv"
+    pd.DataFrame([{"cohort": "mine", "clinical": str(tmp_path / "clinical.tsv"), "rna": str(rna_path),
                    "gene_sets": "", "cross_validate": "yes"}]).to_csv(workdir / "config/survival_cohorts.tsv",
                                                                       sep="\t", index=False)
     return workdir
@@ -156,6 +157,23 @@ def test_features_from_trident_or_clam_run_without_images_and_drops_are_listed(t
     assert len(pd.read_csv(out / "student/predictions.tsv", sep="\t")) == 19
     cohort_log = workdir / "results/logs/survival/cohort/demo-mobilenet-224/mine.log"
     assert "dropped patient TCGA-XY-9999" in cohort_log.read_text()
+
+
+def test_rna_from_a_gdc_download_is_read_and_its_star_files_are_inputs(tmp_path):
+    workdir = brought_features(tmp_path, gdc=True)
+    target = "results/survival/mine/demo-mobilenet-224/rna.parquet"
+    snakemake("--cores", "1", target, cwd=workdir)
+    given = pd.read_parquet(workdir / target)
+    matrix = pd.read_csv(tmp_path / "rna.tsv", sep="\t", index_col=0).T.rename(index=lambda s: s[:-4]) + 5
+    np.testing.assert_allclose(given, matrix.loc[given.index, given.columns], atol=1e-3)
+    star = sorted((tmp_path / "gdc").glob("*/*.tsv"))[0]
+    star.write_text(star.read_text().replace("\t0.", "\t1.", 1))  # a STAR file replaced: its cohort reruns
+    assert planned_jobs(workdir, target).get("survival_cohort") == 1
+    star.unlink()
+    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert (f"{tmp_path}/gdc/gdc_sample_sheet.2026-12-05.tsv: 1 of its 20 STAR files are in neither "
+            f"{tmp_path}/gdc/<File ID>/<File Name> (gdc-client's layout)") in result.stderr + result.stdout
 
 
 def test_negative_survival_time_stops_the_cohort_naming_the_patient(tmp_path):

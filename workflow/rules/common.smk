@@ -17,6 +17,7 @@ from tissuekd.errors import InputError
 from tissuekd.io.wsi import require_slide_format
 from tissuekd.io.xenium import CLUSTERS, MATRIX, MEX, clusters_path, matrix_files
 from tissuekd.niche import methods as niche_methods
+from tissuekd.survival import gdc
 from tissuekd.survival import methods as survival_methods
 from tissuekd.survival.barcodes import normal_file
 
@@ -488,6 +489,17 @@ if SURVIVAL["enabled"]:
     SURVIVAL_SLIDES = load_sheet(SURVIVAL["slides"], "../schemas/survival_slides.schema.yaml")
 
 
+@functools.cache
+def gdc_star_files(rna):
+    """The STAR files a GDC sample sheet lists (inputs: a changed file reruns the cohort); [] for a matrix."""
+    if not gdc.is_sample_sheet(rna):
+        return []
+    try:
+        return list(gdc.star_files(rna)["path"])
+    except InputError as err:
+        raise WorkflowError(str(err)) from None
+
+
 def check_survival_sheets(cohorts, slides):
     """Names unique, every slide's cohort listed, files present (demo files are made by rules),
     external pairs naming known cohorts."""
@@ -505,6 +517,9 @@ def check_survival_sheets(cohorts, slides):
                 value = row[column]
                 if value and not os.path.exists(value) and not made_by_demo(value):
                     raise WorkflowError(f"{path} line {row_no}: column {column!r} names {value}, {not_there(value)}")
+    for rna in cohorts["rna"]:
+        if rna:
+            gdc_star_files(rna)  # a GDC sample sheet's files are all there
     check_slide_files(slides, SURVIVAL["slides"])
     check_patients_in_clinical(cohorts, slides)
     for pair in SURVIVAL["external"]:
@@ -616,18 +631,31 @@ def cohort_inputs(wildcards):
         "clinical": cohort_value(wildcards.cohort, "clinical"),
         "features": survival_features(wildcards.cohort, wildcards.encoder),
     }
-    if cohort_value(wildcards.cohort, "rna"):
-        inputs["rna"] = cohort_value(wildcards.cohort, "rna")
+    rna = cohort_value(wildcards.cohort, "rna")
+    if rna:
+        inputs["rna"] = rna
+        inputs["star_files"] = gdc_star_files(rna)
     return inputs
 
 
+def star_value(wildcards):
+    """Param: the STAR column read, for a cohort whose RNA is a GDC download ("" otherwise: changing
+    it reruns no other cohort)."""
+    rna = cohort_value(wildcards.cohort, "rna")
+    return SURVIVAL["star_value"] if rna and gdc_star_files(rna) else ""
+
+
 def cohort_mem_mb(wildcards, input, attempt):
-    """Resource: the RNA matrix is read whole (a PanCan matrix is ~2e8 values): ~4 bytes of memory
-    per byte of text (parsed, made numeric, transposed), ~12 per byte compressed (read as pandas infers)."""
+    """Resource: the RNA is read whole. A matrix (PanCan's is ~2e8 values): ~4 bytes of memory per
+    byte of text (parsed, made numeric, transposed), ~12 per byte compressed (read as pandas infers).
+    A GDC download: one float32 row per STAR file, ~60,000 genes, copied a few times as float64."""
     rna = input.get("rna")
     packed = str(rna).lower().endswith((".gz", ".bz2", ".xz", ".zst", ".zip"))
     text_mb = os.path.getsize(rna) / 1e6 * (3 if packed else 1) if rna else 0
-    return int(2000 + 4 * text_mb) * attempt
+    return int(2000 + 4 * text_mb + STAR_FILE_MB * len(input.get("star_files", []))) * attempt
+
+
+STAR_FILE_MB = 2.0  # per STAR file of a GDC download (cohort_mem_mb); measured: docs/measurements.md
 
 
 def cohort_slides(wildcards):

@@ -130,6 +130,7 @@ rule survival_cohort:
     params:
         slides=cohort_slides,
         endpoint=SURVIVAL["endpoint"],
+        star_value=star_value,
         folds=SURVIVAL["folds"],
         seed=SURVIVAL["seed"],
         cross_validate=lambda wildcards: cohort_value(wildcards.cohort, "cross_validate"),

@@ -28,6 +28,7 @@ from sklearn.model_selection import StratifiedKFold
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
 from tissuekd.io.delimited import header_separator
+from tissuekd.survival import gdc
 from tissuekd.survival.barcodes import normal_slide, patient_of, sample_rank
 from tissuekd.survival.layout import coords_attrs, patch_geometry
 
@@ -166,29 +167,13 @@ def _numbers(column: pd.Series, patient: pd.Series, path: str) -> pd.Series:
     return values
 
 
-def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
-    """Patients x genes. The orientation is detected from which axis holds the barcodes and
-    logged; with several samples per patient the tumour sample (-01..-09) sorting first is used."""
-    sep = header_separator(path, fallback=r"\s+")  # tab, comma, semicolon or whitespace
-    try:  # the C parser: a PanCan matrix is ~2e8 values; the labels as text (sample id 0123 is not 123)
-        raw = pd.read_csv(path, sep=sep, index_col=0, dtype={0: str})
-    except (UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise InputError(path, f"not a readable TSV or CSV matrix ({err})") from None
-    if raw.empty:
-        raise InputError(path, f"no values: {raw.shape[0]} row(s), {raw.shape[1]} column(s) besides the labels")
-    by_columns = sum(patient_of(str(c), patients) is not None for c in raw.columns)
-    by_rows = sum(patient_of(str(i), patients) is not None for i in raw.index)
-    if max(by_columns, by_rows) == 0:
-        raise InputError(path, f"no row or column label matches a patient barcode of the cohort "
-                               f"(e.g. {sorted(patients)[:3]}); is this the cohort's RNA matrix?")
-    matrix = raw.T if by_columns > by_rows else raw
-    log.info("%s: %s (%d genes, %d samples); %d samples match a patient", path,
-             "genes x samples" if by_columns > by_rows else "samples x genes", matrix.shape[1], matrix.shape[0],
-             max(by_columns, by_rows))
-    genes = _header(path, sep) if by_columns <= by_rows else matrix.columns.astype(str)
-    repeated = genes[genes.duplicated()].unique().tolist()
-    if repeated:
-        raise InputError(path, f"gene id(s) listed twice: {repeated[:10]}")
+def read_rna(path: str, patients: set[str], star_value: str = "") -> pd.DataFrame:
+    """Patients x genes, from a matrix keyed by barcode or a GDC download (its sample sheet; the
+    STAR files' `star_value` column, "": the default). A matrix's orientation is detected from which axis holds
+    the barcodes and logged; with several samples per patient the tumour sample (-01..-09)
+    sorting first is used."""
+    matrix = gdc.read_download(path, patients, star_value) if gdc.is_sample_sheet(path) \
+        else _read_matrix(path, patients)
     matrix.index = matrix.index.astype(str)
     twice = matrix.index[matrix.index.duplicated()].unique().tolist()
     if twice:
@@ -221,6 +206,31 @@ def read_rna(path: str, patients: set[str]) -> pd.DataFrame:
     if len(empty):  # a sample column of NAs: that patient has no RNA (dropped later, with the reason)
         log.warning("%s: %d patient(s) with no value at all, not used: %s", path, len(empty), empty[:10].tolist())
     return out.drop(index=empty)  # genes missing for some patients stay NaN: complete_genes, per cohort
+
+
+def _read_matrix(path: str, patients: set[str]) -> pd.DataFrame:
+    """Samples x genes of a matrix in either orientation (a repeated gene id is an error)."""
+    sep = header_separator(path, fallback=r"\s+")  # tab, comma, semicolon or whitespace
+    try:  # the C parser: a PanCan matrix is ~2e8 values; the labels as text (sample id 0123 is not 123)
+        raw = pd.read_csv(path, sep=sep, index_col=0, dtype={0: str})
+    except (UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise InputError(path, f"not a readable TSV or CSV matrix ({err})") from None
+    if raw.empty:
+        raise InputError(path, f"no values: {raw.shape[0]} row(s), {raw.shape[1]} column(s) besides the labels")
+    by_columns = sum(patient_of(str(c), patients) is not None for c in raw.columns)
+    by_rows = sum(patient_of(str(i), patients) is not None for i in raw.index)
+    if max(by_columns, by_rows) == 0:
+        raise InputError(path, f"no row or column label matches a patient barcode of the cohort "
+                               f"(e.g. {sorted(patients)[:3]}); is this the cohort's RNA matrix?")
+    matrix = raw.T if by_columns > by_rows else raw
+    log.info("%s: %s (%d genes, %d samples); %d samples match a patient", path,
+             "genes x samples" if by_columns > by_rows else "samples x genes", matrix.shape[1], matrix.shape[0],
+             max(by_columns, by_rows))
+    genes = _header(path, sep) if by_columns <= by_rows else matrix.columns.astype(str)
+    repeated = genes[genes.duplicated()].unique().tolist()
+    if repeated:
+        raise InputError(path, f"gene id(s) listed twice: {repeated[:10]}")
+    return matrix
 
 
 LINEAR_ABOVE = 50.0  # log2(TPM + 1) stays below ~20 (a million TPM); counts, RSEM and TPM exceed this
@@ -474,7 +484,8 @@ def assign_folds(events: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 
 def prepare_cohort(name: str, slides: pd.DataFrame, clinical: str, rna: str | None, *, endpoint: str, folds: int,
-                   seed: int, cross_validate: bool, out_patients: str, out_rna: str, out_dropped: str) -> None:
+                   seed: int, cross_validate: bool, out_patients: str, out_rna: str, out_dropped: str,
+                   star_value: str = "") -> None:
     """The rule survival_cohort: patients.tsv (usable patients with fold and feature files),
     rna.parquet, dropped.tsv. Here rather than in steps.py so that the rule imports no torch.
 
@@ -488,7 +499,8 @@ def prepare_cohort(name: str, slides: pd.DataFrame, clinical: str, rna: str | No
         TCGA-CDR-style table (CSV or TSV): `bcr_patient_barcode`, `{endpoint}` (1 event, 0 censored) and
         `{endpoint}.time` (days in TCGA-CDR).
     rna : str or None
-        RNA matrix keyed by sample or patient barcode, in either orientation; None: the cohort has no RNA.
+        RNA matrix keyed by sample or patient barcode, in either orientation, or a GDC sample sheet
+        (`tissuekd.survival.gdc`); None: the cohort has no RNA.
     endpoint : str
         The survival endpoint's column, e.g. "OS", "DSS" or "PFI".
     folds : int
@@ -503,9 +515,11 @@ def prepare_cohort(name: str, slides: pd.DataFrame, clinical: str, rna: str | No
         rna.parquet written: patients x genes, float32, in patients.tsv's order (no columns without RNA).
     out_dropped : str
         dropped.tsv written: patient, slide, reason.
+    star_value : str
+        The column of GDC STAR files read (a GDC sample sheet as `rna`); "": `gdc.STAR_DEFAULT`.
     """
     table = read_clinical(clinical, endpoint)
-    matrix = read_rna(rna, set(table.index)) if rna else None
+    matrix = read_rna(rna, set(table.index), star_value) if rna else None
     layouts = [read_layout(p) for p in slides["features"]]
     require_one_encoder(list(slides["features"]), layouts)
     slides = slides.assign(n_patches=[f.patches for f in layouts])

@@ -1,0 +1,128 @@
+"""RNA-seq as the GDC portal hands it out: the cart's sample sheet and one STAR file per sample.
+
+The sample sheet (`gdc_sample_sheet.<date>.tsv`) lists the cart's files: `File ID`, `File Name`,
+…, `Case ID`, `Sample ID` (e.g. TCGA-73-4658-01A), …. gdc-client and the portal's tarball put
+each file at `<File ID>/<File Name>`; a flat folder (`<File Name>` beside the sheet) is read too.
+A STAR gene-count file (`*.rna_seq.augmented_star_gene_counts.tsv`) holds one sample: a
+`# gene-model: GENCODE v36` line, the header `gene_id gene_name gene_type unstranded
+stranded_first stranded_second tpm_unstranded fpkm_unstranded fpkm_uq_unstranded`, STAR's four
+read summaries (N_unmapped, …), then one row per GENCODE gene. Genes are named by `gene_name`
+(so that MSigDB-style gene sets match, as for PanCan's symbols); ids sharing a name are averaged,
+and the `_PAR_Y` copies of pseudo-autosomal genes (all zero) are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tissuekd.errors import InputError
+from tissuekd.logs import log_progress
+from tissuekd.survival.barcodes import patient_of
+
+log = logging.getLogger(__name__)
+
+SHEET_START = "File ID\tFile Name"
+SHEET_COLUMNS = ("File ID", "File Name", "Sample ID")
+STAR_SUFFIX = ".rna_seq.augmented_star_gene_counts.tsv"
+STAR_VALUES = ("unstranded", "stranded_first", "stranded_second", "tpm_unstranded", "fpkm_unstranded",
+               "fpkm_uq_unstranded")
+STAR_DEFAULT = "tpm_unstranded"  # depth-normalised; chosen a priori (config survival.star_value)
+
+
+def is_sample_sheet(path: str | Path) -> bool:
+    """Whether `path` is a GDC sample sheet (its first line starts `File ID<tab>File Name`)."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:
+            return fh.readline().startswith(SHEET_START)
+    except (OSError, IsADirectoryError):
+        return False
+
+
+def star_files(sheet: str | Path) -> pd.DataFrame:
+    """`sample` (the Sample ID) and `path` of every STAR gene-count file the sheet lists; the
+    cart's other files (slides, clinical XML) are skipped. Missing files are one error."""
+    table = pd.read_csv(sheet, sep="\t", dtype=str, encoding="utf-8-sig").fillna("")
+    absent = [c for c in SHEET_COLUMNS if c not in table.columns]
+    if absent:
+        raise InputError(sheet, f"a GDC sample sheet without column(s) {absent}")
+    star = table[table["File Name"].str.endswith(STAR_SUFFIX)]
+    if star.empty:
+        raise InputError(sheet, f"lists no STAR gene-count file (*{STAR_SUFFIX}) among its {len(table)} "
+                                "file(s): add the cohort's RNA-seq (Gene Expression Quantification) to the cart")
+    shared = star[star["Sample ID"].str.contains(",")]
+    if len(shared):
+        raise InputError(sheet, f"STAR file(s) listed for several samples, e.g. {shared['File Name'].iloc[0]}: "
+                                f"{shared['Sample ID'].iloc[0]}")
+    folder = Path(sheet).parent
+    paths = [_located(folder, file_id, name) for file_id, name in zip(star["File ID"], star["File Name"])]
+    missing = [f"{i}/{n}" for i, n, p in zip(star["File ID"], star["File Name"], paths) if p is None]
+    if missing:
+        raise InputError(sheet, f"{len(missing)} of its {len(star)} STAR files are in neither "
+                                f"{folder}/<File ID>/<File Name> (gdc-client's layout) nor {folder}/<File Name>, "
+                                f"e.g. {missing[:3]}")
+    return pd.DataFrame({"sample": star["Sample ID"].str.strip().to_numpy(), "path": paths})
+
+
+def _located(folder: Path, file_id: str, name: str) -> str | None:
+    for path in (folder / file_id / name, folder / name):
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def read_star(path: str, value: str = STAR_DEFAULT) -> pd.Series:
+    """One sample's `value` column per gene name (STAR's read summaries and `_PAR_Y` ids dropped,
+    ids sharing a name averaged)."""
+    try:
+        table = pd.read_csv(path, sep="\t", comment="#", dtype={"gene_id": str, "gene_name": str})
+    except (UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise InputError(path, f"not a readable GDC STAR gene-count table ({err})") from None
+    absent = [c for c in ("gene_id", "gene_name", value) if c not in table.columns]
+    if absent:
+        raise InputError(path, f"not a GDC STAR gene-count table: no column(s) {absent} "
+                               f"(has {table.columns.tolist()[:9]})")
+    genes = table[~table["gene_id"].str.startswith("N_") & ~table["gene_id"].str.endswith("_PAR_Y")]
+    values = pd.to_numeric(genes[value], errors="coerce")
+    if values.isna().any():
+        raise InputError(path, f"column {value}: {int(values.isna().sum())} gene(s) without a number, "
+                               f"e.g. {genes.loc[values.isna(), 'gene_id'].iloc[0]}")
+    names = genes["gene_name"].fillna(genes["gene_id"]).to_numpy()
+    return values.groupby(names, sort=False).mean().astype(np.float32)
+
+
+def read_download(sheet: str, patients: set[str], value: str = "") -> pd.DataFrame:
+    """Samples x genes of the sheet's STAR files whose Sample ID belongs to one of `patients`
+    (the others are not read); `value`: their column ("": STAR_DEFAULT); a sample with several
+    files (aliquots) gets their mean."""
+    value = value or STAR_DEFAULT
+    files = star_files(sheet)
+    mine = files[[patient_of(s, patients) is not None for s in files["sample"]]]
+    if mine.empty:
+        raise InputError(sheet, f"no Sample ID of its {len(files)} STAR files belongs to a patient of the cohort "
+                                f"(e.g. {files['sample'].iloc[0]} vs {sorted(patients)[:3]})")
+    log.info("%s: reading %s of %d STAR files (those of the cohort's patients)", sheet, len(mine), len(files))
+    genes, values, other = None, None, []
+    for row, path in enumerate(mine["path"]):
+        sample = read_star(path, value)
+        if genes is None:  # one float32 row per file, on the first file's genes (not an index per file)
+            genes, values = sample.index, np.full((len(mine), len(sample)), np.nan, dtype=np.float32)
+        elif not sample.index.equals(genes):
+            other.append(path)
+            sample = sample.reindex(genes)
+        values[row] = sample.to_numpy()
+        log_progress(log, "STAR files read", row + 1, len(mine))
+    if other:  # its genes missing elsewhere are then dropped for the cohort (complete_genes)
+        log.warning("%s: %d STAR file(s) list genes other than %s's (another GENCODE release?), read on its "
+                    "genes: %s", sheet, len(other), mine["path"].iloc[0], other[:3])
+    matrix = pd.DataFrame(values, index=pd.Index(mine["sample"].to_numpy(), name="sample"), columns=genes)
+    repeated = matrix.index[matrix.index.duplicated()].unique()
+    if len(repeated):
+        log.warning("%s: %d sample(s) with several STAR files (aliquots), their mean used: %s", sheet,
+                    len(repeated), repeated[:5].tolist())
+        matrix = matrix.groupby(level=0, sort=False).mean()
+    log.info("%s: %s of %d samples x %d genes", sheet, value, *matrix.shape)
+    return matrix

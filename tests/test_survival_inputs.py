@@ -507,3 +507,33 @@ def test_a_gdc_download_with_a_missing_or_foreign_file_is_named(tables, tmp_path
     table[table["Data Type"] == "Slide Image"].to_csv(sheet, sep="\t", index=False)
     with pytest.raises(InputError, match="lists no STAR gene-count file"):
         read_rna(sheet, set(PATIENTS))
+
+
+def gdc_clinical(path, older=False):
+    """GDC's clinical.tsv: a row per case and diagnosis or treatment, '-- for missing values."""
+    rows = [  # case, vital status, days to death, days to last follow-up
+        ("TCGA-DM-A000", "Dead", "400", "'--"), ("TCGA-DM-A000", "Dead", "400", "120"),
+        ("TCGA-DM-A001", "Alive", "'--", "800"), ("TCGA-DM-A001", "Alive", "'--", "950"),
+        ("TCGA-DM-A002", "Not Reported", "'--", "300"), ("TCGA-DM-A003", "Dead", "'--", "'--")]
+    names = (["case_submitter_id", "vital_status", "days_to_death", "days_to_last_follow_up"] if older else
+             ["cases.submitter_id", "demographic.vital_status", "demographic.days_to_death",
+              "diagnoses.days_to_last_follow_up"])
+    table = pd.DataFrame(rows, columns=names).assign(**{"project.project_id": "TCGA-DM", "treatments.days": "'--"})
+    table.to_csv(path, sep="\t", index=False)
+    return path
+
+
+@pytest.mark.parametrize("older", [False, True])
+def test_a_gdc_clinical_table_gives_overall_survival_per_case(tmp_path, older):
+    clinical = read_clinical(gdc_clinical(tmp_path / "clinical.tsv", older), "OS")
+    assert clinical.loc["TCGA-DM-A000"].tolist() == [400, 1]  # dead: days to death
+    assert clinical.loc["TCGA-DM-A001"].tolist() == [950, 0]  # alive: the longest follow-up of its rows
+    assert clinical.loc[["TCGA-DM-A002", "TCGA-DM-A003"], "event"].isna().tolist() == [True, False]
+    assert clinical.loc[["TCGA-DM-A002", "TCGA-DM-A003"], "time"].isna().tolist() == [False, True]
+    assert clinical_barcodes(str(tmp_path / "clinical.tsv")) == {f"TCGA-DM-A00{i}" for i in range(4)}
+    with pytest.raises(InputError, match="a GDC clinical table gives overall survival only .* endpoint PFI"):
+        read_clinical(tmp_path / "clinical.tsv", "PFI")
+    table = pd.read_csv(tmp_path / "clinical.tsv", sep="\t").iloc[:, [0, 1, 2]]
+    table.to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
+    with pytest.raises(InputError, match=r"without \['diagnoses.days_to_last_follow_up'\]"):
+        read_clinical(tmp_path / "clinical.tsv", "OS")

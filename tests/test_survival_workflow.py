@@ -112,7 +112,8 @@ def test_changed_gene_sets_rerun_the_methods_that_read_rna_only(survival_run):
 
 def brought_features(tmp_path: Path, n_patients=20, negative_time=False, gdc=False) -> Path:
     """A cohort given as feature files only; one patient's slide has no patches, one clinical
-    row has no slide. `gdc`: its RNA (+ 5, linear) as a GDC download (`gdc/`, the sheet's `rna`)."""
+    row has no slide. `gdc`: its RNA (+ 5, linear) as a GDC download (`gdc/`, the sheet's `rna`)
+    and its clinical table as GDC's clinical.tsv."""
     rng = np.random.default_rng(0)
     workdir = make_workdir(tmp_path, studies=("survival",), survival__external=[], survival__folds=2,
                            survival__train={"epochs": 2, "hidden": 16, "members": 1, "n_bins": 2})
@@ -136,11 +137,20 @@ def brought_features(tmp_path: Path, n_patients=20, negative_time=False, gdc=Fal
                              "OS": list(rng.integers(0, 2, n_patients)) + [1], "OS.time": list(time) + [100]})
     clinical.loc[:3, "OS"] = 1
     clinical.to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
+    if gdc:  # GDC's clinical.tsv: a row per case and diagnosis, '-- where missing
+        dead = clinical["OS"] == 1
+        table = pd.DataFrame({"cases.submitter_id": clinical["bcr_patient_barcode"],
+                              "demographic.vital_status": np.where(dead, "Dead", "Alive"),
+                              "demographic.days_to_death": clinical["OS.time"].where(dead, "'--"),
+                              "diagnoses.days_to_last_follow_up": clinical["OS.time"].where(~dead, "'--")})
+        shorter = table.assign(**{"diagnoses.days_to_last_follow_up": (clinical["OS.time"] / 2).round()})
+        pd.concat([table, shorter]).to_csv(tmp_path / "gdc_clinical.tsv", sep="\t", index=False)
     rna = pd.DataFrame(rng.normal(size=(n_patients, 12)) + risk[:, None] * (np.arange(12) < 4),
                        index=[p + "-01A" for p in patients], columns=[f"G{j}" for j in range(12)])
     rna.T.to_csv(tmp_path / "rna.tsv", sep="\t")
     rna_path = as_gdc_download(2 ** (rna + 5) - 1, tmp_path / "gdc") if gdc else tmp_path / "rna.tsv"
-    pd.DataFrame([{"cohort": "mine", "clinical": str(tmp_path / "clinical.tsv"), "rna": str(rna_path),
+    clinical_path = tmp_path / ("gdc_clinical.tsv" if gdc else "clinical.tsv")
+    pd.DataFrame([{"cohort": "mine", "clinical": str(clinical_path), "rna": str(rna_path),
                    "gene_sets": "", "cross_validate": "yes"}]).to_csv(workdir / "config/survival_cohorts.tsv",
                                                                       sep="\t", index=False)
     return workdir
@@ -159,10 +169,14 @@ def test_features_from_trident_or_clam_run_without_images_and_drops_are_listed(t
     assert "dropped patient TCGA-XY-9999" in cohort_log.read_text()
 
 
-def test_rna_from_a_gdc_download_is_read_and_its_star_files_are_inputs(tmp_path):
+def test_rna_and_survival_from_gdc_downloads_are_read_and_star_files_are_inputs(tmp_path):
     workdir = brought_features(tmp_path, gdc=True)
     target = "results/survival/mine/demo-mobilenet-224/rna.parquet"
     snakemake("--cores", "1", target, cwd=workdir)
+    patients = pd.read_csv(workdir / target.replace("rna.parquet", "patients.tsv"), sep="\t", index_col="patient")
+    clinical = pd.read_csv(tmp_path / "clinical.tsv", sep="\t", index_col="bcr_patient_barcode")
+    assert patients["time"].tolist() == clinical.loc[patients.index, "OS.time"].tolist()
+    assert patients["event"].tolist() == clinical.loc[patients.index, "OS"].tolist()
     given = pd.read_parquet(workdir / target)
     matrix = pd.read_csv(tmp_path / "rna.tsv", sep="\t", index_col=0).T.rename(index=lambda s: s[:-4]) + 5
     np.testing.assert_allclose(given, matrix.loc[given.index, given.columns], atol=1e-3)

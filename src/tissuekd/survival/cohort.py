@@ -70,15 +70,19 @@ class Drops:
 
 
 def read_clinical(path: str, endpoint: str) -> pd.DataFrame:
-    """patient, time, event for `endpoint` (e.g. OS -> columns OS and OS.time); rows without
-    both values are kept with NaN (dropped later, by name); negative times are an error."""
+    """patient, time, event for `endpoint` (e.g. OS -> columns OS and OS.time; a GDC clinical
+    table: `_gdc_overall_survival`); rows without both values are kept with NaN (dropped later,
+    by name); negative times are an error."""
     table = _clinical_table(path)
     table = table.loc[:, ~table.columns.astype(str).str.startswith("Unnamed")]
+    if "bcr_patient_barcode" not in table.columns and _gdc_case_column(table):
+        table = _gdc_overall_survival(table, path, endpoint)
     needed = ["bcr_patient_barcode", endpoint, f"{endpoint}.time"]
     missing = [c for c in needed if c not in table.columns]
     if missing:
         raise InputError(path, f"missing column(s) {missing} for endpoint {endpoint} (a TCGA-CDR table has "
-                               f"bcr_patient_barcode, OS, OS.time, DSS, DSS.time, PFI, PFI.time)")
+                               f"bcr_patient_barcode, OS, OS.time, DSS, DSS.time, PFI, PFI.time; GDC's "
+                               f"clinical.tsv has cases.submitter_id, vital_status, days_to_death, …)")
     blank = table["bcr_patient_barcode"].fillna("").str.strip() == ""
     if blank.any():  # e.g. trailing rows of commas from a spreadsheet export
         log.info("%s: %d row(s) without a bcr_patient_barcode skipped", path, int(blank.sum()))
@@ -101,6 +105,41 @@ def read_clinical(path: str, endpoint: str) -> pd.DataFrame:
     return out.set_index("patient")
 
 
+# GDC's clinical.tsv: portal v2 names (entity.field) first, then the older export's
+GDC_CASE = ("cases.submitter_id", "case_submitter_id")
+GDC_FIELDS = {"vital": ("demographic.vital_status", "vital_status"),
+              "death": ("demographic.days_to_death", "days_to_death"),
+              "follow_up": ("diagnoses.days_to_last_follow_up", "days_to_last_follow_up")}
+
+
+def _gdc_case_column(table: pd.DataFrame) -> str | None:
+    return next((c for c in GDC_CASE if c in table.columns), None)
+
+
+def _gdc_overall_survival(table: pd.DataFrame, path: str, endpoint: str) -> pd.DataFrame:
+    """GDC's clinical.tsv (one row per case and diagnosis or treatment) as TCGA-CDR's OS columns:
+    dead at days_to_death, else censored at days_to_last_follow_up, the longest of a case's rows;
+    a vital status neither Alive nor Dead (Not Reported, '--) leaves the case without survival.
+    GDC gives no DSS, DFI or PFI: those are TCGA-CDR's curation."""
+    if endpoint != "OS":
+        raise InputError(path, f"a GDC clinical table gives overall survival only (vital status, days to death or "
+                               f"last follow-up): endpoint {endpoint} needs TCGA-CDR's columns")
+    columns = {key: next((c for c in names if c in table.columns), None) for key, names in GDC_FIELDS.items()}
+    absent = [GDC_FIELDS[key][0] for key, c in columns.items() if c is None]
+    if absent:
+        raise InputError(path, f"a GDC clinical table without {absent} (or their older names without the prefix)")
+    case = table[_gdc_case_column(table)].astype(str).str.strip()
+    vital = table[columns["vital"]].fillna("").astype(str).str.strip().str.lower()
+    per_row = pd.DataFrame({"case": case, "event": vital.map({"dead": 1.0, "alive": 0.0}),
+                            "death": _numbers(table[columns["death"]], case, path),
+                            "follow_up": _numbers(table[columns["follow_up"]], case, path)})
+    cases = per_row.groupby("case", sort=False).max()
+    log.info("%s: GDC clinical table, %d rows of %d cases: OS from vital status, days to death (Dead) or to "
+             "last follow-up (Alive), the longest of each case's rows", path, len(table), len(cases))
+    return pd.DataFrame({"bcr_patient_barcode": cases.index, "OS": cases["event"].to_numpy(),
+                         "OS.time": np.where(cases["event"] == 1, cases["death"], cases["follow_up"])})
+
+
 XLSX, XLS = b"PK\x03\x04", b"\xd0\xcf\x11\xe0"  # a zip archive (.xlsx); the legacy .xls container
 
 
@@ -111,9 +150,9 @@ def _first_bytes(path: str) -> bytes:
 
 def clinical_barcodes(path: str, cache_dir: str | None = None) -> set[str] | None:
     """The patient barcodes of a clinical table, for checks while planning; None where the table
-    has no bcr_patient_barcode (the cohort job names it). A workbook takes openpyxl seconds to
-    parse (TCGA-CDR: ~2.5 s): with `cache_dir` its barcodes are kept there until the file's size
-    or modification time changes."""
+    has no bcr_patient_barcode nor GDC case id (the cohort job names it). A workbook takes
+    openpyxl seconds to parse (TCGA-CDR: ~2.5 s): with `cache_dir` its barcodes are kept there
+    until the file's size or modification time changes."""
     if cache_dir is None or not _first_bytes(path).startswith(XLSX):
         return _barcodes(path)
     stat = Path(path).stat()
@@ -133,9 +172,10 @@ def clinical_barcodes(path: str, cache_dir: str | None = None) -> set[str] | Non
 
 def _barcodes(path: str) -> set[str] | None:
     table = _clinical_table(path)
-    if "bcr_patient_barcode" not in table.columns:
+    column = "bcr_patient_barcode" if "bcr_patient_barcode" in table.columns else _gdc_case_column(table)
+    if column is None:
         return None
-    return set(table["bcr_patient_barcode"].dropna().astype(str).str.strip())
+    return set(table[column].dropna().astype(str).str.strip())
 
 
 def _clinical_table(path: str) -> pd.DataFrame:

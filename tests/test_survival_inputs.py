@@ -3,7 +3,10 @@ TCGA-CDR and RNA readers, and bad input stopped or dropped with the patient or s
 
 from __future__ import annotations
 
+import io
 import logging
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -537,3 +540,27 @@ def test_a_gdc_clinical_table_gives_overall_survival_per_case(tmp_path, older):
     table.to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
     with pytest.raises(InputError, match=r"without \['diagnoses.days_to_last_follow_up'\]"):
         read_clinical(tmp_path / "clinical.tsv", "OS")
+
+
+def test_a_gdc_carts_slides_become_slide_sheet_rows(tables, tmp_path):
+    sheet = gdc_download(tables, tmp_path / "gdc")
+    table = pd.read_csv(sheet, sep="\t", dtype=str)
+    frozen = table.iloc[[-1]].assign(**{"File ID": "f-ts", "File Name": "TCGA-XY-0000-01A-01-TS1.abc.svs"})
+    pd.concat([table, frozen]).to_csv(sheet, sep="\t", index=False)
+    for file_id, name in (("00000000-0000-0000-0000-00000000270f", "TCGA-XY-0000-01Z-00-DX1.svs"),
+                          ("f-ts", "TCGA-XY-0000-01A-01-TS1.abc.svs")):
+        (tmp_path / "gdc" / file_id).mkdir()
+        (tmp_path / "gdc" / file_id / name).write_bytes(b"II*\0")
+    command = [sys.executable, "-m", "tissuekd.survival.gdc", str(sheet), "--cohort", "mine"]
+    rows = pd.read_csv(io.StringIO(subprocess.run(command, check=True, capture_output=True, text=True).stdout),
+                       sep="\t", dtype=str).fillna("")
+    assert rows.to_dict("records") == [{
+        "slide": "TCGA-XY-0000-01Z-00-DX1", "cohort": "mine", "patient": "TCGA-XY-0000",
+        "image": f"{tmp_path}/gdc/00000000-0000-0000-0000-00000000270f/TCGA-XY-0000-01Z-00-DX1.svs", "mpp": "",
+        "features": ""}]
+    every = subprocess.run(command + ["--all", "--no-header"], check=True, capture_output=True, text=True).stdout
+    assert [line.split("\t")[0] for line in every.splitlines()] == ["TCGA-XY-0000-01Z-00-DX1",
+                                                                     "TCGA-XY-0000-01A-01-TS1"]
+    (tmp_path / "gdc" / "f-ts" / "TCGA-XY-0000-01A-01-TS1.abc.svs").unlink()
+    result = subprocess.run(command + ["--all"], capture_output=True, text=True)
+    assert result.returncode != 0 and f"tissuekd: bad input: {sheet}: 1 of its 2 slides are in neither" in result.stderr

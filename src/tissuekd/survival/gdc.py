@@ -9,11 +9,19 @@ stranded_first stranded_second tpm_unstranded fpkm_unstranded fpkm_uq_unstranded
 read summaries (N_unmapped, …), then one row per GENCODE gene. Genes are named by `gene_name`
 (so that MSigDB-style gene sets match, as for PanCan's symbols); ids sharing a name are averaged,
 and the `_PAR_Y` copies of pseudo-autosomal genes (all zero) are dropped.
+
+The same cart's slides become rows of the survival slide sheet with
+
+    python -m tissuekd.survival.gdc gdc_sample_sheet.<date>.tsv --cohort TCGA-LUAD [--slides-dir DIR] [--all]
+
+(diagnostic slides, `-DX`, only, unless --all: TCGA's frozen-section slides, `-TS`/`-BS`, differ in look).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +50,18 @@ def is_sample_sheet(path: str | Path) -> bool:
         return False
 
 
+def read_sheet(sheet: str | Path) -> pd.DataFrame:
+    table = pd.read_csv(sheet, sep="\t", dtype=str, encoding="utf-8-sig").fillna("")
+    absent = [c for c in SHEET_COLUMNS + ("Case ID",) if c not in table.columns]
+    if absent:
+        raise InputError(sheet, f"a GDC sample sheet without column(s) {absent}")
+    return table
+
+
 def star_files(sheet: str | Path) -> pd.DataFrame:
     """`sample` (the Sample ID) and `path` of every STAR gene-count file the sheet lists; the
     cart's other files (slides, clinical XML) are skipped. Missing files are one error."""
-    table = pd.read_csv(sheet, sep="\t", dtype=str, encoding="utf-8-sig").fillna("")
-    absent = [c for c in SHEET_COLUMNS if c not in table.columns]
-    if absent:
-        raise InputError(sheet, f"a GDC sample sheet without column(s) {absent}")
+    table = read_sheet(sheet)
     star = table[table["File Name"].str.endswith(STAR_SUFFIX)]
     if star.empty:
         raise InputError(sheet, f"lists no STAR gene-count file (*{STAR_SUFFIX}) among its {len(table)} "
@@ -126,3 +139,45 @@ def read_download(sheet: str, patients: set[str], value: str = "") -> pd.DataFra
         matrix = matrix.groupby(level=0, sort=False).mean()
     log.info("%s: %s of %d samples x %d genes", sheet, value, *matrix.shape)
     return matrix
+
+
+def slide_rows(sheet: str | Path, cohort: str, slides_dir: str | Path | None = None,
+               every: bool = False) -> pd.DataFrame:
+    """Rows of the survival slide sheet for the sheet's slides (`.svs`): slide (the file name's
+    barcode part), cohort, patient (Case ID), image; diagnostic slides only unless `every`."""
+    table = read_sheet(sheet)
+    slides = table[table["File Name"].str.lower().str.endswith(".svs")]
+    if not every:
+        slides = slides[slides["File Name"].str.split(".").str[0].str.contains("-DX")]
+    if slides.empty:
+        raise InputError(sheet, f"lists no {'' if every else 'diagnostic (-DX) '}slide (.svs) among its "
+                                f"{len(table)} file(s)")
+    folder = Path(slides_dir) if slides_dir else Path(sheet).parent
+    images = [_located(folder, i, n) for i, n in zip(slides["File ID"], slides["File Name"])]
+    missing = [n for n, path in zip(slides["File Name"], images) if path is None]
+    if missing:
+        raise InputError(sheet, f"{len(missing)} of its {len(slides)} slides are in neither {folder}/<File ID>/"
+                                f"<File Name> (gdc-client's layout) nor {folder}/<File Name>, e.g. {missing[:3]}")
+    return pd.DataFrame({"slide": slides["File Name"].str.split(".").str[0].to_numpy(), "cohort": cohort,
+                         "patient": slides["Case ID"].str.strip().to_numpy(), "image": images, "mpp": "",
+                         "features": ""})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Survival slide-sheet rows (TSV, to stdout) for the slides of "
+                                                 "a GDC cart, from its sample sheet.")
+    parser.add_argument("sheet", help="gdc_sample_sheet.<date>.tsv")
+    parser.add_argument("--cohort", required=True, help="the cohort's name in the cohort sheet")
+    parser.add_argument("--slides-dir", help="where gdc-client put the slides (default: the sheet's folder)")
+    parser.add_argument("--all", action="store_true", help="frozen-section slides (-TS, -BS) too")
+    parser.add_argument("--no-header", action="store_true", help="rows only, to append to a sheet")
+    args = parser.parse_args(argv)
+    try:
+        rows = slide_rows(args.sheet, args.cohort, args.slides_dir, args.all)
+    except InputError as err:
+        sys.exit(f"tissuekd: bad input: {err}")
+    rows.to_csv(sys.stdout, sep="\t", index=False, header=not args.no_header)
+
+
+if __name__ == "__main__":
+    main()

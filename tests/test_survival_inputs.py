@@ -489,6 +489,8 @@ def test_a_gdc_download_reads_as_its_matrix_does(tables, tmp_path, caplog, flat)
     pd.testing.assert_frame_equal(given.sort_index(), expected.sort_index(), atol=1e-4, check_dtype=False)
     assert "reading 5 of 5 STAR files" in caplog.text  # the slide of the cart is no STAR file
     assert f"1 sample(s) with several STAR files (aliquots), their mean used: ['{PATIENTS[-1]}-01A']" in caplog.text
+    pd.read_csv(sheet, sep="\t").to_csv(sheet, index=False)  # re-saved by a spreadsheet as CSV
+    pd.testing.assert_frame_equal(read_rna(sheet, set(PATIENTS)), given)
     counts = read_rna(sheet, set(PATIENTS), "unstranded")  # another column of the STAR files
     linear = 2 ** pd.read_csv(tables / "rna.tsv", sep="\t", index_col=0)[PATIENTS[0] + "-01A"] - 1
     np.testing.assert_allclose(counts.loc[PATIENTS[0]], np.log2((linear * 10).round() + 1), atol=1e-4)

@@ -1,4 +1,4 @@
-"""RNA-seq as the GDC portal hands it out: the cart's sample sheet and one STAR file per sample.
+"""A GDC portal download: the cart's sample sheet, one STAR file per RNA-seq sample, the slides.
 
 The sample sheet (`gdc_sample_sheet.<date>.tsv`) lists the cart's files: `File ID`, `File Name`,
 …, `Case ID`, `Sample ID` (e.g. TCGA-73-4658-01A), …. gdc-client and the portal's tarball put
@@ -33,11 +33,9 @@ from tissuekd.survival.barcodes import patient_of
 
 log = logging.getLogger(__name__)
 
-SHEET_START = "File ID\tFile Name"
-SHEET_COLUMNS = ("File ID", "File Name", "Sample ID")
+SHEET_STARTS = ("File ID\tFile Name", "File ID,File Name")  # as downloaded; re-saved as CSV
+SHEET_COLUMNS = ("File ID", "File Name", "Case ID", "Sample ID")
 STAR_SUFFIX = ".rna_seq.augmented_star_gene_counts.tsv"
-STAR_VALUES = ("unstranded", "stranded_first", "stranded_second", "tpm_unstranded", "fpkm_unstranded",
-               "fpkm_uq_unstranded")
 STAR_DEFAULT = "tpm_unstranded"  # depth-normalised; chosen a priori (config survival.star_value)
 
 
@@ -45,14 +43,16 @@ def is_sample_sheet(path: str | Path) -> bool:
     """Whether `path` is a GDC sample sheet (its first line starts `File ID<tab>File Name`)."""
     try:
         with open(path, encoding="utf-8-sig", errors="replace") as fh:
-            return fh.readline().startswith(SHEET_START)
-    except (OSError, IsADirectoryError):
+            return fh.readline().startswith(SHEET_STARTS)
+    except OSError:
         return False
 
 
 def read_sheet(sheet: str | Path) -> pd.DataFrame:
-    table = pd.read_csv(sheet, sep="\t", dtype=str, encoding="utf-8-sig").fillna("")
-    absent = [c for c in SHEET_COLUMNS + ("Case ID",) if c not in table.columns]
+    with open(sheet, encoding="utf-8-sig", errors="replace") as fh:
+        sep = "\t" if "\t" in fh.readline() else ","
+    table = pd.read_csv(sheet, sep=sep, dtype=str, encoding="utf-8-sig").fillna("")
+    absent = [c for c in SHEET_COLUMNS if c not in table.columns]
     if absent:
         raise InputError(sheet, f"a GDC sample sheet without column(s) {absent}")
     return table

@@ -489,11 +489,25 @@ def test_a_gdc_download_reads_as_its_matrix_does(tables, tmp_path, caplog, flat)
     pd.testing.assert_frame_equal(given.sort_index(), expected.sort_index(), atol=1e-4, check_dtype=False)
     assert "reading 5 of 5 STAR files" in caplog.text  # the slide of the cart is no STAR file
     assert f"1 sample(s) with several STAR files (aliquots), their mean used: ['{PATIENTS[-1]}-01A']" in caplog.text
-    pd.read_csv(sheet, sep="\t").to_csv(sheet, index=False)  # re-saved by a spreadsheet as CSV
-    pd.testing.assert_frame_equal(read_rna(sheet, set(PATIENTS)), given)
+    for sep in (",", ";"):  # re-saved by a spreadsheet as CSV
+        pd.read_csv(sheet, sep=None, engine="python").to_csv(sheet, sep=sep, index=False)
+        pd.testing.assert_frame_equal(read_rna(sheet, set(PATIENTS)), given)
     counts = read_rna(sheet, set(PATIENTS), "unstranded")  # another column of the STAR files
     linear = 2 ** pd.read_csv(tables / "rna.tsv", sep="\t", index_col=0)[PATIENTS[0] + "-01A"] - 1
     np.testing.assert_allclose(counts.loc[PATIENTS[0]], np.log2((linear * 10).round() + 1), atol=1e-4)
+
+
+@pytest.mark.parametrize("cut", ["mid_line", "line_end", "first_file"])
+def test_a_star_file_cut_short_is_named_not_read_as_fewer_genes(tables, tmp_path, cut):
+    sheet = gdc_download(tables, tmp_path / "gdc")
+    order = pd.read_csv(sheet, sep="\t")["File ID"]  # the sheet's order: the first is the reference
+    files = [next((tmp_path / "gdc" / i).glob("*.tsv")) for i in order[:5]]
+    target = files[0] if cut == "first_file" else files[2]
+    text = target.read_text()
+    target.write_text(text[:len(text) // 2] if cut == "mid_line" else text[:text.index("\n", len(text) // 2) + 1])
+    problem = "does not end with a line break" if cut == "mid_line" else "genes are the first of the 200"
+    with pytest.raises(InputError, match=rf"{target}: .*{problem}"):
+        read_rna(sheet, set(PATIENTS))
 
 
 def test_a_gdc_download_with_a_missing_or_foreign_file_is_named(tables, tmp_path):
@@ -505,7 +519,7 @@ def test_a_gdc_download_with_a_missing_or_foreign_file_is_named(tables, tmp_path
                                          r"\['tpm_unstranded'\]"):
         read_rna(sheet, set(PATIENTS))
     files[0].unlink()
-    with pytest.raises(InputError, match=rf"{sheet}: 1 of its 5 STAR files are in neither {tmp_path}/gdc/<File ID>/"
+    with pytest.raises(InputError, match=rf"{sheet}: 1 of its 5 STAR files is in neither {tmp_path}/gdc/<File ID>/"
                                          r"<File Name> \(gdc-client's layout\) nor"):
         read_rna(sheet, set(PATIENTS))
     table = pd.read_csv(sheet, sep="\t")
@@ -565,4 +579,4 @@ def test_a_gdc_carts_slides_become_slide_sheet_rows(tables, tmp_path):
                                                                      "TCGA-XY-0000-01A-01-TS1"]
     (tmp_path / "gdc" / "f-ts" / "TCGA-XY-0000-01A-01-TS1.abc.svs").unlink()
     result = subprocess.run(command + ["--all"], capture_output=True, text=True)
-    assert result.returncode != 0 and f"tissuekd: bad input: {sheet}: 1 of its 2 slides are in neither" in result.stderr
+    assert result.returncode != 0 and f"tissuekd: bad input: {sheet}: 1 of its 2 slides is in neither" in result.stderr

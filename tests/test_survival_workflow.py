@@ -183,10 +183,13 @@ def test_rna_and_survival_from_gdc_downloads_are_read_and_star_files_are_inputs(
     star = sorted((tmp_path / "gdc").glob("*/*.tsv"))[0]
     star.write_text(star.read_text().replace("\t0.", "\t1.", 1))  # a STAR file replaced: its cohort reruns
     assert planned_jobs(workdir, target).get("survival_cohort") == 1
+    result = snakemake("-n", "--cores", "1", "--config", "survival={'endpoint': 'PFI'}", cwd=workdir, check=False)
+    assert result.returncode != 0  # before any slide is encoded
+    assert f"{tmp_path}/gdc_clinical.tsv: a GDC clinical table gives overall survival only" in result.stdout
     star.unlink()
     result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
     assert result.returncode != 0
-    assert (f"{tmp_path}/gdc/gdc_sample_sheet.2026-12-05.tsv: 1 of its 20 STAR files are in neither "
+    assert (f"{tmp_path}/gdc/gdc_sample_sheet.2026-12-05.tsv: 1 of its 20 STAR files is in neither "
             f"{tmp_path}/gdc/<File ID>/<File Name> (gdc-client's layout)") in result.stderr + result.stdout
 
 

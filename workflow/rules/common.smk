@@ -567,15 +567,17 @@ def check_slide_files(slides, path):
 
 def check_patients_in_clinical(cohorts, slides):
     """A cohort none of whose slides' patients is in its clinical table (e.g. the sheet's
-    `patient` column holding slide ids) stops the plan, before any slide is encoded; partial
-    overlaps are the cohort job's drops."""
+    `patient` column holding slide ids), or whose table lacks the endpoint's columns, stops the
+    plan, before any slide is encoded; partial overlaps are the cohort job's drops."""
     from tissuekd.survival.cohort import clinical_barcodes
 
     for cohort in cohorts.to_dict("records"):
         if not cohort["clinical"] or made_by_demo(cohort["clinical"]):
             continue
         try:
-            barcodes = clinical_barcodes(cohort["clinical"], cache_dir=".snakemake/tissuekd")
+            barcodes = clinical_barcodes(
+                cohort["clinical"], cache_dir=".snakemake/tissuekd", endpoint=SURVIVAL["endpoint"]
+            )
         except InputError as err:
             raise WorkflowError(f"{SURVIVAL['cohorts']} (cohort {cohort['cohort']}): {err}") from None
         patients = sorted(set(slides.loc[slides["cohort"] == cohort["cohort"], "patient"]))

@@ -75,14 +75,9 @@ def read_clinical(path: str, endpoint: str) -> pd.DataFrame:
     by name); negative times are an error."""
     table = _clinical_table(path)
     table = table.loc[:, ~table.columns.astype(str).str.startswith("Unnamed")]
-    if "bcr_patient_barcode" not in table.columns and _gdc_case_column(table):
-        table = _gdc_overall_survival(table, path, endpoint)
-    needed = ["bcr_patient_barcode", endpoint, f"{endpoint}.time"]
-    missing = [c for c in needed if c not in table.columns]
-    if missing:
-        raise InputError(path, f"missing column(s) {missing} for endpoint {endpoint} (a TCGA-CDR table has "
-                               f"bcr_patient_barcode, OS, OS.time, DSS, DSS.time, PFI, PFI.time; GDC's "
-                               f"clinical.tsv has cases.submitter_id, vital_status, days_to_death, …)")
+    require_endpoint(table.columns, path, endpoint)
+    if _is_gdc(table.columns):
+        table = _gdc_overall_survival(table, path)
     blank = table["bcr_patient_barcode"].fillna("").str.strip() == ""
     if blank.any():  # e.g. trailing rows of commas from a spreadsheet export
         log.info("%s: %d row(s) without a bcr_patient_barcode skipped", path, int(blank.sum()))
@@ -112,23 +107,40 @@ GDC_FIELDS = {"vital": ("demographic.vital_status", "vital_status"),
               "follow_up": ("diagnoses.days_to_last_follow_up", "days_to_last_follow_up")}
 
 
-def _gdc_case_column(table: pd.DataFrame) -> str | None:
-    return next((c for c in GDC_CASE if c in table.columns), None)
+def _gdc_case_column(columns) -> str | None:
+    return next((c for c in GDC_CASE if c in columns), None)
 
 
-def _gdc_overall_survival(table: pd.DataFrame, path: str, endpoint: str) -> pd.DataFrame:
+def _is_gdc(columns) -> bool:
+    return "bcr_patient_barcode" not in columns and _gdc_case_column(columns) is not None
+
+
+def require_endpoint(columns, path: str, endpoint: str) -> None:
+    """The clinical table has what `endpoint` needs (checked while planning and when read):
+    TCGA-CDR's barcode and endpoint columns, or GDC's case and vital-status columns for OS."""
+    columns = list(columns)
+    if not _is_gdc(columns):
+        missing = [c for c in ("bcr_patient_barcode", endpoint, f"{endpoint}.time") if c not in columns]
+        if missing:
+            raise InputError(path, f"missing column(s) {missing} for endpoint {endpoint} (a TCGA-CDR table has "
+                                   f"bcr_patient_barcode, OS, OS.time, DSS, DSS.time, PFI, PFI.time; GDC's "
+                                   f"clinical.tsv has cases.submitter_id, vital_status, days_to_death, …)")
+        return
+    if endpoint != "OS":
+        raise InputError(path, f"a GDC clinical table gives overall survival only (vital status, days to death or "
+                               f"last follow-up): endpoint {endpoint} needs TCGA-CDR's columns")
+    absent = [names[0] for names in GDC_FIELDS.values() if not any(c in columns for c in names)]
+    if absent:
+        raise InputError(path, f"a GDC clinical table without {absent} (or their older names without the prefix)")
+
+
+def _gdc_overall_survival(table: pd.DataFrame, path: str) -> pd.DataFrame:
     """GDC's clinical.tsv (one row per case and diagnosis or treatment) as TCGA-CDR's OS columns:
     dead at days_to_death, else censored at days_to_last_follow_up, the longest of a case's rows;
     a vital status neither Alive nor Dead (Not Reported, '--) leaves the case without survival.
     GDC gives no DSS, DFI or PFI: those are TCGA-CDR's curation."""
-    if endpoint != "OS":
-        raise InputError(path, f"a GDC clinical table gives overall survival only (vital status, days to death or "
-                               f"last follow-up): endpoint {endpoint} needs TCGA-CDR's columns")
-    columns = {key: next((c for c in names if c in table.columns), None) for key, names in GDC_FIELDS.items()}
-    absent = [GDC_FIELDS[key][0] for key, c in columns.items() if c is None]
-    if absent:
-        raise InputError(path, f"a GDC clinical table without {absent} (or their older names without the prefix)")
-    case = table[_gdc_case_column(table)].astype(str).str.strip()
+    columns = {key: next(c for c in names if c in table.columns) for key, names in GDC_FIELDS.items()}
+    case = table[_gdc_case_column(table.columns)].astype(str).str.strip()
     vital = table[columns["vital"]].fillna("").astype(str).str.strip().str.lower()
     per_row = pd.DataFrame({"case": case, "event": vital.map({"dead": 1.0, "alive": 0.0}),
                             "death": _numbers(table[columns["death"]], case, path),
@@ -148,11 +160,19 @@ def _first_bytes(path: str) -> bytes:
         return f.read(8)
 
 
-def clinical_barcodes(path: str, cache_dir: str | None = None) -> set[str] | None:
+def clinical_barcodes(path: str, cache_dir: str | None = None, endpoint: str | None = None) -> set[str] | None:
     """The patient barcodes of a clinical table, for checks while planning; None where the table
-    has no bcr_patient_barcode nor GDC case id (the cohort job names it). A workbook takes
-    openpyxl seconds to parse (TCGA-CDR: ~2.5 s): with `cache_dir` its barcodes are kept there
-    until the file's size or modification time changes."""
+    has no bcr_patient_barcode nor GDC case id. With `endpoint`, a table without its columns is
+    an error (`require_endpoint`). A workbook takes openpyxl seconds to parse (TCGA-CDR: ~2.5 s):
+    with `cache_dir` its barcodes and columns are kept there until the file's size or
+    modification time changes."""
+    barcodes, columns = _kept_barcodes(path, cache_dir)
+    if endpoint is not None:
+        require_endpoint(columns, path, endpoint)
+    return barcodes
+
+
+def _kept_barcodes(path: str, cache_dir: str | None) -> tuple[set[str] | None, list[str]]:
     if cache_dir is None or not _first_bytes(path).startswith(XLSX):
         return _barcodes(path)
     stat = Path(path).stat()
@@ -161,21 +181,23 @@ def clinical_barcodes(path: str, cache_dir: str | None = None) -> set[str] | Non
     try:
         kept = json.loads(cached.read_text())
         if kept["stamp"] == stamp:
-            return None if kept["barcodes"] is None else set(kept["barcodes"])
+            return (None if kept["barcodes"] is None else set(kept["barcodes"])), kept["columns"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    barcodes = _barcodes(path)
+    barcodes, columns = _barcodes(path)
     with atomic_path(cached) as tmp:
-        tmp.write_text(json.dumps({"stamp": stamp, "barcodes": None if barcodes is None else sorted(barcodes)}))
-    return barcodes
+        tmp.write_text(json.dumps({"stamp": stamp, "barcodes": None if barcodes is None else sorted(barcodes),
+                                   "columns": columns}))
+    return barcodes, columns
 
 
-def _barcodes(path: str) -> set[str] | None:
+def _barcodes(path: str) -> tuple[set[str] | None, list[str]]:
     table = _clinical_table(path)
-    column = "bcr_patient_barcode" if "bcr_patient_barcode" in table.columns else _gdc_case_column(table)
+    columns = [str(c) for c in table.columns]
+    column = "bcr_patient_barcode" if "bcr_patient_barcode" in columns else _gdc_case_column(columns)
     if column is None:
-        return None
-    return set(table[column].dropna().astype(str).str.strip())
+        return None, columns
+    return set(table[column].dropna().astype(str).str.strip()), columns
 
 
 def _clinical_table(path: str) -> pd.DataFrame:

@@ -28,12 +28,13 @@ import numpy as np
 import pandas as pd
 
 from tissuekd.errors import InputError
+from tissuekd.io.delimited import header_separator
 from tissuekd.logs import log_progress
 from tissuekd.survival.barcodes import patient_of
 
 log = logging.getLogger(__name__)
 
-SHEET_STARTS = ("File ID\tFile Name", "File ID,File Name")  # as downloaded; re-saved as CSV
+SHEET_STARTS = tuple(f"File ID{sep}File Name" for sep in "\t,;")  # as downloaded; re-saved as CSV
 SHEET_COLUMNS = ("File ID", "File Name", "Case ID", "Sample ID")
 STAR_SUFFIX = ".rna_seq.augmented_star_gene_counts.tsv"
 STAR_DEFAULT = "tpm_unstranded"  # depth-normalised; chosen a priori (config survival.star_value)
@@ -49,9 +50,7 @@ def is_sample_sheet(path: str | Path) -> bool:
 
 
 def read_sheet(sheet: str | Path) -> pd.DataFrame:
-    with open(sheet, encoding="utf-8-sig", errors="replace") as fh:
-        sep = "\t" if "\t" in fh.readline() else ","
-    table = pd.read_csv(sheet, sep=sep, dtype=str, encoding="utf-8-sig").fillna("")
+    table = pd.read_csv(sheet, sep=header_separator(sheet), dtype=str, encoding="utf-8-sig").fillna("")
     absent = [c for c in SHEET_COLUMNS if c not in table.columns]
     if absent:
         raise InputError(sheet, f"a GDC sample sheet without column(s) {absent}")
@@ -74,22 +73,32 @@ def star_files(sheet: str | Path) -> pd.DataFrame:
     paths = [_located(folder, file_id, name) for file_id, name in zip(star["File ID"], star["File Name"])]
     missing = [f"{i}/{n}" for i, n, p in zip(star["File ID"], star["File Name"], paths) if p is None]
     if missing:
-        raise InputError(sheet, f"{len(missing)} of its {len(star)} STAR files are in neither "
-                                f"{folder}/<File ID>/<File Name> (gdc-client's layout) nor {folder}/<File Name>, "
-                                f"e.g. {missing[:3]}")
+        raise InputError(sheet, f"{_of(len(missing), len(star), 'STAR file')} in neither {folder}/<File ID>/"
+                                f"<File Name> (gdc-client's layout) nor {folder}/<File Name>, e.g. {missing[:3]}")
     return pd.DataFrame({"sample": star["Sample ID"].str.strip().to_numpy(), "path": paths})
 
 
 def _located(folder: Path, file_id: str, name: str) -> str | None:
+    """The file's absolute path (a sheet written here works from any folder), or None."""
     for path in (folder / file_id / name, folder / name):
         if path.is_file():
-            return str(path)
+            return str(path.absolute())
     return None
+
+
+def _of(missing: int, total: int, what: str) -> str:
+    return f"{missing} of its {total} {what}s {'is' if missing == 1 else 'are'}"
 
 
 def read_star(path: str, value: str = STAR_DEFAULT) -> pd.Series:
     """One sample's `value` column per gene name (STAR's read summaries and `_PAR_Y` ids dropped,
-    ids sharing a name averaged)."""
+    ids sharing a name averaged). A file cut short (an interrupted download: its last line has no
+    end) is an error; one cut at a line's end is caught by `read_download`."""
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        fh.seek(max(fh.tell() - 1, 0))
+        if fh.read(1) != b"\n":
+            raise InputError(path, "does not end with a line break: cut short (an interrupted download?)")
     try:
         table = pd.read_csv(path, sep="\t", comment="#", dtype={"gene_id": str, "gene_name": str})
     except (UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
@@ -105,6 +114,15 @@ def read_star(path: str, value: str = STAR_DEFAULT) -> pd.Series:
                                f"e.g. {genes.loc[values.isna(), 'gene_id'].iloc[0]}")
     names = genes["gene_name"].fillna(genes["gene_id"]).to_numpy()
     return values.groupby(names, sort=False).mean().astype(np.float32)
+
+
+def _require_whole(path: str, genes: pd.Index, first: str, first_genes: pd.Index) -> None:
+    """Neither file's genes a leading part of the other's: a file cut at a line's end."""
+    shorter, longer, name = (genes, first_genes, path) if len(genes) < len(first_genes) else \
+        (first_genes, genes, first)
+    if len(shorter) < len(longer) and longer[:len(shorter)].equals(shorter):
+        raise InputError(name, f"its {len(shorter)} genes are the first of the {len(longer)} of another STAR file "
+                               f"of the cart: cut short (an interrupted download?)")
 
 
 def read_download(sheet: str, patients: set[str], value: str = "") -> pd.DataFrame:
@@ -124,6 +142,7 @@ def read_download(sheet: str, patients: set[str], value: str = "") -> pd.DataFra
         if genes is None:  # one float32 row per file, on the first file's genes (not an index per file)
             genes, values = sample.index, np.full((len(mine), len(sample)), np.nan, dtype=np.float32)
         elif not sample.index.equals(genes):
+            _require_whole(path, sample.index, mine["path"].iloc[0], genes)
             other.append(path)
             sample = sample.reindex(genes)
         values[row] = sample.to_numpy()
@@ -156,7 +175,7 @@ def slide_rows(sheet: str | Path, cohort: str, slides_dir: str | Path | None = N
     images = [_located(folder, i, n) for i, n in zip(slides["File ID"], slides["File Name"])]
     missing = [n for n, path in zip(slides["File Name"], images) if path is None]
     if missing:
-        raise InputError(sheet, f"{len(missing)} of its {len(slides)} slides are in neither {folder}/<File ID>/"
+        raise InputError(sheet, f"{_of(len(missing), len(slides), 'slide')} in neither {folder}/<File ID>/"
                                 f"<File Name> (gdc-client's layout) nor {folder}/<File Name>, e.g. {missing[:3]}")
     return pd.DataFrame({"slide": slides["File Name"].str.split(".").str[0].to_numpy(), "cohort": cohort,
                          "patient": slides["Case ID"].str.strip().to_numpy(), "image": images, "mpp": "",

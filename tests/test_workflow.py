@@ -181,6 +181,17 @@ def test_bad_config_fails_before_any_job(tmp_path, override, message):
     assert message in result.stdout + result.stderr
 
 
+def test_a_config_file_giving_a_key_twice_is_refused(tmp_path):
+    """YAML keeps the later of a repeated key: a second `survival:` block replaced the first whole,
+    and the run went on with the demo's sheets."""
+    workdir = make_workdir(tmp_path)
+    (workdir / "mine.yaml").write_text("survival:\n  endpoint: OS\nniche:\n  k: [10]\nsurvival:\n  endpoint: PFI\n")
+    result = snakemake("-n", "--cores", "1", "--configfile", "mine.yaml", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert ("mine.yaml: key(s) given twice, the later replacing the earlier whole: ['line 5: survival']"
+            in result.stdout + result.stderr)
+
+
 def test_a_method_variant_given_with_config_on_the_command_line_is_typed_as_the_schema_says(tmp_path):
     """--config hands nested values over as strings: a variant's temperature 4.0 was refused as
     '4.0'; a bad one is named with its key in one line."""

@@ -60,3 +60,25 @@ def config_problem(config: dict, schema: dict) -> str | None:
     if error is None:
         return None
     return f"{'.'.join(map(str, error.absolute_path)) or '(top level)'}: {error.message}"
+
+
+def repeated_keys(path: str) -> list[str]:
+    """Keys given twice in one mapping of a YAML file, as `line N: key` (YAML keeps the last one
+    silently: a second `survival:` block replaces the first whole)."""
+    import yaml
+
+    found = []
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = key_node.value
+                if key in seen:
+                    found.append(f"line {key_node.start_mark.line + 1}: {key}")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    with open(path) as fh:
+        yaml.load(fh, Loader=Loader)
+    return found

@@ -487,7 +487,8 @@ def test_a_gdc_download_reads_as_its_matrix_does(tables, tmp_path, caplog, flat)
         given = read_rna(sheet, set(PATIENTS))
     expected = read_rna(tables / "rna.tsv", set(PATIENTS))
     pd.testing.assert_frame_equal(given.sort_index(), expected.sort_index(), atol=1e-4, check_dtype=False)
-    assert "reading 5 of 5 STAR files" in caplog.text  # the slide of the cart is no STAR file
+    assert "reading 4 of 5 STAR files" in caplog.text  # the cart's slide is no STAR file; the normal not read
+    assert f"1 STAR file(s) of normal tissue not read (e.g. {PATIENTS[0]}-11A)" in caplog.text
     assert f"1 sample(s) with several STAR files (aliquots), their mean used: ['{PATIENTS[-1]}-01A']" in caplog.text
     for sep in (",", ";"):  # re-saved by a spreadsheet as CSV
         pd.read_csv(sheet, sep=None, engine="python").to_csv(sheet, sep=sep, index=False)
@@ -495,6 +496,23 @@ def test_a_gdc_download_reads_as_its_matrix_does(tables, tmp_path, caplog, flat)
     counts = read_rna(sheet, set(PATIENTS), "unstranded")  # another column of the STAR files
     linear = 2 ** pd.read_csv(tables / "rna.tsv", sep="\t", index_col=0)[PATIENTS[0] + "-01A"] - 1
     np.testing.assert_allclose(counts.loc[PATIENTS[0]], np.log2((linear * 10).round() + 1), atol=1e-4)
+
+
+def test_a_gdc_download_whose_sample_ids_are_not_barcodes_maps_by_case(tables, tmp_path):
+    """CPTAC's sample ids (e.g. CPT0001540001) do not start with the case (C3L-00001): the
+    Case ID names the patient, the Tissue Type column tells tumour from normal."""
+    rna = 2 ** pd.read_csv(tables / "rna.tsv", sep="\t", index_col=0).T - 1
+    rna.index = [f"CPT{i:07d}" for i in range(len(rna))]
+    normal = rna.iloc[[0]].rename(index={rna.index[0]: "CPT0"}) * 0 + 3  # sorts before the tumour
+    sheet = as_gdc_download(pd.concat([rna, normal]), tmp_path / "gdc")
+    table = pd.read_csv(sheet, sep="\t", dtype=str)
+    cases = [f"C3L-0000{i}" for i in range(len(rna))]
+    table["Case ID"] = cases + cases[:1] + ["C3L-00000"]  # STAR files, then the slide
+    table["Tissue Type"] = ["Tumor"] * len(rna) + ["Normal", "Tumor"]
+    table.to_csv(sheet, sep="\t", index=False)
+    given = read_rna(sheet, set(cases))
+    expected = read_rna(tables / "rna.tsv", set(PATIENTS)).rename(index=dict(zip(PATIENTS, cases)))
+    pd.testing.assert_frame_equal(given.sort_index(), expected.sort_index(), atol=1e-4, check_dtype=False)
 
 
 @pytest.mark.parametrize("cut", ["mid_line", "line_end", "first_file"])

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SHEET_STARTS = tuple(f"File ID{sep}File Name" for sep in "\t,;")  # as downloaded; re-saved as CSV
 SHEET_COLUMNS = ("File ID", "File Name", "Case ID", "Sample ID")
+TISSUE_COLUMNS = ("Tissue Type", "Sample Type")  # today's sheets ("Tumor", "Normal"); older ones
 STAR_SUFFIX = ".rna_seq.augmented_star_gene_counts.tsv"
 STAR_DEFAULT = "tpm_unstranded"  # depth-normalised; chosen a priori (config survival.star_value)
 
@@ -58,8 +59,9 @@ def read_sheet(sheet: str | Path) -> pd.DataFrame:
 
 
 def star_files(sheet: str | Path) -> pd.DataFrame:
-    """`sample` (the Sample ID) and `path` of every STAR gene-count file the sheet lists; the
-    cart's other files (slides, clinical XML) are skipped. Missing files are one error."""
+    """`sample` (Sample ID), `case` (Case ID), `tissue` (Tissue Type, or the older Sample Type)
+    and `path` of every STAR gene-count file the sheet lists; the cart's other files (slides,
+    clinical XML) are skipped. Missing files are one error."""
     table = read_sheet(sheet)
     star = table[table["File Name"].str.endswith(STAR_SUFFIX)]
     if star.empty:
@@ -75,7 +77,9 @@ def star_files(sheet: str | Path) -> pd.DataFrame:
     if missing:
         raise InputError(sheet, f"{_of(len(missing), len(star), 'STAR file')} in neither {folder}/<File ID>/"
                                 f"<File Name> (gdc-client's layout) nor {folder}/<File Name>, e.g. {missing[:3]}")
-    return pd.DataFrame({"sample": star["Sample ID"].str.strip().to_numpy(), "path": paths})
+    tissue = next((star[c] for c in TISSUE_COLUMNS if c in star.columns), pd.Series("", index=star.index))
+    return pd.DataFrame({"sample": star["Sample ID"].str.strip().to_numpy(), "case": star["Case ID"].str.strip(),
+                         "tissue": tissue.to_numpy(), "path": paths})
 
 
 def _located(folder: Path, file_id: str, name: str) -> str | None:
@@ -125,16 +129,31 @@ def _require_whole(path: str, genes: pd.Index, first: str, first_genes: pd.Index
                                f"of the cart: cut short (an interrupted download?)")
 
 
+def _keyed(files: pd.DataFrame, patients: set[str]) -> pd.DataFrame:
+    """Each file's patient (from its TCGA-style Sample ID, else its Case ID: CPTAC's sample ids
+    do not start with the case) and the key it is read under: the Sample ID, or
+    `<case>-<Sample ID>` where that does not start with the case (so `read_rna` maps it)."""
+    by_sample = [patient_of(s, patients) for s in files["sample"]]
+    patient = [p or (c if c in patients else None) for p, c in zip(by_sample, files["case"])]
+    key = [s if p is not None else f"{c}-{s}" for s, p, c in zip(files["sample"], by_sample, files["case"])]
+    return files.assign(patient=patient, key=key)
+
+
 def read_download(sheet: str, patients: set[str], value: str = "") -> pd.DataFrame:
-    """Samples x genes of the sheet's STAR files whose Sample ID belongs to one of `patients`
-    (the others are not read); `value`: their column ("": STAR_DEFAULT); a sample with several
-    files (aliquots) gets their mean."""
+    """Samples x genes of the sheet's STAR files of `patients` (`_keyed`; the others, and those
+    of normal tissue, are not read); `value`: their column ("": STAR_DEFAULT); a sample with
+    several files (aliquots) gets their mean."""
     value = value or STAR_DEFAULT
-    files = star_files(sheet)
-    mine = files[[patient_of(s, patients) is not None for s in files["sample"]]]
+    files = _keyed(star_files(sheet), patients)
+    mine = files[files["patient"].notna()]
     if mine.empty:
-        raise InputError(sheet, f"no Sample ID of its {len(files)} STAR files belongs to a patient of the cohort "
+        raise InputError(sheet, f"no Sample ID or Case ID of its {len(files)} STAR files is a patient of the cohort "
                                 f"(e.g. {files['sample'].iloc[0]} vs {sorted(patients)[:3]})")
+    normal = mine["tissue"].str.lower().str.contains("normal")
+    if normal.any():
+        log.info("%s: %d STAR file(s) of normal tissue not read (e.g. %s)", sheet, int(normal.sum()),
+                 mine.loc[normal, "sample"].iloc[0])
+        mine = mine[~normal]
     log.info("%s: reading %s of %d STAR files (those of the cohort's patients)", sheet, len(mine), len(files))
     genes, values, other = None, None, []
     for row, path in enumerate(mine["path"]):
@@ -150,7 +169,7 @@ def read_download(sheet: str, patients: set[str], value: str = "") -> pd.DataFra
     if other:  # its genes missing elsewhere are then dropped for the cohort (complete_genes)
         log.warning("%s: %d STAR file(s) list genes other than %s's (another GENCODE release?), read on its "
                     "genes: %s", sheet, len(other), mine["path"].iloc[0], other[:3])
-    matrix = pd.DataFrame(values, index=pd.Index(mine["sample"].to_numpy(), name="sample"), columns=genes)
+    matrix = pd.DataFrame(values, index=pd.Index(mine["key"].to_numpy(), name="sample"), columns=genes)
     repeated = matrix.index[matrix.index.duplicated()].unique()
     if len(repeated):
         log.warning("%s: %d sample(s) with several STAR files (aliquots), their mean used: %s", sheet,

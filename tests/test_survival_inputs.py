@@ -551,7 +551,8 @@ def gdc_clinical(path, older=False):
     rows = [  # case, vital status, days to death, days to last follow-up
         ("TCGA-DM-A000", "Dead", "400", "'--"), ("TCGA-DM-A000", "Dead", "400", "120"),
         ("TCGA-DM-A001", "Alive", "'--", "800"), ("TCGA-DM-A001", "Alive", "'--", "950"),
-        ("TCGA-DM-A002", "Not Reported", "'--", "300"), ("TCGA-DM-A003", "Dead", "'--", "'--")]
+        ("TCGA-DM-A002", "Not Reported", "'--", "300"), ("TCGA-DM-A003", "Dead", "'--", "'--"),
+        (None, "Alive", "'--", "10")]  # a trailing row without a case
     names = (["case_submitter_id", "vital_status", "days_to_death", "days_to_last_follow_up"] if older else
              ["cases.submitter_id", "demographic.vital_status", "demographic.days_to_death",
               "diagnoses.days_to_last_follow_up"])
@@ -565,6 +566,7 @@ def test_a_gdc_clinical_table_gives_overall_survival_per_case(tmp_path, older):
     clinical = read_clinical(gdc_clinical(tmp_path / "clinical.tsv", older), "OS")
     assert clinical.loc["TCGA-DM-A000"].tolist() == [400, 1]  # dead: days to death
     assert clinical.loc["TCGA-DM-A001"].tolist() == [950, 0]  # alive: the longest follow-up of its rows
+    assert sorted(clinical.index) == [f"TCGA-DM-A00{i}" for i in range(4)]  # the row without a case skipped
     assert clinical.loc[["TCGA-DM-A002", "TCGA-DM-A003"], "event"].isna().tolist() == [True, False]
     assert clinical.loc[["TCGA-DM-A002", "TCGA-DM-A003"], "time"].isna().tolist() == [False, True]
     assert clinical_barcodes(str(tmp_path / "clinical.tsv")) == {f"TCGA-DM-A00{i}" for i in range(4)}

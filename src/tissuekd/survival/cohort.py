@@ -140,7 +140,7 @@ def _gdc_overall_survival(table: pd.DataFrame, path: str) -> pd.DataFrame:
     a vital status neither Alive nor Dead (Not Reported, '--) leaves the case without survival.
     GDC gives no DSS, DFI or PFI: those are TCGA-CDR's curation."""
     columns = {key: next(c for c in names if c in table.columns) for key, names in GDC_FIELDS.items()}
-    case = table[_gdc_case_column(table.columns)].astype(str).str.strip()
+    case = table[_gdc_case_column(table.columns)].fillna("").astype(str).str.strip()  # blank: skipped below
     vital = table[columns["vital"]].fillna("").astype(str).str.strip().str.lower()
     per_row = pd.DataFrame({"case": case, "event": vital.map({"dead": 1.0, "alive": 0.0}),
                             "death": _numbers(table[columns["death"]], case, path),

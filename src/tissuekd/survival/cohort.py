@@ -250,15 +250,16 @@ def read_rna(path: str, patients: set[str], star_value: str = "") -> pd.DataFram
                     path, len(normal_only), normal_only[:10])
     chosen = chosen[chosen["rank"] < 2]
     given = matrix.loc[chosen["sample"]]
-    out = given.apply(pd.to_numeric, errors="coerce")
+    numeric = all(pd.api.types.is_numeric_dtype(t) for t in given.dtypes)  # a GDC download's float32 rows
+    out = given if numeric else given.apply(pd.to_numeric, errors="coerce")  # (.loc made a new frame)
     out.index = pd.Index(chosen["patient"].to_numpy(), name="patient")
     out.columns = out.columns.astype(str).rename("gene")
-    text = out.isna().to_numpy() & given.notna().to_numpy()  # read_csv has already made NA, #N/A, '' NaN
+    text = np.zeros(1, bool) if numeric else out.isna().to_numpy() & given.notna().to_numpy()  # NA, '' made NaN
     if text.any():
         bad = out.columns[text.any(axis=0)].tolist()
         samples = out.index[text.any(axis=1)].tolist()
         raise InputError(path, f"non-numeric values in gene(s) {bad[:10]} (patient(s) {samples[:10]})")
-    infinite = np.isinf(out.to_numpy(dtype=float))
+    infinite = np.isinf(out.to_numpy())
     if infinite.any():  # log2(0) as -inf, or +inf: scaling would zero the gene, or take the matrix for linear
         raise InputError(path, f"infinite values in gene(s) {out.columns[infinite.any(axis=0)][:10].tolist()} "
                                f"(patient(s) {out.index[infinite.any(axis=1)][:10].tolist()}); give NA for a "
@@ -302,7 +303,7 @@ def _log_scale(rna: pd.DataFrame, path: str) -> pd.DataFrame:
     """Linear values (STAR counts, PanCan's RSEM, TPM: none negative, some above LINEAR_ABOVE)
     become log2(x + 1), logged: the models z-score each gene, which on linear values a few
     patients' outliers would dominate. Log-scale and centred matrices are used as given."""
-    values = rna.to_numpy(dtype=float)
+    values = rna.to_numpy()
     top = np.nanmax(values) if np.isfinite(values).any() else 0.0
     if top <= LINEAR_ABOVE or np.nanmin(values) < 0:
         return rna

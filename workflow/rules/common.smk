@@ -650,14 +650,11 @@ def star_value(wildcards):
 def cohort_mem_mb(wildcards, input, attempt):
     """Resource: the RNA is read whole. A matrix (PanCan's is ~2e8 values): ~4 bytes of memory per
     byte of text (parsed, made numeric, transposed), ~12 per byte compressed (read as pandas infers).
-    A GDC download: one float32 row per STAR file, ~60,000 genes, copied a few times as float64."""
+    A GDC download: one float32 row of ~60,000 genes per STAR file (gdc.STAR_FILE_MB)."""
     rna = input.get("rna")
     packed = str(rna).lower().endswith((".gz", ".bz2", ".xz", ".zst", ".zip"))
     text_mb = os.path.getsize(rna) / 1e6 * (3 if packed else 1) if rna else 0
-    return int(2000 + 4 * text_mb + STAR_FILE_MB * len(input.get("star_files", []))) * attempt
-
-
-STAR_FILE_MB = 2.0  # per STAR file of a GDC download (cohort_mem_mb); measured: docs/measurements.md
+    return int(2000 + 4 * text_mb + gdc.STAR_FILE_MB * len(input.get("star_files", []))) * attempt
 
 
 def cohort_slides(wildcards):

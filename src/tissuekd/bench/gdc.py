@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from tissuekd.bench.scale import measured
+from tissuekd.survival.gdc import STAR_FILE_MB
 
 GENES = 60_660  # GENCODE v36, as in GDC's STAR files
 BLOCKS = 8  # distinct value blocks cycled over the files
-STAR_FILE_MB = 2.0  # the rule's ask per file: workflow/rules/common.smk
 
 
 def star_text(seed: int) -> str:

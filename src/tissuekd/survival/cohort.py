@@ -231,9 +231,9 @@ def _numbers(column: pd.Series, patient: pd.Series, path: str) -> pd.Series:
 
 def read_rna(path: str, patients: set[str], star_value: str = "") -> pd.DataFrame:
     """Patients x genes, from a matrix keyed by barcode or a GDC download (its sample sheet; the
-    STAR files' `star_value` column, "": the default). A matrix's orientation is detected from which axis holds
-    the barcodes and logged; with several samples per patient the tumour sample (-01..-09)
-    sorting first is used."""
+    STAR files' `star_value` column, "": the default). A matrix's orientation is detected from
+    which axis holds the barcodes and logged; with several samples per patient the tumour sample
+    (-01..-09) sorting first is used."""
     matrix = gdc.read_download(path, patients, star_value) if gdc.is_sample_sheet(path) \
         else _read_matrix(path, patients)
     matrix.index = matrix.index.astype(str)
@@ -250,12 +250,13 @@ def read_rna(path: str, patients: set[str], star_value: str = "") -> pd.DataFram
                     path, len(normal_only), normal_only[:10])
     chosen = chosen[chosen["rank"] < 2]
     given = matrix.loc[chosen["sample"]]
-    numeric = all(pd.api.types.is_numeric_dtype(t) for t in given.dtypes)  # a GDC download's float32 rows
+    # a numeric frame (a GDC download's float32 rows, a numeric TSV) skips the column-by-column pass
+    numeric = all(pd.api.types.is_numeric_dtype(t) for t in given.dtypes)
     out = given if numeric else given.apply(pd.to_numeric, errors="coerce")  # (.loc made a new frame)
     out.index = pd.Index(chosen["patient"].to_numpy(), name="patient")
     out.columns = out.columns.astype(str).rename("gene")
-    text = np.zeros(1, bool) if numeric else out.isna().to_numpy() & given.notna().to_numpy()  # NA, '' made NaN
-    if text.any():
+    # read_csv has already made NA, #N/A and '' NaN: what to_numeric made NaN besides was text
+    if not numeric and (text := out.isna().to_numpy() & given.notna().to_numpy()).any():
         bad = out.columns[text.any(axis=0)].tolist()
         samples = out.index[text.any(axis=1)].tolist()
         raise InputError(path, f"non-numeric values in gene(s) {bad[:10]} (patient(s) {samples[:10]})")

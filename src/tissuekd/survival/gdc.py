@@ -39,10 +39,11 @@ SHEET_COLUMNS = ("File ID", "File Name", "Case ID", "Sample ID")
 TISSUE_COLUMNS = ("Tissue Type", "Sample Type")  # today's sheets ("Tumor", "Normal"); older ones
 STAR_SUFFIX = ".rna_seq.augmented_star_gene_counts.tsv"
 STAR_DEFAULT = "tpm_unstranded"  # depth-normalised; chosen a priori (config survival.star_value)
+STAR_FILE_MB = 2.0  # memory the cohort job asks per STAR file (measured ~1 MB: python -m tissuekd.bench.gdc)
 
 
 def is_sample_sheet(path: str | Path) -> bool:
-    """Whether `path` is a GDC sample sheet (its first line starts `File ID<tab>File Name`)."""
+    """Whether `path` is a GDC sample sheet (its first line starts `File ID<sep>File Name`)."""
     try:
         with open(path, encoding="utf-8-sig", errors="replace") as fh:
             return fh.readline().startswith(SHEET_STARTS)
@@ -71,27 +72,26 @@ def star_files(sheet: str | Path) -> pd.DataFrame:
     if len(shared):
         raise InputError(sheet, f"STAR file(s) listed for several samples, e.g. {shared['File Name'].iloc[0]}: "
                                 f"{shared['Sample ID'].iloc[0]}")
-    folder = Path(sheet).parent
-    paths = [_located(folder, file_id, name) for file_id, name in zip(star["File ID"], star["File Name"])]
-    missing = [f"{i}/{n}" for i, n, p in zip(star["File ID"], star["File Name"], paths) if p is None]
-    if missing:
-        raise InputError(sheet, f"{_of(len(missing), len(star), 'STAR file')} in neither {folder}/<File ID>/"
-                                f"<File Name> (gdc-client's layout) nor {folder}/<File Name>, e.g. {missing[:3]}")
+    paths = _located(sheet, star, Path(sheet).parent, "STAR file")
     tissue = next((star[c] for c in TISSUE_COLUMNS if c in star.columns), pd.Series("", index=star.index))
-    return pd.DataFrame({"sample": star["Sample ID"].str.strip().to_numpy(), "case": star["Case ID"].str.strip(),
-                         "tissue": tissue.to_numpy(), "path": paths})
+    return pd.DataFrame({"sample": star["Sample ID"].str.strip().to_numpy(),
+                         "case": star["Case ID"].str.strip().to_numpy(), "tissue": tissue.to_numpy(), "path": paths})
 
 
-def _located(folder: Path, file_id: str, name: str) -> str | None:
-    """The file's absolute path (a sheet written here works from any folder), or None."""
-    for path in (folder / file_id / name, folder / name):
-        if path.is_file():
-            return str(path.absolute())
-    return None
-
-
-def _of(missing: int, total: int, what: str) -> str:
-    return f"{missing} of its {total} {what}s {'is' if missing == 1 else 'are'}"
+def _located(sheet: str | Path, rows: pd.DataFrame, folder: Path, what: str) -> list[str]:
+    """Each row's file, absolute (a sheet written from it works from any folder), at
+    `<folder>/<File ID>/<File Name>` or `<folder>/<File Name>`; files not found are one error."""
+    paths, missing = [], []
+    for file_id, name in zip(rows["File ID"], rows["File Name"]):
+        found = next((p for p in (folder / file_id / name, folder / name) if p.is_file()), None)
+        paths.append(str(found.absolute()) if found else "")
+        if found is None:
+            missing.append(f"{file_id}/{name}")
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise InputError(sheet, f"{len(missing)} of its {len(rows)} {what}s {verb} in neither {folder}/<File ID>/"
+                                f"<File Name> (gdc-client's layout) nor {folder}/<File Name>, e.g. {missing[:3]}")
+    return paths
 
 
 def read_star(path: str, value: str = STAR_DEFAULT) -> pd.Series:
@@ -190,12 +190,7 @@ def slide_rows(sheet: str | Path, cohort: str, slides_dir: str | Path | None = N
     if slides.empty:
         raise InputError(sheet, f"lists no {'' if every else 'diagnostic (-DX) '}slide (.svs) among its "
                                 f"{len(table)} file(s)")
-    folder = Path(slides_dir) if slides_dir else Path(sheet).parent
-    images = [_located(folder, i, n) for i, n in zip(slides["File ID"], slides["File Name"])]
-    missing = [n for n, path in zip(slides["File Name"], images) if path is None]
-    if missing:
-        raise InputError(sheet, f"{_of(len(missing), len(slides), 'slide')} in neither {folder}/<File ID>/"
-                                f"<File Name> (gdc-client's layout) nor {folder}/<File Name>, e.g. {missing[:3]}")
+    images = _located(sheet, slides, Path(slides_dir) if slides_dir else Path(sheet).parent, "slide")
     return pd.DataFrame({"slide": slides["File Name"].str.split(".").str[0].to_numpy(), "cohort": cohort,
                          "patient": slides["Case ID"].str.strip().to_numpy(), "image": images, "mpp": "",
                          "features": ""})

@@ -578,6 +578,32 @@ def test_a_gdc_clinical_table_gives_overall_survival_per_case(tmp_path, older):
         read_clinical(tmp_path / "clinical.tsv", "OS")
 
 
+def test_gdc_follow_ups_beside_the_clinical_table_give_later_censoring(tmp_path, caplog):
+    clinical = gdc_clinical(tmp_path / "clinical.tsv")
+    follow_ups = pd.DataFrame({"cases.submitter_id": ["TCGA-DM-A001", "TCGA-DM-A001", "TCGA-DM-A000", "TCGA-DM-A002",
+                                                      "TCGA-DM-A004", "TCGA-DM-A001"],
+                               "follow_ups.days_to_follow_up": ["1200", "300", "900", "500", "700", "'--"]})
+    follow_ups.to_csv(tmp_path / "follow_up.tsv", sep="\t", index=False)
+    table = pd.read_csv(clinical, sep="\t")
+    alive_without = table.iloc[[2]].assign(**{"cases.submitter_id": "TCGA-DM-A004",
+                                              "diagnoses.days_to_last_follow_up": "'--"})
+    pd.concat([table, alive_without]).to_csv(clinical, sep="\t", index=False)
+    with caplog.at_level("INFO"):
+        read = read_clinical(clinical, "OS")
+    assert read.loc["TCGA-DM-A001"].tolist() == [1200, 0]  # alive: the later of 950 and its follow-ups
+    assert read.loc["TCGA-DM-A004"].tolist() == [700, 0]  # no follow-up in clinical.tsv, one in follow_up.tsv
+    assert read.loc["TCGA-DM-A000"].tolist() == [400, 1]  # dead: days to death, whatever follow-ups say
+    assert read.loc["TCGA-DM-A002", "event"] != read.loc["TCGA-DM-A002", "event"]  # vital status unknown: NaN
+    assert "later follow-ups for 2 of 2 alive cases (1 without a follow-up in the clinical table)" in caplog.text
+    pd.read_csv(clinical, sep="\t").drop(columns="diagnoses.days_to_last_follow_up").to_csv(clinical, sep="\t",
+                                                                                             index=False)
+    assert read_clinical(clinical, "OS").loc["TCGA-DM-A001"].tolist() == [1200, 0]  # follow-ups alone suffice
+    follow_ups.rename(columns={"follow_ups.days_to_follow_up": "days"}).to_csv(tmp_path / "follow_up.tsv", sep="\t")
+    with pytest.raises(InputError, match=r"follow_up.tsv: GDC's follow-up table needs cases.submitter_id and "
+                                         r"follow_ups.days_to_follow_up"):
+        read_clinical(clinical, "OS")
+
+
 def test_a_gdc_carts_slides_become_slide_sheet_rows(tables, tmp_path):
     sheet = gdc_download(tables, tmp_path / "gdc")
     table = pd.read_csv(sheet, sep="\t", dtype=str)

@@ -137,14 +137,18 @@ def brought_features(tmp_path: Path, n_patients=20, negative_time=False, gdc=Fal
                              "OS": list(rng.integers(0, 2, n_patients)) + [1], "OS.time": list(time) + [100]})
     clinical.loc[:3, "OS"] = 1
     clinical.to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
-    if gdc:  # GDC's clinical.tsv: a row per case and diagnosis, '-- where missing
-        dead = clinical["OS"] == 1
+    if gdc:  # GDC's clinical.tsv: a row per case and diagnosis, '-- where missing; the last contact of
+        # half the alive cases in follow_up.tsv only
+        dead, later = clinical["OS"] == 1, clinical.index % 2 == 0
         table = pd.DataFrame({"cases.submitter_id": clinical["bcr_patient_barcode"],
                               "demographic.vital_status": np.where(dead, "Dead", "Alive"),
                               "demographic.days_to_death": clinical["OS.time"].where(dead, "'--"),
-                              "diagnoses.days_to_last_follow_up": clinical["OS.time"].where(~dead, "'--")})
+                              "diagnoses.days_to_last_follow_up": clinical["OS.time"].where(~dead & ~later, "'--")})
         shorter = table.assign(**{"diagnoses.days_to_last_follow_up": (clinical["OS.time"] / 2).round()})
         pd.concat([table, shorter]).to_csv(tmp_path / "gdc_clinical.tsv", sep="\t", index=False)
+        pd.DataFrame({"cases.submitter_id": clinical["bcr_patient_barcode"][~dead & later],
+                      "follow_ups.days_to_follow_up": clinical["OS.time"][~dead & later]}).to_csv(
+            tmp_path / "follow_up.tsv", sep="\t", index=False)
     rna = pd.DataFrame(rng.normal(size=(n_patients, 12)) + risk[:, None] * (np.arange(12) < 4),
                        index=[p + "-01A" for p in patients], columns=[f"G{j}" for j in range(12)])
     rna.T.to_csv(tmp_path / "rna.tsv", sep="\t")
@@ -182,6 +186,10 @@ def test_rna_and_survival_from_gdc_downloads_are_read_and_star_files_are_inputs(
     np.testing.assert_allclose(given, matrix.loc[given.index, given.columns], atol=1e-3)
     star = sorted((tmp_path / "gdc").glob("*/*.tsv"))[0]
     star.write_text(star.read_text().replace("\t0.", "\t1.", 1))  # a STAR file replaced: its cohort reruns
+    assert planned_jobs(workdir, target).get("survival_cohort") == 1
+    snakemake("--cores", "1", target, cwd=workdir)
+    with open(tmp_path / "follow_up.tsv", "a") as table:  # a later contact: the cohort reruns
+        table.write("TCGA-XY-0001\t5000\n")
     assert planned_jobs(workdir, target).get("survival_cohort") == 1
     result = snakemake("-n", "--cores", "1", "--config", "survival={'endpoint': 'PFI'}", cwd=workdir, check=False)
     assert result.returncode != 0  # before any slide is encoded

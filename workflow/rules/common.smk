@@ -629,10 +629,14 @@ def survival_features(cohort, encoder):
 
 
 def cohort_inputs(wildcards):
+    clinical = cohort_value(wildcards.cohort, "clinical")
     inputs = {
-        "clinical": cohort_value(wildcards.cohort, "clinical"),
+        "clinical": clinical,
         "features": survival_features(wildcards.cohort, wildcards.encoder),
     }
+    follow_up = gdc.follow_up_table(clinical)
+    if follow_up:  # read with a GDC clinical table
+        inputs["follow_up"] = str(follow_up)
     rna = cohort_value(wildcards.cohort, "rna")
     if rna:
         inputs["rna"] = rna

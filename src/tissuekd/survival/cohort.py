@@ -105,6 +105,7 @@ GDC_CASE = ("cases.submitter_id", "case_submitter_id")
 GDC_FIELDS = {"vital": ("demographic.vital_status", "vital_status"),
               "death": ("demographic.days_to_death", "days_to_death"),
               "follow_up": ("diagnoses.days_to_last_follow_up", "days_to_last_follow_up")}
+GDC_FOLLOW_UP_DAYS = ("follow_ups.days_to_follow_up", "days_to_follow_up")  # of follow_up.tsv (gdc.follow_up_table)
 
 
 def _gdc_case_column(columns) -> str | None:
@@ -129,27 +130,54 @@ def require_endpoint(columns, path: str, endpoint: str) -> None:
     if endpoint != "OS":
         raise InputError(path, f"a GDC clinical table gives overall survival only (vital status, days to death or "
                                f"last follow-up): endpoint {endpoint} needs TCGA-CDR's columns")
-    absent = [names[0] for names in GDC_FIELDS.values() if not any(c in columns for c in names)]
+    fields = dict(GDC_FIELDS)
+    if gdc.follow_up_table(path) is not None:  # follow-up days may come from there alone
+        fields.pop("follow_up")
+    absent = [names[0] for names in fields.values() if not any(c in columns for c in names)]
     if absent:
         raise InputError(path, f"a GDC clinical table without {absent} (or their older names without the prefix)")
 
 
 def _gdc_overall_survival(table: pd.DataFrame, path: str) -> pd.DataFrame:
     """GDC's clinical.tsv (one row per case and diagnosis or treatment) as TCGA-CDR's OS columns:
-    dead at days_to_death, else censored at days_to_last_follow_up, the longest of a case's rows;
-    a vital status neither Alive nor Dead (Not Reported, '--) leaves the case without survival.
-    GDC gives no DSS, DFI or PFI: those are TCGA-CDR's curation."""
-    columns = {key: next(c for c in names if c in table.columns) for key, names in GDC_FIELDS.items()}
+    dead at days_to_death, else censored at the last contact: the longest days_to_last_follow_up
+    of a case's rows or, where `follow_up.tsv` lies beside it, of its follow-ups' days_to_follow_up,
+    whichever is later. A vital status neither Alive nor Dead (Not Reported, '--) leaves the case
+    without survival. GDC gives no DSS, DFI or PFI: those are TCGA-CDR's curation."""
+    columns = {key: next((c for c in names if c in table.columns), None) for key, names in GDC_FIELDS.items()}
     case = table[_gdc_case_column(table.columns)].fillna("").astype(str).str.strip()  # blank: skipped below
     vital = table[columns["vital"]].fillna("").astype(str).str.strip().str.lower()
+    follow_up = (_numbers(table[columns["follow_up"]], case, path) if columns["follow_up"]
+                 else pd.Series(np.nan, index=table.index))
     per_row = pd.DataFrame({"case": case, "event": vital.map({"dead": 1.0, "alive": 0.0}),
-                            "death": _numbers(table[columns["death"]], case, path),
-                            "follow_up": _numbers(table[columns["follow_up"]], case, path)})
+                            "death": _numbers(table[columns["death"]], case, path), "follow_up": follow_up})
     cases = per_row.groupby("case", sort=False).max()
     log.info("%s: GDC clinical table, %d rows of %d cases: OS from vital status, days to death (Dead) or to "
              "last follow-up (Alive), the longest of each case's rows", path, len(table), len(cases))
+    later = gdc.follow_up_table(path)
+    if later is not None:
+        cases["follow_up"] = _later_contact(cases, later)
     return pd.DataFrame({"bcr_patient_barcode": cases.index, "OS": cases["event"].to_numpy(),
                          "OS.time": np.where(cases["event"] == 1, cases["death"], cases["follow_up"])})
+
+
+def _later_contact(cases: pd.DataFrame, path: Path) -> pd.Series:
+    """Each case's last contact: its clinical follow-up or the longest days_to_follow_up of its rows
+    in GDC's follow_up.tsv, whichever is later (logged: how many alive cases it moved)."""
+    table = _clinical_table(str(path))
+    case_column = _gdc_case_column(table.columns)
+    days_column = next((c for c in GDC_FOLLOW_UP_DAYS if c in table.columns), None)
+    if case_column is None or days_column is None:
+        raise InputError(path, f"GDC's follow-up table needs {GDC_CASE[0]} and {GDC_FOLLOW_UP_DAYS[0]} "
+                               f"(or their older names without the prefix)")
+    case = table[case_column].fillna("").astype(str).str.strip()
+    days = _numbers(table[days_column], case, str(path)).groupby(case).max().reindex(cases.index)
+    latest = pd.concat([cases["follow_up"], days], axis=1).max(axis=1)
+    alive = (cases["event"] == 0) & (cases.index != "")  # rows without a case are skipped later
+    moved = alive & (latest > cases["follow_up"].fillna(-np.inf))
+    log.info("%s: later follow-ups for %d of %d alive cases (%d without a follow-up in the clinical table)",
+             path, int(moved.sum()), int(alive.sum()), int((moved & cases["follow_up"].isna()).sum()))
+    return latest
 
 
 XLSX, XLS = b"PK\x03\x04", b"\xd0\xcf\x11\xe0"  # a zip archive (.xlsx); the legacy .xls container

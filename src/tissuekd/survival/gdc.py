@@ -15,6 +15,9 @@ The same cart's slides become rows of the survival slide sheet with
     python -m tissuekd.survival.gdc gdc_sample_sheet.<date>.tsv --cohort TCGA-LUAD [--slides-dir DIR] [--all]
 
 (diagnostic slides, `-DX`, only, unless --all: TCGA's frozen-section slides, `-TS`/`-BS`, differ in look).
+
+Its clinical download (`clinical.tsv`, read by survival.cohort) unpacks beside `follow_up.tsv`,
+the cases' later contacts; where that file lies beside the clinical table it is read too.
 """
 
 from __future__ import annotations
@@ -40,6 +43,16 @@ TISSUE_COLUMNS = ("Tissue Type", "Sample Type")  # today's sheets ("Tumor", "Nor
 STAR_SUFFIX = ".rna_seq.augmented_star_gene_counts.tsv"
 STAR_DEFAULT = "tpm_unstranded"  # depth-normalised; chosen a priori (config survival.star_value)
 STAR_FILE_MB = 2.0  # memory the cohort job asks per STAR file (measured ~1 MB: python -m tissuekd.bench.gdc)
+
+
+FOLLOW_UP_FILE = "follow_up.tsv"  # the clinical download's later contacts, one row per case and follow-up
+
+
+def follow_up_table(clinical: str | Path) -> Path | None:
+    """GDC's `follow_up.tsv` where it lies beside the clinical table, as the portal's clinical
+    download unpacks them: read for later contacts, and an input of the cohort step."""
+    path = Path(clinical).parent / FOLLOW_UP_FILE
+    return path if path.name != Path(clinical).name and path.is_file() else None
 
 
 def is_sample_sheet(path: str | Path) -> bool:

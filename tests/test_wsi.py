@@ -65,6 +65,28 @@ def test_a_tile_that_does_not_decode_names_the_file(tmp_path, backend):
             slide.read(0, 0, y, w, 256)
 
 
+@pytest.mark.parametrize("kept", [0.5, 0.98])
+@pytest.mark.parametrize("kind", ["ome", "svs"])
+def test_a_slide_cut_short_is_named_when_opened(demo_slide, tmp_path, kind, kept):
+    """A partial download: the header (and so the size) reads, the tiles past the cut would not."""
+    if kind == "ome":
+        whole = he_image(demo_slide)
+    else:
+        from tissuekd.demo.survival import make_slide
+
+        whole = tmp_path / "TCGA-DM-A000-01Z-00-DX1.svs"
+        make_slide(whole, "TCGA-DM-A000", seed=0)
+    with open_slide(whole):  # whole, it opens
+        pass
+    cut = tmp_path / f"cut{''.join(whole.suffixes)}"
+    data = whole.read_bytes()[: int(whole.stat().st_size * kept)]
+    cut.write_bytes(data)
+    for backend in ("auto", "openslide", "tifffile"):
+        with pytest.raises(InputError, match=rf"{cut.name}: cut short: its image data run to byte .* but the file "
+                                             rf"has {len(data):,} bytes"):
+            open_slide(cut, backend)
+
+
 def test_an_input_error_survives_a_dataloader_worker_and_pickling():
     """torch's DataLoader re-raises a worker's error from its message alone: the file and the
     problem come through, so the job still ends with the one line naming them."""

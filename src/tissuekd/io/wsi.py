@@ -254,6 +254,32 @@ def require_slide_format(path: str | Path) -> None:
                                "--pyramid --compression jpeg`")
 
 
+def check_complete(path: str | Path) -> None:
+    """A TIFF-family slide (TIFF, OME-TIFF, SVS, NDPI, …) whose image data run past the end of the
+    file was cut short (a partial download or copy): named here, where readers that take only its
+    header would pass it, rather than by the first crop that reaches the missing part. Formats
+    tifffile does not parse (MRXS, …) are left to their reader."""
+    import tifffile
+
+    path = Path(path)
+    size = path.stat().st_size
+    quiet = logging.getLogger("tifffile")
+    level, quiet.level = quiet.level, logging.CRITICAL  # a cut file's tags are reported below, in one line
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = list(tif.pages) + [page for series in tif.series[:1] for lvl in series.levels
+                                       for page in lvl.pages]
+            end = max((int(offset) + int(count) for page in pages if page is not None
+                       for offset, count in zip(page.dataoffsets, page.databytecounts) if count), default=0)
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError):
+        return
+    finally:
+        quiet.level = level
+    if end > size:
+        raise InputError(path, f"cut short: its image data run to byte {end:,} but the file has {size:,} bytes "
+                               f"(an interrupted download or copy?)")
+
+
 def _subifd_pyramid(slide: OpenSlideSlide) -> Slide | None:
     """The same TIFF through tifffile where it keeps a pyramid in SubIFDs (OME-TIFF writers,
     tifffile's `subifds`), which OpenSlide does not see: one full-resolution level would be read
@@ -278,6 +304,7 @@ def open_slide(path: str | Path, backend: str = "auto") -> Slide:
     if not path.exists():
         raise InputError(path, "image file does not exist")
     require_slide_format(path)
+    check_complete(path)
     if backend == "auto":
         name = path.name.lower()
         if name.endswith((".ome.tif", ".ome.tiff")):

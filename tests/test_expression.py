@@ -303,6 +303,14 @@ def test_an_st_file_that_is_not_an_h5ad_is_named(hest, tmp_path):
         read_hest(tmp_path / "st.h5ad", root / "hest/metadata/S_A.json", root / "hest/wsis/S_A.tif")
 
 
+def test_repeated_gene_names_are_made_unique_as_for_space_ranger(hest, tmp_path, caplog):
+    full = ad.read_h5ad(hest[0] / "hest/st/S_A.h5ad")
+    names = full.var_names.tolist()
+    sample = broken(hest[0], tmp_path, lambda a, m: setattr(a, "var_names", [names[0]] * 2 + names[2:]))
+    assert sample.genes.tolist() == [names[0], f"{names[0]}-1"] + names[2:]
+    assert f"st.h5ad: 1 gene names repeated (e.g. {names[0]}): made unique" in caplog.text
+
+
 def test_a_few_spots_off_the_image_are_left_out_as_hest_does(hest, tmp_path, caplog):
     """Some HEST releases list spots a little beyond the scan (TENX92: x down to -139 px);
     HEST's own patching drops them. NaN pixel sizes fall through to the next key."""

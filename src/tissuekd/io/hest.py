@@ -55,7 +55,7 @@ def read_hest(st: str | Path, metadata: str | Path | None, image: str | Path | N
     ------
     InputError
         Naming the file: no pixel size in the metadata, no `obsm["spatial"]`, negative or
-        non-finite counts, duplicate genes, no spots, or most spot centres off the image.
+        non-finite counts, no spots, or most spot centres off the image.
     """
     mpp = math.nan
     if metadata:
@@ -82,8 +82,11 @@ def read_hest(st: str | Path, metadata: str | Path | None, image: str | Path | N
     if controls.any():
         log.info("%s: %d control features left out (e.g. %s)", st, controls.sum(), adata.var_names[controls][0])
         adata = adata[:, ~controls]
-    if adata.var_names.duplicated().any():
-        raise InputError(st, f"duplicate gene names, e.g. {adata.var_names[adata.var_names.duplicated()][:3].tolist()}")
+    if adata.var_names.duplicated().any():  # symbols two Ensembl ids share: made unique as for Space Ranger's
+        log.warning("%s: %d gene names repeated (e.g. %s): made unique as scanpy does (NAME-1, …)", st,
+                    adata.var_names.duplicated().sum(), adata.var_names[adata.var_names.duplicated()][0])
+        adata = adata.copy()
+        adata.var_names_make_unique()
     counts = check_counts(sparse.csr_matrix(adata.X, dtype=np.float32), st)
     diameter = meta.get("spot_diameter") if metadata else None
     return SpotSample(np.asarray(adata.obs_names, dtype=str), xy, counts, np.asarray(adata.var_names, dtype=str),

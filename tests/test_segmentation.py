@@ -332,6 +332,7 @@ def test_external_maps_from_npz_or_zarr_become_the_cached_teacher_shards(tissuen
     (lambda m: m.pop(next(iter(m))), "no map for image 'tissuenet_v1.1_train:0'"),
     (lambda m: m.update({k: v[:, :-1] for k, v in m.items()}), "is (2, 96, 95); its image is (96, 96)"),
     (lambda m: m.update({k: v * 2 for k, v in m.items()}), "not a probability in"),
+    (lambda m: m.update({k: np.array([v, None], dtype=object) for k, v in m.items()}), "is not a numeric array"),
 ])
 def test_bad_external_maps_name_the_file_and_the_image(tissuenet, tmp_path, spoil, problem):
     data = read_split("tissuenet", str(tissuenet))

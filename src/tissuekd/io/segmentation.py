@@ -571,7 +571,10 @@ class ExternalMaps:
         """(2, H, W) float32 foreground and boundary probabilities of one image of size `shape`."""
         from scipy import ndimage
 
-        maps = np.asarray(self.store[image_id], dtype=np.float32)
+        try:
+            maps = np.asarray(self.store[image_id], dtype=np.float32)
+        except (ValueError, TypeError) as err:  # e.g. an object array (a list of masks) np.savez pickled
+            raise InputError(self.path, f"map of image {image_id!r} is not a numeric array ({err})") from None
         if maps.ndim == 2:
             maps = np.stack([maps, maps - ndimage.grey_erosion(maps, size=(3, 3))])
         if maps.shape != (2, *shape):

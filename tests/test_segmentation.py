@@ -8,6 +8,7 @@ import logging
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 import torch
@@ -326,6 +327,20 @@ def test_external_maps_from_npz_or_zarr_become_the_cached_teacher_shards(tissuen
     table = evaluate_maps({"fmt": "tissuenet", "path": str(tissuenet)}, str(tmp_path / "maps.npz"),
                           str(tmp_path / "scores.tsv"))
     assert (table["dice"] == 1.0).all() and len(table) == len(data)  # the labels' own foreground
+
+
+def test_a_split_written_big_endian_scores_as_its_native_twin(tissuenet, tmp_path):
+    arrays = dict(np.load(tissuenet))
+    swapped = {k: v.astype(v.dtype.newbyteorder(">")) if v.dtype.kind in "fiu" else v for k, v in arrays.items()}
+    big = tmp_path / "tissuenet_v1.1_train.npz"
+    np.savez(big, **swapped)
+    assert read_split("tissuenet", str(big)).labels.dtype.byteorder == ">"
+    np.savez(tmp_path / "maps.npz", **label_maps(read_split("tissuenet", str(tissuenet))))
+    splits = {"native": tissuenet, "big": big}
+    scores = {name: evaluate_maps({"fmt": "tissuenet", "path": str(path)}, str(tmp_path / "maps.npz"),
+                                  str(tmp_path / f"{name}.tsv")) for name, path in splits.items()}
+    pd.testing.assert_frame_equal(scores["big"], scores["native"])
+    assert (scores["big"]["dice"] == 1.0).all()  # the labels' own foreground
 
 
 @pytest.mark.parametrize(("spoil", "problem"), [

@@ -46,8 +46,10 @@ def iou_matrix(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def object_f1(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> dict:
     """Matched objects at IoU >= `iou` (one-to-one, maximising total IoU): tp, fp, fn and
     F1 = 2tp / (2tp + fp + fn); 1.0 when both images have no objects."""
-    # copies: skimage refuses read-only arrays, such as an image of a memory-mapped split
-    pred, truth = relabel_sequential(np.array(pred))[0], relabel_sequential(np.array(truth))[0]
+    # native-order copies: skimage refuses read-only arrays (an image of a memory-mapped split) and
+    # big-endian ones (an npz written on such a machine)
+    pred, truth = (relabel_sequential(np.array(a, dtype=np.asarray(a).dtype.newbyteorder("=")))[0]
+                   for a in (pred, truth))
     scores = iou_matrix(pred, truth)
     rows, cols = linear_sum_assignment(-scores) if scores.size else (np.zeros(0, int), np.zeros(0, int))
     tp = int((scores[rows, cols] >= iou).sum())

@@ -181,6 +181,17 @@ def test_bad_config_fails_before_any_job(tmp_path, override, message):
     assert message in result.stdout + result.stderr
 
 
+def test_a_bad_value_in_a_config_file_of_ones_own_is_named_with_the_file(tmp_path):
+    """--configfile hands Snakemake paths, not strings: the message joining the files' names
+    raised a TypeError that hid every config problem."""
+    workdir = make_workdir(tmp_path)
+    (workdir / "mine.yaml").write_text("niche:\n  k: [10, 10]\n")
+    result = snakemake("-n", "--cores", "1", "--configfile", "mine.yaml", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert (f"config/config.yaml then {workdir}/mine.yaml (and any --config): niche.k: [10, 10] has non-unique "
+            "elements") in result.stdout + result.stderr
+
+
 def test_a_config_file_giving_a_key_twice_is_refused(tmp_path):
     """YAML keeps the later of a repeated key: a second `survival:` block replaced the first whole,
     and the run went on with the demo's sheets."""

@@ -122,6 +122,19 @@ def test_a_dataset_with_one_patient_stops_before_any_job(tmp_path):
     assert "two patients per dataset at least; dataset(s) ['IDC'] have one" in result.stdout + result.stderr
 
 
+def test_one_sample_under_two_names_is_refused(tmp_path):
+    """A copied row: each copy's fold would train on the other (IDC's ridge HVG r 0.566 -> 0.638)."""
+    workdir = expression_workdir(tmp_path)
+    sheet = pd.read_csv(workdir / "config/expression_samples.tsv", sep="\t").fillna("")
+    copy = sheet[sheet["sample"] == "IDC_P1"].assign(sample="IDC_P4", patient="IDC-P4")
+    pd.concat([sheet, copy]).to_csv(workdir / "config/expression_samples.tsv", sep="\t", index=False)
+    result = snakemake("-n", cwd=workdir, check=False)
+    assert result.returncode != 0
+    line = 2 + sheet.index[sheet["sample"] == "IDC_P1"][0]
+    assert (f"expression_samples.tsv line {line} (st) and line {len(sheet) + 2} (st) name one file, "
+            f"{copy['st'].iloc[0]}: one sample under two names") in result.stdout + result.stderr
+
+
 def test_a_value_outside_the_sheet_schema_names_its_line(tmp_path):
     workdir = expression_workdir(tmp_path)
     sheet = pd.read_csv(workdir / "config/expression_samples.tsv", sep="\t")

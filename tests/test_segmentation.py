@@ -329,6 +329,20 @@ def test_external_maps_from_npz_or_zarr_become_the_cached_teacher_shards(tissuen
     assert (table["dice"] == 1.0).all() and len(table) == len(data)  # the labels' own foreground
 
 
+@pytest.mark.parametrize("target", ["whole-cell", "nuclear"])
+def test_a_one_channel_label_array_is_the_targets_and_said_so(tissuenet, tmp_path, caplog, target):
+    arrays = dict(np.load(tissuenet))
+    nuclear = arrays["y"][..., 1:2]
+    np.savez(tmp_path / "one.npz", **{**arrays, "y": nuclear})
+    with caplog.at_level(logging.WARNING):
+        data = read_split("tissuenet", str(tmp_path / "one.npz"), target)
+    assert np.array_equal(np.asarray(data.labels), nuclear[..., 0])
+    assert f"one.npz: y has one label channel, read as the {target} labels" in caplog.text
+    np.savez(tmp_path / "none.npz", **{**arrays, "y": nuclear[..., :0]})
+    with pytest.raises(InputError, match=f"none.npz: no {target} labels: y has 0 channels"):
+        read_split("tissuenet", str(tmp_path / "none.npz"), target)
+
+
 def test_a_split_written_big_endian_scores_as_its_native_twin(tissuenet, tmp_path):
     arrays = dict(np.load(tissuenet))
     swapped = {k: v.astype(v.dtype.newbyteorder(">")) if v.dtype.kind in "fiu" else v for k, v in arrays.items()}

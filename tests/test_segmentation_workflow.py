@@ -175,6 +175,31 @@ def test_a_bad_cross_or_test_set_stops_before_any_training(tmp_path, row, change
     assert result.returncode != 0 and problem.format(tmp=tmp_path) in result.stderr + result.stdout
 
 
+def test_a_test_split_that_is_the_training_split_is_refused(tmp_path):
+    workdir = make_workdir(tmp_path / "w", **SMALL)
+    sheet = workdir / "config/segmentation_datasets.tsv"
+    rows = pd.read_csv(sheet, sep="\t", dtype=str).fillna("")
+    rows.loc[0, "test"] = str((workdir / rows.loc[0, "train"]).resolve())  # the same file, named another way
+    rows.to_csv(sheet, sep="\t", index=False)
+    result = snakemake("-n", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert ("segmentation_datasets.tsv line 2 (train) and line 2 (test) name one file, "
+            f"{rows.loc[0, 'test']}: a model would be scored on images it was trained on") in result.stdout
+
+
+def test_a_one_channel_label_array_is_said_while_planning(tmp_path):
+    workdir = make_workdir(tmp_path / "w", **SMALL)
+    sheet = workdir / "config/segmentation_datasets.tsv"
+    rows = pd.read_csv(sheet, sep="\t", dtype=str).fillna("")
+    one = tmp_path / "one.npz"
+    np.savez(one, X=np.zeros((2, 8, 8, 2), np.float32), y=np.ones((2, 8, 8, 1), np.int32))
+    rows.loc[0, "test"] = str(one)
+    rows.to_csv(sheet, sep="\t", index=False)
+    result = snakemake("-n", cwd=workdir)
+    assert (f"line 2 (dataset tissuenet_demo): {one}: y has one label channel, read as the whole-cell labels"
+            in result.stderr + result.stdout)
+
+
 def _nan_pixels(arrays):
     arrays["X"][1, :4, :4, 0] = np.nan
 

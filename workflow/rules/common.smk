@@ -143,6 +143,22 @@ def require_unique(sheet, column, path):
         raise WorkflowError(f"{path} lines {', '.join(map(str, lines))}: duplicate {column} name {name!r}{more}")
 
 
+def require_distinct_files(sheet, columns, path, why):
+    """No file serves two rows, or two columns of one row (a copied row, a test split that is the
+    training split): compared as real paths, so a relative and an absolute name of one file match."""
+    seen = {}
+    for row_no, row in zip(sheet.index, sheet.to_dict("records")):
+        for column in columns:
+            value = row.get(column, "")
+            if not value:
+                continue
+            first = seen.setdefault(os.path.realpath(value), (row_no, column))
+            if first != (row_no, column):
+                raise WorkflowError(
+                    f"{path} line {first[0]} ({first[1]}) and line {row_no} ({column}) name one file, {value}: {why}"
+                )
+
+
 def made_by_demo(path):
     """Demo inputs do not exist until the demo rules write them."""
     return Path(path).resolve().is_relative_to(Path(DEMO_DIR).resolve())
@@ -796,13 +812,15 @@ def check_split_row(row, split, where, training=False):
     BBBC038 or TIFF folder), so a bad test or cross split stops before any model is trained on
     the others; a `training` split's images must also hold the training crops (else every
     teacher and student job would fail on its first batch)."""
-    from tissuekd.io.segmentation import check_split
+    from tissuekd.io.segmentation import ONE_LABEL_CHANNEL, check_split, npz_shape
 
     membrane = int(row["membrane"]) if row["membrane"] else None
     try:
         side = check_split(row["format"], split, row["target"], int(row["nuclear"] or 0), membrane)
     except InputError as err:
         raise WorkflowError(f"{where}: {err}") from None
+    if row["format"] == "tissuenet" and npz_shape(Path(split), "y")[-1] == 1:  # nothing in the file tells which
+        logger.warning(f"{where}: {split}: {ONE_LABEL_CHANNEL.format(target=row['target'])}")
     tile = SEG["train"]["tile"]
     if training and tile > side:
         raise WorkflowError(
@@ -815,6 +833,9 @@ def check_segmentation_sheet(sheet, path):
     """Names unique, a training set with a membrane channel and a train split, files present
     (demo files are made by rules)."""
     require_unique(sheet, "dataset", path)
+    require_distinct_files(
+        sheet, ("train", "test"), path, "a model would be scored on images it was trained on (or one set twice)"
+    )
     for row_no, row in zip(sheet.index, sheet.to_dict("records")):
         where = f"{path} line {row_no} (dataset {row['dataset']})"
         if row["role"] == "train":
@@ -1120,6 +1141,12 @@ def check_expression_sheet(sheet, path):
     """Names unique, the format's files present (demo files are made by rules), two patients per
     dataset at least."""
     require_unique(sheet, "sample", path)
+    require_distinct_files(
+        sheet,
+        ("st", "outs", "patches", "niche_slide"),
+        path,
+        "one sample under two names would be tested on models trained on its copy",
+    )
     check_pooled_slides(sheet, path)
     for row_no, row in zip(sheet.index, sheet.itertuples(index=False)):
         where = f"{path} line {row_no} (sample {row.sample})"

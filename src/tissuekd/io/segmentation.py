@@ -135,7 +135,8 @@ def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
     x, y = npz_member(path, "X"), npz_member(path, "y")
     channels = (nuclear,) if membrane is None else (nuclear, membrane)
     _check_shapes(path, x.shape, y.shape, channels, target)
-    _require_instance_ids(path, y, TARGETS[target])
+    channel = label_channel(path, y.shape, target)
+    _require_instance_ids(path, y, channel)
     _require_label_order(path, y)
     n = len(x)
     tissues = _names(path, "tissue_list", n)
@@ -145,11 +146,24 @@ def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
     images = x[..., first:first + len(channels)] if channels == tuple(range(first, first + len(channels))) \
         else x[..., list(channels)]
     _require_finite_pixels(path, images)
-    labels = y[..., TARGETS[target]]
+    labels = y[..., channel]
     if not np.issubdtype(labels.dtype, np.integer):
         labels = IntegerLabels(labels)  # whole numbers stored as floats (checked above)
     return SegSet(images, labels, [f"{path.stem}:{i}" for i in range(n)], tissues, platforms,
                   ("nuclear",) if membrane is None else ("nuclear", "membrane"))
+
+
+def label_channel(path: Path, y_shape: tuple[int, ...], target: str) -> int:
+    """The channel of y with the target's labels: TissueNet's (whole-cell 0, nuclear 1), or the one
+    channel of a one-channel y, which is taken for the target's (said: nothing in the file tells)."""
+    if y_shape[-1] == 1:
+        log.warning("%s: %s", path, ONE_LABEL_CHANNEL.format(target=target))
+        return 0
+    return TARGETS[target]
+
+
+ONE_LABEL_CHANNEL = ("y has one label channel, read as the {target} labels (the sheet's target; TissueNet's y "
+                     "holds two, whole-cell then nuclear)")
 
 
 def _require_label_order(path: Path, y: np.ndarray, sample: int = 64) -> None:
@@ -201,9 +215,10 @@ def check_tissuenet_split(path: str | Path, nuclear: int = 0, membrane: int | No
     path = Path(path)
     channels = (nuclear,) if membrane is None else (nuclear, membrane)
     shape = npz_shape(path, "X")
-    _check_shapes(path, shape, npz_shape(path, "y"), channels, target)
+    labels_shape = npz_shape(path, "y")
+    _check_shapes(path, shape, labels_shape, channels, target)
     if not np.issubdtype(_npz_header(path, "y")[2], np.integer):  # labels stored as floats (rare): read them
-        _require_instance_ids(path, npz_member(path, "y"), TARGETS[target])
+        _require_instance_ids(path, npz_member(path, "y"), label_channel(path, labels_shape, target))
     return shape
 
 
@@ -241,7 +256,7 @@ def _check_shapes(path: Path, x: tuple[int, ...], y: tuple[int, ...], channels: 
     bad = [c for c in channels if not 0 <= c < x[3]]
     if bad:
         raise InputError(path, f"channel index {bad[0]} out of range: X has {x[3]} channels")
-    if y[3] <= TARGETS[target]:
+    if y[3] == 0 or 1 < y[3] <= TARGETS[target]:  # one channel: taken for the target's (label_channel)
         raise InputError(path, f"no {target} labels: y has {y[3]} channels")
 
 

@@ -257,6 +257,8 @@ def _rewrite_sheet(workdir: Path, change) -> None:
      "niche_slides.tsv line 1: the header has no tab; sheets are tab-separated (this one looks comma-separated)"),
     (lambda s: s.assign(he_image="/scans/breast.png").to_csv(sep="\t", index=False),
      "niche_slides.tsv line 2 (slide breast_demo): column 'he_image': /scans/breast.png: is a flat picture"),
+    (lambda s: "# my slides\n" + s.head(0).to_csv(sep="\t", index=False) + "\n",
+     "niche_slides.tsv has a header (line 2) but no rows"),
 ])
 def test_a_sheet_header_or_image_format_problem_is_named_before_any_job(tmp_path, change, message):
     """A misspelt optional column was ignored without a word (the truth scores vanished), a missing

@@ -65,6 +65,8 @@ def load_sheet(path, schema):
     kept = [i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")]
     if not kept:
         raise WorkflowError(f"sample sheet {path} is empty")
+    if len(kept) == 1:  # pandas and the study's steps would fail far from here (benchmark_niche: "No objects")
+        raise WorkflowError(f"sample sheet {path} has a header (line {kept[0] + 1}) but no rows")
     width = len(lines[kept[0]].split("\t"))
     rows = [fit_fields(lines[i], width, f"{path} line {i + 1}") for i in kept]
     sheet = pd.read_csv(io.StringIO("\n".join(rows)), sep="\t", dtype=str).fillna("")

@@ -420,6 +420,22 @@ def test_a_non_tcga_sample_id_is_used_and_a_normal_only_patient_is_not(tmp_path)
         read_rna(tmp_path / "twice.tsv.gz", {"C3L-00001"})
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_spreadsheets_empty_trailing_rows_and_columns_are_skipped(tables, tmp_path, caplog, transposed):
+    """Saved from Excel: a BOM, CRLF, three rows of tabs and an empty column; they read as a gene
+    `nan` listed twice."""
+    matrix = pd.read_csv(tables / "rna.tsv", sep="\t", index_col=0)
+    matrix = matrix.T if transposed else matrix
+    lines = matrix.to_csv(sep="\t").splitlines()
+    width = len(lines[0].split("\t"))
+    text = "\r\n".join([lines[0] + "\t"] + [line + "\t" for line in lines[1:]] + ["\t" * width] * 3) + "\r\n"
+    (tmp_path / "excel.tsv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    with caplog.at_level(logging.INFO):
+        read = read_rna(tmp_path / "excel.tsv", set(PATIENTS))
+    pd.testing.assert_frame_equal(read, read_rna(tables / "rna.tsv", set(PATIENTS)))
+    assert "excel.tsv: 3 empty row(s) and 1 empty column(s) without a label skipped" in caplog.text
+
+
 def test_rna_sample_ids_are_text_and_bad_matrices_are_named(tmp_path):
     """Sample ids that look like numbers keep their leading zeros (0123 is not 123); an empty
     file, a header without values, a sample listed twice and infinite values (log2 of 0 as -inf:

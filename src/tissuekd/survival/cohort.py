@@ -307,6 +307,7 @@ def _read_matrix(path: str, patients: set[str]) -> pd.DataFrame:
         raw = pd.read_csv(path, sep=sep, index_col=0, dtype={0: str})
     except (UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise InputError(path, f"not a readable TSV or CSV matrix ({err})") from None
+    raw, header = _without_blank_lines(raw, path, sep)
     if raw.empty:
         raise InputError(path, f"no values: {raw.shape[0]} row(s), {raw.shape[1]} column(s) besides the labels")
     by_columns = sum(patient_of(str(c), patients) is not None for c in raw.columns)
@@ -318,7 +319,7 @@ def _read_matrix(path: str, patients: set[str]) -> pd.DataFrame:
     log.info("%s: %s (%d genes, %d samples); %d samples match a patient", path,
              "genes x samples" if by_columns > by_rows else "samples x genes", matrix.shape[1], matrix.shape[0],
              max(by_columns, by_rows))
-    genes = _header(path, sep) if by_columns <= by_rows else matrix.columns.astype(str)
+    genes = header if by_columns <= by_rows else matrix.columns.astype(str)
     repeated = genes[genes.duplicated()].unique().tolist()
     if repeated:
         raise InputError(path, f"gene id(s) listed twice: {repeated[:10]}")
@@ -393,10 +394,20 @@ def complete_genes(rna: pd.DataFrame, path: str) -> pd.DataFrame:
     return rna.drop(columns=missing)
 
 
-def _header(path: str, sep: str) -> pd.Index:
-    """The first line's labels as written (pandas renames a repeated column `X` to `X.1`)."""
-    first = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str)
-    return pd.Index(first.iloc[0, 1:].astype(str))
+def _without_blank_lines(raw: pd.DataFrame, path: str, sep: str) -> tuple[pd.DataFrame, pd.Index]:
+    """The matrix without a spreadsheet's empty trailing rows and columns (no label, no value:
+    they read as a gene `nan` listed twice), and the kept columns' labels as written (pandas
+    renames a repeated column `X` to `X.1`)."""
+    first = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
+    written = pd.Index(first.iloc[0, 1:].astype(str).str.strip())
+    rows = np.asarray(raw.index.isna() | (raw.index.astype(str).str.strip() == ""))
+    rows[rows] = raw[rows].isna().all(axis=1).to_numpy()  # only unlabelled rows are looked at (PanCan: 2e8 values)
+    columns = np.asarray(written == "") if len(written) == raw.shape[1] else np.zeros(raw.shape[1], bool)
+    columns[columns] = raw.loc[:, columns].isna().all(axis=0).to_numpy()
+    if rows.any() or columns.any():
+        log.info("%s: %d empty row(s) and %d empty column(s) without a label skipped (a spreadsheet's)", path,
+                 int(rows.sum()), int(columns.sum()))
+    return raw.loc[~rows, ~columns], written[~columns]
 
 
 def _symbols(rna: pd.DataFrame, path: str) -> pd.DataFrame:

@@ -9,5 +9,5 @@ run_logged(
     snakemake.log[0],
     lambda: prepare_cohort(snakemake.wildcards.cohort, pd.DataFrame(p.slides), i.clinical, i.get("rna"),
                            endpoint=p.endpoint, folds=p.folds, seed=p.seed, cross_validate=p.cross_validate,
-                           star_value=p.star_value, out_patients=o.patients, out_rna=o.rna, out_dropped=o.dropped),
+                           out_patients=o.patients, out_rna=o.rna, out_dropped=o.dropped),
 )

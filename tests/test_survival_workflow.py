@@ -79,7 +79,7 @@ def test_the_runtime_table_leaves_out_memory_snakemake_measured_for_itself(survi
     assert runtime.loc["survival_features", "jobs"] == 84
     for rule in ("survival_patches", "survival_features"):
         assert np.isnan(runtime.loc[rule, "max_rss_mb"]), rule
-    for rule in ("survival_cohort", "survival_fit", "survival_student"):
+    for rule in ("survival_rna", "survival_cohort", "survival_fit", "survival_student"):
         assert runtime.loc[rule, "max_rss_mb"] > 0, rule
 
 
@@ -93,7 +93,7 @@ def test_a_changed_slide_reruns_that_slide_and_its_cohort_only(survival_run):
         slide.write_bytes(original)
     assert jobs["survival_patches"] == 1 and jobs["survival_features"] == 1
     assert jobs["survival_cohort"] == 1  # demo_tcga; the external cohort's preparation is untouched
-    assert "demo_survival_slide" not in jobs
+    assert "demo_survival_slide" not in jobs and "survival_rna" not in jobs  # its RNA is read once
 
 
 def test_changed_gene_sets_rerun_the_methods_that_read_rna_only(survival_run):
@@ -201,12 +201,41 @@ def test_rna_and_survival_from_gdc_downloads_are_read_and_star_files_are_inputs(
             f"{tmp_path}/gdc/<File ID>/<File Name> (gdc-client's layout)") in result.stderr + result.stdout
 
 
-def test_negative_survival_time_stops_the_cohort_naming_the_patient(tmp_path):
+def test_a_clinical_table_the_cohort_job_would_refuse_stops_the_plan(tmp_path):
+    """A negative time or a patient listed twice was found by the cohort job, after every slide's
+    patches and features."""
     workdir = brought_features(tmp_path, negative_time=True)
     result = snakemake("--cores", "2", cwd=workdir, check=False)
     assert result.returncode != 0
-    assert "clinical.tsv: negative or infinite OS.time for patient(s) ['TCGA-XY-0005']" in result.stderr + result.stdout
-    assert not (workdir / "results/survival/mine/demo-mobilenet-224/patients.tsv").exists()
+    assert ("survival_cohorts.tsv (cohort mine): " + f"{tmp_path}/clinical.tsv: negative or infinite OS.time for "
+            "patient(s) ['TCGA-XY-0005']") in result.stdout + result.stderr
+    assert not (workdir / "results").exists()  # no job ran
+    table = pd.read_csv(tmp_path / "clinical.tsv", sep="\t")
+    table.loc[5, "OS.time"] = 10
+    pd.concat([table, table.iloc[[2]]]).to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
+    result = snakemake("-n", "--cores", "2", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert "clinical.tsv: patient(s) listed twice: ['TCGA-XY-0002']" in result.stdout + result.stderr
+
+
+def test_a_bad_rna_matrix_stops_the_run_before_any_slide_is_patched(tmp_path):
+    """The cohort's RNA is read by its own job, first: a gene listed twice was found by the cohort
+    job, after every slide's patches and features."""
+    from tissuekd.demo.survival import make_slide
+
+    workdir = brought_features(tmp_path)
+    sheet = pd.read_csv(workdir / "config/survival_slides.tsv", sep="\t").fillna("")
+    image = tmp_path / f"{sheet.loc[0, 'slide']}.svs"
+    make_slide(image, sheet.loc[0, "patient"], seed=0)
+    sheet.loc[0, ["image", "features"]] = [str(image), ""]
+    sheet.to_csv(workdir / "config/survival_slides.tsv", sep="\t", index=False)
+    assert planned_jobs(workdir)["survival_rna"] == 1
+    rna = pd.read_csv(tmp_path / "rna.tsv", sep="\t", index_col=0)
+    pd.concat([rna, rna.iloc[[3]]]).to_csv(tmp_path / "rna.tsv", sep="\t")
+    result = snakemake("--cores", "1", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert "rna.tsv: gene id(s) listed twice: ['G3']" in result.stdout + result.stderr
+    assert not (workdir / "results/survival/patches").exists()
 
 
 def test_a_cohort_whose_patients_are_none_of_its_clinical_tables_stops_the_plan(tmp_path):

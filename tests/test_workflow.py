@@ -70,6 +70,7 @@ def test_dry_run_of_the_shipped_demo_lists_every_step_per_slide_and_k():
         assert jobs[step] == len(wsis), (step, jobs)
     fitted = [m for m in SURVIVAL_METHODS.values() if m.rule == "survival_fit"]
     assert jobs["survival_cohort"] == 2 and jobs["survival_fit"] == len(fitted) and jobs["survival_external"] == 1
+    assert jobs["survival_rna"] == 2  # once per cohort, whatever the encoders
     assert jobs["survival_student"] == len(SURVIVAL_METHODS) - len(fitted)
 
 

@@ -655,11 +655,20 @@ def cohort_inputs(wildcards):
     follow_up = gdc.follow_up_table(clinical)
     if follow_up:  # read with a GDC clinical table
         inputs["follow_up"] = str(follow_up)
-    rna = cohort_value(wildcards.cohort, "rna")
-    if rna:
-        inputs["rna"] = rna
-        inputs["star_files"] = gdc_star_files(rna)
+    if cohort_value(wildcards.cohort, "rna"):
+        inputs["rna"] = f"{RESULTS}/survival/{wildcards.cohort}/rna_read.parquet"
     return inputs
+
+
+def rna_inputs(wildcards):
+    """The cohort's RNA as given: a matrix, or a GDC sample sheet with its STAR files."""
+    rna = cohort_value(wildcards.cohort, "rna")
+    return {"rna": rna, "star_files": gdc_star_files(rna)}
+
+
+def cohort_patients(wildcards):
+    """Param: the patients of the cohort's slides (whose RNA is read)."""
+    return sorted(set(SURVIVAL_SLIDES.loc[SURVIVAL_SLIDES["cohort"] == wildcards.cohort, "patient"]))
 
 
 def star_value(wildcards):
@@ -669,14 +678,21 @@ def star_value(wildcards):
     return SURVIVAL["star_value"] if rna and gdc_star_files(rna) else ""
 
 
-def cohort_mem_mb(wildcards, input, attempt):
+def rna_mem_mb(wildcards, input, attempt):
     """Resource: the RNA is read whole. A matrix (PanCan's is ~2e8 values): ~4 bytes of memory per
     byte of text (parsed, made numeric, transposed), ~12 per byte compressed (read as pandas infers).
     A GDC download: one float32 row of ~60,000 genes per STAR file (gdc.STAR_FILE_MB)."""
-    rna = input.get("rna")
+    rna = input.rna
     packed = str(rna).lower().endswith((".gz", ".bz2", ".xz", ".zst", ".zip"))
-    text_mb = os.path.getsize(rna) / 1e6 * (3 if packed else 1) if rna else 0
+    text_mb = os.path.getsize(rna) / 1e6 * (3 if packed else 1)
     return int(2000 + 4 * text_mb + gdc.STAR_FILE_MB * len(input.get("star_files", []))) * attempt
+
+
+def cohort_mem_mb(wildcards, input, attempt):
+    """Resource: the cohort's RNA as read (a float32 parquet of its slides' patients), held as
+    float64 with a copy or two: 10 bytes per byte of parquet, and pandas beside."""
+    rna = input.get("rna")
+    return int(2000 + 10 * (os.path.getsize(rna) / 1e6 if rna else 0)) * attempt
 
 
 def cohort_slides(wildcards):
@@ -751,6 +767,8 @@ def survival_benchmarks():
     files += expand(str(rules.survival_features.benchmark), wsi=images, encoder=SURVIVAL_ENCODERS)
     everywhere = dict(cohort=SURVIVAL_COHORTS["cohort"], encoder=SURVIVAL_ENCODERS)
     files += expand(str(rules.survival_cohort.benchmark), **everywhere)
+    with_rna = [c for c in SURVIVAL_COHORTS["cohort"] if cohort_value(c, "rna")]
+    files += expand(str(rules.survival_rna.benchmark), cohort=with_rna)
     cv = dict(cohort=cv_cohorts(), encoder=SURVIVAL_ENCODERS)
     files += expand(str(rules.survival_fit.benchmark), method=made_by(SURVIVAL_METHODS, "survival_fit"), **cv)
     files += expand(str(rules.survival_student.benchmark), method=made_by(SURVIVAL_METHODS, "survival_student"), **cv)

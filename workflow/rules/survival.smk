@@ -104,6 +104,30 @@ rule survival_features:
         )
 
 
+# The cohort's RNA, read and checked once per cohort (not per encoder), before its slides' patches
+# (priority): a malformed matrix stops the run before hours of encoding.
+rule survival_rna:
+    input:
+        unpack(rna_inputs),
+    output:
+        f"{RESULTS}/survival/{{cohort}}/rna_read.parquet",
+    log:
+        f"{LOGS}/survival/rna/{{cohort}}.log",
+    benchmark:
+        f"{BENCH}/survival/rna/{{cohort}}.tsv"
+    priority: CHAIN_PRIORITY + 1
+    conda:
+        "../../envs/scverse.yaml"
+    resources:
+        mem_mb=rna_mem_mb,
+        runtime=20,
+    params:
+        patients=cohort_patients,
+        star_value=star_value,
+    script:
+        "../../scripts/survival_rna.py"
+
+
 rule survival_cohort:
     input:
         unpack(cohort_inputs),
@@ -130,7 +154,6 @@ rule survival_cohort:
     params:
         slides=cohort_slides,
         endpoint=SURVIVAL["endpoint"],
-        star_value=star_value,
         folds=SURVIVAL["folds"],
         seed=SURVIVAL["seed"],
         cross_validate=lambda wildcards: cohort_value(wildcards.cohort, "cross_validate"),

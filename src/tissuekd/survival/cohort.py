@@ -73,7 +73,11 @@ def read_clinical(path: str, endpoint: str) -> pd.DataFrame:
     """patient, time, event for `endpoint` (e.g. OS -> columns OS and OS.time; a GDC clinical
     table: `_gdc_overall_survival`); rows without both values are kept with NaN (dropped later,
     by name); negative times are an error."""
-    table = _clinical_table(path)
+    return _survival(_clinical_table(path), path, endpoint)
+
+
+def _survival(table: pd.DataFrame, path: str, endpoint: str) -> pd.DataFrame:
+    """read_clinical's work on the table as read."""
     table = table.loc[:, ~table.columns.astype(str).str.startswith("Unnamed")]
     require_endpoint(table.columns, path, endpoint)
     if _is_gdc(table.columns):
@@ -190,42 +194,37 @@ def _first_bytes(path: str) -> bytes:
 
 def clinical_barcodes(path: str, cache_dir: str | None = None, endpoint: str | None = None) -> set[str] | None:
     """The patient barcodes of a clinical table, for checks while planning; None where the table
-    has no bcr_patient_barcode nor GDC case id. With `endpoint`, a table without its columns is
-    an error (`require_endpoint`). A workbook takes openpyxl seconds to parse (TCGA-CDR: ~2.5 s):
-    with `cache_dir` its barcodes and columns are kept there until the file's size or
-    modification time changes."""
-    barcodes, columns = _kept_barcodes(path, cache_dir)
-    if endpoint is not None:
-        require_endpoint(columns, path, endpoint)
-    return barcodes
-
-
-def _kept_barcodes(path: str, cache_dir: str | None) -> tuple[set[str] | None, list[str]]:
+    has no bcr_patient_barcode nor GDC case id. With `endpoint`, the table is also read as the
+    cohort job reads it (read_clinical), so that what it would refuse (the endpoint's columns
+    missing, a patient listed twice, a negative time, text for a number) stops the plan. A
+    workbook takes openpyxl seconds to parse (TCGA-CDR: ~2.5 s): with `cache_dir` its barcodes
+    are kept there, per endpoint, until the file's size or modification time changes."""
     if cache_dir is None or not _first_bytes(path).startswith(XLSX):
-        return _barcodes(path)
+        return _barcodes(path, endpoint)
     stat = Path(path).stat()
-    stamp = [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
+    stamp = [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, endpoint]
     cached = Path(cache_dir) / f"{hashlib.sha1(stamp[0].encode()).hexdigest()}.json"
     try:
         kept = json.loads(cached.read_text())
         if kept["stamp"] == stamp:
-            return (None if kept["barcodes"] is None else set(kept["barcodes"])), kept["columns"]
+            return None if kept["barcodes"] is None else set(kept["barcodes"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    barcodes, columns = _barcodes(path)
+    barcodes = _barcodes(path, endpoint)
     with atomic_path(cached) as tmp:
-        tmp.write_text(json.dumps({"stamp": stamp, "barcodes": None if barcodes is None else sorted(barcodes),
-                                   "columns": columns}))
-    return barcodes, columns
+        tmp.write_text(json.dumps({"stamp": stamp, "barcodes": None if barcodes is None else sorted(barcodes)}))
+    return barcodes
 
 
-def _barcodes(path: str) -> tuple[set[str] | None, list[str]]:
+def _barcodes(path: str, endpoint: str | None) -> set[str] | None:
     table = _clinical_table(path)
+    if endpoint is not None:  # what the cohort job would refuse, refused before any slide is encoded
+        _survival(table, path, endpoint)
     columns = [str(c) for c in table.columns]
     column = "bcr_patient_barcode" if "bcr_patient_barcode" in columns else _gdc_case_column(columns)
     if column is None:
-        return None, columns
-    return set(table[column].dropna().astype(str).str.strip()), columns
+        return None
+    return set(table[column].dropna().astype(str).str.strip())
 
 
 def _clinical_table(path: str) -> pd.DataFrame:
@@ -586,9 +585,17 @@ def assign_folds(events: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
+def write_cohort_rna(rna: str, patients: set[str], star_value: str, out: str) -> None:
+    """The rule survival_rna: `read_rna` of the cohort's slides' patients, written as parquet
+    (patients x genes, float32, NaN where a gene is missing for a patient), once per cohort."""
+    matrix = read_rna(rna, patients, star_value)
+    log.info("%s: %d of the cohort's %d patients with RNA, %d genes", rna, len(matrix), len(patients), matrix.shape[1])
+    with atomic_path(out) as tmp:
+        matrix.astype("float32").to_parquet(tmp)
+
+
 def prepare_cohort(name: str, slides: pd.DataFrame, clinical: str, rna: str | None, *, endpoint: str, folds: int,
-                   seed: int, cross_validate: bool, out_patients: str, out_rna: str, out_dropped: str,
-                   star_value: str = "") -> None:
+                   seed: int, cross_validate: bool, out_patients: str, out_rna: str, out_dropped: str) -> None:
     """The rule survival_cohort: patients.tsv (usable patients with fold and feature files),
     rna.parquet, dropped.tsv. Here rather than in steps.py so that the rule imports no torch.
 
@@ -602,8 +609,8 @@ def prepare_cohort(name: str, slides: pd.DataFrame, clinical: str, rna: str | No
         TCGA-CDR-style table (CSV or TSV): `bcr_patient_barcode`, `{endpoint}` (1 event, 0 censored) and
         `{endpoint}.time` (days in TCGA-CDR).
     rna : str or None
-        RNA matrix keyed by sample or patient barcode, in either orientation, or a GDC sample sheet
-        (`tissuekd.survival.gdc`); None: the cohort has no RNA.
+        The cohort's RNA as `write_cohort_rna` wrote it (read from a matrix keyed by sample or
+        patient barcode, or a GDC download); None: the cohort has no RNA.
     endpoint : str
         The survival endpoint's column, e.g. "OS", "DSS" or "PFI".
     folds : int
@@ -618,11 +625,9 @@ def prepare_cohort(name: str, slides: pd.DataFrame, clinical: str, rna: str | No
         rna.parquet written: patients x genes, float32, in patients.tsv's order (no columns without RNA).
     out_dropped : str
         dropped.tsv written: patient, slide, reason.
-    star_value : str
-        The column of GDC STAR files read (a GDC sample sheet as `rna`); "": `gdc.STAR_DEFAULT`.
     """
     table = read_clinical(clinical, endpoint)
-    matrix = read_rna(rna, set(table.index), star_value) if rna else None
+    matrix = pd.read_parquet(rna).astype("float64") if rna else None
     layouts = [read_layout(p) for p in slides["features"]]
     require_one_encoder(list(slides["features"]), layouts)
     slides = slides.assign(n_patches=[f.patches for f in layouts])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 
 import anndata as ad
@@ -630,6 +631,18 @@ def test_a_bad_hest_patch_file_is_named(hest, tmp_path, replace, message):
         steps.extract_spot_features(root / "S_A.parquet", root / "S_A.json", None, SPEC, tmp_path / "f.h5",
                                     crop_px=112, device="cpu", progress=False, patches=str(tmp_path / "S_A.h5"))
     assert not (tmp_path / "f.h5").exists()
+
+
+def test_a_bad_patch_file_stops_the_prepare_step_already(hest, tmp_path):
+    """Found by the features job before, after the other samples' features."""
+    root, _ = hest
+    write_patch_file(tmp_path / "S_A.h5", root, "S_A", keep=3, img=None)
+    hest_dir = root / "hest"
+    out = [str(tmp_path / name) for name in ("spots.parquet", "expression.h5ad", "sample.json")]
+    with pytest.raises(InputError, match="S_A.h5: no `img` dataset"):
+        steps.prepare_sample("hest", str(hest_dir / "wsis/S_A.tif"), *out, st=str(hest_dir / "st/S_A.h5ad"),
+                             metadata=str(hest_dir / "metadata/S_A.json"), patches=str(tmp_path / "S_A.h5"))
+    assert not any(os.path.exists(path) for path in out)
 
 
 def test_patches_of_another_span_or_sample_are_named(hest, tmp_path):

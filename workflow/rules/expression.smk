@@ -52,6 +52,8 @@ rule expression_prepare:
                 # read here, not a param: editing the markers reruns the folds only
                 markers=EXPRESSION["markers"].get(dataset, []),
                 dataset=dataset,
+                # checked here (its index only), not an input: the features job reads it
+                patches=EXPR_SAMPLES.loc[wildcards.sample].get("patches") or None,
             ),
         )
 

@@ -35,16 +35,19 @@ def prepare_sample(fmt: str, image: str | None, out_spots: str, out_expression: 
                    outs: str | None = None,
                    cells: str | None = None, cell_counts: str | None = None, slide: str | None = None,
                    name: str = "", pseudo_spots: dict | None = None, backend: str = "auto",
-                   markers: list[str] = (), dataset: str = "") -> None:
+                   markers: list[str] = (), dataset: str = "", patches: str | None = None) -> None:
     """The rule expression_prepare: spots under tissue (barcode, x, y in level-0 px), their
     expression normalised once (total counts to 1e4, then log1p; scanpy), and the sample's scale.
     `fmt` "hest" reads `st`, `metadata` and `tissue_seg` (metadata and image optional where the
     sheet gives the release's patch file: HEST-benchmark ships neither); "visium" reads Space
     Ranger's `outs` folder; "xenium" pools a niche slide's ingested `cells` and `cell_counts` into pseudo-spots.
     `markers`, the config's for the sample's `dataset`, must be measured here (each sample trains
-    some fold): checked now, before the features, as well as in each fold."""
+    some fold): checked now, before the features, as well as in each fold; so is the release's
+    `patches` file, where the sheet gives one (its index: img, barcode)."""
     import scanpy as sc
 
+    if patches:
+        read_patch_index(patches)
     if fmt == "hest":
         sample = read_hest(st, metadata, image, backend, tissue_seg)
     elif fmt == "visium":

@@ -161,6 +161,9 @@ def test_a_bad_sheet_names_its_line(tmp_path):
      "line 3 (dataset bbbc038_demo): {tmp}/stage1_test/demo01/masks/small.png: mask is (5, 5), its image"),
     (0, lambda tmp: {"test": str(_npz(tmp / "fractional.npz", 2, label_value=0.5))},
      "line 2 (dataset tissuenet_demo): {tmp}/fractional.npz: labels are not instance ids"),
+    (0, lambda tmp: {"test": str(_npz(tmp / "names.npz", 3, labels_px=8, tissue_list=np.array(["a", "b"])))},
+     "line 2 (dataset tissuenet_demo): {tmp}/names.npz: tissue_list must list one name per image (3), found "
+     "shape (2,)"),
 ])
 def test_a_bad_cross_or_test_set_stops_before_any_training(tmp_path, row, changes, problem):
     """Checked while planning (a TissueNet split from its array headers, a folder from its files'
@@ -261,9 +264,9 @@ def _bbbc038_mask_of_another_size(folder):
     return folder
 
 
-def _npz(path, n, labels_px=8, label_value=0):
+def _npz(path, n, labels_px=8, label_value=0, **more):
     y = np.full((n, labels_px, labels_px, 2), label_value, np.float32 if label_value % 1 else np.int32)
-    np.savez(path, X=np.zeros((n, 8, 8, 2), np.float32), y=y)
+    np.savez(path, X=np.zeros((n, 8, 8, 2), np.float32), y=y, **more)
     return path
 
 

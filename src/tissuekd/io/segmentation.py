@@ -139,8 +139,7 @@ def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
     _require_instance_ids(path, y, channel)
     _require_label_order(path, y)
     n = len(x)
-    tissues = _names(path, "tissue_list", n)
-    platforms = _names(path, "platform_list", n)
+    tissues, platforms = (_names(path, member, n) for member in NAME_LISTS)
     first = min(channels)
     # a slice of consecutive channels is a view of the memory map; an index list would read X whole
     images = x[..., first:first + len(channels)] if channels == tuple(range(first, first + len(channels))) \
@@ -217,6 +216,13 @@ def check_tissuenet_split(path: str | Path, nuclear: int = 0, membrane: int | No
     shape = npz_shape(path, "X")
     labels_shape = npz_shape(path, "y")
     _check_shapes(path, shape, labels_shape, channels, target)
+    for member in NAME_LISTS:  # read_tissuenet's _names, from the headers
+        try:
+            listed = npz_shape(path, member)
+        except InputError:  # absent: its images are 'unknown' there
+            continue
+        if len(listed) != 1 or listed[0] != shape[0]:
+            raise InputError(path, f"{member} must list one name per image ({shape[0]}), found shape {listed}")
     if not np.issubdtype(_npz_header(path, "y")[2], np.integer):  # labels stored as floats (rare): read them
         _require_instance_ids(path, npz_member(path, "y"), label_channel(path, labels_shape, target))
     return shape
@@ -286,6 +292,9 @@ def _id_problem(part: np.ndarray) -> tuple[np.ndarray, str] | None:
             return fractional, "fractional values"
     negative = (part < 0).any(axis=1)
     return (negative, "negative values") if negative.any() else None
+
+
+NAME_LISTS = ("tissue_list", "platform_list")  # TissueNet's per-image names
 
 
 def _names(path: Path, member: str, n: int) -> list[str]:

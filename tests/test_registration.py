@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -165,6 +167,30 @@ def test_an_alignment_of_another_scale_than_the_image_is_refused(ingested, demo_
     for wrong in (0.0, 250.0):  # 0 was taken for no value; 250 was called the image's
         with pytest.raises(InputError, match=r"he_image.ome.tif: the sheet's he_mpp for it, .* µm per pixel, outside"):
             ingest_slide(str(demo_slide / "outs"), str(he_image(demo_slide)), str(identity), *outs, sheet_mpp=wrong)
+
+
+def test_cells_on_another_slides_he_or_far_off_it_are_said(ingested, demo_slide, tmp_path, caplog):
+    """Same resolution, so the scale check passes both: another slide's H&E, and an alignment 10
+    µm off. The cells then match the H&E's nuclei hardly better at the alignment than moved off it."""
+    import json
+
+    from tissuekd.demo.xenium import make_demo_slide
+    from tissuekd.niche.ingest import ingest_slide
+
+    agreement = json.loads(ingested["slide"].read_text())["he_stain_agreement"]
+    assert agreement["z"] >= 3, agreement  # measured 9.0
+    other = tmp_path / "other"
+    make_demo_slide(other, "breast", n_cells=2500, seed=4)
+    affine = read_alignment(he_alignment(demo_slide))
+    off = tmp_path / "off_he_imagealignment.csv"  # the H&E pixel 10 um further right maps onto each cell
+    np.savetxt(off, affine @ np.array([[1, 0, -10 / 0.25], [0, 1, 0], [0, 0, 1]]), delimiter=",")
+    outs = [str(tmp_path / n) for n in ("cells.parquet", "expression.h5ad", "slide.json")]
+    for image, alignment in ((he_image(other), he_alignment(demo_slide)), (he_image(demo_slide), off)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            ingest_slide(str(demo_slide / "outs"), str(image), str(alignment), *outs)
+        assert (f"{image} with {alignment}: the cells match the H&E's nuclei hardly better at the alignment"
+                in caplog.text), json.loads((tmp_path / "slide.json").read_text())["he_stain_agreement"]
 
 
 def test_explorer_keypoints_table_is_named_as_such(tmp_path):

@@ -105,7 +105,7 @@ def test_blank_slide_gets_no_patches_and_a_warning(tmp_path, caplog):
 @pytest.mark.parametrize("backend", ["tifffile", "openslide"])
 def test_a_slide_without_a_small_level_gets_its_thumbnail_in_bands(tmp_path, caplog, backend):
     """A flat TIFF: the thumbnail is the box average of the whole level, read band by band."""
-    from tissuekd.survival.tissue import thumbnail
+    from tissuekd.io.wsi import thumbnail
 
     rgb = np.random.default_rng(0).integers(0, 256, (700, 1000, 3), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "flat.tif", rgb, tile=(256, 256), photometric="rgb")

@@ -243,6 +243,29 @@ def _ome_mpp(tif) -> float | None:
     return float(size.group(1)) * UM_PER_UNIT[unit]
 
 
+def thumbnail(slide: Slide, max_px: int, band_bytes: int = 64 * 2**20) -> tuple[np.ndarray, float]:
+    """RGB thumbnail at the finest level whose longest side is <= max_px; returns it with its
+    downsample from level 0. Where no level is that small (a flat TIFF, or a pyramid OpenSlide does
+    not see), the coarsest level is read in bands of rows of at most `band_bytes` and each band
+    averaged over factor x factor pixels (factor: the smallest integer that fits max_px), so
+    memory stays at one band and the thumbnail whatever the slide's size."""
+    fits = [i for i, (w, h) in enumerate(slide.levels) if max(w, h) <= max_px]
+    level = min(fits) if fits else len(slide.levels) - 1
+    w, h = slide.levels[level]
+    if max(w, h) <= max_px:
+        return slide.read(level, 0, 0, w, h), slide.downsamples[level]
+    factor = -(-max(w, h) // max_px)
+    log.info("%s: no level of at most %d px (coarsest %d x %d): thumbnail averaged over %d x %d pixels of it, "
+             "in bands", slide.path, max_px, w, h, factor, factor)
+    rows = max(1, band_bytes // (w * 3 * factor)) * factor  # a whole number of thumbnail rows per band
+    out_w, out_h = w // factor, h // factor
+    bands = []
+    for y in range(0, out_h * factor, rows):
+        band = slide.read(level, 0, y, out_w * factor, min(rows, out_h * factor - y))
+        bands.append(band.reshape(-1, factor, out_w, factor, 3).mean(axis=(1, 3)).round().astype(np.uint8))
+    return np.concatenate(bands), slide.downsamples[level] * factor
+
+
 FLAT_PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # decoded whole, never tiled: no slide reader opens them
 
 

@@ -15,6 +15,7 @@ from tissuekd.io.atomic import atomic_path
 from tissuekd.io.columns import CELL_ID, UNANNOTATED, UNKNOWN_TYPE, XY_UM
 from tissuekd.io.wsi import check_pixel_size, open_slide
 from tissuekd.io.xenium import load_bundle, read_clusters, read_labels
+from tissuekd.niche.he_agreement import BIN_UM, MIN_Z, stain_agreement
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,25 @@ def check_he_scale(affine: np.ndarray, pixel_size: float, image_mpp: float | Non
                                          f"({implied / image_mpp:.2f}x): {hint}")
 
 
+def check_stain_agreement(he_image: str, backend: str, he_xy: np.ndarray, mpp: float,
+                          he_alignment: str) -> dict | None:
+    """he_agreement.stain_agreement, logged: a warning where the cells match the H&E's nuclei no
+    better at the alignment than moved off it (another slide's H&E, a wrong alignment)."""
+    with open_slide(he_image, backend) as slide:
+        agreement = stain_agreement(slide, he_xy, mpp)
+    if agreement is None:
+        log.info("%s: no level fine enough to compare the cells with its nuclei (bins of %g um)", he_image, BIN_UM)
+    elif agreement["z"] < MIN_Z:
+        log.warning("%s with %s: the cells match the H&E's nuclei hardly better at the alignment (r = %.2f) than "
+                    "moved 24-48 um off it (mean r %.2f, %.1f SDs below; a right one stands %g or more above): is "
+                    "this the slide's H&E, and the alignment its own?", he_image, he_alignment, agreement["r"],
+                    agreement["r_moved"], agreement["z"], MIN_Z)
+    else:
+        log.info("%s: the cells match the H&E's nuclei best at the alignment (r = %.2f; moved 24-48 um: mean %.2f, "
+                 "%.1f SDs below)", he_image, agreement["r"], agreement["r_moved"], agreement["z"])
+    return agreement
+
+
 def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, out_expression: str,
                  out_slide: str, backend: str = "auto", mpp_tolerance: float | None = 0.1,
                  sheet_mpp: float | None = None) -> None:
@@ -168,7 +188,8 @@ def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, 
         The Xenium output folder (`outs/`: experiment.xenium, cells.parquet or cells.csv.gz,
         cell_feature_matrix.h5).
     he_image : str
-        The slide's post-Xenium H&E image; only its level-0 size and resolution are read here.
+        The slide's post-Xenium H&E image; its level-0 size and resolution are read here, and a
+        thumbnail to compare its nuclei with the cells (check_stain_agreement).
     he_alignment : str
         Xenium's `*_he_imagealignment.csv`: a 3x3 affine, H&E level-0 px -> morphology-image px.
     out_cells : str
@@ -198,6 +219,7 @@ def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, 
         cells, counts, he = cells[inside], counts[inside].copy(), he[inside]
     table = cells.assign(x_he=he[:, 0], y_he=he[:, 1])
     log.info("%s: %d cells, %d genes, H&E %.4f um/px", bundle, len(table), counts.n_vars, he_mpp(affine, pixel_size))
+    agreement = check_stain_agreement(he_image, backend, he, he_mpp(affine, pixel_size), he_alignment)
 
     with atomic_path(out_cells) as tmp:
         table.reset_index().to_parquet(tmp, index=False)
@@ -207,7 +229,7 @@ def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, 
         "bundle": str(bundle), "he_image": str(he_image), "pixel_size": pixel_size,
         "affine": affine.tolist(), "he_mpp": he_mpp(affine, pixel_size), "he_image_mpp": image_mpp,
         "he_size": list(image_size), "n_cells": len(table), "n_genes": int(counts.n_vars),
-        "xenium_version": meta.get("analysis_sw_version"),
+        "xenium_version": meta.get("analysis_sw_version"), "he_stain_agreement": agreement,
     }
     with atomic_path(out_slide) as tmp:
         tmp.write_text(json.dumps(info, indent=2))

@@ -16,7 +16,7 @@ import numpy as np
 from skimage import color, filters, morphology
 
 from tissuekd.errors import InputError
-from tissuekd.io.wsi import Slide
+from tissuekd.io.wsi import Slide, thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -47,29 +47,6 @@ def slide_mpp(slide: Slide, override: float | None = None) -> float:
         return 10.0 / slide.objective_power
     raise InputError(slide.path, "no resolution in the file (neither mpp nor objective power); "
                                  "give it in the slide sheet's `mpp` column")
-
-
-def thumbnail(slide: Slide, max_px: int = THUMBNAIL_PX, band_bytes: int = 64 * 2**20) -> tuple[np.ndarray, float]:
-    """RGB thumbnail at the finest level whose longest side is <= max_px; returns it with its
-    downsample from level 0. Where no level is that small (a flat TIFF, or a pyramid OpenSlide does
-    not see), the coarsest level is read in bands of rows of at most `band_bytes` and each band
-    averaged over factor x factor pixels (factor: the smallest integer that fits max_px), so
-    memory stays at one band and the thumbnail whatever the slide's size."""
-    fits = [i for i, (w, h) in enumerate(slide.levels) if max(w, h) <= max_px]
-    level = min(fits) if fits else len(slide.levels) - 1
-    w, h = slide.levels[level]
-    if max(w, h) <= max_px:
-        return slide.read(level, 0, 0, w, h), slide.downsamples[level]
-    factor = -(-max(w, h) // max_px)
-    log.info("%s: no level of at most %d px (coarsest %d x %d): thumbnail averaged over %d x %d pixels of it, "
-             "in bands", slide.path, max_px, w, h, factor, factor)
-    rows = max(1, band_bytes // (w * 3 * factor)) * factor  # a whole number of thumbnail rows per band
-    out_w, out_h = w // factor, h // factor
-    bands = []
-    for y in range(0, out_h * factor, rows):
-        band = slide.read(level, 0, y, out_w * factor, min(rows, out_h * factor - y))
-        bands.append(band.reshape(-1, factor, out_w, factor, 3).mean(axis=(1, 3)).round().astype(np.uint8))
-    return np.concatenate(bands), slide.downsamples[level] * factor
 
 
 def tissue_mask(rgb: np.ndarray, min_area_px: int = 64) -> np.ndarray:
@@ -159,7 +136,7 @@ def grid_for_slide(slide: Slide, magnification: float, patch_px: int, min_tissue
     if patch_level0 < 1 or patch_level0 > min(slide.dimensions):
         raise InputError(slide.path, f"a {patch_px} px patch at {magnification}x is {patch_level0} px at level 0 "
                                      f"(slide {slide.dimensions[0]}x{slide.dimensions[1]} px at {mpp:.3g} µm/px)")
-    image, downsample = thumbnail(slide)
+    image, downsample = thumbnail(slide, THUMBNAIL_PX)
     mask = tissue_mask(image)
     coords, shares = patch_grid(mask, downsample, slide.dimensions, patch_level0, min_tissue)
     grid = Grid(coords, patch_px, patch_level0, target_mpp, mpp, shares)

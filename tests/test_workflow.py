@@ -260,6 +260,9 @@ def _rewrite_sheet(workdir: Path, change) -> None:
      "niche_slides.tsv line 2 (slide breast_demo): column 'he_image': /scans/breast.png: is a flat picture"),
     (lambda s: "# my slides\n" + s.head(0).to_csv(sep="\t", index=False) + "\n",
      "niche_slides.tsv has a header (line 2) but no rows"),
+    (lambda s: s.assign(he_mpp="0.2125 µm").to_csv(sep="\t", index=False),
+     "niche_slides.tsv line 2, column 'he_mpp': '0.2125 µm' is neither empty nor a number (a decimal point and "
+     "no unit"),
 ])
 def test_a_sheet_header_or_image_format_problem_is_named_before_any_job(tmp_path, change, message):
     """A misspelt optional column was ignored without a word (the truth scores vanished), a missing
@@ -272,6 +275,9 @@ def test_a_sheet_header_or_image_format_problem_is_named_before_any_job(tmp_path
 
 def test_a_column_the_workflow_does_not_read_is_a_warning_unless_it_names_files(tmp_path):
     workdir = make_workdir(tmp_path)
+    _rewrite_sheet(workdir, lambda s: "\n".join(line + "\t\t" for line in s.to_csv(sep="\t", index=False).splitlines()))
+    result = snakemake("-n", "--cores", "1", cwd=workdir)  # a spreadsheet's empty columns: nothing to say
+    assert "Unnamed" not in result.stdout + result.stderr
     _rewrite_sheet(workdir, lambda s: s.assign(notes="rescanned").to_csv(sep="\t", index=False))
     result = snakemake("-n", "--cores", "1", cwd=workdir)
     assert "niche_slides.tsv line 1: column(s) ['notes'] are not read" in result.stdout + result.stderr

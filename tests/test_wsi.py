@@ -41,6 +41,9 @@ def test_best_level_never_upsamples(demo_slide):
 def test_missing_or_unreadable_image(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         open_slide(tmp_path / "nope.svs")
+    (tmp_path / "empty.svs").touch()  # a download that never began
+    with pytest.raises(InputError, match=r"empty.svs: is empty \(0 bytes\)"):
+        open_slide(tmp_path / "empty.svs")
     bad = tmp_path / "bad.ome.tif"
     bad.write_bytes(b"not a tiff")
     with pytest.raises(InputError, match="bad.ome.tif"):

@@ -73,6 +73,9 @@ def load_sheet(path, schema):
     sheet = sheet.apply(lambda column: column.str.strip())  # a trailing space made a path "not exist"
     sheet.index = [i + 1 for i in kept[1:]]  # 1-based lines of the rows (the first kept line is the header)
     sheet.columns = sheet.columns.str.strip()
+    # a spreadsheet's empty columns past the last (a header of trailing tabs): pandas names them Unnamed: N
+    empty = [c for c in sheet.columns if re.fullmatch(r"Unnamed: \d+", c) and not sheet[c].any()]
+    sheet = sheet.drop(columns=empty)
     check_header(sheet, schema, f"{path} line {kept[0] + 1}")
     try:
         validate(sheet, schema)
@@ -83,8 +86,24 @@ def load_sheet(path, schema):
         if not (row and reason):
             raise
         where = f"{path} line {sheet.index[int(row.group(1))]}" + (f", column {column.group(1)!r}" if column else "")
-        raise WorkflowError(f"{where}: {reason.group(1)}") from None
+        raise WorkflowError(f"{where}: {in_words(reason.group(1))}") from None
     return sheet
+
+
+# the sheets' schema patterns, said in words ("'0.25 µm' does not match '^$|^[0-9]*...'" was the message)
+PATTERN_WORDS = {
+    "^$|^[0-9]*[.]?[0-9]+$": "is neither empty nor a number (a decimal point and no unit, e.g. 0.2125)",
+    "^([0-9]*[.]?[0-9]+)?$": "is neither empty nor a number (a decimal point and no unit, e.g. 0.25)",
+    "^[0-9]*$": "is neither empty nor a whole number (a channel index, e.g. 0)",
+    "^[A-Za-z0-9][A-Za-z0-9_.-]*$": "is not a name of letters, digits, _ . and - that starts with a letter or digit",
+}
+
+
+def in_words(reason):
+    """A schema's "'x' does not match '<pattern>'" with the pattern said in words."""
+    for pattern, words in PATTERN_WORDS.items():
+        reason = reason.replace(f"does not match {pattern!r}", words)
+    return reason
 
 
 def not_there(path):

@@ -326,6 +326,8 @@ def open_slide(path: str | Path, backend: str = "auto") -> Slide:
     path = Path(path)
     if not path.exists():
         raise InputError(path, "image file does not exist")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(path, "is empty (0 bytes)")
     require_slide_format(path)
     check_complete(path)
     if backend == "auto":

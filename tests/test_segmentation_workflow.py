@@ -277,18 +277,21 @@ def test_memory_and_runtime_follow_the_splits_size(tmp_path, fmt):
     asks 2 GB + 2x its arrays in memory for training and for scoring on it, and 30 min per GB of
     each teacher-maps shard."""
     workdir = make_workdir(tmp_path, **SMALL)
-    big = tmp_path / "tissuenet_v1.1_train.npz"
-    if fmt == "tiff":  # 12 bytes a pixel (2 float32 channels, int32 labels): 2.0 GB, sparse files
-        big = tmp_path / "tiffs"
-        big.mkdir()
-        tifffile.memmap(big / "a.tif", shape=(12910, 12910, 2), dtype=np.float32)._mmap.close()
-        tifffile.memmap(big / "a_whole-cell.tif", shape=(12910, 12910), dtype=np.int32)._mmap.close()
-    else:  # zeros compress to ~2 MB; X and y hold 2 x 2000 x 256^2 x 2 x 4 bytes = 2,097 MB
-        shape = (2000, 256, 256, 2)
-        np.savez_compressed(big, X=np.zeros(shape, np.float32), y=np.zeros(shape, np.int32))
+    splits = []
+    for split in ("train", "test"):  # one file for both is refused (a test split that is the training one)
+        if fmt == "tiff":  # 12 bytes a pixel (2 float32 channels, int32 labels): 2.0 GB, sparse files
+            big = tmp_path / f"tiffs_{split}"
+            big.mkdir()
+            tifffile.memmap(big / "a.tif", shape=(12910, 12910, 2), dtype=np.float32)._mmap.close()
+            tifffile.memmap(big / "a_whole-cell.tif", shape=(12910, 12910), dtype=np.int32)._mmap.close()
+        else:  # zeros compress to ~2 MB; X and y hold 2 x 2000 x 256^2 x 2 x 4 bytes = 2,097 MB
+            big = tmp_path / f"tissuenet_v1.1_{split}.npz"
+            shape = (2000, 256, 256, 2)
+            np.savez_compressed(big, X=np.zeros(shape, np.float32), y=np.zeros(shape, np.int32))
+        splits.append(str(big))
     sheet = workdir / "config/segmentation_datasets.tsv"
     rows = pd.read_csv(sheet, sep="\t", dtype=str).fillna("")
-    rows.loc[rows["dataset"] == "tissuenet_demo", ["format", "train", "test"]] = fmt, str(big), str(big)
+    rows.loc[rows["dataset"] == "tissuenet_demo", ["format", "train", "test"]] = fmt, *splits
     rows.to_csv(sheet, sep="\t", index=False)
     out = snakemake("-n", "--cores", "1", cwd=workdir).stdout
     jobs = dict(re.findall(r"rule (\w+):\n(?:    .*\n)*?    resources: (.*)", out))  # rule -> its resources

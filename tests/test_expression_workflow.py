@@ -133,6 +133,13 @@ def test_one_sample_under_two_names_is_refused(tmp_path):
     line = 2 + sheet.index[sheet["sample"] == "IDC_P1"][0]
     assert (f"expression_samples.tsv line {line} (st) and line {len(sheet) + 2} (st) name one file, "
             f"{copy['st'].iloc[0]}: one sample under two names") in result.stdout + result.stderr
+    st = tmp_path / "copy.h5ad"  # the counts copied too (planning reads no counts): only the shared image tells
+    st.touch()
+    pd.concat([sheet, copy.assign(st=str(st))]).to_csv(workdir / "config/expression_samples.tsv", sep="\t",
+                                                         index=False)
+    result = snakemake("-n", cwd=workdir)
+    assert (f"expression_samples.tsv lines {line}, {len(sheet) + 2}: samples share the image "
+            f"{copy['image'].iloc[0]}") in result.stdout + result.stderr
 
 
 def test_a_value_outside_the_sheet_schema_names_its_line(tmp_path):

@@ -1186,6 +1186,12 @@ def check_expression_sheet(sheet, path):
         path,
         "one sample under two names would be tested on models trained on its copy",
     )
+    shared = sheet[(sheet["image"] != "") & sheet["image"].duplicated(keep=False)]
+    if len(shared):  # a copied row whose counts file was copied too, most likely
+        logger.warning(
+            f"{path} lines {', '.join(map(str, shared.index))}: samples share the image {shared['image'].iloc[0]} "
+            "(one sample under two names would be tested on models trained on its copy)"
+        )
     check_pooled_slides(sheet, path)
     for row_no, row in zip(sheet.index, sheet.itertuples(index=False)):
         where = f"{path} line {row_no} (sample {row.sample})"

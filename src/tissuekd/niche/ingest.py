@@ -167,12 +167,12 @@ def check_stain_agreement(he_image: str, backend: str, he_xy: np.ndarray, mpp: f
         log.info("%s: no level fine enough to compare the cells with its nuclei (bins of %g um)", he_image, BIN_UM)
     elif agreement["z"] < MIN_Z:
         log.warning("%s with %s: the cells match the H&E's nuclei hardly better at the alignment (r = %.2f) than "
-                    "moved 24-48 um off it (mean r %.2f, %.1f SDs below; a right one stands %g or more above): is "
-                    "this the slide's H&E, and the alignment its own?", he_image, he_alignment, agreement["r"],
-                    agreement["r_moved"], agreement["z"], MIN_Z)
+                    "moved 24-48 um off it (mean r %.2f): r at the alignment stands only %.1f SDs above that mean "
+                    "(a right alignment: %g or more). Is this the slide's H&E, and the alignment its own?",
+                    he_image, he_alignment, agreement["r"], agreement["r_moved"], agreement["z"], MIN_Z)
     else:
-        log.info("%s: the cells match the H&E's nuclei best at the alignment (r = %.2f; moved 24-48 um: mean %.2f, "
-                 "%.1f SDs below)", he_image, agreement["r"], agreement["r_moved"], agreement["z"])
+        log.info("%s: the cells match the H&E's nuclei best at the alignment (r = %.2f; moved 24-48 um: mean %.2f; "
+                 "r stands %.1f SDs above it)", he_image, agreement["r"], agreement["r_moved"], agreement["z"])
     return agreement
 
 

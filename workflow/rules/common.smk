@@ -180,6 +180,15 @@ def require_distinct_files(sheet, columns, path, why):
                 )
 
 
+def warn_shared(sheet, column, path, rows, why=""):
+    """Rows giving one value of `column` are warned of, with their lines."""
+    shared = sheet[(sheet[column] != "") & sheet[column].duplicated(keep=False)]
+    if len(shared):
+        logger.warning(
+            f"{path} lines {', '.join(map(str, shared.index))}: {rows} share the {column} {shared[column].iloc[0]}{why}"
+        )
+
+
 def made_by_demo(path):
     """Demo inputs do not exist until the demo rules write them."""
     return Path(path).resolve().is_relative_to(Path(DEMO_DIR).resolve())
@@ -187,12 +196,7 @@ def made_by_demo(path):
 
 def check_slide_rows(sheet, sheet_path):
     require_unique(sheet, "slide", sheet_path)
-    shared = sheet[sheet["bundle"].duplicated(keep=False)]
-    if len(shared):  # a copied row, most likely: one section would count twice in the tissue means
-        logger.warning(
-            f"{sheet_path} lines {', '.join(map(str, shared.index))}: slides share the bundle "
-            f"{shared['bundle'].iloc[0]}"
-        )
+    warn_shared(sheet, "bundle", sheet_path, "slides")  # a copied row: one section counts twice in tissue means
     for row_no, row in zip(sheet.index, sheet.itertuples(index=False)):
         where = f"{sheet_path} line {row_no} (slide {row.slide})"
         if NICHE["teacher"] == "external" and not row.teacher_logits:
@@ -1186,12 +1190,9 @@ def check_expression_sheet(sheet, path):
         path,
         "one sample under two names would be tested on models trained on its copy",
     )
-    shared = sheet[(sheet["image"] != "") & sheet["image"].duplicated(keep=False)]
-    if len(shared):  # a copied row whose counts file was copied too, most likely
-        logger.warning(
-            f"{path} lines {', '.join(map(str, shared.index))}: samples share the image {shared['image'].iloc[0]} "
-            "(one sample under two names would be tested on models trained on its copy)"
-        )
+    warn_shared(  # a copied row whose counts file was copied too, most likely
+        sheet, "image", path, "samples", " (one sample under two names would be tested on models trained on its copy)"
+    )
     check_pooled_slides(sheet, path)
     for row_no, row in zip(sheet.index, sheet.itertuples(index=False)):
         where = f"{path} line {row_no} (sample {row.sample})"

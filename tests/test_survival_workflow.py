@@ -267,9 +267,8 @@ def test_a_cohort_whose_patients_are_none_of_its_clinical_tables_stops_the_plan(
     (lambda d: d.joinpath("config/survival_slides.tsv").write_text(
         d.joinpath("config/survival_slides.tsv").read_text()
         + d.joinpath("config/survival_slides.tsv").read_text().splitlines(keepends=True)[1].replace(
-            "TCGA-DM-A000-01Z-00-DX1\t", "copied\t", 1)),
-     "config/survival_slides.tsv lines 2, 86: duplicate slide image name "
-     "'data/demo/survival/demo_tcga/slides/TCGA-DM-A000-01Z-00-DX1.svs'"),
+            "TCGA-DM-A000-01Z-00-DX1\t", "copied\t", 1).replace("\tdata/demo/", f"\t{d}/data/demo/", 1)),
+     "config/survival_slides.tsv line 2 (image) and line 86 (image) name one file, "),  # named by its absolute path
     (lambda d: d.joinpath("config/survival_slides.tsv").write_text(
         d.joinpath("config/survival_slides.tsv").read_text().replace(
             "TCGA-DM-A000-01Z-00-DX1\t", "slide01\t", 1).replace("TCGA-DM-A000-01Z-00-DX1.svs",

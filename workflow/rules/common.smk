@@ -601,9 +601,12 @@ def check_slide_files(slides, path):
                 "type 10-29), which would join the tumour slides' bag: give the slide its barcode as its name "
                 "(the study then leaves it out) or remove the row"
             )
-    for column in ("image", "features"):  # one file for two slides: a copied row, its patient's bag twice
-        given = slides[slides[column] != ""]
-        require_unique(given.assign(**{f"slide {column}": given[column]}), f"slide {column}", path)
+    require_distinct_files(
+        slides,
+        ("image", "features"),
+        path,
+        "one slide would join two bags (a copied row: under two patients, the one tested would be trained on too)",
+    )
 
 
 def check_patients_in_clinical(cohorts, slides):

@@ -82,10 +82,13 @@ def test_a_method_added_in_the_config_is_planned_evaluated_and_benchmarked(tmp_p
     assert list(dict.fromkeys(summary["method"])) == ["teacher", *niche]
 
 
-def run_script(name: str, config: dict, inputs: list[str], outputs: dict[str, str], log: Path) -> None:
-    """A rule's script as Snakemake runs it, in its own process, with a stand-in `snakemake`."""
+def run_script(name: str, config: dict, inputs: list[str] | dict[str, list[str]], outputs: dict[str, str],
+               log: Path) -> None:
+    """A rule's script as Snakemake runs it, in its own process, with a stand-in `snakemake`
+    (named inputs as attributes, like Snakemake's)."""
     job = {"input": inputs, "output": outputs, "log": [str(log)], "config": config}
     code = ("import json, runpy, sys, types; job = json.loads(sys.argv[1]); "
+            "job['input'] = types.SimpleNamespace(**job['input']) if isinstance(job['input'], dict) else job['input']; "
             "runpy.run_path(sys.argv[2], init_globals={'snakemake': types.SimpleNamespace(**job)})")
     result = subprocess.run([sys.executable, "-c", code, json.dumps(job), str(REPO / "scripts" / name)],
                             capture_output=True, text=True)
@@ -120,8 +123,12 @@ def niche_benchmark(folder: Path, config: dict, methods: list[str]) -> pd.DataFr
              "NMI_truth": np.nan, "n_cells": 100, "n_niches": 10, "probe_classes": ""}
             for m in ["teacher", *reversed(methods)]]
     pd.DataFrame(rows)[COLUMNS].to_csv(folder / "metrics.tsv", sep="\t", index=False)
-    outputs = {key: str(folder / f"{key}.tsv") for key in ("summary", "by_tissue", "overall")}
-    run_script("benchmark_niche.py", config, [str(folder / "metrics.tsv")],
+    (folder / "s").mkdir()
+    (folder / "s/slide.json").write_text(json.dumps({"n_cells": 100, "n_genes": 5, "he_mpp": 0.2125,
+                                                     "he_stain_agreement": None}))
+    outputs = {key: str(folder / f"{key}.tsv") for key in ("summary", "by_tissue", "overall", "slides")}
+    run_script("benchmark_niche.py", config, {"metrics": [str(folder / "metrics.tsv")],
+                                              "slides": [str(folder / "s/slide.json")]},
                {**outputs, "html": str(folder / "tables.html"), "bars": str(folder / "bars.png")}, folder / "log")
     return pd.read_csv(outputs["summary"], sep="\t")
 

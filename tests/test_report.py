@@ -3,6 +3,8 @@ opened in headless Chromium, clicked through to the summary table and a niche ma
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import time
 
@@ -10,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from chromium import Chromium, find_chromium
-from conftest import runtime_table, snakemake, uncounted_jobs
+from conftest import make_workdir, runtime_table, snakemake, uncounted_jobs
 
-from tissuekd.report.summary import by_tissue, paper_table, runtimes, write_html
+from tissuekd.niche.ingest import slides_table
+from tissuekd.report.summary import by_tissue, paper_table, runtimes, write_html, write_niche_benchmark
 
 CLICK = """(text => { const el = [...document.querySelectorAll('a, button, li, span, div')].reverse()
   .find(e => e.textContent.trim() === text); if (!el) return false; el.click(); return true; })(%r)"""
@@ -74,6 +77,48 @@ def test_runtime_table_sums_benchmark_files(tmp_path):
     assert table.loc["survival_patches", "total_s"] == 0.3 and np.isnan(table.loc["survival_patches", "max_rss_mb"])
 
 
+def test_the_slide_table_flags_a_slide_whose_cells_miss_the_h_and_e_nuclei(tmp_path, caplog):
+    """The ingest's warning (another slide's H&E, a wrong alignment) is repeated where the scores are read."""
+    paths = []
+    for slide, agreement in (("own", {"r": 0.41, "r_moved": 0.02, "z": 11.7}),
+                             ("other", {"r": 0.05, "r_moved": 0.03, "z": 1.2}), ("coarse", None)):
+        (tmp_path / slide).mkdir()
+        (tmp_path / slide / "slide.json").write_text(json.dumps(
+            {"n_cells": 3000, "n_genes": 280, "he_mpp": 0.21250001, "he_image": f"{slide}.ome.tif",
+             "he_stain_agreement": agreement}))
+        paths.append(str(tmp_path / slide / "slide.json"))
+    with caplog.at_level(logging.WARNING):
+        table = slides_table(paths).set_index("slide")
+    assert table.loc["own", "he_check"] == "cells on the nuclei" and table.loc["own", "he_z"] == 11.7
+    assert table.loc["other", "he_check"].startswith("CHECK: cells hardly on the H&E's nuclei")
+    assert table.loc["coarse", "he_check"].startswith("not measured") and np.isnan(table.loc["coarse", "he_z"])
+    assert "slide other: CHECK" in caplog.text and "other.ome.tif" in caplog.text and "slide own" not in caplog.text
+
+    metrics = tmp_path / "metrics.tsv"
+    fake_summary().assign(probe_classes="").to_csv(metrics, sep="\t", index=False)
+    out = {key: str(tmp_path / f"{key}.tsv") for key in ("summary", "by_tissue", "overall", "slides")}
+    out |= {"html": str(tmp_path / "tables.html"), "bars": str(tmp_path / "bars.png")}
+    write_niche_benchmark([str(metrics)], out, slides=slides_table(paths))
+    assert pd.read_csv(out["slides"], sep="\t")["slide"].tolist() == ["own", "other", "coarse"]
+    page = (tmp_path / "tables.html").read_text()
+    assert "slide-table" in page and "CHECK: cells hardly on the H&amp;E's nuclei" in page
+
+
+@pytest.mark.workflow
+def test_a_run_ends_by_naming_the_slides_whose_cells_missed_their_nuclei(tmp_path):
+    """The slide table's CHECK rows are said on the console after any run (here one demo table's)."""
+    workdir = make_workdir(tmp_path, studies=("niche", "survival"))
+    (workdir / "results/benchmark").mkdir(parents=True)
+    check = "CHECK: cells hardly on the H&E's nuclei (z < 3): is this its H&E and alignment?"
+    pd.DataFrame([{"slide": "breast_demo", "he_z": 1.2, "he_check": check},
+                  {"slide": "colon_demo", "he_z": 9.6, "he_check": "cells on the nuclei"}]).to_csv(
+        workdir / "results/benchmark/niche_slides.tsv", sep="\t", index=False)
+    result = snakemake("--cores", "1", "data/demo/survival/demo_tcga/clinical.tsv", cwd=workdir)
+    output = result.stdout + result.stderr
+    assert f"slide breast_demo: {check} (z = 1.2; results/benchmark/niche_slides.tsv" in output
+    assert "slide colon_demo" not in output
+
+
 @pytest.mark.workflow
 def test_summary_has_a_row_per_slide_k_and_method(demo_run):
     summary = pd.read_csv(demo_run / "results" / "benchmark" / "summary.tsv", sep="\t")
@@ -82,6 +127,8 @@ def test_summary_has_a_row_per_slide_k_and_method(demo_run):
     runtime = runtime_table(demo_run)
     assert runtime.loc["niche_features", "jobs"] == 3 and runtime.loc["niche_student", "total_s"] > 0
     assert uncounted_jobs(demo_run) == 0
+    slides = pd.read_csv(demo_run / "results/benchmark/niche_slides.tsv", sep="\t")
+    assert len(slides) == 3 and (slides["he_check"] == "cells on the nuclei").all(), slides
 
 
 @pytest.mark.workflow

@@ -5,7 +5,8 @@
 
 rule benchmark_niche:
     input:
-        niche_metrics(),
+        metrics=niche_metrics(),
+        slides=niche_slide_files(),
     output:
         summary=report(
             ensure(f"{RESULTS}/benchmark/summary.tsv", non_empty=True),
@@ -16,6 +17,7 @@ rule benchmark_niche:
         ),
         by_tissue=f"{RESULTS}/benchmark/niche_by_tissue.tsv",
         overall=f"{RESULTS}/benchmark/niche_overall.tsv",
+        slides=f"{RESULTS}/benchmark/niche_slides.tsv",
         html=report(
             f"{RESULTS}/benchmark/niche_tables.html",
             caption="../report/tables.rst",

@@ -487,6 +487,24 @@ def niche_metrics():
     return niche_expand(f"{RESULTS}/niche/{{slide}}/{{encoder}}/k{{k}}/metrics.tsv")
 
 
+def niche_slide_files():
+    """Every slide's ingest record (slide.json): the report's slide table reads them."""
+    return niche_expand(f"{RESULTS}/niche/{{slide}}/slide.json")
+
+
+def warn_of_slide_checks():
+    """After a run, the slides whose cells missed their H&E's nuclei, said on the console too
+    (the ingest job's warning is in its log; the table in the report)."""
+    path = Path(f"{RESULTS}/benchmark/niche_slides.tsv")
+    if not (NICHE["enabled"] and path.is_file()):
+        return
+    table = pd.read_csv(path, sep="\t")
+    for row in table[table["he_check"].str.startswith("CHECK")].itertuples():
+        logger.warning(
+            f"slide {row.slide}: {row.he_check} (z = {row.he_z}; {path}, and the niche tables of the report)"
+        )
+
+
 def niche_targets():
     kdir = f"{RESULTS}/niche/{{slide}}/{{encoder}}/k{{k}}"
     return niche_expand(f"{RESULTS}/niche/features/{{encoder}}/{{slide}}.h5", f"{kdir}/metrics.tsv", f"{kdir}/maps.png")

@@ -233,3 +233,30 @@ def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, 
     }
     with atomic_path(out_slide) as tmp:
         tmp.write_text(json.dumps(info, indent=2))
+
+
+SLIDE_COLUMNS = ["slide", "n_cells", "n_genes", "he_mpp", "he_r", "he_r_moved", "he_z", "he_check"]
+
+
+def slides_table(slide_jsons: list[str]) -> pd.DataFrame:
+    """Every slide's ingest (its slide.json) as one row of the report's slide table: cells, genes,
+    the H&E's resolution and whether the cells sit on its nuclei (check_stain_agreement), so a
+    slide whose H&E or alignment is not its own is seen where its scores are read. Each such slide
+    is warned of again here."""
+    rows = []
+    for path in slide_jsons:
+        info = json.loads(Path(path).read_text())
+        agreement = info.get("he_stain_agreement") or {}
+        z = agreement.get("z")
+        if z is None:
+            check = "not measured (no H&E level fine enough)"
+        elif z >= MIN_Z:
+            check = "cells on the nuclei"
+        else:
+            check = f"CHECK: cells hardly on the H&E's nuclei (z < {MIN_Z:g}): is this its H&E and alignment?"
+            log.warning("slide %s: %s (r = %s at the alignment, %s moved off it; z = %s; %s)", Path(path).parent.name,
+                        check, agreement.get("r"), agreement.get("r_moved"), z, info.get("he_image"))
+        rows.append({"slide": Path(path).parent.name, "n_cells": info.get("n_cells"), "n_genes": info.get("n_genes"),
+                     "he_mpp": round(info["he_mpp"], 4), "he_r": agreement.get("r"),
+                     "he_r_moved": agreement.get("r_moved"), "he_z": z, "he_check": check})
+    return pd.DataFrame(rows, columns=SLIDE_COLUMNS)

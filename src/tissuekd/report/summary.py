@@ -123,14 +123,18 @@ def ari_bars(summary: pd.DataFrame, out: str, labels: Mapping[str, str] | None =
     plt.close(fig)
 
 
-def html_tables(summary: pd.DataFrame, paper: pd.DataFrame, out: str) -> None:
-    """The tables as one HTML page, for the report (which shows it in a frame)."""
+def html_tables(summary: pd.DataFrame, paper: pd.DataFrame, out: str, slides: pd.DataFrame | None = None) -> None:
+    """The tables as one HTML page, for the report (which shows it in a frame); `slides`, the
+    slides' inputs and checks, last."""
     grouped = summary.groupby(TISSUE_KEYS, observed=True)[METRICS]
     tissue_view = grouped.agg(mean_sd)
     tissue_view.insert(0, "n_slides", grouped.size())
     tissue_view = tissue_view.reset_index()
-    write_html([("Niche study: all slides (mean ± SD over slides)", paper, "summary-table"),
-                ("Per tissue", tissue_view, "tissue-table")], out)
+    sections = [("Niche study: all slides (mean ± SD over slides)", paper, "summary-table"),
+                ("Per tissue", tissue_view, "tissue-table")]
+    if slides is not None:
+        sections.append(("Slides: cells, genes, H&E resolution and the cells-on-nuclei check", slides, "slide-table"))
+    write_html(sections, out)
 
 
 def write_html(sections: list[tuple[str, pd.DataFrame, str]], out: str) -> None:
@@ -145,17 +149,19 @@ def write_html(sections: list[tuple[str, pd.DataFrame, str]], out: str) -> None:
         Path(tmp).write_text(f"<html><head><meta charset='utf-8'>{style}</head><body>{body}</body></html>")
 
 
-def write_niche_benchmark(metric_paths: list[str], out: dict, methods: Mapping[str, str] | None = None
-                          ) -> pd.DataFrame:
+def write_niche_benchmark(metric_paths: list[str], out: dict, methods: Mapping[str, str] | None = None,
+                          slides: pd.DataFrame | None = None) -> pd.DataFrame:
     """The niche benchmark's tables and figure; `methods`: method -> display name, in the order of
-    the tables (the rule's script passes niche/methods.py's table with the config's variants)."""
+    the tables (the rule's script passes niche/methods.py's table with the config's variants);
+    `slides`: one row per slide (niche.ingest.slides_table), written to `out["slides"]`."""
     methods = methods or {}
     summary = collect_metrics(metric_paths, list(methods))
     tissue, paper = by_tissue(summary), paper_table(summary)
     log.info("%d slides, %d rows\n%s", summary["slide"].nunique(), len(summary), paper.to_string(index=False))
-    for key, frame in (("summary", summary), ("by_tissue", tissue), ("overall", paper)):
+    tables = [("summary", summary), ("by_tissue", tissue), ("overall", paper)]
+    for key, frame in tables + ([("slides", slides)] if slides is not None else []):
         with atomic_path(out[key]) as tmp:
             frame.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
-    html_tables(summary, paper, out["html"])
+    html_tables(summary, paper, out["html"], slides)
     ari_bars(summary, out["bars"], methods)
     return summary

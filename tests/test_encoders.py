@@ -1,9 +1,12 @@
-"""Encoders: timm by name, the UNI2-h, Virchow2 and H-optimus presets, and weights from local files only."""
+"""Encoders: timm by name, the pathology presets (UNI, Virchow, Prov-GigaPath, H-optimus), and weights from local
+files only."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import yaml
+from conftest import REPO
 from safetensors.torch import save_file
 
 from tissuekd.encoders.registry import EncoderSpec, build_encoder, create_model
@@ -118,25 +121,38 @@ def test_uni2h_preset_has_the_published_architecture():
     assert out.shape == (1, 1536)
 
 
-@pytest.mark.parametrize(("preset", "params", "registers", "width", "mean"), [
-    ("virchow2", 632e6, 4, 2560, (0.485, 0.456, 0.406)),  # class token + mean patch token, 1280 each
-    ("h-optimus-0", 1.13e9, 4, 1536, (0.707223, 0.578729, 0.703617)),
-    ("h-optimus-1", 1.13e9, 4, 1536, (0.707223, 0.578729, 0.703617)),
+@pytest.mark.parametrize(("preset", "params", "registers", "patch", "width", "mean"), [
+    ("uni", 303e6, 0, 16, 1024, (0.485, 0.456, 0.406)),
+    ("virchow", 631e6, 0, 14, 2560, (0.485, 0.456, 0.406)),  # class token + mean patch token, 1280 each
+    ("virchow2", 632e6, 4, 14, 2560, (0.485, 0.456, 0.406)),
+    ("prov-gigapath", 1.135e9, 0, 16, 1536, (0.485, 0.456, 0.406)),  # its demo prints 1,134,953,984
+    ("h-optimus-0", 1.13e9, 4, 14, 1536, (0.707223, 0.578729, 0.703617)),
+    ("h-optimus-1", 1.13e9, 4, 14, 1536, (0.707223, 0.578729, 0.703617)),
 ])
-def test_virchow2_and_h_optimus_presets_have_the_published_architecture(preset, params, registers, width, mean):
-    """As their model cards build them (paige-ai/Virchow2, bioptimus/H-optimus-0): sizes, register
-    tokens, normalisation, and the embedding the card takes (Virchow2: 2560-d from the tokens)."""
+def test_the_other_presets_have_the_published_architecture(preset, params, registers, patch, width, mean):
+    """As their model cards build them (MahmoodLab/UNI, paige-ai/Virchow and Virchow2,
+    prov-gigapath/prov-gigapath, bioptimus/H-optimus-0): sizes, register tokens, normalisation, and
+    the embedding the card takes (Virchow's: 2560-d from the tokens)."""
     spec = EncoderSpec.from_config(preset, {"preset": preset, "weights": "random"})
     with torch.device("meta"):
         model = create_model(spec)
     assert (spec.mpp, spec.input_px, spec.mean) == (0.5, 224, mean)
-    assert model.num_reg_tokens == registers and model.patch_embed.patch_size == (14, 14)
+    assert model.num_reg_tokens == registers and model.patch_embed.patch_size == (patch, patch)
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(params, rel=0.01)
     assert model(torch.empty(2, 3, 224, 224, device="meta")).shape == (2, width)
     assert EncoderSpec.from_config("o", {"preset": preset, "weights": "w", "mean": [0.5] * 3}).mean == (0.5,) * 3
-    if preset.startswith("h-optimus"):  # built for 224 px only, as its card builds it
+    if preset.startswith(("h-optimus", "prov-gigapath")):  # built for 224 px only, as their cards build them
         with pytest.raises(InputError, match=f"config encoders.o: preset {preset} takes 224-px inputs only"):
             EncoderSpec.from_config("o", {"preset": preset, "weights": "w", "input_px": 112})
+
+
+def test_the_config_schema_lists_every_preset():
+    """The schema's enum is what a user's config is validated against before the registry sees it."""
+    from tissuekd.encoders.registry import PRESETS
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    entry = schema["properties"]["encoders"]["additionalProperties"]["properties"]["preset"]
+    assert sorted(entry["enum"]) == sorted(PRESETS)
 
 
 def test_virchow2_embedding_is_the_class_token_beside_the_mean_patch_token():

@@ -51,6 +51,27 @@ def _uni2h_kwargs() -> dict[str, Any]:
     }
 
 
+def _uni_kwargs() -> dict[str, Any]:
+    """UNI (v1) as published (MahmoodLab/UNI): ViT-large, patch 16, layer scale, 1024-d class token."""
+    return {"img_size": 224, "patch_size": 16, "init_values": 1e-5, "num_classes": 0, "dynamic_img_size": True}
+
+
+def _virchow_kwargs() -> dict[str, Any]:
+    """Virchow (v1) as published (paige-ai/Virchow's config.json): Virchow2's layout without its
+    register tokens."""
+    kwargs = _virchow2_kwargs()
+    del kwargs["reg_tokens"]
+    return kwargs
+
+
+def _gigapath_kwargs() -> dict[str, Any]:
+    """Prov-GigaPath's tile encoder as published (prov-gigapath/prov-gigapath's config.json): the
+    DINOv2 ViT-giant layout (SwiGLU MLP, ratio 5.33334; layer scale) at patch 16, 40 blocks, the
+    class token as the 1536-d embedding; built at 224 px, as its card."""
+    return {"img_size": 224, "in_chans": 3, "patch_size": 16, "embed_dim": 1536, "depth": 40, "num_heads": 24,
+            "init_values": 1e-5, "mlp_ratio": 5.33334, "num_classes": 0, "global_pool": "token"}
+
+
 def _virchow2_kwargs() -> dict[str, Any]:
     """Virchow2 as published (paige-ai/Virchow2's config.json): ViT-huge, patch 14, 4 register
     tokens, SwiGLU MLP (ratio 5.3375), layer scale, no pooling (the embedding is made from the
@@ -93,9 +114,12 @@ class Preset:
 
 
 PRESETS = {
+    "uni": Preset("vit_large_patch16_224", _uni_kwargs, 0.5),
     "uni2-h": Preset("vit_giant_patch14_224", _uni2h_kwargs, 0.5),
-    # 2560-d: the class token and the mean of the patch tokens (registers excluded), as the card embeds
+    # 2560-d: the class token and the mean of the patch tokens (registers excluded), as the cards embed
+    "virchow": Preset("vit_huge_patch14_224", _virchow_kwargs, 0.5, pool="cls+mean"),
     "virchow2": Preset("vit_huge_patch14_224", _virchow2_kwargs, 0.5, pool="cls+mean"),
+    "prov-gigapath": Preset("vit_giant_patch14_dinov2", _gigapath_kwargs, 0.5, fixed_px=224),
     "h-optimus-0": Preset("vit_giant_patch14_reg4_dinov2", _hoptimus_kwargs, 0.5, HOPTIMUS_MEAN, HOPTIMUS_STD,
                           fixed_px=224),
     "h-optimus-1": Preset("vit_giant_patch14_reg4_dinov2", _hoptimus_kwargs, 0.5, HOPTIMUS_MEAN, HOPTIMUS_STD,

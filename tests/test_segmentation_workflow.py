@@ -190,6 +190,28 @@ def test_a_test_split_that_is_the_training_split_is_refused(tmp_path):
             f"{rows.loc[0, 'test']}: a model would be scored on images it was trained on") in result.stdout
 
 
+def test_a_test_split_copied_from_the_training_split_is_refused(tmp_path):
+    """A byte copy under another name passes the one-file check (real paths); its content does not."""
+    workdir = make_workdir(tmp_path / "w", **SMALL)
+    sheet = workdir / "config/segmentation_datasets.tsv"
+    rows = pd.read_csv(sheet, sep="\t", dtype=str).fillna("")
+    rng = np.random.default_rng(0)
+    train, test = tmp_path / "train.npz", tmp_path / "test.npz"
+    np.savez(train, X=rng.random((4, 64, 64, 2), dtype=np.float32),
+             y=rng.integers(0, 3, (4, 64, 64, 2), dtype=np.int32))
+    shutil.copy(train, test)
+    rows.loc[0, ["train", "test"]] = [str(train), str(test)]
+    rows.to_csv(sheet, sep="\t", index=False)
+    result = snakemake("-n", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert (f"line 2 (dataset tissuenet_demo): the test split {test} is a copy of the training split {train}: "
+            "the models would be scored on images they were trained on") in result.stdout + result.stderr
+    data = dict(np.load(test))  # the same layout and size, other images: planned
+    data["X"] = data["X"][::-1].copy()
+    np.savez(test, **data)
+    assert snakemake("-n", cwd=workdir, check=False).returncode == 0
+
+
 def test_a_one_channel_label_array_is_said_while_planning(tmp_path):
     workdir = make_workdir(tmp_path / "w", **SMALL)
     sheet = workdir / "config/segmentation_datasets.tsv"

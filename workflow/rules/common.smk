@@ -180,6 +180,23 @@ def require_distinct_files(sheet, columns, path, why):
                 )
 
 
+def same_bytes(first, second, sample=1 << 20):
+    """Two files of one size whose first and last MiB are equal: a copy under another name
+    (comparing them whole would read gigabytes at every planning)."""
+    if not (os.path.isfile(first) and os.path.isfile(second)):
+        return False
+    size = os.path.getsize(first)
+    if size != os.path.getsize(second):
+        return False
+    with open(first, "rb") as a, open(second, "rb") as b:
+        for offset in (0, max(size - sample, 0)):
+            a.seek(offset)
+            b.seek(offset)
+            if a.read(sample) != b.read(sample):
+                return False
+    return True
+
+
 def warn_shared(sheet, column, path, rows, why=""):
     """Rows giving one value of `column` are warned of, with their lines."""
     shared = sheet[(sheet[column] != "") & sheet[column].duplicated(keep=False)]
@@ -927,6 +944,11 @@ def check_segmentation_sheet(sheet, path):
                 raise WorkflowError(f"{where}: column {column!r} names {value}, {not_there(value)}")
             if value and column in ("train", "test") and not made_by_demo(value):
                 check_split_row(row, value, where, training=column == "train" and row["role"] == "train")
+        if row["train"] and row["test"] and same_bytes(row["train"], row["test"]):
+            raise WorkflowError(
+                f"{where}: the test split {row['test']} is a copy of the training split {row['train']}: "
+                "the models would be scored on images they were trained on"
+            )
     if not (sheet["role"] == "train").any():
         raise WorkflowError(f"{path}: no data set with role train")
     sam_weights = SEG["sam"]["checkpoint"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from tissuekd.encoders.registry import EncoderSpec, build_encoder, create_model
 from tissuekd.errors import InputError
@@ -123,6 +123,7 @@ def test_uni2h_preset_has_the_published_architecture():
 
 @pytest.mark.parametrize(("preset", "params", "registers", "patch", "width", "mean"), [
     ("uni", 303e6, 0, 16, 1024, (0.485, 0.456, 0.406)),
+    ("phikon", 85.8e6, 0, 16, 768, (0.485, 0.456, 0.406)),
     ("virchow", 631e6, 0, 14, 2560, (0.485, 0.456, 0.406)),  # class token + mean patch token, 1280 each
     ("virchow2", 632e6, 4, 14, 2560, (0.485, 0.456, 0.406)),
     ("prov-gigapath", 1.135e9, 0, 16, 1536, (0.485, 0.456, 0.406)),  # its demo prints 1,134,953,984
@@ -144,6 +145,49 @@ def test_the_other_presets_have_the_published_architecture(preset, params, regis
     if preset.startswith(("h-optimus", "prov-gigapath")):  # built for 224 px only, as their cards build them
         with pytest.raises(InputError, match=f"config encoders.o: preset {preset} takes 224-px inputs only"):
             EncoderSpec.from_config("o", {"preset": preset, "weights": "w", "input_px": 112})
+
+
+def test_phikon_weights_in_transformers_layout_embed_as_transformers_does(tmp_path):
+    """A ViTModel of Phikon's config (owkin/phikon: ViT-base/16, LayerNorm eps 1e-12, with the
+    pooler its checkpoint carries), random weights saved as transformers saves them for the hub:
+    the preset reads them into timm's names and gives the card's embedding, last_hidden_state[:, 0]."""
+    import transformers  # a test dependency (pyproject's `test` extra)
+
+    config = transformers.ViTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                    intermediate_size=3072, image_size=224, patch_size=16, layer_norm_eps=1e-12,
+                                    qkv_bias=True)
+    torch.manual_seed(0)
+    reference = transformers.ViTModel(config, add_pooling_layer=True).eval()
+    with torch.no_grad():  # away from the initialisation, so a swapped q/k/v or norm would show
+        for p in reference.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    reference.save_pretrained(tmp_path / "phikon")  # the hub's layout (encoder.layer.N.attention.attention.query, …)
+    weights = tmp_path / "phikon/model.safetensors"
+    spec = EncoderSpec.from_config("phikon", {"preset": "phikon", "weights": str(weights)})
+    encoder = build_encoder(spec)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = reference(pixel_values=x).last_hidden_state[:, 0]
+        torch.testing.assert_close(encoder(x), expected, rtol=1e-4, atol=1e-4)
+    assert (spec.mpp, spec.mean, encoder.num_features) == (0.5, (0.485, 0.456, 0.406), 768)
+
+
+def test_a_transformers_layout_file_missing_a_projection_is_named(tmp_path):
+    import transformers
+
+    from tissuekd.encoders.convert import transformers_vit_to_timm
+
+    config = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                                    image_size=224, patch_size=16)
+    transformers.ViTModel(config).save_pretrained(tmp_path / "vit")
+    state = load_file(tmp_path / "vit/model.safetensors")
+    assert "blocks.1.attn.qkv.weight" in transformers_vit_to_timm(state)
+    del state["encoder.layer.1.attention.attention.key.weight"]
+    save_file(state, tmp_path / "w.safetensors")
+    spec = EncoderSpec.from_config("p", {"model": "vit_base_patch16_224", "weights": str(tmp_path / "w.safetensors"),
+                                         "kwargs": {"embed_dim": 64, "depth": 2, "num_heads": 2, "mlp_ratio": 2}})
+    with pytest.raises(InputError, match=r"1 missing \(e.g. \['blocks.1.attn.qkv.weight'\]\)"):
+        build_encoder(spec)
 
 
 def test_the_config_schema_lists_every_preset():

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tissuekd.encoders.convert import transformers_vit_to_timm
 from tissuekd.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,18 @@ def _uni2h_kwargs() -> dict[str, Any]:
 def _uni_kwargs() -> dict[str, Any]:
     """UNI (v1) as published (MahmoodLab/UNI): ViT-large, patch 16, layer scale, 1024-d class token."""
     return {"img_size": 224, "patch_size": 16, "init_values": 1e-5, "num_classes": 0, "dynamic_img_size": True}
+
+
+def _phikon_kwargs() -> dict[str, Any]:
+    """Phikon (owkin/phikon, iBOT) as published: ViT-base, patch 16, LayerNorm epsilon 1e-12 (its
+    config's), the class token after the last norm as the 768-d embedding (the card's
+    `last_hidden_state[:, 0]`). Its weights are in transformers' layout: convert.py renames them."""
+    import functools
+
+    import torch
+
+    return {"img_size": 224, "num_classes": 0, "global_pool": "token", "dynamic_img_size": True,
+            "norm_layer": functools.partial(torch.nn.LayerNorm, eps=1e-12)}
 
 
 def _virchow_kwargs() -> dict[str, Any]:
@@ -116,6 +129,7 @@ class Preset:
 PRESETS = {
     "uni": Preset("vit_large_patch16_224", _uni_kwargs, 0.5),
     "uni2-h": Preset("vit_giant_patch14_224", _uni2h_kwargs, 0.5),
+    "phikon": Preset("vit_base_patch16_224", _phikon_kwargs, 0.5),
     # 2560-d: the class token and the mean of the patch tokens (registers excluded), as the cards embed
     "virchow": Preset("vit_huge_patch14_224", _virchow_kwargs, 0.5, pool="cls+mean"),
     "virchow2": Preset("vit_huge_patch14_224", _virchow2_kwargs, 0.5, pool="cls+mean"),
@@ -305,7 +319,7 @@ def build_encoder(spec: EncoderSpec) -> torch.nn.Module:
     import torch
 
     if spec.weights != "random":
-        state = read_state(require_weights(spec.weights, spec.arch))
+        state = transformers_vit_to_timm(read_state(require_weights(spec.weights, spec.arch)))
         with torch.device("meta"):
             model = create_model(spec)
         load_weights(model, spec.weights, spec.arch, state)

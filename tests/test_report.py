@@ -90,7 +90,7 @@ def test_the_slide_table_flags_a_slide_whose_cells_miss_the_h_and_e_nuclei(tmp_p
     with caplog.at_level(logging.WARNING):
         table = slides_table(paths).set_index("slide")
     assert table.loc["own", "he_check"] == "cells on the nuclei" and table.loc["own", "he_z"] == 11.7
-    assert table.loc["other", "he_check"].startswith("CHECK: cells hardly on the H&E's nuclei")
+    assert table.loc["other", "he_check"].startswith("CHECK: the cells hardly sit on the H&E's nuclei")
     assert table.loc["coarse", "he_check"].startswith("not measured") and np.isnan(table.loc["coarse", "he_z"])
     assert "slide other: CHECK" in caplog.text and "other.ome.tif" in caplog.text and "slide own" not in caplog.text
 
@@ -101,7 +101,9 @@ def test_the_slide_table_flags_a_slide_whose_cells_miss_the_h_and_e_nuclei(tmp_p
     write_niche_benchmark([str(metrics)], out, slides=slides_table(paths))
     assert pd.read_csv(out["slides"], sep="\t")["slide"].tolist() == ["own", "other", "coarse"]
     page = (tmp_path / "tables.html").read_text()
-    assert "slide-table" in page and "CHECK: cells hardly on the H&amp;E's nuclei" in page
+    assert "slide-table" in page and "CHECK: the cells hardly sit on the H&amp;E's nuclei" in page
+    above_the_tables = page.split("summary-table")[0]
+    assert "of 1 slide(s), other (he_z 1.2), hardly sit on their H&amp;E's nuclei" in above_the_tables
 
 
 @pytest.mark.workflow
@@ -109,13 +111,15 @@ def test_a_run_ends_by_naming_the_slides_whose_cells_missed_their_nuclei(tmp_pat
     """The slide table's CHECK rows are said on the console after any run (here one demo table's)."""
     workdir = make_workdir(tmp_path, studies=("niche", "survival"))
     (workdir / "results/benchmark").mkdir(parents=True)
-    check = "CHECK: cells hardly on the H&E's nuclei (z < 3): is this its H&E and alignment?"
+    check = "CHECK: the cells hardly sit on the H&E's nuclei (he_z < 3): is the H&E or the alignment another slide's?"
     pd.DataFrame([{"slide": "breast_demo", "he_z": 1.2, "he_check": check},
                   {"slide": "colon_demo", "he_z": 9.6, "he_check": "cells on the nuclei"}]).to_csv(
         workdir / "results/benchmark/niche_slides.tsv", sep="\t", index=False)
     result = snakemake("--cores", "1", "data/demo/survival/demo_tcga/clinical.tsv", cwd=workdir)
     output = result.stdout + result.stderr
-    assert f"slide breast_demo: {check} (z = 1.2; results/benchmark/niche_slides.tsv" in output
+    assert ("slide breast_demo: its cells hardly sit on its H&E's nuclei (he_z 1.2, below 3; right slides give "
+            "about 9-18): is its he_image or he_alignment in the niche sheet another slide's?") in output
+    assert "Table: results/benchmark/niche_slides.tsv" in output
     assert "slide colon_demo" not in output
 
 

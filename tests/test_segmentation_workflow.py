@@ -186,8 +186,9 @@ def test_a_test_split_that_is_the_training_split_is_refused(tmp_path):
     rows.to_csv(sheet, sep="\t", index=False)
     result = snakemake("-n", cwd=workdir, check=False)
     assert result.returncode != 0
-    assert ("segmentation_datasets.tsv line 2 (train) and line 2 (test) name one file, "
-            f"{rows.loc[0, 'test']}: a model would be scored on images it was trained on") in result.stdout
+    assert (f"segmentation_datasets.tsv line 2 (train) and line 2 (test) name one file: {rows.loc[0, 'train']} and "
+            f"{rows.loc[0, 'test']} are both {rows.loc[0, 'test']}: a model would be scored on images it was trained "
+            "on") in result.stdout
 
 
 def test_a_test_split_copied_from_the_training_split_is_refused(tmp_path):

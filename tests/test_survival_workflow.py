@@ -268,7 +268,8 @@ def test_a_cohort_whose_patients_are_none_of_its_clinical_tables_stops_the_plan(
         d.joinpath("config/survival_slides.tsv").read_text()
         + d.joinpath("config/survival_slides.tsv").read_text().splitlines(keepends=True)[1].replace(
             "TCGA-DM-A000-01Z-00-DX1\t", "copied\t", 1).replace("\tdata/demo/", f"\t{d}/data/demo/", 1)),
-     "config/survival_slides.tsv line 2 (image) and line 86 (image) name one file, "),  # named by its absolute path
+     "config/survival_slides.tsv line 2 (image) and line 86 (image) name one file: "
+     "data/demo/survival/demo_tcga/slides/TCGA-DM-A000-01Z-00-DX1.svs and /"),  # and by its absolute path
     (lambda d: d.joinpath("config/survival_slides.tsv").write_text(
         d.joinpath("config/survival_slides.tsv").read_text().replace(
             "TCGA-DM-A000-01Z-00-DX1\t", "slide01\t", 1).replace("TCGA-DM-A000-01Z-00-DX1.svs",

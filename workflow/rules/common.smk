@@ -173,10 +173,12 @@ def require_distinct_files(sheet, columns, path, why):
             value = row.get(column, "")
             if not value:
                 continue
-            first = seen.setdefault(os.path.realpath(value), (row_no, column))
-            if first != (row_no, column):
+            real = os.path.realpath(value)
+            first_row, first_column, first_value = seen.setdefault(real, (row_no, column, value))
+            if (first_row, first_column) != (row_no, column):
+                names = f", {value}" if first_value == value else f": {first_value} and {value} are both {real}"
                 raise WorkflowError(
-                    f"{path} line {first[0]} ({first[1]}) and line {row_no} ({column}) name one file, {value}: {why}"
+                    f"{path} line {first_row} ({first_column}) and line {row_no} ({column}) name one file{names}: {why}"
                 )
 
 
@@ -518,7 +520,9 @@ def warn_of_slide_checks():
     table = pd.read_csv(path, sep="\t")
     for row in table[table["he_check"].str.startswith("CHECK")].itertuples():
         logger.warning(
-            f"slide {row.slide}: {row.he_check} (z = {row.he_z}; {path}, and the niche tables of the report)"
+            f"slide {row.slide}: its cells hardly sit on its H&E's nuclei (he_z {row.he_z:g}, below 3; right slides "
+            "give about 9-18): is its he_image or he_alignment in the niche sheet another slide's? (Xenium Explorer's "
+            f"overlay shows it.) Its metrics are computed and in the means. Table: {path}; the report's niche tables."
         )
 
 
@@ -640,7 +644,7 @@ def check_slide_files(slides, path):
         slides,
         ("image", "features"),
         path,
-        "one slide would join two bags (a copied row: under two patients, the one tested would be trained on too)",
+        "one slide would join two bags (a copied row; where their patients differ, a tested patient's slide is trained on too)",
     )
 
 

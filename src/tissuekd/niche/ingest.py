@@ -253,7 +253,8 @@ def slides_table(slide_jsons: list[str]) -> pd.DataFrame:
         elif z >= MIN_Z:
             check = "cells on the nuclei"
         else:
-            check = f"CHECK: cells hardly on the H&E's nuclei (z < {MIN_Z:g}): is this its H&E and alignment?"
+            check = (f"CHECK: the cells hardly sit on the H&E's nuclei (he_z < {MIN_Z:g}): is the H&E or the "
+                     "alignment another slide's?")
             log.warning("slide %s: %s (r = %s at the alignment, %s moved off it; z = %s; %s)", Path(path).parent.name,
                         check, agreement.get("r"), agreement.get("r_moved"), z, info.get("he_image"))
         rows.append({"slide": Path(path).parent.name, "n_cells": info.get("n_cells"), "n_genes": info.get("n_genes"),

@@ -4,6 +4,7 @@ of each rule from Snakemake's `benchmark:` files, and a bar chart of ARI per tis
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -123,28 +124,53 @@ def ari_bars(summary: pd.DataFrame, out: str, labels: Mapping[str, str] | None =
     plt.close(fig)
 
 
+SLIDE_LEGEND = ("he_r: the correlation of cell counts and the H&E's haematoxylin in 8-µm bins, at the "
+                "alignment; he_r_moved: its mean with the cells moved 24-48 µm off it; he_z: how many SDs of the "
+                "moved ones he_r stands above them. A right H&E and alignment give a peak (demo slides: 8.8-17.6); "
+                "below 3 the row says CHECK.")
+
+
+def flagged_note(slides: pd.DataFrame | None) -> str:
+    """A line over the tables naming the slides whose cells missed their H&E's nuclei ('' if none)."""
+    if slides is None:
+        return ""
+    flagged = slides[slides["he_check"].astype(str).str.startswith("CHECK")]
+    if flagged.empty:
+        return ""
+    names = ", ".join(f"{row.slide} (he_z {row.he_z:g})" for row in flagged.itertuples())
+    return (f"Check before reading these tables: the cells of {len(flagged)} slide(s), {names}, hardly sit on their "
+            "H&E's nuclei (the Slides table, last): the H&E or its alignment may be another slide's. Their "
+            "metrics are computed and included in the means below.")
+
+
 def html_tables(summary: pd.DataFrame, paper: pd.DataFrame, out: str, slides: pd.DataFrame | None = None) -> None:
     """The tables as one HTML page, for the report (which shows it in a frame); `slides`, the
-    slides' inputs and checks, last."""
+    slides' inputs and checks, last, with a note over the first table when a slide is flagged."""
     grouped = summary.groupby(TISSUE_KEYS, observed=True)[METRICS]
     tissue_view = grouped.agg(mean_sd)
     tissue_view.insert(0, "n_slides", grouped.size())
     tissue_view = tissue_view.reset_index()
-    sections = [("Niche study: all slides (mean ± SD over slides)", paper, "summary-table"),
-                ("Per tissue", tissue_view, "tissue-table")]
+    sections = [("Niche study: all slides (mean ± SD over slides)", paper, "summary-table", flagged_note(slides)),
+                ("Per tissue", tissue_view, "tissue-table", "")]
     if slides is not None:
-        sections.append(("Slides: cells, genes, H&E resolution and the cells-on-nuclei check", slides, "slide-table"))
+        sections.append(("Slides: cells, genes, H&E resolution and the cells-on-nuclei check", slides, "slide-table",
+                         SLIDE_LEGEND))
     write_html(sections, out)
 
 
-def write_html(sections: list[tuple[str, pd.DataFrame, str]], out: str) -> None:
-    """Tables (heading, frame, table id) as one HTML page, for the report (which shows it in a frame)."""
+def write_html(sections: list[tuple], out: str) -> None:
+    """Tables (heading, frame, table id[, a note under the heading]) as one HTML page, for the
+    report (which shows it in a frame)."""
     style = ("<style>body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse;margin:8px 0 24px}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style>")
-    # a pivot's columns keep their name ("method"), which to_html(index=False) writes as one more
-    # header cell, shifting every heading one column off its values
-    body = "".join(f"<h2>{heading}</h2>" + frame.rename_axis(columns=None).to_html(index=False, table_id=table_id)
-                   for heading, frame, table_id in sections)
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} p.note{max-width:60em}</style>")
+    body = ""
+    for heading, frame, table_id, *note in sections:
+        body += f"<h2>{html.escape(heading, quote=False)}</h2>"
+        if note and note[0]:
+            body += f"<p class='note'>{html.escape(note[0], quote=False)}</p>"
+        # a pivot's columns keep their name ("method"), which to_html(index=False) writes as one more
+        # header cell, shifting every heading one column off its values
+        body += frame.rename_axis(columns=None).to_html(index=False, table_id=table_id)
     with atomic_path(out) as tmp:
         Path(tmp).write_text(f"<html><head><meta charset='utf-8'>{style}</head><body>{body}</body></html>")
 

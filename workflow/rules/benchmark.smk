@@ -23,7 +23,7 @@ rule benchmark_niche:
             caption="../report/tables.rst",
             category="Benchmark",
             subcategory="Niche study",
-            labels={"result": "mean ± SD per tissue and overall"},
+            labels={"result": "mean ± SD per tissue and overall; the slides and their H&E check"},
         ),
         bars=report(
             f"{RESULTS}/benchmark/niche_ari_by_tissue.png",

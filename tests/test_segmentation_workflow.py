@@ -205,8 +205,9 @@ def test_a_test_split_copied_from_the_training_split_is_refused(tmp_path):
     rows.to_csv(sheet, sep="\t", index=False)
     result = snakemake("-n", cwd=workdir, check=False)
     assert result.returncode != 0
-    assert (f"line 2 (dataset tissuenet_demo): the test split {test} is a copy of the training split {train}: "
-            "the models would be scored on images they were trained on") in result.stdout + result.stderr
+    assert (f"segmentation_datasets.tsv line 2 (train) and line 2 (test) name copies of one file: {train} and {test} "
+            "have one size and the same first and last MiB: a model would be scored on images it was trained on"
+            ) in result.stdout + result.stderr
     data = dict(np.load(test))  # the same layout and size, other images: planned
     data["X"] = data["X"][::-1].copy()
     np.savez(test, **data)

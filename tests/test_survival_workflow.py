@@ -3,6 +3,7 @@ pathology-only baseline), features brought from TRIDENT/CLAM, reruns per slide, 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
@@ -250,6 +251,23 @@ def test_a_cohort_whose_patients_are_none_of_its_clinical_tables_stops_the_plan(
     assert (f"no patient of cohort mine (e.g. ['TCGA-XY-0000-01Z-00-DX1', 'TCGA-XY-0001-01Z-00-DX1']) is in its "
             f"clinical table {tmp_path}/clinical.tsv (bcr_patient_barcode, e.g. ['TCGA-XY-0000', 'TCGA-XY-0001']): "
             "does the `patient` column hold patient barcodes?") in result.stderr + result.stdout
+
+
+def test_a_slide_hard_linked_under_another_name_stops_the_plan(tmp_path):
+    """Real paths differ for a hard link or a byte copy; their content does not."""
+    workdir = make_workdir(tmp_path / "w", studies=("survival",))
+    first = tmp_path / "mine-a.svs"
+    first.write_bytes(np.random.default_rng(0).bytes(3 << 20))
+    os.link(first, tmp_path / "mine-b.svs")
+    sheet_path = workdir / "config/survival_slides.tsv"
+    sheet = pd.read_csv(sheet_path, sep="\t", dtype=str).fillna("")
+    mine = pd.concat([sheet.iloc[[0]]] * 2).assign(slide=["mine-a", "mine-b"],
+                                                   image=[str(first), str(tmp_path / "mine-b.svs")])
+    pd.concat([sheet, mine]).to_csv(sheet_path, sep="\t", index=False)
+    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert (f"survival_slides.tsv line {len(sheet) + 2} (image) and line {len(sheet) + 3} (image) name copies of one "
+            f"file: {first} and {tmp_path / 'mine-b.svs'} have one size") in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("breakage, message", [

@@ -1,6 +1,7 @@
 # Sheets, validation beyond the schemas, and input functions shared by the rules.
 import difflib
 import functools
+import hashlib
 import io
 import os
 import re
@@ -166,8 +167,9 @@ def require_unique(sheet, column, path):
 
 def require_distinct_files(sheet, columns, path, why):
     """No file serves two rows, or two columns of one row (a copied row, a test split that is the
-    training split): compared as real paths, so a relative and an absolute name of one file match."""
-    seen = {}
+    training split): compared as real paths, so a relative and an absolute name of one file match,
+    then by content where two files have one size (a copy or hard link under another name)."""
+    seen, by_size = {}, {}
     for row_no, row in zip(sheet.index, sheet.to_dict("records")):
         for column in columns:
             value = row.get(column, "")
@@ -180,23 +182,28 @@ def require_distinct_files(sheet, columns, path, why):
                 raise WorkflowError(
                     f"{path} line {first_row} ({first_column}) and line {row_no} ({column}) name one file{names}: {why}"
                 )
+            if os.path.isfile(real) and os.path.getsize(real):  # stat only: read where two share a size (rare)
+                by_size.setdefault(os.path.getsize(real), []).append((row_no, column, value))
+    fingerprints = {}  # each file of a shared size read once (its first and last MiB), not pairwise
+    for row_no, column, value in (entry for group in by_size.values() if len(group) > 1 for entry in group):
+        first_row, first_column, first_value = fingerprints.setdefault(ends_digest(value), (row_no, column, value))
+        if (first_row, first_column) != (row_no, column):
+            raise WorkflowError(
+                f"{path} line {first_row} ({first_column}) and line {row_no} ({column}) name copies of one file: "
+                f"{first_value} and {value} have one size and the same first and last MiB: {why}"
+            )
 
 
-def same_bytes(first, second, sample=1 << 20):
-    """Two files of one size whose first and last MiB are equal: a copy under another name
-    (comparing them whole would read gigabytes at every planning)."""
-    if not (os.path.isfile(first) and os.path.isfile(second)):
-        return False
-    size = os.path.getsize(first)
-    if size != os.path.getsize(second):
-        return False
-    with open(first, "rb") as a, open(second, "rb") as b:
-        for offset in (0, max(size - sample, 0)):
-            a.seek(offset)
-            b.seek(offset)
-            if a.read(sample) != b.read(sample):
-                return False
-    return True
+def ends_digest(path, sample=1 << 20):
+    """The file's size and a digest of its first and last MiB: a copy under another name has the
+    same (comparing files whole would read gigabytes at every planning)."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(sample))
+        f.seek(max(size - sample, 0))
+        digest.update(f.read(sample))
+    return size, digest.hexdigest()
 
 
 def warn_shared(sheet, column, path, rows, why=""):
@@ -948,11 +955,6 @@ def check_segmentation_sheet(sheet, path):
                 raise WorkflowError(f"{where}: column {column!r} names {value}, {not_there(value)}")
             if value and column in ("train", "test") and not made_by_demo(value):
                 check_split_row(row, value, where, training=column == "train" and row["role"] == "train")
-        if row["train"] and row["test"] and same_bytes(row["train"], row["test"]):
-            raise WorkflowError(
-                f"{where}: the test split {row['test']} is a copy of the training split {row['train']}: "
-                "the models would be scored on images they were trained on"
-            )
     if not (sheet["role"] == "train").any():
         raise WorkflowError(f"{path}: no data set with role train")
     sam_weights = SEG["sam"]["checkpoint"]

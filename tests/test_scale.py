@@ -184,6 +184,16 @@ def test_scale_benchmark_steps_run_on_a_small_synthetic_slide_and_cohort(tmp_pat
     assert len(predictions) == 25 and predictions["risk"].notna().all()
 
 
+def test_the_dag_benchmark_plans_its_placeholder_workflow(tmp_path):
+    """`--dag` plans every slide's jobs from placeholder inputs (it had stopped planning once
+    planning read the clinical table, and with the expression study on by default)."""
+    from tissuekd.bench import scale
+
+    seconds, jobs = scale.dag_seconds(scale.dag_workdir(tmp_path, xenium=2, survival=10))
+    slides = pd.read_csv(tmp_path / "config/survival_slides.tsv", sep="\t")
+    assert len(slides) == 10 and jobs > 2 * len(slides) and seconds > 0
+
+
 def test_neighbourhoods_built_in_query_blocks_equal_one_search(monkeypatch):
     """The search runs in blocks of query cells (bounded temporaries); the result is the same."""
     import torch

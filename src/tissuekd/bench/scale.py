@@ -185,12 +185,14 @@ def survival_step(folder: Path, epochs: int) -> None:
 
 def dag_workdir(folder: Path, xenium: int = 16, survival: int = 1000) -> Path:
     """A working directory whose sheets list `xenium` Xenium slides and `survival` TCGA slides,
-    every input a placeholder file (a dry run only checks that they exist)."""
+    every input a placeholder file (a dry run only checks that they exist) but the clinical table
+    and RNA matrix, which planning reads (a row per patient)."""
     import yaml
 
     repo = Path(__file__).resolve().parents[3]
     config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
     config["survival"]["external"] = []
+    config["expression"]["enabled"] = config["segmentation"]["enabled"] = False  # the DAG of the two at scale
     data = folder / "inputs"
     rows = []
     for i in range(xenium):
@@ -206,8 +208,12 @@ def dag_workdir(folder: Path, xenium: int = 16, survival: int = 1000) -> Path:
     pd.DataFrame(rows).to_csv(folder / "config" / "niche_slides.tsv", sep="\t", index=False)
     slides = data / "tcga"
     slides.mkdir(parents=True, exist_ok=True)
-    for name in ("clinical.tsv", "rna.tsv"):
-        (slides / name).touch()
+    patients = [f"TCGA-XX-{i:04d}" for i in range(survival)]
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"bcr_patient_barcode": patients, "OS": rng.integers(0, 2, survival),
+                  "OS.time": rng.integers(30, 3000, survival)}).to_csv(slides / "clinical.tsv", sep="\t", index=False)
+    pd.DataFrame(rng.random((survival, 8)).round(3), index=[f"{p}-01A" for p in patients],
+                 columns=[f"GENE{g}" for g in range(8)]).to_csv(slides / "rna.tsv", sep="\t")
     wsi = []
     for i in range(survival):
         image = slides / f"TCGA-XX-{i:04d}-01Z-00-DX1.svs"

@@ -182,28 +182,30 @@ def require_distinct_files(sheet, columns, path, why):
                 raise WorkflowError(
                     f"{path} line {first_row} ({first_column}) and line {row_no} ({column}) name one file{names}: {why}"
                 )
-            if os.path.isfile(real) and os.path.getsize(real):  # stat only: read where two share a size (rare)
-                by_size.setdefault(os.path.getsize(real), []).append((row_no, column, value))
-    fingerprints = {}  # each file of a shared size read once (its first and last MiB), not pairwise
-    for row_no, column, value in (entry for group in by_size.values() if len(group) > 1 for entry in group):
-        first_row, first_column, first_value = fingerprints.setdefault(ends_digest(value), (row_no, column, value))
-        if (first_row, first_column) != (row_no, column):
-            raise WorkflowError(
-                f"{path} line {first_row} ({first_column}) and line {row_no} ({column}) name copies of one file: "
-                f"{first_value} and {value} have one size and the same first and last MiB: {why}"
-            )
+            size = os.path.getsize(real) if os.path.isfile(real) else 0
+            if size:  # stat only: read where two share a size (rare)
+                by_size.setdefault(size, []).append((row_no, column, value))
+    for size, group in by_size.items():  # each file of a shared size read once, not pairwise
+        digests = {}
+        for row_no, column, value in group if len(group) > 1 else ():
+            digest = ends_digest(value, size)
+            first_row, first_column, first_value = digests.setdefault(digest, (row_no, column, value))
+            if (first_row, first_column) != (row_no, column):
+                raise WorkflowError(
+                    f"{path} line {first_row} ({first_column}) and line {row_no} ({column}) name copies of one file: "
+                    f"{first_value} and {value} have one size and the same first and last MiB: {why}"
+                )
 
 
-def ends_digest(path, sample=1 << 20):
-    """The file's size and a digest of its first and last MiB: a copy under another name has the
-    same (comparing files whole would read gigabytes at every planning)."""
-    size = os.path.getsize(path)
+def ends_digest(path, size, sample=1 << 20):
+    """A digest of the file's first and last MiB (`size`: its size): a copy under another name has
+    the same (comparing files whole would read gigabytes at every planning)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         digest.update(f.read(sample))
         f.seek(max(size - sample, 0))
         digest.update(f.read(sample))
-    return size, digest.hexdigest()
+    return digest.hexdigest()
 
 
 def warn_shared(sheet, column, path, rows, why=""):

@@ -124,6 +124,7 @@ def test_uni2h_preset_has_the_published_architecture():
 @pytest.mark.parametrize(("preset", "params", "registers", "patch", "width", "mean"), [
     ("uni", 303e6, 0, 16, 1024, (0.485, 0.456, 0.406)),
     ("phikon", 85.8e6, 0, 16, 768, (0.485, 0.456, 0.406)),
+    ("phikon-v2", 303e6, 0, 16, 1024, (0.485, 0.456, 0.406)),  # its card: 1.21 GB of float32
     ("virchow", 631e6, 0, 14, 2560, (0.485, 0.456, 0.406)),  # class token + mean patch token, 1280 each
     ("virchow2", 632e6, 4, 14, 2560, (0.485, 0.456, 0.406)),
     ("prov-gigapath", 1.135e9, 0, 16, 1536, (0.485, 0.456, 0.406)),  # its demo prints 1,134,953,984
@@ -170,6 +171,34 @@ def test_phikon_weights_in_transformers_layout_embed_as_transformers_does(tmp_pa
         expected = reference(pixel_values=x).last_hidden_state[:, 0]
         torch.testing.assert_close(encoder(x), expected, rtol=1e-4, atol=1e-4)
     assert (spec.mpp, spec.mean, encoder.num_features) == (0.5, (0.485, 0.456, 0.406), 768)
+
+
+def test_phikon_v2_weights_in_dinov2_layout_embed_as_transformers_does(tmp_path):
+    """A Dinov2Model of Phikon-v2's shape at a smaller width (owkin/phikon-v2: ViT-L/16 by DINOv2,
+    no registers, layer scale, LayerNorm eps 1e-6; here 4 blocks of 128), random weights with
+    layer scales away from 1 saved as transformers saves them for the hub: the preset reads them
+    into timm's names (layer_scale{1,2}.lambda1 -> ls{1,2}.gamma; the mask token dropped) and gives
+    the card's embedding, last_hidden_state[:, 0, :], at its 224 px."""
+    import transformers
+
+    config = transformers.Dinov2Config(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, mlp_ratio=4,
+                                       image_size=224, patch_size=16, layer_norm_eps=1e-6, layerscale_value=1e-5)
+    torch.manual_seed(0)
+    reference = transformers.Dinov2Model(config).eval()
+    with torch.no_grad():  # the layer scales too, so a dropped or swapped one would show
+        for p in reference.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    reference.save_pretrained(tmp_path / "phikon-v2")
+    weights = tmp_path / "phikon-v2/model.safetensors"
+    assert "encoder.layer.0.layer_scale1.lambda1" in load_file(weights)  # the hub's names
+    spec = EncoderSpec.from_config("p2", {"preset": "phikon-v2", "weights": str(weights),
+                                          "kwargs": {"embed_dim": 128, "depth": 4, "num_heads": 4}})
+    encoder = build_encoder(spec)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = reference(pixel_values=x).last_hidden_state[:, 0, :]
+        torch.testing.assert_close(encoder(x), expected, rtol=1e-4, atol=1e-4)
+    assert (spec.mpp, spec.mean, encoder.num_features) == (0.5, (0.485, 0.456, 0.406), 128)
 
 
 def test_a_transformers_layout_file_missing_a_projection_is_named(tmp_path):

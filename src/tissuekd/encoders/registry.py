@@ -69,6 +69,14 @@ def _phikon_kwargs() -> dict[str, Any]:
             "norm_layer": functools.partial(torch.nn.LayerNorm, eps=1e-12)}
 
 
+def _phikon2_kwargs() -> dict[str, Any]:
+    """Phikon-v2 (owkin/phikon-v2, DINOv2) as published: ViT-large, patch 16, layer scale, no
+    registers, the class token after the last norm as the 1024-d embedding (the card's
+    `last_hidden_state[:, 0, :]`), 224 px. Its weights are in transformers' Dinov2Model layout:
+    convert.py renames them."""
+    return _uni_kwargs() | {"global_pool": "token"}
+
+
 def _virchow_kwargs() -> dict[str, Any]:
     """Virchow (v1) as published (paige-ai/Virchow's config.json): Virchow2's layout without its
     register tokens."""
@@ -130,6 +138,7 @@ PRESETS = {
     "uni": Preset("vit_large_patch16_224", _uni_kwargs, 0.5),
     "uni2-h": Preset("vit_giant_patch14_224", _uni2h_kwargs, 0.5),
     "phikon": Preset("vit_base_patch16_224", _phikon_kwargs, 0.5),
+    "phikon-v2": Preset("vit_large_patch16_224", _phikon2_kwargs, 0.5),
     # 2560-d: the class token and the mean of the patch tokens (registers excluded), as the cards embed
     "virchow": Preset("vit_huge_patch14_224", _virchow_kwargs, 0.5, pool="cls+mean"),
     "virchow2": Preset("vit_huge_patch14_224", _virchow2_kwargs, 0.5, pool="cls+mean"),

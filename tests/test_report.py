@@ -92,6 +92,7 @@ def test_the_slide_table_flags_a_slide_whose_cells_miss_the_h_and_e_nuclei(tmp_p
     assert table.loc["own", "he_check"] == "cells on the nuclei" and table.loc["own", "he_z"] == 11.7
     assert table.loc["other", "he_check"].startswith("CHECK: the cells hardly sit on the H&E's nuclei")
     assert table.loc["coarse", "he_check"].startswith("not measured") and np.isnan(table.loc["coarse", "he_z"])
+    assert table["he_flagged"].to_dict() == {"own": False, "other": True, "coarse": False}
     assert "slide other: CHECK" in caplog.text and "other.ome.tif" in caplog.text and "slide own" not in caplog.text
 
     metrics = tmp_path / "metrics.tsv"
@@ -112,8 +113,8 @@ def test_a_run_ends_by_naming_the_slides_whose_cells_missed_their_nuclei(tmp_pat
     workdir = make_workdir(tmp_path, studies=("niche", "survival"))
     (workdir / "results/benchmark").mkdir(parents=True)
     check = "CHECK: the cells hardly sit on the H&E's nuclei (he_z < 3): is the H&E or the alignment another slide's?"
-    pd.DataFrame([{"slide": "breast_demo", "he_z": 1.2, "he_check": check},
-                  {"slide": "colon_demo", "he_z": 9.6, "he_check": "cells on the nuclei"}]).to_csv(
+    pd.DataFrame([{"slide": "breast_demo", "he_z": 1.2, "he_flagged": True, "he_check": check},
+                  {"slide": "colon_demo", "he_z": 9.6, "he_flagged": False, "he_check": "cells on the nuclei"}]).to_csv(
         workdir / "results/benchmark/niche_slides.tsv", sep="\t", index=False)
     result = snakemake("--cores", "1", "data/demo/survival/demo_tcga/clinical.tsv", cwd=workdir)
     output = result.stdout + result.stderr
@@ -132,7 +133,7 @@ def test_summary_has_a_row_per_slide_k_and_method(demo_run):
     assert runtime.loc["niche_features", "jobs"] == 3 and runtime.loc["niche_student", "total_s"] > 0
     assert uncounted_jobs(demo_run) == 0
     slides = pd.read_csv(demo_run / "results/benchmark/niche_slides.tsv", sep="\t")
-    assert len(slides) == 3 and (slides["he_check"] == "cells on the nuclei").all(), slides
+    assert len(slides) == 3 and (slides["he_check"] == "cells on the nuclei").all() and not slides["he_flagged"].any()
 
 
 @pytest.mark.workflow

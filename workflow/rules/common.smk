@@ -527,7 +527,8 @@ def warn_of_slide_checks():
     if not (NICHE["enabled"] and path.is_file()):
         return
     table = pd.read_csv(path, sep="\t")
-    for row in table[table["he_check"].str.startswith("CHECK")].itertuples():
+    flagged = table[table["he_flagged"].astype(bool)] if "he_flagged" in table else table.iloc[:0]
+    for row in flagged.itertuples():
         logger.warning(
             f"slide {row.slide}: its cells hardly sit on its H&E's nuclei (he_z {row.he_z:g}, below 3; right slides "
             "give about 9-18): is its he_image or he_alignment in the niche sheet another slide's? (Xenium Explorer's "

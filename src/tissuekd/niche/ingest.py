@@ -235,7 +235,7 @@ def ingest_slide(bundle: str, he_image: str, he_alignment: str, out_cells: str, 
         tmp.write_text(json.dumps(info, indent=2))
 
 
-SLIDE_COLUMNS = ["slide", "n_cells", "n_genes", "he_mpp", "he_r", "he_r_moved", "he_z", "he_check"]
+SLIDE_COLUMNS = ["slide", "n_cells", "n_genes", "he_mpp", "he_r", "he_r_moved", "he_z", "he_flagged", "he_check"]
 
 
 def slides_table(slide_jsons: list[str]) -> pd.DataFrame:
@@ -259,5 +259,6 @@ def slides_table(slide_jsons: list[str]) -> pd.DataFrame:
                         check, agreement.get("r"), agreement.get("r_moved"), z, info.get("he_image"))
         rows.append({"slide": Path(path).parent.name, "n_cells": info.get("n_cells"), "n_genes": info.get("n_genes"),
                      "he_mpp": round(info["he_mpp"], 4), "he_r": agreement.get("r"),
-                     "he_r_moved": agreement.get("r_moved"), "he_z": z, "he_check": check})
+                     "he_r_moved": agreement.get("r_moved"), "he_z": z, "he_flagged": z is not None and z < MIN_Z,
+                     "he_check": check})
     return pd.DataFrame(rows, columns=SLIDE_COLUMNS)

@@ -127,14 +127,14 @@ def ari_bars(summary: pd.DataFrame, out: str, labels: Mapping[str, str] | None =
 SLIDE_LEGEND = ("he_r: the correlation of cell counts and the H&E's haematoxylin in 8-µm bins, at the "
                 "alignment; he_r_moved: its mean with the cells moved 24-48 µm off it; he_z: how many SDs of the "
                 "moved ones he_r stands above them. A right H&E and alignment give a peak (demo slides: 8.8-17.6); "
-                "below 3 the row says CHECK.")
+                "below 3 the row is he_flagged and says CHECK.")
 
 
 def flagged_note(slides: pd.DataFrame | None) -> str:
     """A line over the tables naming the slides whose cells missed their H&E's nuclei ('' if none)."""
     if slides is None:
         return ""
-    flagged = slides[slides["he_check"].astype(str).str.startswith("CHECK")]
+    flagged = slides[slides["he_flagged"].astype(bool)]
     if flagged.empty:
         return ""
     names = ", ".join(f"{row.slide} (he_z {row.he_z:g})" for row in flagged.itertuples())

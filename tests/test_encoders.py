@@ -132,7 +132,7 @@ def test_uni2h_preset_has_the_published_architecture():
     ("h-optimus-1", 1.13e9, 4, 14, 1536, (0.707223, 0.578729, 0.703617)),
 ])
 def test_the_other_presets_have_the_published_architecture(preset, params, registers, patch, width, mean):
-    """As their model cards build them (MahmoodLab/UNI, paige-ai/Virchow and Virchow2,
+    """As their model cards build them (MahmoodLab/UNI, owkin/phikon and phikon-v2, paige-ai/Virchow and Virchow2,
     prov-gigapath/prov-gigapath, bioptimus/H-optimus-0): sizes, register tokens, normalisation, and
     the embedding the card takes (Virchow's: 2560-d from the tokens)."""
     spec = EncoderSpec.from_config(preset, {"preset": preset, "weights": "random"})

@@ -103,6 +103,7 @@ def test_the_slide_table_flags_a_slide_whose_cells_miss_the_h_and_e_nuclei(tmp_p
     assert pd.read_csv(out["slides"], sep="\t")["slide"].tolist() == ["own", "other", "coarse"]
     page = (tmp_path / "tables.html").read_text()
     assert "slide-table" in page and "CHECK: the cells hardly sit on the H&amp;E's nuclei" in page
+    assert "NaN" not in page and "<td>–</td>" in page  # the coarse slide's he_z, not measured
     above_the_tables = page.split("summary-table")[0]
     assert "of 1 slide(s), other (he_z 1.2), hardly sit on their H&amp;E's nuclei" in above_the_tables
 

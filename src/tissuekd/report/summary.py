@@ -160,7 +160,7 @@ def html_tables(summary: pd.DataFrame, paper: pd.DataFrame, out: str, slides: pd
 
 def write_html(sections: list[tuple], out: str) -> None:
     """Tables (heading, frame, table id[, a note under the heading]) as one HTML page, for the
-    report (which shows it in a frame)."""
+    report (which shows it in a frame). A value not measured (NaN) shows as –, as mean_sd writes it."""
     style = ("<style>body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse;margin:8px 0 24px}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} p.note{max-width:60em}</style>")
     body = ""
@@ -170,7 +170,7 @@ def write_html(sections: list[tuple], out: str) -> None:
             body += f"<p class='note'>{html.escape(note[0], quote=False)}</p>"
         # a pivot's columns keep their name ("method"), which to_html(index=False) writes as one more
         # header cell, shifting every heading one column off its values
-        body += frame.rename_axis(columns=None).to_html(index=False, table_id=table_id)
+        body += frame.rename_axis(columns=None).to_html(index=False, table_id=table_id, na_rep="–")
     with atomic_path(out) as tmp:
         Path(tmp).write_text(f"<html><head><meta charset='utf-8'>{style}</head><body>{body}</body></html>")
 

@@ -181,6 +181,8 @@ def test_phikon_v2_weights_in_dinov2_layout_embed_as_transformers_does(tmp_path)
     the card's embedding, last_hidden_state[:, 0, :], at its 224 px."""
     import transformers
 
+    from tissuekd.encoders.convert import transformers_layout
+
     config = transformers.Dinov2Config(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, mlp_ratio=4,
                                        image_size=224, patch_size=16, layer_norm_eps=1e-6, layerscale_value=1e-5)
     torch.manual_seed(0)
@@ -190,7 +192,7 @@ def test_phikon_v2_weights_in_dinov2_layout_embed_as_transformers_does(tmp_path)
             p.add_(torch.randn_like(p) * 0.05)
     reference.save_pretrained(tmp_path / "phikon-v2")
     weights = tmp_path / "phikon-v2/model.safetensors"
-    assert "encoder.layer.0.layer_scale1.lambda1" in load_file(weights)  # the hub's names
+    assert transformers_layout(load_file(weights)) == "Dinov2Model"  # the hub's names (layer_scale1.lambda1, …)
     spec = EncoderSpec.from_config("p2", {"preset": "phikon-v2", "weights": str(weights),
                                           "kwargs": {"embed_dim": 128, "depth": 4, "num_heads": 4}})
     encoder = build_encoder(spec)
@@ -217,6 +219,23 @@ def test_a_transformers_layout_file_missing_a_projection_is_named(tmp_path):
                                          "kwargs": {"embed_dim": 64, "depth": 2, "num_heads": 2, "mlp_ratio": 2}})
     with pytest.raises(InputError, match=r"1 missing \(e.g. \['blocks.1.attn.qkv.weight'\]\)"):
         build_encoder(spec)
+
+
+def test_a_phikon_file_given_to_the_phikon_v2_preset_is_named_with_its_layout(tmp_path):
+    """The mismatch names the preset, lists only what is wrong, and says which layout the file is in."""
+    import transformers
+
+    config = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                                    image_size=224, patch_size=16)
+    transformers.ViTModel(config).save_pretrained(tmp_path / "phikon")
+    spec = EncoderSpec.from_config("p2", {"preset": "phikon-v2", "weights": str(tmp_path / "phikon/model.safetensors"),
+                                          "kwargs": {"embed_dim": 64, "depth": 2, "num_heads": 2, "mlp_ratio": 2}})
+    with pytest.raises(InputError) as err:
+        build_encoder(spec)
+    message = str(err.value)
+    assert "weights do not match preset phikon-v2 (architecture vit_large_patch16_224): 4 missing" in message
+    assert "ls1.gamma" in message and "unexpected" not in message and "wrong shape" not in message
+    assert message.endswith("the file is in transformers' ViTModel layout (Phikon's, as preset phikon reads it)")
 
 
 def test_the_config_schema_lists_every_preset():

@@ -273,7 +273,7 @@ def load_encoders(names, key):
             raise WorkflowError(str(err)) from None
         try:  # the job's own check, before any job: missing, a folder, a Git LFS pointer
             if spec.weights != "random":
-                require_weights(spec.weights, spec.arch)
+                require_weights(spec.weights, spec.described)
         except InputError as err:
             raise WorkflowError(f"config encoders.{name}.weights: {err.where} {err.problem}") from None
         specs[name] = spec

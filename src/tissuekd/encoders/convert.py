@@ -48,6 +48,15 @@ def is_transformers_vit(state: Mapping) -> bool:
     return any(_unprefixed(key) == PATCH for key in state)
 
 
+def transformers_layout(state: Mapping) -> str | None:
+    """"ViTModel" or "Dinov2Model" for a file in one of transformers' layouts (DINOv2's has layer
+    scales and a mask token), None for any other."""
+    if not is_transformers_vit(state):
+        return None
+    dinov2 = any(".layer_scale1." in key or key.endswith("embeddings.mask_token") for key in state)
+    return "Dinov2Model" if dinov2 else "ViTModel"
+
+
 def transformers_vit_to_timm(state: Mapping) -> dict:
     """timm names for a transformers ViTModel or Dinov2Model state dict (a `vit.` or `dinov2.`
     prefix, as a classification checkpoint has, is dropped; so are the classifier, the pooler and

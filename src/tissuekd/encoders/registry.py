@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tissuekd.encoders.convert import transformers_vit_to_timm
+from tissuekd.encoders.convert import transformers_layout, transformers_vit_to_timm
 from tissuekd.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,10 @@ def _hoptimus_kwargs() -> dict[str, Any]:
     return {"img_size": 224, "init_values": 1e-5, "num_classes": 0, "global_pool": "token", "dynamic_img_size": False}
 
 
+# what a file in a transformers layout is, for a mismatch's message (renamed keys are listed in timm's names)
+LAYOUT_HINT = {"ViTModel": "Phikon's, as preset phikon reads it",
+               "Dinov2Model": "Phikon-v2's, as preset phikon-v2 reads it"}
+
 HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)  # the model card's normalisation (H&E statistics)
 HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)
 
@@ -162,6 +166,11 @@ class EncoderSpec:
     preset: str | None = None
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
+
+    @property
+    def described(self) -> str:
+        """What errors call the model: the preset where there is one, and the timm architecture."""
+        return f"preset {self.preset} (architecture {self.arch})" if self.preset else f"architecture {self.arch}"
 
     @classmethod
     def from_config(cls, name: str, entry: dict, check_arch: bool = True,
@@ -295,11 +304,13 @@ def read_state(path: Path) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_weights(model: torch.nn.Module, path: str | Path, arch: str, state: dict | None = None) -> None:
+def load_weights(model: torch.nn.Module, path: str | Path, arch: str, state: dict | None = None,
+                 note: str = "") -> None:
     """Load a local state dict strictly; any missing, extra or mis-shaped tensor is an error.
     A model built on the meta device (no memory, no initialisation) takes the file's tensors
     as its own, in float32: the weights are held once, not beside a random copy. `state`: the
-    file's tensors when already read (`path` then only names it in errors)."""
+    file's tensors when already read (`path` then only names it in errors); `arch`: what the
+    model is, as errors name it; `note`: added to a mismatch's message (what the file looks like)."""
     path = require_weights(path, arch)
     state = read_state(path) if state is None else state
     expected = model.state_dict()
@@ -307,13 +318,10 @@ def load_weights(model: torch.nn.Module, path: str | Path, arch: str, state: dic
     unexpected = sorted(set(state) - set(expected))
     mis_shaped = [f"{k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}" for k in expected
                   if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or mis_shaped:
-        raise InputError(
-            path,
-            f"weights do not match architecture {arch}: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(mis_shaped)} with the wrong shape "
-            f"(e.g. {mis_shaped[:3]})",
-        )
+    found = [f"{len(keys)} {what} (e.g. {keys[:3]})" for what, keys in
+             (("missing", missing), ("unexpected", unexpected), ("with the wrong shape", mis_shaped)) if keys]
+    if found:
+        raise InputError(path, f"weights do not match {arch}: {', '.join(found)}{note}")
     on_meta = any(t.is_meta for t in expected.values())
     if on_meta:
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
@@ -328,16 +336,19 @@ def build_encoder(spec: EncoderSpec) -> torch.nn.Module:
     import torch
 
     if spec.weights != "random":
-        state = transformers_vit_to_timm(read_state(require_weights(spec.weights, spec.arch)))
+        state = read_state(require_weights(spec.weights, spec.described))
+        layout = transformers_layout(state)
+        note = f"; the file is in transformers' {layout} layout ({LAYOUT_HINT[layout]})" if layout else ""
+        state = transformers_vit_to_timm(state)
         with torch.device("meta"):
             model = create_model(spec)
-        load_weights(model, spec.weights, spec.arch, state)
+        load_weights(model, spec.weights, spec.described, state, note)
         if any(t.is_meta for t in model.buffers()):
             # a buffer computed at construction, not saved (e.g. Swin's relative position index):
             # build the model for real and copy the same tensors in (the file is read once)
             state = model.state_dict()
             model = create_model(spec)
-            load_weights(model, spec.weights, spec.arch, state)
+            load_weights(model, spec.weights, spec.described, state)
     else:
         model = create_model(spec)
     model.eval()

@@ -221,6 +221,27 @@ def test_a_transformers_layout_file_missing_a_projection_is_named(tmp_path):
         build_encoder(spec)
 
 
+def test_a_dinov2_file_saved_for_another_image_size_embeds_as_transformers_does_at_224(tmp_path):
+    """A config's image_size of 518 (Meta's DINOv2 configs) stores a 32 x 32 position grid at patch
+    16; transformers resamples it to 14 x 14 at every 224-px call, the preset once on reading."""
+    import transformers
+
+    config = transformers.Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=518,
+                                       patch_size=16, layerscale_value=0.5)
+    torch.manual_seed(0)
+    reference = transformers.Dinov2Model(config).eval()
+    with torch.no_grad():
+        reference.embeddings.position_embeddings.normal_()  # a grid with structure to resample
+    reference.save_pretrained(tmp_path / "d518")
+    spec = EncoderSpec.from_config("p2", {"preset": "phikon-v2", "weights": str(tmp_path / "d518/model.safetensors"),
+                                          "kwargs": {"embed_dim": 64, "depth": 2, "num_heads": 2}})
+    encoder = build_encoder(spec)
+    assert encoder.pos_embed.shape == (1, 197, 64)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(x), reference(pixel_values=x).last_hidden_state[:, 0], rtol=1e-4, atol=1e-4)
+
+
 def test_a_phikon_file_given_to_the_phikon_v2_preset_is_named_with_its_layout(tmp_path):
     """The mismatch names the preset, lists only what is wrong, and says which layout the file is in."""
     import transformers

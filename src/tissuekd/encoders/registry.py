@@ -328,6 +328,28 @@ def load_weights(model: torch.nn.Module, path: str | Path, arch: str, state: dic
     model.load_state_dict(state, strict=True, assign=on_meta)
 
 
+def fit_position_grid(state: dict, model: torch.nn.Module, path: str) -> dict:
+    """A ViT file whose position embeddings are on another square grid (saved for another image
+    size, e.g. a transformers config's 518 px) resampled once to the model's grid, as transformers'
+    ViT and DINOv2 models do at every call (bicubic, no antialiasing): the same embedding at the
+    model's input size. Anything else that differs is left for the strict load to name."""
+    pos, grid = state.get("pos_embed"), getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    expected = model.state_dict().get("pos_embed")
+    if pos is None or expected is None or grid is None or pos.shape == expected.shape:
+        return state
+    prefix = expected.shape[1] - grid[0] * grid[1]  # the class (and register) tokens' rows
+    side = round((pos.shape[1] - prefix) ** 0.5)
+    if pos.ndim != 3 or pos.shape[2] != expected.shape[2] or prefix < 0 or side * side != pos.shape[1] - prefix:
+        return state
+    from timm.layers import resample_abs_pos_embed
+
+    log.warning("%s: position embeddings on a %d x %d grid, resampled to the model's %d x %d", path, side, side,
+                *grid)
+    resampled = resample_abs_pos_embed(pos.float(), new_size=list(grid), old_size=[side, side],
+                                       num_prefix_tokens=prefix, antialias=False)
+    return {**state, "pos_embed": resampled.to(pos.dtype)}
+
+
 def build_encoder(spec: EncoderSpec) -> torch.nn.Module:
     """A frozen encoder in eval mode, weights loaded as the spec says (a missing weights file is
     named before the model is built). With a weights file the model is built on the meta device
@@ -342,6 +364,7 @@ def build_encoder(spec: EncoderSpec) -> torch.nn.Module:
         state = transformers_vit_to_timm(state)
         with torch.device("meta"):
             model = create_model(spec)
+        state = fit_position_grid(state, model, spec.weights)
         load_weights(model, spec.weights, spec.described, state, note)
         if any(t.is_meta for t in model.buffers()):
             # a buffer computed at construction, not saved (e.g. Swin's relative position index):

@@ -260,15 +260,15 @@ def _cls_and_mean_patch(model, tokens: torch.Tensor, pre_logits: bool = False) -
 LFS_POINTER = b"version https://git-lfs"  # what a hub clone without git-lfs leaves in place of the weights
 
 
-def require_weights(path: str | Path, arch: str) -> Path:
+def require_weights(path: str | Path, model_name: str) -> Path:
     """The weights file, checked before anything is built (by the workflow at plan time too):
     it exists, is a file, and is not a Git LFS pointer."""
     path = Path(path)
     if path.is_dir():
         raise InputError(path, f"is a folder: name the weights file in it (e.g. pytorch_model.bin or "
-                               f"model.safetensors) for {arch}")
+                               f"model.safetensors) for {model_name}")
     if not path.is_file():
-        raise InputError(path, f"does not exist (the encoder weights for {arch})")
+        raise InputError(path, f"does not exist (the encoder weights for {model_name})")
     with path.open("rb") as fh:
         if fh.read(len(LFS_POINTER)) == LFS_POINTER:
             raise InputError(path, "is a Git LFS pointer, not the weights: fetch them (git lfs pull, or hf download)")
@@ -304,14 +304,15 @@ def read_state(path: Path) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_weights(model: torch.nn.Module, path: str | Path, arch: str, state: dict | None = None,
+def load_weights(model: torch.nn.Module, path: str | Path, model_name: str, state: dict | None = None,
                  note: str = "") -> None:
     """Load a local state dict strictly; any missing, extra or mis-shaped tensor is an error.
     A model built on the meta device (no memory, no initialisation) takes the file's tensors
     as its own, in float32: the weights are held once, not beside a random copy. `state`: the
-    file's tensors when already read (`path` then only names it in errors); `arch`: what the
-    model is, as errors name it; `note`: added to a mismatch's message (what the file looks like)."""
-    path = require_weights(path, arch)
+    file's tensors when already read (`path` then only names it in errors); `model_name`: what
+    the model is, as errors name it (EncoderSpec.described); `note`: added to a mismatch's
+    message (what the file looks like)."""
+    path = require_weights(path, model_name)
     state = read_state(path) if state is None else state
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -321,7 +322,7 @@ def load_weights(model: torch.nn.Module, path: str | Path, arch: str, state: dic
     found = [f"{len(keys)} {what} (e.g. {keys[:3]})" for what, keys in
              (("missing", missing), ("unexpected", unexpected), ("with the wrong shape", mis_shaped)) if keys]
     if found:
-        raise InputError(path, f"weights do not match {arch}: {', '.join(found)}{note}")
+        raise InputError(path, f"weights do not match {model_name}: {', '.join(found)}{note}")
     on_meta = any(t.is_meta for t in expected.values())
     if on_meta:
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import warnings
 
 import anndata as ad
 import h5py
@@ -23,7 +24,7 @@ from tissuekd.demo.expression import make_sample, make_spaceranger_sample
 from tissuekd.encoders.registry import EncoderSpec
 from tissuekd.errors import InputError
 from tissuekd.expression import steps
-from tissuekd.expression.evaluate import gene_gene_agreement, pearson_per_gene
+from tissuekd.expression.evaluate import dataset_table, gene_gene_agreement, pearson_per_gene
 from tissuekd.expression.losses import contrastive_loss, reconstruction_loss
 from tissuekd.expression.models import CMRCNet
 from tissuekd.expression.retrieval import distinct_neighbourhoods, topk_cosine
@@ -122,6 +123,28 @@ def test_pearson_per_gene_equals_scipy_and_is_nan_for_a_constant_gene():
         assert r[j] == pytest.approx(scipy.stats.pearsonr(true[:, j], pred[:, j]).statistic, abs=1e-12)
     assert np.isnan(r[4])
     assert gene_gene_agreement(true, true) == pytest.approx(1.0)
+
+
+def test_the_dataset_table_is_mean_and_sd_over_folds_of_each_way_of_scoring():
+    # folds, methods and lists in an order that leaves the pooled index unsorted (pandas then
+    # warned "indexing past lexsort depth" at every lookup)
+    rows = []
+    for fold, shift in (("P2", 0.2), ("P1", 0.0)):
+        for method in ("ridge", "cmrcnet"):
+            for gene_list in ("HVG", "HEG"):
+                base = 0.5 if method == "cmrcnet" else 0.3
+                rows += [{"method": method, "gene_list": gene_list, "fold": fold, "scope": scope,
+                          "pcc_mean": base + shift + offset, "gene_gene_r": 0.1}
+                         for scope, offset in (("pooled", 0.05), (f"{fold}_a", 0.0), (f"{fold}_b", 0.02))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = dataset_table(pd.DataFrame(rows)).set_index(["method", "gene_list"])
+    row = table.loc[("cmrcnet", "HVG")]
+    assert row["n_folds"] == 2
+    assert row["pcc_per_sample_mean"] == pytest.approx(np.mean([0.51, 0.71]))
+    assert row["pcc_per_sample_sd"] == pytest.approx(np.std([0.51, 0.71], ddof=1))
+    assert row["pcc_pooled_mean"] == pytest.approx(np.mean([0.55, 0.75]))
+    assert table.loc[("ridge", "HEG"), "pcc_pooled_mean"] == pytest.approx(np.mean([0.35, 0.55]))
 
 
 def test_chunked_top_k_equals_brute_force():

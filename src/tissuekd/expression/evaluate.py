@@ -71,7 +71,7 @@ def dataset_table(summaries: pd.DataFrame) -> pd.DataFrame:
     (CMRCNet's way) and on the pooled test split (the HEST benchmark's way), and of gene-gene r."""
     per_sample = (summaries[summaries["scope"] != "pooled"]
                   .groupby(["method", "gene_list", "fold"])[["pcc_mean", "gene_gene_r"]].mean())
-    pooled = summaries[summaries["scope"] == "pooled"].set_index(["method", "gene_list", "fold"])
+    pooled = summaries[summaries["scope"] == "pooled"].set_index(["method", "gene_list", "fold"]).sort_index()
     rows = []
     for (method, gene_list), part in per_sample.groupby(level=[0, 1]):
         pool = pooled.loc[(method, gene_list)]

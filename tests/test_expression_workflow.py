@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import make_workdir, planned_jobs, runtime_table, snakemake, uncounted_jobs
+from conftest import REPO, make_workdir, planned_jobs, runtime_table, snakemake, uncounted_jobs
 
 pytestmark = pytest.mark.workflow
 METHODS = {"cmrcnet", "contrastive", "ridge", "knn", "random"}
@@ -110,6 +110,48 @@ def test_fine_tuning_runs_through_the_workflow_on_the_patches_of_each_sample(tmp
         "COAD_P1.h5", "COAD_P2.h5"]
     log = (workdir / "results/logs/expression/train/demo-mobilenet/COAD/COAD-P1/cmrcnet.log").read_text()
     assert "fine-tuning the last 1 blocks of demo-mobilenet on the CPU" in log
+
+
+def test_ctrl_c_stops_a_features_job_running_inside_snakemake(tmp_path):
+    """expression_features runs in Snakemake's own threads (a `run:` rule): Ctrl-C used to stop
+    the run only once the job had encoded every spot (tissuekd.logs.stop_steps_on_ctrl_c). Its
+    sample has ~2,800 spots (a demo sample's eight times over), which takes far longer to encode
+    than the interrupt to act; nothing of the job is left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import anndata as ad
+
+    from tissuekd.demo.expression import make_sample
+
+    workdir = make_workdir(tmp_path, studies=("expression",))
+    hest, samples = tmp_path / "hest", ("MANY_P1", "MANY_P2")
+    for sample in samples:
+        make_sample(hest, sample, "COAD", sample.replace("_", "-"), seed=0)
+    one = ad.read_h5ad(hest / "st/MANY_P1.h5ad")
+    many = ad.concat({str(copy): one for copy in range(8)}, index_unique="-")  # barcodes <barcode>-<copy>
+    many.write_h5ad(hest / "st/MANY_P1.h5ad")
+    pd.DataFrame([{"sample": s, "dataset": "MANY", "patient": s.replace("_", "-"), "format": "hest",
+                   "st": hest / f"st/{s}.h5ad", "image": hest / f"wsis/{s}.tif",
+                   "metadata": hest / f"metadata/{s}.json"} for s in samples]
+                 ).to_csv(workdir / "config/expression_samples.tsv", sep="\t", index=False)
+    features = Path("results/expression/features/demo-mobilenet")
+    log = workdir / "results/logs/expression/features/demo-mobilenet/MANY_P1.log"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow/Snakefile"), "--workflow-profile",
+         str(REPO / "profiles/default"), "--cores", "2", str(features / "MANY_P1.h5")],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's Ctrl-C finds it
+    while run.poll() is None and not (log.exists() and "patches for" in log.read_text()):
+        time.sleep(0.2)
+    assert run.poll() is None, run.communicate()[0][-3000:]
+    run.send_signal(signal.SIGINT)
+    out = run.communicate(timeout=600)[0]
+    assert run.returncode != 0, out[-3000:]
+    assert "stopped by Ctrl-C" in log.read_text(), log.read_text()
+    assert list(workdir.glob(f"{features}/*")) == []  # no features file, no partial one
 
 
 def test_a_dataset_with_one_patient_stops_before_any_job(tmp_path):

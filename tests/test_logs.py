@@ -74,3 +74,76 @@ def test_in_process_steps_use_one_blas_thread(tmp_path):
     run_in_process(str(tmp_path / "a.log"), lambda: seen.extend(
         pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"))
     assert seen and set(seen) == {1}
+
+
+@pytest.fixture
+def ctrl_c():
+    """stop_steps_on_ctrl_c installed for the test, pytest's SIGINT handler back after it."""
+    import signal
+
+    from tissuekd.logs import stop_steps_on_ctrl_c
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_steps_on_ctrl_c()
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_the_running_in_process_steps_and_leaves_no_output(tmp_path, ctrl_c):
+    """A `run:` job is a thread of Snakemake's process, which Snakemake's KeyboardInterrupt
+    does not reach: SIGINT stops it at its next batch, one waiting for the exclusive lock too,
+    and nothing it was writing appears."""
+    import signal
+    import threading
+
+    from tissuekd.io.atomic import atomic_path
+    from tissuekd.logs import StepStopped
+
+    started, batches, ended = threading.Event(), [], {}
+
+    def step(out):
+        with atomic_path(out) as tmp:
+            tmp.write_text("first rows")
+            for i in range(6000):  # 60 s unless stopped
+                started.set()
+                batches.append(i)
+                threading.Event().wait(0.01)  # a batch's work
+        raise AssertionError("ran to its end")
+
+    def job(name):
+        try:
+            run_in_process(str(tmp_path / f"{name}.log"), lambda: step(tmp_path / f"{name}.h5"), exclusive=True)
+        except BaseException as err:  # noqa: BLE001 - what stopped it is the result
+            ended[name] = type(err)
+
+    threads = [threading.Thread(target=job, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    assert started.wait(30)
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)  # Snakemake's main thread gets its KeyboardInterrupt as before
+    for t in threads:
+        t.join(30)
+    assert ended == {"a": StepStopped, "b": StepStopped}, ended
+    assert len(batches) < 1000
+    assert list(tmp_path.glob("*.h5")) == [] and list(tmp_path.glob(".*partial*")) == []
+    assert "stopped by Ctrl-C" in (tmp_path / "a.log").read_text()
+    run_in_process(str(tmp_path / "c.log"), lambda: None)  # later steps run, nothing left pending
+
+
+def test_an_ignored_ctrl_c_stays_ignored_and_the_handler_is_installed_once():
+    import signal
+
+    from tissuekd.logs import stop_steps_on_ctrl_c
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        stop_steps_on_ctrl_c()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        stop_steps_on_ctrl_c()
+        installed = signal.getsignal(signal.SIGINT)
+        stop_steps_on_ctrl_c()
+        assert signal.getsignal(signal.SIGINT) is installed and installed is not signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)

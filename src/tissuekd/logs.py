@@ -4,8 +4,10 @@ rule's log file, and an InputError also reaches the console as one clear line.""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import logging
+import signal
 import sys
 import threading
 import traceback
@@ -40,6 +42,8 @@ def run_logged(log_path: str | None, step: Callable[[], object]) -> None:
             stream.close()
 
 
+_STEPS: set[int] = set()  # the threads running an in-process step now
+_STEPS_LOCK = threading.Lock()
 _EXCLUSIVE = threading.Lock()  # in-process steps that set process-wide state (torch threads, encoder cache)
 _LEVEL = threading.Lock()
 _running, _saved_level = 0, logging.NOTSET  # in-process steps now running; the level before the first
@@ -82,11 +86,11 @@ def run_in_process(log_path: str, step: Callable[[], object], *, exclusive: bool
     Snakemake's threads; the `tissuekd` loggers of this thread write to `log_path`.
     `exclusive` steps (torch: its thread count and the encoder cache are the whole
     process's) run one at a time. An error is logged there and raised, so Snakemake names
-    the rule and wildcards."""
+    the rule and wildcards; Ctrl-C stops the step (`stop_steps_on_ctrl_c`)."""
     logger = logging.getLogger("tissuekd")
     _one_blas_thread()
     lock = _EXCLUSIVE if exclusive else contextlib.nullcontext()
-    with lock, open(log_path, "a", buffering=1) as stream, _info_level(logger):
+    with _stoppable(), lock, open(log_path, "a", buffering=1) as stream, _info_level(logger):
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.addFilter(_ThisThread())
@@ -96,11 +100,66 @@ def run_in_process(log_path: str, step: Callable[[], object], *, exclusive: bool
         except InputError as err:
             print(f"tissuekd: bad input: {err}", file=stream)
             raise RuntimeError(f"tissuekd: bad input: {err}") from None
+        except StepStopped:
+            print("tissuekd: stopped by Ctrl-C; no output of this job was written", file=stream)
+            raise
         except Exception:
             traceback.print_exc(file=stream)
             raise
         finally:
             logger.removeHandler(handler)
+
+
+class StepStopped(KeyboardInterrupt):
+    """Raised inside a running in-process step when the run is stopped with Ctrl-C."""
+
+
+def stop_steps_on_ctrl_c() -> None:
+    """Make Ctrl-C stop the in-process steps too. Snakemake turns SIGINT into KeyboardInterrupt
+    in its main thread and then waits for the running jobs; a `run:` job is one of its threads,
+    which nothing interrupted, so a features job on a real slide ran on to its end (minutes to
+    hours) before the run stopped. Here SIGINT first raises StepStopped in each running step's
+    thread (CPython's PyThreadState_SetAsyncExc: at the thread's next Python instruction, i.e.
+    once the current batch's C call returns), then does what it did before. The step's outputs,
+    written through `io.atomic.atomic_path`, are never moved into place. Called from the
+    Snakefile, in the main thread; a SIGINT that is ignored (nohup, a background job) stays so."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN or getattr(previous, "stops_steps", False):
+        return
+
+    def on_ctrl_c(signum, frame):
+        with _STEPS_LOCK:
+            for ident in _STEPS:
+                _raise_in_thread(ident, StepStopped)
+        if callable(previous):
+            previous(signum, frame)
+        else:  # SIG_DFL, or a handler set outside Python
+            raise KeyboardInterrupt
+
+    on_ctrl_c.stops_steps = True
+    signal.signal(signal.SIGINT, on_ctrl_c)
+
+
+def _raise_in_thread(ident: int, exc: type[BaseException] | None) -> None:
+    """Raise `exc` in thread `ident` at its next Python instruction; None clears one pending."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc) if exc else None)
+
+
+@contextlib.contextmanager
+def _stoppable():
+    """Register this thread as running a step while the block runs (a step waiting for the
+    exclusive lock too: it stops on getting it)."""
+    ident = threading.get_ident()
+    with _STEPS_LOCK:
+        _STEPS.add(ident)
+    try:
+        yield
+    finally:
+        with _STEPS_LOCK:
+            _STEPS.discard(ident)
+            _raise_in_thread(ident, None)  # one raised as the step ended must not reach Snakemake's code
 
 
 @functools.cache

@@ -9,7 +9,7 @@ import yaml
 from conftest import REPO
 from safetensors.torch import load_file, save_file
 
-from tissuekd.encoders.registry import EncoderSpec, build_encoder, create_model
+from tissuekd.encoders.registry import EncoderSpec, build_encoder, cached_encoder, create_model
 from tissuekd.errors import InputError
 
 SMALL = {"model": "mobilenetv3_small_050", "mpp": 0.5}
@@ -18,6 +18,20 @@ SMALL = {"model": "mobilenetv3_small_050", "mpp": 0.5}
 def _reference_weights(seed: int = 42) -> dict:
     spec = EncoderSpec.from_config("ref", {**SMALL, "weights": "random", "seed": seed})
     return {k: v.contiguous() for k, v in create_model(spec).state_dict().items()}
+
+
+def test_the_process_keeps_only_the_last_encoder_built_for_in_process_jobs():
+    """Jobs inside Snakemake's process reuse the encoder of the job before if it is the same
+    spec; another spec's replaces it, so that process (whose memory no job asks for) holds one."""
+    from tissuekd.encoders import registry
+
+    first = EncoderSpec.from_config("a", {**SMALL, "weights": "random", "seed": 0})
+    other = EncoderSpec.from_config("b", {**SMALL, "weights": "random", "seed": 1})
+    model = cached_encoder(first)
+    assert cached_encoder(first) is model
+    assert cached_encoder(other) is not model
+    assert list(registry._BUILT.values()) == [cached_encoder(other)]
+    assert cached_encoder(first) is not model  # built again
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])

@@ -381,13 +381,17 @@ def build_encoder(spec: EncoderSpec) -> torch.nn.Module:
     return model
 
 
-_BUILT: dict[str, torch.nn.Module] = {}
+_BUILT: dict[str, torch.nn.Module] = {}  # at most one: the last spec's
 
 
 def cached_encoder(spec: EncoderSpec) -> torch.nn.Module:
-    """`build_encoder`, once per spec in this process (frozen models are shared read-only): for
-    jobs that run inside one long-lived process (tissuekd.logs.run_in_process)."""
+    """`build_encoder`, kept for the next job of the same spec in this process (frozen models are
+    shared read-only): for jobs that run inside one long-lived process, one torch step at a time
+    (tissuekd.logs.run_in_process). Only the last spec's model is kept: Snakemake's own process,
+    whose memory no job's `mem_mb` covers, holds at most one encoder between jobs (a ViT-L's
+    weights are 1.2 GB) however many studies and encoders the run has."""
     key = repr(spec)
     if key not in _BUILT:
+        _BUILT.clear()
         _BUILT[key] = build_encoder(spec)
     return _BUILT[key]

@@ -77,6 +77,17 @@ def test_feature_file_layout(ingested, demo_slide, tmp_path):
         assert np.allclose(h5["features"][:], features[[5, 700, 1400]], atol=0.05 * np.abs(features).max())
 
 
+def test_features_without_a_bar_log_how_far_they_are(ingested, demo_slide, tmp_path, caplog):
+    """Jobs inside Snakemake's process show no bar (their stderr is the console): a features
+    job of hours said nothing between its first line and its end."""
+    with caplog.at_level("INFO", logger="tissuekd.encoders.extract"):
+        extract_cell_features(str(ingested["cells"]), str(ingested["slide"]), str(he_image(demo_slide)), SPEC,
+                              str(tmp_path / "features.h5"), batch_size=50, progress=False)
+    n = len(pd.read_parquet(ingested["cells"]))
+    lines = [r.getMessage() for r in caplog.records if ": features: " in r.getMessage()]
+    assert len(lines) == 10 and lines[-1] == f"features.h5: features: {n} of {n} (100%)", lines
+
+
 def test_failed_extraction_leaves_no_file(ingested, demo_slide, tmp_path, monkeypatch):
     import tissuekd.encoders.extract as extract
 

@@ -173,8 +173,9 @@ def _one_blas_thread() -> None:
     threadpool_limits(1, user_api="blas")
 
 
-def log_progress(logger: logging.Logger, what: str, done: int, total: int, share: float = 0.1) -> None:
-    """Log "`what`: done of total" each time `done` (1-based) passes another `share` of `total`:
-    about ten lines for a long loop, whatever its length."""
-    if total > 0 and (done == total or int(done / total / share) > int((done - 1) / total / share)):
+def log_progress(logger: logging.Logger, what: str, done: int, total: int, share: float = 0.1, step: int = 1
+                 ) -> None:
+    """Log "`what`: done of total" each time `done` (1-based; `step` more than at the last call)
+    passes another `share` of `total`: about ten lines for a long loop, whatever its length."""
+    if total > 0 and (done == total or int(done / total / share) > int((done - step) / total / share)):
         logger.info("%s: %d of %d (%.0f%%)", what, done, total, 100 * done / total)

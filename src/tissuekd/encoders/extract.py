@@ -15,6 +15,7 @@ from tqdm import tqdm
 from tissuekd.compute import Compute
 from tissuekd.encoders.registry import EncoderSpec
 from tissuekd.io.atomic import atomic_path
+from tissuekd.logs import log_progress
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ def write_features(
     attrs : dict
         Attributes of `coords`.
     progress : bool, default True
-        Show a progress bar.
+        Show a progress bar; without it (jobs inside Snakemake's process, whose stderr is the
+        console), about ten log lines say how far it is.
     extra : dict of str to np.ndarray, or None
         More datasets of n rows, e.g. `cell_id`.
 
@@ -109,6 +111,8 @@ def write_features(
                 feats[idx] = rows  # idx is increasing within a batch
                 written[idx] = True
                 bar.update(len(idx))
+                if not progress:
+                    log_progress(log, f"{out.name}: features", int(written.sum()), n, step=len(idx))
         if not written.all():
             raise RuntimeError(f"{(~written).sum()} of {n} crops got no features")
         h5["coords"].attrs.update(attrs)

@@ -113,12 +113,13 @@ def he_alignment(slide_dir: Path) -> Path:
     return slide_dir / f"{slide_dir.name}_he_imagealignment.csv"
 
 
-def snakemake(*args: str, cwd: Path, check: bool = True, entry: tuple[str, ...] = ("-m", "snakemake")
-              ) -> subprocess.CompletedProcess:
-    """Run the real Snakemake CLI (`python <entry>`) on this repository's workflow from `cwd`."""
+def snakemake(*args: str, cwd: Path, check: bool = True, entry: tuple[str, ...] = ("-m", "snakemake"),
+              timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run the real Snakemake CLI (`python <entry>`) on this repository's workflow from `cwd`
+    (`timeout`: seconds before it counts as hanging)."""
     cmd = [sys.executable, *entry, "--snakefile", str(REPO / "workflow" / "Snakefile"),
            "--workflow-profile", str(REPO / "profiles" / "default"), *args]
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result

@@ -86,6 +86,26 @@ def test_a_run_from_another_directory_finds_the_workflow_profile(tmp_path):
     assert (REPO / "workflow" / "profiles" / "default").resolve() == (REPO / "profiles" / "default").resolve()
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_run_ends_when_its_jobs_do_not_when_snakemakes_last_timer_would(tmp_path, fails):
+    """Snakemake re-selects waiting jobs on non-daemon timers of the profile's rate-limit
+    timespan, and its process waited for the last one after the run (up to 10 s with the
+    shipped 1000/10s). With a timespan of 20 minutes, a run of a demo job, or one whose job
+    fails, must still end at once: the timers are cancelled when the run is over."""
+    workdir = make_workdir(tmp_path, studies=("expression",))
+    sheet = pd.read_csv(workdir / "config/expression_samples.tsv", sep="\t")
+    sheet = sheet[sheet["format"] != "xenium"]
+    if fails:
+        (tmp_path / "COAD_P1.h5ad").write_bytes(b"not an h5ad")
+        sheet.loc[sheet["sample"] == "COAD_P1", "st"] = str(tmp_path / "COAD_P1.h5ad")
+    sheet.to_csv(workdir / "config/expression_samples.tsv", sep="\t", index=False)
+    target = "results/expression/samples/COAD_P1/sample.json" if fails else "data/demo/expression/hest/st/COAD_P1.h5ad"
+    run = snakemake("--cores", "1", "--max-jobs-per-timespan", "1000/1200s", target, cwd=workdir, check=False,
+                    timeout=300)  # the run takes 15-40 s; waiting for the timer, 20 min
+    assert (run.returncode != 0) == fails, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "Execute 1 jobs" in run.stdout + run.stderr  # a job ran, so a timer was started
+
+
 def test_command_line_values_nested_in_a_dict_get_the_schemas_types():
     """snakemake --config "segmentation={'enabled': True, 'seeds': [0, 1]}" hands nested values
     over as strings; the Snakefile types them from the schema (the dry run below uses it)."""

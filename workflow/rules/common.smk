@@ -5,6 +5,7 @@ import hashlib
 import io
 import os
 import re
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -46,6 +47,18 @@ def in_process_benchmarks():
         for r in workflow.rules
         if r.is_run and r.benchmark
     )
+
+
+def cancel_reevaluation_timers():
+    """Snakemake re-selects waiting jobs on a timer of the rate limiter's timespan (the profiles'
+    `max-jobs-per-timespan`: 10 s), started after each round and not a daemon thread, so every
+    run's process waited for the last one after its final line (up to 10 s; a test run's 4-5 s
+    in 14). Cancelled once the run is over (onsuccess, onerror), when no job waits any more
+    (matched by the function's name, which Snakemake 9 spells `_schedule_reevalutation`)."""
+    for thread in threading.enumerate():
+        function = getattr(thread, "function", None)
+        if isinstance(thread, threading.Timer) and "_schedule_reevalu" in getattr(function, "__qualname__", ""):
+            thread.cancel()
 
 
 # --sdm conda: envs/*.post-deploy.sh install this checkout into each env (pip install --no-deps -e);

@@ -113,12 +113,16 @@ def he_alignment(slide_dir: Path) -> Path:
     return slide_dir / f"{slide_dir.name}_he_imagealignment.csv"
 
 
+def snakemake_command(*args: str, entry: tuple[str, ...] = ("-m", "snakemake")) -> list[str]:
+    """The real Snakemake CLI (`python <entry>`) on this repository's workflow and profile."""
+    return [sys.executable, *entry, "--snakefile", str(REPO / "workflow" / "Snakefile"),
+            "--workflow-profile", str(REPO / "profiles" / "default"), *args]
+
+
 def snakemake(*args: str, cwd: Path, check: bool = True, entry: tuple[str, ...] = ("-m", "snakemake"),
               timeout: float | None = None) -> subprocess.CompletedProcess:
-    """Run the real Snakemake CLI (`python <entry>`) on this repository's workflow from `cwd`
-    (`timeout`: seconds before it counts as hanging)."""
-    cmd = [sys.executable, *entry, "--snakefile", str(REPO / "workflow" / "Snakefile"),
-           "--workflow-profile", str(REPO / "profiles" / "default"), *args]
+    """Run `snakemake_command(*args)` from `cwd` (`timeout`: seconds before it counts as hanging)."""
+    cmd = snakemake_command(*args, entry=entry)
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")

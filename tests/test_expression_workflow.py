@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, make_workdir, planned_jobs, runtime_table, snakemake, uncounted_jobs
+from conftest import make_workdir, planned_jobs, runtime_table, snakemake, snakemake_command, uncounted_jobs
 
 pytestmark = pytest.mark.workflow
 METHODS = {"cmrcnet", "contrastive", "ridge", "knn", "random"}
@@ -119,7 +119,6 @@ def test_ctrl_c_stops_a_features_job_running_inside_snakemake(tmp_path):
     than the interrupt to act; nothing of the job is left."""
     import signal
     import subprocess
-    import sys
     import time
 
     import anndata as ad
@@ -139,12 +138,13 @@ def test_ctrl_c_stops_a_features_job_running_inside_snakemake(tmp_path):
                  ).to_csv(workdir / "config/expression_samples.tsv", sep="\t", index=False)
     features = Path("results/expression/features/demo-mobilenet")
     log = workdir / "results/logs/expression/features/demo-mobilenet/MANY_P1.log"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow/Snakefile"), "--workflow-profile",
-         str(REPO / "profiles/default"), "--cores", "2", str(features / "MANY_P1.h5")],
-        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's Ctrl-C finds it
+    # SIGINT as a terminal's Ctrl-C finds it (a background shell may have left it ignored)
+    run = subprocess.Popen(snakemake_command("--cores", "2", str(features / "MANY_P1.h5")), cwd=workdir,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 600
     while run.poll() is None and not (log.exists() and "patches for" in log.read_text()):
+        assert time.monotonic() < deadline, "the features job never started"
         time.sleep(0.2)
     assert run.poll() is None, run.communicate()[0][-3000:]
     run.send_signal(signal.SIGINT)

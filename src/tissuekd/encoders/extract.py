@@ -101,7 +101,7 @@ def write_features(
                 h5.create_dataset(name, data=values.astype(object), dtype=h5py.string_dtype())
             else:
                 h5.create_dataset(name, data=values)
-        written = np.zeros(n, dtype=bool)
+        written, done = np.zeros(n, dtype=bool), 0
         with tqdm(total=n, desc="features", unit="crop", disable=not progress, mininterval=5) as bar:
             for idx, crops in batches:
                 rows = encoder(crops).numpy()
@@ -111,8 +111,9 @@ def write_features(
                 feats[idx] = rows  # idx is increasing within a batch
                 written[idx] = True
                 bar.update(len(idx))
+                done += len(idx)
                 if not progress:
-                    log_progress(log, f"{out.name}: features", int(written.sum()), n, step=len(idx))
+                    log_progress(log, f"{out.name}: features", done, n, step=len(idx))
         if not written.all():
             raise RuntimeError(f"{(~written).sum()} of {n} crops got no features")
         h5["coords"].attrs.update(attrs)

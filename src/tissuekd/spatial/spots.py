@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import sparse
-from scipy.spatial import cKDTree
 
 
 def hex_grid(xmin: float, ymin: float, xmax: float, ymax: float, spacing: float
@@ -25,6 +24,8 @@ def hex_grid(xmin: float, ymin: float, xmax: float, ymax: float, spacing: float
 def assign_to_spots(cells: np.ndarray, spots: np.ndarray, radius: float) -> np.ndarray:
     """Each cell's spot (the nearest centre within `radius`), or -1 outside every spot. One
     nearest-neighbour query per cell (KD-tree on the spots): memory follows the cells."""
+    from scipy.spatial import cKDTree  # here: the workflow's planning imports this module
+
     dist, nearest = cKDTree(spots).query(cells, distance_upper_bound=radius)
     return np.where(np.isfinite(dist), nearest, -1)
 

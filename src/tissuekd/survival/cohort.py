@@ -23,7 +23,6 @@ from typing import NamedTuple
 import h5py
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
 
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
@@ -578,6 +577,8 @@ def assign_folds(events: np.ndarray, folds: int, seed: int) -> np.ndarray:
         raise InputError("cohort", f"{len(events)} usable patients ({events.sum()} events, "
                                    f"{len(events) - events.sum()} censored) are too few for {folds}-fold "
                                    f"cross-validation, which needs at least {folds} of each")
+    from sklearn.model_selection import StratifiedKFold  # here: the workflow's planning imports this module
+
     fold = np.empty(len(events), dtype=int)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (_, test) in enumerate(splitter.split(np.zeros(len(events)), events)):

@@ -120,10 +120,12 @@ def snakemake_command(*args: str, entry: tuple[str, ...] = ("-m", "snakemake")) 
 
 
 def snakemake(*args: str, cwd: Path, check: bool = True, entry: tuple[str, ...] = ("-m", "snakemake"),
-              timeout: float | None = None) -> subprocess.CompletedProcess:
-    """Run `snakemake_command(*args)` from `cwd` (`timeout`: seconds before it counts as hanging)."""
+              timeout: float | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `snakemake_command(*args)` from `cwd` (`timeout`: seconds before it counts as hanging;
+    `env`: variables set on top of this process's)."""
     cmd = snakemake_command(*args, entry=entry)
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, **env} if env else None)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result

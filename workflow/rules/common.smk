@@ -14,7 +14,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.io import regex_from_filepattern
 
-from tissuekd.encoders.registry import EncoderSpec, require_weights
+from tissuekd.encoders.registry import EncoderSpec, require_weights, timm_names_cache
 from tissuekd.errors import InputError
 from tissuekd.io.wsi import require_slide_format
 from tissuekd.io.xenium import CLUSTERS, MATRIX, MEX, clusters_path, matrix_files
@@ -267,7 +267,7 @@ def check_bundle(bundle, where):
             raise WorkflowError(f"{where}: the Xenium bundle {bundle} has no {' or '.join(names)}{hint}")
 
 
-TIMM_NAMES = ".snakemake/tissuekd/timm_models.txt"  # names timm knew, per version: dry runs skip the import
+TIMM_NAMES = timm_names_cache()  # names timm knew, per version: dry runs skip the import
 
 
 def load_encoders(names, key):

@@ -8,6 +8,7 @@ weights (the demo). Nothing here downloads anything.
 from __future__ import annotations
 
 import logging
+import os
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -212,6 +213,16 @@ class EncoderSpec:
         )
 
 
+def timm_names_cache() -> Path | None:
+    """The user's file of names timm knew (`$XDG_CACHE_HOME/tissuekd`, else `~/.cache/tissuekd`):
+    one per user, not per working directory, so a project's first dry run skips the import too."""
+    try:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except RuntimeError:  # no home directory to be found: no cache, same answers
+        return None
+    return root / "tissuekd" / "timm_models.txt"
+
+
 def _is_timm_model(arch: str, cache: str | Path | None = None) -> bool:
     """Whether timm knows `arch`; names found are added to `cache` (keyed by timm's version), so
     the next check of the same name does not import timm and torch (~4 s)."""
@@ -219,8 +230,11 @@ def _is_timm_model(arch: str, cache: str | Path | None = None) -> bool:
 
     key = f"timm {version('timm')} {arch}"
     cache = Path(cache) if cache else None
-    if cache and cache.is_file() and key in cache.read_text().splitlines():
-        return True
+    try:
+        if cache and cache.is_file() and key in cache.read_text().splitlines():
+            return True
+    except OSError:  # a cache we may not read: ask timm
+        pass
     import timm
 
     known = timm.is_model(arch) or bool(timm.list_models(arch))
@@ -229,7 +243,7 @@ def _is_timm_model(arch: str, cache: str | Path | None = None) -> bool:
             cache.parent.mkdir(parents=True, exist_ok=True)
             with cache.open("a") as f:
                 f.write(key + "\n")
-        except OSError:  # a read-only working directory: no cache, same answer
+        except OSError:  # a cache we may not write: no cache, same answer
             pass
     return known
 

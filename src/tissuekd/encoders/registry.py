@@ -231,9 +231,9 @@ def _is_timm_model(arch: str, cache: str | Path | None = None) -> bool:
     key = f"timm {version('timm')} {arch}"
     cache = Path(cache) if cache else None
     try:
-        if cache and cache.is_file() and key in cache.read_text().splitlines():
+        if cache and key in cache.read_text().splitlines():
             return True
-    except OSError:  # a cache we may not read: ask timm
+    except OSError:  # no cache yet, or one we may not read: ask timm
         pass
     import timm
 

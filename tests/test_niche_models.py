@@ -12,7 +12,7 @@ from scipy.spatial.distance import jensenshannon
 from sklearn.metrics import adjusted_rand_score
 
 from tissuekd.distill.losses import kd_loss
-from tissuekd.niche.evaluate import composition_jsd, hungarian_match, niche_metrics, probe_f1
+from tissuekd.niche.evaluate import composition_jsd, hungarian_match, niche_metrics, niche_palette, probe_f1
 from tissuekd.niche.train import NolanConfig, StudentConfig, fit_nolan, fit_student, predict_logits
 from tissuekd.spatial.neighborhoods import build_neighborhoods
 
@@ -96,6 +96,15 @@ def test_jsd_scores_every_cell_so_collapse_and_leftover_clusters_count():
     for unknown in (np.full(400, "unknown"), np.where(types == "a", "a", "unknown")):
         row = composition_jsd(collapsed, teacher, unknown)
         assert np.isnan(row["JSD"]) and row["matched_coverage"] == pytest.approx(7 / 8)
+
+
+@pytest.mark.parametrize("k", [10, 20, 54])
+def test_map_colours_tell_every_teacher_niche_apart_and_unmatched_clusters_from_them(k):
+    palette = niche_palette(k, k + 5)  # five baseline clusters matched to no teacher niche
+    teacher, unmatched = palette[:k], palette[k:]
+    assert len(np.unique(teacher, axis=0)) == k
+    assert np.allclose(unmatched, unmatched[:, :1])  # greys
+    assert (np.ptp(teacher, axis=1) > 0.05).all()  # no teacher niche is grey
 
 
 def test_probe_ignores_unannotated_cells_and_counts_classes():

@@ -15,7 +15,7 @@ from chromium import Chromium, find_chromium
 from conftest import make_workdir, runtime_table, snakemake, uncounted_jobs
 
 from tissuekd.niche.ingest import slides_table
-from tissuekd.report.summary import by_tissue, paper_table, runtimes, write_html, write_niche_benchmark
+from tissuekd.report.summary import ari_bars, by_tissue, paper_table, runtimes, write_html, write_niche_benchmark
 
 CLICK = """(text => { const el = [...document.querySelectorAll('a, button, li, span, div')].reverse()
   .find(e => e.textContent.trim() === text); if (!el) return false; el.click(); return true; })(%r)"""
@@ -48,6 +48,23 @@ def test_tables_are_mean_and_sd_over_slides():
                 f"ARI vs truth K={k}", f"NMI vs truth K={k}"} <= set(paper.columns)
     truth = summary[(summary["k"] == 20) & (summary["method"] == "student")]["ARI_truth"].dropna()  # tissue a only
     assert paper.loc["student", "ARI vs truth K=20"] == f"{truth.mean():.3f} ± {truth.std(ddof=1):.3f} (3 of 6 slides)"
+
+
+def test_ari_whiskers_appear_only_where_a_tissue_has_two_slides(tmp_path, monkeypatch):
+    """One slide per tissue has no SD: it drew a whisker cap at SD 0 all the same."""
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    summary = fake_summary()
+    summary = summary[(summary["tissue"] == "a") | (summary["slide"] == "b0")]  # a: 3 slides, b: 1
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    ari_bars(summary, str(tmp_path / "bars.png"))
+    whiskers = [c for ax in figures[0].axes for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(whiskers) == 4  # two methods at two K
+    for whisker in whiskers:
+        caps = whisker.lines[1][0].get_ydata().astype(float)  # lower caps, one per tissue (a, b)
+        assert np.isfinite(caps[0]) and not np.isfinite(caps[1]), caps
 
 
 def test_a_pivoted_table_keeps_each_heading_over_its_values(tmp_path):

@@ -21,8 +21,10 @@ def landing(enabled: set[str], teacher: str | None = None) -> str:
     for study in STUDIES:
         config[study]["enabled"] = study in enabled
     config["segmentation"]["teacher"] = teacher or config["segmentation"]["teacher"]
-    template = jinja2.Template((ROOT / "workflow/report/workflow.rst").read_text(), undefined=jinja2.StrictUndefined)
-    return template.render(snakemake=SimpleNamespace(config=config))
+    # as Snakemake renders it (snakemake.report): trim_blocks drops the newline after a block tag
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    return env.from_string((ROOT / "workflow/report/workflow.rst").read_text()).render(
+        snakemake=SimpleNamespace(config=config))
 
 
 @pytest.mark.parametrize("study", list(STUDIES))
@@ -35,6 +37,16 @@ def test_the_landing_page_describes_each_study_that_ran_with_its_settings(study)
     assert config[study][sheet] in page  # the sheet it read
     if study == "expression":
         assert f"top {config['expression']['cmrcnet']['top_k']} training spots" in page
+
+
+def test_the_landing_page_reads_as_prose():
+    """Settings are written as words, not Python lists, and block tags eat no space ('taught' and
+    'students' ran together where a tag ended a line)."""
+    page = " ".join(landing(set(STUDIES)).split())
+    assert "[" not in page and "]" not in page, re.findall(r".{30}[\[\]].{30}", page)
+    assert "on every channel taught students swin-tiny, resnet18" in page
+    assert "against contrastive, ridge, knn, random." in page  # CMRCNet is not its own competitor
+    assert "K 10, 20)" in page
 
 
 def test_every_place_the_landing_page_points_to_is_a_report_category_of_the_rules():

@@ -234,6 +234,21 @@ def _matched_colours(labels: np.ndarray, reference: np.ndarray, test: np.ndarray
     return np.array([match[v] for v in labels], dtype=int)
 
 
+def niche_palette(n_teacher: int, n_ids: int) -> np.ndarray:
+    """(n_ids, 3) RGB per niche id of the maps: the teacher's n_teacher niches (and the clusters
+    matched to them) in distinct colours, tab20's strong ones first, then its pale partners,
+    then tab20b's and tab20c's, greys left out (54 in all, repeated beyond); clusters matched to
+    no teacher niche (ids from n_teacher on, `_matched_colours`) in greys, so that none passes
+    for a teacher niche (at K=20 they took tab20's colours again, from niche 0)."""
+    import matplotlib
+
+    tab20, tab20c = (np.array(matplotlib.colormaps[name].colors) for name in ("tab20", "tab20c"))
+    colours = np.concatenate([tab20[np.r_[0:14:2, 16:20:2, 1:14:2, 17:20:2]],  # 14, 15: tab20's greys
+                              matplotlib.colormaps["tab20b"].colors, tab20c[:16]])  # 16-19: tab20c's greys
+    greys = np.array([0.35, 0.55, 0.72])[np.arange(max(n_ids - n_teacher, 0)) % 3]
+    return np.concatenate([np.resize(colours, (n_teacher, 3)), np.repeat(greys[:, None], 3, axis=1)])
+
+
 def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[str, str], out: str, *,
               labels: str, title: str, methods: Mapping[str, NicheMethod] | None = None) -> None:
     """Teacher, student and baselines side by side; matched niches share a colour. Below each
@@ -277,8 +292,7 @@ def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[
         if methods[method].matched:
             niches = _matched_colours(niches, reference, role == "test")
         panels[methods[method].label] = niches
-    # tab20's strong colours first, then its pale partners: K=10 maps use only strong ones
-    palette = np.array(plt.get_cmap("tab20").colors)[np.r_[0:20:2, 1:20:2]]
+    palette = niche_palette(int(reference.max()) + 1, max(int(np.max(v)) for v in panels.values()) + 1)
     y = cells[Y_UM].to_numpy()
     test = role == "test"
     types = np.unique(cell_types[test])
@@ -287,7 +301,7 @@ def plot_maps(cells_path: str, split_path: str, teacher: str, predictions: dict[
                              constrained_layout=True, height_ratios=[4.6, heatmap_height])
     for ax, heat, (name, niches) in zip(axes[0], axes[1], panels.items()):
         niches = np.asarray(niches)
-        ax.scatter(cells[X_UM], y, c=palette[niches % 20], s=1.2, linewidths=0, rasterized=True)
+        ax.scatter(cells[X_UM], y, c=palette[niches], s=1.2, linewidths=0, rasterized=True)
         for edge in (y[test].min(), y[test].max()):
             ax.axhline(edge, color="black", lw=0.8, ls="--")
         ax.set_title(name, fontsize=10)
@@ -308,5 +322,5 @@ def _composition_heatmap(ax, shares: pd.DataFrame, palette: np.ndarray):
     ax.set_xticks(np.arange(shares.shape[1]), shares.columns, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(np.arange(shares.shape[0]), [f"niche {n}" for n in shares.index], fontsize=7)
     for tick, niche in zip(ax.get_yticklabels(), shares.index):
-        tick.set_color(palette[int(niche) % 20])
+        tick.set_color(palette[int(niche)])
     return image

@@ -114,7 +114,7 @@ def ari_bars(summary: pd.DataFrame, out: str, labels: Mapping[str, str] | None =
         for i, method in enumerate(methods):
             rows = stats.xs(method, level="method").reindex(tissues)
             ax.bar(np.arange(len(tissues)) + (i - (len(methods) - 1) / 2) * width, rows["mean"], width,
-                   yerr=rows["std"].fillna(0), capsize=2, label=labels.get(method, method.replace("_", " ")))
+                   yerr=rows["std"], capsize=2, label=labels.get(method, method.replace("_", " ")))
         ax.set_xticks(np.arange(len(tissues)), tissues)
         ax.set_title(f"K = {k}")
     axes[0][0].set_ylabel("ARI vs teacher (test strip)")

@@ -8,7 +8,7 @@ def write():
     scores = read_scores(list(snakemake.input))
     for table, out in ((by_dataset(scores), snakemake.output.by_dataset), (overall(scores), snakemake.output.overall)):
         with atomic_path(out) as tmp:
-            table.to_csv(tmp, sep="\t", index=False)
+            table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
 
 
 run_logged(snakemake.log[0], write)

@@ -16,7 +16,7 @@ from tissuekd.compute import CPU
 from tissuekd.errors import InputError
 from tissuekd.survival import losses
 from tissuekd.survival.cohort import assign_folds
-from tissuekd.survival.evaluate import c_index, fold_metrics
+from tissuekd.survival.evaluate import c_index, fold_metrics, plot_km
 from tissuekd.survival.steps import load_cohort
 from tissuekd.survival.train import (
     AMKDConfig,
@@ -291,3 +291,22 @@ def test_external_rna_with_other_gene_ids_stops_and_a_few_missing_genes_warn(tmp
         data = load_cohort(str(patients), str(rna), "rna", genes=genes)
     assert data.genes == genes and np.isnan(data.rna[:, 9]).all()
     assert "1 of the model's 10 genes are missing, e.g. ['G9']" in caplog.text
+
+
+def test_kaplan_meier_plot_marks_each_censored_patient_on_its_curve(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from sksurv.nonparametric import kaplan_meier_estimator
+
+    pred = pd.DataFrame({"time": [5.0, 8, 12, 12, 20, 3, 9, 15], "event": [1, 0, 1, 0, 0, 1, 1, 0]})
+    groups = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_km(pred, groups, "t", str(tmp_path / "km.png"))
+    ticks = [line for line in figures[0].axes[0].lines if line.get_marker() == "|" and len(line.get_xdata())]
+    for group, line in zip((0, 1), ticks, strict=True):
+        part = pred[groups == group]
+        t, s = kaplan_meier_estimator(part["event"].astype(bool).to_numpy(), part["time"].to_numpy())
+        censored = part.loc[part["event"] == 0, "time"].to_numpy()
+        assert np.array_equal(line.get_xdata(), censored)
+        assert np.allclose(line.get_ydata(), [s[t <= c][-1] for c in censored])  # the curve after that time
+

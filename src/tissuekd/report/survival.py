@@ -38,6 +38,7 @@ def by_cohort(folds: pd.DataFrame) -> pd.DataFrame:
     table = table.join(single, how="outer")
     table["km_logrank_p"] = folds.groupby(KEYS, observed=True)["km_logrank_p"].first()
     table["validation"] = ["cross-validation" if c == e else "external" for c, e, *_ in table.index]
+    table["n_folds"] = table["n_folds"].astype("Int64")  # a count (blank for external rows), not 5.0000
     return table.reset_index()
 
 

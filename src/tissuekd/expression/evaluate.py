@@ -111,7 +111,9 @@ def plot_maps(predictions: list[str], spots: dict[str, str], expressions: dict[s
             for c, (values, label) in enumerate(((true[:, g], "measured"), (pred, f"{method}, r = {r_value:.2f}"))):
                 ax = axes[r, 2 * g + c]
                 points = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=6, cmap="viridis")
-                fig.colorbar(points, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+                bar = fig.colorbar(points, ax=ax, fraction=0.046, pad=0.02)
+                bar.ax.tick_params(labelsize=6)
+                bar.set_label("log1p expression (own scale)", fontsize=6)  # the PNG says what the caption does
                 ax.set_title(f"{sample} {gene}\n{label}", fontsize=7)
                 ax.set_aspect("equal")
                 ax.invert_yaxis()

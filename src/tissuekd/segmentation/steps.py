@@ -264,8 +264,9 @@ def _stack(images) -> np.ndarray:
 
 def panel(split: dict, models: dict[str, str], out: str, n_images: int = 3) -> None:
     """The report's figure of a data set: for the first `n_images` test images, the nuclear
-    input, the membrane channel, the labels, and each model's foreground probability, side by
-    side (`models`: column title -> checkpoint, or an external teacher's maps)."""
+    input, the membrane channel, the labels, and each model's foreground probability (0 black to
+    1 pale yellow, magma), side by side (`models`: column title -> checkpoint, or an external teacher's
+    maps); each row is named by its image's id, tissue and platform."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -295,6 +296,8 @@ def panel(split: dict, models: dict[str, str], out: str, n_images: int = 3) -> N
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
         axes[0, c].set_title(title, fontsize=8)
+    for r in range(rows):  # which image, and its tissue and platform where the split says them
+        axes[r, 0].set_ylabel(" ".join(filter(None, (full.ids[r], full.tissues[r], full.platforms[r]))), fontsize=7)
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=100, format="png")

@@ -309,4 +309,3 @@ def test_kaplan_meier_plot_marks_each_censored_patient_on_its_curve(tmp_path, mo
         censored = part.loc[part["event"] == 0, "time"].to_numpy()
         assert np.array_equal(line.get_xdata(), censored)
         assert np.allclose(line.get_ydata(), [s[t <= c][-1] for c in censored])  # the curve after that time
-

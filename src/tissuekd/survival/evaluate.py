@@ -115,9 +115,10 @@ def plot_km(pred: pd.DataFrame, groups: np.ndarray, title: str, out: str, endpoi
         part = pred[groups == group]
         if len(part) == 0:
             continue
-        t, s = kaplan_meier_estimator(part["event"].astype(bool).to_numpy(), part["time"].astype(float).to_numpy())
+        event, time = part["event"].astype(bool).to_numpy(), part["time"].astype(float).to_numpy()
+        t, s = kaplan_meier_estimator(event, time)
         ax.step(np.r_[0, t], np.r_[1, s], where="post", color=colour, label=f"{label} (n={len(part)})")
-        censored = part.loc[~part["event"].astype(bool), "time"].astype(float).to_numpy()
+        censored = time[~event]
         # a tick where each censored patient leaves, on the curve (t holds every time, censored ones too)
         ax.plot(censored, np.r_[1, s][np.searchsorted(t, censored, side="right")], "|", color=colour, ms=7)
     ax.set_xlabel(f"{endpoint}.time (days)")

@@ -134,7 +134,7 @@ def test_the_dataset_table_is_mean_and_sd_over_folds_of_each_way_of_scoring():
             for gene_list in ("HVG", "HEG"):
                 base = 0.5 if method == "cmrcnet" else 0.3
                 rows += [{"method": method, "gene_list": gene_list, "fold": fold, "scope": scope,
-                          "pcc_mean": base + shift + offset, "gene_gene_r": 0.1}
+                          "pcc_mean": base + shift + offset, "gene_gene_r": 0.1 + shift + offset}
                          for scope, offset in (("pooled", 0.05), (f"{fold}_a", 0.0), (f"{fold}_b", 0.02))]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -144,6 +144,9 @@ def test_the_dataset_table_is_mean_and_sd_over_folds_of_each_way_of_scoring():
     assert row["pcc_per_sample_mean"] == pytest.approx(np.mean([0.51, 0.71]))
     assert row["pcc_per_sample_sd"] == pytest.approx(np.std([0.51, 0.71], ddof=1))
     assert row["pcc_pooled_mean"] == pytest.approx(np.mean([0.55, 0.75]))
+    # gene-gene r: per test sample, averaged per fold (0.11, 0.31), then mean and SD over folds
+    assert row["gene_gene_r_mean"] == pytest.approx(0.21)
+    assert row["gene_gene_r_sd"] == pytest.approx(np.std([0.11, 0.31], ddof=1))
     assert table.loc[("ridge", "HEG"), "pcc_pooled_mean"] == pytest.approx(np.mean([0.35, 0.55]))
 
 

@@ -78,7 +78,7 @@ def dataset_table(summaries: pd.DataFrame) -> pd.DataFrame:
         rows.append({"method": method, "gene_list": gene_list, "n_folds": len(part),
                      "pcc_per_sample_mean": part["pcc_mean"].mean(), "pcc_per_sample_sd": part["pcc_mean"].std(),
                      "pcc_pooled_mean": pool["pcc_mean"].mean(), "pcc_pooled_sd": pool["pcc_mean"].std(),
-                     "gene_gene_r_mean": part["gene_gene_r"].mean()})
+                     "gene_gene_r_mean": part["gene_gene_r"].mean(), "gene_gene_r_sd": part["gene_gene_r"].std()})
     return pd.DataFrame(rows)
 
 

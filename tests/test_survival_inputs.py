@@ -20,22 +20,19 @@ from tissuekd.demo.survival import lymphoid_aggregates, make_cohort_tables, make
 from tissuekd.encoders.registry import EncoderSpec
 from tissuekd.errors import InputError
 from tissuekd.io.wsi import open_slide
-from tissuekd.survival import cohort as cohort_module
+from tissuekd.survival import clinical as clinical_module
+from tissuekd.survival.clinical import clinical_barcodes, read_clinical
 from tissuekd.survival.cohort import (
     Drops,
     assign_folds,
     build_cohort,
-    clinical_barcodes,
-    complete_genes,
     count_patches,
     prepare_cohort,
-    read_clinical,
-    read_gene_sets,
     read_layout,
-    read_rna,
     require_one_encoder,
 )
 from tissuekd.survival.patches import extract_patch_features, make_patches, read_patches
+from tissuekd.survival.rna import complete_genes, read_gene_sets, read_rna
 
 PATIENTS = ["TCGA-DM-A000", "TCGA-DM-A001", "TCGA-DM-A002"]
 
@@ -336,7 +333,7 @@ def test_a_clinical_table_from_a_spreadsheet_reads_with_a_bom_and_as_xlsx(tables
     workbook, cache = tables / "TCGA-CDR-SupplementalTableS1.xlsx", tables / "cache"
     assert clinical_barcodes(workbook, cache) == set(table["bcr_patient_barcode"])
     with monkeypatch.context() as patched:
-        patched.setattr(cohort_module, "_clinical_table", lambda path: pytest.fail("read again"))
+        patched.setattr(clinical_module, "_clinical_table", lambda path: pytest.fail("read again"))
         assert clinical_barcodes(workbook, cache) == set(table["bcr_patient_barcode"])
     table.head(2).to_excel(workbook, sheet_name="TCGA-CDR")
     assert clinical_barcodes(workbook, cache) == set(table["bcr_patient_barcode"][:2])

@@ -675,7 +675,7 @@ def check_patients_in_clinical(cohorts, slides):
     """A cohort none of whose slides' patients is in its clinical table (e.g. the sheet's
     `patient` column holding slide ids), or whose table lacks the endpoint's columns, stops the
     plan, before any slide is encoded; partial overlaps are the cohort job's drops."""
-    from tissuekd.survival.cohort import clinical_barcodes
+    from tissuekd.survival.clinical import clinical_barcodes
 
     for cohort in cohorts.to_dict("records"):
         if not cohort["clinical"] or made_by_demo(cohort["clinical"]):

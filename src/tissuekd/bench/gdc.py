@@ -55,7 +55,7 @@ def write_download(folder: Path, patients: int) -> Path:
 
 
 def read_step(sheet: str, patients: int) -> None:
-    from tissuekd.survival.cohort import read_rna
+    from tissuekd.survival.rna import read_rna
 
     rna = read_rna(sheet, {f"TCGA-BM-{i:04d}" for i in range(patients)})
     assert rna.shape[0] == patients, rna.shape

@@ -16,7 +16,7 @@ The same cart's slides become rows of the survival slide sheet with
 
 (diagnostic slides, `-DX`, only, unless --all: TCGA's frozen-section slides, `-TS`/`-BS`, differ in look).
 
-Its clinical download (`clinical.tsv`, read by survival.cohort) unpacks beside `follow_up.tsv`,
+Its clinical download (`clinical.tsv`, read by survival.clinical) unpacks beside `follow_up.tsv`,
 the cases' later contacts; where that file lies beside the clinical table it is read too.
 """
 

@@ -12,10 +12,10 @@ import torch
 from tissuekd import compute
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
-from tissuekd.survival import cohort as cohorts
 from tissuekd.survival import evaluate
 from tissuekd.survival import methods as survival_methods
 from tissuekd.survival.methods import KM_METHOD, SurvivalMethod
+from tissuekd.survival.rna import read_gene_sets
 from tissuekd.survival.train import (
     AMKDConfig,
     CohortData,
@@ -69,7 +69,7 @@ def load_cohort(patients: str, rna: str, method: str | SurvivalMethod, gene_sets
             matrix = matrix.reindex(columns=genes)
         data.rna, data.genes = matrix.to_numpy(np.float64), list(matrix.columns)
         if gene_sets:
-            data.gene_sets = cohorts.read_gene_sets(gene_sets, data.genes)
+            data.gene_sets = read_gene_sets(gene_sets, data.genes)
     return data
 
 

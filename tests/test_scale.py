@@ -13,7 +13,8 @@ from sklearn.decomposition import PCA
 from tissuekd.compute import CPU
 from tissuekd.encoders.reduce import Reduction, read_rows, reduce_file, sample_rows
 from tissuekd.niche.methods import METHODS as NICHE_METHODS
-from tissuekd.survival.train import CohortData, FileBags, Inputs, MemoryBags, Moments
+from tissuekd.survival.bags import CohortData, FileBags, MemoryBags, Moments
+from tissuekd.survival.train import Inputs
 
 
 def _features(path, x: np.ndarray, chunks: int = 100) -> str:

@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from tissuekd.compute import CPU
 from tissuekd.errors import InputError
 from tissuekd.survival import losses
+from tissuekd.survival.bags import CohortData
 from tissuekd.survival.cohort import assign_folds
 from tissuekd.survival.evaluate import c_index, fold_metrics, plot_km
 from tissuekd.survival.steps import load_cohort
 from tissuekd.survival.train import (
     AMKDConfig,
-    CohortData,
     TrainConfig,
     build_model,
     cross_validate,

@@ -13,10 +13,10 @@ import pytest
 from tissuekd.demo.survival import write_svs
 from tissuekd.encoders.registry import EncoderSpec
 from tissuekd.errors import InputError
+from tissuekd.survival.bags import FileBags
 from tissuekd.survival.cohort import count_patches
 from tissuekd.survival.layout import TRIDENT_COORDS_ATTRS, magnification, patch_geometry
 from tissuekd.survival.patches import extract_patch_features, make_patches, read_patches
-from tissuekd.survival.train import FileBags
 
 SPEC = EncoderSpec.from_config("demo", {"model": "mobilenetv3_small_050", "mpp": 0.5, "weights": "random"})
 

@@ -14,12 +14,11 @@ from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
 from tissuekd.survival import evaluate
 from tissuekd.survival import methods as survival_methods
+from tissuekd.survival.bags import CohortData, FileBags
 from tissuekd.survival.methods import KM_METHOD, SurvivalMethod
 from tissuekd.survival.rna import read_gene_sets
 from tissuekd.survival.train import (
     AMKDConfig,
-    CohortData,
-    FileBags,
     TrainConfig,
     bundle_method,
     cross_validate,

@@ -1,6 +1,6 @@
 # Expression study (docs/architecture.md): spot expression from the H&E under each spot, per
 # sample (prepare, features), then per dataset x leave-one-patient-out fold x method; input
-# functions in common.smk.
+# functions in common_expression.smk.
 XFOLD = f"{XDIR}/{{task}}/{{encoder}}/folds/{{fold}}/{{method}}"
 
 

@@ -1,5 +1,5 @@
 # Segmentation study (docs/architecture.md): a frozen multiplex teacher distilled into
-# nuclear-channel students, per data set x backbone x mode x seed; input functions in common.smk.
+# nuclear-channel students, per data set x backbone x mode x seed; input functions in common_segmentation.smk.
 GDIR = f"{RESULTS}/segmentation/{{dataset}}"
 
 

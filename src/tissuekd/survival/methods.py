@@ -1,6 +1,6 @@
 """The survival study's methods, in one table: what builds each model, which inputs it reads,
 whether it is fitted on the survival labels or distilled from a frozen teacher, and its display
-name. The rules' input functions and the lists they expand over (`workflow/rules/common.smk`),
+name. The rules' input functions and the lists they expand over (`workflow/rules/common_survival.smk`),
 the rule scripts, training (`train.build_model`), evaluation and the benchmark tables read it;
 nothing else lists the survival methods. No torch here: the Snakefile and the torch-free
 rules import it.

@@ -20,9 +20,7 @@ from tissuekd.errors import InputError
 from tissuekd.io.wsi import require_slide_format
 from tissuekd.io.xenium import CLUSTERS, MATRIX, MEX, clusters_path, matrix_files
 from tissuekd.niche import methods as niche_methods
-from tissuekd.survival import gdc
 from tissuekd.survival import methods as survival_methods
-from tissuekd.survival.barcodes import normal_file
 
 RESULTS = config["results"]
 if os.path.exists(RESULTS) and not os.path.isdir(RESULTS):

@@ -1,5 +1,8 @@
 # Input functions, sheet checks and resources of the survival study (rules/survival.smk); the
 # shared ones, the niche study's and the sheets both studies read are in common.smk.
+from tissuekd.survival import gdc
+from tissuekd.survival.barcodes import normal_file
+
 SURVIVAL_COHORTS = pd.DataFrame(columns=["cohort"])
 SURVIVAL_SLIDES = pd.DataFrame(columns=["slide", "cohort"])
 if SURVIVAL["enabled"]:

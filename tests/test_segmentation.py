@@ -19,7 +19,10 @@ from skimage.draw import disk
 from tissuekd.demo.segmentation import write_bbbc038, write_tissuenet
 from tissuekd.distill.losses import UncertaintyWeights, probability_mse
 from tissuekd.errors import InputError
-from tissuekd.io.segmentation import ExternalMaps, read_bbbc038, read_tiff_folder, read_tissuenet
+from tissuekd.io.bbbc038 import read_bbbc038
+from tissuekd.io.teacher_maps import ExternalMaps
+from tissuekd.io.tiff_folder import read_tiff_folder
+from tissuekd.io.tissuenet import read_tissuenet
 from tissuekd.segmentation.evaluate import dice, instances, object_f1
 from tissuekd.segmentation.losses import boundary_weighted, label_targets, supervised
 from tissuekd.segmentation.models import BACKBONES, build_unet, parameter_count

@@ -51,7 +51,9 @@ def check_split_row(row, split, where, training=False):
     BBBC038 or TIFF folder), so a bad test or cross split stops before any model is trained on
     the others; a `training` split's images must also hold the training crops (else every
     teacher and student job would fail on its first batch)."""
-    from tissuekd.io.segmentation import ONE_LABEL_CHANNEL, check_split, npz_shape
+    from tissuekd.io.npz import npz_shape
+    from tissuekd.io.segmentation import check_split
+    from tissuekd.io.tissuenet import ONE_LABEL_CHANNEL
 
     membrane = int(row["membrane"]) if row["membrane"] else None
     try:

@@ -18,13 +18,10 @@ import torch
 from tissuekd import compute
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
-from tissuekd.io.segmentation import (
-    ExternalMaps,
-    ImageFiles,
-    SegSet,
-    npz_member,
-    read_split,
-)
+from tissuekd.io.npz import npz_member
+from tissuekd.io.segmentation import read_split
+from tissuekd.io.segset import ImageFiles, SegSet
+from tissuekd.io.teacher_maps import ExternalMaps
 from tissuekd.logs import log_progress
 from tissuekd.segmentation.evaluate import dice, instances, object_f1
 from tissuekd.segmentation.models import DECODER, build_unet, parameter_count
@@ -131,7 +128,7 @@ def predict_probs(data: SegSet, model_path: str, out: str, shard: int = 0, shard
 
 
 def external_probs(data: SegSet, maps_path: str, out: str, shard: int = 0, shards: int = 1) -> None:
-    """A teacher produced elsewhere (tissuekd.io.segmentation.ExternalMaps): its maps for one
+    """A teacher produced elsewhere (tissuekd.io.teacher_maps.ExternalMaps): its maps for one
     shard of a split's images, written as predict_probs writes the U-Net teacher's."""
     maps = ExternalMaps(maps_path)
     rows = shard_rows(len(data), shard, shards)

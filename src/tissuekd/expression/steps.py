@@ -19,7 +19,7 @@ from tissuekd.errors import InputError
 from tissuekd.expression.evaluate import dataset_table, gene_lists, score_fold
 from tissuekd.expression.pseudospots import read_pseudospots
 from tissuekd.io.atomic import atomic_path
-from tissuekd.io.hest import HEST_PATCH_MPP, StoredPatchBatches, drop_empty_spots, read_hest, read_patch_index
+from tissuekd.io.hest import HEST_PATCH_MPP, drop_empty_spots, read_hest, read_patch_index
 from tissuekd.io.visium import read_spaceranger
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,8 @@ def cut_patches(image: str, table: pd.DataFrame, spec, crop_px: int, mpp: float,
 def stored_patches(path: str, table: pd.DataFrame, spec, crop_px: int, patch_mpp: float, batch_size: int):
     """The spots that have a patch in the HEST patch file, and batches of their patches; the
     patches must span what the encoder reads (within 5%)."""
+    from tissuekd.spatial.crops import StoredPatchBatches
+
     barcodes, side = read_patch_index(path)
     span, wanted = side * patch_mpp, crop_px * spec.mpp
     if abs(span - wanted) > 0.05 * wanted:

@@ -279,29 +279,3 @@ def read_patch_index(path: str | Path) -> tuple[np.ndarray, int]:
     if (counts > 1).any():
         raise InputError(path, f"duplicate barcodes, e.g. {unique[counts > 1][:3].tolist()}")
     return barcodes, side
-
-
-class StoredPatchBatches:
-    """Batches (rows, uint8 (B, 3, px, px)) of stored patches, resized to `px` as the crop reader
-    resamples its blocks (spatial.crops.resample_block): rows index `order`, the patch file's
-    index of each output row."""
-
-    def __init__(self, path: str | Path, order: np.ndarray, px: int, batch_size: int = 64):
-        self.path, self.order, self.px, self.batch_size = path, np.asarray(order), px, batch_size
-
-    def __iter__(self):
-        import torch
-
-        from tissuekd.spatial.crops import resample_block
-
-        with h5py.File(self.path, "r") as h5:
-            img = h5["img"]
-            scale = img.shape[1] / self.px
-            for start in range(0, len(self.order), self.batch_size):
-                rows = np.arange(start, min(start + self.batch_size, len(self.order)))
-                index = self.order[rows]
-                by_file = np.argsort(index)  # h5py reads increasing indices only
-                patches = np.empty((len(rows), *img.shape[1:]), np.uint8)
-                patches[by_file] = img[index[by_file]]
-                crops = np.stack([resample_block(patch, scale) for patch in patches])
-                yield rows, torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()

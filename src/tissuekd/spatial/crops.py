@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from PIL import Image
@@ -161,3 +163,25 @@ def crop_loader(dataset: CropBatches, workers: int = 0):
     if workers == 0:
         return dataset
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=4)
+
+
+class StoredPatchBatches:
+    """Batches (rows, uint8 (B, 3, px, px)) of a HEST patch file's stored patches (`img`), resized
+    to `px` as the crop reader resamples its blocks (resample_block): rows index `order`, the
+    patch file's index of each output row."""
+
+    def __init__(self, path: str | Path, order: np.ndarray, px: int, batch_size: int = 64):
+        self.path, self.order, self.px, self.batch_size = path, np.asarray(order), px, batch_size
+
+    def __iter__(self):
+        with h5py.File(self.path, "r") as h5:
+            img = h5["img"]
+            scale = img.shape[1] / self.px
+            for start in range(0, len(self.order), self.batch_size):
+                rows = np.arange(start, min(start + self.batch_size, len(self.order)))
+                index = self.order[rows]
+                by_file = np.argsort(index)  # h5py reads increasing indices only
+                patches = np.empty((len(rows), *img.shape[1:]), np.uint8)
+                patches[by_file] = img[index[by_file]]
+                crops = np.stack([resample_block(patch, scale) for patch in patches])
+                yield rows, torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tracemalloc
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,8 @@ from tissuekd.demo.segmentation import write_bbbc038, write_tissuenet
 from tissuekd.distill.losses import UncertaintyWeights, probability_mse
 from tissuekd.errors import InputError
 from tissuekd.io.bbbc038 import read_bbbc038
+from tissuekd.io.npz import NpzWriter, npz_member
+from tissuekd.io.segset import SegSet
 from tissuekd.io.teacher_maps import ExternalMaps
 from tissuekd.io.tiff_folder import read_tiff_folder
 from tissuekd.io.tissuenet import read_tissuenet
@@ -32,8 +35,10 @@ from tissuekd.segmentation.steps import (
     evaluate_maps,
     external_probs,
     fit_model,
+    load_model,
     predict_probs,
     read_split,
+    shard_rows,
 )
 from tissuekd.segmentation.train import SegTrainConfig, crops, fit, predict
 
@@ -558,6 +563,37 @@ def test_steps_chain_teacher_cached_probabilities_student_and_per_image_scores(t
         fit_model(nuclear, "mobilenetv3", str(tmp_path / "bad.pt"), cfg, "kd", str(tmp_path / "other.npz"))
     with pytest.raises(InputError, match="unknown segmentation format"):
         read_split("zarr", "x")
+
+
+def test_teacher_shards_are_written_image_by_image_with_the_bytes_of_the_whole_shard(tissuenet, tmp_path):
+    cfg = SegTrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, tile=32)
+    train = read_split("tissuenet", str(tissuenet))
+    fit_model(train, "mobilenetv3", str(tmp_path / "teacher.pt"), cfg)
+    rows = shard_rows(len(train), 1, 2)
+    whole = predict(load_model(str(tmp_path / "teacher.pt"))[0], np.asarray(train.images[rows]), cfg.tile)
+    np.savez(tmp_path / "whole.npz", probs=whole, ids=np.array(train.ids[rows]))
+    predict_probs(train, str(tmp_path / "teacher.pt"), str(tmp_path / "1.npz"), shard=1, shards=2)
+    assert (tmp_path / "1.npz").read_bytes() == (tmp_path / "whole.npz").read_bytes()  # as np.savez writes it
+    assert isinstance(npz_member(tmp_path / "1.npz", "probs"), np.memmap)
+    predict_probs(train, str(tmp_path / "teacher.pt"), str(tmp_path / "empty.npz"), shard=0, shards=len(train) + 1)
+    assert npz_member(tmp_path / "empty.npz", "probs").shape == (0, *whole.shape[1:])  # more shards than images
+    n, side = 48, 128  # a shard whose maps (6.3 MB) outweigh the model and one image's windows
+    big = SegSet(np.random.default_rng(0).random((n, side, side, 2), np.float32), np.zeros((n, side, side), np.int32),
+                 [str(i) for i in range(n)], ["t"] * n, ["p"] * n, ("nuclear", "membrane"))
+    tracemalloc.start()  # numpy's arrays are traced (held whole before: 27 MB, images and maps each twice)
+    predict_probs(big, str(tmp_path / "teacher.pt"), str(tmp_path / "big.npz"))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < n * 2 * side * side * 4, peak  # less than the shard's maps alone (2.3 MB measured)
+
+
+def test_an_npz_written_row_by_row_must_get_every_row_of_one_shape(tmp_path):
+    with pytest.raises(ValueError, match="row 1 has shape"):
+        with NpzWriter(tmp_path / "a.npz") as npz:
+            npz.rows("probs", iter([np.zeros((2, 4)), np.zeros((2, 5))]), 2, (2, 4), np.float32)
+    with pytest.raises(ValueError, match="1 rows written of 2"):
+        with NpzWriter(tmp_path / "b.npz") as npz:
+            npz.rows("probs", iter([np.zeros((2, 4))]), 2, (2, 4), np.float32)
 
 
 def test_the_throughput_benchmark_prints_each_students_speed_against_the_teacher(capsys):

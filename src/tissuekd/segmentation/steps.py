@@ -18,7 +18,7 @@ import torch
 from tissuekd import compute
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
-from tissuekd.io.npz import npz_member
+from tissuekd.io.npz import NpzWriter, npz_member
 from tissuekd.io.segmentation import read_split
 from tissuekd.io.segset import ImageFiles, SegSet
 from tissuekd.io.teacher_maps import ExternalMaps
@@ -56,7 +56,7 @@ def shard_rows(n: int, shard: int, shards: int) -> slice:
 
 class ShardMaps:
     """The teacher's cached maps of a split, image i of its shards in order, each shard's array
-    memory-mapped (np.savez stores members uncompressed), so a student never holds them whole."""
+    memory-mapped (NpzWriter stores members uncompressed), so a student never holds them whole."""
 
     def __init__(self, paths: list[str]):
         self.shards = [npz_member(path, "probs") for path in paths]
@@ -117,14 +117,16 @@ def load_model(path: str) -> tuple[torch.nn.Module, dict]:
 def predict_probs(data: SegSet, model_path: str, out: str, shard: int = 0, shards: int = 1, device: str = "auto",
                   precision: str = "auto") -> None:
     """The frozen model's probabilities for one shard of a split's images (the cached teacher
-    output); the shard is held whole (more shards, smaller jobs)."""
+    output), predicted and written one image at a time, so a shard is never held whole."""
     model, checkpoint = load_model(model_path)
     rows = shard_rows(len(data), shard, shards)
     run = compute.resolve(device, precision, workload="model")
-    probs = predict(model, _stack(data.images[rows]), checkpoint["config"]["tile"], compute=run,
-                    progress=f"{model_path}: maps of shard {shard}")
-    with atomic_path(out) as tmp, open(tmp, "wb") as f:
-        np.savez(f, probs=probs, ids=np.array(data.ids[rows]))
+    tile = checkpoint["config"]["tile"]
+
+    def maps(i):
+        return predict(model, np.asarray(data.images[i])[None], tile, compute=run)[0]
+
+    write_shard(data, rows, maps, out, f"{model_path}: maps of shard {shard}")
 
 
 def external_probs(data: SegSet, maps_path: str, out: str, shard: int = 0, shards: int = 1) -> None:
@@ -132,11 +134,28 @@ def external_probs(data: SegSet, maps_path: str, out: str, shard: int = 0, shard
     shard of a split's images, written as predict_probs writes the U-Net teacher's."""
     maps = ExternalMaps(maps_path)
     rows = shard_rows(len(data), shard, shards)
-    ids = data.ids[rows]
-    maps.require(ids)
-    probs = np.stack([maps.get(data.ids[i], np.shape(data.labels[i])) for i in range(rows.start, rows.stop)])
-    with atomic_path(out) as tmp, open(tmp, "wb") as f:
-        np.savez(f, probs=probs, ids=np.array(ids))
+    maps.require(data.ids[rows])
+    write_shard(data, rows, lambda i: maps.get(data.ids[i], np.shape(data.labels[i])), out)
+
+
+def write_shard(data: SegSet, rows: slice, maps_of, out: str, progress: str = "") -> None:
+    """A shard in the cached layout the students read: `probs` (n, 2, H, W) float32, image i's
+    maps_of(i) written as each is made (the shard's images share one size: a training split's
+    do), and the images' `ids`; logs `progress` where given."""
+    if isinstance(data.images, ImageFiles):
+        data.images.require_one_size()
+    n = rows.stop - rows.start
+    shape = (2, *np.shape(data.images[rows.start if n else 0])[:2])
+
+    def made():
+        for k, i in enumerate(range(rows.start, rows.stop)):
+            yield maps_of(i)
+            if progress:
+                log_progress(log, progress, k + 1, n)
+
+    with atomic_path(out) as tmp, NpzWriter(tmp) as npz:
+        npz.rows("probs", made(), n, shape, np.float32)
+        npz.array("ids", np.array(data.ids[rows]))
 
 
 def sam_maps(data: SegSet, sam: dict, out: str, shard: int = 0, shards: int = 1, device: str = "auto",
@@ -149,16 +168,14 @@ def sam_maps(data: SegSet, sam: dict, out: str, shard: int = 0, shards: int = 1,
     run = compute.resolve(device, "fp32", workload="model")
     teacher = SamTeacher(SamConfig(**sam), str(run.device))
     rows = shard_rows(len(data), shard, shards)
-    ids = data.ids[rows]
-    maps = []
-    for n, i in enumerate(range(rows.start, rows.stop)):
-        maps.append(teacher.maps(data.images[i]))
-        log_progress(log, f"SAM maps of shard {shard}", n + 1, len(ids))
-    with atomic_path(out) as tmp, open(tmp, "wb") as f:
-        if keyed:
-            np.savez(f, **dict(zip(ids, maps)))
-        else:
-            np.savez(f, probs=np.stack(maps), ids=np.array(ids))
+    progress = f"SAM maps of shard {shard}"
+    if not keyed:
+        write_shard(data, rows, lambda i: teacher.maps(data.images[i]), out, progress)
+        return
+    with atomic_path(out) as tmp, NpzWriter(tmp) as npz:
+        for k, i in enumerate(range(rows.start, rows.stop)):
+            npz.array(data.ids[i], teacher.maps(data.images[i]))
+            log_progress(log, progress, k + 1, rows.stop - rows.start)
 
 
 def check_test_split(split: dict, out: str) -> None:
@@ -248,15 +265,6 @@ def evaluate_model(split: dict, model_path: str, out: str, threads: int = 1, dev
     channels = load_model(model_path)[1]["channels"]
     return evaluate(read_split(**split, nuclear_only=tuple(channels) == ("nuclear",)), model_path, out, run,
                     split["path"])
-
-
-def _stack(images) -> np.ndarray:
-    if isinstance(images, np.ndarray):
-        return images
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-        raise ValueError("images of different sizes: predict them one by one")
-    return np.stack(images)
 
 
 def panel(split: dict, models: dict[str, str], out: str, n_images: int = 3) -> None:

@@ -26,7 +26,6 @@ from torch import nn
 
 from tissuekd.compute import CPU, Compute
 from tissuekd.distill.losses import UncertaintyWeights, probability_mse
-from tissuekd.logs import log_progress
 from tissuekd.segmentation.losses import boundary_weighted, label_targets, supervised
 from tissuekd.segmentation.models import DECODER, build_unet, probabilities
 from tissuekd.training import optimise
@@ -165,12 +164,11 @@ def window_weights(tile: int) -> np.ndarray:
 
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, tile: int, batch_size: int = 16,
-            compute: Compute = CPU, progress: str = "") -> np.ndarray:
+            compute: Compute = CPU) -> np.ndarray:
     """(N, 2, H, W) float32 foreground and boundary probabilities of whole images (N, H, W, C),
     from `tile`-px windows at half-tile steps, averaged where they overlap with `window_weights`
     (Swin takes only its fixed size, and a large image never goes through the network whole).
-    Edges are padded by reflection and cropped back. Runs on `compute`'s device and precision;
-    logs `progress` (a name) every tenth of the images where given."""
+    Edges are padded by reflection and cropped back. Runs on `compute`'s device and precision."""
     model = model.to(compute.device)
     images = normalise(np.asarray(images, np.float32))
     n, h, w = images.shape[:3]
@@ -191,6 +189,4 @@ def predict(model: nn.Module, images: np.ndarray, tile: int, batch_size: int = 1
                 probs = probabilities(model, torch.from_numpy(x).to(compute.device)).float().cpu().numpy()
             for (r, c), p in zip(chunk, probs):
                 total[i, :, r:r + tile, c:c + tile] += p * weight
-        if progress:
-            log_progress(log, progress, i + 1, n)
     return (total / weight_sum)[:, :, :h, :w]

@@ -269,6 +269,24 @@ def test_training_crops_larger_than_the_images_stop_the_plan_naming_the_split(tm
             "the training crops (segmentation.train.tile 32)") in result.stderr + result.stdout
 
 
+def test_a_tiff_training_folder_of_two_image_sizes_stops_the_plan_naming_the_odd_image(tmp_path):
+    """Every teacher and student job failed on it, one after another (a helper's trial)."""
+    workdir = make_workdir(tmp_path / "w", **SMALL)
+    folder = tmp_path / "tif"
+    folder.mkdir()
+    for name, side in (("a", 64), ("b", 64), ("odd", 48)):
+        tifffile.imwrite(folder / f"{name}.tif", np.ones((2, side, side), np.float32))
+        tifffile.imwrite(folder / f"{name}_whole-cell.tif", np.ones((side, side), np.int32))
+    sheet = workdir / "config/segmentation_datasets.tsv"
+    rows = pd.read_csv(sheet, sep="\t", dtype=str).fillna("")
+    rows.loc[0, ["format", "train"]] = ["tiff", str(folder)]
+    rows.to_csv(sheet, sep="\t", index=False)
+    result = snakemake("-n", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert (f"line 2 (dataset tissuenet_demo): {folder}/odd.tif: is (48, 48), the folder's first image (64, 64): "
+            "a training set needs one image size") in result.stderr + result.stdout
+
+
 def _bbbc038_without_masks(folder):
     """The stage-1 test release's shape: images, no masks (its labels are a separate CSV)."""
     write_bbbc038(folder, n_images=2)

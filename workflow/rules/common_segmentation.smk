@@ -49,15 +49,15 @@ def seg_external_maps(wildcards):
 def check_split_row(row, split, where, training=False):
     """A split's layout, sizes and channels from its headers (every image and label file of a
     BBBC038 or TIFF folder), so a bad test or cross split stops before any model is trained on
-    the others; a `training` split's images must also hold the training crops (else every
-    teacher and student job would fail on its first batch)."""
+    the others; a `training` split's images must also share one size and hold the training crops
+    (else every teacher and student job would fail on its first batch)."""
     from tissuekd.io.npz import npz_shape
     from tissuekd.io.segmentation import check_split
     from tissuekd.io.tissuenet import ONE_LABEL_CHANNEL
 
     membrane = int(row["membrane"]) if row["membrane"] else None
     try:
-        side = check_split(row["format"], split, row["target"], int(row["nuclear"] or 0), membrane)
+        side = check_split(row["format"], split, row["target"], int(row["nuclear"] or 0), membrane, training)
     except InputError as err:
         raise WorkflowError(f"{where}: {err}") from None
     if row["format"] == "tissuenet" and npz_shape(Path(split), "y")[-1] == 1:  # nothing in the file tells which

@@ -41,13 +41,16 @@ def read_split(fmt: str, path: str, target: str = "whole-cell", nuclear_only: bo
 
 
 def check_split(fmt: str, path: str, target: str = "whole-cell", nuclear: int = 0,
-                membrane: int | None = 1) -> int:
+                membrane: int | None = 1, training: bool = False) -> int:
     """read_split's checks that need no pixels (a TissueNet split's array headers; every image
     and label file of a BBBC038 or TIFF folder, by their headers), so the workflow can make them
-    on every split before any job runs. Returns the smallest image side, in pixels."""
+    on every split before any job runs; a `training` folder's images must share one size, as
+    training needs. Returns the smallest image side, in pixels."""
     if fmt == "tissuenet":
         return min(check_tissuenet_split(path, nuclear, membrane, target)[1:3])
     data = read_split(fmt, path, target, nuclear=nuclear, membrane=membrane)
+    if training:
+        data.images.require_one_size()
     return min(min(shape) for shape in data.images.shapes)
 
 

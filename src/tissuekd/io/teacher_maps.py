@@ -55,11 +55,11 @@ class ExternalMaps:
             maps = np.asarray(self.store[image_id], dtype=np.float32)
         except (ValueError, TypeError) as err:  # e.g. an object array (a list of masks) np.savez pickled
             raise InputError(self.path, f"map of image {image_id!r} is not a numeric array ({err})") from None
+        if maps.shape not in (tuple(shape), (2, *shape)):  # the shape as stored, before a rim is derived
+            raise InputError(self.path, f"map of image {image_id!r} is {maps.shape}; its image is {tuple(shape)} "
+                                        "(expected (H, W) or (2, H, W))")
         if maps.ndim == 2:
             maps = np.stack([maps, maps - ndimage.grey_erosion(maps, size=(3, 3))])
-        if maps.shape != (2, *shape):
-            raise InputError(self.path, f"map of image {image_id!r} is {maps.shape}; its image is {shape} "
-                                        "(expected (H, W) or (2, H, W))")
         if not np.isfinite(maps).all() or maps.min() < 0 or maps.max() > 1:
             raise InputError(self.path, f"map of image {image_id!r} is not a probability in [0, 1]")
         return maps

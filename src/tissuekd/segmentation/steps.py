@@ -146,6 +146,9 @@ def write_shard(data: SegSet, rows: slice, maps_of, out: str, progress: str = ""
         data.images.require_one_size()
     n = rows.stop - rows.start
     shape = (2, *np.shape(data.images[rows.start if n else 0])[:2])
+    if not n:
+        log.warning("%s: this shard holds none of the split's %d images (segmentation.teacher_shards is larger): "
+                    "written empty", out, len(data))
 
     def made():
         for k, i in enumerate(range(rows.start, rows.stop)):

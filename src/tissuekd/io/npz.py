@@ -38,13 +38,13 @@ def npz_member(path: str | Path, name: str) -> np.ndarray:
             header = f.tell()
     if dtype.hasobject:
         return np.load(path, allow_pickle=True)[name]
+    if 0 in shape:  # nothing to map (an empty shard)
+        return np.empty(shape, dtype)
     # the member's data start: the local file header (30 bytes + name + extra) then the .npy header
     with open(path, "rb") as raw:
         raw.seek(info.header_offset + 26)
         name_len, extra_len = np.frombuffer(raw.read(4), "<u2")
     offset = info.header_offset + 30 + int(name_len) + int(extra_len) + header
-    if 0 in shape:  # nothing to map (an empty shard)
-        return np.empty(shape, dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 

@@ -317,7 +317,7 @@ def test_memory_and_runtime_follow_the_splits_size(tmp_path, fmt):
     """A 2 GB split, a compressed npz (2.1 GB of arrays in a small file: a compressed member is
     read whole) or a TIFF folder (sparse files: only sizes and headers are read while planning),
     asks 2 GB + 2x its arrays in memory for training and for scoring on it, and 30 min per GB of
-    each teacher-maps shard."""
+    each teacher-maps shard (one per image at most)."""
     workdir = make_workdir(tmp_path, **SMALL)
     splits = []
     for split in ("train", "test"):  # one file for both is refused (a test split that is the training one)
@@ -339,7 +339,8 @@ def test_memory_and_runtime_follow_the_splits_size(tmp_path, fmt):
     rows.to_csv(sheet, sep="\t", index=False)
     out = snakemake("-n", "--cores", "1", cwd=workdir).stdout
     jobs = dict(re.findall(r"rule (\w+):\n(?:    .*\n)*?    resources: (.*)", out))  # rule -> its resources
-    memory, minutes = (6194, 36) if fmt == "tissuenet" else (6000, 35)  # 5 + 30 x GB / 2 shards
+    # 5 + 30 x GB / 2 shards; the TIFF folder's one image is one shard
+    memory, minutes = (6194, 36) if fmt == "tissuenet" else (6000, 65)
     assert f"mem_mb={memory}" in jobs["segmentation_teacher"], jobs["segmentation_teacher"]
     assert f"runtime={minutes}" in jobs["segmentation_teacher_probs"], jobs["segmentation_teacher_probs"]
     scoring = re.findall(r"rule segmentation_evaluate:\n(?:    .*\n)*?    wildcards: .*on=(\w+).*\n"
@@ -429,3 +430,20 @@ def test_a_sam_teacher_plans_its_maps_and_is_scored_on_its_own_test_set_only(tmp
     assert "segmentation_teacher" not in jobs and jobs["segmentation_teacher_probs"] == 2 * shards
     assert jobs["segmentation_sam_test_maps"] == 2 and jobs["segmentation_evaluate_external"] == 2
     assert jobs["segmentation_evaluate"] == 3 * 2  # three student modes, on the own test set and the cross set
+
+
+def test_a_training_set_with_fewer_images_than_teacher_shards_plans_one_shard_per_image(tmp_path):
+    """segmentation.teacher_shards is one value for every training set: a set with fewer images
+    gets one teacher-maps job per image, and each job's time limit its own share (before: empty
+    shards, each a job that loads the model and writes nothing)."""
+    workdir = make_workdir(tmp_path / "w", **SMALL, segmentation__teacher_shards=4)
+    sheet = workdir / "config/segmentation_datasets.tsv"
+    rows = pd.read_csv(sheet, sep="\t", dtype=str).fillna("")
+    for split, n in (("train", 3), ("test", 2)):
+        rows.loc[0, split] = str(write_tissuenet(tmp_path / f"tissuenet_v1.1_{split}.npz", n, size=64, seed=n))
+    rows.to_csv(sheet, sep="\t", index=False)
+    plan = snakemake("-n", "--cores", "1", cwd=workdir).stdout
+    shards = re.findall(r"rule segmentation_teacher_probs:\n(?:    .*\n)*?    wildcards: .*shard=(\d+)", plan)
+    assert sorted(shards) == ["0", "0", "1", "1", "2", "2"]  # two distilled views (kd, kd-nuclear-teacher)
+    student = [b for b in plan.split("\n\n") if "rule segmentation_student:" in b and "mode=kd," in b]
+    assert len(student) == 1 and "probs/2.npz" in student[0] and "probs/3.npz" not in student[0]

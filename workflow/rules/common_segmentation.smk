@@ -2,6 +2,7 @@
 # the shared ones are in common.smk.
 SEG = config["segmentation"]
 SEG_SETS = pd.DataFrame(columns=["dataset", "role"])
+SEG_TRAIN_IMAGES = {}  # training set -> its images, where planning can count them (not the demo's: rules make them)
 SEG_TEACHERS = {"no-kd": "", "kd": "multiplex", "kd-nuclear-teacher": "nuclear"}  # mode -> teacher view
 
 
@@ -50,14 +51,14 @@ def check_split_row(row, split, where, training=False):
     """A split's layout, sizes and channels from its headers (every image and label file of a
     BBBC038 or TIFF folder), so a bad test or cross split stops before any model is trained on
     the others; a `training` split's images must also share one size and hold the training crops
-    (else every teacher and student job would fail on its first batch)."""
+    (else every teacher and student job would fail on its first batch). Returns its images."""
     from tissuekd.io.npz import npz_shape
     from tissuekd.io.segmentation import check_split
     from tissuekd.io.tissuenet import ONE_LABEL_CHANNEL
 
     membrane = int(row["membrane"]) if row["membrane"] else None
     try:
-        side = check_split(row["format"], split, row["target"], int(row["nuclear"] or 0), membrane, training)
+        images, side = check_split(row["format"], split, row["target"], int(row["nuclear"] or 0), membrane, training)
     except InputError as err:
         raise WorkflowError(f"{where}: {err}") from None
     if row["format"] == "tissuenet" and npz_shape(Path(split), "y")[-1] == 1:  # nothing in the file tells which
@@ -68,6 +69,7 @@ def check_split_row(row, split, where, training=False):
             f"{where}: {split}: its smallest image side is {side} px, less than the training crops "
             f"(segmentation.train.tile {tile}); set a tile of at most {side // 32 * 32}"
         )
+    return images
 
 
 def check_segmentation_sheet(sheet, path):
@@ -103,7 +105,10 @@ def check_segmentation_sheet(sheet, path):
             if value and not os.path.exists(value) and not made_by_demo(value):
                 raise WorkflowError(f"{where}: column {column!r} names {value}, {not_there(value)}")
             if value and column in ("train", "test") and not made_by_demo(value):
-                check_split_row(row, value, where, training=column == "train" and row["role"] == "train")
+                training = column == "train" and row["role"] == "train"
+                images = check_split_row(row, value, where, training)
+                if training:
+                    SEG_TRAIN_IMAGES[row["dataset"]] = images
     if not (sheet["role"] == "train").any():
         raise WorkflowError(f"{path}: no data set with role train")
     sam_weights = SEG["sam"]["checkpoint"]
@@ -199,13 +204,24 @@ def seg_test_inputs(wildcards):
     return {"test": SEG_SETS.loc[wildcards.on, "test"]}
 
 
+def seg_shards(dataset):
+    """The teacher-maps jobs of a training set: segmentation.teacher_shards, or one per image
+    where the set has fewer (an empty shard would be a job that writes nothing)."""
+    return min(SEG["teacher_shards"], SEG_TRAIN_IMAGES.get(dataset, SEG["teacher_shards"]))
+
+
+def seg_shards_of_job(wildcards):
+    return seg_shards(wildcards.dataset)
+
+
 def seg_teacher_probs(wildcards):
     """A kd student's teacher maps: every shard of its teacher's (none for no-kd)."""
     view = SEG_TEACHERS[wildcards.mode]
     if not view:
         return []
     return [
-        f"{RESULTS}/segmentation/{wildcards.dataset}/teacher/{view}/probs/{s}.npz" for s in range(SEG["teacher_shards"])
+        f"{RESULTS}/segmentation/{wildcards.dataset}/teacher/{view}/probs/{s}.npz"
+        for s in range(seg_shards(wildcards.dataset))
     ]
 
 
@@ -254,12 +270,13 @@ def minutes_per_step(base_min):
     return lambda wildcards, attempt: round(base_min + pixels / TRAIN_PIXELS_PER_MINUTE) * attempt
 
 
-def minutes_per_gb(base_min, per_gb, split="train", shards=1, path_of=None):
-    """runtime (minutes) = base + per GB of the split a job predicts (its share of `shards`), x
-    attempt: inference time follows the pixels (split_held_bytes: the split's arrays)."""
+def minutes_per_gb(base_min, per_gb, split="train", sharded=False, path_of=None):
+    """runtime (minutes) = base + per GB of the split a job predicts (where `sharded`, its shard's
+    share), x attempt: inference time follows the pixels (split_held_bytes: the split's arrays)."""
 
     def runtime(wildcards, input, attempt):
         held = split_held_bytes(split_of_job(wildcards, input, split, path_of))
+        shards = seg_shards(wildcards.dataset) if sharded else 1
         return round(base_min + per_gb * held / 1e9 / shards) * attempt
 
     return runtime
@@ -330,12 +347,10 @@ def segmentation_benchmarks():
         files += expand(str(rules.segmentation_sam_test_maps.benchmark), dataset=SEG_TRAIN, view=views)
     external = SEG["teacher"] == "external"
     probs = rules.segmentation_teacher_maps_external if external else rules.segmentation_teacher_probs
-    files += expand(
-        str(probs.benchmark),
-        dataset=SEG_TRAIN,
-        view=seg_distilled_views(),
-        shard=range(SEG["teacher_shards"]),
-    )
+    for dataset in SEG_TRAIN:
+        files += expand(
+            str(probs.benchmark), dataset=dataset, view=seg_distilled_views(), shard=range(seg_shards(dataset))
+        )
     files += expand(
         str(rules.segmentation_student.benchmark),
         dataset=SEG_TRAIN,

@@ -78,11 +78,11 @@ if SEG["teacher"] == "unet-multiplex":
         threads: 1
         resources:
             mem_mb=mem_per_image(2000),
-            runtime=minutes_per_gb(5, 30, shards=SEG["teacher_shards"]),  # CPU: ~0.1 MP/s (bench.segmentation)
+            runtime=minutes_per_gb(5, 30, sharded=True),  # CPU: ~0.1 MP/s (bench.segmentation)
             gpu=1,
         params:
             split=seg_split("train"),
-            shards=SEG["teacher_shards"],
+            shards=seg_shards_of_job,
             device=config["device"],
             precision=config["precision"],
         script:
@@ -110,10 +110,10 @@ elif SEG["teacher"] == "external":
             "../../envs/torch-gpu.yaml"
         resources:
             mem_mb=mem_per_image(2000),
-            runtime=minutes_per_gb(5, 5, shards=SEG["teacher_shards"]),
+            runtime=minutes_per_gb(5, 5, sharded=True),
         params:
             split=seg_split("train"),
-            shards=SEG["teacher_shards"],
+            shards=seg_shards_of_job,
         script:
             "../../scripts/segmentation_external_probs.py"
 
@@ -138,11 +138,11 @@ elif SEG["teacher"] == "sam":
         threads: 1
         resources:
             mem_mb=mem_per_image(12000),
-            runtime=minutes_per_gb(10, 15, shards=SEG["teacher_shards"]),  # GPU: ~2 s an image
+            runtime=minutes_per_gb(10, 15, sharded=True),  # GPU: ~2 s an image
             gpu=1,
         params:
             split=seg_split("train"),
-            shards=SEG["teacher_shards"],
+            shards=seg_shards_of_job,
             sam=SEG["sam"],
             device=config["device"],
         script:

@@ -41,17 +41,18 @@ def read_split(fmt: str, path: str, target: str = "whole-cell", nuclear_only: bo
 
 
 def check_split(fmt: str, path: str, target: str = "whole-cell", nuclear: int = 0,
-                membrane: int | None = 1, training: bool = False) -> int:
+                membrane: int | None = 1, training: bool = False) -> tuple[int, int]:
     """read_split's checks that need no pixels (a TissueNet split's array headers; every image
     and label file of a BBBC038 or TIFF folder, by their headers), so the workflow can make them
     on every split before any job runs; a `training` folder's images must share one size, as
-    training needs. Returns the smallest image side, in pixels."""
+    training needs. Returns the number of images and the smallest image side, in pixels."""
     if fmt == "tissuenet":
-        return min(check_tissuenet_split(path, nuclear, membrane, target)[1:3])
+        shape = check_tissuenet_split(path, nuclear, membrane, target)
+        return shape[0], min(shape[1:3])
     data = read_split(fmt, path, target, nuclear=nuclear, membrane=membrane)
     if training:
         data.images.require_one_size()
-    return min(min(shape) for shape in data.images.shapes)
+    return len(data), min(min(shape) for shape in data.images.shapes)
 
 
 def split_array_bytes(path: str | Path) -> int:

@@ -5,6 +5,7 @@ and the four U-Net students."""
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tracemalloc
 
@@ -164,17 +165,17 @@ def test_bbbc038_folders_become_one_instance_image_each(tmp_path):
 
 def test_the_test_split_check_reads_every_mask_before_any_model_trains(tmp_path):
     """A corrupt mask of the last image was found at scoring, after every model had trained."""
-    from tissuekd.segmentation.steps import check_test_split
+    from tissuekd.segmentation.steps import check_split_contents
 
     folder = write_bbbc038(tmp_path / "stage1_test", n_images=3)
     split = {"fmt": "bbbc038", "path": str(folder)}
-    check_test_split(split, str(tmp_path / "ok.txt"))
+    check_split_contents(split, str(tmp_path / "ok.txt"))
     assert (tmp_path / "ok.txt").read_text().endswith("3 images readable, pixels finite, 3 with labelled objects\n")
     last = sorted(folder.iterdir())[-1]
     mask = sorted((last / "masks").glob("*.png"))[-1]
     mask.write_bytes(mask.read_bytes()[:-40])  # its header intact: planning reads it as fine
     with pytest.raises(InputError, match=f"{mask.name}: unreadable"):
-        check_test_split(split, str(tmp_path / "bad.txt"))
+        check_split_contents(split, str(tmp_path / "bad.txt"))
     assert not (tmp_path / "bad.txt").exists()
 
 
@@ -607,6 +608,25 @@ def test_the_throughput_benchmark_prints_each_students_speed_against_the_teacher
     students = [line for line in lines if line.startswith("student")]
     assert len(students) == 8 and all("x the teacher" in line for line in students[:4])
     assert all("x faster" in line for line in students[4:])
+
+
+def test_a_shard_job_after_the_check_job_reads_its_share_of_the_split_not_the_whole(tmp_path, capsys):
+    """tissuekd.bench.split_reads: bytes from disk, the kernel's count. Scanned (as every job did
+    before segmentation_check_train), a shard job read the whole split; trusted to the check, its
+    share and the label-order check's first images."""
+    from tissuekd.bench import split_reads
+
+    split = tmp_path / "tissuenet_v1.1_train.npz"
+    shape = (1024, 128, 128, 2)  # X and y 268 MB: well above a disk's readahead (8 MB on this VM)
+    np.savez(split, X=np.zeros(shape, np.float32), y=np.zeros(shape, np.int32))
+    split_reads.main([str(split), "--shards", "16", "--shard", "5"])
+    out = capsys.readouterr().out
+    scanned, checked = (int(re.search(rf"{way} +\d+ MB to open, +(\d+) MB", out)[1]) for way in ("scanned", "checked"))
+    if scanned == 0:
+        pytest.skip("no reads from a block device here (a tmpfs holds the split)")
+    # checked: y of the first 64 images for the label-order check (8 MB), the shard's 64 images (17 MB),
+    # and the kernel's readahead around each (measured here: 67 MB of 268)
+    assert scanned >= 268 and checked < scanned / 3, out
 
 
 def test_training_reads_images_targets_and_teacher_maps_one_image_at_a_time(tmp_path):

@@ -235,25 +235,32 @@ def _no_labels(arrays):
     arrays["y"][:] = 0
 
 
-@pytest.mark.parametrize(("change", "problem"), [
-    (_nan_pixels, "tissuenet_v1.1_test.npz: X has NaN or infinite pixels, first in image 1"),
-    (_no_labels, "tissuenet_v1.1_test.npz: none of the 2 images has a labelled object"),
+@pytest.mark.parametrize(("split", "change", "problem"), [
+    ("test", _nan_pixels, "tissuenet_v1.1_test.npz: X has NaN or infinite pixels, first in image 1"),
+    ("test", _no_labels, "tissuenet_v1.1_test.npz: none of the 2 images has a labelled object"),
+    ("train", _nan_pixels, "tissuenet_v1.1_train.npz: X has NaN or infinite pixels, first in image 1"),
 ])
-def test_a_test_split_bad_in_its_pixels_or_labels_stops_before_any_training(tmp_path, change, problem):
-    """What planning cannot see from headers is read by one job per test split that every
-    training job waits for (it was found at scoring, after every model)."""
+def test_a_split_bad_in_its_pixels_or_labels_stops_at_its_check_before_any_training(tmp_path, split, change,
+                                                                                     problem):
+    """What planning cannot see from headers is read by one job per split that every training
+    job waits for: a test split's was found at scoring, after every model; a training split's by
+    every teacher and student job in turn, each scanning the whole split (now they read only the
+    images they use)."""
     workdir = make_workdir(tmp_path, **SMALL)
     snakemake("--cores", "1", "demo_segmentation", cwd=workdir)
-    test = workdir / "data/demo/segmentation/tissuenet/tissuenet_v1.1_test.npz"
-    with np.load(test) as split:
-        arrays = dict(split)
+    path = workdir / f"data/demo/segmentation/tissuenet/tissuenet_v1.1_{split}.npz"
+    with np.load(path) as arrays:
+        arrays = dict(arrays)
     change(arrays)
-    with open(test, "wb") as f:
+    with open(path, "wb") as f:
         np.savez(f, **arrays)
     result = snakemake("--cores", "2", cwd=workdir, check=False)
-    assert result.returncode != 0 and problem in result.stderr + result.stdout
+    out = result.stderr + result.stdout
+    assert result.returncode != 0 and problem in out
+    assert f"Error in rule segmentation_check_{split}" in out
     assert not list((workdir / "results/segmentation").rglob("model.pt"))
-    assert not (workdir / "results/segmentation/checked/tissuenet_demo.txt").exists()
+    check = "checked/train/tissuenet_demo.txt" if split == "train" else "checked/tissuenet_demo.txt"
+    assert not (workdir / "results/segmentation" / check).exists()
 
 
 def test_training_crops_larger_than_the_images_stop_the_plan_naming_the_split(tmp_path):

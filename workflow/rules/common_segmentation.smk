@@ -164,13 +164,23 @@ def folder_fingerprint(folder):
 
 
 def seg_split(split):
-    """Param: read_split's arguments for the job's training set."""
-    return lambda wildcards: seg_split_kwargs(wildcards.dataset, split)
+    """Param: read_split's arguments for the job's training set, whose contents the job's check
+    input (segmentation_check_train) has read: it need not scan them again."""
+    return lambda wildcards: {**seg_split_kwargs(wildcards.dataset, split), "checked": True}
 
 
 def seg_split_inputs(wildcards):
-    """A training job's split, and the checks of the test splits its models will be scored on."""
-    return {"train": SEG_SETS.loc[wildcards.dataset, "train"], "checked": seg_test_checks(wildcards.dataset)}
+    """A training job's split, its check, and the checks of the test splits its models will be
+    scored on."""
+    train_check = f"{RESULTS}/segmentation/checked/train/{wildcards.dataset}.txt"
+    return {
+        "train": SEG_SETS.loc[wildcards.dataset, "train"],
+        "checked": [train_check, *seg_test_checks(wildcards.dataset)],
+    }
+
+
+def seg_train_to_check(wildcards):
+    return {"train": SEG_SETS.loc[wildcards.dataset, "train"]}
 
 
 def seg_scored_sets(dataset):
@@ -362,5 +372,6 @@ def segmentation_benchmarks():
     files += expand(
         str(rules.segmentation_check_test.benchmark), on=sorted({on for d in SEG_TRAIN for on in seg_scored_sets(d)})
     )
+    files += expand(str(rules.segmentation_check_train.benchmark), dataset=SEG_TRAIN)
     bench = str(rules.segmentation_evaluate.benchmark)
     return files + [bench.format(dataset=d, model=m, on=on) for d, m, on in segmentation_evaluations()]

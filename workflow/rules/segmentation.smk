@@ -21,9 +21,34 @@ rule segmentation_check_test:
         runtime=minutes_per_gb(5, 2, path_of=seg_test_path),
     run:
         from tissuekd.logs import run_in_process
-        from tissuekd.segmentation.steps import check_test_split
+        from tissuekd.segmentation.steps import check_split_contents
 
-        run_in_process(log[0], lambda: check_test_split(seg_split_kwargs(wildcards.on, "test"), output[0]))
+        run_in_process(log[0], lambda: check_split_contents(seg_split_kwargs(wildcards.on, "test"), output[0]))
+
+
+rule segmentation_check_train:
+    # a training split's pixels and labels, read once before any model trains on it, so that the
+    # training and teacher-maps jobs do not each scan it whole again (a maps shard then reads its
+    # share only); the split is an input and its arguments params: a changed split is read again
+    input:
+        unpack(seg_train_to_check),
+    output:
+        f"{RESULTS}/segmentation/checked/train/{{dataset}}.txt",
+    log:
+        f"{LOGS}/segmentation/check_train/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/segmentation/check_train/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_per_image(1000),
+        runtime=minutes_per_gb(5, 2),
+    params:
+        split=lambda wildcards: seg_split_kwargs(wildcards.dataset, "train"),
+    run:
+        from tissuekd.logs import run_in_process
+        from tissuekd.segmentation.steps import check_split_contents
+
+        run_in_process(log[0], lambda: check_split_contents(params.split, output[0]))
 
 
 if SEG["teacher"] == "unet-multiplex":

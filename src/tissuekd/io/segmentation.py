@@ -27,12 +27,14 @@ FORMATS = ("tissuenet", "bbbc038", "tiff")
 
 
 def read_split(fmt: str, path: str, target: str = "whole-cell", nuclear_only: bool = False, nuclear: int = 0,
-               membrane: int | None = 1, contents: str | None = None) -> SegSet:
+               membrane: int | None = 1, contents: str | None = None, checked: bool = False) -> SegSet:
     """One split of a data set in its published layout; `nuclear_only` keeps the nuclear channel
     (`nuclear`, `membrane`: channel indices, the sheet's). `contents` is not read: the workflow's
-    fingerprint of a folder's files, passed in the jobs' params so that they rerun when one changes."""
+    fingerprint of a folder's files, passed in the jobs' params so that they rerun when one changes.
+    `checked`: the split's pixels and labels were read by a check job this one waits for, so a
+    TissueNet split is not scanned again (folders check each image as it is read, whatever)."""
     if fmt == "tissuenet":
-        return read_tissuenet(path, nuclear, None if nuclear_only else membrane, target=target)
+        return read_tissuenet(path, nuclear, None if nuclear_only else membrane, target=target, scan=not checked)
     if fmt == "bbbc038":
         return read_bbbc038(path)
     if fmt == "tiff":

@@ -18,7 +18,8 @@ from tissuekd.io.segset import TARGETS, SegSet, id_problem
 log = logging.getLogger(__name__)
 
 
-def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1, target: str = "whole-cell") -> SegSet:
+def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1, target: str = "whole-cell",
+                   scan: bool = True) -> SegSet:
     """One split of TissueNet v1.1 (`tissuenet_v1.1_{train,val,test}.npz`).
 
     Parameters
@@ -30,6 +31,10 @@ def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
         Channel indices of X (membrane None: nuclear only).
     target : str
         "whole-cell" or "nuclear": which labels of `y`.
+    scan : bool
+        Read every image and label to check pixels finite and labels instance ids (in chunks).
+        False where the workflow's check job already read these bytes (segmentation_check_train):
+        a job then reads only the images it uses, e.g. a teacher-maps shard its share.
     """
     path = Path(path)
     if target not in TARGETS:
@@ -38,7 +43,8 @@ def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
     channels = (nuclear,) if membrane is None else (nuclear, membrane)
     _check_shapes(path, x.shape, y.shape, channels, target)
     channel = label_channel(path, y.shape, target)
-    _require_instance_ids(path, y, channel)
+    if scan:
+        _require_instance_ids(path, y, channel)
     _require_label_order(path, y)
     n = len(x)
     tissues, platforms = (_names(path, member, n) for member in NAME_LISTS)
@@ -46,7 +52,8 @@ def read_tissuenet(path: str | Path, nuclear: int = 0, membrane: int | None = 1,
     # a slice of consecutive channels is a view of the memory map; an index list would read X whole
     images = x[..., first:first + len(channels)] if channels == tuple(range(first, first + len(channels))) \
         else x[..., list(channels)]
-    _require_finite_pixels(path, images)
+    if scan:
+        _require_finite_pixels(path, images)
     labels = y[..., channel]
     if not np.issubdtype(labels.dtype, np.integer):
         labels = IntegerLabels(labels)  # whole numbers stored as floats (checked above)

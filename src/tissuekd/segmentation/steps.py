@@ -181,11 +181,12 @@ def sam_maps(data: SegSet, sam: dict, out: str, shard: int = 0, shards: int = 1,
             log_progress(log, progress, k + 1, rows.stop - rows.start)
 
 
-def check_test_split(split: dict, out: str) -> None:
-    """What scoring needs of a test split and planning (headers only) cannot see: every image and
-    label file readable, finite pixels, and a labelled object in at least one image. Made before
-    any model to be scored on the split trains (found at scoring, the first time, after every
-    model had trained); `out` notes what was read."""
+def check_split_contents(split: dict, out: str) -> None:
+    """What training or scoring needs of a split (read_split's arguments) and planning (headers
+    only) cannot see: every image and label file readable, finite pixels, and a labelled object
+    in at least one image. Made once per split before any model trains on it or is to be scored
+    on it (else found by every training job in turn, or at scoring after every model had
+    trained); `out` notes what was read."""
     data = read_split(**split)  # a TissueNet split's pixels are scanned here, in chunks
     labelled = 0
     for i in range(len(data)):  # a folder's images and labels are read, and checked, one by one

@@ -4,7 +4,8 @@ job before it would (`checked=False`: the finite-pixel and instance-id checks re
 split) and trusted to the workflow's check job (`checked=True`: segmentation_check_train read
 it once). Each way runs in its own process after the file is evicted from the page cache
 (posix_fadvise; a memory map still open elsewhere keeps its pages), counted by the kernel
-(/proc/self/io read_bytes: Linux only), and the ratio is printed.
+(/proc/self/io read_bytes: Linux only), with the process's peak RSS (the mapped pages it touched
+count), and the ratio is printed.
 
     python -m tissuekd.bench.split_reads tissuenet_v1.1_train.npz [--shards 8 --shard 1]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 
@@ -47,7 +49,8 @@ def one_job(path: str, checked: bool, shard: int, shards: int) -> dict:
     for i in range(rows.start, rows.stop):
         np.asarray(data.images[i]).sum()
         np.asarray(data.labels[i]).sum()
-    return {"opened": opened, "total": read_bytes() - start, "images": rows.stop - rows.start}
+    return {"opened": opened, "total": read_bytes() - start, "images": rows.stop - rows.start,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         job = json.loads(out.splitlines()[-1])
         totals[way] = job["total"]
         print(f"{way:8s} {job['opened'] / 1e6:8.0f} MB to open, {job['total'] / 1e6:8.0f} MB with its "
-              f"{job['images']} images")
+              f"{job['images']} images; peak RSS {job['peak_mb']:.0f} MB")
     print(f"scanned / checked: {totals['scanned'] / max(totals['checked'], 1):.1f}x the bytes read")
 
 

@@ -350,9 +350,31 @@ def test_memory_and_runtime_follow_the_splits_size(tmp_path, fmt):
     memory, minutes = (6194, 36) if fmt == "tissuenet" else (6000, 65)
     assert f"mem_mb={memory}" in jobs["segmentation_teacher"], jobs["segmentation_teacher"]
     assert f"runtime={minutes}" in jobs["segmentation_teacher_probs"], jobs["segmentation_teacher_probs"]
+    assert f"mem_mb={memory}," in jobs["segmentation_teacher_probs"]  # decompressed whole; one image one shard
     scoring = re.findall(r"rule segmentation_evaluate:\n(?:    .*\n)*?    wildcards: .*on=(\w+).*\n"
                          r"(?:    .*\n)*?    resources: .*mem_mb=(\d+)", out)
     assert {on: int(mb) for on, mb in scoring} == {"tissuenet_demo": memory, "bbbc038_demo": 2000}, scoring
+
+
+def test_a_teacher_maps_job_asks_memory_for_its_share_of_a_memory_mapped_split(tmp_path):
+    """A stored npz (as TissueNet publishes it) is memory-mapped and a maps job reads only its
+    shard's images (the split is checked by its own job): 2 GB + 2x its share, where a training
+    job, which samples every image, asks for 2x the split (measured: 1 shard in 8 of a 1.07 GB
+    split peaked at 1.04-1.07 GB, README)."""
+    workdir = make_workdir(tmp_path / "w", **SMALL)
+    sheet = workdir / "config/segmentation_datasets.tsv"
+    rows = pd.read_csv(sheet, sep="\t", dtype=str).fillna("")
+    shape = (64, 256, 256, 2)  # X and y: 2 x 33.6 MB
+    for split in ("train", "test"):
+        x = np.zeros(shape, np.float32)
+        x[0, 0, 0, 0] = split == "test"
+        np.savez(tmp_path / f"{split}.npz", X=x, y=np.zeros(shape, np.int32))
+        rows.loc[rows["dataset"] == "tissuenet_demo", split] = str(tmp_path / f"{split}.npz")
+    rows.to_csv(sheet, sep="\t", index=False)
+    out = snakemake("-n", "--cores", "1", cwd=workdir).stdout
+    jobs = dict(re.findall(r"rule (\w+):\n(?:    .*\n)*?    resources: (.*)", out))
+    assert "mem_mb=2134," in jobs["segmentation_teacher"], jobs["segmentation_teacher"]  # 2,000 + 2 x 67 MB
+    assert "mem_mb=2067," in jobs["segmentation_teacher_probs"], jobs["segmentation_teacher_probs"]  # 2 shards
 
 
 def test_scoring_on_a_bbbc038_folder_asks_memory_for_its_pixels(tmp_path):

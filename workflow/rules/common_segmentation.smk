@@ -244,6 +244,14 @@ def split_bytes(path):
 
 
 @functools.cache
+def split_whole(path):
+    """Whether a job reading one image of the split holds all of it (a compressed npz)."""
+    from tissuekd.io.segmentation import split_read_whole
+
+    return os.path.exists(path) and split_read_whole(path)
+
+
+@functools.cache
 def split_held_bytes(path):
     """Bytes of a split's arrays (tissuekd.io.segmentation.split_array_bytes; 0 before the demo
     makes it), once per split however many jobs ask."""
@@ -258,13 +266,16 @@ def split_of_job(wildcards, input, split, path_of):
     return path_of(wildcards) if path_of else getattr(input, split)
 
 
-def mem_per_image(base_mb, split="train", path_of=None):
+def mem_per_image(base_mb, split="train", path_of=None, sharded=False):
     """mem_mb = (base + 2 x the split's arrays) x attempt: training, inference and scoring read one
     image at a time (bounded caches), so the split counts only through its mapped or decompressed
-    pages; measured 1.1-1.6 MB per MB of split (2026-12-04, 5-302 MB TissueNet-layout splits)."""
+    pages; measured 1.1-1.6 MB per MB of split (2026-12-04, 5-302 MB TissueNet-layout splits).
+    `sharded` (a teacher-maps job): its shard's share, unless the split is decompressed whole."""
 
     def mem(wildcards, input, attempt):
-        return round(base_mb + 2 * split_held_bytes(split_of_job(wildcards, input, split, path_of)) / 1e6) * attempt
+        path = split_of_job(wildcards, input, split, path_of)
+        shards = seg_shards(wildcards.dataset) if sharded and not split_whole(path) else 1
+        return round(base_mb + 2 * split_held_bytes(path) / 1e6 / shards) * attempt
 
     return mem
 

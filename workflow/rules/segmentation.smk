@@ -102,7 +102,7 @@ if SEG["teacher"] == "unet-multiplex":
             "../../envs/torch-gpu.yaml"
         threads: 1
         resources:
-            mem_mb=mem_per_image(2000),
+            mem_mb=mem_per_image(2000, sharded=True),
             runtime=minutes_per_gb(5, 30, sharded=True),  # CPU: ~0.1 MP/s (bench.segmentation)
             gpu=1,
         params:
@@ -134,7 +134,7 @@ elif SEG["teacher"] == "external":
         conda:
             "../../envs/torch-gpu.yaml"
         resources:
-            mem_mb=mem_per_image(2000),
+            mem_mb=mem_per_image(2000, sharded=True),
             runtime=minutes_per_gb(5, 5, sharded=True),
         params:
             split=seg_split("train"),
@@ -162,7 +162,7 @@ elif SEG["teacher"] == "sam":
             "../../envs/torch-gpu.yaml"
         threads: 1
         resources:
-            mem_mb=mem_per_image(12000),
+            mem_mb=mem_per_image(12000, sharded=True),
             runtime=minutes_per_gb(10, 15, sharded=True),  # GPU: ~2 s an image
             gpu=1,
         params:

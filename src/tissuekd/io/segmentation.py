@@ -72,3 +72,14 @@ def split_array_bytes(path: str | Path) -> int:
         return sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in map(tiff_shape, tiffs))
     pngs = [p / "images" / f"{p.name}.png" for p in path.iterdir() if (p / "images").is_dir()]
     return sum(8 * height * width for height, width in map(png_shape, pngs))
+
+
+def split_read_whole(path: str | Path) -> bool:
+    """Whether reading any image of a split puts all of its arrays in memory: an npz with a
+    compressed member (decompressed whole). A stored npz is memory-mapped and a folder read file
+    by file, so a job holds only the images it reads."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist())

@@ -180,6 +180,7 @@ def seg_split_inputs(wildcards):
 
 
 def seg_train_to_check(wildcards):
+    """The training split's check reads it as an input: a rewritten split is checked again."""
     return {"train": SEG_SETS.loc[wildcards.dataset, "train"]}
 
 

@@ -629,6 +629,17 @@ def test_a_shard_job_after_the_check_job_reads_its_share_of_the_split_not_the_wh
     assert scanned >= 268 and checked < scanned / 3, out
 
 
+def test_split_reads_says_why_a_split_cannot_be_read(tmp_path):
+    """The child process's own reason, not a bare exit status (a new user's trial)."""
+    from tissuekd.bench import split_reads
+
+    x = np.zeros((4, 8, 8, 2), np.float32)
+    x[2, 0, 0, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", X=x, y=np.zeros((4, 8, 8, 2), np.int32))
+    with pytest.raises(SystemExit, match="scanned: .*nan.npz: X has NaN or infinite pixels, first in image 2"):
+        split_reads.main([str(tmp_path / "nan.npz"), "--shards", "2", "--shard", "0"])
+
+
 def test_training_reads_images_targets_and_teacher_maps_one_image_at_a_time(tmp_path):
     """PerImage makes an image's arrays when a crop needs them and keeps a bounded cache;
     ShardMaps serves the teacher's shards memory-mapped, in the split's order."""

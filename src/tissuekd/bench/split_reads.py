@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard", type=int, default=1)
     parser.add_argument("--one", choices=["scanned", "checked"], help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args(argv)
+    if not 0 <= args.shard < args.shards:
+        parser.error(f"--shard {args.shard}: one of 0 ... {args.shards - 1} (--shards {args.shards})")
     if args.one:
         print(json.dumps(one_job(args.split, args.one == "checked", args.shard, args.shards)))
         return
@@ -67,14 +69,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.split}: {size / 1e6:.0f} MB; shard {args.shard} of {args.shards}")
     totals = {}
     for way in ("scanned", "checked"):
-        out = subprocess.run([sys.executable, "-m", "tissuekd.bench.split_reads", args.split, "--one", way,
-                              "--shards", str(args.shards), "--shard", str(args.shard)],
-                             capture_output=True, text=True, check=True).stdout
-        job = json.loads(out.splitlines()[-1])
+        child = subprocess.run([sys.executable, "-m", "tissuekd.bench.split_reads", args.split, "--one", way,
+                                "--shards", str(args.shards), "--shard", str(args.shard)],
+                               capture_output=True, text=True)
+        if child.returncode:  # the child's own reason (a bad split, not a TissueNet npz), not a bare exit status
+            sys.exit(f"{way}: {child.stderr.strip().splitlines()[-1] if child.stderr.strip() else child.returncode}")
+        job = json.loads(child.stdout.splitlines()[-1])
         totals[way] = job["total"]
         print(f"{way:8s} {job['opened'] / 1e6:8.0f} MB to open, {job['total'] / 1e6:8.0f} MB with its "
               f"{job['images']} images; peak RSS {job['peak_mb']:.0f} MB")
-    print(f"scanned / checked: {totals['scanned'] / max(totals['checked'], 1):.1f}x the bytes read")
+    print(f"scanned / checked: {totals['scanned'] / max(totals['checked'], 1):.1f}x the bytes read "
+          "(the disk's readahead, /sys/block/*/queue/read_ahead_kb, adds to both: on a split of a few "
+          "times that size the ratio says little)")
 
 
 if __name__ == "__main__":

@@ -463,8 +463,9 @@ def test_a_sam_teacher_plans_its_maps_and_is_scored_on_its_own_test_set_only(tmp
 
 def test_a_training_set_with_fewer_images_than_teacher_shards_plans_one_shard_per_image(tmp_path):
     """segmentation.teacher_shards is one value for every training set: a set with fewer images
-    gets one teacher-maps job per image, and each job's time limit its own share (before: empty
-    shards, each a job that loads the model and writes nothing)."""
+    gets one teacher-maps job per image (before: empty shards, each a job that loads the model
+    and writes nothing), and its kd students read just those (each job's time limit, its own
+    share: test_memory_and_runtime_follow_the_splits_size)."""
     workdir = make_workdir(tmp_path / "w", **SMALL, segmentation__teacher_shards=4)
     sheet = workdir / "config/segmentation_datasets.tsv"
     rows = pd.read_csv(sheet, sep="\t", dtype=str).fillna("")

@@ -17,6 +17,12 @@ from tissuekd.errors import InputError
 log = logging.getLogger(__name__)
 
 
+def npz_compressed(path: str | Path) -> bool:
+    """Whether any member of an npz is compressed, so npz_member reads it whole, not mapped."""
+    with zipfile.ZipFile(path) as archive:
+        return any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist())
+
+
 def npz_member(path: str | Path, name: str) -> np.ndarray:
     """Array `name` of an npz: memory-mapped when stored uncompressed, else read whole."""
     path = Path(path)

@@ -19,6 +19,7 @@ import numpy as np
 
 from tissuekd.errors import InputError
 from tissuekd.io.bbbc038 import png_shape, read_bbbc038
+from tissuekd.io.npz import npz_compressed
 from tissuekd.io.segset import SegSet, shown
 from tissuekd.io.tiff_folder import TIFF_SUFFIXES, read_tiff_folder, tiff_shape
 from tissuekd.io.tissuenet import check_tissuenet_split, read_tissuenet
@@ -78,8 +79,4 @@ def split_read_whole(path: str | Path) -> bool:
     """Whether reading any image of a split puts all of its arrays in memory: an npz with a
     compressed member (decompressed whole). A stored npz is memory-mapped and a folder read file
     by file, so a job holds only the images it reads."""
-    path = Path(path)
-    if not path.is_file():
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist())
+    return Path(path).is_file() and npz_compressed(path)

@@ -60,6 +60,9 @@ class ExternalMaps:
                                         "(expected (H, W) or (2, H, W))")
         if maps.ndim == 2:
             maps = np.stack([maps, maps - ndimage.grey_erosion(maps, size=(3, 3))])
-        if not np.isfinite(maps).all() or maps.min() < 0 or maps.max() > 1:
-            raise InputError(self.path, f"map of image {image_id!r} is not a probability in [0, 1]")
+        if not np.isfinite(maps).all():
+            raise InputError(self.path, f"map of image {image_id!r} has NaN or infinite values")
+        if maps.min() < 0 or maps.max() > 1:
+            raise InputError(self.path, f"map of image {image_id!r} holds values from {maps.min():.3g} to "
+                                        f"{maps.max():.3g}, not probabilities in [0, 1] (logits? apply a sigmoid)")
         return maps

@@ -97,7 +97,7 @@ def _require_finite_pixels(path: Path, images: np.ndarray, chunk: int = 64) -> N
     for start in range(0, len(images), chunk):
         bad = ~np.isfinite(images[start:start + chunk]).all(axis=tuple(range(1, images.ndim)))
         if bad.any():
-            raise InputError(path, f"X has NaN or infinite pixels, first in image {start + int(np.argmax(bad))} "
+            raise InputError(path, f"X has NaN or infinite pixels, first in image X[{start + int(np.argmax(bad))}] "
                                    "(of the channels the sheet names)")
 
 
@@ -165,7 +165,7 @@ def _require_instance_ids(path: Path, y: np.ndarray, channel: int, chunk: int = 
         if problem:
             bad, what = problem
             raise InputError(path, f"labels are not instance ids (y is {y.dtype} with {what}, first in image "
-                                   f"{start + int(np.argmax(bad))})")
+                                   f"y[{start + int(np.argmax(bad))}])")
 
 
 NAME_LISTS = ("tissue_list", "platform_list")  # TissueNet's per-image names

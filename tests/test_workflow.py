@@ -501,6 +501,31 @@ def test_a_bundle_with_the_mex_matrix_only_plans_with_its_files_and_their_memory
     assert f"the Xenium bundle {bundle} has no cell_feature_matrix/features.tsv.gz" in result.stdout + result.stderr
 
 
+def test_a_dry_run_before_ingest_asks_what_the_slide_needs(demo_slide, tmp_path):
+    """A plan made before a user's slide is ingested (a dry run) sizes every niche job from the
+    bundle's own cell table and matrix header, not from the not-yet-written cells.parquet (which
+    gave each job the base ask); the demo's slide generator asks memory for the cells it paints."""
+    workdir = make_workdir(tmp_path / "wd", slides=("breast",), niche__k=[10])
+    bundle = tmp_path / "xenium" / "outs"
+    shutil.copytree(demo_slide / "outs", bundle)
+    sheet = pd.read_csv(workdir / "config" / "niche_slides.tsv", sep="\t", dtype=str).fillna("")
+    sheet.loc[:, ["bundle", "he_image", "he_alignment", "pathology"]] = (
+        str(bundle), str(he_image(demo_slide)), str(he_alignment(demo_slide)), "")
+    sheet.to_csv(workdir / "config" / "niche_slides.tsv", sep="\t", index=False)
+    blocks = snakemake("-n", "--cores", "1", cwd=workdir).stdout.split("\n\n")
+    cells = pq.read_metadata(bundle / "cells.parquet").num_rows
+    with h5py.File(bundle / "cell_feature_matrix.h5") as h5:
+        stored = h5["matrix/data"].shape[0]
+    (student,) = [b for b in blocks if "rule niche_student:" in b]
+    (scvi,) = [b for b in blocks if "rule niche_scvi:" in b]
+    assert f"mem_mb={round(3000 + 2 * cells / 1000)}," in student
+    assert f"mem_mb={round(2000 + 8 * cells / 1000 + 12 * stored / 1e6)}," in scvi
+    demo = make_workdir(tmp_path / "demo", slides=("breast",), cells=40000, niche__k=[10])
+    (paint,) = [b for b in snakemake("-n", "--cores", "1", cwd=demo).stdout.split("\n\n")
+                if "rule demo_xenium_slide:" in b]
+    assert f"mem_mb={1000 + 70 * 40}," in paint
+
+
 def test_external_teacher_needs_a_logits_path_per_row(tmp_path):
     workdir = make_workdir(tmp_path, niche__teacher="external")
     result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)

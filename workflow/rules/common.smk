@@ -425,14 +425,31 @@ def n_counts(path):
         return 0
 
 
+def slide_cells(wildcards, input):
+    """Cells of a niche job's slide: its ingested table, else (a plan made before ingest ran, as a
+    dry run is) the bundle's own, so the plan shows the asks the jobs will make."""
+    if os.path.exists(input.cells) or "slide" not in wildcards.keys():
+        return n_cells(input.cells)
+    return n_cells(bundle_cells(SLIDES.loc[wildcards.slide, "bundle"]))
+
+
+def slide_counts(wildcards, input, counts):
+    """Stored counts of input `counts`, else (before ingest) of the bundle's matrix."""
+    if os.path.exists(input[counts]) or "slide" not in wildcards.keys():
+        return n_counts(input[counts])
+    matrix = matrix_files(Path(SLIDES.loc[wildcards.slide, "bundle"]))[0]
+    return n_counts(matrix) if os.path.exists(matrix) else 0
+
+
 def mem_per_cell(base_mb, kb_per_cell, bytes_per_count=0, counts="matrix"):
     """mem_mb = (base + kB per cell x cells + bytes per stored count x counts of input `counts`)
     x attempt: grows with the slide, with its panel (a 5,000-gene panel stores ~10x the counts of
     a 480-gene one per cell) and on retry (an exact multiple of the first request)."""
 
     def mem_mb(wildcards, input, attempt):
-        stored = n_counts(input[counts]) if bytes_per_count else 0
-        return round(base_mb + kb_per_cell * n_cells(input.cells) / 1000 + bytes_per_count * stored / 1e6) * attempt
+        stored = slide_counts(wildcards, input, counts) if bytes_per_count else 0
+        cells = slide_cells(wildcards, input)
+        return round(base_mb + kb_per_cell * cells / 1000 + bytes_per_count * stored / 1e6) * attempt
 
     return mem_mb
 
@@ -447,7 +464,18 @@ def ingest_mem_mb(wildcards, input, attempt):
 
 def minutes_per_cell(base_min, per_million):
     """runtime (minutes) = base + per million cells, x attempt."""
-    return lambda wildcards, input, attempt: round(base_min + per_million * n_cells(input.cells) / 1e6) * attempt
+
+    def runtime(wildcards, input, attempt):
+        return round(base_min + per_million * slide_cells(wildcards, input) / 1e6) * attempt
+
+    return runtime
+
+
+def demo_slide_mem_mb(wildcards, attempt):
+    """A demo Xenium slide's generator paints the whole H&E in float32: measured 0.87 GB for
+    `demo.niche_cells` 10,500 (12,842 cells made), 2.45 GB for 40,000 (47,279), so 1 GB + 70 kB
+    per cell asked (the layout makes ~1.2x the cells asked)."""
+    return round(1000 + 70 * config["demo"]["niche_cells"] / 1000) * attempt
 
 
 def minutes_per_patient(base_min, per_thousand):
@@ -465,13 +493,19 @@ def slide_value(column):
     return lambda wildcards: SLIDES.loc[wildcards.slide, column]
 
 
+def bundle_cells(bundle):
+    """A Xenium bundle's cell table: parquet, else csv.gz (XOA 1.x)."""
+    cells = Path(bundle) / "cells.parquet"
+    if not cells.exists() and (Path(bundle) / "cells.csv.gz").exists():
+        cells = Path(bundle) / "cells.csv.gz"
+    return cells
+
+
 def xenium_inputs(wildcards):
-    """The bundle files ingest reads; the cell table is parquet, else csv.gz (XOA 1.x)."""
+    """The bundle files ingest reads."""
     row = SLIDES.loc[wildcards.slide]
     bundle = Path(row["bundle"])
-    cells = bundle / "cells.parquet"
-    if not cells.exists() and (bundle / "cells.csv.gz").exists():
-        cells = bundle / "cells.csv.gz"
+    cells = bundle_cells(bundle)
     inputs = {
         "experiment": bundle / "experiment.xenium",
         "cells": cells,

@@ -21,7 +21,7 @@ rule demo_xenium_slide:
     conda:
         "../../envs/scverse.yaml"
     resources:
-        mem_mb=lambda wildcards, attempt: 3000 * attempt,
+        mem_mb=demo_slide_mem_mb,
         runtime=20,
     params:
         n_cells=config["demo"]["niche_cells"],

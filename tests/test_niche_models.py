@@ -213,3 +213,29 @@ def test_nolan_and_metrics_are_deterministic_for_a_seed():
         runs.append((logits, niche_metrics("x", labels, niche, niche.astype(str), niche.astype(str), True)))
     assert torch.equal(runs[0][0], runs[1][0])
     assert pd.Series(runs[0][1]).equals(pd.Series(runs[1][1]))
+
+
+def test_scvi_logs_its_epochs_and_device_without_lightnings_chatter(tmp_path):
+    """A long scVI fit shows progress in its log (about ten lines, with the ELBO) and the device it
+    trained on; Lightning's start-up lines, its srun hint and faiss's loader lines stay out."""
+    import anndata as ad
+    from scipy import sparse
+
+    from tissuekd.logs import run_logged
+    from tissuekd.niche.steps import fit_scvi
+
+    rng = np.random.default_rng(0)
+    counts = sparse.csr_matrix(rng.poisson(2.0, (200, 12)).astype(np.float32))
+    ad.AnnData(counts).write_h5ad(tmp_path / "expression.h5ad")
+
+    def step():
+        import faiss  # noqa: F401  (its loader's lines, as in a Leiden step)
+
+        fit_scvi(str(tmp_path / "expression.h5ad"), str(tmp_path / "model"), str(tmp_path / "latent.parquet"),
+                 n_latent=2, max_epochs=4, accelerator="cpu")
+
+    run_logged(str(tmp_path / "scvi.log"), step)
+    text = (tmp_path / "scvi.log").read_text()
+    assert "scVI epochs (ELBO " in text and "4 of 4 (100%)" in text and "scVI: trained on cpu" in text
+    assert not any(noise in text for noise in ("GPU available", "srun", "LeafSpec", "litlogger", "faiss.loader"))
+    assert len(pd.read_parquet(tmp_path / "latent.parquet")) == 200

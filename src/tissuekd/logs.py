@@ -16,6 +16,11 @@ from collections.abc import Callable
 from tissuekd.errors import InputError
 
 
+# faiss's loader logs each CPU build it did not find (with the error) at INFO before loading the
+# one it has: lines that read like failures in every log of a step that imports it
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+
 def run_logged(log_path: str | None, step: Callable[[], object]) -> None:
     """Run `step` with stderr and logging sent to `log_path`; exit 1 on failure."""
     console = sys.stderr

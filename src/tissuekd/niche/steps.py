@@ -6,8 +6,10 @@ evaluation and maps in evaluate.py.)"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from tissuekd.encoders.reduce import Reduction, reduce_file
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
 from tissuekd.io.columns import CELL_ID, XY_UM
+from tissuekd.logs import log_progress
 from tissuekd.niche.models import NeighborhoodTransformer
 from tissuekd.niche.tables import check_aligned, check_feature_ids, read_logits, write_logits
 from tissuekd.niche.train import NolanConfig, StudentConfig, fit_nolan, fit_student, predict_logits
@@ -28,6 +31,39 @@ from tissuekd.spatial.neighborhoods import build_neighborhoods
 log = logging.getLogger(__name__)
 LOGIT_TEMP = 0.1  # cosines / 0.1 -> logits, for teacher, student and Histology NOLAN alike
 FEATURE_DIM = 64  # H&E features are PCA-reduced (fitted on training rows) before the transformer
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Lightning's start-up lines (GPU and TPU availability, a cloud-logging tip, "Seed set"), each
+    twice (its own handler and ours), its hint to launch with srun (one process trains here) and a
+    deprecation inside Lightning say nothing a user can act on: the step logs its device and its
+    epochs itself. Warnings and errors still reach the log."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The `srun` command is available")
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+def _epoch_progress(epochs: int):
+    """A Lightning callback logging about ten progress lines over the epochs, with the ELBO."""
+    from lightning.pytorch.callbacks import Callback
+
+    class EpochProgress(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            elbo = trainer.callback_metrics.get("elbo_train")
+            what = "scVI epochs" if elbo is None else f"scVI epochs (ELBO {float(elbo):.2f})"
+            log_progress(log, what, trainer.current_epoch + 1, epochs)
+
+    return EpochProgress()
 
 
 def fit_scvi(expression: str, out_model: str, out_latent: str, n_latent: int = 10, max_epochs: int | None = None,
@@ -56,16 +92,19 @@ def fit_scvi(expression: str, out_model: str, out_latent: str, n_latent: int = 1
     import scvi
     from scvi.model._utils import get_max_epochs_heuristic
 
-    scvi.settings.seed = seed
     adata = ad.read_h5ad(expression)
     if max_epochs is None:
         max_epochs = get_max_epochs_heuristic(adata.n_obs)
         log.info("scVI: %d epochs by the scvi-tools heuristic for %d cells", max_epochs, adata.n_obs)
     else:
         log.info("scVI: %d epochs, fixed in the config", max_epochs)
-    scvi.model.SCVI.setup_anndata(adata)
-    model = scvi.model.SCVI(adata, n_latent=n_latent)
-    model.train(max_epochs=max_epochs, accelerator=accelerator, enable_progress_bar=False, early_stopping=False)
+    with _quiet_lightning():
+        scvi.settings.seed = seed
+        scvi.model.SCVI.setup_anndata(adata)
+        model = scvi.model.SCVI(adata, n_latent=n_latent)
+        model.train(max_epochs=max_epochs, accelerator=accelerator, enable_progress_bar=False, early_stopping=False,
+                    callbacks=[_epoch_progress(max_epochs)])
+    log.info("scVI: trained on %s", model.device)
     latent = model.get_latent_representation()
     log.info("scVI: %d cells, %d genes, latent %d, final ELBO %.2f", adata.n_obs, adata.n_vars, n_latent,
              float(model.history["elbo_train"].iloc[-1, 0]))

@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 from tissuekd.errors import InputError
 
-
 # faiss's loader logs each CPU build it did not find (with the error) at INFO before loading the
 # one it has: lines that read like failures in every log of a step that imports it
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)

@@ -504,22 +504,29 @@ def test_a_bundle_with_the_mex_matrix_only_plans_with_its_files_and_their_memory
 def test_a_dry_run_before_ingest_asks_what_the_slide_needs(demo_slide, tmp_path):
     """A plan made before a user's slide is ingested (a dry run) sizes every niche job from the
     bundle's own cell table and matrix header, not from the not-yet-written cells.parquet (which
-    gave each job the base ask); the demo's slide generator asks memory for the cells it paints."""
-    workdir = make_workdir(tmp_path / "wd", slides=("breast",), niche__k=[10])
+    gave each job the base ask), and so does a Xenium pseudo-spot sample's prepare (the expression
+    study); the demo's slide generator asks memory for the cells it paints."""
+    workdir = make_workdir(tmp_path / "wd", slides=("breast", "colon"), studies=("niche", "expression"),
+                           niche__k=[10])
     bundle = tmp_path / "xenium" / "outs"
     shutil.copytree(demo_slide / "outs", bundle)
     sheet = pd.read_csv(workdir / "config" / "niche_slides.tsv", sep="\t", dtype=str).fillna("")
     sheet.loc[:, ["bundle", "he_image", "he_alignment", "pathology"]] = (
         str(bundle), str(he_image(demo_slide)), str(he_alignment(demo_slide)), "")
     sheet.to_csv(workdir / "config" / "niche_slides.tsv", sep="\t", index=False)
+    samples = pd.read_csv(workdir / "config" / "expression_samples.tsv", sep="\t", dtype=str).fillna("")
+    samples = samples[(samples["format"] != "xenium") | samples["niche_slide"].isin(sheet["slide"])]
+    samples.to_csv(workdir / "config" / "expression_samples.tsv", sep="\t", index=False)
     blocks = snakemake("-n", "--cores", "1", cwd=workdir).stdout.split("\n\n")
     cells = pq.read_metadata(bundle / "cells.parquet").num_rows
     with h5py.File(bundle / "cell_feature_matrix.h5") as h5:
         stored = h5["matrix/data"].shape[0]
-    (student,) = [b for b in blocks if "rule niche_student:" in b]
-    (scvi,) = [b for b in blocks if "rule niche_scvi:" in b]
-    assert f"mem_mb={round(3000 + 2 * cells / 1000)}," in student
+    student = [b for b in blocks if "rule niche_student:" in b]
+    (scvi, _) = [b for b in blocks if "rule niche_scvi:" in b]
+    (prepare,) = [b for b in blocks if "rule expression_prepare:" in b and "sample=XEN_breast" in b]
+    assert student and all(f"mem_mb={round(3000 + 2 * cells / 1000)}," in b for b in student)
     assert f"mem_mb={round(2000 + 8 * cells / 1000 + 12 * stored / 1e6)}," in scvi
+    assert f"mem_mb={round(1000 + 0.5 * cells / 1000 + 16 * stored / 1e6)}," in prepare  # one chunk: all cells
     demo = make_workdir(tmp_path / "demo", slides=("breast",), cells=40000, niche__k=[10])
     (paint,) = [b for b in snakemake("-n", "--cores", "1", cwd=demo).stdout.split("\n\n")
                 if "rule demo_xenium_slide:" in b]

@@ -425,19 +425,19 @@ def n_counts(path):
         return 0
 
 
-def slide_cells(wildcards, input):
-    """Cells of a niche job's slide: its ingested table, else (a plan made before ingest ran, as a
-    dry run is) the bundle's own, so the plan shows the asks the jobs will make."""
-    if os.path.exists(input.cells) or "slide" not in wildcards.keys():
-        return n_cells(input.cells)
-    return n_cells(bundle_cells(SLIDES.loc[wildcards.slide, "bundle"]))
+def slide_cells(path, slide=None):
+    """Cells in `path`, a niche slide's ingested table, else (a plan made before ingest ran, as a
+    dry run is) in the bundle of `slide`, so the plan shows the asks the jobs will make."""
+    if os.path.exists(path) or slide is None:
+        return n_cells(path)
+    return n_cells(bundle_cells(SLIDES.loc[slide, "bundle"]))
 
 
-def slide_counts(wildcards, input, counts):
-    """Stored counts of input `counts`, else (before ingest) of the bundle's matrix."""
-    if os.path.exists(input[counts]) or "slide" not in wildcards.keys():
-        return n_counts(input[counts])
-    matrix = matrix_files(Path(SLIDES.loc[wildcards.slide, "bundle"]))[0]
+def slide_counts(path, slide=None):
+    """Stored counts in `path`, a slide's ingested counts, else (before ingest) in its bundle's matrix."""
+    if os.path.exists(path) or slide is None:
+        return n_counts(path)
+    matrix = matrix_files(Path(SLIDES.loc[slide, "bundle"]))[0]
     return n_counts(matrix) if os.path.exists(matrix) else 0
 
 
@@ -447,8 +447,9 @@ def mem_per_cell(base_mb, kb_per_cell, bytes_per_count=0, counts="matrix"):
     a 480-gene one per cell) and on retry (an exact multiple of the first request)."""
 
     def mem_mb(wildcards, input, attempt):
-        stored = slide_counts(wildcards, input, counts) if bytes_per_count else 0
-        cells = slide_cells(wildcards, input)
+        slide = getattr(wildcards, "slide", None)
+        stored = slide_counts(input[counts], slide) if bytes_per_count else 0
+        cells = slide_cells(input.cells, slide)
         return round(base_mb + kb_per_cell * cells / 1000 + bytes_per_count * stored / 1e6) * attempt
 
     return mem_mb
@@ -466,7 +467,8 @@ def minutes_per_cell(base_min, per_million):
     """runtime (minutes) = base + per million cells, x attempt."""
 
     def runtime(wildcards, input, attempt):
-        return round(base_min + per_million * slide_cells(wildcards, input) / 1e6) * attempt
+        cells = slide_cells(input.cells, getattr(wildcards, "slide", None))
+        return round(base_min + per_million * cells / 1e6) * attempt
 
     return runtime
 

@@ -142,8 +142,9 @@ def expression_prepare_mb(wildcards, input, attempt):
         return round(1000 + 6 * split_bytes(input.get("st") or input.get("matrix")) / 1e6) * attempt
     from tissuekd.spatial.spots import POOL_CHUNK_CELLS
 
-    cells = n_cells(input.cells)
-    chunk_counts = n_counts(input.cell_counts) * min(1.0, POOL_CHUNK_CELLS / cells) if cells else 0
+    slide = EXPR_SAMPLES.loc[wildcards.sample, "niche_slide"]  # before its ingest: the bundle's
+    cells = slide_cells(input.cells, slide)
+    chunk_counts = slide_counts(input.cell_counts, slide) * min(1.0, POOL_CHUNK_CELLS / cells) if cells else 0
     return round(1000 + PSEUDO_KB_PER_CELL * cells / 1000 + PSEUDO_BYTES_PER_COUNT * chunk_counts / 1e6) * attempt
 
 

@@ -66,6 +66,11 @@ def test_progress_is_logged_about_ten_times_whatever_the_length(caplog):
         assert caplog.records[-1].getMessage() == f"images: {total} of {total} (100%)"
     caplog.clear()
     with caplog.at_level("INFO", logger="tissuekd.test"):
+        for done in range(1, 21):
+            log_progress(logger, "epochs", done, 20)
+    assert [r.args[1] for r in caplog.records] == list(range(2, 21, 2))  # not 7 for 6, 13 for 12
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tissuekd.test"):
         for done in [*range(64, 3044, 64), 3044]:  # batches of 64, the last one short
             log_progress(logger, "crops", done, 3044, step=64 if done % 64 == 0 else 3044 % 64)
     assert len(caplog.records) == 10 and caplog.records[-1].getMessage() == "crops: 3044 of 3044 (100%)"

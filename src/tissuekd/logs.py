@@ -181,5 +181,9 @@ def log_progress(logger: logging.Logger, what: str, done: int, total: int, share
                  ) -> None:
     """Log "`what`: done of total" each time `done` (1-based; `step` more than at the last call)
     passes another `share` of `total`: about ten lines for a long loop, whatever its length."""
-    if total > 0 and (done == total or int(done / total / share) > int((done - step) / total / share)):
+
+    def passed(n):  # shares of total passed; the epsilon keeps 6 / 20 / 0.1 = 2.9999999999999996 at 3
+        return int(n / total / share + 1e-9)
+
+    if total > 0 and (done == total or passed(done) > passed(done - step)):
         logger.info("%s: %d of %d (%.0f%%)", what, done, total, 100 * done / total)

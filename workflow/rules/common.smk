@@ -437,8 +437,7 @@ def slide_counts(path, slide=None):
     """Stored counts in `path`, a slide's ingested counts, else (before ingest) in its bundle's matrix."""
     if os.path.exists(path) or slide is None:
         return n_counts(path)
-    matrix = matrix_files(Path(SLIDES.loc[slide, "bundle"]))[0]
-    return n_counts(matrix) if os.path.exists(matrix) else 0
+    return n_counts(matrix_files(SLIDES.loc[slide, "bundle"])[0])  # 0 while it does not exist (a demo's)
 
 
 def mem_per_cell(base_mb, kb_per_cell, bytes_per_count=0, counts="matrix"):

@@ -28,6 +28,11 @@ if os.path.exists(RESULTS) and not os.path.isdir(RESULTS):
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 DEMO_DIR = config["demo"]["outdir"]
+PUBLIC_XENIUM = f"{config['public']['outdir']}/xenium"  # public.smk fetches there, when asked
+TCGA_CDR = {  # the GDC's copy of TCGA-CDR-SupplementalTableS1.xlsx (2,945,129 bytes)
+    "url": "https://api.gdc.cancer.gov/data/1b5f413e-a8d1-4d10-92eb-7c4ae739ed81",
+    "md5": "a4591b2dcee39591f59e5e25a6ce75fa",
+}
 SLIDE_PATH_COLUMNS = ["bundle", "he_image", "he_alignment", "cell_types", "pathology", "niche_truth"]
 # The survival study is a deep chain (every slide of a cohort, then its teacher, then its student)
 # where the niche study is wide (many short per-slide jobs): started first, it runs beside the
@@ -616,3 +621,31 @@ def all_targets():
     if targets:
         targets.append(f"{RESULTS}/benchmark/runtime.tsv")
     return targets
+
+
+# ---- public data sets, fetched by rule only when asked (public.smk) ----
+@functools.cache
+def public_xenium_list():
+    """The list of public Xenium data sets (config public.xenium; read only when a fetch is planned)."""
+    path = config["public"]["xenium"] or str(Path(workflow.basedir).parent / "resources" / "xenium_public.tsv")
+    table = load_sheet(path, str(Path(workflow.basedir) / "schemas" / "xenium_public.schema.yaml"))
+    require_unique(table, "slide", path)
+    return table.set_index("slide", drop=False)
+
+
+def public_xenium_row(wildcards):
+    """Param: the list's row of one data set, as a dict of its URLs."""
+    table = public_xenium_list()
+    if wildcards.public not in table.index:
+        raise WorkflowError(f"{wildcards.public} is not in the public Xenium list (names: {', '.join(table.index)})")
+    return table.loc[wildcards.public].to_dict()
+
+
+def public_xenium_files(wildcards):
+    """Every listed data set's bundle and H&E, for the sheet written of them."""
+    slides = public_xenium_list().index
+    return {
+        "outs": expand(f"{PUBLIC_XENIUM}/{{public}}/outs", public=slides),
+        "he_image": expand(f"{PUBLIC_XENIUM}/{{public}}/he_image.ome.tif", public=slides),
+        "he_alignment": expand(f"{PUBLIC_XENIUM}/{{public}}/he_imagealignment.csv", public=slides),
+    }

@@ -1,0 +1,116 @@
+"""Downloads of public data sets: streamed to disk, resumed after an interruption, and checked
+against the size the server announced, so that a cut connection never leaves a file that
+looks complete."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tissuekd.errors import InputError
+from tissuekd.logs import log_progress
+
+log = logging.getLogger(__name__)
+CHUNK = 8 << 20  # bytes read and written at a time: memory stays flat for a 40 GB bundle
+TIMEOUT_S = 60  # per read; a stalled server fails the job (and Snakemake's retry resumes it)
+
+
+def partial_path(dest: str | Path) -> Path:
+    """Where a download in progress lives: kept when cut off, so the next try resumes it."""
+    dest = Path(dest)
+    return dest.with_name(dest.name + ".part")
+
+
+def download(url: str, dest: str | Path, md5: str | None = None) -> Path:
+    """Fetch `url` to `dest`; bytes already in `dest`'s .part file are kept where the server
+    serves ranges. The file appears at `dest` only once every announced byte has arrived (and,
+    given `md5`, its checksum matches: a mismatched .part is removed, so a retry starts anew)."""
+    dest, part = Path(dest), partial_path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # the range starts at the end: the .part is whole already
+            return _finish(url, part, dest, have, have, md5)
+        raise InputError(url, f"the server answered HTTP {err.code} ({err.reason})") from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise InputError(url, f"cannot be reached ({reason}); does this host have internet access?") from None
+    with response:
+        resumed = have and getattr(response, "status", 200) == 206
+        if have and not resumed:
+            log.info("%s: the server does not resume; starting again", url)
+            have = 0
+        total = _announced(response, have)
+        log.info("%s -> %s: %s%s", url, dest, _size(total), f", resuming at {_size(have)}" if have else "")
+        with open(part, "ab" if resumed else "wb") as out:
+            got = have
+            for chunk in _chunks(response):
+                out.write(chunk)
+                got += len(chunk)
+                if total:
+                    log_progress(log, dest.name, got, total, step=len(chunk))
+    return _finish(url, part, dest, got, total, md5)
+
+
+def _chunks(response):
+    """The body in chunks until it ends or the connection drops (what came before is kept)."""
+    while True:
+        try:
+            chunk = response.read(CHUNK)
+        except http.client.IncompleteRead as err:
+            yield err.partial
+            return
+        except OSError as err:  # reset, timed out: _finish says how far it got
+            log.warning("the connection dropped: %s", err)
+            return
+        if not chunk:
+            return
+        yield chunk
+
+
+def _announced(response, have: int) -> int | None:
+    """The whole file's size from Content-Range (a resumed reply) or Content-Length; None if neither."""
+    span = response.headers.get("Content-Range", "")
+    if "/" in span and span.rsplit("/", 1)[1].isdigit():
+        return int(span.rsplit("/", 1)[1])
+    length = response.headers.get("Content-Length")
+    return have + int(length) if length and length.isdigit() else None
+
+
+def _finish(url: str, part: Path, dest: Path, got: int, total: int | None, md5: str | None) -> Path:
+    if total is not None and got != total:
+        raise InputError(url, f"the download stopped at {_size(got)} of {_size(total)}; run again to resume it "
+                              f"({part} is kept)")
+    if md5 and (found := file_md5(part)) != md5.lower():
+        part.unlink()
+        raise InputError(url, f"the download's MD5 is {found}, not the {md5} published for it (removed)")
+    os.replace(part, dest)
+    return dest
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _size(n: int | None) -> str:
+    return "size unknown" if n is None else f"{n / 2**20:,.1f} MiB"
+
+
+def copy_member(archive, member, dest: Path) -> None:
+    """One member of an open zip archive to `dest`, streamed."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with archive.open(member) as src, open(dest, "wb") as out:
+        shutil.copyfileobj(src, out, CHUNK)

@@ -1,0 +1,147 @@
+"""Public data sets fetched by rule: downloads over real HTTP from a local server (resumed after a
+cut, refused when short or missing), a Xenium outs.zip unpacked to what ingest reads, and the
+slide sheet written for the fetched sets, on which the niche study plans."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import threading
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO, he_alignment, he_image, job_stats, make_workdir, snakemake
+
+from tissuekd.errors import InputError
+from tissuekd.io.download import download, partial_path
+
+pytestmark = pytest.mark.workflow
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files as 10x's CDN does: whole, or from a byte offset (Range: bytes=N-). A file named
+    in `cut` is sent short once: its full Content-Length announced, half its bytes written."""
+
+    cut: set[str] = set()
+
+    def do_GET(self):
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            return self.send_error(404, "Not Found")
+        data = path.read_bytes()
+        start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers["Range"] else 0
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        body = data[start:]
+        if path.name in self.cut:
+            self.cut.discard(path.name)
+            body = body[: len(body) // 2]
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server over tmp_path/served; yields (folder, base URL)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(folder)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    RangeHandler.cut.clear()
+
+
+def test_a_download_cut_off_is_refused_kept_and_resumed(server, tmp_path):
+    folder, url = server
+    payload = bytes(range(256)) * 40_000  # 10 MB: more than one read
+    (folder / "big.bin").write_bytes(payload)
+    RangeHandler.cut.add("big.bin")
+    dest = tmp_path / "got" / "big.bin"
+    with pytest.raises(InputError, match=r"big.bin: the download stopped at 4.9 MiB of 9.8 MiB; run again"):
+        download(f"{url}/big.bin", dest)
+    assert not dest.exists() and partial_path(dest).stat().st_size == len(payload) // 2
+    download(f"{url}/big.bin", dest)  # asks for the rest only
+    assert dest.read_bytes() == payload and not partial_path(dest).exists()
+
+
+def test_a_missing_file_or_server_is_named_with_its_url(server, tmp_path):
+    _, url = server
+    with pytest.raises(InputError, match=r"/nothing.zip: the server answered HTTP 404"):
+        download(f"{url}/nothing.zip", tmp_path / "nothing.zip")
+    with pytest.raises(InputError, match=r"cannot be reached .*internet"):
+        download("http://127.0.0.1:9/x.zip", tmp_path / "x.zip")  # the discard port: refused
+    assert not list(tmp_path.glob("*.zip"))
+
+
+def test_a_download_whose_md5_differs_from_the_published_one_is_removed(server, tmp_path):
+    folder, url = server
+    (folder / "cdr.xlsx").write_bytes(b"clinical table")
+    with pytest.raises(InputError, match=r"cdr.xlsx: the download's MD5 is [0-9a-f]{32}, not the 0{32} published"):
+        download(f"{url}/cdr.xlsx", tmp_path / "cdr.xlsx", md5="0" * 32)
+    assert not list(tmp_path.glob("cdr.xlsx*"))  # neither the file nor its .part: a retry starts anew
+    download(f"{url}/cdr.xlsx", tmp_path / "cdr.xlsx", md5=hashlib.md5(b"clinical table").hexdigest())
+    assert (tmp_path / "cdr.xlsx").read_bytes() == b"clinical table"
+
+
+def test_the_shipped_list_plans_a_bundle_and_an_he_job_per_set_and_nothing_in_the_default_run(tmp_path):
+    workdir = make_workdir(tmp_path)
+    listed = pd.read_csv(REPO / "resources" / "xenium_public.tsv", sep="\t", comment="#")
+    planned = job_stats(snakemake("-n", "--cores", "1", "fetch_xenium_public", cwd=workdir).stdout)
+    assert planned == {"fetch_xenium_bundle": len(listed), "fetch_xenium_he": len(listed), "fetch_xenium_public": 1}
+    assert not {rule for rule in job_stats(snakemake("-n", "--cores", "1", cwd=workdir).stdout) if "fetch" in rule}
+
+
+def as_outs_zip(slide: Path, zip_path: Path, inner: str) -> None:
+    """The slide's bundle zipped as 10x publishes it (under `inner/`), with a large file the
+    workflow never reads."""
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for f in (slide / "outs").rglob("*"):
+            zf.write(f, f"{inner}/{f.relative_to(slide / 'outs')}")
+        zf.writestr(f"{inner}/morphology_focus/ch0000_dapi.ome.tif", b"\0" * 1000)
+        zf.writestr(f"{inner}/transcripts.parquet", b"\0" * 1000)
+
+
+def test_listed_xenium_sets_are_fetched_into_a_sheet_the_niche_study_plans_on(demo_slide, server, tmp_path):
+    folder, url = server
+    as_outs_zip(demo_slide, folder / "Xenium_Demo_outs.zip", "Xenium_Demo_outs")
+    (folder / "he.ome.tif").write_bytes(he_image(demo_slide).read_bytes())
+    (folder / "he_alignment.csv").write_bytes(he_alignment(demo_slide).read_bytes())
+    (folder / "not_a_bundle.zip").write_bytes(b"")
+    with zipfile.ZipFile(folder / "not_a_bundle.zip", "w") as zf:
+        zf.writestr("outs/cells.parquet", b"")
+    workdir = make_workdir(tmp_path / "work")
+    rows = [["xenium_demo", "breast", f"{url}/Xenium_Demo_outs.zip"], ["broken", "lung", f"{url}/not_a_bundle.zip"]]
+    listing = pd.DataFrame([[*r, f"{url}/he.ome.tif", f"{url}/he_alignment.csv"] for r in rows],
+                           columns=["slide", "tissue", "outs", "he_image", "he_alignment"])
+    listing.iloc[:1].to_csv(workdir / "public.tsv", sep="\t", index=False)
+    public = "public={'xenium': 'public.tsv'}"
+
+    snakemake("--cores", "1", "fetch_xenium_public", "--config", public, cwd=workdir)
+    outs = workdir / "data/public/xenium/xenium_demo/outs"
+    kept = {str(f.relative_to(outs)) for f in outs.rglob("*") if f.is_file()}
+    assert {"experiment.xenium", "cells.parquet", "cell_feature_matrix.h5"} <= kept
+    assert not {k for k in kept if k.startswith(("morphology", "transcripts"))}  # left in the zip
+    assert not list(outs.parent.glob("*.zip*"))  # the archive is removed once unpacked
+    sheet = pd.read_csv(workdir / "data/public/xenium/niche_slides.tsv", sep="\t")
+    assert sheet[["slide", "tissue"]].values.tolist() == [["xenium_demo", "breast"]]
+    assert Path(sheet["bundle"][0]) == outs.resolve()
+
+    plan = snakemake("-n", "--cores", "1", "--config",
+                     f"niche={{'slides': '{workdir / 'data/public/xenium/niche_slides.tsv'}'}}", cwd=workdir)
+    assert job_stats(plan.stdout)["niche_ingest"] == 1
+
+    listing.to_csv(workdir / "public.tsv", sep="\t", index=False)
+    failed = snakemake("--cores", "1", "fetch_xenium_public", "--config", public, cwd=workdir, check=False)
+    assert failed.returncode != 0
+    assert "not_a_bundle.zip: holds no experiment.xenium" in failed.stdout + failed.stderr
+    assert not (workdir / "data/public/xenium/broken/outs").exists()

@@ -1,0 +1,91 @@
+# Public data sets fetched by rule, only when asked (resources/README.md): `snakemake --cores 4
+# fetch_xenium_public` downloads every Xenium data set of the list and writes a slide sheet for
+# them; name that sheet in niche.slides to run the study on them. Downloads run on the host that
+# runs Snakemake (localrule: cluster nodes often have no internet); the bundle and its H&E are
+# two jobs, so a failed H&E download does not throw away a bundle of tens of GB.
+
+
+rule fetch_xenium_bundle:
+    output:
+        outs=directory(f"{PUBLIC_XENIUM}/{{public}}/outs"),
+    log:
+        f"{LOGS}/public/xenium_bundle/{{public}}.log",
+    benchmark:
+        f"{BENCH}/public/xenium_bundle/{{public}}.tsv"
+    localrule: True
+    resources:
+        mem_mb=1000,
+        runtime=600,
+    params:
+        row=public_xenium_row,
+    run:
+        from tissuekd.logs import run_in_process
+        from tissuekd.niche.public import fetch_bundle
+
+        run_in_process(log[0], lambda: fetch_bundle(params.row["outs"], output.outs))
+
+
+rule fetch_xenium_he:
+    output:
+        he_image=f"{PUBLIC_XENIUM}/{{public}}/he_image.ome.tif",
+        he_alignment=f"{PUBLIC_XENIUM}/{{public}}/he_imagealignment.csv",
+    log:
+        f"{LOGS}/public/xenium_he/{{public}}.log",
+    benchmark:
+        f"{BENCH}/public/xenium_he/{{public}}.tsv"
+    localrule: True
+    resources:
+        mem_mb=1000,
+        runtime=120,
+    params:
+        row=public_xenium_row,
+    run:
+        from tissuekd.io.download import download
+        from tissuekd.logs import run_in_process
+
+        run_in_process(
+            log[0],
+            lambda: (
+                download(params.row["he_alignment"], output.he_alignment),
+                download(params.row["he_image"], output.he_image),
+            ),
+        )
+
+
+rule fetch_xenium_public:
+    input:
+        unpack(public_xenium_files),
+    output:
+        sheet=f"{PUBLIC_XENIUM}/niche_slides.tsv",
+    log:
+        f"{LOGS}/public/xenium_sheet.log",
+    benchmark:
+        f"{BENCH}/public/xenium_sheet.tsv"
+    localrule: True
+    params:
+        slides=lambda wildcards: public_xenium_list()[["slide", "tissue"]].to_dict("records"),
+    run:
+        from tissuekd.logs import run_in_process
+        from tissuekd.niche.public import write_sheet
+
+        run_in_process(log[0], lambda: write_sheet(params.slides, PUBLIC_XENIUM, output.sheet))
+
+
+rule fetch_tcga_cdr:
+    # TCGA-CDR (Liu et al. 2018, Cell), the clinical table the survival study reads, from the GDC;
+    # checked against its published MD5. Slides and RNA come as a GDC cart (resources/README.md).
+    output:
+        f"{config['public']['outdir']}/tcga/TCGA-CDR-SupplementalTableS1.xlsx",
+    log:
+        f"{LOGS}/public/tcga_cdr.log",
+    benchmark:
+        f"{BENCH}/public/tcga_cdr.tsv"
+    localrule: True
+    params:
+        url=TCGA_CDR["url"],
+        md5=TCGA_CDR["md5"],
+    run:
+        from tissuekd.io.download import download
+        from tissuekd.logs import run_in_process
+
+        run_in_process(log[0], lambda: download(params.url, output[0], md5=params.md5))

@@ -17,13 +17,15 @@ from conftest import REPO, he_alignment, he_image, job_stats, make_workdir, snak
 
 from tissuekd.errors import InputError
 from tissuekd.io.download import download, partial_path
+from tissuekd.niche.public import fetch_bundle, fetch_he
 
 pytestmark = pytest.mark.workflow
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files as 10x's CDN does: whole, or from a byte offset (Range: bytes=N-). A file named
-    in `cut` is sent short once: its full Content-Length announced, half its bytes written."""
+    """Serves files as 10x's CDN does: whole, or from a byte offset (Range: bytes=N-) unless
+    If-Range names another version (ETag) of the file. A file named in `cut` is sent short once:
+    its full Content-Length announced, half its bytes written."""
 
     cut: set[str] = set()
 
@@ -32,10 +34,13 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         if not path.is_file():
             return self.send_error(404, "Not Found")
         data = path.read_bytes()
-        start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers["Range"] else 0
+        etag = f'"{hashlib.md5(data).hexdigest()}"'
+        fresh = self.headers["If-Range"] in (None, etag)
+        start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers["Range"] and fresh else 0
         self.send_response(206 if start else 200)
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("ETag", etag)
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
         body = data[start:]
@@ -74,6 +79,27 @@ def test_a_download_cut_off_is_refused_kept_and_resumed(server, tmp_path):
     assert dest.read_bytes() == payload and not partial_path(dest).exists()
 
 
+def test_a_partial_download_of_another_url_or_an_older_file_is_never_spliced_in(server, tmp_path):
+    folder, url = server
+    (folder / "v1").mkdir()
+    (folder / "v2").mkdir()
+    (folder / "v1/outs.zip").write_bytes(b"1" * 3_000_000)
+    (folder / "v2/outs.zip").write_bytes(b"2" * 1_000_000)
+    dest = tmp_path / "outs.zip"
+    RangeHandler.cut.add("outs.zip")
+    with pytest.raises(InputError, match="stopped at"):
+        download(f"{url}/v1/outs.zip", dest)
+    download(f"{url}/v2/outs.zip", dest)  # the list now names another file of the same name
+    assert dest.read_bytes() == b"2" * 1_000_000
+    dest.unlink()
+    RangeHandler.cut.add("outs.zip")
+    with pytest.raises(InputError, match="stopped at"):
+        download(f"{url}/v1/outs.zip", dest)
+    (folder / "v1/outs.zip").write_bytes(b"3" * 2_000_000)  # replaced on the server meanwhile
+    download(f"{url}/v1/outs.zip", dest)
+    assert dest.read_bytes() == b"3" * 2_000_000 and not list(tmp_path.glob("*.part*"))
+
+
 def test_a_missing_file_or_server_is_named_with_its_url(server, tmp_path):
     _, url = server
     with pytest.raises(InputError, match=r"/nothing.zip: the server answered HTTP 404"):
@@ -101,10 +127,32 @@ def test_the_shipped_list_plans_a_bundle_and_an_he_job_per_set_and_nothing_in_th
     assert not {rule for rule in job_stats(snakemake("-n", "--cores", "1", cwd=workdir).stdout) if "fetch" in rule}
 
 
-def as_outs_zip(slide: Path, zip_path: Path, inner: str) -> None:
-    """The slide's bundle zipped as 10x publishes it (under `inner/`), with a large file the
-    workflow never reads."""
-    with zipfile.ZipFile(zip_path, "w") as zf:
+def test_a_damaged_zip_or_an_error_page_for_the_he_is_named_with_its_url_and_not_kept(demo_slide, server, tmp_path):
+    folder, url = server
+    as_outs_zip(demo_slide, folder / "X_outs.zip", "outs", compression=zipfile.ZIP_STORED)
+    data = bytearray((folder / "X_outs.zip").read_bytes())
+    at = data.find(b"PAR1") + 100  # inside cells.parquet's stored bytes: its CRC no longer holds
+    data[at:at + 8] = b"damaged!"
+    (folder / "X_outs.zip").write_bytes(bytes(data))
+    outs = tmp_path / "set" / "outs"
+    with pytest.raises(InputError, match=r"X_outs.zip: is not a whole zip archive \(Bad CRC-32 .*run again"):
+        fetch_bundle(f"{url}/X_outs.zip", str(outs))
+    assert not list(outs.parent.iterdir())  # no outs, and no archive a retry would reuse
+    (folder / "denied.html").write_text("<html>Access denied</html>")
+    (folder / "he.ome.tif").write_bytes(he_image(demo_slide).read_bytes())
+    (folder / "al.csv").write_bytes(he_alignment(demo_slide).read_bytes())
+    for urls, message in [({"he_image": f"{url}/denied.html", "he_alignment": f"{url}/al.csv"},
+                           r"denied.html: is not a TIFF"),
+                          ({"he_image": f"{url}/he.ome.tif", "he_alignment": f"{url}/denied.html"},
+                           r"denied.html: expected a 3x3 affine matrix")]:
+        with pytest.raises(InputError, match=message):
+            fetch_he(urls, str(tmp_path / "he.ome.tif"), str(tmp_path / "al.csv"))
+
+
+def as_outs_zip(slide: Path, zip_path: Path, inner: str, compression: int = zipfile.ZIP_DEFLATED) -> None:
+    """The slide's bundle zipped as 10x publishes it (under `inner/`), with files the workflow
+    never reads."""
+    with zipfile.ZipFile(zip_path, "w", compression) as zf:
         for f in (slide / "outs").rglob("*"):
             zf.write(f, f"{inner}/{f.relative_to(slide / 'outs')}")
         zf.writestr(f"{inner}/morphology_focus/ch0000_dapi.ome.tif", b"\0" * 1000)
@@ -136,6 +184,10 @@ def test_listed_xenium_sets_are_fetched_into_a_sheet_the_niche_study_plans_on(de
     assert sheet[["slide", "tissue"]].values.tolist() == [["xenium_demo", "breast"]]
     assert Path(sheet["bundle"][0]) == outs.resolve()
 
+    listing.loc[0, "tissue"] = "breast_tumour"  # a label: only the sheet is written again
+    listing.iloc[:1].to_csv(workdir / "public.tsv", sep="\t", index=False)
+    assert job_stats(snakemake("-n", "--cores", "1", "fetch_xenium_public", "--config", public, cwd=workdir).stdout
+                     ) == {"fetch_xenium_public": 1}
     plan = snakemake("-n", "--cores", "1", "--config",
                      f"niche={{'slides': '{workdir / 'data/public/xenium/niche_slides.tsv'}'}}", cwd=workdir)
     assert job_stats(plan.stdout)["niche_ingest"] == 1

@@ -633,12 +633,18 @@ def public_xenium_list():
     return table.set_index("slide", drop=False)
 
 
-def public_xenium_row(wildcards):
-    """Param: the list's row of one data set, as a dict of its URLs."""
-    table = public_xenium_list()
-    if wildcards.public not in table.index:
-        raise WorkflowError(f"{wildcards.public} is not in the public Xenium list (names: {', '.join(table.index)})")
-    return table.loc[wildcards.public].to_dict()
+def public_xenium_url(column):
+    """Param: one URL of a listed data set."""
+
+    def url(wildcards):
+        table = public_xenium_list()
+        if wildcards.public not in table.index:
+            raise WorkflowError(
+                f"{wildcards.public} is not in the public Xenium list (names: {', '.join(table.index)})"
+            )
+        return table.loc[wildcards.public, column]
+
+    return url
 
 
 def public_xenium_files(wildcards):

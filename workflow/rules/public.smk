@@ -17,12 +17,12 @@ rule fetch_xenium_bundle:
         mem_mb=1000,
         runtime=600,
     params:
-        row=public_xenium_row,
+        url=public_xenium_url("outs"),  # the URL alone: editing the row's tissue fetches nothing again
     run:
         from tissuekd.logs import run_in_process
         from tissuekd.niche.public import fetch_bundle
 
-        run_in_process(log[0], lambda: fetch_bundle(params.row["outs"], output.outs))
+        run_in_process(log[0], lambda: fetch_bundle(params.url, output.outs))
 
 
 rule fetch_xenium_he:
@@ -38,18 +38,14 @@ rule fetch_xenium_he:
         mem_mb=1000,
         runtime=120,
     params:
-        row=public_xenium_row,
+        he_image=public_xenium_url("he_image"),
+        he_alignment=public_xenium_url("he_alignment"),
     run:
-        from tissuekd.io.download import download
         from tissuekd.logs import run_in_process
+        from tissuekd.niche.public import fetch_he
 
-        run_in_process(
-            log[0],
-            lambda: (
-                download(params.row["he_alignment"], output.he_alignment),
-                download(params.row["he_image"], output.he_image),
-            ),
-        )
+        urls = {"he_image": params.he_image, "he_alignment": params.he_alignment}
+        run_in_process(log[0], lambda: fetch_he(urls, output.he_image, output.he_alignment))
 
 
 rule fetch_xenium_public:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import os
 import shutil
@@ -28,28 +29,40 @@ def partial_path(dest: str | Path) -> Path:
 
 
 def download(url: str, dest: str | Path, md5: str | None = None) -> Path:
-    """Fetch `url` to `dest`; bytes already in `dest`'s .part file are kept where the server
-    serves ranges. The file appears at `dest` only once every announced byte has arrived (and,
-    given `md5`, its checksum matches: a mismatched .part is removed, so a retry starts anew)."""
+    """Fetch `url` to `dest`; bytes already in `dest`'s .part file are kept where they came from
+    this URL and the server serves ranges of the same file (If-Range: a file changed on the server
+    is fetched anew, never spliced). The file appears at `dest` only once every announced byte has
+    arrived (and, given `md5`, its checksum matches: else the .part is removed, so a retry starts anew)."""
     dest, part = Path(dest), partial_path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    kept = _kept_part(url, part)
+    have = part.stat().st_size if kept else 0
+    headers = {}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+        if kept.get("validator"):
+            headers["If-Range"] = kept["validator"]
     try:
-        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
     except urllib.error.HTTPError as err:
-        if err.code == 416 and have:  # the range starts at the end: the .part is whole already
+        if err.code == 416 and have and kept.get("total") == have:  # the range starts at the end: the .part is whole
             return _finish(url, part, dest, have, have, md5)
+        if err.code == 416 and have:  # not this file's end: start again
+            _discard(part)
+            return download(url, dest, md5)
         raise InputError(url, f"the server answered HTTP {err.code} ({err.reason})") from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise InputError(url, f"cannot be reached ({reason}); does this host have internet access?") from None
+        hint = "" if url.startswith("file:") else "; does this host have internet access?"
+        raise InputError(url, f"cannot be reached ({reason}){hint}") from None
     with response:
         resumed = have and getattr(response, "status", 200) == 206
         if have and not resumed:
-            log.info("%s: the server does not resume; starting again", url)
+            log.info("%s: the server sends the whole file (no resuming, or it changed); starting again", url)
             have = 0
         total = _announced(response, have)
+        validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
+        _source(part).write_text(json.dumps({"url": url, "validator": validator, "total": total}))
         log.info("%s -> %s: %s%s", url, dest, _size(total), f", resuming at {_size(have)}" if have else "")
         with open(part, "ab" if resumed else "wb") as out:
             got = have
@@ -59,6 +72,33 @@ def download(url: str, dest: str | Path, md5: str | None = None) -> Path:
                 if total:
                     log_progress(log, dest.name, got, total, step=len(chunk))
     return _finish(url, part, dest, got, total, md5)
+
+
+def _source(part: Path) -> Path:
+    """Beside a .part: the URL, validator (ETag or Last-Modified) and size its bytes came from."""
+    return part.with_name(part.name + ".json")
+
+
+def _kept_part(url: str, part: Path) -> dict | None:
+    """The .part's source where it holds bytes of `url`; a .part of another URL (the list's row
+    changed) or of unknown origin is discarded."""
+    if not part.exists():
+        _discard(part)
+        return None
+    try:
+        source = json.loads(_source(part).read_text())
+    except (OSError, ValueError):
+        source = {}
+    if source.get("url") != url:
+        log.info("%s: not a download of %s; starting again", part, url)
+        _discard(part)
+        return None
+    return source
+
+
+def _discard(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _source(part).unlink(missing_ok=True)
 
 
 def _chunks(response):
@@ -91,9 +131,10 @@ def _finish(url: str, part: Path, dest: Path, got: int, total: int | None, md5: 
         raise InputError(url, f"the download stopped at {_size(got)} of {_size(total)}; run again to resume it "
                               f"({part} is kept)")
     if md5 and (found := file_md5(part)) != md5.lower():
-        part.unlink()
+        _discard(part)
         raise InputError(url, f"the download's MD5 is {found}, not the {md5} published for it (removed)")
     os.replace(part, dest)
+    _source(part).unlink(missing_ok=True)
     return dest
 
 

@@ -7,13 +7,17 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
+import tifffile
 
 from tissuekd.errors import InputError
+from tissuekd.io.alignment import read_alignment
 from tissuekd.io.atomic import atomic_path
 from tissuekd.io.download import copy_member, download
+from tissuekd.io.wsi import check_complete
 from tissuekd.io.xenium import ANALYSIS_TAR, MATRIX, MEX
 
 log = logging.getLogger(__name__)
@@ -26,37 +30,69 @@ SHEET_COLUMNS = ["slide", "tissue", "bundle", "he_image", "he_alignment", "cell_
 
 
 def fetch_bundle(url: str, outs: str) -> None:
-    """A bundle's outs.zip downloaded beside `outs` and unpacked into it, then removed."""
+    """A bundle's outs.zip downloaded beside `outs`, unpacked into it, and removed (also when it
+    fails to unpack: the next try downloads it anew)."""
     archive = Path(outs).parent / PurePosixPath(url).name
-    if not archive.exists():  # a whole download from a try whose unpacking failed is not fetched again
-        download(url, archive)
-    unpack_bundle(archive, outs, url)
-    archive.unlink()
+    download(url, archive)
+    try:
+        unpack_bundle(archive, outs, url)
+    finally:
+        archive.unlink(missing_ok=True)
 
 
 def unpack_bundle(archive: Path, outs: str, url: str) -> None:
     """The bundle's files that the workflow reads, from wherever experiment.xenium sits in the zip."""
     try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile:
-        archive.unlink()  # e.g. an error page served as the file: the next try downloads it again
-        raise InputError(url, "is not a zip archive (a Xenium outs.zip was expected; removed)") from None
-    with zf, atomic_path(outs) as tmp:
-        names = zf.namelist()
-        roots = sorted((PurePosixPath(n).parent for n in names if PurePosixPath(n).name == "experiment.xenium"),
-                       key=lambda p: len(p.parts))
-        if not roots:
-            raise InputError(url, "holds no experiment.xenium: not a Xenium output bundle")
-        root, kept = roots[0], []
-        for name in names:
-            path = PurePosixPath(name)
-            if not name.endswith("/") and path.is_relative_to(root) and kept_member(rel := str(path.relative_to(root))):
+        with zipfile.ZipFile(archive) as zf, atomic_path(outs) as tmp:
+            root, kept = bundle_root(zf, url), []
+            for name, rel in members(zf, root):
                 copy_member(zf, name, tmp / rel)
                 kept.append(rel)
-        for needed in (("cells.parquet", "cells.csv.gz"), (MATRIX, f"{MEX[0]}/{MEX[1][0]}")):
-            if not set(needed) & set(kept):
-                raise InputError(url, f"holds no {' or '.join(needed)} beside {root / 'experiment.xenium'}")
-        log.info("%s: kept %d of %d files (%s)", archive.name, len(kept), len(names), ", ".join(sorted(kept)[:8]))
+            for needed in (("cells.parquet", "cells.csv.gz"), (MATRIX, f"{MEX[0]}/{MEX[1][0]}")):
+                if not set(needed) & set(kept):
+                    raise InputError(url, f"holds no {' or '.join(needed)} beside {root / 'experiment.xenium'}")
+            log.info("%s: kept %d of the bundle's files (%s)", archive.name, len(kept), ", ".join(sorted(kept)[:8]))
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise InputError(url, f"is not a whole zip archive ({err}); removed, run again to download it anew") from None
+
+
+def bundle_root(zf: zipfile.ZipFile, url: str) -> PurePosixPath:
+    """The folder of the zip that holds experiment.xenium (the shallowest, if several do)."""
+    roots = [PurePosixPath(n).parent for n in zf.namelist() if PurePosixPath(n).name == "experiment.xenium"]
+    if not roots:
+        raise InputError(url, "holds no experiment.xenium: not a Xenium output bundle")
+    return min(roots, key=lambda p: len(p.parts))
+
+
+def members(zf: zipfile.ZipFile, root: PurePosixPath):
+    """(member, path below root) of every file kept."""
+    for name in zf.namelist():
+        path = PurePosixPath(name)
+        if not name.endswith("/") and path.is_relative_to(root) and kept_member(rel := str(path.relative_to(root))):
+            yield name, rel
+
+
+def fetch_he(urls: dict, he_image: str, he_alignment: str) -> None:
+    """A data set's H&E and alignment (the small file first), checked to be what they claim."""
+    download(urls["he_alignment"], he_alignment)
+    download(urls["he_image"], he_image)
+    check_he(he_image, he_alignment, urls)
+
+
+def check_he(he_image: str, he_alignment: str, urls: dict) -> None:
+    """The downloads are the files they claim to be (a login or error page comes back as HTTP 200
+    too): a TIFF whose image data the file holds, and a 3x3 matrix."""
+    try:
+        with tifffile.TiffFile(he_image):
+            pass
+    except (tifffile.TiffFileError, ValueError) as err:
+        raise InputError(urls["he_image"], f"is not a TIFF ({err})") from None
+    try:
+        check_complete(he_image)
+        read_alignment(he_alignment)
+    except InputError as err:
+        url = urls["he_image"] if err.where == str(he_image) else urls["he_alignment"]
+        raise InputError(url, err.problem) from None
 
 
 def kept_member(rel: str) -> bool:

@@ -149,6 +149,19 @@ def test_a_damaged_zip_or_an_error_page_for_the_he_is_named_with_its_url_and_not
             fetch_he(urls, str(tmp_path / "he.ome.tif"), str(tmp_path / "al.csv"))
 
 
+def test_a_whole_zip_whose_unpacking_was_stopped_is_reused_for_its_url_only(demo_slide, server, tmp_path):
+    _, url = server
+    folder = tmp_path / "set"
+    folder.mkdir()
+    as_outs_zip(demo_slide, folder / "X_outs.zip", "outs")  # left by a try stopped while unpacking
+    (folder / "X_outs.zip.url").write_text(f"{url}/X_outs.zip")
+    with pytest.raises(InputError, match="Y/X_outs.zip: the server answered HTTP 404"):
+        fetch_bundle(f"{url}/Y/X_outs.zip", str(folder / "outs"))  # another URL: not this zip
+    fetch_bundle(f"{url}/X_outs.zip", str(folder / "outs"))  # the server has none: the zip kept is used
+    assert (folder / "outs" / "experiment.xenium").exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["outs"]
+
+
 def as_outs_zip(slide: Path, zip_path: Path, inner: str, compression: int = zipfile.ZIP_DEFLATED) -> None:
     """The slide's bundle zipped as 10x publishes it (under `inner/`), with files the workflow
     never reads."""

@@ -30,14 +30,24 @@ SHEET_COLUMNS = ["slide", "tissue", "bundle", "he_image", "he_alignment", "cell_
 
 
 def fetch_bundle(url: str, outs: str) -> None:
-    """A bundle's outs.zip downloaded beside `outs`, unpacked into it, and removed (also when it
-    fails to unpack: the next try downloads it anew)."""
+    """A bundle's outs.zip downloaded beside `outs`, unpacked into it, and removed. A zip that
+    fails to unpack is removed too (the next try downloads it anew); one whose unpacking was
+    stopped (Ctrl-C, a killed job) is kept for the next try of the same URL."""
     archive = Path(outs).parent / PurePosixPath(url).name
-    download(url, archive)
+    source = archive.with_name(archive.name + ".url")
+    if not (archive.exists() and source.exists() and source.read_text() == url):
+        download(url, archive)
+        source.write_text(url)
     try:
         unpack_bundle(archive, outs, url)
-    finally:
+    except InputError:
         archive.unlink(missing_ok=True)
+        raise
+    finally:
+        if not archive.exists():
+            source.unlink(missing_ok=True)
+    archive.unlink()
+    source.unlink()
 
 
 def unpack_bundle(archive: Path, outs: str, url: str) -> None:

@@ -650,8 +650,9 @@ def public_xenium_url(column):
 def public_xenium_files(wildcards):
     """Every listed data set's bundle and H&E, for the sheet written of them."""
     slides = public_xenium_list().index
+    he = rules.fetch_xenium_he.output
     return {
-        "outs": expand(f"{PUBLIC_XENIUM}/{{public}}/outs", public=slides),
-        "he_image": expand(f"{PUBLIC_XENIUM}/{{public}}/he_image.ome.tif", public=slides),
-        "he_alignment": expand(f"{PUBLIC_XENIUM}/{{public}}/he_imagealignment.csv", public=slides),
+        "outs": expand(rules.fetch_xenium_bundle.output.outs, public=slides),
+        "he_image": expand(he.he_image, public=slides),
+        "he_alignment": expand(he.he_alignment, public=slides),
     }

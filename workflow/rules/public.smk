@@ -64,7 +64,9 @@ rule fetch_xenium_public:
         from tissuekd.logs import run_in_process
         from tissuekd.niche.public import write_sheet
 
-        run_in_process(log[0], lambda: write_sheet(params.slides, PUBLIC_XENIUM, output.sheet))
+        run_in_process(
+            log[0], lambda: write_sheet(params.slides, input.outs, input.he_image, input.he_alignment, output.sheet)
+        )
 
 
 rule fetch_tcga_cdr:

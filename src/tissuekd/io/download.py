@@ -9,7 +9,6 @@ import http.client
 import json
 import logging
 import os
-import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -148,10 +147,3 @@ def file_md5(path: Path) -> str:
 
 def _size(n: int | None) -> str:
     return "size unknown" if n is None else f"{n / 2**20:,.1f} MiB"
-
-
-def copy_member(archive, member, dest: Path) -> None:
-    """One member of an open zip archive to `dest`, streamed."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with archive.open(member) as src, open(dest, "wb") as out:
-        shutil.copyfileobj(src, out, CHUNK)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -16,7 +17,7 @@ import tifffile
 from tissuekd.errors import InputError
 from tissuekd.io.alignment import read_alignment
 from tissuekd.io.atomic import atomic_path
-from tissuekd.io.download import copy_member, download
+from tissuekd.io.download import CHUNK, download
 from tissuekd.io.wsi import check_complete
 from tissuekd.io.xenium import ANALYSIS_TAR, MATRIX, MEX
 
@@ -105,20 +106,26 @@ def check_he(he_image: str, he_alignment: str, urls: dict) -> None:
         raise InputError(url, err.problem) from None
 
 
+def copy_member(archive: zipfile.ZipFile, member: str, dest: Path) -> None:
+    """One member of an open zip archive to `dest`, streamed."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with archive.open(member) as src, open(dest, "wb") as out:
+        shutil.copyfileobj(src, out, CHUNK)
+
+
 def kept_member(rel: str) -> bool:
     if ".." in PurePosixPath(rel).parts:  # a crafted member must not write outside the bundle
         return False
     return any(rel == k or (k.endswith("/") and rel.startswith(k)) for k in KEEP)
 
 
-def write_sheet(slides: list[dict], folder: str, sheet: str) -> None:
-    """A niche slide sheet of the fetched data sets, with absolute paths (it may be read from
-    another working directory)."""
-    table = pd.DataFrame([{"slide": s["slide"], "tissue": s["tissue"],
-                           "bundle": os.path.abspath(f"{folder}/{s['slide']}/outs"),
-                           "he_image": os.path.abspath(f"{folder}/{s['slide']}/he_image.ome.tif"),
-                           "he_alignment": os.path.abspath(f"{folder}/{s['slide']}/he_imagealignment.csv"),
-                           "cell_types": "", "pathology": ""} for s in slides], columns=SHEET_COLUMNS)
+def write_sheet(slides: list[dict], bundles: list[str], he_images: list[str], he_alignments: list[str],
+                sheet: str) -> None:
+    """A niche slide sheet of the fetched data sets (the files in the order of `slides`), with
+    absolute paths (it may be read from another working directory)."""
+    files = zip(bundles, he_images, he_alignments, strict=True)
+    table = pd.DataFrame([[s["slide"], s["tissue"], *map(os.path.abspath, paths), "", ""]
+                          for s, paths in zip(slides, files, strict=True)], columns=SHEET_COLUMNS)
     with atomic_path(sheet) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     log.info("%s: %d slides; name it in niche.slides to run the niche study on them", sheet, len(table))

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 from conftest import REPO, he_alignment, he_image, job_stats, make_workdir, snakemake
 
-from tissuekd.errors import InputError
+from tissuekd.errors import DownloadError, InputError
 from tissuekd.io.download import download, partial_path
+from tissuekd.logs import run_in_process
 from tissuekd.niche.public import fetch_bundle, fetch_he
 
 pytestmark = pytest.mark.workflow
@@ -100,11 +101,14 @@ def test_a_partial_download_of_another_url_or_an_older_file_is_never_spliced_in(
     assert dest.read_bytes() == b"3" * 2_000_000 and not list(tmp_path.glob("*.part*"))
 
 
-def test_a_missing_file_or_server_is_named_with_its_url(server, tmp_path):
+def test_a_missing_file_or_server_is_named_with_its_url_as_a_failed_download(server, tmp_path):
     _, url = server
-    with pytest.raises(InputError, match=r"/nothing.zip: the server answered HTTP 404"):
-        download(f"{url}/nothing.zip", tmp_path / "nothing.zip")
-    with pytest.raises(InputError, match=r"cannot be reached .*internet"):
+    log = tmp_path / "fetch.log"
+    failed = r"^tissuekd: download failed: http://\S+/nothing.zip: the server answered HTTP 404"
+    with pytest.raises(RuntimeError, match=failed):
+        run_in_process(str(log), lambda: download(f"{url}/nothing.zip", tmp_path / "nothing.zip"))
+    assert "bad input" not in log.read_text()  # the user's files are not at fault
+    with pytest.raises(DownloadError, match=r"cannot be reached .*internet"):
         download("http://127.0.0.1:9/x.zip", tmp_path / "x.zip")  # the discard port: refused
     assert not list(tmp_path.glob("*.zip"))
 

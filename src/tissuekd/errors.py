@@ -9,6 +9,8 @@ from pathlib import Path
 class InputError(ValueError):
     """Bad input: carries the file (or sheet row / config key) and what is wrong with it."""
 
+    kind = "bad input"  # how the console line opens (tissuekd.logs)
+
     def __init__(self, where: str | Path, problem: str | None = None):
         if problem is None:  # rebuilt from a message: unpickled, or re-raised by torch's DataLoader from a worker
             where, problem = _split(str(where))
@@ -17,8 +19,16 @@ class InputError(ValueError):
         super().__init__(f"{self.where}: {problem}")
 
 
+class DownloadError(InputError):
+    """A fetch that failed: the URL, the network or the bytes that came back, not a file of the
+    user's; `where` is the URL."""
+
+    kind = "download failed"
+
+
 def _split(message: str) -> tuple[str, str]:
-    """(where, problem) of `where: problem`, or of a traceback's last `InputError: where: problem` line."""
-    lines = re.findall(r"InputError: (.+)", message)
+    """(where, problem) of `where: problem`, or of a traceback's last `InputError: where: problem`
+    (or DownloadError) line."""
+    lines = re.findall(r"(?:Input|Download)Error: (.+)", message)
     where, _, problem = (lines[-1] if lines else message).partition(": ")
     return where, problem

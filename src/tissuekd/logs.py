@@ -1,5 +1,6 @@
 """Logging for rule scripts: everything (progress bars, warnings, tracebacks) goes to the
-rule's log file, and an InputError also reaches the console as one clear line."""
+rule's log file, and an InputError also reaches the console as one clear line
+(`bad input:`, or `download failed:` for a DownloadError)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def run_logged(log_path: str | None, step: Callable[[], object]) -> None:
     try:
         step()
     except InputError as err:
-        msg = f"tissuekd: bad input: {err}"
+        msg = f"tissuekd: {err.kind}: {err}"
         print(msg, file=stream)
         if stream is not console:
             print(msg, file=console)
@@ -102,8 +103,8 @@ def run_in_process(log_path: str, step: Callable[[], object], *, exclusive: bool
         try:
             step()
         except InputError as err:
-            print(f"tissuekd: bad input: {err}", file=stream)
-            raise RuntimeError(f"tissuekd: bad input: {err}") from None
+            print(f"tissuekd: {err.kind}: {err}", file=stream)
+            raise RuntimeError(f"tissuekd: {err.kind}: {err}") from None
         except StepStopped:
             print("tissuekd: stopped by Ctrl-C; no output of this job was written", file=stream)
             raise

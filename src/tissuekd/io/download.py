@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tissuekd.errors import InputError
+from tissuekd.errors import DownloadError
 from tissuekd.logs import log_progress
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,11 @@ def download(url: str, dest: str | Path, md5: str | None = None) -> Path:
         if err.code == 416 and have:  # not this file's end: start again
             _discard(part)
             return download(url, dest, md5)
-        raise InputError(url, f"the server answered HTTP {err.code} ({err.reason})") from None
+        raise DownloadError(url, f"the server answered HTTP {err.code} ({err.reason})") from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         hint = "" if url.startswith("file:") else "; does this host have internet access?"
-        raise InputError(url, f"cannot be reached ({reason}){hint}") from None
+        raise DownloadError(url, f"cannot be reached ({reason}){hint}") from None
     with response:
         resumed = have and getattr(response, "status", 200) == 206
         if have and not resumed:
@@ -127,11 +127,11 @@ def _announced(response, have: int) -> int | None:
 
 def _finish(url: str, part: Path, dest: Path, got: int, total: int | None, md5: str | None) -> Path:
     if total is not None and got != total:
-        raise InputError(url, f"the download stopped at {_size(got)} of {_size(total)}; run again to resume it "
+        raise DownloadError(url, f"the download stopped at {_size(got)} of {_size(total)}; run again to resume it "
                               f"({part} is kept)")
     if md5 and (found := file_md5(part)) != md5.lower():
         _discard(part)
-        raise InputError(url, f"the download's MD5 is {found}, not the {md5} published for it (removed)")
+        raise DownloadError(url, f"the download's MD5 is {found}, not the {md5} published for it (removed)")
     os.replace(part, dest)
     _source(part).unlink(missing_ok=True)
     return dest

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 import tifffile
 
-from tissuekd.errors import InputError
+from tissuekd.errors import DownloadError, InputError
 from tissuekd.io.alignment import read_alignment
 from tissuekd.io.atomic import atomic_path
 from tissuekd.io.download import CHUNK, download
@@ -61,17 +61,18 @@ def unpack_bundle(archive: Path, outs: str, url: str) -> None:
                 kept.append(rel)
             for needed in (("cells.parquet", "cells.csv.gz"), (MATRIX, f"{MEX[0]}/{MEX[1][0]}")):
                 if not set(needed) & set(kept):
-                    raise InputError(url, f"holds no {' or '.join(needed)} beside {root / 'experiment.xenium'}")
+                    raise DownloadError(url, f"holds no {' or '.join(needed)} beside {root / 'experiment.xenium'}")
             log.info("%s: kept %d of the bundle's files (%s)", archive.name, len(kept), ", ".join(sorted(kept)[:8]))
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
-        raise InputError(url, f"is not a whole zip archive ({err}); removed, run again to download it anew") from None
+        problem = f"is not a whole zip archive ({err}); removed, run again to download it anew"
+        raise DownloadError(url, problem) from None
 
 
 def bundle_root(zf: zipfile.ZipFile, url: str) -> PurePosixPath:
     """The folder of the zip that holds experiment.xenium (the shallowest, if several do)."""
     roots = [PurePosixPath(n).parent for n in zf.namelist() if PurePosixPath(n).name == "experiment.xenium"]
     if not roots:
-        raise InputError(url, "holds no experiment.xenium: not a Xenium output bundle")
+        raise DownloadError(url, "holds no experiment.xenium: not a Xenium output bundle")
     return min(roots, key=lambda p: len(p.parts))
 
 
@@ -97,13 +98,13 @@ def check_he(he_image: str, he_alignment: str, urls: dict) -> None:
         with tifffile.TiffFile(he_image):
             pass
     except (tifffile.TiffFileError, ValueError) as err:
-        raise InputError(urls["he_image"], f"is not a TIFF ({err})") from None
+        raise DownloadError(urls["he_image"], f"is not a TIFF ({err})") from None
     try:
         check_complete(he_image)
         read_alignment(he_alignment)
     except InputError as err:
         url = urls["he_image"] if err.where == str(he_image) else urls["he_alignment"]
-        raise InputError(url, err.problem) from None
+        raise DownloadError(url, err.problem) from None
 
 
 def copy_member(archive: zipfile.ZipFile, member: str, dest: Path) -> None:

@@ -7,13 +7,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import json
 import threading
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, he_alignment, he_image, job_stats, make_workdir, snakemake
+from conftest import REPO, as_gdc_download, he_alignment, he_image, job_stats, make_workdir, snakemake
 
 from tissuekd.errors import DownloadError, InputError
 from tissuekd.io.download import download, partial_path
@@ -214,3 +216,121 @@ def test_listed_xenium_sets_are_fetched_into_a_sheet_the_niche_study_plans_on(de
     assert failed.returncode != 0
     assert "not_a_bundle.zip: holds no experiment.xenium" in failed.stdout + failed.stderr
     assert not (workdir / "data/public/xenium/broken/outs").exists()
+
+
+# ---- a TCGA project from the GDC API ----
+
+class GdcHandler(RangeHandler):
+    """The GDC API's two endpoints used: POST /files lists `hits` (paged by the body's `size` and
+    `from`, as the API does), GET /data/<File ID> serves the file (from served/data/)."""
+
+    hits: list[dict] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path != "/files" or "filters" not in body:
+            return self.send_error(400, "Bad Request")
+        start = int(body["from"])
+        page = {"hits": self.hits[start:start + int(body["size"])],
+                "pagination": {"total": len(self.hits), "from": start, "size": int(body["size"])}}
+        data = json.dumps({"data": page, "warnings": {}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def gdc(tmp_path):
+    """A GDC-like server of project TCGA-XY: three patients' STAR files and two of their
+    diagnostic slides (demo SVS); yields (hits, base URL, served data folder)."""
+    from tissuekd.demo.survival import make_slide
+
+    data = tmp_path / "served" / "data"
+    data.mkdir(parents=True)
+    samples = [f"TCGA-XY-000{i}-01A" for i in (1, 2, 3)]
+    rna = pd.DataFrame(np.arange(1, 31, dtype=float)[None] * [[1], [2], [3]], index=samples,
+                       columns=[f"G{j}" for j in range(30)])
+    cart = pd.read_csv(as_gdc_download(rna, tmp_path / "cart"), sep="\t")
+    stars = cart[cart["Data Type"] == "Gene Expression Quantification"]
+    files = [(r["File ID"], r["File Name"], r["Sample ID"], tmp_path / "cart" / r["File ID"] / r["File Name"])
+             for _, r in stars.iterrows()]
+    for i, sample in enumerate(samples[:2]):
+        slide = tmp_path / "cart" / f"{sample[:-4]}-01Z-00-DX1.{i:04d}.svs"
+        make_slide(slide, sample[:-4], seed=0)
+        files.append((f"slide-{i}", slide.name, f"{sample[:-4]}-01Z", slide))
+    hits = []
+    for file_id, name, sample, path in files:
+        (data / file_id).write_bytes(path.read_bytes())
+        hits.append({"file_id": file_id, "file_name": name, "file_size": path.stat().st_size,
+                     "md5sum": hashlib.md5(path.read_bytes()).hexdigest(),
+                     "data_type": "Slide Image" if name.endswith(".svs") else "Gene Expression Quantification",
+                     "cases": [{"submitter_id": sample[:12], "project": {"project_id": "TCGA-XY"},
+                                "samples": [{"submitter_id": sample, "sample_type": "Primary Tumor"}]}]})
+    GdcHandler.hits = hits
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(GdcHandler, directory=str(data.parent)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield hits, f"http://127.0.0.1:{httpd.server_address[1]}", data
+    httpd.shutdown()
+    RangeHandler.cut.clear()
+
+
+def test_a_tcga_project_is_fetched_as_a_gdc_cart_in_pages_and_resumed_file_by_file(gdc, tmp_path, monkeypatch):
+    from tissuekd.survival import public
+    from tissuekd.survival.gdc import star_files
+
+    hits, url, data = gdc
+    monkeypatch.setattr(public, "PAGE", 2)  # three pages for five files
+    out = tmp_path / "TCGA-XY"
+    paths = [str(out / f) for f in ("gdc_sample_sheet.tsv", "survival_slides.tsv", "survival_cohorts.tsv")]
+    RangeHandler.cut = {"slide-1"}  # sent short once
+    with pytest.raises(DownloadError, match=r"/data/slide-1: the download stopped at .*; 1 of 5 files failed"):
+        public.fetch_cohort(url, "TCGA-XY", "cdr.xlsx", *paths, threads=2)
+    assert not any(Path(p).exists() for p in paths)  # no sheet names a cohort not yet whole
+    kept = {f: f.stat().st_mtime_ns for f in out.glob("*/*") if not f.name.endswith((".part", ".json"))}
+    assert len(kept) == 4
+    public.fetch_cohort(url, "TCGA-XY", "cdr.xlsx", *paths, threads=2)
+    assert all(f.stat().st_mtime_ns == t for f, t in kept.items())  # in place: not fetched again
+    assert (out / "slide-1" / hits[4]["file_name"]).read_bytes() == (data / "slide-1").read_bytes()
+    assert sorted(star_files(paths[0])["sample"]) == [f"TCGA-XY-000{i}-01A" for i in (1, 2, 3)]
+    slides = pd.read_csv(paths[1], sep="\t")
+    assert slides[["slide", "cohort", "patient"]].values.tolist() == [
+        ["TCGA-XY-0001-01Z-00-DX1", "TCGA-XY", "TCGA-XY-0001"], ["TCGA-XY-0002-01Z-00-DX1", "TCGA-XY", "TCGA-XY-0002"]]
+    cohort = pd.read_csv(paths[2], sep="\t", keep_default_na=False).iloc[0]
+    assert (cohort["cohort"], cohort["rna"]) == ("TCGA-XY", str(Path(paths[0]).absolute()))
+
+
+def test_a_tcga_file_whose_md5_differs_or_a_project_with_no_files_fails_as_a_download(gdc, tmp_path):
+    from tissuekd.survival.public import fetch_cohort
+
+    hits, url, _ = gdc
+    hits[0]["md5sum"] = "0" * 32
+    out = tmp_path / "TCGA-XY"
+    paths = [str(out / f) for f in ("sheet.tsv", "slides.tsv", "cohorts.tsv")]
+    with pytest.raises(DownloadError, match=rf"/data/{hits[0]['file_id']}: the download's MD5 is .*1 of 5 files"):
+        fetch_cohort(url, "TCGA-XY", "cdr.xlsx", *paths)
+    GdcHandler.hits = []
+    with pytest.raises(DownloadError, match=r"/files: lists no open diagnostic slide .* TCGA-XY"):
+        fetch_cohort(url, "TCGA-XY", "cdr.xlsx", *paths)
+    with pytest.raises(DownloadError, match=r"/files: the server answered HTTP 400"):
+        fetch_cohort(f"{url}/nowhere", "TCGA-XY", "cdr.xlsx", *paths)
+
+
+def test_a_fetched_tcga_project_is_a_cohort_the_survival_study_plans_on(gdc, tmp_path):
+    hits, url, _ = gdc
+    workdir = make_workdir(tmp_path / "work")
+    cdr = workdir / "data/public/tcga/TCGA-CDR-SupplementalTableS1.xlsx"  # as fetched (no internet here)
+    cdr.parent.mkdir(parents=True)
+    pd.DataFrame({"bcr_patient_barcode": [f"TCGA-XY-000{i}" for i in (1, 2, 3)], "type": "XY",
+                  "OS": [1, 0, 1], "OS.time": [300, 2000, 900]}).to_excel(cdr, sheet_name="TCGA-CDR", index=False)
+    snakemake("--cores", "2", "data/public/tcga/TCGA-XY/survival_slides.tsv", "--config",
+              f"public={{'gdc_api': '{url}'}}", cwd=workdir)
+    tcga = workdir / "data/public/tcga/TCGA-XY"
+    studies = ("niche={'enabled': False}", "segmentation={'enabled': False}", "expression={'enabled': False}",
+               f"survival={{'enabled': True, 'cohorts': '{tcga}/survival_cohorts.tsv', "
+               f"'slides': '{tcga}/survival_slides.tsv', "
+               "'external': [], 'folds': 2}")
+    jobs = job_stats(snakemake("-n", "--cores", "2", "--config", *studies, cwd=workdir).stdout)
+    assert jobs["survival_patches"] == 2 and jobs["survival_rna"] == 1

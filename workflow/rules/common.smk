@@ -29,6 +29,7 @@ LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 DEMO_DIR = config["demo"]["outdir"]
 PUBLIC_XENIUM = f"{config['public']['outdir']}/xenium"  # public.smk fetches there, when asked
+PUBLIC_TCGA = f"{config['public']['outdir']}/tcga"
 TCGA_CDR = {  # the GDC's copy of TCGA-CDR-SupplementalTableS1.xlsx (2,945,129 bytes)
     "url": "https://api.gdc.cancer.gov/data/1b5f413e-a8d1-4d10-92eb-7c4ae739ed81",
     "md5": "a4591b2dcee39591f59e5e25a6ce75fa",

@@ -1,6 +1,7 @@
 # Public data sets fetched by rule, only when asked (resources/README.md): `snakemake --cores 4
 # fetch_xenium_public` downloads every Xenium data set of the list and writes a slide sheet for
-# them; name that sheet in niche.slides to run the study on them. Downloads run on the host that
+# them; name that sheet in niche.slides to run the study on them. A TCGA project's slides and RNA
+# come the same way, with the survival study's sheets for them (fetch_tcga_cohort). Downloads run on the host that
 # runs Snakemake (localrule: cluster nodes often have no internet); the bundle and its H&E are
 # two jobs, so a failed H&E download does not throw away a bundle of tens of GB.
 
@@ -71,9 +72,9 @@ rule fetch_xenium_public:
 
 rule fetch_tcga_cdr:
     # TCGA-CDR (Liu et al. 2018, Cell), the clinical table the survival study reads, from the GDC;
-    # checked against its published MD5. Slides and RNA come as a GDC cart (resources/README.md).
+    # checked against its published MD5.
     output:
-        f"{config['public']['outdir']}/tcga/TCGA-CDR-SupplementalTableS1.xlsx",
+        f"{PUBLIC_TCGA}/TCGA-CDR-SupplementalTableS1.xlsx",
     log:
         f"{LOGS}/public/tcga_cdr.log",
     benchmark:
@@ -87,3 +88,39 @@ rule fetch_tcga_cdr:
         from tissuekd.logs import run_in_process
 
         run_in_process(log[0], lambda: download(params.url, output[0], md5=params.md5))
+
+
+rule fetch_tcga_cohort:
+    # A TCGA project's open diagnostic slides and STAR gene counts from the GDC API, laid out as
+    # gdc-client lays out a cart, and survival sheets naming them (with TCGA-CDR) for
+    # survival.cohorts / survival.slides. Files already fetched are kept: a rerun resumes.
+    input:
+        clinical=rules.fetch_tcga_cdr.output[0],
+    output:
+        sample_sheet=f"{PUBLIC_TCGA}/{{project}}/gdc_sample_sheet.tsv",
+        slides=f"{PUBLIC_TCGA}/{{project}}/survival_slides.tsv",
+        cohorts=f"{PUBLIC_TCGA}/{{project}}/survival_cohorts.tsv",
+    log:
+        f"{LOGS}/public/tcga_cohort/{{project}}.log",
+    benchmark:
+        f"{BENCH}/public/tcga_cohort/{{project}}.tsv"
+    wildcard_constraints:
+        project=r"TCGA-[A-Z]+",
+    localrule: True
+    threads: 4  # downloads at a time
+    resources:
+        mem_mb=1000,
+        runtime=2880,
+    params:
+        api=config["public"]["gdc_api"],
+    run:
+        from tissuekd.logs import run_in_process
+        from tissuekd.survival.public import fetch_cohort
+
+        out = output
+        run_in_process(
+            log[0],
+            lambda: fetch_cohort(
+                params.api, wildcards.project, input.clinical, out.sample_sheet, out.slides, out.cohorts, threads
+            ),
+        )

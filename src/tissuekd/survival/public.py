@@ -28,7 +28,7 @@ from tissuekd.survival.gdc import slide_rows
 
 log = logging.getLogger(__name__)
 API = "https://api.gdc.cancer.gov"
-PAGE = 1000  # files per request of the listing
+PAGE = 5000  # files per request of the listing: a TCGA project's slides and STAR files fit one (paged all the same)
 FIELDS = ("file_id", "file_name", "md5sum", "file_size", "data_category", "data_type", "cases.submitter_id",
           "cases.project.project_id", "cases.samples.submitter_id", "cases.samples.sample_type")
 SHEET = ("File ID", "File Name", "Data Category", "Data Type", "Project ID", "Case ID", "Sample ID", "Sample Type")

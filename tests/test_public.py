@@ -302,7 +302,7 @@ def test_a_tcga_project_is_fetched_as_a_gdc_cart_in_pages_and_resumed_file_by_fi
     assert (cohort["cohort"], cohort["rna"]) == ("TCGA-XY", str(Path(paths[0]).absolute()))
 
 
-def test_a_tcga_file_whose_md5_differs_or_a_project_with_no_files_fails_as_a_download(gdc, tmp_path):
+def test_a_tcga_file_whose_md5_differs_a_disk_too_small_or_a_project_with_no_files_stop_the_fetch(gdc, tmp_path):
     from tissuekd.survival.public import fetch_cohort
 
     hits, url, _ = gdc
@@ -310,6 +310,10 @@ def test_a_tcga_file_whose_md5_differs_or_a_project_with_no_files_fails_as_a_dow
     out = tmp_path / "TCGA-XY"
     paths = [str(out / f) for f in ("sheet.tsv", "slides.tsv", "cohorts.tsv")]
     with pytest.raises(DownloadError, match=rf"/data/{hits[0]['file_id']}: the download's MD5 is .*1 of 5 files"):
+        fetch_cohort(url, "TCGA-XY", "cdr.xlsx", *paths)
+    hits[0]["file_size"] = 10**18  # an exabyte: more than any disk here holds
+    too_big = r"TCGA-XY: the files still to fetch need 1,000,000,000.0 GB, and [0-9,.]+ GB are free"
+    with pytest.raises(InputError, match=too_big):
         fetch_cohort(url, "TCGA-XY", "cdr.xlsx", *paths)
     GdcHandler.hits = []
     with pytest.raises(DownloadError, match=r"/files: lists no open diagnostic slide .* TCGA-XY"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tissuekd.errors import DownloadError
+from tissuekd.errors import DownloadError, InputError
 from tissuekd.io.atomic import atomic_path
 from tissuekd.io.download import TIMEOUT_S, download
 from tissuekd.logs import log_progress
@@ -102,6 +103,7 @@ def fetch_files(api: str, files: pd.DataFrame, folder: Path, threads: int) -> No
     gb = lambda rs: sum(r["size"] for r in rs) / 1e9  # noqa: E731
     log.info("%d of %d files (%.1f GB) in place; fetching %d (%.1f GB)", len(rows) - len(todo), len(rows),
              gb(rows) - gb(todo), len(todo), gb(todo))
+    _require_space(folder, sum(r["size"] for r in todo))
     failed = []
     with ThreadPoolExecutor(max(1, threads)) as pool:
         jobs = [pool.submit(download, f"{api}/data/{r['File ID']}", _place(folder, r), md5=r["md5"]) for r in todo]
@@ -115,6 +117,15 @@ def fetch_files(api: str, files: pd.DataFrame, folder: Path, threads: int) -> No
     if failed:
         raise DownloadError(failed[0].where, f"{failed[0].problem}; {len(failed)} of {len(todo)} files failed "
                                              "(the log lists them); run again to fetch them, the others are kept")
+
+
+def _require_space(folder: Path, needed: int) -> None:
+    """Stop before fetching what the disk cannot hold (a project's slides are hundreds of GB)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise InputError(folder, f"the files still to fetch need {needed / 1e9:,.1f} GB, and {free / 1e9:,.1f} GB "
+                                 "are free there: free space, or set public.outdir to a larger disk")
 
 
 def _place(folder: Path, row: dict) -> Path:

@@ -225,6 +225,7 @@ class GdcHandler(RangeHandler):
     `from`, as the API does), GET /data/<File ID> serves the file (from served/data/)."""
 
     hits: list[dict] = []
+    unlisted = 0  # files counted in the total but on no page (as when the order moves while paging)
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -232,7 +233,7 @@ class GdcHandler(RangeHandler):
             return self.send_error(400, "Bad Request")
         start = int(body["from"])
         page = {"hits": self.hits[start:start + int(body["size"])],
-                "pagination": {"total": len(self.hits), "from": start, "size": int(body["size"])}}
+                "pagination": {"total": len(self.hits) + self.unlisted, "from": start, "size": int(body["size"])}}
         data = json.dumps({"data": page, "warnings": {}}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -275,6 +276,7 @@ def gdc(tmp_path):
     yield hits, f"http://127.0.0.1:{httpd.server_address[1]}", data
     httpd.shutdown()
     RangeHandler.cut.clear()
+    GdcHandler.unlisted = 0
 
 
 def test_a_tcga_project_is_fetched_as_a_gdc_cart_in_pages_and_resumed_file_by_file(gdc, tmp_path, monkeypatch):
@@ -315,6 +317,16 @@ def test_a_tcga_file_whose_md5_differs_a_disk_too_small_or_a_project_with_no_fil
     too_big = r"TCGA-XY: the files still to fetch need 1,000,000,000.0 GB, and [0-9,.]+ GB are free"
     with pytest.raises(InputError, match=too_big):
         fetch_cohort(url, "TCGA-XY", "cdr.xlsx", *paths)
+    GdcHandler.unlisted = 1
+    with pytest.raises(DownloadError, match=r"/files: listed 5 of the 6 files it counts for TCGA-XY"):
+        fetch_cohort(url, "TCGA-XY", "cdr.xlsx", *paths)
+    GdcHandler.unlisted = 0
+    GdcHandler.hits = hits[:3]  # STAR files only: nothing fetched
+    elsewhere = [str(tmp_path / "star_only" / Path(p).name) for p in paths]
+    with pytest.raises(DownloadError, match=r"/files: lists 0 diagnostic slides and 3 STAR gene-count files of "
+                                            r"TCGA-XY: the survival study needs both"):
+        fetch_cohort(url, "TCGA-XY", "cdr.xlsx", *elsewhere)
+    assert not (tmp_path / "star_only").exists()
     GdcHandler.hits = []
     with pytest.raises(DownloadError, match=r"/files: lists no open diagnostic slide .* TCGA-XY"):
         fetch_cohort(url, "TCGA-XY", "cdr.xlsx", *paths)

@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 API = "https://api.gdc.cancer.gov"
 PAGE = 5000  # files per request of the listing: a TCGA project's slides and STAR files fit one (paged all the same)
 FIELDS = ("file_id", "file_name", "md5sum", "file_size", "data_category", "data_type", "cases.submitter_id",
-          "cases.project.project_id", "cases.samples.submitter_id", "cases.samples.sample_type")
-SHEET = ("File ID", "File Name", "Data Category", "Data Type", "Project ID", "Case ID", "Sample ID", "Sample Type")
+          "cases.project.project_id", "cases.samples.submitter_id", "cases.samples.sample_type",
+          "cases.samples.tissue_type")
+SHEET = ("File ID", "File Name", "Data Category", "Data Type", "Project ID", "Case ID", "Sample ID", "Tissue Type",
+         "Sample Type")
+KINDS = {"Slide Image": "diagnostic slides", "Gene Expression Quantification": "STAR gene-count files"}
 
 
 def _is(field: str, *values: str) -> dict:
@@ -54,13 +57,16 @@ def list_files(api: str, project: str) -> pd.DataFrame:
     url, hits, seen = f"{api}/files", [], set()
     while True:
         body = {"filters": file_filter(project), "fields": ",".join(FIELDS), "format": "JSON", "size": PAGE,
-                "from": len(hits)}
+                "from": len(hits), "sort": "file_id:asc"}  # one order for every page
         data = _post(url, body)
         new = [h for h in data["hits"] if h["file_id"] not in seen]
         seen.update(h["file_id"] for h in new)
         hits += new
         if not new or len(hits) >= data["pagination"]["total"]:
             break
+    if len(hits) < data["pagination"]["total"]:  # pages that moved under the paging: never a short cohort
+        raise DownloadError(url, f"listed {len(hits)} of the {data['pagination']['total']} files it counts for "
+                                 f"{project} (the listing changed while paged?); run again")
     if not hits:
         raise DownloadError(url, f"lists no open diagnostic slide or STAR gene-count file of the project {project} "
                                  "(a GDC project id, e.g. TCGA-LUAD?)")
@@ -91,6 +97,7 @@ def _row(hit: dict) -> dict:
             "Project ID": joined(c.get("project", {}).get("project_id") for c in cases),
             "Case ID": joined(c.get("submitter_id") for c in cases),
             "Sample ID": joined(s.get("submitter_id") for s in samples),
+            "Tissue Type": joined(s.get("tissue_type") for s in samples),
             "Sample Type": joined(s.get("sample_type") for s in samples),
             "md5": hit["md5sum"], "size": int(hit["file_size"])}
 
@@ -143,9 +150,11 @@ def fetch_cohort(api: str, project: str, clinical: str, sample_sheet: str, slide
     stopped fetch leaves none of them)."""
     folder = Path(sample_sheet).parent
     files = list_files(api, project)
-    kinds = files["Data Type"].value_counts()
-    log.info("%s: %d diagnostic slides and %d STAR files of %d cases listed", project, kinds.get("Slide Image", 0),
-             kinds.get("Gene Expression Quantification", 0), files["Case ID"].nunique())
+    counts = {kind: int((files["Data Type"] == kind).sum()) for kind in KINDS}
+    listed = " and ".join(f"{n} {KINDS[kind]}" for kind, n in counts.items())
+    log.info("%s: %s of %d cases listed", project, listed, files["Case ID"].nunique())
+    if not all(counts.values()):  # nothing to distil: stop before fetching the other half
+        raise DownloadError(f"{api}/files", f"lists {listed} of {project}: the survival study needs both")
     fetch_files(api, files, folder, threads)
     with atomic_path(sample_sheet) as tmp:
         files[list(SHEET)].to_csv(tmp, sep="\t", index=False)

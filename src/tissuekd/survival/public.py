@@ -28,13 +28,12 @@ from tissuekd.logs import log_progress
 from tissuekd.survival.gdc import slide_rows
 
 log = logging.getLogger(__name__)
-API = "https://api.gdc.cancer.gov"
 PAGE = 5000  # files per request of the listing: a TCGA project's slides and STAR files fit one (paged all the same)
 FIELDS = ("file_id", "file_name", "md5sum", "file_size", "data_category", "data_type", "cases.submitter_id",
-          "cases.project.project_id", "cases.samples.submitter_id", "cases.samples.sample_type",
-          "cases.samples.tissue_type")
-SHEET = ("File ID", "File Name", "Data Category", "Data Type", "Project ID", "Case ID", "Sample ID", "Tissue Type",
-         "Sample Type")
+          "cases.project.project_id", "cases.samples.submitter_id", "cases.samples.sample_type")
+# the older portal sheets' columns: "Sample Type" ("Primary Tumor", "Solid Tissue Normal", ...) is
+# always filled, where today's "Tissue Type" may not be, and survival.gdc reads either
+SHEET = ("File ID", "File Name", "Data Category", "Data Type", "Project ID", "Case ID", "Sample ID", "Sample Type")
 KINDS = {"Slide Image": "diagnostic slides", "Gene Expression Quantification": "STAR gene-count files"}
 
 
@@ -97,7 +96,6 @@ def _row(hit: dict) -> dict:
             "Project ID": joined(c.get("project", {}).get("project_id") for c in cases),
             "Case ID": joined(c.get("submitter_id") for c in cases),
             "Sample ID": joined(s.get("submitter_id") for s in samples),
-            "Tissue Type": joined(s.get("tissue_type") for s in samples),
             "Sample Type": joined(s.get("sample_type") for s in samples),
             "md5": hit["md5sum"], "size": int(hit["file_size"])}
 

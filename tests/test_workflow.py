@@ -282,6 +282,25 @@ def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path):
             f"{workdir})") in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("study, sheet, column, typo", [
+    ("niche", "niche_slides.tsv", "he_alignment", ("_he_imagealignment.csv", "_he_alignment.csv")),
+    ("segmentation", "segmentation_datasets.tsv", "test", ("v1.1_test.npz", "v1.1_tst.npz")),
+])
+def test_a_typo_in_a_demo_path_is_named_though_the_demo_writes_its_files(tmp_path, study, sheet, column, typo):
+    """Sheet paths under demo.outdir need not exist before the demo runs, but must be what a demo
+    rule writes: after a finished run, Snakemake never looked for the misspelt file (its jobs were
+    done) and kept the old results."""
+    workdir = make_workdir(tmp_path, studies=(study,))
+    path = workdir / "config" / sheet
+    table = pd.read_csv(path, sep="\t", dtype=str).fillna("")
+    table.loc[0, column] = table.loc[0, column].replace(*typo)
+    table.to_csv(path, sep="\t", index=False)
+    result = snakemake("-n", "--cores", "1", cwd=workdir, check=False)
+    assert result.returncode != 0
+    assert (f"{table.loc[0, column]}: a sheet names it under demo.outdir (data/demo), but it is not there and no "
+            "demo rule writes it (a typo?)") in result.stdout + result.stderr
+
+
 def _rewrite_sheet(workdir: Path, change) -> None:
     path = workdir / "config" / "niche_slides.tsv"
     sheet = pd.read_csv(path, sep="\t", dtype=str).fillna("")

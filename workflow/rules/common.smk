@@ -235,9 +235,34 @@ def warn_shared(sheet, column, path, rows, why=""):
         )
 
 
+DEMO_PATHS_AHEAD = set()  # sheet paths under demo.outdir not written yet (check_demo_paths)
+
+
 def made_by_demo(path):
-    """Demo inputs do not exist until the demo rules write them."""
-    return Path(path).resolve().is_relative_to(Path(DEMO_DIR).resolve())
+    """Demo inputs do not exist until the demo rules write them; one not there yet is checked to
+    be a demo rule's once every rule is known (check_demo_paths)."""
+    if not Path(path).resolve().is_relative_to(Path(DEMO_DIR).resolve()):
+        return False
+    if not os.path.exists(path):
+        DEMO_PATHS_AHEAD.add(str(path))
+    return True
+
+
+def check_demo_paths():
+    """Every path a sheet names under demo.outdir that is not there is a demo rule's output or a
+    folder of them (a bundle, a Space Ranger outs/). Where the demo already ran, a typo there would
+    go unreported: Snakemake looks for the inputs of jobs it runs only, and the jobs are done."""
+    from snakemake.io import regex_from_filepattern
+
+    outputs = [str(f) for rule in workflow.rules if rule.name.startswith("demo_") for f in rule.output]
+    folders = {str(parent) for f in outputs for parent in Path(f).parents}
+    patterns = [re.compile(regex_from_filepattern(os.path.normpath(p))) for p in {*outputs, *folders}]
+    for path in sorted(DEMO_PATHS_AHEAD):
+        if not any(p.match(os.path.relpath(os.path.abspath(path))) for p in patterns):
+            raise WorkflowError(
+                f"{path}: a sheet names it under demo.outdir ({DEMO_DIR}), but it is not there and no demo rule "
+                "writes it (a typo?)"
+            )
 
 
 def check_slide_rows(sheet, sheet_path):

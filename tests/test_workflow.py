@@ -301,6 +301,13 @@ def test_a_typo_in_a_demo_path_is_named_though_the_demo_writes_its_files(tmp_pat
             "demo rule writes it (a typo?)") in result.stdout + result.stderr
 
 
+def test_demo_sheets_under_an_absolute_demo_outdir_plan_before_the_demo_runs(tmp_path):
+    demo = tmp_path / "demo_data"
+    workdir = make_workdir(tmp_path / "work", demo__outdir=str(demo))
+    _rewrite_sheet(workdir, lambda s: s.replace("data/demo", str(demo), regex=True).to_csv(sep="\t", index=False))
+    assert planned_jobs(workdir)["demo_xenium_slide"] == 2
+
+
 def _rewrite_sheet(workdir: Path, change) -> None:
     path = workdir / "config" / "niche_slides.tsv"
     sheet = pd.read_csv(path, sep="\t", dtype=str).fillna("")

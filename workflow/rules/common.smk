@@ -256,9 +256,9 @@ def check_demo_paths():
 
     outputs = [str(f) for rule in workflow.rules if rule.name.startswith("demo_") for f in rule.output]
     folders = {str(parent) for f in outputs for parent in Path(f).parents}
-    patterns = [re.compile(regex_from_filepattern(os.path.normpath(p))) for p in {*outputs, *folders}]
+    patterns = [re.compile(regex_from_filepattern(os.path.abspath(p))) for p in {*outputs, *folders}]
     for path in sorted(DEMO_PATHS_AHEAD):
-        if not any(p.match(os.path.relpath(os.path.abspath(path))) for p in patterns):
+        if not any(p.match(os.path.abspath(path)) for p in patterns):
             raise WorkflowError(
                 f"{path}: a sheet names it under demo.outdir ({DEMO_DIR}), but it is not there and no demo rule "
                 "writes it (a typo?)"

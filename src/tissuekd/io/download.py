@@ -49,11 +49,9 @@ def download(url: str, dest: str | Path, md5: str | None = None) -> Path:
         if err.code == 416 and have:  # not this file's end: start again
             _discard(part)
             return download(url, dest, md5)
-        raise DownloadError(url, f"the server answered HTTP {err.code} ({err.reason})") from None
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        hint = "" if url.startswith("file:") else "; does this host have internet access?"
-        raise DownloadError(url, f"cannot be reached ({reason}){hint}") from None
+        raise request_failed(url, err) from None
+    except OSError as err:
+        raise request_failed(url, err) from None
     with response:
         resumed = have and getattr(response, "status", 200) == 206
         if have and not resumed:
@@ -71,6 +69,14 @@ def download(url: str, dest: str | Path, md5: str | None = None) -> Path:
                 if total:
                     log_progress(log, dest.name, got, total, step=len(chunk))
     return _finish(url, part, dest, got, total, md5)
+
+
+def request_failed(url: str, err: OSError) -> DownloadError:
+    """The one line of a request answered with an HTTP error, or not answered."""
+    if isinstance(err, urllib.error.HTTPError):
+        return DownloadError(url, f"the server answered HTTP {err.code} ({err.reason})")
+    hint = "" if url.startswith("file:") else "; does this host have internet access?"
+    return DownloadError(url, f"cannot be reached ({getattr(err, 'reason', err)}){hint}")
 
 
 def _source(part: Path) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -23,7 +22,7 @@ import pandas as pd
 
 from tissuekd.errors import DownloadError, InputError
 from tissuekd.io.atomic import atomic_path
-from tissuekd.io.download import TIMEOUT_S, download
+from tissuekd.io.download import TIMEOUT_S, download, request_failed
 from tissuekd.logs import log_progress
 from tissuekd.survival.gdc import slide_rows
 
@@ -78,11 +77,8 @@ def _post(url: str, body: dict) -> dict:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
             reply = json.load(response)
         return {"hits": reply["data"]["hits"], "pagination": reply["data"]["pagination"]}
-    except urllib.error.HTTPError as err:
-        raise DownloadError(url, f"the server answered HTTP {err.code} ({err.reason})") from None
-    except (urllib.error.URLError, OSError) as err:
-        raise DownloadError(url, f"cannot be reached ({getattr(err, 'reason', err)}); does this host have internet "
-                                 "access?") from None
+    except OSError as err:
+        raise request_failed(url, err) from None
     except (ValueError, KeyError, TypeError) as err:
         raise DownloadError(url, f"answered with no file listing ({type(err).__name__}: {err})") from None
 
@@ -105,10 +101,10 @@ def fetch_files(api: str, files: pd.DataFrame, folder: Path, threads: int) -> No
     there at its listed size is kept. The others are all tried before the first failure is raised."""
     rows = files.to_dict("records")
     todo = [r for r in rows if not _in_place(folder, r)]
-    gb = lambda rs: sum(r["size"] for r in rs) / 1e9  # noqa: E731
+    needed = sum(r["size"] for r in todo)
     log.info("%d of %d files (%.1f GB) in place; fetching %d (%.1f GB)", len(rows) - len(todo), len(rows),
-             gb(rows) - gb(todo), len(todo), gb(todo))
-    _require_space(folder, sum(r["size"] for r in todo))
+             (sum(r["size"] for r in rows) - needed) / 1e9, len(todo), needed / 1e9)
+    _require_space(folder, needed)
     failed = []
     with ThreadPoolExecutor(max(1, threads)) as pool:
         jobs = [pool.submit(download, f"{api}/data/{r['File ID']}", _place(folder, r), md5=r["md5"]) for r in todo]

@@ -1,9 +1,9 @@
 # Public data sets fetched by rule, only when asked (resources/README.md): `snakemake --cores 4
 # fetch_xenium_public` downloads every Xenium data set of the list and writes a slide sheet for
 # them; name that sheet in niche.slides to run the study on them. A TCGA project's slides and RNA
-# come the same way, with the survival study's sheets for them (fetch_tcga_cohort). Downloads run on the host that
-# runs Snakemake (localrule: cluster nodes often have no internet); the bundle and its H&E are
-# two jobs, so a failed H&E download does not throw away a bundle of tens of GB.
+# come the same way, with the survival study's sheets for them (fetch_tcga_cohort). Downloads run
+# on the host that runs Snakemake (localrule: cluster nodes often have no internet); the bundle
+# and its H&E are two jobs, so a failed H&E download does not throw away a bundle of tens of GB.
 
 
 rule fetch_xenium_bundle:

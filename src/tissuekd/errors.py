@@ -26,9 +26,15 @@ class DownloadError(InputError):
     kind = "download failed"
 
 
+class DiskSpaceError(InputError):
+    """Too little free space for what a step is about to write; `where` is the folder."""
+
+    kind = "not enough disk space"
+
+
 def _split(message: str) -> tuple[str, str]:
     """(where, problem) of `where: problem`, or of a traceback's last `InputError: where: problem`
-    (or DownloadError) line."""
-    lines = re.findall(r"(?:Input|Download)Error: (.+)", message)
+    (or another of this module's errors) line."""
+    lines = re.findall(r"(?:Input|Download|DiskSpace)Error: (.+)", message)
     where, _, problem = (lines[-1] if lines else message).partition(": ")
     return where, problem

@@ -1,6 +1,6 @@
 """Logging for rule scripts: everything (progress bars, warnings, tracebacks) goes to the
-rule's log file, and an InputError also reaches the console as one clear line
-(`bad input:`, or `download failed:` for a DownloadError)."""
+rule's log file, and an InputError also reaches the console as one clear line opening with
+its kind (`bad input:`; `download failed:`, `not enough disk space:` for tissuekd.errors' others)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tissuekd.errors import DownloadError, InputError
+from tissuekd.errors import DiskSpaceError, DownloadError
 from tissuekd.io.atomic import atomic_path
 from tissuekd.io.download import TIMEOUT_S, download, request_failed
 from tissuekd.logs import log_progress
@@ -125,7 +125,7 @@ def _require_space(folder: Path, needed: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise InputError(folder, f"the files still to fetch need {needed / 1e9:,.1f} GB, and {free / 1e9:,.1f} GB "
+        raise DiskSpaceError(folder, f"the files still to fetch need {needed / 1e9:,.1f} GB, and {free / 1e9:,.1f} GB "
                                  "are free there: free space, or set public.outdir to a larger disk")
 
 

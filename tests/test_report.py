@@ -116,9 +116,12 @@ def test_the_slide_table_flags_a_slide_whose_cells_miss_the_h_and_e_nuclei(tmp_p
     fake_summary().assign(probe_classes="").to_csv(metrics, sep="\t", index=False)
     out = {key: str(tmp_path / f"{key}.tsv") for key in ("summary", "by_tissue", "overall", "slides")}
     out |= {"html": str(tmp_path / "tables.html"), "bars": str(tmp_path / "bars.png")}
-    write_niche_benchmark([str(metrics)], out, slides=slides_table(paths))
+    write_niche_benchmark([str(metrics)], out, {"student": "student", "hist_leiden": "Histology Leiden"},
+                          slides=slides_table(paths))
     assert pd.read_csv(out["slides"], sep="\t")["slide"].tolist() == ["own", "other", "coarse"]
+    assert "hist_leiden" in set(pd.read_csv(out["overall"], sep="\t")["method"])  # the TSVs keep the ids
     page = (tmp_path / "tables.html").read_text()
+    assert "<td>Histology Leiden</td>" in page and "hist_leiden" not in page  # named as the figures name it
     assert "slide-table" in page and "CHECK: the cells hardly sit on the H&amp;E's nuclei" in page
     assert "NaN" not in page and "<td>–</td>" in page  # the coarse slide's he_z, not measured
     above_the_tables = page.split("summary-table")[0]
@@ -149,6 +152,8 @@ def test_summary_has_a_row_per_slide_k_and_method(demo_run):
     assert {"ARI", "NMI", "JSD", "matched_coverage", "probe_F1", "ARI_truth", "tissue"} <= set(summary.columns)
     runtime = runtime_table(demo_run)
     assert runtime.loc["niche_features", "jobs"] == 3 and runtime.loc["niche_student", "total_s"] > 0
+    page = (demo_run / "results/benchmark/runtime.html").read_text()  # what the report shows
+    assert "runtime-table" in page and page.count("<tr>") == len(runtime)  # a row per rule, as the TSV
     assert uncounted_jobs(demo_run) == 0
     slides = pd.read_csv(demo_run / "results/benchmark/niche_slides.tsv", sep="\t")
     assert len(slides) == 3 and (slides["he_check"] == "cells on the nuclei").all() and not slides["he_flagged"].any()
@@ -165,7 +170,9 @@ def test_report_renders_the_summary_table_and_a_niche_map(demo_run, tmp_path):
     try:
         page = browser.open(report.as_uri())
         browser.wait_for(page, "document.querySelector('#app') && document.body.innerText.includes('RESULTS')")
-        assert "tissuekd distilled expensive tissue measurements" in browser.evaluate(page, "document.body.innerText")
+        landing = browser.evaluate(page, "document.body.innerText")
+        assert "tissuekd distilled expensive tissue measurements" in landing
+        assert "check of the workflow, not of a method" in landing and "demo-mobilenet" in landing  # random weights
         for step in ("Benchmark", "Niche study"):
             assert browser.evaluate(page, CLICK % step), step
             time.sleep(0.3)
@@ -174,6 +181,13 @@ def test_report_renders_the_summary_table_and_a_niche_map(demo_run, tmp_path):
         time.sleep(0.5)
         tables = " ".join(browser.frame_text(page))
         assert "Niche study: all slides" in tables and "student" in tables and "ARI K=10" in tables
+
+        for step in ("Benchmark", "Runtime"):  # a table shown in the page, not a TSV download
+            assert browser.evaluate(page, CLICK % step), step
+            time.sleep(0.3)
+        assert browser.evaluate(page, VIEW % "runtime per rule")
+        time.sleep(0.5)
+        assert "niche_features" in " ".join(browser.frame_text(page))
 
         for step in ("Results", "Niche maps", "breast"):
             assert browser.evaluate(page, CLICK % step), step

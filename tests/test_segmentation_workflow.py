@@ -74,6 +74,10 @@ def test_every_model_is_scored_on_its_test_split_and_the_cross_set(seg_run):
     assert "teacher multiplex" not in set(cross["model"]) and len(cross) == 3  # no membrane there
     overall = pd.read_csv(seg_run / "results/benchmark/segmentation_overall.tsv", sep="\t")
     assert len(overall) == 4
+    # the report shows the tables as HTML (a TSV result only downloads there), the cross rows explained
+    page = (seg_run / "results/benchmark/segmentation_tables.html").read_text()
+    assert page.count("<table") == 2 and page.count("bbbc038_demo") == len(cross)
+    assert "BBBC038 has nuclear masks only" in page
 
 
 def test_the_runtime_table_leaves_out_the_memory_of_jobs_run_in_snakemakes_process(seg_run):

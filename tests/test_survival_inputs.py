@@ -31,8 +31,9 @@ from tissuekd.survival.cohort import (
     read_layout,
     require_one_encoder,
 )
-from tissuekd.survival.patches import extract_patch_features, make_patches, read_patches
+from tissuekd.survival.patches import MASK_EDGE, draw_grid, extract_patch_features, make_patches, read_patches
 from tissuekd.survival.rna import complete_genes, read_gene_sets, read_rna
+from tissuekd.survival.tissue import Grid
 
 PATIENTS = ["TCGA-DM-A000", "TCGA-DM-A001", "TCGA-DM-A002"]
 
@@ -97,6 +98,19 @@ def test_blank_slide_gets_no_patches_and_a_warning(tmp_path, caplog):
                            precision="fp32", progress=False)
     with h5py.File(tmp_path / "f.h5") as h5:
         assert h5["features"].shape[0] == 0 and h5["coords"].shape == (0, 2)
+
+
+def test_the_thumbnail_outlines_the_mask_and_keeps_the_stain_colours():
+    """A 30% green tint over H&E's pink read as grey: the tissue looked unmasked (a report reader's find)."""
+    pink = np.array([230, 150, 210], np.uint8)
+    thumb = np.full((200, 300, 3), 250, np.uint8)
+    thumb[50:150, 60:240] = pink
+    mask = np.zeros((200, 300), bool)
+    mask[50:150, 60:240] = True
+    grid = Grid(np.array([[0, 0]]), 16, 160, 0.5, 0.25, np.ones(1))
+    drawn = np.asarray(draw_grid(thumb, mask, grid, downsample=16.0))
+    assert (drawn[100, 150] == pink).all() and (drawn[10, 280] == 250).all()  # inside and outside as they were
+    assert (drawn[50, 150] == MASK_EDGE).all() and (drawn[100, 60] == MASK_EDGE).all()  # the mask's edge
 
 
 @pytest.mark.parametrize("backend", ["tifffile", "openslide"])

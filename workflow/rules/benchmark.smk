@@ -13,7 +13,7 @@ rule benchmark_niche:
             caption="../report/summary.rst",
             category="Benchmark",
             subcategory="Niche study",
-            labels={"result": "every slide, K and method"},
+            labels={"result": "every slide, K and method (TSV: the button downloads it)"},
         ),
         by_tissue=f"{RESULTS}/benchmark/niche_by_tissue.tsv",
         overall=f"{RESULTS}/benchmark/niche_overall.tsv",
@@ -52,8 +52,9 @@ rule benchmark_runtimes:
         segmentation_benchmarks(),
         expression_benchmarks(),
     output:
-        report(
-            f"{RESULTS}/benchmark/runtime.tsv",
+        table=f"{RESULTS}/benchmark/runtime.tsv",
+        html=report(
+            f"{RESULTS}/benchmark/runtime.html",
             caption="../report/runtime.rst",
             category="Benchmark",
             subcategory="Runtime",
@@ -83,7 +84,7 @@ rule benchmark_survival:
             caption="../report/survival_folds.rst",
             category="Benchmark",
             subcategory="Survival study",
-            labels={"result": "every cohort, fold and method"},
+            labels={"result": "every cohort, fold and method (TSV: the button downloads it)"},
         ),
         by_cohort=f"{RESULTS}/benchmark/survival_by_cohort.tsv",
         overall=f"{RESULTS}/benchmark/survival_overall.tsv",
@@ -116,7 +117,7 @@ rule benchmark_expression:
             caption="../report/expression.rst",
             category="Benchmark",
             subcategory="Expression study",
-            labels={"result": "Pearson r per dataset, method and gene list"},
+            labels={"result": "Pearson r per dataset, method and gene list (TSV: the button downloads it)"},
         ),
         overall=f"{RESULTS}/benchmark/expression_overall.tsv",
         html=report(

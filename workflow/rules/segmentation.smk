@@ -326,14 +326,15 @@ rule benchmark_segmentation:
             caption="../report/segmentation_tables.rst",
             category="Benchmark",
             subcategory="Segmentation study",
-            labels={"result": "every test set, student and mode"},
+            labels={"result": "every test set, model and mode (TSV: the button downloads it)"},
         ),
-        overall=report(
-            f"{RESULTS}/benchmark/segmentation_overall.tsv",
-            caption="../report/segmentation_overall.rst",
+        overall=f"{RESULTS}/benchmark/segmentation_overall.tsv",
+        html=report(
+            f"{RESULTS}/benchmark/segmentation_tables.html",
+            caption="../report/segmentation_tables.rst",
             category="Benchmark",
             subcategory="Segmentation study",
-            labels={"result": "mean ± SD per model over its own test sets"},
+            labels={"result": "Dice, F1, recovery and parameters per model and test set"},
         ),
     log:
         f"{LOGS}/benchmark/segmentation.log",

@@ -143,15 +143,18 @@ def flagged_note(slides: pd.DataFrame | None) -> str:
             "metrics are computed and included in the means below.")
 
 
-def html_tables(summary: pd.DataFrame, paper: pd.DataFrame, out: str, slides: pd.DataFrame | None = None) -> None:
+def html_tables(summary: pd.DataFrame, paper: pd.DataFrame, out: str, slides: pd.DataFrame | None = None,
+                labels: Mapping[str, str] | None = None) -> None:
     """The tables as one HTML page, for the report (which shows it in a frame); `slides`, the
-    slides' inputs and checks, last, with a note over the first table when a slide is flagged."""
+    slides' inputs and checks, last, with a note over the first table when a slide is flagged;
+    `labels`: method -> display name, as the figures name them (the TSVs keep the ids)."""
     grouped = summary.groupby(TISSUE_KEYS, observed=True)[METRICS]
     tissue_view = grouped.agg(mean_sd)
     tissue_view.insert(0, "n_slides", grouped.size())
     tissue_view = tissue_view.reset_index()
-    sections = [("Niche study: all slides (mean ± SD over slides)", paper, "summary-table", flagged_note(slides)),
-                ("Per tissue", tissue_view, "tissue-table", "")]
+    named = lambda frame: frame.assign(method=[(labels or {}).get(m) or m for m in frame["method"]])  # noqa: E731
+    sections = [("Niche study: all slides (mean ± SD over slides)", named(paper), "summary-table",
+                 flagged_note(slides)), ("Per tissue", named(tissue_view), "tissue-table", "")]
     if slides is not None:
         sections.append(("Slides: cells, genes, H&E resolution and the cells-on-nuclei check", slides, "slide-table",
                          SLIDE_LEGEND))
@@ -188,6 +191,6 @@ def write_niche_benchmark(metric_paths: list[str], out: dict, methods: Mapping[s
     for key, frame in tables + ([("slides", slides)] if slides is not None else []):
         with atomic_path(out[key]) as tmp:
             frame.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
-    html_tables(summary, paper, out["html"], slides)
+    html_tables(summary, paper, out["html"], slides, methods)
     ari_bars(summary, out["bars"], methods)
     return summary

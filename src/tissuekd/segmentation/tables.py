@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import pandas as pd
 
+CROSS_NOTE = ("Rows whose evaluated_on differs from trained_on score a cross set without retraining, against that "
+              "set's own labels: BBBC038 has nuclear masks only, so students trained for whole cells are scored "
+              "there against nuclei (read those rows as transfer, not as the same task). recovery and "
+              "parameter_ratio are blank where the multiplex teacher cannot see the set (one channel).")
+
 
 def read_scores(paths: list[str]) -> pd.DataFrame:
     """Every per-image score file; its path says the training set, the model and the test set

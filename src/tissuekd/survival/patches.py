@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from PIL import Image, ImageDraw
+from skimage.segmentation import find_boundaries
 
 from tissuekd.errors import InputError
 from tissuekd.io.atomic import atomic_path
@@ -50,7 +51,7 @@ def make_patches(image: str, out_h5: str, out_thumbnail: str, *, magnification: 
         Patch file written: `coords` (n, 2) int64 top-left corners in level-0 px with TRIDENT's attributes
         plus `target_mpp` and `level0_mpp`, and `tissue_fraction` (n,).
     out_thumbnail : str
-        Thumbnail written, the tissue mask tinted and each kept patch outlined.
+        Thumbnail written, the tissue mask and each kept patch outlined.
     magnification : float, default 20
         Magnification the patches are taken at; µm/px = 10 / magnification (20: 0.5 µm/px).
     patch_px : int, default 256
@@ -83,17 +84,20 @@ def make_patches(image: str, out_h5: str, out_thumbnail: str, *, magnification: 
 
 
 DRAWN_PX = 1024  # longest side of the drawn thumbnail (a JPEG of ~100-200 KB: the report holds one per slide)
+MASK_EDGE = (0, 190, 60)  # the tissue mask's outline on it
 
 
 def draw_grid(thumb: np.ndarray, mask: np.ndarray, grid: Grid, downsample: float) -> Image.Image:
-    """The thumbnail, at most DRAWN_PX on its longest side, with the mask tinted green and each
-    kept patch outlined."""
-    rgb = thumb.astype(np.float32)
-    rgb[mask] = 0.7 * rgb[mask] + 0.3 * np.array([60, 200, 90])
-    image = Image.fromarray(rgb.astype(np.uint8))
+    """The thumbnail, at most DRAWN_PX on its longest side, with the tissue mask outlined in green
+    (a tint mixed with H&E's pink reads as grey) and each kept patch outlined in black."""
+    image = Image.fromarray(thumb)
     shrink = max(1.0, max(image.size) / DRAWN_PX)
     if shrink > 1:
         image = image.resize((round(image.width / shrink), round(image.height / shrink)), Image.Resampling.BOX)
+    small = np.asarray(Image.fromarray(mask).resize(image.size, Image.Resampling.NEAREST))
+    rgb = np.array(image)
+    rgb[find_boundaries(small, mode="thick")] = MASK_EDGE
+    image = Image.fromarray(rgb)
     pen = ImageDraw.Draw(image)
     downsample *= shrink
     side = grid.patch_level0 / downsample

@@ -115,7 +115,7 @@ def check_patients_in_clinical(cohorts, slides):
 
 def cohort_value(cohort, column):
     value = SURVIVAL_COHORTS.set_index("cohort").loc[cohort, column]
-    return value.lower() not in ("no", "false", "0") if column == "cross_validate" else value
+    return value.lower() not in ("no", "false") if column == "cross_validate" else value
 
 
 def check_folds(cohorts, slides):

@@ -22,8 +22,8 @@ CHECK_SPOTS = 2048  # training spots on which the trained reconstruction is chec
 
 @dataclass
 class CMRCNetConfig:
-    stage1_epochs: int = 30  # contrastive only
-    stage2_epochs: int = 30  # contrastive + reconstruction (contrastive only for the ablation)
+    stage1_epochs: int = 20  # contrastive only (defaults as the schema's expression.cmrcnet)
+    stage2_epochs: int = 20  # contrastive + reconstruction (contrastive only for the ablation)
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-3

@@ -85,7 +85,7 @@ def write_split(cells_path: str, slide_path: str, radius_path: str, out: str, *,
     out : str
         split.parquet written: `cell_id`, `strip` (0-based) and `role` ("train", "buffer" or "test").
     crop_px : int
-        Crop side in encoder pixels, as extract_cell_features cuts it (config niche.crop_px).
+        Crop side in encoder pixels, as extract_cell_features cuts it (config encoders.<name>.input_px).
     encoder_mpp : float
         The encoder's resolution, µm/px: a crop spans crop_px * encoder_mpp µm, so it reaches half of that
         (plus a margin) from its cell.

@@ -132,7 +132,9 @@ def fit_nolan(features: torch.Tensor, nb: Neighborhoods, centres: torch.Tensor, 
 
 @dataclass
 class StudentConfig:
-    epochs: int = 30
+    """The niche student's training; defaults as the schema's niche.student."""
+
+    epochs: int = 8
     batch_size: int = 256
     lr: float = 2e-3
     temperature: float = 2.0

@@ -30,11 +30,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
+    """The survival models' protocol; defaults as workflow/schemas/config.schema.yaml's survival.train."""
+
+    epochs: int = 20
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    hidden: int = 128
+    hidden: int = 64
     dropout: float = 0.25
     n_bins: int = 4
     alpha: float = 0.0  # extra weight of uncensored patients in the NLL
@@ -45,8 +47,10 @@ class TrainConfig:
 
 @dataclass
 class AMKDConfig:
+    """The AMKD student's loss weights; defaults as the schema's survival.amkd."""
+
     temperature: float = 2.0
-    kd: float = 1.0  # hazard distillation
+    kd: float = 0.0  # hazard distillation (README: fixed at 0 a priori)
     genomic: float = 1.0  # gene-guided enhancement: pseudo-genomic -> teacher's RNA embedding
     redundancy: float = 0.1  # adaptive redundancy reduction
     off_diagonal: float = 0.005

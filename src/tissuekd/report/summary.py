@@ -152,7 +152,10 @@ def html_tables(summary: pd.DataFrame, paper: pd.DataFrame, out: str, slides: pd
     tissue_view = grouped.agg(mean_sd)
     tissue_view.insert(0, "n_slides", grouped.size())
     tissue_view = tissue_view.reset_index()
-    named = lambda frame: frame.assign(method=[(labels or {}).get(m) or m for m in frame["method"]])  # noqa: E731
+
+    def named(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.assign(method=[(labels or {}).get(m) or m for m in frame["method"]])
+
     sections = [("Niche study: all slides (mean ± SD over slides)", named(paper), "summary-table",
                  flagged_note(slides)), ("Per tissue", named(tissue_view), "tissue-table", "")]
     if slides is not None:

@@ -125,8 +125,8 @@ def _require_space(folder: Path, needed: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise DiskSpaceError(folder, f"the files still to fetch need {needed / 1e9:,.1f} GB, and {free / 1e9:,.1f} GB "
-                                 "are free there: free space, or set public.outdir to a larger disk")
+        raise DiskSpaceError(folder, f"the files still to fetch need {needed / 1e9:,.1f} GB, and {free / 1e9:,.1f} "
+                                     "GB are free there: free space, or set public.outdir to a larger disk")
 
 
 def _place(folder: Path, row: dict) -> Path:

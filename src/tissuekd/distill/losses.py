@@ -1,5 +1,6 @@
-"""Distillation losses more than one study uses: temperature KL (niche), probability MSE and
-learnable uncertainty weighting (segmentation)."""
+"""The distillation losses of the shared layer (DESIGN.md): temperature KL (the niche student),
+probability MSE and learnable uncertainty weighting (the segmentation students). Each study's own
+terms are in its `losses` module."""
 
 from __future__ import annotations
 

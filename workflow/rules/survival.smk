@@ -139,7 +139,10 @@ rule survival_cohort:
             caption="../report/dropped.rst",
             category="Survival",
             subcategory=lambda wildcards: wildcards.cohort,
-            labels=lambda wildcards: {"result": "patients left out, with the reason (TSV: the button downloads it)", "encoder": wildcards.encoder},
+            labels=lambda wildcards: {
+                "result": "patients left out, with the reason (TSV: the button downloads it)",
+                "encoder": wildcards.encoder,
+            },
         ),
     log:
         f"{LOGS}/survival/cohort/{{encoder}}/{{cohort}}.log",

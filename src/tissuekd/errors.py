@@ -34,7 +34,8 @@ class DiskSpaceError(InputError):
 
 def _split(message: str) -> tuple[str, str]:
     """(where, problem) of `where: problem`, or of a traceback's last `InputError: where: problem`
-    (or another of this module's errors) line."""
-    lines = re.findall(r"(?:Input|Download|DiskSpace)Error: (.+)", message)
+    (or one of its subclasses') line."""
+    names = "|".join(cls.__name__ for cls in (InputError, *InputError.__subclasses__()))
+    lines = re.findall(rf"(?:{names}): (.+)", message)
     where, _, problem = (lines[-1] if lines else message).partition(": ")
     return where, problem

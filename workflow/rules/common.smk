@@ -27,6 +27,7 @@ if os.path.exists(RESULTS) and not os.path.isdir(RESULTS):
     raise WorkflowError(f"config results: {RESULTS} is a file; it must name a folder (made where absent)")
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
+DOWNLOADS = " (TSV: the button downloads it)"  # a report() label's end: the report shows no TSV, only offers it
 DEMO_DIR = config["demo"]["outdir"]
 PUBLIC_XENIUM = f"{config['public']['outdir']}/xenium"  # public.smk fetches there, when asked
 PUBLIC_TCGA = f"{config['public']['outdir']}/tcga"

@@ -326,7 +326,7 @@ rule benchmark_segmentation:
             caption="../report/segmentation_tables.rst",
             category="Benchmark",
             subcategory="Segmentation study",
-            labels={"result": "every test set, model and mode (TSV: the button downloads it)"},
+            labels={"result": f"every test set, model and mode{DOWNLOADS}"},
         ),
         overall=f"{RESULTS}/benchmark/segmentation_overall.tsv",
         html=report(

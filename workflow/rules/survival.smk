@@ -140,7 +140,7 @@ rule survival_cohort:
             category="Survival",
             subcategory=lambda wildcards: wildcards.cohort,
             labels=lambda wildcards: {
-                "result": "patients left out, with the reason (TSV: the button downloads it)",
+                "result": f"patients left out, with the reason{DOWNLOADS}",
                 "encoder": wildcards.encoder,
             },
         ),

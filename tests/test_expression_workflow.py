@@ -241,7 +241,8 @@ def test_pseudo_spots_need_their_niche_slide_and_only_its_ingest(tmp_path):
 def test_a_space_ranger_folder_without_a_file_squidpy_reads_is_named_before_any_job(tmp_path):
     """Prepare reads the matrix, the positions (either name), the scale factors and the two PNGs
     (squidpy.read.visium reads positions only with them): all are its inputs, and a folder
-    without one is named with its sheet line when the workflow is planned."""
+    without one is named with its sheet line when the workflow is planned; one with the MEX
+    matrix folder only is told which download it lacks."""
     workdir = expression_workdir(tmp_path)
     outs = tmp_path / "run1/outs"
     (outs / "spatial").mkdir(parents=True)
@@ -263,6 +264,11 @@ def test_a_space_ranger_folder_without_a_file_squidpy_reads_is_named_before_any_
         assert result.returncode != 0
         assert (f"line 4 (sample IDC_P3): {outs} is not a Space Ranger outs/ folder: no {outs}/spatial/{named}"
                 in result.stdout + result.stderr), name
+    (outs / "filtered_feature_bc_matrix.h5").unlink()  # a download of the MEX folder only
+    (outs / "filtered_feature_bc_matrix").mkdir()
+    result = snakemake("-n", cwd=workdir, check=False)
+    assert (f"no {outs}/filtered_feature_bc_matrix.h5: its MEX folder filtered_feature_bc_matrix/ is there, but "
+            "squidpy.read.visium reads the HDF5 matrix" in result.stdout + result.stderr)
 
 
 def test_a_xenium_sample_asks_memory_for_its_cells_and_one_chunk_of_counts(tmp_path):

@@ -11,6 +11,18 @@ def spaceranger_files(outs):
     return {name: str(path) for name, path in outs_files(outs).items()}
 
 
+def missing_outs_hint(name, outs):
+    """What to do about a Space Ranger file not there, where the usual cause is known."""
+    if name == "positions":
+        return " (or tissue_positions_list.csv)"
+    if name == "matrix" and os.path.isdir(os.path.join(outs, "filtered_feature_bc_matrix")):
+        return (
+            ": its MEX folder filtered_feature_bc_matrix/ is there, but squidpy.read.visium reads the "
+            "HDF5 matrix; 10x's download 'Feature / barcode matrix HDF5 (filtered)' is that file"
+        )
+    return ""
+
+
 def check_pooled_slides(sheet, path):
     """Pseudo-spot rows must name slides of the niche sheet; every row that does not is named."""
     xenium = sheet[(sheet["format"] == "xenium") & (sheet["niche_slide"] != "")]
@@ -56,7 +68,7 @@ def check_expression_sheet(sheet, path):
                 if not os.path.exists(file):
                     raise WorkflowError(
                         f"{where}: {row.outs} is not a Space Ranger outs/ folder: no {file}"
-                        + (" (or tissue_positions_list.csv)" if name == "positions" else "")
+                        + missing_outs_hint(name, row.outs)
                     )
         for column in ("patches", "tissue_seg"):
             value = getattr(row, column, "")

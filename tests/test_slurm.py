@@ -46,7 +46,8 @@ def on_slurm(workdir: Path, *extra: str, check: bool = True) -> subprocess.Compl
 
 def submitted(cluster: LocalSlurm, since: set[str]) -> list[dict]:
     """Jobs submitted after the job ids in `since`, with rule and wildcards from the comment."""
-    rows = [r for r in cluster.sacct("JobID", "State", "ReqMem", "AllocCPUS", "Comment") if r["JobID"] not in since]
+    rows = [r for r in cluster.sacct("JobID", "State", "ReqMem", "TimelimitRaw", "AllocCPUS",
+                                                           "Comment") if r["JobID"] not in since]
     for row in rows:  # the plugin's comment: rule_<rule>_wildcards_<wildcard values joined by _>
         rule, _, wildcards = row["Comment"].removeprefix("rule_").partition("_wildcards_")
         row["rule"], row["wildcards"] = rule, wildcards
@@ -134,3 +135,5 @@ def test_a_failing_job_is_retried_then_named_with_its_slurm_log(cluster, slurm_r
     assert len(ingest) == 3 and {j["State"] for j in ingest} == {"FAILED"}  # retries: 2
     first = int(ingest[0]["ReqMem"].rstrip("M"))  # mem_mb follows the slide's cells, times the attempt
     assert first >= 2000 and [j["ReqMem"] for j in ingest] == [f"{first * a}M" for a in (1, 2, 3)]
+    minutes = int(ingest[0]["TimelimitRaw"])  # and so does its time limit
+    assert [j["TimelimitRaw"] for j in ingest] == [str(minutes * a) for a in (1, 2, 3)]

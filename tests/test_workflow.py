@@ -160,6 +160,22 @@ def test_every_gpu_rule_gets_the_slurm_profiles_gpu_resources(tmp_path):
         rule: profile[rule]["cpus_per_gpu"] for rule in gpu_rules}
 
 
+def test_every_rules_runtime_grows_with_the_attempt():
+    """The SLURM profile retries a failed job twice; one stopped at its time limit would be
+    stopped again with the same limit. Every rule's runtime is a lambda of the attempt or one of
+    common*.smk's minutes helpers, each of which multiplies by it (tests/test_slurm.py sees it)."""
+    rules = sorted((REPO / "workflow" / "rules").glob("*.smk"))
+    text = {f.name: f.read_text() for f in rules}
+    asks = [(name, line.strip()) for name, t in text.items() for line in t.splitlines()
+            if line.strip().startswith("runtime=")]
+    assert len(asks) > 50
+    fixed = [a for a in asks if not re.fullmatch(r"runtime=(minutes\w*\(.*\)|lambda .*\* attempt),( +#.*)?", a[1])]
+    assert not fixed, fixed
+    bodies = re.findall(r"^def minutes\w*\(.*?(?=^\S)", "".join(text.values()), re.M | re.S)
+    assert {"minutes", "minutes_per_cell", "minutes_per_gb"} <= {re.match(r"def (\w+)", b)[1] for b in bodies}
+    assert all("* attempt" in body for body in bodies), [b for b in bodies if "* attempt" not in b]
+
+
 def test_one_teacher_and_radius_per_slide_whatever_the_encoders(tmp_path):
     """Two encoders: each gets its own features, split, students and baselines, against one
     teacher per slide and K and one radius per slide."""

@@ -40,7 +40,7 @@ rule benchmark_niche:
         "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=10,
+        runtime=minutes(10),
     script:
         "../../scripts/benchmark_niche.py"
 
@@ -68,7 +68,7 @@ rule benchmark_runtimes:
         "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,
-        runtime=10,
+        runtime=minutes(10),
     params:
         in_process=in_process_benchmarks(),
     script:
@@ -103,7 +103,7 @@ rule benchmark_survival:
         "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=10,
+        runtime=minutes(10),
     script:
         "../../scripts/benchmark_survival.py"
 
@@ -135,6 +135,6 @@ rule benchmark_expression:
         "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,
-        runtime=10,
+        runtime=minutes(10),
     script:
         "../../scripts/benchmark_expression.py"

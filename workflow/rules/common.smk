@@ -494,6 +494,12 @@ def ingest_mem_mb(wildcards, input, attempt):
     return mem_per_cell(2000, 8, bytes_per_count=per_count)(wildcards, input, attempt)
 
 
+def minutes(base_min):
+    """runtime (minutes) = base x attempt: a job SLURM stopped at its time limit is retried with
+    more time (the profile's retries), as a job stopped for memory is retried with more memory."""
+    return lambda wildcards, attempt: base_min * attempt
+
+
 def minutes_per_cell(base_min, per_million):
     """runtime (minutes) = base + per million cells, x attempt."""
 

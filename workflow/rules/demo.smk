@@ -22,7 +22,7 @@ rule demo_xenium_slide:
         "../../envs/scverse.yaml"
     resources:
         mem_mb=demo_slide_mem_mb,
-        runtime=20,
+        runtime=minutes(20),
     params:
         n_cells=config["demo"]["niche_cells"],
         seed=config["demo"]["seed"],
@@ -50,7 +50,7 @@ rule demo_survival_slide:
     priority: CHAIN_PRIORITY
     resources:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,
-        runtime=10,
+        runtime=minutes(10),
     params:
         patient=survival_slide_value("patient"),
         seed=config["demo"]["seed"],
@@ -78,7 +78,7 @@ rule demo_survival_tables:
         "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,
-        runtime=10,
+        runtime=minutes(10),
     params:
         patients=lambda wildcards: sorted(
             set(SURVIVAL_SLIDES.loc[SURVIVAL_SLIDES["cohort"] == wildcards.cohort, "patient"])
@@ -106,7 +106,7 @@ rule demo_segmentation:
         "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,
-        runtime=10,
+        runtime=minutes(10),
     params:
         images=config["demo"]["segmentation_images"],
         px=config["demo"]["segmentation_px"],
@@ -134,7 +134,7 @@ rule demo_expression_sample:
         "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 1500 * attempt,
-        runtime=10,
+        runtime=minutes(10),
     params:
         dataset=expression_value("dataset"),
         patient=expression_value("patient"),
@@ -161,7 +161,7 @@ rule demo_expression_spaceranger:
         "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 1500 * attempt,
-        runtime=10,
+        runtime=minutes(10),
     params:
         dataset=expression_value("dataset"),
         seed=config["demo"]["seed"],

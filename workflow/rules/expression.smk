@@ -21,7 +21,7 @@ rule expression_prepare:
         "../../envs/scverse.yaml"
     resources:
         mem_mb=expression_prepare_mb,
-        runtime=10,
+        runtime=minutes(10),
     params:
         format=expression_value("format"),
         pseudo_spots=EXPRESSION["pseudo_spots"],
@@ -74,7 +74,7 @@ rule expression_features:
     threads: 2
     resources:
         mem_mb=encoder_mem_mb,
-        runtime=lambda wildcards, attempt: 30 * attempt,
+        runtime=minutes(30),
         gpu=1,
     params:
         encoder=lambda wildcards: ENCODERS[wildcards.encoder],
@@ -127,7 +127,7 @@ rule expression_patches:
         "../../envs/torch-gpu.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=lambda wildcards, attempt: 30 * attempt,
+        runtime=minutes(30),
     params:
         encoder=lambda wildcards: ENCODERS[wildcards.encoder],
         crop_px=encoder_input_px,
@@ -257,7 +257,7 @@ rule expression_evaluate:
         "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,
-        runtime=10,
+        runtime=minutes(10),
     script:
         "../../scripts/expression_evaluate.py"
 
@@ -282,7 +282,7 @@ rule expression_maps:
         "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=10,
+        runtime=minutes(10),
     params:
         method=EXPRESSION["methods"][0],
         samples=lambda wildcards: list(expression_rows(wildcards.task)["sample"]),

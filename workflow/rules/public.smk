@@ -16,7 +16,7 @@ rule fetch_xenium_bundle:
     localrule: True
     resources:
         mem_mb=1000,
-        runtime=600,
+        runtime=minutes(600),
     params:
         url=public_xenium_url("outs"),  # the URL alone: editing the row's tissue fetches nothing again
     run:
@@ -37,7 +37,7 @@ rule fetch_xenium_he:
     localrule: True
     resources:
         mem_mb=1000,
-        runtime=120,
+        runtime=minutes(120),
     params:
         he_image=public_xenium_url("he_image"),
         he_alignment=public_xenium_url("he_alignment"),
@@ -110,7 +110,7 @@ rule fetch_tcga_cohort:
     threads: 4  # downloads at a time
     resources:
         mem_mb=1000,
-        runtime=2880,
+        runtime=minutes(2880),
     params:
         api=config["public"]["gdc_api"],
     run:

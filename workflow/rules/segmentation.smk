@@ -309,7 +309,7 @@ rule segmentation_panel:
     threads: 1
     resources:
         mem_mb=mem_per_image(2000, split="test"),
-        runtime=10,
+        runtime=minutes(10),
     params:
         split=lambda wildcards: seg_split_kwargs(wildcards.dataset, "test"),
         titles=seg_panel_titles,
@@ -344,6 +344,6 @@ rule benchmark_segmentation:
         "../../envs/scverse.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,
-        runtime=10,
+        runtime=minutes(10),
     script:
         "../../scripts/benchmark_segmentation.py"

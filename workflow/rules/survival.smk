@@ -24,7 +24,7 @@ rule survival_patches:
     priority: CHAIN_PRIORITY
     resources:
         mem_mb=lambda wildcards, attempt: 3000 * attempt,
-        runtime=20,
+        runtime=minutes(20),
     params:
         mpp=survival_slide_value("mpp"),
         magnification=SURVIVAL["magnification"],
@@ -71,7 +71,7 @@ rule survival_features:
     threads: 1
     resources:
         mem_mb=encoder_mem_mb,
-        runtime=120,
+        runtime=minutes(120),
         gpu=1,
     params:
         encoder=lambda wildcards: ENCODERS[wildcards.encoder],
@@ -120,7 +120,7 @@ rule survival_rna:
         "../../envs/scverse.yaml"
     resources:
         mem_mb=rna_mem_mb,
-        runtime=20,
+        runtime=minutes(20),
     params:
         patients=cohort_patients,
         star_value=star_value,
@@ -153,7 +153,7 @@ rule survival_cohort:
         "../../envs/scverse.yaml"
     resources:
         mem_mb=cohort_mem_mb,
-        runtime=20,
+        runtime=minutes(20),
     params:
         slides=cohort_slides,
         endpoint=SURVIVAL["endpoint"],
@@ -250,7 +250,7 @@ rule survival_evaluate:
         "../../envs/torch-gpu.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=10,
+        runtime=minutes(10),
     params:
         endpoint=SURVIVAL["endpoint"],
     script:
@@ -282,7 +282,7 @@ rule survival_external:
         "../../envs/torch-gpu.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=30,
+        runtime=minutes(30),
     params:
         endpoint=SURVIVAL["endpoint"],
         device=config["device"],

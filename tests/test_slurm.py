@@ -46,8 +46,8 @@ def on_slurm(workdir: Path, *extra: str, check: bool = True) -> subprocess.Compl
 
 def submitted(cluster: LocalSlurm, since: set[str]) -> list[dict]:
     """Jobs submitted after the job ids in `since`, with rule and wildcards from the comment."""
-    rows = [r for r in cluster.sacct("JobID", "State", "ReqMem", "TimelimitRaw", "AllocCPUS",
-                                                           "Comment") if r["JobID"] not in since]
+    fields = ("JobID", "State", "ReqMem", "TimelimitRaw", "AllocCPUS", "Comment")
+    rows = [r for r in cluster.sacct(*fields) if r["JobID"] not in since]
     for row in rows:  # the plugin's comment: rule_<rule>_wildcards_<wildcard values joined by _>
         rule, _, wildcards = row["Comment"].removeprefix("rule_").partition("_wildcards_")
         row["rule"], row["wildcards"] = rule, wildcards

@@ -11,13 +11,14 @@ def spaceranger_files(outs):
     return {name: str(path) for name, path in outs_files(outs).items()}
 
 
-def missing_outs_hint(name, outs):
+def missing_outs_hint(name, file):
     """What to do about a Space Ranger file not there, where the usual cause is known."""
     if name == "positions":
         return " (or tissue_positions_list.csv)"
-    if name == "matrix" and os.path.isdir(os.path.join(outs, "filtered_feature_bc_matrix")):
+    mex = file.removesuffix(".h5")  # Space Ranger writes the same matrix as a MEX folder of that name
+    if name == "matrix" and os.path.isdir(mex):
         return (
-            ": its MEX folder filtered_feature_bc_matrix/ is there, but squidpy.read.visium reads the "
+            f": its MEX folder {os.path.basename(mex)}/ is there, but squidpy.read.visium reads the "
             "HDF5 matrix; 10x's download 'Feature / barcode matrix HDF5 (filtered)' is that file"
         )
     return ""
@@ -68,7 +69,7 @@ def check_expression_sheet(sheet, path):
                 if not os.path.exists(file):
                     raise WorkflowError(
                         f"{where}: {row.outs} is not a Space Ranger outs/ folder: no {file}"
-                        + missing_outs_hint(name, row.outs)
+                        + missing_outs_hint(name, file)
                     )
         for column in ("patches", "tissue_seg"):
             value = getattr(row, column, "")

@@ -611,6 +611,17 @@ def test_the_throughput_benchmark_prints_each_students_speed_against_the_teacher
     assert all("x faster" in line for line in students[4:])
 
 
+def test_the_training_memory_benchmark_prints_the_peak_at_two_batches_and_the_kb_per_pixel(capsys):
+    from tissuekd.bench import train_memory
+
+    train_memory.main(["--small", "2", "32", "--large", "4", "128", "--steps", "1", "--backbones", "resnet18"])
+    header, line = capsys.readouterr().out.splitlines()
+    assert "2 x 32 px and 4 x 128 px (32x the pixels)" in header
+    small, large, ratio, per_pixel = re.fullmatch(r"resnet18 +(\d+) MB +(\d+) MB +([\d.]+)x +(-?[\d.]+) kB per pixel",
+                                                  line).groups()
+    assert 300 < int(small) < int(large) and float(ratio) > 1  # a process with torch, then more activations
+
+
 def test_a_shard_job_after_the_check_job_reads_its_share_of_the_split_not_the_whole(tmp_path, capsys):
     """tissuekd.bench.split_reads: bytes from disk, the kernel's count. Scanned (as every job did
     before segmentation_check_train), a shard job read the whole split; trusted to the check, its

@@ -352,7 +352,8 @@ def test_memory_and_runtime_follow_the_splits_size(tmp_path, fmt):
     jobs = dict(re.findall(r"rule (\w+):\n(?:    .*\n)*?    resources: (.*)", out))  # rule -> its resources
     # 5 + 30 x GB / 2 shards; the TIFF folder's one image is one shard
     memory, minutes = (6194, 36) if fmt == "tissuenet" else (6000, 65)
-    assert f"mem_mb={memory}" in jobs["segmentation_teacher"], jobs["segmentation_teacher"]
+    # training: + its steps' activations on a CPU, 2 x 32^2 px x 1.8 kB (resnet18): 4 MB
+    assert f"mem_mb={memory + 4}" in jobs["segmentation_teacher"], jobs["segmentation_teacher"]
     assert f"runtime={minutes}" in jobs["segmentation_teacher_probs"], jobs["segmentation_teacher_probs"]
     assert f"mem_mb={memory}," in jobs["segmentation_teacher_probs"]  # decompressed whole; one image one shard
     scoring = re.findall(r"rule segmentation_evaluate:\n(?:    .*\n)*?    wildcards: .*on=(\w+).*\n"
@@ -377,7 +378,7 @@ def test_a_teacher_maps_job_asks_memory_for_its_share_of_a_memory_mapped_split(t
     rows.to_csv(sheet, sep="\t", index=False)
     out = snakemake("-n", "--cores", "1", cwd=workdir).stdout
     jobs = dict(re.findall(r"rule (\w+):\n(?:    .*\n)*?    resources: (.*)", out))
-    assert "mem_mb=2134," in jobs["segmentation_teacher"], jobs["segmentation_teacher"]  # 2,000 + 2 x 67 MB
+    assert "mem_mb=2138," in jobs["segmentation_teacher"], jobs["segmentation_teacher"]  # 2,000 + 2 x 67 + 4 MB
     assert "mem_mb=2067," in jobs["segmentation_teacher_probs"], jobs["segmentation_teacher_probs"]  # 2 shards
 
 
@@ -400,16 +401,24 @@ def test_scoring_on_a_bbbc038_folder_asks_memory_for_its_pixels(tmp_path):
     assert {int(mb) for on, mb in scoring if on == "bbbc038_demo"} == {2000 + 2 * 400}  # 2 x 25 MP x 8 bytes
 
 
-def test_training_runtime_follows_the_configured_steps(tmp_path):
+def test_training_runtime_and_memory_follow_the_configured_steps(tmp_path):
     """SLURM's time limit of a training job: 10 min + 1 min per 1e9 training pixels (epochs x steps
-    x batch x tile^2); a fixed 10 min would kill a real protocol's training and retry it twice."""
+    x batch x tile^2); a fixed 10 min would kill a real protocol's training and retry it twice.
+    Its memory: 2 GB (+ 2x the split, not made yet here) + the activations a CPU step holds per
+    pixel of its batch (batch x tile^2; measured: Swin-Tiny at 16 x 256 px peaked at 6.2 GB);
+    none where `device` is cuda (they are on the card)."""
     workdir = make_workdir(tmp_path, **SMALL)
     big = "segmentation={'train': {'epochs': 100, 'steps_per_epoch': 500, 'batch_size': 16, 'tile': 256}}"
-    for extra, minutes in (((), 10), (("--config", big), 62)):
+    pixels = 16 * 256**2
+    for extra, minutes, student_mb, teacher_mb in (
+            ((), 10, 2005, 2004),  # 2 x 32^2 px x 2.2 (mobilenetv3) and 1.8 kB (resnet18)
+            (("--config", big), 62, 2000 + round(pixels * 2.2 / 1000), 2000 + round(pixels * 1.8 / 1000)),
+            (("--config", big, "device=cuda"), 62, 2000, 2000)):
         out = snakemake("-n", "--cores", "1", *extra, cwd=workdir).stdout
         jobs = dict(re.findall(r"rule (\w+):\n(?:    .*\n)*?    resources: (.*)", out))
-        for rule in ("segmentation_student", "segmentation_teacher"):
+        for rule, mb in (("segmentation_student", student_mb), ("segmentation_teacher", teacher_mb)):
             assert f"runtime={minutes}," in jobs[rule], (rule, jobs[rule])
+            assert f"mem_mb={mb}," in jobs[rule], (rule, extra, jobs[rule])
 
 
 def test_an_external_teachers_maps_are_distilled_and_scored_as_the_oracle(tmp_path):

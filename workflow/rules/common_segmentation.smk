@@ -281,6 +281,27 @@ def mem_per_image(base_mb, split="train", path_of=None, sharded=False):
     return mem
 
 
+# kB of host memory a training step holds per pixel of its batch (batch x tile^2) where it runs on
+# the CPU: activations kept for the backward pass; on a GPU they are on the card. Measured with
+# `python -m tissuekd.bench.train_memory` (fp32, smp's default decoder, kd; 2026-12-07), rounded
+# up: at 16 x 256 px Swin-Tiny peaked at 6.2 GB, ResNet18 at 2.9 (at 16 x 512 px: 7.4).
+TRAIN_KB_PER_PIXEL = {"swin-tiny": 5.0, "efficientnet-b0": 3.0, "mobilenetv3": 2.2, "resnet18": 1.8}
+
+
+def mem_per_step(base_mb, backbone_of):
+    """A training job's mem_mb: mem_per_image's, plus its steps' activations (TRAIN_KB_PER_PIXEL of
+    the backbone `backbone_of(wildcards)`) unless `device` is cuda; x attempt."""
+    split_mb = mem_per_image(base_mb)
+    train = SEG["train"]
+    pixels = train["batch_size"] * train["tile"] ** 2
+
+    def mem(wildcards, input, attempt):
+        per_pixel = 0 if config["device"] == "cuda" else TRAIN_KB_PER_PIXEL[backbone_of(wildcards)]
+        return round(split_mb(wildcards, input, 1) + pixels * per_pixel / 1000) * attempt
+
+    return mem
+
+
 TRAIN_PIXELS_PER_MINUTE = 1e9  # a U-Net's training pixels per minute, set low for a modest GPU (~17 Mpx/s)
 
 

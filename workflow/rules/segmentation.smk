@@ -68,7 +68,7 @@ if SEG["teacher"] == "unet-multiplex":
             "../../envs/torch-gpu.yaml"
         threads: 1
         resources:
-            mem_mb=mem_per_image(2000),
+            mem_mb=mem_per_step(2000, lambda wildcards: SEG["teacher_backbone"]),
             runtime=minutes_per_step(10),
             gpu=1,
         params:
@@ -243,7 +243,7 @@ rule segmentation_student:
         "../../envs/torch-gpu.yaml"
     threads: 1
     resources:
-        mem_mb=mem_per_image(2000),
+        mem_mb=mem_per_step(2000, lambda wildcards: wildcards.backbone),
         runtime=minutes_per_step(10),
         gpu=1,
     params:

@@ -45,13 +45,26 @@ def on_slurm(workdir: Path, *extra: str, check: bool = True) -> subprocess.Compl
 
 
 def submitted(cluster: LocalSlurm, since: set[str]) -> list[dict]:
-    """Jobs submitted after the job ids in `since`, with rule and wildcards from the comment."""
-    fields = ("JobID", "State", "ReqMem", "TimelimitRaw", "AllocCPUS", "Comment")
+    """Jobs submitted after the job ids in `since`, with rule and wildcards from the comment and
+    `max_rss_mb`, the largest peak memory of its steps."""
+    fields = ("JobID", "State", "ReqMem", "TimelimitRaw", "AllocCPUS", "AllocTRES", "Comment")
     rows = [r for r in cluster.sacct(*fields) if r["JobID"] not in since]
+    peaks = {}
+    for step in cluster.sacct("JobID", "MaxRSS", steps=True):
+        job = step["JobID"].split(".")[0]
+        peaks[job] = max(peaks.get(job, 0), rss_mb(step["MaxRSS"]))
     for row in rows:  # the plugin's comment: rule_<rule>_wildcards_<wildcard values joined by _>
         rule, _, wildcards = row["Comment"].removeprefix("rule_").partition("_wildcards_")
-        row["rule"], row["wildcards"] = rule, wildcards
+        row["rule"], row["wildcards"], row["max_rss_mb"] = rule, wildcards, peaks.get(row["JobID"], 0)
     return rows
+
+
+def rss_mb(value: str) -> float:
+    """sacct's MaxRSS (`708572K`, `1.2G`, blank for the job's own row) in MB."""
+    if not value:
+        return 0
+    scale = {"K": 1e-3, "M": 1, "G": 1e3}.get(value[-1])
+    return float(value[:-1]) * scale if scale else float(value) / 1e6
 
 
 def metrics(workdir: Path) -> pd.DataFrame:
@@ -77,6 +90,18 @@ def test_every_rule_runs_as_a_completed_slurm_job(slurm_run):
     # overridden both (2 each)
     for job in jobs:
         assert job["AllocCPUS"] == ("4" if job["rule"] in GPU_THREADS else "1"), job
+        assert ("gres/gpu=1" in job["AllocTRES"]) == (job["rule"] in GPU_THREADS), job
+
+
+def test_every_job_stays_within_the_memory_it_asked(slurm_run):
+    """Each job's peak memory, as SLURM's accounting recorded it for its steps (the plugin's
+    srun step runs Snakemake and the job), is below its mem_mb ask: the asks hold on a real
+    scheduler, where a job above its ask is killed."""
+    _, jobs = slurm_run
+    measured = [j for j in jobs if j["max_rss_mb"] > 0]
+    assert len(measured) == len(jobs), [j for j in jobs if j not in measured]
+    for job in jobs:
+        assert job["max_rss_mb"] < int(job["ReqMem"].rstrip("M")), job
 
 
 def test_the_workflow_profile_leaves_cluster_jobs_threads_uncapped():

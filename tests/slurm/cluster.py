@@ -4,7 +4,9 @@ Daemons: munged (private key and socket), MariaDB (private data directory and po
 slurmdbd so that `sacct` reports finished jobs (the executor plugin polls with sacct),
 slurmctld, slurmd. The node declares 8 CPUs, 64 GB and two GPUs on dummy character devices
 (`SlurmdParameters=config_overrides` lets a small machine declare more than it has), so the
-shipped profile's GPU requests can be scheduled unchanged. SLURM's commands and the plugin's
+shipped profile's GPU requests can be scheduled unchanged. Accounting records each step's peak
+memory (jobacct_gather/linux, polled every 2 s and at the step's end; nothing is killed for
+exceeding its ask) and the GPUs a job got (`gres/gpu` TRES). SLURM's commands and the plugin's
 job step read the compiled-in /etc/slurm/slurm.conf (the plugin strips SLURM_CONF), so the
 config files are symlinked there while the cluster runs, and removed afterwards.
 
@@ -116,7 +118,9 @@ ReturnToService=2
 MpiDefault=none
 GresTypes=gpu
 SlurmdParameters=config_overrides
-JobAcctGatherType=jobacct_gather/none
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=2
+AccountingStorageTRES=gres/gpu
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=6819
@@ -204,10 +208,11 @@ StorageLoc=slurm_acct_db
             if link.is_symlink() and str(os.readlink(link)).startswith(str(self.root)):
                 link.unlink()
 
-    def sacct(self, *fields: str) -> list[dict]:
-        """Finished and running jobs since the cluster started, as dicts of the given fields."""
-        out = subprocess.run(["sacct", "-a", "-X", "-n", "-P", "-S", "now-1days", "-o", ",".join(fields)],
-                             capture_output=True, text=True, check=True).stdout
+    def sacct(self, *fields: str, steps: bool = False) -> list[dict]:
+        """Finished and running jobs since the cluster started, as dicts of the given fields; with
+        `steps`, their steps' rows too (`<job>.batch`, `<job>.0`: where MaxRSS is recorded)."""
+        out = subprocess.run(["sacct", "-a", *([] if steps else ["-X"]), "-n", "-P", "-S", "now-1days",
+                              "-o", ",".join(fields)], capture_output=True, text=True, check=True).stdout
         return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
 
 

@@ -283,9 +283,9 @@ def mem_per_image(base_mb, split="train", path_of=None, sharded=False):
 
 # kB of host memory a training step holds per pixel of its batch (batch x tile^2) where it runs on
 # the CPU: activations kept for the backward pass; on a GPU they are on the card. Measured with
-# `python -m tissuekd.bench.train_memory` (fp32, smp's default decoder, kd; 2026-12-07), rounded
-# up: at 16 x 256 px Swin-Tiny peaked at 6.2 GB, ResNet18 at 2.9 (at 16 x 512 px: 7.4).
-TRAIN_KB_PER_PIXEL = {"swin-tiny": 5.0, "efficientnet-b0": 3.0, "mobilenetv3": 2.2, "resnet18": 1.8}
+# `python -m tissuekd.bench.train_memory` (fp32, smp's default decoder, kd; 2026-12-07: 4.6, 3.0,
+# 2.2, 1.8), ~10% added: at 16 x 256 px Swin-Tiny peaked at 6.3 GB, ResNet18 at 3.0 (16 x 512: 7.7).
+TRAIN_KB_PER_PIXEL = {"swin-tiny": 5.0, "efficientnet-b0": 3.3, "mobilenetv3": 2.5, "resnet18": 2.0}
 
 
 def mem_per_step(base_mb, backbone_of):

@@ -60,11 +60,12 @@ def submitted(cluster: LocalSlurm, since: set[str]) -> list[dict]:
 
 
 def rss_mb(value: str) -> float:
-    """sacct's MaxRSS (`708572K`, `1.2G`, blank for the job's own row) in MB."""
+    """sacct's MaxRSS (`708572K`, `1.2G`, blank for the job's own row) in its M, as ReqMem's
+    (SLURM's units are binary: K = KiB, M = MiB)."""
     if not value:
         return 0
-    scale = {"K": 1e-3, "M": 1, "G": 1e3}.get(value[-1])
-    return float(value[:-1]) * scale if scale else float(value) / 1e6
+    scale = {"K": 1 / 1024, "M": 1, "G": 1024}.get(value[-1])
+    return float(value[:-1]) * scale if scale else float(value) / 2**20
 
 
 def metrics(workdir: Path) -> pd.DataFrame:

@@ -612,10 +612,10 @@ def test_the_throughput_benchmark_prints_each_students_speed_against_the_teacher
 
 
 def test_the_training_memory_benchmark_prints_the_peak_at_two_batches_and_the_kb_per_pixel(capsys):
-    from tissuekd.bench import train_memory
-
     """Run from a large process (as a pytest worker is), the children's peaks are their own: with
     ru_maxrss, which counts the forking parent's size, both peaks were the worker's 2,237 MB."""
+    from tissuekd.bench import train_memory
+
     ballast = np.ones(1_500_000_000 // 8)  # 1.5 GB: above a small fit's peak (1.1-1.2 GB measured)
     train_memory.main(["--small", "2", "32", "--large", "8", "256", "--steps", "1", "--backbones", "resnet18"])
     header, line = capsys.readouterr().out.splitlines()

@@ -288,12 +288,16 @@ def mem_per_image(base_mb, split="train", path_of=None, sharded=False):
 TRAIN_KB_PER_PIXEL = {"swin-tiny": 5.0, "efficientnet-b0": 3.3, "mobilenetv3": 2.5, "resnet18": 2.0}
 
 
+def batch_pixels():
+    """Pixels of one training batch in the config: batch x tile^2."""
+    return SEG["train"]["batch_size"] * SEG["train"]["tile"] ** 2
+
+
 def mem_per_step(base_mb, backbone_of):
     """A training job's mem_mb: mem_per_image's, plus its steps' activations (TRAIN_KB_PER_PIXEL of
     the backbone `backbone_of(wildcards)`) unless `device` is cuda; x attempt."""
     split_mb = mem_per_image(base_mb)
-    train = SEG["train"]
-    pixels = train["batch_size"] * train["tile"] ** 2
+    pixels = batch_pixels()
 
     def mem(wildcards, input, attempt):
         per_pixel = 0 if config["device"] == "cuda" else TRAIN_KB_PER_PIXEL[backbone_of(wildcards)]
@@ -308,8 +312,7 @@ TRAIN_PIXELS_PER_MINUTE = 1e9  # a U-Net's training pixels per minute, set low f
 def minutes_per_step(base_min):
     """runtime (minutes): base + the pixels the config's training steps see (epochs x steps x
     batch x tile^2) at TRAIN_PIXELS_PER_MINUTE, x attempt (the demo's 100 steps of 8 x 64^2: base)."""
-    train = SEG["train"]
-    pixels = train["epochs"] * train["steps_per_epoch"] * train["batch_size"] * train["tile"] ** 2
+    pixels = SEG["train"]["epochs"] * SEG["train"]["steps_per_epoch"] * batch_pixels()
     return lambda wildcards, attempt: round(base_min + pixels / TRAIN_PIXELS_PER_MINUTE) * attempt
 
 

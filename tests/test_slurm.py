@@ -47,12 +47,13 @@ def on_slurm(workdir: Path, *extra: str, check: bool = True) -> subprocess.Compl
 def submitted(cluster: LocalSlurm, since: set[str]) -> list[dict]:
     """Jobs submitted after the job ids in `since`, with rule and wildcards from the comment and
     `max_rss_mb`, the largest peak memory of its steps."""
-    fields = ("JobID", "State", "ReqMem", "TimelimitRaw", "AllocCPUS", "AllocTRES", "Comment")
-    rows = [r for r in cluster.sacct(*fields) if r["JobID"] not in since]
-    peaks = {}
-    for step in cluster.sacct("JobID", "MaxRSS", steps=True):
-        job = step["JobID"].split(".")[0]
-        peaks[job] = max(peaks.get(job, 0), rss_mb(step["MaxRSS"]))
+    fields = ("JobID", "State", "ReqMem", "TimelimitRaw", "AllocCPUS", "AllocTRES", "Comment", "MaxRSS")
+    rows, peaks = [], {}
+    for row in cluster.sacct(*fields, steps=True):  # a job's row, then its steps' (`<job>.batch`, `<job>.0`)
+        job = row["JobID"].split(".")[0]
+        peaks[job] = max(peaks.get(job, 0), rss_mb(row["MaxRSS"]))
+        if "." not in row["JobID"] and job not in since:
+            rows.append(row)
     for row in rows:  # the plugin's comment: rule_<rule>_wildcards_<wildcard values joined by _>
         rule, _, wildcards = row["Comment"].removeprefix("rule_").partition("_wildcards_")
         row["rule"], row["wildcards"], row["max_rss_mb"] = rule, wildcards, peaks.get(row["JobID"], 0)

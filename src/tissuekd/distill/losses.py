@@ -1,4 +1,4 @@
-"""The distillation losses of the shared layer (DESIGN.md): temperature KL (the niche student),
+"""The distillation losses more than one study uses: temperature KL (the niche student),
 probability MSE and learnable uncertainty weighting (the segmentation students). Each study's own
 terms are in its `losses` module."""
 

@@ -123,6 +123,11 @@ def test_pearson_per_gene_equals_scipy_and_is_nan_for_a_constant_gene():
         assert r[j] == pytest.approx(scipy.stats.pearsonr(true[:, j], pred[:, j]).statistic, abs=1e-12)
     assert np.isnan(r[4])
     assert gene_gene_agreement(true, true) == pytest.approx(1.0)
+    # distinct sides, against scipy pair by pair; gene 4 is constant in pred, so it is left out
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    t = [scipy.stats.pearsonr(true[:, i], true[:, j]).statistic for i, j in pairs]
+    p = [scipy.stats.pearsonr(pred[:, i], pred[:, j]).statistic for i, j in pairs]
+    assert gene_gene_agreement(true, pred) == pytest.approx(scipy.stats.pearsonr(t, p).statistic, abs=1e-12)
 
 
 def test_the_dataset_table_is_mean_and_sd_over_folds_of_each_way_of_scoring():
@@ -144,6 +149,7 @@ def test_the_dataset_table_is_mean_and_sd_over_folds_of_each_way_of_scoring():
     assert row["pcc_per_sample_mean"] == pytest.approx(np.mean([0.51, 0.71]))
     assert row["pcc_per_sample_sd"] == pytest.approx(np.std([0.51, 0.71], ddof=1))
     assert row["pcc_pooled_mean"] == pytest.approx(np.mean([0.55, 0.75]))
+    assert row["pcc_pooled_sd"] == pytest.approx(np.std([0.55, 0.75], ddof=1))
     # gene-gene r: per test sample, averaged per fold (0.11, 0.31), then mean and SD over folds
     assert row["gene_gene_r_mean"] == pytest.approx(0.21)
     assert row["gene_gene_r_sd"] == pytest.approx(np.std([0.11, 0.31], ddof=1))
@@ -176,6 +182,8 @@ def test_the_ivf_index_visiting_every_list_finds_the_exact_top_k():
     index = ivf_index(bank, nlist=20)
     found = topk_ivf(index, queries, 10, nprobe=20)
     assert all(set(a) == set(b) for a, b in zip(found, exact))
+    one_list = topk_ivf(index, queries, 10, nprobe=1)
+    assert not all(set(a) == set(b) for a, b in zip(one_list, exact))
 
 
 @pytest.fixture(scope="module")

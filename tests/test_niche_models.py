@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import jensenshannon
-from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics import adjusted_rand_score, f1_score, normalized_mutual_info_score
 
 from tissuekd.distill.losses import kd_loss
 from tissuekd.niche.evaluate import composition_jsd, hungarian_match, niche_metrics, niche_palette, probe_f1
@@ -64,7 +64,9 @@ def test_metrics_match_references():
     row = niche_metrics("x", permuted, teacher, types, None, matched=True)
     assert row["ARI"] == pytest.approx(1.0) and row["NMI"] == pytest.approx(1.0) and row["JSD"] == pytest.approx(0)
     noisy = np.where(rng.random(400) < 0.3, rng.integers(0, 4, 400), teacher)
-    assert niche_metrics("x", noisy, teacher, types, None, False)["ARI"] == adjusted_rand_score(teacher, noisy)
+    row = niche_metrics("x", noisy, teacher, types, None, False)
+    assert row["ARI"] == adjusted_rand_score(teacher, noisy)
+    assert row["NMI"] == normalized_mutual_info_score(teacher, noisy)
     # JSD by hand with scipy: every niche matches (identity), so both sides weigh each niche's JSD by its cells
     comp = lambda lab, n: np.array([(types[lab == n] == t).sum() for t in "abc"], float)  # noqa: E731
     jsd = [jensenshannon(comp(noisy, n) / comp(noisy, n).sum(), comp(teacher, n) / comp(teacher, n).sum(), base=2) ** 2
@@ -74,6 +76,12 @@ def test_metrics_match_references():
     assert scored["JSD"] == pytest.approx(np.sum(sizes * jsd) / (2 * 400))
     assert scored["matched_coverage"] == pytest.approx(1.0)
     assert probe_f1(teacher, np.array(list("wxyz"))[teacher]) == pytest.approx(1.0)
+    # imbalanced and imperfect: from one-hot niches the probe can only predict each niche's
+    # majority class, so its F1 is that prediction's macro-F1 (0.615; micro-F1 would be 0.889)
+    niche = np.repeat([0, 1], [100, 35])
+    annotation = np.array(["tumour"] * 90 + ["stroma"] * 10 + ["immune"] * 30 + ["tumour"] * 5)
+    majority = np.where(niche == 0, "tumour", "immune")
+    assert probe_f1(niche, annotation) == pytest.approx(f1_score(annotation, majority, average="macro"))
 
 
 def test_jsd_scores_every_cell_so_collapse_and_leftover_clusters_count():
@@ -82,7 +90,10 @@ def test_jsd_scores_every_cell_so_collapse_and_leftover_clusters_count():
     teacher = np.repeat(np.arange(4), 100)  # niche i is pure cell type i
     collapsed = np.where(teacher == 3, 2, teacher)  # the student merges niches 2 and 3
     row = composition_jsd(collapsed, teacher, types)
-    assert row["JSD"] >= 0.25 * 0.5  # niche 3's cells count the maximum on the teacher's side
+    # the merged niche (half c, half d) against teacher niche 2 (pure c), on its 200 student cells
+    # and teacher niche 2's 100; teacher niche 3's 100 cells, matched to nothing, count the maximum 1
+    merged = jensenshannon([0, 0, 0.5, 0.5], [0, 0, 1, 0], base=2) ** 2
+    assert row["JSD"] == pytest.approx((300 * merged + 100 * 1.0) / 800)
     assert row["matched_coverage"] == pytest.approx(7 / 8)
     # 50 clusters, only 4 can be matched: the 46 others are scored against their nearest niche,
     # and a clustering that ignores cell types is worse than one that keeps them
@@ -122,8 +133,9 @@ def test_truth_agreement_uses_cells_with_a_known_niche():
     from tissuekd.niche.evaluate import truth_agreement
 
     truth = np.array(["x", "x", "y", "y", ""], dtype=object)
-    labels = np.array([1, 1, 0, 0, 5])
+    labels = np.array([1, 1, 0, 0, 1])  # the cell without a niche sits in x's cluster: counting it would cost
     assert truth_agreement(labels, truth) == {"ARI_truth": 1.0, "NMI_truth": 1.0}
+    assert adjusted_rand_score(truth, labels) < 1  # what counting it would give
     row = niche_metrics("x", labels, labels, np.array(list("abcde")), None, False, truth)
     assert row["ARI_truth"] == 1.0 and np.isnan(niche_metrics("x", labels, labels, labels, None, False)["ARI_truth"])
 

@@ -386,16 +386,21 @@ def test_bad_external_maps_name_the_file_and_the_image(tissuenet, tmp_path, spoi
 
 
 def test_dice_and_object_f1_equal_independent_references():
+    """Twelve separate cells, half predicted nearly in place (IoU >= 0.5) and half shifted off
+    (IoU < 0.5): object F1 counts exactly the matches a hand count finds."""
     rng = np.random.default_rng(0)
-    truth = np.zeros((64, 64), int)
-    pred = np.zeros((64, 64), int)
-    for k, (r, c) in enumerate(rng.uniform(8, 56, (6, 2)), start=1):
-        truth[disk((r, c), 4, shape=truth.shape)] = k
-        pred[disk((r + rng.integers(-3, 4), c + rng.integers(-3, 4)), rng.uniform(3, 5), shape=pred.shape)] = 10 + k
+    truth = np.zeros((96, 96), int)
+    pred = np.zeros((96, 96), int)
+    centres = [(r, c) for r in range(12, 96, 24) for c in range(12, 96, 32)]  # 4 x 3, 24+ px apart
+    for k, (r, c) in enumerate(centres, start=1):
+        truth[disk((r, c), 5, shape=truth.shape)] = k
+        shift = rng.integers(0, 2, 2) if k % 2 else rng.choice([-5, 5], 2)  # kept: <= 1 px; lost: 5 px
+        pred[disk((r + shift[0], c + shift[1]), rng.uniform(4.5, 5.5), shape=pred.shape)] = 10 + k
     assert dice(pred > 0, truth > 0) == pytest.approx(1 - scipy_dice((pred > 0).ravel(), (truth > 0).ravel()))
     hits = sum(any(((pred == p) & (truth == t)).sum() / ((pred == p) | (truth == t)).sum() >= 0.5
                    for p in np.unique(pred[pred > 0])) for t in np.unique(truth[truth > 0]))
     n_pred, n_true = len(np.unique(pred)) - 1, len(np.unique(truth)) - 1
+    assert 0 < hits < n_true  # the reference sees matches and misses, so the threshold is tested
     result = object_f1(pred, truth)
     assert result["tp"] == hits and result["f1"] == pytest.approx(2 * hits / (n_pred + n_true))
     assert object_f1(np.zeros((4, 4), int), np.zeros((4, 4), int))["f1"] == 1.0
@@ -415,10 +420,24 @@ def test_loss_terms_follow_their_formulas():
     targets = torch.from_numpy(label_targets(labels))[None]
     fg, bd, weight = targets[0]
     assert weight[bd > 0].min() == pytest.approx(6.0) and weight.min() < 1.01  # 1 + w0 on the outline
+    pixels, outline = np.argwhere(np.ones((32, 32))), np.argwhere(bd.numpy() > 0)
+    far = np.linalg.norm(pixels[:, None] - outline[None], axis=-1).min(1).reshape(32, 32)  # brute-force distance
+    assert weight.numpy() == pytest.approx(1 + 5 * np.exp(-far**2 / (2 * 3.0**2)), abs=1e-5)  # w0 5, sigma 3
     logits = torch.zeros(1, 2, 32, 32)
     assert supervised(logits, targets) == pytest.approx(np.log(2), rel=1e-5)
     assert boundary_weighted(logits, targets) == pytest.approx(np.log(2), rel=1e-5)  # constant BCE: any weights
-    assert probability_mse(torch.full((2, 3), 10.0), torch.ones(2, 3)) < 1e-8
+    # at random logits, against BCE written out: -[y log p + (1 - y) log(1 - p)]
+    logits = torch.randn(1, 2, 32, 32, generator=torch.Generator().manual_seed(0)) * 2
+    p = torch.sigmoid(logits).double().numpy()[0]
+    y = targets.double().numpy()[0]
+    bce = -(y[:2] * np.log(p) + (1 - y[:2]) * np.log(1 - p))
+    assert supervised(logits, targets).item() == pytest.approx(bce.mean(), rel=1e-5)
+    w = y[2]
+    assert boundary_weighted(logits, targets).item() == pytest.approx((w * bce[0]).sum() / w.sum(), rel=1e-5)
+    teacher = torch.rand(2, 3, generator=torch.Generator().manual_seed(1))
+    student = torch.randn(2, 3, generator=torch.Generator().manual_seed(2))
+    assert probability_mse(student, teacher).item() == pytest.approx(
+        ((1 / (1 + np.exp(-student.double().numpy())) - teacher.double().numpy()) ** 2).mean(), rel=1e-5)
     weights = UncertaintyWeights(("mse", "label"))
     with torch.no_grad():
         weights.log_vars.copy_(torch.tensor([0.0, np.log(4.0)]))

@@ -81,6 +81,11 @@ def test_pooled_row_is_the_c_index_of_all_out_of_fold_predictions():
     table = fold_metrics({"m": pred})
     assert list(table["fold"]) == ["0", "1", "pooled"]
     assert table["c_index"].iloc[-1] == pytest.approx(c_index(pred["event"], pred["time"], pred["risk"]))
+    for fold in (0, 1):  # each fold's row: the C-index of that fold's patients alone
+        part = pred[pred["fold"] == fold]
+        assert table["c_index"].iloc[fold] == pytest.approx(harrell(part["event"].to_numpy(), part["time"].to_numpy(),
+                                                                    part["risk"].to_numpy()))
+        assert table["n_patients"].iloc[fold] == 20 and table["n_events"].iloc[fold] == part["event"].sum()
 
 
 def test_bootstrap_intervals_cover_the_point_estimate_and_pair_the_methods():
@@ -139,11 +144,18 @@ def test_redundancy_reduction_is_minimal_when_student_equals_teacher(discrepancy
     assert losses.adaptive_redundancy_reduction(torch.randn(8, 64), z, d).item() > 0.5
 
 
-def test_weighted_correlation_matches_numpy_for_equal_weights():
+def test_weighted_correlation_matches_numpy_for_equal_and_unequal_weights():
     torch.manual_seed(1)
     a, b = torch.randn(20, 3, dtype=torch.float64), torch.randn(20, 4, dtype=torch.float64)
     c = losses.weighted_correlation(a, b, torch.full((20, 1), 1 / 20, dtype=torch.float64))
     assert np.allclose(c.numpy(), np.corrcoef(a.numpy().T, b.numpy().T)[:3, 3:], atol=1e-8)
+    # unequal weights: numpy's weighted covariance (aweights), normalised to correlations
+    w = np.random.default_rng(1).uniform(0, 4, 20) ** 3
+    cov = np.cov(np.c_[a.numpy(), b.numpy()].T, aweights=w)
+    reference = (cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov))))[:3, 3:]
+    c = losses.weighted_correlation(a, b, torch.from_numpy(w / w.sum())[:, None])
+    assert np.allclose(c.numpy(), reference, atol=1e-8)
+    assert not np.allclose(reference, np.corrcoef(a.numpy().T, b.numpy().T)[:3, 3:], atol=0.05)  # the weights matter
 
 
 def test_redundancy_reduction_weighs_patients_the_student_gets_wrong():

@@ -24,7 +24,8 @@ from tissuekd.demo.expression import make_sample, make_spaceranger_sample
 from tissuekd.encoders.registry import EncoderSpec
 from tissuekd.errors import InputError
 from tissuekd.expression import steps
-from tissuekd.expression.evaluate import dataset_table, gene_gene_agreement, pearson_per_gene
+from tissuekd.expression.baselines import ridge_predict
+from tissuekd.expression.evaluate import dataset_table, gene_gene_agreement, gene_lists, pearson_per_gene
 from tissuekd.expression.losses import contrastive_loss, reconstruction_loss
 from tissuekd.expression.models import CMRCNet
 from tissuekd.expression.retrieval import distinct_neighbourhoods, topk_cosine
@@ -186,6 +187,37 @@ def test_the_ivf_index_visiting_every_list_finds_the_exact_top_k():
     assert not all(set(a) == set(b) for a, b in zip(one_list, exact))
 
 
+def test_ridge_is_the_hest_benchmark_regression_fitted_on_training_spots_only():
+    """StandardScaler -> PCA -> Ridge, alpha = 100 / (d * n_genes), no intercept: with 40 features
+    PCA keeps every dimension (a rotation, to which ridge is invariant), so the closed form on the
+    standardised features is the reference. A test spot changes its own prediction only."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(260, 40)) * rng.uniform(0.1, 5, 40) + rng.uniform(-3, 3, 40)
+    y = x[:, :5] @ rng.normal(size=(5, 6)) + rng.normal(size=(260, 6)) + 3.0  # an offset no intercept absorbs
+    train_x, test_x, train_y = x[:200], x[200:], y[:200]
+    z_train, z_test = ((v - train_x.mean(0)) / train_x.std(0) for v in (train_x, test_x))
+    alpha = 100 / (40 * 6)
+    reference = z_test @ np.linalg.solve(z_train.T @ z_train + alpha * np.eye(40), z_train.T @ train_y)
+    pred = ridge_predict(train_x, train_y, test_x)
+    assert pred == pytest.approx(reference, abs=0.02)  # lsqr's tolerance; alpha 1.0 would be 0.1 off
+    moved = test_x.copy()
+    moved[0] += 10
+    again = ridge_predict(train_x, train_y, moved)
+    assert np.array_equal(again[1:], pred[1:]) and not np.allclose(again[0], pred[0])
+
+
+def test_gene_lists_rank_by_mean_and_by_variance():
+    mean, var = np.array([5.0, 1.0, 3.0, 4.0]), np.array([0.1, 9.0, 2.0, 0.5])
+    lists = gene_lists(mean, var, np.array(list("abcd")), ["c"], n=2)
+    assert lists == {"HEG": ["a", "d"], "HVG": ["b", "c"], "markers": ["c"]}
+    # the moments the lists rank: mean and (population) variance of each gene over every training spot
+    rng = np.random.default_rng(0)
+    blocks = [rng.poisson(3, (n, 4)).astype(np.float32) for n in (30, 50)]
+    adatas = [ad.AnnData(sparse.csr_matrix(b), var=pd.DataFrame(index=list("abcd"))) for b in blocks]
+    m, v = steps.gene_moments(adatas, list("abcd"))
+    assert m == pytest.approx(np.vstack(blocks).mean(0)) and v == pytest.approx(np.vstack(blocks).var(0), rel=1e-6)
+
+
 @pytest.fixture(scope="module")
 def hest(tmp_path_factory):
     """Three demo samples of one dataset (patients A, B, C), prepared, with features."""
@@ -216,7 +248,8 @@ def fit(root, names, method, out, expression=None, markers=()):
 
 def test_replacing_the_test_sample_leaves_the_trained_weights_bit_identical(hest, tmp_path):
     """Fold A holds out S_A: its expression is replaced by another sample's counts shuffled
-    (and its spots renamed to match), and the model trained on S_B and S_C must not change."""
+    (and its spots renamed to match), then its features by noise, and the model trained on S_B
+    and S_C (weights and feature standardisation) must not change."""
     root, names = hest
     fit(root, names, "cmrcnet", tmp_path / "one")
     other = ad.read_h5ad(root / "S_B.h5ad")
@@ -227,12 +260,39 @@ def test_replacing_the_test_sample_leaves_the_trained_weights_bit_identical(hest
     swapped.write_h5ad(tmp_path / "swapped.h5ad")
     fit(root, names, "cmrcnet", tmp_path / "two", [str(tmp_path / "swapped.h5ad"), str(root / "S_B.h5ad"),
                                                   str(root / "S_C.h5ad")])
+    # and its features: noise in place of S_A's (same spots), so the standardisation cannot use them
+    with h5py.File(root / "S_A.h5") as src, h5py.File(tmp_path / "noise.h5", "w") as dst:
+        for key in src:
+            src.copy(key, dst)
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        del dst["features"]
+        dst["features"] = rng.normal(50, 30, src["features"].shape).astype(src["features"].dtype)
+    samples = list(names)
+    steps.fit_fold("cmrcnet", "A", samples, list(names.values()),
+                   [str(tmp_path / "noise.h5"), *(str(root / f"{s}.h5") for s in samples[1:])],
+                   [str(root / f"{s}.h5ad") for s in samples], [], FAST, tmp_path / "three/pred.parquet",
+                   tmp_path / "three/pcc.tsv", tmp_path / "three/summary.tsv", tmp_path / "three/model.pt",
+                   device="cpu")
     one, two = torch.load(tmp_path / "one/model.pt"), torch.load(tmp_path / "two/model.pt")
-    assert one["genes"] == two["genes"] and one["train_samples"] == ["S_B", "S_C"]
-    for key, value in one["state_dict"].items():
-        assert torch.equal(value, two["state_dict"][key]), key
+    three = torch.load(tmp_path / "three/model.pt")
+    assert one["genes"] == two["genes"] == three["genes"] and one["train_samples"] == ["S_B", "S_C"]
+    for other in (two, three):
+        for key, value in one["state_dict"].items():
+            assert torch.equal(value, other["state_dict"][key]), key
+        assert torch.equal(one["feature_mean"], other["feature_mean"])
+        assert torch.equal(one["feature_sd"], other["feature_sd"])
     scores = pd.read_csv(tmp_path / "one/summary.tsv", sep="\t")
     assert set(scores["scope"]) == {"S_A", "pooled"} and set(scores["gene_list"]) == {"HEG", "HVG"}
+
+
+def test_prepared_expression_is_log1p_of_counts_scaled_to_10k_per_spot(hest):
+    root, _ = hest
+    prepared, raw = ad.read_h5ad(root / "S_A.h5ad"), ad.read_h5ad(root / "hest/st/S_A.h5ad")
+    counts = raw[prepared.obs_names, prepared.var_names].X
+    counts = np.asarray(counts.todense() if sparse.issparse(counts) else counts, dtype=float)
+    x = prepared.X.toarray() if sparse.issparse(prepared.X) else prepared.X
+    assert np.expm1(x) == pytest.approx(counts / counts.sum(1, keepdims=True) * 1e4, rel=1e-4, abs=1e-4)
 
 
 def test_every_method_writes_predictions_of_the_test_spots_only(hest, tmp_path):

@@ -81,6 +81,14 @@ def test_demo_slide_radius_and_split_files(ingested, tmp_path):
     # an encoder that sees wider crops only widens the buffer: fewer train cells, the same test cells
     assert (splits[1.0]["role"] == TRAIN).sum() < (splits[0.5]["role"] == TRAIN).sum()
     assert ((splits[1.0]["role"] == TEST) == (splits[0.5]["role"] == TEST)).all()
+    # what a train cell's input reaches (its neighbours within the radius, each seen through a crop of
+    # crop_px encoder pixels) stays clear of the test strip: distance >= radius + half the crop's span
+    cells = pd.read_parquet(ingested["cells"]).set_index("cell_id")
+    low, high = radius["strip_edges_um"][1:3]
+    for mpp, split in splits.items():
+        y = cells.loc[split.loc[split["role"] == TRAIN, "cell_id"], "y_um"].to_numpy()
+        gap = np.minimum(np.abs(y - low), np.abs(y - high))
+        assert ((y < low) | (y > high)).all() and gap.min() >= radius["radius_um"] + 224 / 2 * mpp, mpp
 
 
 def test_slide_without_test_cells_names_the_file(ingested, tmp_path):

@@ -223,6 +223,30 @@ def test_evaluation_scores_every_method_of_the_table_it_is_given(tmp_path):
     assert table.loc["leiden_again", "matched_coverage"] == 1.0
 
 
+def test_evaluation_scores_the_test_strip_only(tmp_path):
+    """A student that equals the teacher on the test cells and is noise on the others scores as
+    a perfect one: the cells the models trained on (and the buffer) are never scored."""
+    from tissuekd.niche.evaluate import evaluate_slide
+
+    rng = np.random.default_rng(1)
+    n = 400
+    teacher = rng.integers(0, 4, n)
+    role = np.array(["test", "train", "buffer", "test"] * (n // 4))
+    student = np.where(role == "test", teacher, rng.integers(0, 4, n))
+    cells = pd.DataFrame({"cell_id": [f"c{i}" for i in range(n)], "cell_type": np.array(list("abcd"))[teacher]})
+    cells.to_parquet(tmp_path / "cells.parquet")
+    cells.to_parquet(tmp_path / "labels.parquet")
+    pd.DataFrame({"cell_id": cells["cell_id"], "role": role}).to_parquet(tmp_path / "split.parquet")
+    for name, niche in (("teacher", teacher), ("student", student)):
+        pd.DataFrame({"cell_id": cells["cell_id"], "niche": niche}).to_parquet(tmp_path / f"{name}.parquet")
+    table = evaluate_slide(str(tmp_path / "cells.parquet"), str(tmp_path / "split.parquet"),
+                           str(tmp_path / "teacher.parquet"), {"student": str(tmp_path / "student.parquet")},
+                           str(tmp_path / "metrics.tsv"), labels=str(tmp_path / "labels.parquet"), slide="s",
+                           tissue="t", k=4, encoder="e").set_index("method")
+    assert table.loc["student", "ARI"] == pytest.approx(1.0) and table.loc["student", "JSD"] == pytest.approx(0)
+    assert table.loc["student", "n_cells"] == n // 2  # the test strip's cells
+
+
 def test_a_probe_that_cannot_be_fitted_says_why(tmp_path, caplog):
     """A pathology table of one class gave an empty probe_F1 without a word."""
     from tissuekd.niche.evaluate import evaluate_slide

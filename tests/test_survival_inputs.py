@@ -159,7 +159,19 @@ def tables(tmp_path):
 def test_clinical_table_in_tcga_cdr_form(tables):
     clinical = read_clinical(tables / "clinical.tsv", "OS")
     assert list(clinical.index) == PATIENTS and set(clinical["event"]) <= {0, 1}
-    assert read_clinical(tables / "clinical.tsv", "PFI")["time"].notna().all()
+    table = pd.read_csv(tables / "clinical.tsv", sep="\t").set_index("bcr_patient_barcode")
+    for endpoint in ("OS", "PFI"):  # each endpoint reads its own two columns
+        read = read_clinical(tables / "clinical.tsv", endpoint)
+        assert read["time"].tolist() == table.loc[PATIENTS, f"{endpoint}.time"].tolist()
+        assert read["event"].tolist() == table.loc[PATIENTS, endpoint].tolist()
+    table["PFI.time"] = table["OS.time"] / 2  # the demo's PFI may equal OS: make them differ
+    table.reset_index().to_csv(tables / "pfi.tsv", sep="\t", index=False)
+    assert read_clinical(tables / "pfi.tsv", "PFI")["time"].tolist() == (table.loc[PATIENTS, "OS.time"] / 2).tolist()
+    table.loc[PATIENTS[1], "PFI"] = 2  # an event coded 1/2 (as some tables do) is refused, not read
+    table.reset_index().to_csv(tables / "coded.tsv", sep="\t", index=False)
+    with pytest.raises(InputError, match=rf"coded.tsv: PFI must be 0 \(censored\) or 1 \(event\); not so for "
+                                         rf"\['{PATIENTS[1]}'\]"):
+        read_clinical(tables / "coded.tsv", "PFI")
 
 
 def test_clinical_table_errors_name_the_file_and_the_problem(tables):

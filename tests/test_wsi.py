@@ -23,6 +23,23 @@ def test_both_backends_open_the_demo_he_and_agree(demo_slide):
     assert a.std() > 10  # not blank
 
 
+def test_both_backends_agree_below_level_0_of_a_pyramid_svs(tmp_path):
+    """A region is given in its level's pixels by both backends (OpenSlide itself takes the
+    corner in level-0 pixels, so the reader converts): the demo SVS's coarsest level, read by
+    each. (tifffile takes the SVS's second page for Aperio's thumbnail, so it lists one level
+    fewer than OpenSlide; the demo writes no thumbnail page.)"""
+    from tissuekd.demo.survival import make_slide
+
+    path = tmp_path / "TCGA-DM-A000-01Z-00-DX1.svs"
+    make_slide(path, "TCGA-DM-A000", seed=0)
+    with open_slide(path, "tifffile") as tif, open_slide(path, "openslide") as osl:
+        assert tif.levels[-1] == osl.levels[-1] and osl.downsamples[-1] == 16
+        w, h = osl.levels[-1]
+        x, y = w // 3, h // 3
+        a, b = tif.read(len(tif.levels) - 1, x, y, 64, 48), osl.read(len(osl.levels) - 1, x, y, 64, 48)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0 and a.std() > 5
+
+
 def test_reads_outside_the_image_are_white(demo_slide):
     with open_slide(he_image(demo_slide)) as slide:
         width, height = slide.dimensions

@@ -31,6 +31,16 @@ def test_demo_bundle_reads_with_controls_dropped(demo_slide):
     assert clusters.index.isin(cells.index).all()
 
 
+def test_counts_follow_the_cell_table_when_the_two_list_cells_in_different_orders(demo_slide, bundle_copy):
+    """The matrix's columns are matched to the cell table by barcode, not by position."""
+    cells = pd.read_parquet(bundle_copy / "outs" / "cells.parquet")
+    cells.sample(frac=1.0, random_state=0).to_parquet(bundle_copy / "outs" / "cells.parquet", index=False)
+    shuffled_cells, shuffled, _ = load_bundle(bundle_copy / "outs")
+    _, counts, _ = load_bundle(demo_slide / "outs")
+    assert list(shuffled.obs_names) == list(shuffled_cells.index) != list(counts.obs_names)
+    assert (shuffled.X != counts[shuffled.obs_names].X).nnz == 0
+
+
 def test_a_bundle_with_the_mex_folder_only_reads_as_its_hdf5_matrix(demo_slide, bundle_copy):
     """10x offers the matrix as HDF5 and as a MEX folder, each downloadable alone; a bundle with
     only the folder was refused for lacking the .h5."""

@@ -24,7 +24,7 @@ from tissuekd.demo.expression import make_sample, make_spaceranger_sample
 from tissuekd.encoders.registry import EncoderSpec
 from tissuekd.errors import InputError
 from tissuekd.expression import steps
-from tissuekd.expression.baselines import ridge_predict
+from tissuekd.expression.baselines import random_predict, ridge_predict
 from tissuekd.expression.evaluate import dataset_table, gene_gene_agreement, gene_lists, pearson_per_gene
 from tissuekd.expression.losses import contrastive_loss, reconstruction_loss
 from tissuekd.expression.models import CMRCNet
@@ -206,6 +206,14 @@ def test_ridge_is_the_hest_benchmark_regression_fitted_on_training_spots_only():
     assert np.array_equal(again[1:], pred[1:]) and not np.allclose(again[0], pred[0])
 
 
+def test_the_random_floor_averages_k_training_spots_drawn_per_test_spot():
+    train_y = np.random.default_rng(0).normal(size=(500, 3))
+    pred = random_predict(train_y, 200, 10, seed=0)
+    assert pred.shape == (200, 3) and len(np.unique(pred[:, 0])) > 190  # a fresh draw per test spot
+    assert np.array_equal(pred, random_predict(train_y, 200, 10, seed=0))  # seeded
+    assert pred.std(0) == pytest.approx(train_y.std(0) / np.sqrt(10), rel=0.25)  # means of 10 spots
+
+
 def test_gene_lists_rank_by_mean_and_by_variance():
     mean, var = np.array([5.0, 1.0, 3.0, 4.0]), np.array([0.1, 9.0, 2.0, 0.5])
     lists = gene_lists(mean, var, np.array(list("abcd")), ["c"], n=2)
@@ -284,6 +292,57 @@ def test_replacing_the_test_sample_leaves_the_trained_weights_bit_identical(hest
         assert torch.equal(one["feature_sd"], other["feature_sd"])
     scores = pd.read_csv(tmp_path / "one/summary.tsv", sep="\t")
     assert set(scores["scope"]) == {"S_A", "pooled"} and set(scores["gene_list"]) == {"HEG", "HVG"}
+
+
+def test_patches_are_cut_at_the_encoder_scale_from_the_sample_scale(hest):
+    """An encoder reading 4 µm/px on a 1 µm/px sample reads the pyramid's 4x level; one at the
+    sample's own scale reads level 0 (the demo pyramid: downsamples 1, 4, 16)."""
+    root, _ = hest
+    table = pd.read_parquet(root / "S_A.parquet")
+    coarse = EncoderSpec.from_config("coarse", {"model": "mobilenetv3_small_100", "mpp": 4.0, "input_px": 112,
+                                                "weights": "random", "seed": 0})
+    image = str(root / "hest/wsis/S_A.tif")
+    assert steps.cut_patches(image, table, coarse, 112, 1.0, 8, "auto", torch.device("cpu"))[1] == 1
+    assert steps.cut_patches(image, table, SPEC, 112, 1.0, 8, "auto", torch.device("cpu"))[1] == 0
+    assert steps.cut_patches(image, table, SPEC, 112, 0.25, 8, "auto", torch.device("cpu"))[1] == 1  # a finer sample
+
+
+def test_a_fold_holds_out_every_sample_of_its_patient(hest, tmp_path):
+    """Leave-one-patient-out: with two samples of patient A, fold A tests both and trains on C."""
+    root, names = hest
+    samples = list(names)
+    steps.fit_fold("ridge", "A", samples, ["A", "A", "C"], [str(root / f"{s}.h5") for s in samples],
+                   [str(root / f"{s}.h5ad") for s in samples], [], FAST, tmp_path / "pred.parquet",
+                   tmp_path / "pcc.tsv", tmp_path / "summary.tsv", device="cpu")
+    pred = pd.read_parquet(tmp_path / "pred.parquet")
+    n_test = sum(ad.read_h5ad(root / f"{s}.h5ad").n_obs for s in ("S_A", "S_B"))
+    assert set(pred["sample"]) == {"S_A", "S_B"} and len(pred) == n_test
+
+
+def test_cmrcnet_retrieves_training_spots_by_their_gene_embeddings(hest, tmp_path, monkeypatch):
+    """BLEEP's inference, which CMRCNet keeps: the test image embeddings query a bank of the
+    training spots' expression embeddings (not their image embeddings)."""
+    from tissuekd.expression import retrieval
+
+    root, names = hest
+    seen, real_retrieve, real_genes = {}, retrieval.retrieve, CMRCNet.embed_genes
+
+    def spy_genes(self, y):
+        seen.setdefault("genes", []).append((len(y), out := real_genes(self, y)))
+        return out
+
+    def spy_retrieve(query, bank, *args):
+        seen["query"], seen["bank"] = query, bank
+        return real_retrieve(query, bank, *args)
+
+    monkeypatch.setattr(CMRCNet, "embed_genes", spy_genes)
+    monkeypatch.setattr(retrieval, "retrieve", spy_retrieve)
+    fit(root, names, "cmrcnet", tmp_path)
+    n_train = sum(ad.read_h5ad(root / f"{s}.h5ad").n_obs for s in ("S_B", "S_C"))
+    n_test = ad.read_h5ad(root / "S_A.h5ad").n_obs
+    assert len(seen["query"]) == n_test and len(seen["bank"]) == n_train
+    n, last = seen["genes"][-1]
+    assert n == n_train and torch.equal(seen["bank"], last)
 
 
 def test_prepared_expression_is_log1p_of_counts_scaled_to_10k_per_spot(hest):
@@ -462,6 +521,16 @@ def test_a_hest_benchmark_sample_reads_without_image_and_metadata(hest):
     full = ad.read_h5ad(root / "hest/st/S_A.h5ad")
     sample = read_hest(root / "hest/st/S_A.h5ad", None, None)
     assert np.isnan(sample.mpp) and list(sample.barcodes) == list(full.obs_names)
+
+
+def test_hest_spots_flagged_off_tissue_are_left_out(hest, tmp_path):
+    root = hest[0]
+    full = ad.read_h5ad(root / "hest/st/S_A.h5ad")
+    off = np.arange(full.n_obs) % 3 == 0
+    full.obs["in_tissue"] = np.where(off, 0, 1)
+    full.write_h5ad(tmp_path / "st.h5ad")
+    sample = read_hest(tmp_path / "st.h5ad", root / "hest/metadata/S_A.json", root / "hest/wsis/S_A.tif")
+    assert list(sample.barcodes) == list(full.obs_names[~off])
 
 
 def test_hest_pseudo_spots_keep_tissue_and_genes_only(hest, tmp_path, caplog):

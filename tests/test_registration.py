@@ -101,6 +101,10 @@ def test_crop_reach_grows_with_rotation():
     rotated = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
     assert crop_reach_um(np.eye(3), 1.0, 10) == pytest.approx(10)
     assert crop_reach_um(rotated, 1.0, 10) == pytest.approx(10 * np.sqrt(2))
+    # any affine: the y extent of the crop's corners, mapped (H&E px -> morphology px -> µm at 0.2125)
+    affine = np.array([[1.3, 0.4, 50], [-0.7, 1.1, 20], [0, 0, 1]])
+    corners = np.array([[-10, -10], [10, -10], [10, 10], [-10, 10]]) @ affine[:2, :2].T * 0.2125
+    assert crop_reach_um(affine, 0.2125, 10) == pytest.approx(np.ptp(corners[:, 1]) / 2)
 
 
 def test_the_sheets_labels_reach_the_labels_table_in_the_cells_order(ingested, demo_slide, tmp_path, caplog):

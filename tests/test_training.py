@@ -44,6 +44,14 @@ def test_the_same_seed_gives_the_same_weights_and_a_schedule_changes_them():
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
 
 
+def test_weight_decay_is_decoupled_adamws():
+    """A parameter with a zero gradient is only decayed: w <- w (1 - lr * wd) per step."""
+    used, idle = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.full((2,), 3.0))
+    optimise([used, idle], 1, lambda _: range(5), lambda _: (used**2).sum() + 0 * idle.sum(), lr=0.1,
+             weight_decay=0.5)
+    assert torch.allclose(idle.detach(), torch.full((2,), 3.0 * (1 - 0.1 * 0.5) ** 5))
+
+
 def test_shuffled_batches_take_one_permutation_and_a_limit():
     gen = torch.Generator().manual_seed(0)
     rows = torch.cat(list(shuffled_batches(10, 3, gen)))

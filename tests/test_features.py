@@ -129,3 +129,18 @@ def test_parallel_reader_workers_share_the_blocks(ingested, demo_slide):
     serial, parallel = collect(0), collect(2)
     assert sorted(serial) == sorted(parallel) == list(range(len(cells)))
     assert all(np.array_equal(serial[i], parallel[i]) for i in range(0, len(cells), 97))
+
+
+def test_the_encoder_sees_crops_normalised_by_its_mean_and_sd():
+    """uint8 crops -> (x / 255 - mean) / std per channel, the normalisation the weights were trained with."""
+    import torch
+
+    from tissuekd.compute import CPU
+    from tissuekd.encoders.extract import Encoder
+
+    spec = EncoderSpec.from_config("probe", {"model": "mobilenetv3_small_050", "mpp": 0.5, "weights": "random",
+                                             "mean": [0.1, 0.5, 0.9], "std": [0.2, 0.3, 0.4]})
+    crops = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    seen = Encoder(torch.nn.Flatten(), spec, CPU)(crops)
+    mean, std = torch.tensor([0.1, 0.5, 0.9]).view(1, 3, 1, 1), torch.tensor([0.2, 0.3, 0.4]).view(1, 3, 1, 1)
+    assert torch.allclose(seen, ((crops.float() / 255 - mean) / std).flatten(1), atol=1e-5)

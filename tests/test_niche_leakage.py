@@ -149,3 +149,15 @@ def test_external_teacher_logits_are_checked(slides, tmp_path, damage, message):
     with pytest.raises(InputError, match=str(bad)) as err:
         read_logits(str(bad), pd.read_parquet(paths["cells.parquet"]), K)
     assert message in str(err.value)
+
+
+def test_the_inner_validation_band_is_a_radius_away_from_every_inner_train_cell():
+    """No inner-train neighbourhood (cells within the radius) reaches into the band it is scored on."""
+    from tissuekd.niche.steps import inner_band
+
+    y = np.random.default_rng(0).uniform(0, 1000, 2000)
+    train = np.flatnonzero(y < 900)  # the rest: the test strip and its buffer
+    inner, val = inner_band(y, train, share=0.2, radius=30.0)
+    assert set(inner) | set(val) <= set(train) and not set(inner) & set(val)
+    assert len(val) == pytest.approx(0.2 * len(train), abs=2)
+    assert y[val].min() - y[inner].max() >= 30.0

@@ -64,6 +64,12 @@ def test_demo_tissuenet_reads_back_memory_mapped_with_cells_around_their_nuclei(
     n = np.asarray(nuclear.labels)
     touching = (n[:, :, 1:] > 0) & (n[:, :, :-1] > 0) & (n[:, :, 1:] != n[:, :, :-1])
     assert touching.any()
+    # the channel indices are X's: nuclear first, then membrane, whatever their order in the file
+    x = np.load(tissuenet)["X"]
+    assert not np.array_equal(x[..., 0], x[..., 1])
+    second = read_tissuenet(tissuenet, nuclear=1, membrane=None).images
+    assert np.array_equal(second, x[..., 1:2]) and isinstance(second, np.memmap)  # a view, not a copy
+    assert np.array_equal(read_tissuenet(tissuenet, nuclear=1, membrane=0).images, x[..., [1, 0]])
 
 
 def _npz(path, **arrays):
@@ -226,6 +232,12 @@ def test_a_tiff_folder_reads_as_the_same_split_and_trains_the_same_weights(tissu
     assert all(torch.equal(a[k], b[k]) for k in a)
     predict_probs(read_split("tiff", str(folder)), str(tmp_path / "b.pt"), str(tmp_path / "probs.npz"))
     assert np.load(tmp_path / "probs.npz")["probs"].shape == (8, 2, 96, 96)
+    # labelled_by reaches the choice of annotated images: by order every 4th (2 of 8, one group),
+    # by group a quarter of each of the 4 groups (at least one image each: 4)
+    split = read_split("tissuenet", str(tissuenet))
+    for by, n in (("order", 2), ("group", 4)):
+        fit_model(split, "mobilenetv3", str(tmp_path / f"{by}.pt"), cfg, labelled_share=0.25, labelled_by=by)
+        assert torch.load(tmp_path / f"{by}.pt")["labelled"] == n, by
 
 
 @pytest.mark.parametrize(("spoil", "problem", "names"), [
@@ -383,6 +395,17 @@ def test_bad_external_maps_name_the_file_and_the_image(tissuenet, tmp_path, spoi
     assert "maps.npz" in str(err.value) and not (tmp_path / "out.npz").exists()
     with pytest.raises(InputError, match="not found"):
         ExternalMaps(tmp_path / "none.npz")
+
+
+def test_a_foreground_map_alone_gets_the_labels_one_pixel_rim_as_its_boundary(tmp_path):
+    """External maps without a boundary: the derived rim is the objects' inner 1-px outline, the
+    same rim the U-Net teachers' boundary target has (label_targets)."""
+    labels = np.zeros((40, 40), int)
+    labels[10:30, 8:20] = 1
+    labels[5:15, 25:35] = 2
+    np.savez(tmp_path / "maps.npz", img0=(labels > 0).astype(np.float32))
+    maps = ExternalMaps(tmp_path / "maps.npz").get("img0", labels.shape)
+    assert np.array_equal(maps[1] > 0.5, label_targets(labels)[1] > 0)
 
 
 def test_dice_and_object_f1_equal_independent_references():
@@ -543,6 +566,14 @@ def test_unannotated_images_teach_only_through_the_teacher(tissuenet):
     kd = fit("mobilenetv3", nuclear, labels, cfg, "kd", probs, labelled=labelled)
     assert same(kd, fit("mobilenetv3", nuclear, other, cfg, "kd", probs, labelled=labelled))
     assert not same(kd, fit("mobilenetv3", nuclear, other, cfg, "kd", probs))  # the check can fail
+    # but kd does learn from the unannotated images, each through its own teacher maps
+    assert not same(kd, fit("mobilenetv3", noisy, labels, cfg, "kd", probs, labelled=labelled))
+    shifted = probs.copy()
+    shifted[~labelled] = np.roll(probs[~labelled], 17, axis=-1)
+    assert not same(kd, fit("mobilenetv3", nuclear, labels, cfg, "kd", shifted, labelled=labelled))
+    shifted = probs.copy()
+    shifted[labelled] = np.roll(probs[labelled], 17, axis=-1)  # an annotated image's maps are read where it is
+    assert not same(kd, fit("mobilenetv3", nuclear, labels, cfg, "kd", shifted, labelled=labelled))
     nokd = fit("mobilenetv3", nuclear, labels, cfg, labelled=labelled)
     assert same(nokd, fit("mobilenetv3", noisy, other, cfg, labelled=labelled))
     with pytest.raises(ValueError, match="no annotated image"):

@@ -33,7 +33,7 @@ from tissuekd.survival.cohort import (
 )
 from tissuekd.survival.patches import MASK_EDGE, draw_grid, extract_patch_features, make_patches, read_patches
 from tissuekd.survival.rna import complete_genes, read_gene_sets, read_rna
-from tissuekd.survival.tissue import Grid
+from tissuekd.survival.tissue import Grid, tissue_mask
 
 PATIENTS = ["TCGA-DM-A000", "TCGA-DM-A001", "TCGA-DM-A002"]
 
@@ -665,3 +665,37 @@ def test_a_gdc_carts_slides_become_slide_sheet_rows(tables, tmp_path):
     (tmp_path / "gdc" / "f-ts" / "TCGA-XY-0000-01A-01-TS1.abc.svs").unlink()
     result = subprocess.run(command + ["--all"], capture_output=True, text=True)
     assert result.returncode != 0 and f"tissuekd: bad input: {sheet}: 1 of its 2 slides is in neither" in result.stderr
+
+
+def test_the_cohorts_rna_rows_follow_its_patients_whatever_the_matrix_order(tables):
+    """rna.parquet is read by position beside patients.tsv: prepare_cohort writes it in that order."""
+    from tissuekd.survival.rna import read_rna
+
+    tmp_path = tables
+    matrix = read_rna(str(tmp_path / "rna.tsv"), set(PATIENTS))
+    matrix.iloc[::-1].to_parquet(tmp_path / "reversed.parquet")  # patients in the other order
+    slides = pd.DataFrame({"slide": [p + "-01Z-00-DX1" for p in PATIENTS], "cohort": "c", "patient": PATIENTS})
+    slides["features"] = [features_file(tmp_path / f"{i}.h5", 3) for i in range(len(slides))]
+    out = {k: str(tmp_path / f"{k}.out") for k in ("out_patients", "out_rna", "out_dropped")}
+    prepare_cohort("c", slides, str(tmp_path / "clinical.tsv"), str(tmp_path / "reversed.parquet"), endpoint="OS",
+                   folds=2, seed=0, cross_validate=False, **out)
+    patients = pd.read_csv(out["out_patients"], sep="\t")["patient"].tolist()
+    rna = pd.read_parquet(out["out_rna"])
+    assert list(rna.index) == patients and patients != list(matrix.index[::-1])
+    assert np.allclose(rna.to_numpy(), matrix.loc[patients, rna.columns].to_numpy(), atol=1e-5)
+
+
+def test_the_tissue_mask_cuts_between_stain_and_a_tinted_background():
+    """Otsu's cut on saturation, above the fixed floor: a faintly tinted glass (saturation 0.12,
+    above the floor of 0.08) is not tissue beside stained tissue (0.5)."""
+    from skimage import color
+
+    def hsv(s, v):
+        return (color.hsv2rgb(np.array([[[0.85, s, v]]]))[0, 0] * 255).astype(np.uint8)
+
+    rgb = np.tile(hsv(0.12, 0.95), (200, 200, 1))
+    rgb[50:150, 40:120] = hsv(0.5, 0.8)
+    mask = tissue_mask(rgb)
+    inside = np.zeros(mask.shape, bool)
+    inside[50:150, 40:120] = True
+    assert not mask[~inside].any() and mask[inside].mean() > 0.99

@@ -103,9 +103,15 @@ def test_bad_or_missing_trident_attributes_name_the_file(tmp_path, caplog):
         read_patches(str(tmp_path / "text.h5"))
 
 
-def test_features_step_on_a_trident_patch_file(tmp_path):
+def test_features_step_on_a_trident_patch_file(tmp_path, monkeypatch):
     """A TRIDENT patch grid (40x slide, 20x patches) through our features step; the output
-    keeps TRIDENT's `coords` attributes and adds ours, and `features` carries name/savetodir/encoder."""
+    keeps TRIDENT's `coords` attributes and adds ours, and `features` carries name/savetodir/encoder.
+    The encoder sees each whole patch: 256 px at 20x are 512 level-0 px of the 40x slide."""
+    from tissuekd.spatial.crops import CropGeometry
+
+    geometries, for_slide = [], CropGeometry.for_slide.__func__
+    monkeypatch.setattr(CropGeometry, "for_slide",
+                        classmethod(lambda cls, *a: geometries.append(for_slide(cls, *a)) or geometries[-1]))
     rgb = np.full((1024, 1024, 3), 240, np.uint8)
     rgb[:, :512] = (200, 120, 170)
     slide = tmp_path / "TCGA-XX-0001-01Z-00-DX1.svs"
@@ -124,6 +130,7 @@ def test_features_step_on_a_trident_patch_file(tmp_path):
         assert h5["features"].attrs["name"] == out.stem and h5["features"].attrs["savetodir"] == str(out.parent)
         pink, pink_below, glass = h5["features"][:]
     assert not np.allclose(pink, glass)  # crops were read where the coords point
+    assert [round(2 * g.half_width_level0) for g in geometries] == [512]
     # coords are the patches' top-left corners: both pink patches lie wholly inside the pink half,
     # so they read the same pixels (centred on the corners, they would take in white margins unalike)
     assert np.abs(pink - pink_below).max() < 0.05 * np.abs(pink - glass).max()

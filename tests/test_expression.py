@@ -246,10 +246,12 @@ def prepare(root, sample):
                          metadata=root / f"hest/metadata/{sample}.json")
 
 
-def fit(root, names, method, out, expression=None, markers=()):
+def fit(root, names, method, out, expression=None, markers=(), features=None, patients=None):
+    """Fold A of the fixture's samples; `expression`, `features`, `patients` replace the fixture's."""
     samples = list(names)
     expression = expression or [str(root / f"{s}.h5ad") for s in samples]
-    steps.fit_fold(method, "A", samples, list(names.values()), [str(root / f"{s}.h5") for s in samples], expression,
+    features = features or [str(root / f"{s}.h5") for s in samples]
+    steps.fit_fold(method, "A", samples, patients or list(names.values()), features, expression,
                    list(markers), FAST, out / "pred.parquet", out / "pcc.tsv", out / "summary.tsv",
                    out / "model.pt" if method in steps.TRAINED else None, device="cpu")
 
@@ -276,12 +278,8 @@ def test_replacing_the_test_sample_leaves_the_trained_weights_bit_identical(hest
             dst.attrs[key] = value
         del dst["features"]
         dst["features"] = rng.normal(50, 30, src["features"].shape).astype(src["features"].dtype)
-    samples = list(names)
-    steps.fit_fold("cmrcnet", "A", samples, list(names.values()),
-                   [str(tmp_path / "noise.h5"), *(str(root / f"{s}.h5") for s in samples[1:])],
-                   [str(root / f"{s}.h5ad") for s in samples], [], FAST, tmp_path / "three/pred.parquet",
-                   tmp_path / "three/pcc.tsv", tmp_path / "three/summary.tsv", tmp_path / "three/model.pt",
-                   device="cpu")
+    fit(root, names, "cmrcnet", tmp_path / "three",
+        features=[str(tmp_path / "noise.h5"), str(root / "S_B.h5"), str(root / "S_C.h5")])
     one, two = torch.load(tmp_path / "one/model.pt"), torch.load(tmp_path / "two/model.pt")
     three = torch.load(tmp_path / "three/model.pt")
     assert one["genes"] == two["genes"] == three["genes"] and one["train_samples"] == ["S_B", "S_C"]
@@ -310,10 +308,7 @@ def test_patches_are_cut_at_the_encoder_scale_from_the_sample_scale(hest):
 def test_a_fold_holds_out_every_sample_of_its_patient(hest, tmp_path):
     """Leave-one-patient-out: with two samples of patient A, fold A tests both and trains on C."""
     root, names = hest
-    samples = list(names)
-    steps.fit_fold("ridge", "A", samples, ["A", "A", "C"], [str(root / f"{s}.h5") for s in samples],
-                   [str(root / f"{s}.h5ad") for s in samples], [], FAST, tmp_path / "pred.parquet",
-                   tmp_path / "pcc.tsv", tmp_path / "summary.tsv", device="cpu")
+    fit(root, names, "ridge", tmp_path, patients=["A", "A", "C"])
     pred = pd.read_parquet(tmp_path / "pred.parquet")
     n_test = sum(ad.read_h5ad(root / f"{s}.h5ad").n_obs for s in ("S_A", "S_B"))
     assert set(pred["sample"]) == {"S_A", "S_B"} and len(pred) == n_test

@@ -196,27 +196,34 @@ def test_every_survival_method_is_built_and_reloaded_from_its_entry():
     assert predict_external(bundle, data).shape == (len(data.patients),)
 
 
-def test_evaluation_scores_every_method_of_the_table_it_is_given(tmp_path):
-    """A variant of a baseline is Hungarian-matched like it: on the same clusters it scores the same."""
+def evaluate(tmp_path, cells, labels, role, teacher, predictions, **kwargs):
+    """niche.evaluate.evaluate_slide on tables written here: `cells` (cell_id, ...), `labels`
+    (cell_id, cell_type, ...), each cell's `role`, and the teacher's and each method's niches."""
     from tissuekd.niche.evaluate import evaluate_slide
 
+    cells.to_parquet(tmp_path / "cells.parquet")
+    labels.to_parquet(tmp_path / "labels.parquet")
+    pd.DataFrame({"cell_id": cells["cell_id"], "role": role}).to_parquet(tmp_path / "split.parquet")
+    for name, niche in {"teacher": teacher, **predictions}.items():
+        pd.DataFrame({"cell_id": cells["cell_id"], "niche": niche}).to_parquet(tmp_path / f"{name}.parquet")
+    return evaluate_slide(str(tmp_path / "cells.parquet"), str(tmp_path / "split.parquet"),
+                          str(tmp_path / "teacher.parquet"), {m: str(tmp_path / f"{m}.parquet") for m in predictions},
+                          str(tmp_path / "metrics.tsv"), labels=str(tmp_path / "labels.parquet"), slide="s",
+                          tissue="t", encoder="e", **kwargs)
+
+
+def test_evaluation_scores_every_method_of_the_table_it_is_given(tmp_path):
+    """A variant of a baseline is Hungarian-matched like it: on the same clusters it scores the same."""
     rng = np.random.default_rng(0)
     n = 400
     teacher = rng.integers(0, 4, n)
     cells = pd.DataFrame({"cell_id": [f"c{i}" for i in range(n)], "cell_type": np.array(list("abcd"))[teacher],
                           "x_um": rng.uniform(0, 100, n), "y_um": rng.uniform(0, 100, n)})
-    cells.to_parquet(tmp_path / "cells.parquet")
-    cells[["cell_id", "cell_type"]].to_parquet(tmp_path / "labels.parquet")
-    pd.DataFrame({"cell_id": cells["cell_id"], "role": "test"}).to_parquet(tmp_path / "split.parquet")
-    for name, niche in (("teacher", teacher), ("student", teacher), ("hist_leiden", (teacher + 1) % 4)):
-        pd.DataFrame({"cell_id": cells["cell_id"], "niche": niche}).to_parquet(tmp_path / f"{name}.parquet")
     methods = niche_methods.from_config({"methods": {"leiden_again": {"like": "hist_leiden"}}})
-    predictions = {m: str(tmp_path / f"{'hist_leiden' if m == 'leiden_again' else m}.parquet")
-                   for m in ("student", "hist_leiden", "leiden_again")}
-    table = evaluate_slide(str(tmp_path / "cells.parquet"), str(tmp_path / "split.parquet"),
-                           str(tmp_path / "teacher.parquet"), predictions, str(tmp_path / "metrics.tsv"),
-                           labels=str(tmp_path / "labels.parquet"), slide="s", tissue="t", k=4, encoder="e",
-                           methods=methods).set_index("method")
+    shifted = (teacher + 1) % 4
+    table = evaluate(tmp_path, cells, cells[["cell_id", "cell_type"]], "test", teacher,
+                     {"student": teacher, "hist_leiden": shifted, "leiden_again": shifted}, k=4,
+                     methods=methods).set_index("method")
     assert list(table.index) == ["teacher", "student", "hist_leiden", "leiden_again"]
     # one cell type per teacher niche: matched, the shifted clusters have the teacher's compositions
     assert table.loc["leiden_again", "JSD"] == table.loc["hist_leiden", "JSD"] == pytest.approx(0)
@@ -226,41 +233,23 @@ def test_evaluation_scores_every_method_of_the_table_it_is_given(tmp_path):
 def test_evaluation_scores_the_test_strip_only(tmp_path):
     """A student that equals the teacher on the test cells and is noise on the others scores as
     a perfect one: the cells the models trained on (and the buffer) are never scored."""
-    from tissuekd.niche.evaluate import evaluate_slide
-
     rng = np.random.default_rng(1)
     n = 400
     teacher = rng.integers(0, 4, n)
     role = np.array(["test", "train", "buffer", "test"] * (n // 4))
     student = np.where(role == "test", teacher, rng.integers(0, 4, n))
     cells = pd.DataFrame({"cell_id": [f"c{i}" for i in range(n)], "cell_type": np.array(list("abcd"))[teacher]})
-    cells.to_parquet(tmp_path / "cells.parquet")
-    cells.to_parquet(tmp_path / "labels.parquet")
-    pd.DataFrame({"cell_id": cells["cell_id"], "role": role}).to_parquet(tmp_path / "split.parquet")
-    for name, niche in (("teacher", teacher), ("student", student)):
-        pd.DataFrame({"cell_id": cells["cell_id"], "niche": niche}).to_parquet(tmp_path / f"{name}.parquet")
-    table = evaluate_slide(str(tmp_path / "cells.parquet"), str(tmp_path / "split.parquet"),
-                           str(tmp_path / "teacher.parquet"), {"student": str(tmp_path / "student.parquet")},
-                           str(tmp_path / "metrics.tsv"), labels=str(tmp_path / "labels.parquet"), slide="s",
-                           tissue="t", k=4, encoder="e").set_index("method")
+    table = evaluate(tmp_path, cells, cells, role, teacher, {"student": student}, k=4).set_index("method")
     assert table.loc["student", "ARI"] == pytest.approx(1.0) and table.loc["student", "JSD"] == pytest.approx(0)
     assert table.loc["student", "n_cells"] == n // 2  # the test strip's cells
 
 
 def test_a_probe_that_cannot_be_fitted_says_why(tmp_path, caplog):
     """A pathology table of one class gave an empty probe_F1 without a word."""
-    from tissuekd.niche.evaluate import evaluate_slide
-
     n = 200
     cells = pd.DataFrame({"cell_id": [f"c{i}" for i in range(n)], "cell_type": ["a", "b"] * (n // 2)})
-    cells.to_parquet(tmp_path / "cells.parquet")
-    cells.assign(pathology="tumour").to_parquet(tmp_path / "labels.parquet")
-    pd.DataFrame({"cell_id": cells["cell_id"], "role": "test"}).to_parquet(tmp_path / "split.parquet")
-    pd.DataFrame({"cell_id": cells["cell_id"], "niche": np.arange(n) % 3}).to_parquet(tmp_path / "teacher.parquet")
-    table = evaluate_slide(str(tmp_path / "cells.parquet"), str(tmp_path / "split.parquet"),
-                           str(tmp_path / "teacher.parquet"), {"student": str(tmp_path / "teacher.parquet")},
-                           str(tmp_path / "metrics.tsv"), slide="s", tissue="t", k=3, encoder="e",
-                           labels=str(tmp_path / "labels.parquet"))
+    niches = np.arange(n) % 3
+    table = evaluate(tmp_path, cells, cells.assign(pathology="tumour"), "test", niches, {"student": niches}, k=3)
     assert table["probe_F1"].isna().all()
     assert "probe_F1 not computed: it needs two annotated classes of at least 2 cells each on the test strip, " \
            "which has tumour:200" in caplog.text

@@ -669,8 +669,6 @@ def test_a_gdc_carts_slides_become_slide_sheet_rows(tables, tmp_path):
 
 def test_the_cohorts_rna_rows_follow_its_patients_whatever_the_matrix_order(tables):
     """rna.parquet is read by position beside patients.tsv: prepare_cohort writes it in that order."""
-    from tissuekd.survival.rna import read_rna
-
     tmp_path = tables
     matrix = read_rna(str(tmp_path / "rna.tsv"), set(PATIENTS))
     matrix.iloc[::-1].to_parquet(tmp_path / "reversed.parquet")  # patients in the other order

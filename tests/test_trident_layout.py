@@ -110,8 +110,12 @@ def test_features_step_on_a_trident_patch_file(tmp_path, monkeypatch):
     from tissuekd.spatial.crops import CropGeometry
 
     geometries, for_slide = [], CropGeometry.for_slide.__func__
-    monkeypatch.setattr(CropGeometry, "for_slide",
-                        classmethod(lambda cls, *a: geometries.append(for_slide(cls, *a)) or geometries[-1]))
+
+    def recorded(cls, *args):
+        geometries.append(for_slide(cls, *args))
+        return geometries[-1]
+
+    monkeypatch.setattr(CropGeometry, "for_slide", classmethod(recorded))
     rgb = np.full((1024, 1024, 3), 240, np.uint8)
     rgb[:, :512] = (200, 120, 170)
     slide = tmp_path / "TCGA-XX-0001-01Z-00-DX1.svs"
